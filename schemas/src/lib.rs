@@ -1,0 +1,349 @@
+//! Arrow schemas of the tables that pass between dqm-pipeline stages.
+//!
+//! Every stage reads and writes Parquet; these functions are the single source
+//! of truth for the columns a stage promises, so `pipeline plan` can check a
+//! DAG before anything runs and analysts know what to query. Each field
+//! carries its documentation in the Arrow field metadata under the key
+//! [`DOC_KEY`], which `pipeline stages` prints and which travels into the
+//! Parquet files.
+//!
+//! The same descriptions are collected in `schemas/README.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+/// Field-metadata key holding a column's human-readable description.
+pub const DOC_KEY: &str = "doc";
+
+/// A nullable-or-not column with its description attached as metadata.
+pub fn doc_field(name: &str, data_type: DataType, nullable: bool, doc: &str) -> Field {
+    Field::new(name, data_type, nullable)
+        .with_metadata(HashMap::from([(DOC_KEY.to_string(), doc.to_string())]))
+}
+
+/// `List<Float64>` with a non-null item, the type of every per-bin column.
+pub fn f64_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Float64, false)))
+}
+
+/// The description of a field, if it carries one.
+pub fn field_doc(field: &Field) -> Option<&str> {
+    field.metadata().get(DOC_KEY).map(String::as_str)
+}
+
+/// Columns of a histogram-per-run table (the `runs` table of `synth_runs`).
+///
+/// `dinamo_s` needs `run`, `label` and `counts`; `dataset` is optional (a
+/// single dataset is assumed without it). The truth columns are only known for
+/// synthetic data and are carried through to the scores so metrics can use them.
+pub mod runs {
+    use super::*;
+
+    pub fn dataset() -> Field {
+        doc_field(
+            "dataset",
+            DataType::Int64,
+            false,
+            "Dataset id (the generator seed): runs of different datasets are independent sequences",
+        )
+    }
+    pub fn run() -> Field {
+        doc_field(
+            "run",
+            DataType::Int64,
+            false,
+            "Run number, in data-taking order within the dataset",
+        )
+    }
+    pub fn label() -> Field {
+        doc_field(
+            "label",
+            DataType::Int8,
+            false,
+            "Ground-truth or shifter label: 0 good, 1 bad",
+        )
+    }
+    pub fn counts() -> Field {
+        doc_field(
+            "counts",
+            f64_list(),
+            false,
+            "Histogram bin contents (events per bin), N_b values",
+        )
+    }
+    pub fn lo() -> Field {
+        doc_field(
+            "lo",
+            DataType::Float64,
+            false,
+            "Lower edge of the histogram range",
+        )
+    }
+    pub fn hi() -> Field {
+        doc_field(
+            "hi",
+            DataType::Float64,
+            false,
+            "Upper edge of the histogram range",
+        )
+    }
+    pub fn mu() -> Field {
+        doc_field(
+            "mu",
+            DataType::Float64,
+            false,
+            "Truth: mean of the Gaussian this run was drawn from (after drift, rapid and anomaly shifts)",
+        )
+    }
+    pub fn sigma() -> Field {
+        doc_field(
+            "sigma",
+            DataType::Float64,
+            false,
+            "Truth: width of the Gaussian this run was drawn from (after rapid and anomaly shifts)",
+        )
+    }
+    pub fn rapid_change() -> Field {
+        doc_field(
+            "rapid_change",
+            DataType::Boolean,
+            false,
+            "Truth: a rapid change of mu or sigma starts at this run",
+        )
+    }
+    pub fn n_dead_bins() -> Field {
+        doc_field(
+            "n_dead_bins",
+            DataType::Int32,
+            false,
+            "Truth: number of bins forced to zero (bad runs only)",
+        )
+    }
+
+    /// The columns `synth_runs` writes, in order.
+    pub fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            dataset(),
+            run(),
+            label(),
+            counts(),
+            lo(),
+            hi(),
+            mu(),
+            sigma(),
+            rapid_change(),
+            n_dead_bins(),
+        ]))
+    }
+
+    /// Truth columns a scoring stage passes through when its input has them.
+    pub const TRUTH_COLUMNS: [&str; 6] = ["lo", "hi", "mu", "sigma", "rapid_change", "n_dead_bins"];
+}
+
+/// Columns of a per-run score table written by a reference method
+/// (`dinamo_s`, later `dinamo_ml`): the common currency of `dqm_metrics`.
+pub mod scores {
+    use super::*;
+
+    /// Score columns every reference method writes after `dataset, run, label`.
+    pub fn score_fields() -> Vec<Field> {
+        vec![
+            doc_field(
+                "integral",
+                DataType::Float64,
+                false,
+                "Total counts of the run (I); 0 marks an empty run, scored against the reference with no statistical uncertainty and never used to update it",
+            ),
+            doc_field(
+                "chi2",
+                DataType::Float64,
+                false,
+                "Reduced chi-square of the unit-normalized run against the reference, (1/N_b) sum (x-mu)^2/(s_x^2+s_mu^2)",
+            ),
+            doc_field("score", DataType::Float64, false, "Anomaly score ln(chi2)"),
+            doc_field(
+                "flagged",
+                DataType::Boolean,
+                false,
+                "score > threshold: the method calls the run bad",
+            ),
+            doc_field(
+                "pull",
+                f64_list(),
+                false,
+                "Per-bin pull (x-mu)/sqrt(s_x^2+s_mu^2)",
+            ),
+            doc_field(
+                "ref_mu",
+                f64_list(),
+                false,
+                "Reference (unit-normalized) used to score this run",
+            ),
+            doc_field(
+                "ref_sigma",
+                f64_list(),
+                false,
+                "Per-bin uncertainty of the reference used to score this run",
+            ),
+            doc_field(
+                "alpha",
+                DataType::Float64,
+                false,
+                "EWMA smoothing factor used for this dataset",
+            ),
+            doc_field(
+                "threshold",
+                DataType::Float64,
+                false,
+                "Threshold on score used for this dataset",
+            ),
+            doc_field(
+                "historical",
+                DataType::Boolean,
+                false,
+                "The run belongs to the historical regime (the first historical_runs runs, which tune auto parameters)",
+            ),
+        ]
+    }
+
+    /// Names of the columns a metrics stage needs from a score table.
+    pub const REQUIRED: [&str; 5] = ["run", "label", "score", "flagged", "historical"];
+}
+
+/// Tables written by `dqm_metrics`.
+pub mod metrics {
+    use super::*;
+
+    /// One row per dataset and regime.
+    pub fn per_dataset() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            runs::dataset(),
+            doc_field(
+                "regime",
+                DataType::Utf8,
+                false,
+                "historical (the first historical_runs runs, used to tune alpha and the threshold) or continual (the rest)",
+            ),
+            doc_field("n_runs", DataType::Int64, false, "Runs in this regime"),
+            doc_field(
+                "n_bad",
+                DataType::Int64,
+                false,
+                "Runs labelled bad in this regime",
+            ),
+            doc_field(
+                "balanced_accuracy",
+                DataType::Float64,
+                true,
+                "(sensitivity + specificity) / 2; null when a class is absent",
+            ),
+            doc_field(
+                "sensitivity",
+                DataType::Float64,
+                true,
+                "Flagged bad runs / bad runs (true-positive rate)",
+            ),
+            doc_field(
+                "specificity",
+                DataType::Float64,
+                true,
+                "Unflagged good runs / good runs (true-negative rate)",
+            ),
+            doc_field(
+                "adaptation_time",
+                DataType::Float64,
+                true,
+                "Mean over rapid changes of the number of good runs flagged before the first unflagged good run; null without rapid changes (or without the rapid_change column)",
+            ),
+            doc_field(
+                "n_changes",
+                DataType::Int64,
+                false,
+                "Rapid changes in this regime",
+            ),
+            doc_field(
+                "jaccard",
+                DataType::Float64,
+                true,
+                "Jaccard distance between the predicted and the empirical 1-sigma bands of good runs in z-score space; null without truth mu/sigma",
+            ),
+        ]))
+    }
+
+    /// Medians and 95% intervals over datasets, one row per regime and metric.
+    pub fn summary() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            doc_field("regime", DataType::Utf8, false, "historical or continual"),
+            doc_field(
+                "metric",
+                DataType::Utf8,
+                false,
+                "Metric name (a column of the per-dataset table)",
+            ),
+            doc_field(
+                "n_datasets",
+                DataType::Int64,
+                false,
+                "Datasets with a defined value of the metric",
+            ),
+            doc_field("median", DataType::Float64, true, "Median over datasets"),
+            doc_field(
+                "q025",
+                DataType::Float64,
+                true,
+                "2.5th percentile over datasets",
+            ),
+            doc_field(
+                "q975",
+                DataType::Float64,
+                true,
+                "97.5th percentile over datasets",
+            ),
+            doc_field("mean", DataType::Float64, true, "Mean over datasets"),
+        ]))
+    }
+
+    /// The metric columns of [`per_dataset`] that [`summary`] aggregates.
+    pub const METRICS: [&str; 5] = [
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "adaptation_time",
+        "jaccard",
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_documented() {
+        let schemas = [runs::schema(), metrics::per_dataset(), metrics::summary()];
+        for schema in schemas {
+            for field in schema.fields() {
+                assert!(
+                    field_doc(field).is_some_and(|d| !d.is_empty()),
+                    "{} lacks a doc",
+                    field.name()
+                );
+            }
+        }
+        for field in scores::score_fields() {
+            assert!(field_doc(&field).is_some(), "{} lacks a doc", field.name());
+        }
+    }
+
+    #[test]
+    fn metrics_listed_in_summary_exist_per_dataset() {
+        let per = metrics::per_dataset();
+        for m in metrics::METRICS {
+            assert_eq!(
+                per.field_with_name(m).unwrap().data_type(),
+                &DataType::Float64
+            );
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The contract between a stage and the engine that runs it.
+//!
+//! A stage sees typed parameters, its input tables and a place to write its
+//! output tables. It knows nothing about YAML, caching or scheduling: the
+//! engine resolves inputs to Parquet files, checks what the stage writes
+//! against what it declared, and makes the result durable atomically.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// What can go wrong inside a stage. Every variant names enough context
+/// (file, column, dataset) for a physicist to find the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("input `{input}` has no column `{column}` (needed: {why})")]
+    MissingColumn {
+        input: String,
+        column: String,
+        why: String,
+    },
+    #[error("input `{input}`: column `{column}` has type {found}, expected {expected}")]
+    WrongType {
+        input: String,
+        column: String,
+        found: DataType,
+        expected: String,
+    },
+    #[error("expected {expected} input table(s), got {found}")]
+    InputCount { expected: String, found: usize },
+    #[error("invalid parameter `{param}`: {why}")]
+    Param { param: String, why: String },
+    #[error("{0}")]
+    Data(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("{0}")]
+    Other(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = StageError> = std::result::Result<T, E>;
+
+/// One input table: the Parquet files of an upstream stage (or of the user).
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Name used in error messages: the upstream stage id.
+    pub name: String,
+    /// The schema all files share.
+    pub schema: SchemaRef,
+    /// The Parquet files, read in this order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Input {
+    /// Builds an input from files, reading the schema from the first one.
+    pub fn from_files(name: impl Into<String>, files: Vec<PathBuf>) -> Result<Self> {
+        let name = name.into();
+        let first = files
+            .first()
+            .ok_or_else(|| StageError::Data(format!("input `{name}` has no Parquet file")))?;
+        let schema = parquet_schema(first)?;
+        Ok(Self {
+            name,
+            schema,
+            files,
+        })
+    }
+
+    /// Streams the record batches of every file, in file order, so a stage
+    /// never has to hold a whole table in memory.
+    pub fn batches(&self) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+        self.files.iter().flat_map(|path| {
+            let reader = open_parquet(path);
+            let iter: Box<dyn Iterator<Item = Result<RecordBatch>>> = match reader {
+                Ok(reader) => Box::new(reader.map(move |b| {
+                    b.map_err(|e| StageError::Parquet {
+                        path: path.clone(),
+                        source: e.into(),
+                    })
+                })),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            iter
+        })
+    }
+
+    /// Reads the whole table (for small tables such as metrics).
+    pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
+        self.batches().collect()
+    }
+
+    /// Index of a required column, checking its type with `accept`.
+    pub fn require(
+        &self,
+        column: &str,
+        why: &str,
+        expected: &str,
+        accept: impl Fn(&DataType) -> bool,
+    ) -> Result<usize> {
+        require_column(&self.schema, &self.name, column, why, expected, accept)
+    }
+}
+
+/// Checks that `schema` (of input `input`) has `column` with an accepted type.
+pub fn require_column(
+    schema: &SchemaRef,
+    input: &str,
+    column: &str,
+    why: &str,
+    expected: &str,
+    accept: impl Fn(&DataType) -> bool,
+) -> Result<usize> {
+    let idx = schema
+        .index_of(column)
+        .map_err(|_| StageError::MissingColumn {
+            input: input.to_string(),
+            column: column.to_string(),
+            why: why.to_string(),
+        })?;
+    let found = schema.field(idx).data_type();
+    if !accept(found) {
+        return Err(StageError::WrongType {
+            input: input.to_string(),
+            column: column.to_string(),
+            found: found.clone(),
+            expected: expected.to_string(),
+        });
+    }
+    Ok(idx)
+}
+
+fn open_parquet(path: &Path) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let file = File::open(path).map_err(|e| StageError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(8192).build())
+        .map_err(|e| StageError::Parquet {
+            path: path.to_path_buf(),
+            source: e,
+        })
+}
+
+/// The Arrow schema stored in a Parquet file's footer.
+pub fn parquet_schema(path: &Path) -> Result<SchemaRef> {
+    let file = File::open(path).map_err(|e| StageError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| StageError::Parquet {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    Ok(builder.schema().clone())
+}
+
+/// An output table a stage promises to write, declared before it runs.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    /// Output name; the first output of a stage is its main table.
+    pub name: &'static str,
+    pub schema: SchemaRef,
+}
+
+/// Where a stage writes its tables; the engine checks every batch against the
+/// declared schema and makes the files durable only if the stage succeeds.
+pub trait OutputWriter: Send {
+    fn write(&mut self, output: &str, batch: RecordBatch) -> Result<()>;
+}
+
+/// Progress of one long loop (datasets, runs, files).
+pub trait Progress: Send + Sync {
+    fn inc(&self, n: u64);
+}
+
+/// How a stage reports what it is doing; the engine draws progress bars on a
+/// terminal and writes plain log lines otherwise.
+pub trait Reporter: Send + Sync {
+    /// Starts a progress counter of `total` items of `unit`.
+    fn progress(&self, total: u64, unit: &str) -> Box<dyn Progress>;
+    /// A one-line message worth showing the user.
+    fn info(&self, message: &str);
+}
+
+/// A reporter that says nothing (unit tests, library use).
+pub struct Silent;
+
+struct NoProgress;
+impl Progress for NoProgress {
+    fn inc(&self, _n: u64) {}
+}
+
+impl Reporter for Silent {
+    fn progress(&self, _total: u64, _unit: &str) -> Box<dyn Progress> {
+        Box::new(NoProgress)
+    }
+    fn info(&self, _message: &str) {}
+}
+
+/// Everything a running stage may touch.
+pub struct RunContext<'a> {
+    pub inputs: &'a [Input],
+    pub output: &'a mut dyn OutputWriter,
+    pub reporter: &'a dyn Reporter,
+    /// A private directory for files that are not tables (plots, models).
+    pub artifacts: &'a Path,
+}
+
+/// A configured stage: its parameters have been parsed and checked.
+pub trait Stage: Send + Sync {
+    /// The tables this stage will write, derived from its input schemas.
+    /// Called by `plan` before anything runs, so it must reject inputs the
+    /// stage cannot use (missing or mistyped columns) with a clear error.
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>>;
+
+    /// A fingerprint of files outside the pipeline the stage reads, so the
+    /// cache notices when they change. Stages reading only their inputs
+    /// return `None`.
+    fn external_fingerprint(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// Does the work.
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()>;
+}
+
+/// Checks the number of inputs a stage got.
+pub fn expect_inputs(inputs: usize, expected: usize) -> Result<()> {
+    if inputs != expected {
+        return Err(StageError::InputCount {
+            expected: expected.to_string(),
+            found: inputs,
+        });
+    }
+    Ok(())
+}
+
+/// An output writer that keeps batches in memory (tests, library use).
+#[derive(Default)]
+pub struct MemoryOutput {
+    pub tables: std::collections::BTreeMap<String, Vec<RecordBatch>>,
+}
+
+impl OutputWriter for MemoryOutput {
+    fn write(&mut self, output: &str, batch: RecordBatch) -> Result<()> {
+        self.tables
+            .entry(output.to_string())
+            .or_default()
+            .push(batch);
+        Ok(())
+    }
+}
+
+impl MemoryOutput {
+    /// All batches of one output concatenated.
+    pub fn table(&self, output: &str) -> RecordBatch {
+        let batches = &self.tables[output];
+        arrow::compute::concat_batches(&batches[0].schema(), batches).expect("same schema")
+    }
+}

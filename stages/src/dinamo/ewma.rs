@@ -1,0 +1,535 @@
+//! `dinamo_s`: DINAMO-S (paper section 2.1, Algorithm 2), an EWMA reference
+//! with per-bin Poisson weights, scored by the reduced chi-square.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::DatasetGroups;
+use crate::api::{
+    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, require_column,
+};
+use crate::arrow_util::{cast_column, f64_lists, is_integer, is_numeric_list, list_rows};
+use crate::params::AutoOr;
+use crate::registry::StageConfig;
+use crate::stats::{best_threshold, roc_auc};
+
+/// Scores every run against an EWMA reference built from earlier good runs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DinamoS {
+    /// EWMA smoothing factor in [0, 1) (weight of the history), or `auto`:
+    /// the value on a grid over [0, 1) that maximises the ROC AUC of the score
+    /// on the historical runs of each dataset.
+    pub alpha: AutoOr<f64>,
+    /// Threshold on the score ln(chi2), or `auto`: the value that maximises
+    /// balanced accuracy on the historical runs of each dataset.
+    pub threshold: AutoOr<f64>,
+    /// The first runs of each dataset that tune `auto` parameters (the
+    /// historical regime); the rest is the continual regime.
+    pub historical_runs: usize,
+    /// Step of the alpha grid for `alpha: auto` (0.01 gives 0.00..0.99).
+    pub alpha_step: f64,
+    /// Small constant in the update weight omega = 1/(sigma_x^2 + epsilon).
+    pub epsilon: f64,
+}
+
+impl Default for DinamoS {
+    fn default() -> Self {
+        Self {
+            alpha: AutoOr::Auto,
+            threshold: AutoOr::Auto,
+            historical_runs: 1000,
+            alpha_step: 0.01,
+            epsilon: 1e-9,
+        }
+    }
+}
+
+impl StageConfig for DinamoS {
+    const KIND: &'static str = "dinamo_s";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "DINAMO-S: EWMA reference with Poisson weights, reduced chi2 and pulls per run, per dataset";
+    const INPUTS: (usize, usize) = (1, 1);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        vec![dqm_schemas::runs::schema()]
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let AutoOr::Value(a) = self.alpha
+            && !(0.0..1.0).contains(&a)
+        {
+            return Err(StageError::Param {
+                param: "alpha".into(),
+                why: format!("{a} is not in [0, 1)"),
+            });
+        }
+        if !(self.alpha_step > 0.0 && self.alpha_step < 1.0) {
+            return Err(StageError::Param {
+                param: "alpha_step".into(),
+                why: "must be in (0, 1)".into(),
+            });
+        }
+        if self.historical_runs == 0
+            && (self.alpha == AutoOr::Auto || self.threshold == AutoOr::Auto)
+        {
+            return Err(StageError::Param {
+                param: "historical_runs".into(),
+                why: "`auto` alpha or threshold needs historical runs to tune on".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A run normalised to unit integral with its per-bin Poisson variance.
+#[derive(Debug, Clone)]
+pub struct NormRun {
+    pub integral: f64,
+    pub x: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+impl NormRun {
+    /// x~ = x/I and sigma^2 = x~/I - x~^2/I, with sigma = 1/I for empty bins.
+    /// An empty run (I = 0) has x~ = 0 and no statistical uncertainty.
+    pub fn new(counts: &[f64]) -> Self {
+        let integral: f64 = counts.iter().sum();
+        if integral <= 0.0 {
+            return Self {
+                integral: 0.0,
+                x: vec![0.0; counts.len()],
+                var: vec![0.0; counts.len()],
+            };
+        }
+        let x: Vec<f64> = counts.iter().map(|c| c / integral).collect();
+        let var = x
+            .iter()
+            .map(|&p| {
+                if p > 0.0 {
+                    p / integral - p * p / integral
+                } else {
+                    1.0 / (integral * integral)
+                }
+            })
+            .collect();
+        Self { integral, x, var }
+    }
+}
+
+/// The evolving DINAMO-S reference and its EWMA accumulators.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub mu: Vec<f64>,
+    pub sigma: Vec<f64>,
+    w: Vec<f64>,
+    s_mu: Vec<f64>,
+    s_sigma: Vec<f64>,
+    alpha: f64,
+    epsilon: f64,
+}
+
+impl Reference {
+    /// Uniform reference with its Poisson uncertainty for I = N_b (const 1).
+    pub fn uniform(n_bins: usize, alpha: f64, epsilon: f64) -> Self {
+        let integral = n_bins as f64;
+        let mu0 = 1.0 / n_bins as f64;
+        let var0 = mu0 / integral - mu0 * mu0 / integral;
+        let omega0 = 1.0 / (var0 + epsilon);
+        Self {
+            mu: vec![mu0; n_bins],
+            sigma: vec![var0.sqrt(); n_bins],
+            w: vec![(1.0 - alpha) * omega0; n_bins],
+            s_mu: vec![(1.0 - alpha) * omega0 * mu0; n_bins],
+            s_sigma: vec![(1.0 - alpha) * omega0 * var0; n_bins],
+            alpha,
+            epsilon,
+        }
+    }
+
+    /// Reduced chi-square of `run` against this reference; fills `pull` if given.
+    pub fn chi2(&self, run: &NormRun, mut pull: Option<&mut [f64]>) -> f64 {
+        let mut sum = 0.0;
+        for j in 0..self.mu.len() {
+            let d = run.x[j] - self.mu[j];
+            let var = (run.var[j] + self.sigma[j] * self.sigma[j]).max(f64::MIN_POSITIVE);
+            sum += d * d / var;
+            if let Some(p) = pull.as_deref_mut() {
+                p[j] = d / var.sqrt();
+            }
+        }
+        sum / self.mu.len() as f64
+    }
+
+    /// Folds a good, non-empty run into the reference.
+    pub fn update(&mut self, run: &NormRun) {
+        let (a, b) = (self.alpha, 1.0 - self.alpha);
+        for j in 0..self.mu.len() {
+            let omega = 1.0 / (run.var[j] + self.epsilon);
+            let d = run.x[j] - self.mu[j];
+            self.w[j] = a * self.w[j] + b * omega;
+            self.s_mu[j] = a * self.s_mu[j] + b * omega * run.x[j];
+            self.s_sigma[j] = a * self.s_sigma[j] + b * omega * d * d;
+            self.mu[j] = self.s_mu[j] / self.w[j];
+            self.sigma[j] = (self.s_sigma[j] / self.w[j]).sqrt();
+        }
+    }
+}
+
+/// ln(chi2), finite even for a perfect match.
+pub fn score_of(chi2: f64) -> f64 {
+    chi2.max(f64::MIN_POSITIVE).ln()
+}
+
+/// Per-run results of one pass over a dataset.
+struct Pass {
+    chi2: Vec<f64>,
+    pulls: Vec<Vec<f64>>,
+    ref_mu: Vec<Vec<f64>>,
+    ref_sigma: Vec<Vec<f64>>,
+}
+
+/// Runs DINAMO-S over `runs` (in order); keeps per-bin outputs if `keep`.
+fn pass(runs: &[NormRun], good: &[bool], alpha: f64, epsilon: f64, keep: bool) -> Pass {
+    let n_bins = runs.first().map_or(0, |r| r.x.len());
+    let mut reference = Reference::uniform(n_bins, alpha, epsilon);
+    let cap = if keep { runs.len() } else { 0 };
+    let mut out = Pass {
+        chi2: Vec::with_capacity(runs.len()),
+        pulls: Vec::with_capacity(cap),
+        ref_mu: Vec::with_capacity(cap),
+        ref_sigma: Vec::with_capacity(cap),
+    };
+    for (run, &is_good) in runs.iter().zip(good) {
+        if keep {
+            let mut pull = vec![0.0; n_bins];
+            out.chi2.push(reference.chi2(run, Some(&mut pull)));
+            out.pulls.push(pull);
+            out.ref_mu.push(reference.mu.clone());
+            out.ref_sigma.push(reference.sigma.clone());
+        } else {
+            out.chi2.push(reference.chi2(run, None));
+        }
+        if is_good && run.integral > 0.0 {
+            reference.update(run);
+        }
+    }
+    out
+}
+
+/// The `dataset, run, label` columns every reference method writes first.
+fn key_fields() -> Vec<Field> {
+    vec![
+        dqm_schemas::runs::dataset(),
+        dqm_schemas::runs::run(),
+        dqm_schemas::runs::label(),
+    ]
+}
+
+impl DinamoS {
+    fn alpha_grid(&self) -> Vec<f64> {
+        let n = (1.0 / self.alpha_step).round() as usize;
+        (0..n)
+            .map(|k| k as f64 * self.alpha_step)
+            .filter(|&a| a < 1.0)
+            .collect()
+    }
+
+    /// Scores one dataset (rows already in input order) and builds its output batch.
+    fn score_dataset(
+        &self,
+        dataset: i64,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        input: &str,
+    ) -> Result<RecordBatch> {
+        let ctx = |msg: String| StageError::Data(format!("dataset {dataset}: {msg}"));
+        let col = |name: &str| {
+            batch
+                .column(batch.schema().index_of(name).expect("checked by outputs()"))
+                .clone()
+        };
+        let runs = cast_column(&col("run"), &DataType::Int64, input, "run")?;
+        let labels = cast_column(&col("label"), &DataType::Int8, input, "label")?;
+        if runs.null_count() > 0 || labels.null_count() > 0 {
+            return Err(ctx("null run number or label".into()));
+        }
+        let runs = runs.as_primitive::<Int64Type>().values();
+        let labels = labels.as_primitive::<Int8Type>().values();
+        let counts = list_rows(&col("counts"), input, "counts")?;
+
+        // Process in run order whatever the input order.
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        order.sort_by_key(|&i| runs[i as usize]);
+        let n_bins = counts.first().map_or(0, Vec::len);
+        let mut norm = Vec::with_capacity(order.len());
+        let mut good = Vec::with_capacity(order.len());
+        for &i in &order {
+            let (i, run) = (i as usize, runs[i as usize]);
+            let c = &counts[i];
+            if c.len() != n_bins {
+                return Err(ctx(format!(
+                    "run {run} has {} bins, the first run has {n_bins}",
+                    c.len()
+                )));
+            }
+            if let Some(j) = c.iter().position(|v| !v.is_finite() || *v < 0.0) {
+                return Err(ctx(format!(
+                    "run {run}: bin {j} holds {}, counts must be finite and >= 0",
+                    c[j]
+                )));
+            }
+            match labels[i] {
+                0 => good.push(true),
+                1 => good.push(false),
+                l => {
+                    return Err(ctx(format!(
+                        "run {run}: label {l} is neither 0 (good) nor 1 (bad)"
+                    )));
+                }
+            }
+            norm.push(NormRun::new(c));
+        }
+
+        let historical = self.historical_runs.min(norm.len());
+        let bad_hist: Vec<bool> = good[..historical].iter().map(|g| !g).collect();
+        let need_classes = |what: &str| {
+            let n_bad = bad_hist.iter().filter(|&&b| b).count();
+            ctx(format!(
+                "{what}: auto needs good and bad runs among the first {historical} runs (found {} good, {n_bad} bad); set it to a number",
+                historical - n_bad
+            ))
+        };
+        let alpha = match self.alpha {
+            AutoOr::Value(a) => a,
+            AutoOr::Auto => {
+                let mut best: Option<(f64, f64)> = None;
+                for a in self.alpha_grid() {
+                    let p = pass(
+                        &norm[..historical],
+                        &good[..historical],
+                        a,
+                        self.epsilon,
+                        false,
+                    );
+                    let scores: Vec<f64> = p.chi2.iter().map(|&c| score_of(c)).collect();
+                    let auc = roc_auc(&scores, &bad_hist).ok_or_else(|| need_classes("alpha"))?;
+                    if best.is_none_or(|(b, _)| auc > b) {
+                        best = Some((auc, a));
+                    }
+                }
+                best.map(|(_, a)| a).ok_or_else(|| need_classes("alpha"))?
+            }
+        };
+        let full = pass(&norm, &good, alpha, self.epsilon, true);
+        let scores: Vec<f64> = full.chi2.iter().map(|&c| score_of(c)).collect();
+        let threshold = match self.threshold {
+            AutoOr::Value(t) => t,
+            AutoOr::Auto => best_threshold(&scores[..historical], &bad_hist)
+                .ok_or_else(|| need_classes("threshold"))?,
+        };
+
+        let n = norm.len();
+        let take = UInt32Array::from(order.clone());
+        let taken = |a: &ArrayRef| arrow::compute::take(a, &take, None);
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![dataset; n])),
+            Arc::new(Int64Array::from_iter_values(
+                order.iter().map(|&i| runs[i as usize]),
+            )),
+            taken(&labels_array(labels))?,
+            Arc::new(Float64Array::from_iter_values(
+                norm.iter().map(|r| r.integral),
+            )),
+            Arc::new(Float64Array::from(full.chi2)),
+            Arc::new(Float64Array::from(scores.clone())),
+            Arc::new(BooleanArray::from_iter(
+                scores.iter().map(|&s| Some(s > threshold)),
+            )),
+            Arc::new(f64_lists(full.pulls.iter().map(Vec::as_slice))),
+            Arc::new(f64_lists(full.ref_mu.iter().map(Vec::as_slice))),
+            Arc::new(f64_lists(full.ref_sigma.iter().map(Vec::as_slice))),
+            Arc::new(Float64Array::from(vec![alpha; n])),
+            Arc::new(Float64Array::from(vec![threshold; n])),
+            Arc::new(BooleanArray::from_iter(
+                (0..n).map(|k| Some(k < historical)),
+            )),
+            Arc::new(f64_lists(
+                order.iter().map(|&i| counts[i as usize].as_slice()),
+            )),
+        ];
+        for field in &schema.fields()[columns.len()..] {
+            columns.push(taken(&col(field.name()))?);
+        }
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+fn labels_array(labels: &[i8]) -> ArrayRef {
+    Arc::new(arrow::array::Int8Array::from(labels.to_vec()))
+}
+
+/// The output schema of a reference method given its input schema: keys,
+/// scores, per-bin columns, then the input's truth columns that are present.
+pub fn score_schema(input: &SchemaRef, name: &str) -> Result<SchemaRef> {
+    let why = "a DINAMO reference scores histograms per run";
+    require_column(input, name, "run", why, "an integer", is_integer)?;
+    require_column(
+        input,
+        name,
+        "label",
+        why,
+        "an integer (0 good, 1 bad)",
+        is_integer,
+    )?;
+    require_column(
+        input,
+        name,
+        "counts",
+        why,
+        "a list of numbers",
+        is_numeric_list,
+    )?;
+    if input.index_of("dataset").is_ok() {
+        require_column(input, name, "dataset", why, "an integer", is_integer)?;
+    }
+    let mut fields = key_fields();
+    fields.extend(dqm_schemas::scores::score_fields());
+    fields.push(dqm_schemas::runs::counts());
+    for truth in dqm_schemas::runs::TRUTH_COLUMNS {
+        if let Ok(f) = input.field_with_name(truth) {
+            fields.push(f.clone());
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+impl Stage for DinamoS {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        expect_inputs(inputs.len(), 1)?;
+        Ok(vec![OutputSpec {
+            name: "main",
+            schema: score_schema(&inputs[0], "input")?,
+        }])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let input = &ctx.inputs[0];
+        let schema = score_schema(&input.schema, &input.name)?;
+        let mut groups = DatasetGroups::new(input);
+        let progress = ctx.reporter.progress(0, "datasets");
+        let chunk = 2 * rayon::current_num_threads();
+        loop {
+            let datasets = groups.next_chunk(chunk)?;
+            if datasets.is_empty() {
+                break;
+            }
+            let batches: Vec<Result<RecordBatch>> = datasets
+                .par_iter()
+                .map(|(id, batch)| {
+                    let out = self.score_dataset(*id, batch, &schema, &input.name);
+                    progress.inc(1);
+                    out
+                })
+                .collect();
+            for batch in batches {
+                ctx.output.write("main", batch?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    /// A 3-bin example worked by hand.
+    #[test]
+    fn three_bin_chi2_and_update_by_hand() {
+        let alpha = 0.5;
+        let eps = 1e-9;
+        let mut r = Reference::uniform(3, alpha, eps);
+        // mu0 = 1/3, I = 3: var0 = (1/3)/3 - (1/9)/3 = 2/27.
+        let var0: f64 = 2.0 / 27.0;
+        assert!(close(r.mu[0], 1.0 / 3.0));
+        assert!(close(r.sigma[0], var0.sqrt()));
+
+        // Run x = [2, 1, 1]: I = 4, x~ = [1/2, 1/4, 1/4], var = x~/4 - x~^2/4.
+        let run = NormRun::new(&[2.0, 1.0, 1.0]);
+        let var_x = [
+            0.5 / 4.0 - 0.25 / 4.0,
+            0.25 / 4.0 - 0.0625 / 4.0,
+            0.25 / 4.0 - 0.0625 / 4.0,
+        ];
+        for j in 0..3 {
+            assert!(close(run.var[j], var_x[j]));
+        }
+        let expected_chi2 = ((0.5 - 1.0 / 3.0_f64).powi(2) / (var_x[0] + var0)
+            + 2.0 * (0.25 - 1.0 / 3.0_f64).powi(2) / (var_x[1] + var0))
+            / 3.0;
+        let mut pull = [0.0; 3];
+        assert!(close(r.chi2(&run, Some(&mut pull)), expected_chi2));
+        assert!(close(pull[0], (0.5 - 1.0 / 3.0) / (var_x[0] + var0).sqrt()));
+
+        // Update: W1 = a W0 + (1-a) w, S_mu, S_sigma with (x~ - mu_before)^2.
+        let omega0 = 1.0 / (var0 + eps);
+        let omega = 1.0 / (var_x[0] + eps);
+        let w1 = alpha * (1.0 - alpha) * omega0 + (1.0 - alpha) * omega;
+        let s_mu = alpha * (1.0 - alpha) * omega0 / 3.0 + (1.0 - alpha) * omega * 0.5;
+        let s_sig = alpha * (1.0 - alpha) * omega0 * var0
+            + (1.0 - alpha) * omega * (0.5 - 1.0 / 3.0_f64).powi(2);
+        r.update(&run);
+        assert!(close(r.mu[0], s_mu / w1));
+        assert!(close(r.sigma[0], (s_sig / w1).sqrt()));
+    }
+
+    #[test]
+    fn empty_bin_uses_one_over_integral() {
+        let run = NormRun::new(&[4.0, 0.0, 6.0]);
+        assert!(close(run.var[1], 1.0 / 100.0));
+        assert!(run.var[0] > 0.0);
+    }
+
+    #[test]
+    fn zero_integral_run_gives_a_finite_score_and_no_update() {
+        let r = Reference::uniform(4, 0.3, 1e-9);
+        let empty = NormRun::new(&[0.0; 4]);
+        assert_eq!(empty.integral, 0.0);
+        let chi2 = r.chi2(&empty, None);
+        assert!(chi2.is_finite() && chi2 > 0.0);
+        // mu0^2 / sigma0^2 per bin: (1/4)^2 / ((1/4)/4 - (1/16)/4) = 4/3.
+        assert!(close(chi2, 4.0 / 3.0));
+        let before = r.mu.clone();
+        let out = pass(&[empty], &[true], 0.3, 1e-9, true);
+        assert!(out.chi2[0].is_finite());
+        r.chi2(&NormRun::new(&[1.0; 4]), None);
+        assert_eq!(r.mu, before);
+    }
+
+    #[test]
+    fn reference_tracks_good_runs_not_bad_ones() {
+        let good_shape = [10.0, 30.0, 60.0];
+        let bad_shape = [60.0, 30.0, 10.0];
+        let runs: Vec<NormRun> = (0..50)
+            .map(|i| NormRun::new(if i % 5 == 4 { &bad_shape } else { &good_shape }))
+            .collect();
+        let good: Vec<bool> = (0..50).map(|i| i % 5 != 4).collect();
+        let out = pass(&runs, &good, 0.5, 1e-9, true);
+        let last = out.ref_mu.last().unwrap();
+        assert!((last[2] - 0.6).abs() < 1e-6, "{last:?}");
+        // Bad runs score far above good ones once the reference has converged.
+        assert!(out.chi2[49] > 100.0 * out.chi2[48]);
+    }
+}

@@ -1,0 +1,629 @@
+//! `synth_runs`: the DINAMO synthetic run generator (paper appendix A,
+//! Algorithm 1) with the parameters of appendix A.1 as defaults.
+//!
+//! Each run is a histogram of a Gaussian whose mean drifts slowly, jumps at
+//! rapid changes, and, for bad runs, is distorted further (mean and width
+//! shifts, dead bins). Where the paper's text and pseudocode differ we follow
+//! the text and say so on the parameter.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int8Array, Int32Array, Int64Array, RecordBatch,
+};
+use arrow::datatypes::SchemaRef;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Binomial, Distribution, StandardNormal};
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, expect_inputs};
+use crate::registry::StageConfig;
+
+/// How the sign of the binomial systematic is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignPer {
+    /// One sign for the whole right half of a run (paper section 4: a
+    /// correlated readout inefficiency or excess).
+    Run,
+    /// A sign per bin (the paper's Algorithm 1 pseudocode).
+    Bin,
+}
+
+/// How bin contents are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// Multinomial draw of the bin contents (conditional binomials):
+    /// statistically identical to drawing events, and ~100x faster.
+    Multinomial,
+    /// Draw every event from the Gaussian and bin it (the paper's way).
+    Events,
+}
+
+/// Generates one dataset of runs per seed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthRuns {
+    /// Seeds, one dataset per seed (the dataset id is the seed).
+    pub seeds: Option<Vec<u64>>,
+    /// Alternative to `seeds`: the half-open seed range `[a, b)`.
+    pub seed_range: Option<[u64; 2]>,
+    /// Runs per dataset (N_runs).
+    pub n_runs: usize,
+    /// Runs labelled bad per dataset, chosen uniformly at random.
+    pub n_bad: usize,
+    /// Histogram bins (N_b).
+    pub n_bins: usize,
+    /// Histogram range `[lo, hi]`; events outside it are lost.
+    pub range: [f64; 2],
+    /// Base mean of the Gaussian (mu_base).
+    pub mu_base: f64,
+    /// Base width of the Gaussian (sigma_base; not given in the paper).
+    pub sigma_base: f64,
+    /// Amplitude of the sinusoidal slow drift of the mean (A_drift).
+    pub drift_amplitude: f64,
+    /// Period of the slow drift in runs (2 mu_T_slow; the paper's 500 is a half period).
+    pub drift_period: f64,
+    /// Events per run drawn uniformly from `[min, max]` (I_min, I_max).
+    pub events: [u64; 2],
+    /// Probability that a rapid change starts at a run (p_rapid).
+    pub p_rapid: f64,
+    /// Range of the mean jump at a rapid change (random sign). The jump
+    /// replaces the previous one and persists until the next change.
+    pub rapid_mu_shift: [f64; 2],
+    /// Range of the width jump at a rapid change (random sign); accumulates.
+    pub rapid_sigma_shift: [f64; 2],
+    /// Smallest allowed width: a width shift that would go below it takes the other sign.
+    pub sigma_min: f64,
+    /// Probability of each distortion of a bad run (mean shift, width shift,
+    /// dead bins), drawn independently (p_anomaly).
+    pub p_anomaly: f64,
+    /// Range of a bad run's extra mean shift (random sign).
+    pub anomaly_mu_shift: [f64; 2],
+    /// Range of a bad run's extra width shift (random sign).
+    pub anomaly_sigma_shift: [f64; 2],
+    /// Number of dead (zeroed) bins of a bad run, uniform in `[min, max]`.
+    pub dead_bins: [usize; 2],
+    /// Binomial systematic on the right half: each bin n gets +-Binomial(n, p).
+    pub p_binomial: f64,
+    /// Whether the systematic's sign is drawn per run or per bin.
+    pub binomial_sign: SignPer,
+    /// How bin contents are drawn.
+    pub sampling: Sampling,
+}
+
+impl Default for SynthRuns {
+    fn default() -> Self {
+        Self {
+            seeds: None,
+            seed_range: None,
+            n_runs: 5000,
+            n_bad: 500,
+            n_bins: 100,
+            range: [-5.0, 5.0],
+            mu_base: 0.0,
+            sigma_base: 1.0,
+            drift_amplitude: 0.5,
+            drift_period: 1000.0,
+            events: [2000, 20000],
+            p_rapid: 0.005,
+            rapid_mu_shift: [0.5, 1.5],
+            rapid_sigma_shift: [0.1, 0.4],
+            sigma_min: 0.2,
+            p_anomaly: 0.9,
+            anomaly_mu_shift: [0.25, 0.75],
+            anomaly_sigma_shift: [0.05, 0.2],
+            dead_bins: [1, 10],
+            p_binomial: 0.4,
+            binomial_sign: SignPer::Run,
+            sampling: Sampling::Multinomial,
+        }
+    }
+}
+
+impl StageConfig for SynthRuns {
+    const KIND: &'static str = "synth_runs";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "DINAMO synthetic generator: one dataset of histogram runs per seed (drifts, jumps, dead bins)";
+    const INPUTS: (usize, usize) = (0, 0);
+
+    fn validate(&self) -> Result<()> {
+        let bad = |param: &str, why: String| {
+            Err(StageError::Param {
+                param: param.into(),
+                why,
+            })
+        };
+        match (&self.seeds, &self.seed_range) {
+            (Some(_), Some(_)) => {
+                return bad("seeds", "give `seeds` or `seed_range`, not both".into());
+            }
+            (None, None) => {
+                return bad("seeds", "give `seeds: [..]` or `seed_range: [a, b)`".into());
+            }
+            (Some(s), None) if s.is_empty() => return bad("seeds", "is empty".into()),
+            (None, Some([a, b])) if a >= b => {
+                return bad("seed_range", format!("[{a}, {b}) is empty"));
+            }
+            _ => {}
+        }
+        if self.n_bad > self.n_runs {
+            return bad(
+                "n_bad",
+                format!("{} exceeds n_runs {}", self.n_bad, self.n_runs),
+            );
+        }
+        if self.n_bins < 2 {
+            return bad("n_bins", "needs at least 2 bins".into());
+        }
+        if self.range[0].partial_cmp(&self.range[1]) != Some(std::cmp::Ordering::Less) {
+            return bad(
+                "range",
+                format!("{:?} is not an increasing interval", self.range),
+            );
+        }
+        if self.events[0] > self.events[1] {
+            return bad("events", format!("{:?}: min exceeds max", self.events));
+        }
+        if self.dead_bins[0] > self.dead_bins[1] || self.dead_bins[1] > self.n_bins {
+            return bad(
+                "dead_bins",
+                format!(
+                    "{:?} is not a range within 0..={}",
+                    self.dead_bins, self.n_bins
+                ),
+            );
+        }
+        for (name, p) in [
+            ("p_rapid", self.p_rapid),
+            ("p_anomaly", self.p_anomaly),
+            ("p_binomial", self.p_binomial),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(name, format!("{p} is not a probability"));
+            }
+        }
+        for (name, r) in [
+            ("rapid_mu_shift", self.rapid_mu_shift),
+            ("rapid_sigma_shift", self.rapid_sigma_shift),
+            ("anomaly_mu_shift", self.anomaly_mu_shift),
+            ("anomaly_sigma_shift", self.anomaly_sigma_shift),
+        ] {
+            if !(r[0] <= r[1]) || r[0] < 0.0 {
+                return bad(
+                    name,
+                    format!("{r:?} must be a non-negative range [min, max)"),
+                );
+            }
+        }
+        if !(self.sigma_base >= self.sigma_min && self.sigma_min > 0.0) {
+            return bad("sigma_min", "needs 0 < sigma_min <= sigma_base".into());
+        }
+        if !(self.drift_period > 0.0) {
+            return bad("drift_period", "must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// One generated run before it becomes a table row.
+#[derive(Debug, Clone)]
+pub struct SynthRun {
+    pub label: i8,
+    pub counts: Vec<f64>,
+    pub mu: f64,
+    pub sigma: f64,
+    pub rapid_change: bool,
+    pub n_dead_bins: i32,
+}
+
+impl SynthRuns {
+    /// The dataset seeds, in output order.
+    pub fn seed_list(&self) -> Vec<u64> {
+        match (&self.seeds, self.seed_range) {
+            (Some(s), _) => s.clone(),
+            (None, Some([a, b])) => (a..b).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Generates one dataset; depends only on `seed` and the parameters.
+    pub fn generate(&self, seed: u64) -> Vec<SynthRun> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut is_bad = vec![false; self.n_runs];
+        for i in rand::seq::index::sample(&mut rng, self.n_runs, self.n_bad) {
+            is_bad[i] = true;
+        }
+        let uniform = |rng: &mut ChaCha8Rng, r: [f64; 2]| {
+            if r[0] < r[1] {
+                rng.random_range(r[0]..r[1])
+            } else {
+                r[0]
+            }
+        };
+        let sign = |rng: &mut ChaCha8Rng| if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+        // A width shift that would fall below sigma_min takes the other sign.
+        let shift_sigma = |sigma: f64, delta: f64| {
+            if sigma + delta >= self.sigma_min {
+                sigma + delta
+            } else {
+                sigma - delta
+            }
+        };
+        let mut sigma_current = self.sigma_base;
+        let mut mu_jump = 0.0;
+        let mut runs = Vec::with_capacity(self.n_runs);
+        for (i, &bad) in is_bad.iter().enumerate() {
+            let drift = self.mu_base
+                + self.drift_amplitude
+                    * (2.0 * std::f64::consts::PI * i as f64 / self.drift_period).sin();
+            let rapid_change = rng.random_bool(self.p_rapid);
+            if rapid_change {
+                mu_jump = sign(&mut rng) * uniform(&mut rng, self.rapid_mu_shift);
+                let delta = sign(&mut rng) * uniform(&mut rng, self.rapid_sigma_shift);
+                sigma_current = shift_sigma(sigma_current, delta);
+            }
+            let mut mu = drift + mu_jump;
+            let mut sigma = sigma_current;
+            let mut dead = Vec::new();
+            if bad {
+                if rng.random_bool(self.p_anomaly) {
+                    mu += sign(&mut rng) * uniform(&mut rng, self.anomaly_mu_shift);
+                }
+                if rng.random_bool(self.p_anomaly) {
+                    let delta = sign(&mut rng) * uniform(&mut rng, self.anomaly_sigma_shift);
+                    sigma = shift_sigma(sigma, delta);
+                }
+                if rng.random_bool(self.p_anomaly) {
+                    let n = rng.random_range(self.dead_bins[0]..=self.dead_bins[1]);
+                    dead = rand::seq::index::sample(&mut rng, self.n_bins, n).into_vec();
+                }
+            }
+            let n_events = rng.random_range(self.events[0]..=self.events[1]);
+            let mut counts = match self.sampling {
+                Sampling::Multinomial => {
+                    sample_multinomial(&mut rng, n_events, &self.bin_probabilities(mu, sigma))
+                }
+                Sampling::Events => {
+                    sample_events(&mut rng, n_events, mu, sigma, self.n_bins, self.range)
+                }
+            };
+            let run_sign = sign(&mut rng);
+            for c in &mut counts[self.n_bins / 2..] {
+                if *c > 0.0 {
+                    let s = match self.binomial_sign {
+                        SignPer::Run => run_sign,
+                        SignPer::Bin => sign(&mut rng),
+                    };
+                    let delta = Binomial::new(*c as u64, self.p_binomial)
+                        .expect("valid p")
+                        .sample(&mut rng);
+                    *c = (*c + s * delta as f64).max(0.0);
+                }
+            }
+            for &j in &dead {
+                counts[j] = 0.0;
+            }
+            runs.push(SynthRun {
+                label: i8::from(bad),
+                counts,
+                mu,
+                sigma,
+                rapid_change,
+                n_dead_bins: dead.len() as i32,
+            });
+        }
+        runs
+    }
+
+    /// Probability of each bin, plus a last entry for events outside the range.
+    pub fn bin_probabilities(&self, mu: f64, sigma: f64) -> Vec<f64> {
+        let [lo, hi] = self.range;
+        let width = (hi - lo) / self.n_bins as f64;
+        let cdf = |x: f64| 0.5 * libm::erfc(-(x - mu) / (sigma * std::f64::consts::SQRT_2));
+        let mut probs: Vec<f64> = (0..self.n_bins)
+            .map(|j| (cdf(lo + (j + 1) as f64 * width) - cdf(lo + j as f64 * width)).max(0.0))
+            .collect();
+        let inside: f64 = probs.iter().sum();
+        probs.push((1.0 - inside).max(0.0));
+        probs
+    }
+
+    fn to_batch(&self, dataset: u64, runs: &[SynthRun]) -> Result<RecordBatch> {
+        let n = runs.len();
+        let counts = crate::arrow_util::f64_lists(runs.iter().map(|r| r.counts.as_slice()));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![dataset as i64; n])),
+            Arc::new(Int64Array::from_iter_values(0..n as i64)),
+            Arc::new(Int8Array::from_iter_values(runs.iter().map(|r| r.label))),
+            Arc::new(counts),
+            Arc::new(Float64Array::from(vec![self.range[0]; n])),
+            Arc::new(Float64Array::from(vec![self.range[1]; n])),
+            Arc::new(Float64Array::from_iter_values(runs.iter().map(|r| r.mu))),
+            Arc::new(Float64Array::from_iter_values(runs.iter().map(|r| r.sigma))),
+            Arc::new(BooleanArray::from_iter(
+                runs.iter().map(|r| Some(r.rapid_change)),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                runs.iter().map(|r| r.n_dead_bins),
+            )),
+        ];
+        Ok(RecordBatch::try_new(dqm_schemas::runs::schema(), columns)?)
+    }
+}
+
+/// Multinomial draw of `n` events over `probs` by conditional binomials;
+/// the last category (outside the range) is dropped from the result.
+fn sample_multinomial(rng: &mut ChaCha8Rng, n: u64, probs: &[f64]) -> Vec<f64> {
+    let mut remaining = n;
+    let mut mass = 1.0;
+    let mut counts = Vec::with_capacity(probs.len() - 1);
+    for &p in &probs[..probs.len() - 1] {
+        let k = if remaining == 0 || p <= 0.0 {
+            0
+        } else if p >= mass {
+            remaining
+        } else {
+            Binomial::new(remaining, (p / mass).min(1.0))
+                .expect("valid p")
+                .sample(rng)
+        };
+        counts.push(k as f64);
+        remaining -= k;
+        mass -= p;
+    }
+    counts
+}
+
+/// Draws `n` Gaussian events and bins them (the reference generator's way).
+fn sample_events(
+    rng: &mut ChaCha8Rng,
+    n: u64,
+    mu: f64,
+    sigma: f64,
+    n_bins: usize,
+    range: [f64; 2],
+) -> Vec<f64> {
+    let mut counts = vec![0.0; n_bins];
+    let scale = n_bins as f64 / (range[1] - range[0]);
+    for _ in 0..n {
+        let x: f64 = mu + sigma * rng.sample::<f64, _>(StandardNormal);
+        let bin = ((x - range[0]) * scale).floor();
+        if bin >= 0.0 && (bin as usize) < n_bins {
+            counts[bin as usize] += 1.0;
+        } else if x == range[1] {
+            counts[n_bins - 1] += 1.0; // numpy.histogram closes the last bin
+        }
+    }
+    counts
+}
+
+impl Stage for SynthRuns {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        expect_inputs(inputs.len(), 0)?;
+        Ok(vec![OutputSpec {
+            name: "main",
+            schema: dqm_schemas::runs::schema(),
+        }])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let seeds = self.seed_list();
+        let progress = ctx.reporter.progress(seeds.len() as u64, "datasets");
+        // Generate a few datasets per thread at a time, then write them in
+        // seed order: memory stays bounded however many seeds there are.
+        let chunk = 2 * rayon::current_num_threads();
+        for seeds in seeds.chunks(chunk) {
+            let batches: Vec<Result<RecordBatch>> = seeds
+                .par_iter()
+                .map(|&seed| {
+                    let batch = self.to_batch(seed, &self.generate(seed));
+                    progress.inc(1);
+                    batch
+                })
+                .collect();
+            for batch in batches {
+                ctx.output.write("main", batch?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MemoryOutput, Silent};
+    use arrow::array::AsArray;
+    use arrow::datatypes::Float64Type;
+
+    fn small(seeds: Vec<u64>) -> SynthRuns {
+        SynthRuns {
+            seeds: Some(seeds),
+            n_runs: 1000,
+            n_bad: 100,
+            ..Default::default()
+        }
+    }
+
+    fn run_stage(stage: &SynthRuns) -> RecordBatch {
+        let mut out = MemoryOutput::default();
+        let dir = tempfile::tempdir().unwrap();
+        stage
+            .run(&mut RunContext {
+                inputs: &[],
+                output: &mut out,
+                reporter: &Silent,
+                artifacts: dir.path(),
+            })
+            .unwrap();
+        out.table("main")
+    }
+
+    #[test]
+    fn ten_percent_bad_and_dead_bins_only_on_bad_runs() {
+        let stage = SynthRuns {
+            seeds: Some(vec![70]),
+            ..Default::default()
+        };
+        let runs = stage.generate(70);
+        assert_eq!(runs.len(), 5000);
+        assert_eq!(runs.iter().filter(|r| r.label == 1).count(), 500);
+        let dead_on_bad = runs
+            .iter()
+            .filter(|r| r.label == 1 && r.n_dead_bins > 0)
+            .count();
+        assert!(
+            dead_on_bad > 400,
+            "p_anomaly 0.9 gives ~450 bad runs with dead bins, got {dead_on_bad}"
+        );
+        assert!(
+            runs.iter()
+                .filter(|r| r.label == 0)
+                .all(|r| r.n_dead_bins == 0)
+        );
+        // Dead bins are really empty: a bad run with k dead bins has at least k zeros.
+        for r in runs.iter().filter(|r| r.n_dead_bins > 0) {
+            assert!(r.counts.iter().filter(|&&c| c == 0.0).count() >= r.n_dead_bins as usize);
+        }
+        // Rapid changes happen at about p_rapid * n_runs = 25 runs.
+        let changes = runs.iter().filter(|r| r.rapid_change).count();
+        assert!((8..=50).contains(&changes), "{changes} rapid changes");
+    }
+
+    #[test]
+    fn same_seed_same_table_different_seed_different_table() {
+        let a = run_stage(&small(vec![1, 2]));
+        let b = run_stage(&small(vec![1, 2]));
+        assert_eq!(a, b);
+        let c = run_stage(&small(vec![1, 3]));
+        assert_ne!(a, c);
+        // Each seed is reproducible on its own: dataset 2 alone equals dataset 2 in a pair.
+        let alone = run_stage(&small(vec![2]));
+        assert_eq!(alone, a.slice(1000, 1000));
+        assert_eq!(a.schema(), dqm_schemas::runs::schema());
+    }
+
+    #[test]
+    fn counts_stay_within_the_event_budget_plus_systematic() {
+        let stage = small(vec![5]);
+        for run in stage.generate(5) {
+            let total: f64 = run.counts.iter().sum();
+            assert!(total >= 0.0 && total <= 1.4 * 20000.0 + 1.0, "{total}");
+            assert!(run.counts.iter().all(|c| c.fract() == 0.0 && *c >= 0.0));
+        }
+    }
+
+    /// Multinomial bin sampling is the same distribution as binning events:
+    /// per-bin means and variances over many runs agree within their errors.
+    #[test]
+    fn multinomial_sampling_matches_event_sampling() {
+        let stage = SynthRuns {
+            n_bins: 20,
+            range: [-3.0, 3.0],
+            ..Default::default()
+        };
+        let probs = stage.bin_probabilities(0.3, 0.8);
+        let (n, reps) = (2000_u64, 4000);
+        let mut rng_a = ChaCha8Rng::seed_from_u64(1);
+        let mut rng_b = ChaCha8Rng::seed_from_u64(2);
+        let stats = |draws: &[Vec<f64>], j: usize| {
+            let m = draws.iter().map(|d| d[j]).sum::<f64>() / reps as f64;
+            let v = draws.iter().map(|d| (d[j] - m).powi(2)).sum::<f64>() / (reps - 1) as f64;
+            (m, v)
+        };
+        let a: Vec<Vec<f64>> = (0..reps)
+            .map(|_| sample_multinomial(&mut rng_a, n, &probs))
+            .collect();
+        let b: Vec<Vec<f64>> = (0..reps)
+            .map(|_| sample_events(&mut rng_b, n, 0.3, 0.8, 20, [-3.0, 3.0]))
+            .collect();
+        for j in 0..20 {
+            let (ma, va) = stats(&a, j);
+            let (mb, vb) = stats(&b, j);
+            let expected = n as f64 * probs[j];
+            // Means: difference within 5 standard errors; both near n p.
+            let se = ((va + vb) / reps as f64).sqrt().max(1e-9);
+            assert!(
+                (ma - mb).abs() < 5.0 * se,
+                "bin {j}: means {ma} vs {mb} (se {se})"
+            );
+            assert!((ma - expected).abs() < 5.0 * (va / reps as f64).sqrt().max(1e-9) + 1e-9);
+            // Variances: both match the binomial n p (1-p) within 15%.
+            let binom = expected * (1.0 - probs[j]);
+            if binom > 1.0 {
+                assert!(
+                    (va / binom - 1.0).abs() < 0.15,
+                    "bin {j}: var {va} vs {binom}"
+                );
+                assert!(
+                    (vb / binom - 1.0).abs() < 0.15,
+                    "bin {j}: var {vb} vs {binom}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent_parameters() {
+        let both = SynthRuns {
+            seeds: Some(vec![1]),
+            seed_range: Some([0, 3]),
+            ..Default::default()
+        };
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not both")
+        );
+        let none = SynthRuns::default();
+        assert!(none.validate().is_err());
+        let too_bad = SynthRuns {
+            n_bad: 6000,
+            ..small(vec![1])
+        };
+        assert!(
+            too_bad
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("n_bad")
+        );
+        let range = SynthRuns {
+            seed_range: Some([3, 3]),
+            ..Default::default()
+        };
+        assert!(range.validate().unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn seed_range_is_half_open() {
+        let stage = SynthRuns {
+            seed_range: Some([3, 6]),
+            n_runs: 10,
+            n_bad: 1,
+            ..Default::default()
+        };
+        assert_eq!(stage.seed_list(), vec![3, 4, 5]);
+        let table = run_stage(&stage);
+        let datasets = table
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(
+            datasets
+                .values()
+                .iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            3
+        );
+        let counts = table.column(3).as_list::<i32>();
+        assert_eq!(counts.value(0).as_primitive::<Float64Type>().len(), 100);
+    }
+}

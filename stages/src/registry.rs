@@ -1,0 +1,148 @@
+//! The catalogue of stage kinds: how a `kind:` name in a pipeline becomes a
+//! configured [`Stage`], and what `pipeline stages` documents about it.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::{Stage, StageError};
+
+/// A stage's typed parameter struct. Implemented by each stage's config,
+/// which is also the stage itself once deserialized.
+pub trait StageConfig:
+    Stage + DeserializeOwned + Serialize + schemars::JsonSchema + 'static
+{
+    /// The `kind:` name in YAML.
+    const KIND: &'static str;
+    /// Implementation version: bump it when a change alters the output, so
+    /// cached results of the older code are not reused.
+    const VERSION: u32;
+    /// One line on what the stage does, shown by `pipeline stages`.
+    const SUMMARY: &'static str;
+    /// How many input tables it takes, as (min, max).
+    const INPUTS: (usize, usize);
+
+    /// Example input schemas, used only to document the output schema in
+    /// `pipeline stages`.
+    fn doc_inputs() -> Vec<arrow::datatypes::SchemaRef> {
+        Vec::new()
+    }
+
+    /// Checks constraints between parameters that serde cannot express.
+    fn validate(&self) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// A configured stage plus its canonical parameters (defaults filled in), the
+/// form that enters the cache key so `{}` and spelled-out defaults agree.
+pub struct Configured {
+    pub stage: Box<dyn Stage>,
+    pub params: Value,
+}
+
+/// A parameter that could not be used: `path` is where in the parameters
+/// (`alpha`, `events[1]`), empty for the whole mapping.
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "parameter `{}`: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Everything the engine needs to know about one stage kind.
+pub struct StageKind {
+    pub name: &'static str,
+    pub version: u32,
+    pub summary: &'static str,
+    pub inputs: (usize, usize),
+    /// Parses YAML parameters (as JSON) into a configured stage.
+    pub configure: fn(Value) -> Result<Configured, ParamError>,
+    /// JSON Schema of the parameters, with doc comments as descriptions.
+    pub params_schema: fn() -> Value,
+    /// The output tables for the documented example inputs (`pipeline stages`).
+    pub describe_outputs: fn() -> Result<Vec<crate::api::OutputSpec>, String>,
+}
+
+fn parse<C: StageConfig>(params: Value) -> Result<C, ParamError> {
+    let params = if params.is_null() {
+        Value::Object(Default::default())
+    } else {
+        params
+    };
+    serde_path_to_error::deserialize(params).map_err(|e| ParamError {
+        path: e.path().to_string(),
+        message: e.into_inner().to_string(),
+    })
+}
+
+fn configure<C: StageConfig>(params: Value) -> Result<Configured, ParamError> {
+    let config: C = parse(params)?;
+    config.validate().map_err(|e| match e {
+        StageError::Param { param, why } => ParamError {
+            path: param,
+            message: why,
+        },
+        other => ParamError {
+            path: String::new(),
+            message: other.to_string(),
+        },
+    })?;
+    let canonical = serde_json::to_value(&config).map_err(|e| ParamError {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    Ok(Configured {
+        stage: Box::new(config),
+        params: canonical,
+    })
+}
+
+fn describe_outputs<C: StageConfig>() -> Result<Vec<crate::api::OutputSpec>, String> {
+    let config: C = parse(Value::Null).map_err(|e| e.to_string())?;
+    config.outputs(&C::doc_inputs()).map_err(|e| e.to_string())
+}
+
+fn params_schema<C: StageConfig>() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft07()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    generator.into_root_schema_for::<C>().to_value()
+}
+
+/// Describes one stage kind from its config type.
+pub fn kind<C: StageConfig>() -> StageKind {
+    StageKind {
+        name: C::KIND,
+        version: C::VERSION,
+        summary: C::SUMMARY,
+        inputs: C::INPUTS,
+        configure: configure::<C>,
+        params_schema: params_schema::<C>,
+        describe_outputs: describe_outputs::<C>,
+    }
+}
+
+/// Every stage kind this build knows, in the order `pipeline stages` lists them.
+pub fn all() -> Vec<StageKind> {
+    vec![
+        kind::<crate::parquet_source::ReadParquet>(),
+        kind::<crate::dinamo::synth::SynthRuns>(),
+        kind::<crate::dinamo::ewma::DinamoS>(),
+        kind::<crate::dinamo::metrics::DqmMetrics>(),
+    ]
+}
+
+/// Looks a kind up by name.
+pub fn find(name: &str) -> Option<StageKind> {
+    all().into_iter().find(|k| k.name == name)
+}

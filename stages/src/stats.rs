@@ -1,0 +1,149 @@
+//! Classification and summary statistics shared by the monitoring stages.
+
+/// ROC AUC of `scores` for the positive class (`positive[i]`), by the
+/// Mann-Whitney rank sum with tied scores sharing their mean rank.
+/// `None` when a class is absent.
+pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += mean_rank * order[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
+        i = j + 1;
+    }
+    let u = rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos as f64 * n_neg as f64))
+}
+
+/// Sensitivity, specificity and balanced accuracy of `flagged` against
+/// `positive` (bad). Each is `None` when its class is absent.
+pub fn rates(flagged: &[bool], positive: &[bool]) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let (mut tp, mut p, mut tn, mut n) = (0usize, 0usize, 0usize, 0usize);
+    for (&f, &pos) in flagged.iter().zip(positive) {
+        if pos {
+            p += 1;
+            tp += usize::from(f);
+        } else {
+            n += 1;
+            tn += usize::from(!f);
+        }
+    }
+    let sens = (p > 0).then(|| tp as f64 / p as f64);
+    let spec = (n > 0).then(|| tn as f64 / n as f64);
+    let bal = sens.zip(spec).map(|(a, b)| (a + b) / 2.0);
+    (sens, spec, bal)
+}
+
+/// The threshold `t` maximising balanced accuracy of `score > t`, taken
+/// halfway between neighbouring scores; the lowest such `t` wins ties.
+/// `None` when a class is absent.
+pub fn best_threshold(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Threshold below every score: everything flagged.
+    let (mut tp, mut tn) = (n_pos, 0.0);
+    let first = scores[order[0]];
+    let mut best = (0.5 * (tp / n_pos + tn / n_neg), first - 1.0);
+    let mut i = 0;
+    while i < order.len() {
+        // Move the threshold past every run with this score.
+        let s = scores[order[i]];
+        while i < order.len() && scores[order[i]] == s {
+            if positive[order[i]] {
+                tp -= 1.0;
+            } else {
+                tn += 1.0;
+            }
+            i += 1;
+        }
+        let t = if i < order.len() {
+            0.5 * (s + scores[order[i]])
+        } else {
+            s + 1.0
+        };
+        let bal = 0.5 * (tp / n_pos + tn / n_neg);
+        if bal > best.0 {
+            best = (bal, t);
+        }
+    }
+    Some(best.1)
+}
+
+/// Linear-interpolated quantile (numpy's default) of finite values; `None` if empty.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_of_hand_made_scores() {
+        // Perfect separation.
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        // Inverted.
+        assert_eq!(
+            roc_auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
+        // One mis-ordered pair out of four: 3/4.
+        assert_eq!(
+            roc_auc(&[0.1, 0.5, 0.4, 0.9], &[false, false, true, true]),
+            Some(0.75)
+        );
+        // All tied: 1/2.
+        assert_eq!(roc_auc(&[1.0, 1.0, 1.0], &[false, true, true]), Some(0.5));
+        assert_eq!(roc_auc(&[1.0, 2.0], &[true, true]), None);
+    }
+
+    #[test]
+    fn threshold_maximises_balanced_accuracy() {
+        let scores = [0.0, 1.0, 2.0, 3.0, 10.0, 11.0];
+        let bad = [false, false, false, false, true, true];
+        let t = best_threshold(&scores, &bad).unwrap();
+        assert_eq!(t, 6.5);
+        let flagged: Vec<bool> = scores.iter().map(|&s| s > t).collect();
+        assert_eq!(rates(&flagged, &bad), (Some(1.0), Some(1.0), Some(1.0)));
+        // Overlapping classes: the best cut still beats flagging everything.
+        let scores = [0.0, 1.0, 2.0, 1.5, 3.0];
+        let bad = [false, false, true, false, true];
+        let t = best_threshold(&scores, &bad).unwrap();
+        assert_eq!(t, 1.75);
+    }
+
+    #[test]
+    fn rates_and_quantiles() {
+        let (sens, spec, bal) = rates(&[true, false, true, false], &[true, true, false, false]);
+        assert_eq!((sens, spec, bal), (Some(0.5), Some(0.5), Some(0.5)));
+        assert_eq!(rates(&[true], &[false]), (None, Some(0.0), None));
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), Some(3.0));
+        assert_eq!(quantile(&v, 0.025), Some(1.1));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+}
