@@ -1,0 +1,460 @@
+//! End-to-end tests of the `pipeline` binary: real YAML, real Parquet, real
+//! DataFusion queries, in a temporary directory per test.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow::array::{Array, Float64Builder, Int8Array, Int64Array, ListBuilder, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+
+const SMALL: &str = "name: small
+stages:
+  runs:
+    kind: synth_runs
+    params: { seeds: [1, 2], n_runs: 300, n_bad: 30 }
+  reference:
+    kind: dinamo_s
+    inputs: [runs]
+    params: { historical_runs: 100 }
+  metrics:
+    kind: dqm_metrics
+    inputs: [reference]
+";
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn pipeline(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("DQM_WORKDIR")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.pipeline(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pipeline {args:?} failed:\n{stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.pipeline(args);
+        assert!(!out.status.success(), "pipeline {args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn cache_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.path().join("dqm-work/cache"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn staging_is_empty(&self) -> bool {
+        fs::read_dir(self.path().join("dqm-work/tmp")).map_or(true, |mut d| d.next().is_none())
+    }
+}
+
+/// The status column of `run`'s summary, per stage.
+fn statuses(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("tables:"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[0].to_string(), cols[2].to_string())
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn second_run_is_cached_and_a_parameter_change_reruns_only_downstream() {
+    let sb = Sandbox::new();
+    sb.write("p.yaml", SMALL);
+    let first = sb.ok(&["run", "p.yaml"]);
+    assert_eq!(
+        statuses(&first),
+        pairs(&[("runs", "ran"), ("reference", "ran"), ("metrics", "ran")])
+    );
+    assert_eq!(sb.cache_entries().len(), 3);
+
+    let second = sb.ok(&["run", "p.yaml"]);
+    assert_eq!(
+        statuses(&second),
+        pairs(&[
+            ("runs", "cached"),
+            ("reference", "cached"),
+            ("metrics", "cached")
+        ])
+    );
+
+    // A parameter of `reference` changes: it and `metrics` rerun, `runs` does not.
+    let changed = sb.ok(&["run", "p.yaml", "--set", "reference.alpha=0.5"]);
+    assert_eq!(
+        statuses(&changed),
+        pairs(&[("runs", "cached"), ("reference", "ran"), ("metrics", "ran")])
+    );
+    assert_eq!(
+        sb.cache_entries().len(),
+        5,
+        "the old outputs stay cached beside the new ones"
+    );
+
+    // Spelling out a default is the same key: all cached.
+    let same = sb.ok(&["run", "p.yaml", "--set", "reference.alpha=auto"]);
+    assert_eq!(
+        statuses(&same),
+        pairs(&[
+            ("runs", "cached"),
+            ("reference", "cached"),
+            ("metrics", "cached")
+        ])
+    );
+
+    // --force reruns the stage and its dependents.
+    let forced = sb.ok(&["run", "p.yaml", "--force", "reference"]);
+    assert_eq!(
+        statuses(&forced),
+        pairs(&[("runs", "cached"), ("reference", "ran"), ("metrics", "ran")])
+    );
+
+    // --until stops after the named stage.
+    let sb2 = Sandbox::new();
+    sb2.write("p.yaml", SMALL);
+    let until = sb2.ok(&["run", "p.yaml", "--until", "reference"]);
+    assert_eq!(
+        statuses(&until),
+        pairs(&[
+            ("runs", "ran"),
+            ("reference", "ran"),
+            ("metrics", "skipped")
+        ])
+    );
+    assert!(sb.staging_is_empty());
+}
+
+#[test]
+fn query_returns_correct_aggregates_in_every_format() {
+    let sb = Sandbox::new();
+    sb.write("p.yaml", SMALL);
+    sb.ok(&["run", "p.yaml"]);
+    let csv = sb.ok(&[
+        "query",
+        "p.yaml",
+        "SELECT dataset, sum(label) AS bad, count(*) AS n FROM runs GROUP BY dataset ORDER BY dataset",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(csv.trim(), "dataset,bad,n\n1,30,300\n2,30,300");
+
+    // Scores joined back to runs: one score per run.
+    let json = sb.ok(&[
+        "query",
+        "p.yaml",
+        "SELECT count(*) AS n FROM reference r JOIN runs u ON r.dataset = u.dataset AND r.run = u.run",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(json.trim(), r#"[{"n":600}]"#);
+
+    // The summary table is registered as <stage>_<output>; the per-dataset
+    // table has one row per dataset and regime.
+    let table = sb.ok(&["query", "p.yaml", "SELECT count(*) AS rows FROM metrics"]);
+    assert!(table.contains("| 4    |"), "{table}");
+    let summary = sb.ok(&[
+        "query",
+        "p.yaml",
+        "SELECT n_datasets FROM metrics_summary WHERE regime = 'continual' AND metric = 'balanced_accuracy'",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(summary.trim(), "n_datasets\n2");
+
+    // A good detector: bad runs score higher than good ones on average.
+    let by_label = sb.ok(&[
+        "query",
+        "p.yaml",
+        "SELECT label, avg(score) AS s FROM reference GROUP BY label ORDER BY label",
+        "--format",
+        "csv",
+    ]);
+    let means: Vec<f64> = by_label
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(means[1] > means[0] + 1.0, "{by_label}");
+
+    let err = sb.fails(&["query", "p.yaml", "SELECT * FROM nope"]);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn plan_shows_keys_cache_state_and_tables_and_outputs_carry_provenance() {
+    let sb = Sandbox::new();
+    sb.write("p.yaml", SMALL);
+    let before = sb.ok(&["plan", "p.yaml"]);
+    assert_eq!(before.matches("to run").count(), 3, "{before}");
+    assert!(
+        before.contains("table   metrics_summary (summary)"),
+        "{before}"
+    );
+    sb.ok(&["run", "p.yaml"]);
+    let after = sb.ok(&["plan", "p.yaml"]);
+    assert_eq!(after.matches("] cached").count(), 3, "{after}");
+
+    // The stable link, the manifest and the Parquet footer.
+    let dir = sb.path().join("dqm-work/pipelines/small/reference");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["kind"], "dinamo_s");
+    assert_eq!(manifest["outputs"][0]["rows"], 600);
+    assert_eq!(manifest["params"]["historical_runs"], 100);
+    assert!(after.contains(&manifest["key"].as_str().unwrap()[..16]));
+    let file = fs::File::open(dir.join("main/part-00000.parquet")).unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    use parquet::file::reader::FileReader;
+    let kv = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .clone();
+    let provenance = kv
+        .iter()
+        .find(|k| k.key == "dqm.provenance")
+        .unwrap()
+        .value
+        .clone()
+        .unwrap();
+    assert!(provenance.contains("\"kind\":\"dinamo_s\""), "{provenance}");
+}
+
+#[test]
+fn stages_lists_every_kind_with_parameters() {
+    let sb = Sandbox::new();
+    let out = sb.ok(&["stages"]);
+    for kind in ["read_parquet", "synth_runs", "dinamo_s", "dqm_metrics"] {
+        assert!(out.contains(kind), "{kind} missing");
+    }
+    assert!(out.contains("p_binomial: number = 0.4"), "{out}");
+}
+
+#[test]
+fn validation_errors_exit_nonzero_naming_stage_and_line() {
+    let sb = Sandbox::new();
+    let cases = [
+        (
+            SMALL.replace("kind: dinamo_s", "kind: dinamo_z"),
+            vec!["stage `reference`", "unknown kind `dinamo_z`"],
+        ),
+        (
+            SMALL.replace("historical_runs: 100", "historical_rns: 100"),
+            vec!["p.yaml:9", "historical_rns"],
+        ),
+        (
+            SMALL.replace("n_runs: 300", "n_runs: lots"),
+            vec!["p.yaml:5", "stage `runs`", "n_runs"],
+        ),
+        (
+            SMALL.replace("inputs: [reference]", "inputs: [refrence]"),
+            vec!["stage `metrics`", "refrence"],
+        ),
+        (
+            SMALL.replace("inputs: [runs]", "inputs: [metrics]"),
+            vec!["cycle", "`reference`", "`metrics`"],
+        ),
+        (SMALL.replace("  metrics:\n", "  runs:\n"), vec!["uplicate"]),
+        (
+            SMALL.replace(
+                "kind: dqm_metrics\n    inputs: [reference]",
+                "kind: dqm_metrics\n    inputs: [runs]",
+            ),
+            vec!["stage `metrics`", "flagged"],
+        ),
+    ];
+    for (yaml, needles) in cases {
+        sb.write("p.yaml", &yaml);
+        for cmd in ["plan", "run"] {
+            let err = sb.fails(&[cmd, "p.yaml"]);
+            for needle in &needles {
+                assert!(
+                    err.contains(needle),
+                    "`{cmd}` error lacks `{needle}`:\n{err}\n{yaml}"
+                );
+            }
+        }
+        assert!(
+            sb.cache_entries().is_empty(),
+            "validation errors must not run anything"
+        );
+    }
+    let err = sb.fails(&["run", "missing.yaml"]);
+    assert!(err.contains("missing.yaml"), "{err}");
+}
+
+/// A histogram table as a user might bring it, with one NaN bin in dataset 0.
+fn write_user_histograms(path: &Path, with_nan: bool, with_label: bool) {
+    let n = 40;
+    let mut counts = ListBuilder::new(Float64Builder::new());
+    for i in 0..n {
+        for j in 0..10 {
+            let v = if with_nan && i == 25 && j == 3 {
+                f64::NAN
+            } else {
+                100.0 + ((i * 7 + j * 3) % 11) as f64
+            };
+            counts.values().append_value(v);
+        }
+        counts.append(true);
+    }
+    let counts = counts.finish();
+    let mut fields = vec![Field::new("run", DataType::Int64, false)];
+    let mut columns: Vec<arrow::array::ArrayRef> =
+        vec![Arc::new(Int64Array::from_iter_values(0..n as i64))];
+    if with_label {
+        fields.push(Field::new("label", DataType::Int8, false));
+        columns.push(Arc::new(Int8Array::from_iter_values(
+            (0..n).map(|i| i8::from(i % 10 == 9)),
+        )));
+    }
+    fields.push(Field::new("counts", counts.data_type().clone(), true));
+    columns.push(Arc::new(counts));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(fs::File::create(path).unwrap(), batch.schema(), None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+const USER: &str = "name: user
+stages:
+  hists:
+    kind: read_parquet
+    params: { path: hists.parquet }
+  reference:
+    kind: dinamo_s
+    inputs: [hists]
+    params: { alpha: 0.5, threshold: 1.0, historical_runs: 10 }
+";
+
+#[test]
+fn read_parquet_brings_user_tables_in_and_bad_data_fails_cleanly() {
+    let sb = Sandbox::new();
+    sb.write("p.yaml", USER);
+
+    // A user table without a dataset column is one dataset.
+    write_user_histograms(&sb.path().join("hists.parquet"), false, true);
+    let out = sb.ok(&["run", "p.yaml"]);
+    assert_eq!(
+        statuses(&out),
+        pairs(&[("hists", "ran"), ("reference", "ran")])
+    );
+    let csv = sb.ok(&[
+        "query",
+        "p.yaml",
+        "SELECT count(*) AS n, min(dataset) AS d FROM reference",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(csv.trim(), "n,d\n40,0");
+
+    // The file changes (same path): read_parquet's key changes, both rerun.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write_user_histograms(&sb.path().join("hists.parquet"), true, true);
+    let entries_before = sb.cache_entries();
+    let err = sb.fails(&["run", "p.yaml"]);
+    assert!(
+        err.contains("stage `reference`") && err.contains("run 25") && err.contains("NaN"),
+        "{err}"
+    );
+    // hists reran and is cached; the failed stage left nothing behind.
+    let entries_after = sb.cache_entries();
+    assert_eq!(
+        entries_after.len(),
+        entries_before.len() + 1,
+        "{entries_after:?}"
+    );
+    assert!(
+        entries_after
+            .iter()
+            .filter(|e| e.starts_with("dinamo_s"))
+            .count()
+            == 1
+    );
+    assert!(sb.staging_is_empty());
+
+    // A table missing a required column is caught by plan, before running.
+    write_user_histograms(&sb.path().join("hists.parquet"), false, false);
+    let err = sb.fails(&["plan", "p.yaml"]);
+    assert!(
+        err.contains("stage `reference`") && err.contains("`label`"),
+        "{err}"
+    );
+
+    // Not a Parquet file, and no file at all.
+    fs::write(sb.path().join("hists.parquet"), b"this is not parquet").unwrap();
+    let err = sb.fails(&["run", "p.yaml"]);
+    assert!(
+        err.contains("stage `hists`") && err.contains("hists.parquet"),
+        "{err}"
+    );
+    fs::remove_file(sb.path().join("hists.parquet")).unwrap();
+    let err = sb.fails(&["run", "p.yaml"]);
+    assert!(err.contains("no file matches"), "{err}");
+}
+
+#[test]
+fn a_locked_workdir_refuses_a_second_run() {
+    let sb = Sandbox::new();
+    sb.write("p.yaml", SMALL);
+    fs::create_dir_all(sb.path().join("dqm-work")).unwrap();
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sb.path().join("dqm-work/.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let err = sb.fails(&["run", "p.yaml"]);
+    assert!(err.contains("in use by another pipeline run"), "{err}");
+    drop(lock);
+    sb.ok(&["run", "p.yaml"]);
+}
