@@ -71,6 +71,12 @@ impl StageConfig for DinamoS {
                 why: format!("{a} is not in [0, 1)"),
             });
         }
+        if !(self.epsilon > 0.0) {
+            return Err(StageError::Param {
+                param: "epsilon".into(),
+                why: "must be positive".into(),
+            });
+        }
         if !(self.alpha_step > 0.0 && self.alpha_step < 1.0) {
             return Err(StageError::Param {
                 param: "alpha_step".into(),
@@ -89,51 +95,65 @@ impl StageConfig for DinamoS {
     }
 }
 
-/// A run normalised to unit integral with its per-bin Poisson variance.
+/// A run normalised to unit integral with its per-bin Poisson variance and
+/// the update weight derived from it (computed once per run, reused by every
+/// pass of the alpha scan).
 #[derive(Debug, Clone)]
 pub struct NormRun {
     pub integral: f64,
     pub x: Vec<f64>,
     pub var: Vec<f64>,
+    /// omega = 1/(var + epsilon), the bin's weight in a reference update.
+    pub omega: Vec<f64>,
 }
 
 impl NormRun {
     /// x~ = x/I and sigma^2 = x~/I - x~^2/I, with sigma = 1/I for empty bins.
     /// An empty run (I = 0) has x~ = 0 and no statistical uncertainty.
-    pub fn new(counts: &[f64]) -> Self {
+    pub fn new(counts: &[f64], epsilon: f64) -> Self {
         let integral: f64 = counts.iter().sum();
+        let n = counts.len();
         if integral <= 0.0 {
             return Self {
                 integral: 0.0,
-                x: vec![0.0; counts.len()],
-                var: vec![0.0; counts.len()],
+                x: vec![0.0; n],
+                var: vec![0.0; n],
+                omega: vec![1.0 / epsilon; n],
             };
         }
-        let x: Vec<f64> = counts.iter().map(|c| c / integral).collect();
-        let var = x
+        let inv = 1.0 / integral;
+        let x: Vec<f64> = counts.iter().map(|c| c * inv).collect();
+        let var: Vec<f64> = x
             .iter()
             .map(|&p| {
                 if p > 0.0 {
-                    p / integral - p * p / integral
+                    (p - p * p) * inv
                 } else {
-                    1.0 / (integral * integral)
+                    inv * inv
                 }
             })
             .collect();
-        Self { integral, x, var }
+        let omega = var.iter().map(|v| 1.0 / (v + epsilon)).collect();
+        Self {
+            integral,
+            x,
+            var,
+            omega,
+        }
     }
 }
 
-/// The evolving DINAMO-S reference and its EWMA accumulators.
+/// The evolving DINAMO-S reference and its EWMA accumulators. The
+/// uncertainty is kept squared (`var_mu`); `sigma()` takes the root only
+/// when a reference is reported.
 #[derive(Debug, Clone)]
 pub struct Reference {
     pub mu: Vec<f64>,
-    pub sigma: Vec<f64>,
+    pub var_mu: Vec<f64>,
     w: Vec<f64>,
     s_mu: Vec<f64>,
     s_sigma: Vec<f64>,
     alpha: f64,
-    epsilon: f64,
 }
 
 impl Reference {
@@ -145,40 +165,61 @@ impl Reference {
         let omega0 = 1.0 / (var0 + epsilon);
         Self {
             mu: vec![mu0; n_bins],
-            sigma: vec![var0.sqrt(); n_bins],
+            var_mu: vec![var0; n_bins],
             w: vec![(1.0 - alpha) * omega0; n_bins],
             s_mu: vec![(1.0 - alpha) * omega0 * mu0; n_bins],
             s_sigma: vec![(1.0 - alpha) * omega0 * var0; n_bins],
             alpha,
-            epsilon,
         }
     }
 
-    /// Reduced chi-square of `run` against this reference; fills `pull` if given.
-    pub fn chi2(&self, run: &NormRun, mut pull: Option<&mut [f64]>) -> f64 {
-        let mut sum = 0.0;
-        for j in 0..self.mu.len() {
-            let d = run.x[j] - self.mu[j];
-            let var = (run.var[j] + self.sigma[j] * self.sigma[j]).max(f64::MIN_POSITIVE);
-            sum += d * d / var;
-            if let Some(p) = pull.as_deref_mut() {
-                p[j] = d / var.sqrt();
-            }
+    /// Per-bin uncertainty sigma_mu.
+    pub fn sigma(&self) -> Vec<f64> {
+        self.var_mu.iter().map(|v| v.sqrt()).collect()
+    }
+
+    /// Reduced chi-square of `run` against this reference.
+    pub fn chi2(&self, run: &NormRun) -> f64 {
+        // Four partial sums let the compiler vectorize the loop.
+        let mut acc = [0.0f64; 4];
+        let n = self.mu.len();
+        let (x, v, m, vm) = (&run.x[..n], &run.var[..n], &self.mu[..n], &self.var_mu[..n]);
+        for j in 0..n {
+            let d = x[j] - m[j];
+            acc[j % 4] += d * d / (v[j] + vm[j]).max(f64::MIN_POSITIVE);
         }
-        sum / self.mu.len() as f64
+        (acc[0] + acc[1] + acc[2] + acc[3]) / n as f64
+    }
+
+    /// Per-bin pulls of `run` against this reference.
+    pub fn pulls(&self, run: &NormRun) -> Vec<f64> {
+        (0..self.mu.len())
+            .map(|j| {
+                (run.x[j] - self.mu[j])
+                    / (run.var[j] + self.var_mu[j]).max(f64::MIN_POSITIVE).sqrt()
+            })
+            .collect()
     }
 
     /// Folds a good, non-empty run into the reference.
     pub fn update(&mut self, run: &NormRun) {
         let (a, b) = (self.alpha, 1.0 - self.alpha);
-        for j in 0..self.mu.len() {
-            let omega = 1.0 / (run.var[j] + self.epsilon);
-            let d = run.x[j] - self.mu[j];
-            self.w[j] = a * self.w[j] + b * omega;
-            self.s_mu[j] = a * self.s_mu[j] + b * omega * run.x[j];
-            self.s_sigma[j] = a * self.s_sigma[j] + b * omega * d * d;
-            self.mu[j] = self.s_mu[j] / self.w[j];
-            self.sigma[j] = (self.s_sigma[j] / self.w[j]).sqrt();
+        let n = self.mu.len();
+        let (x, omega) = (&run.x[..n], &run.omega[..n]);
+        let (w, s_mu, s_sigma) = (
+            &mut self.w[..n],
+            &mut self.s_mu[..n],
+            &mut self.s_sigma[..n],
+        );
+        let (mu, var_mu) = (&mut self.mu[..n], &mut self.var_mu[..n]);
+        for j in 0..n {
+            let d = x[j] - mu[j];
+            w[j] = a * w[j] + b * omega[j];
+            s_mu[j] = a * s_mu[j] + b * omega[j] * x[j];
+            s_sigma[j] = a * s_sigma[j] + b * omega[j] * d * d;
+            let inv = 1.0 / w[j];
+            mu[j] = s_mu[j] * inv;
+            var_mu[j] = s_sigma[j] * inv;
         }
     }
 }
@@ -208,20 +249,23 @@ fn pass(runs: &[NormRun], good: &[bool], alpha: f64, epsilon: f64, keep: bool) -
         ref_sigma: Vec::with_capacity(cap),
     };
     for (run, &is_good) in runs.iter().zip(good) {
+        out.chi2.push(reference.chi2(run));
         if keep {
-            let mut pull = vec![0.0; n_bins];
-            out.chi2.push(reference.chi2(run, Some(&mut pull)));
-            out.pulls.push(pull);
+            out.pulls.push(reference.pulls(run));
             out.ref_mu.push(reference.mu.clone());
-            out.ref_sigma.push(reference.sigma.clone());
-        } else {
-            out.chi2.push(reference.chi2(run, None));
+            out.ref_sigma.push(reference.sigma());
         }
         if is_good && run.integral > 0.0 {
             reference.update(run);
         }
     }
     out
+}
+
+/// Reduced chi-square of every run (in order) against the evolving reference,
+/// updated on good runs: DINAMO-S's core loop, exposed for benchmarks.
+pub fn chi2_sequence(runs: &[NormRun], good: &[bool], alpha: f64, epsilon: f64) -> Vec<f64> {
+    pass(runs, good, alpha, epsilon, false).chi2
 }
 
 /// The `dataset, run, label` columns every reference method writes first.
@@ -295,7 +339,7 @@ impl DinamoS {
                     )));
                 }
             }
-            norm.push(NormRun::new(c));
+            norm.push(NormRun::new(c, self.epsilon));
         }
 
         let historical = self.historical_runs.min(norm.len());
@@ -464,10 +508,10 @@ mod tests {
         // mu0 = 1/3, I = 3: var0 = (1/3)/3 - (1/9)/3 = 2/27.
         let var0: f64 = 2.0 / 27.0;
         assert!(close(r.mu[0], 1.0 / 3.0));
-        assert!(close(r.sigma[0], var0.sqrt()));
+        assert!(close(r.sigma()[0], var0.sqrt()));
 
         // Run x = [2, 1, 1]: I = 4, x~ = [1/2, 1/4, 1/4], var = x~/4 - x~^2/4.
-        let run = NormRun::new(&[2.0, 1.0, 1.0]);
+        let run = NormRun::new(&[2.0, 1.0, 1.0], eps);
         let var_x = [
             0.5 / 4.0 - 0.25 / 4.0,
             0.25 / 4.0 - 0.0625 / 4.0,
@@ -479,8 +523,8 @@ mod tests {
         let expected_chi2 = ((0.5 - 1.0 / 3.0_f64).powi(2) / (var_x[0] + var0)
             + 2.0 * (0.25 - 1.0 / 3.0_f64).powi(2) / (var_x[1] + var0))
             / 3.0;
-        let mut pull = [0.0; 3];
-        assert!(close(r.chi2(&run, Some(&mut pull)), expected_chi2));
+        assert!(close(r.chi2(&run), expected_chi2));
+        let pull = r.pulls(&run);
         assert!(close(pull[0], (0.5 - 1.0 / 3.0) / (var_x[0] + var0).sqrt()));
 
         // Update: W1 = a W0 + (1-a) w, S_mu, S_sigma with (x~ - mu_before)^2.
@@ -492,12 +536,12 @@ mod tests {
             + (1.0 - alpha) * omega * (0.5 - 1.0 / 3.0_f64).powi(2);
         r.update(&run);
         assert!(close(r.mu[0], s_mu / w1));
-        assert!(close(r.sigma[0], (s_sig / w1).sqrt()));
+        assert!(close(r.sigma()[0], (s_sig / w1).sqrt()));
     }
 
     #[test]
     fn empty_bin_uses_one_over_integral() {
-        let run = NormRun::new(&[4.0, 0.0, 6.0]);
+        let run = NormRun::new(&[4.0, 0.0, 6.0], 1e-9);
         assert!(close(run.var[1], 1.0 / 100.0));
         assert!(run.var[0] > 0.0);
     }
@@ -505,16 +549,16 @@ mod tests {
     #[test]
     fn zero_integral_run_gives_a_finite_score_and_no_update() {
         let r = Reference::uniform(4, 0.3, 1e-9);
-        let empty = NormRun::new(&[0.0; 4]);
+        let empty = NormRun::new(&[0.0; 4], 1e-9);
         assert_eq!(empty.integral, 0.0);
-        let chi2 = r.chi2(&empty, None);
+        let chi2 = r.chi2(&empty);
         assert!(chi2.is_finite() && chi2 > 0.0);
         // mu0^2 / sigma0^2 per bin: (1/4)^2 / ((1/4)/4 - (1/16)/4) = 4/3.
         assert!(close(chi2, 4.0 / 3.0));
         let before = r.mu.clone();
         let out = pass(&[empty], &[true], 0.3, 1e-9, true);
         assert!(out.chi2[0].is_finite());
-        r.chi2(&NormRun::new(&[1.0; 4]), None);
+        r.chi2(&NormRun::new(&[1.0; 4], 1e-9));
         assert_eq!(r.mu, before);
     }
 
@@ -523,7 +567,7 @@ mod tests {
         let good_shape = [10.0, 30.0, 60.0];
         let bad_shape = [60.0, 30.0, 10.0];
         let runs: Vec<NormRun> = (0..50)
-            .map(|i| NormRun::new(if i % 5 == 4 { &bad_shape } else { &good_shape }))
+            .map(|i| NormRun::new(if i % 5 == 4 { &bad_shape } else { &good_shape }, 1e-9))
             .collect();
         let good: Vec<bool> = (0..50).map(|i| i % 5 != 4).collect();
         let out = pass(&runs, &good, 0.5, 1e-9, true);

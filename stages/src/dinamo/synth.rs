@@ -26,10 +26,11 @@ use crate::registry::StageConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignPer {
-    /// One sign for the whole right half of a run (paper section 4: a
-    /// correlated readout inefficiency or excess).
+    /// One sign for the whole right half of a run (the wording of the
+    /// paper's section 4: a correlated readout inefficiency or excess).
     Run,
-    /// A sign per bin (the paper's Algorithm 1 pseudocode).
+    /// A sign per bin (the paper's Algorithm 1 pseudocode; its metrics
+    /// medians are reproduced with this choice, see BENCHMARKS.md).
     Bin,
 }
 
@@ -90,7 +91,7 @@ pub struct SynthRuns {
     pub dead_bins: [usize; 2],
     /// Binomial systematic on the right half: each bin n gets +-Binomial(n, p).
     pub p_binomial: f64,
-    /// Whether the systematic's sign is drawn per run or per bin.
+    /// Whether the systematic's sign is drawn per bin (Algorithm 1) or per run.
     pub binomial_sign: SignPer,
     /// How bin contents are drawn.
     pub sampling: Sampling,
@@ -119,7 +120,7 @@ impl Default for SynthRuns {
             anomaly_sigma_shift: [0.05, 0.2],
             dead_bins: [1, 10],
             p_binomial: 0.4,
-            binomial_sign: SignPer::Run,
+            binomial_sign: SignPer::Bin,
             sampling: Sampling::Multinomial,
         }
     }
