@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use dqm_stages::api::{Input, MemoryOutput, RunContext, Silent, Stage};
+use dqm_stages::api::{Input, run_in_memory};
 use dqm_stages::dinamo::ewma::{DinamoS, NormRun, chi2_sequence};
 use dqm_stages::dinamo::synth::SynthRuns;
 
@@ -52,16 +52,7 @@ fn main() {
 
     // The whole stage, reading the runs table from Parquet.
     let dir = tempfile::tempdir().unwrap();
-    let mut out = MemoryOutput::default();
-    synth
-        .run(&mut RunContext {
-            inputs: &[],
-            output: &mut out,
-            reporter: &Silent,
-            artifacts: dir.path(),
-        })
-        .unwrap();
-    let batch = out.table("main");
+    let batch = run_in_memory(&synth, &[]).unwrap().table("main");
     let path = dir.path().join("runs.parquet");
     let mut w = parquet::arrow::ArrowWriter::try_new(
         std::fs::File::create(&path).unwrap(),
@@ -76,16 +67,7 @@ fn main() {
     let reps = 3;
     let start = Instant::now();
     for _ in 0..reps {
-        let mut out = MemoryOutput::default();
-        let inputs = [input.clone()];
-        stage
-            .run(&mut RunContext {
-                inputs: &inputs,
-                output: &mut out,
-                reporter: &Silent,
-                artifacts: dir.path(),
-            })
-            .unwrap();
+        run_in_memory(&stage, std::slice::from_ref(&input)).unwrap();
     }
     let per_run = start.elapsed().as_secs_f64() / (reps * counts.len()) as f64;
     println!(

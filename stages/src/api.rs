@@ -250,6 +250,46 @@ pub fn expect_inputs(inputs: usize, expected: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs a stage with its outputs kept in memory (tests, benchmarks, library
+/// use); artifacts go to a temporary directory that is removed afterwards.
+pub fn run_in_memory(stage: &dyn Stage, inputs: &[Input]) -> Result<MemoryOutput> {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dqm-artifacts-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| StageError::Io {
+        path: dir.clone(),
+        source: e,
+    })?;
+    let mut out = MemoryOutput::default();
+    let result = stage.run(&mut RunContext {
+        inputs,
+        output: &mut out,
+        reporter: &Silent,
+        artifacts: &dir,
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(|()| out)
+}
+
+/// Maps `f` over `items` on the rayon pool, counting each finished item on
+/// `progress`; results come back in input order, so stages that process
+/// datasets in parallel still write them deterministically.
+pub fn par_map_counted<T: Sync, R: Send>(
+    items: &[T],
+    progress: &dyn Progress,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    use rayon::prelude::*;
+    items
+        .par_iter()
+        .map(|item| {
+            let r = f(item);
+            progress.inc(1);
+            r
+        })
+        .collect()
+}
+
 /// An output writer that keeps batches in memory (tests, library use).
 #[derive(Default)]
 pub struct MemoryOutput {

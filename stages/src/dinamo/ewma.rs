@@ -7,13 +7,13 @@ use arrow::array::{
     ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
-use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DatasetGroups;
 use crate::api::{
-    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, require_column,
+    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, par_map_counted,
+    require_column,
 };
 use crate::arrow_util::{cast_column, f64_lists, is_integer, is_numeric_list, list_rows};
 use crate::params::AutoOr;
@@ -475,14 +475,9 @@ impl Stage for DinamoS {
             if datasets.is_empty() {
                 break;
             }
-            let batches: Vec<Result<RecordBatch>> = datasets
-                .par_iter()
-                .map(|(id, batch)| {
-                    let out = self.score_dataset(*id, batch, &schema, &input.name);
-                    progress.inc(1);
-                    out
-                })
-                .collect();
+            let batches = par_map_counted(&datasets, progress.as_ref(), |(id, batch)| {
+                self.score_dataset(*id, batch, &schema, &input.name)
+            });
             for batch in batches {
                 ctx.output.write("main", batch?)?;
             }

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Float64Type, Int8Type, Int64Type, SchemaRef};
-use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DatasetGroups;
 use crate::api::{
-    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, require_column,
+    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, par_map_counted,
+    require_column,
 };
 use crate::arrow_util::{cast_column, is_integer, list_rows};
 use crate::registry::StageConfig;
@@ -352,14 +352,9 @@ impl Stage for DqmMetrics {
             if chunk.is_empty() {
                 break;
             }
-            let results: Vec<Result<[RegimeMetrics; 2]>> = chunk
-                .par_iter()
-                .map(|(_, batch)| {
-                    let r = self.dataset(batch, &input.name);
-                    progress.inc(1);
-                    r
-                })
-                .collect();
+            let results = par_map_counted(&chunk, progress.as_ref(), |(_, batch)| {
+                self.dataset(batch, &input.name)
+            });
             for ((id, _), r) in chunk.iter().zip(results) {
                 all.push((*id, r?));
             }

@@ -15,11 +15,12 @@ use arrow::datatypes::SchemaRef;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution, StandardNormal};
-use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, expect_inputs};
+use crate::api::{
+    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, par_map_counted,
+};
 use crate::registry::StageConfig;
 
 /// How the sign of the binomial systematic is drawn.
@@ -419,14 +420,9 @@ impl Stage for SynthRuns {
         // seed order: memory stays bounded however many seeds there are.
         let chunk = 2 * rayon::current_num_threads();
         for seeds in seeds.chunks(chunk) {
-            let batches: Vec<Result<RecordBatch>> = seeds
-                .par_iter()
-                .map(|&seed| {
-                    let batch = self.to_batch(seed, &self.generate(seed));
-                    progress.inc(1);
-                    batch
-                })
-                .collect();
+            let batches = par_map_counted(seeds, progress.as_ref(), |&seed| {
+                self.to_batch(seed, &self.generate(seed))
+            });
             for batch in batches {
                 ctx.output.write("main", batch?)?;
             }
@@ -438,7 +434,7 @@ impl Stage for SynthRuns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{MemoryOutput, Silent};
+    use crate::api::run_in_memory;
     use arrow::array::AsArray;
     use arrow::datatypes::Float64Type;
 
@@ -452,17 +448,7 @@ mod tests {
     }
 
     fn run_stage(stage: &SynthRuns) -> RecordBatch {
-        let mut out = MemoryOutput::default();
-        let dir = tempfile::tempdir().unwrap();
-        stage
-            .run(&mut RunContext {
-                inputs: &[],
-                output: &mut out,
-                reporter: &Silent,
-                artifacts: dir.path(),
-            })
-            .unwrap();
-        out.table("main")
+        run_in_memory(stage, &[]).unwrap().table("main")
     }
 
     #[test]
