@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 DQM_BUILD=none scripts/setup.sh
 source scripts/env.sh
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"

@@ -4,6 +4,9 @@
 //! [`api::Stage`]: it declares its output schemas from its inputs' and does
 //! its work on Parquet-backed tables. [`registry::all`] lists every kind.
 
+// `!(x > 0.0)` is deliberate in parameter checks: it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod api;
 pub mod arrow_util;
 pub mod dinamo;

@@ -512,8 +512,8 @@ mod tests {
             0.25 / 4.0 - 0.0625 / 4.0,
             0.25 / 4.0 - 0.0625 / 4.0,
         ];
-        for j in 0..3 {
-            assert!(close(run.var[j], var_x[j]));
+        for (v, expected) in run.var.iter().zip(var_x) {
+            assert!(close(*v, expected));
         }
         let expected_chi2 = ((0.5 - 1.0 / 3.0_f64).powi(2) / (var_x[0] + var0)
             + 2.0 * (0.25 - 1.0 / 3.0_f64).powi(2) / (var_x[1] + var0))

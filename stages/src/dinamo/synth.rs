@@ -500,7 +500,7 @@ mod tests {
         let stage = small(vec![5]);
         for run in stage.generate(5) {
             let total: f64 = run.counts.iter().sum();
-            assert!(total >= 0.0 && total <= 1.4 * 20000.0 + 1.0, "{total}");
+            assert!((0.0..=1.4 * 20000.0 + 1.0).contains(&total), "{total}");
             assert!(run.counts.iter().all(|c| c.fract() == 0.0 && *c >= 0.0));
         }
     }
@@ -529,10 +529,10 @@ mod tests {
         let b: Vec<Vec<f64>> = (0..reps)
             .map(|_| sample_events(&mut rng_b, n, 0.3, 0.8, 20, [-3.0, 3.0]))
             .collect();
-        for j in 0..20 {
+        for (j, &p) in probs.iter().enumerate().take(20) {
             let (ma, va) = stats(&a, j);
             let (mb, vb) = stats(&b, j);
-            let expected = n as f64 * probs[j];
+            let expected = n as f64 * p;
             // Means: difference within 5 standard errors; both near n p.
             let se = ((va + vb) / reps as f64).sqrt().max(1e-9);
             assert!(
@@ -541,7 +541,7 @@ mod tests {
             );
             assert!((ma - expected).abs() < 5.0 * (va / reps as f64).sqrt().max(1e-9) + 1e-9);
             // Variances: both match the binomial n p (1-p) within 15%.
-            let binom = expected * (1.0 - probs[j]);
+            let binom = expected * (1.0 - p);
             if binom > 1.0 {
                 assert!(
                     (va / binom - 1.0).abs() < 0.15,
