@@ -1,0 +1,5 @@
+mod containers;
+mod ienum;
+
+pub use containers::SizedSlice;
+pub use containers::Slice;
