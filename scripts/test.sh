@@ -8,3 +8,4 @@ source scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+cargo test --locked --manifest-path vendor/oxyroot/Cargo.toml --lib

@@ -54,61 +54,92 @@ fn kind_of(buf: &[u8]) -> Kind {
     }
 }
 
-pub fn decompress(dst: &mut [u8], mut src: &[u8]) -> Result<usize> {
-    let _beg = 0;
-    let mut end = 0;
-    let buflen = dst.len() as i64;
-    let mut hdr = [0_u8; HEADER_SIZE];
-
-    // let mut v =
-
-    while end < buflen {
-        // let src = src.as_mut();
-        src.read_exact(&mut hdr)?;
-        // let _ = src.read_exact(dst)?;
-        // let _ = src.read_exact(dst)?;
-
-        let _srcsz = hdr[3] as i64 | (hdr[4] as i64) << 8 | (hdr[5] as i64) << 16;
-        let tgtsz = hdr[6] as i64 | (hdr[7] as i64) << 8 | (hdr[8] as i64) << 16;
-        // let tgtsz = hdr[6]) | int64(hdr[7])<<8 | int64(hdr[8])<<16
-        end += tgtsz;
-
-        match kind_of(hdr.as_ref()) {
-            Kind::Inherit => {
-                unimplemented!()
-            }
-            Kind::UseGlobal => {
-                unimplemented!()
-            }
-
-            Kind::Zlib => {
-                let mut d = ZlibDecoder::new(src);
-                d.read_exact(dst.as_mut())?;
-                return Ok(0);
-            }
-            Kind::Lzma => {
-                let mut d = XzDecoder::new(src);
-                d.read_exact(dst.as_mut())?;
-            }
-            Kind::OldCompression => {
-                unimplemented!()
-            }
+/// Decompresses a ROOT record made of compressed chunks (each at most 16 MiB,
+/// with a 9-byte header: algorithm, compressed and uncompressed sizes) into `dst`.
+///
+/// dqm-pipeline fix 4: 0.1.25 had no ZSTD (`unimplemented!()`) and read only
+/// the first chunk of a multi-chunk record; every chunk is now decompressed
+/// into its own slice of `dst`, and unknown algorithms are errors, not panics.
+pub fn decompress(dst: &mut [u8], src: &[u8]) -> Result<usize> {
+    let bad = |msg: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+    let mut src_pos = 0usize;
+    let mut dst_pos = 0usize;
+    while dst_pos < dst.len() {
+        if src.len() < src_pos + HEADER_SIZE {
+            return Err(bad(format!("truncated compressed record at byte {src_pos}")));
+        }
+        let hdr = &src[src_pos..src_pos + HEADER_SIZE];
+        let srcsz = hdr[3] as usize | (hdr[4] as usize) << 8 | (hdr[5] as usize) << 16;
+        let tgtsz = hdr[6] as usize | (hdr[7] as usize) << 8 | (hdr[8] as usize) << 16;
+        let body_start = src_pos + HEADER_SIZE;
+        let body_end = body_start + srcsz;
+        if src.len() < body_end || dst.len() < dst_pos + tgtsz {
+            return Err(bad(format!("compressed chunk at byte {src_pos} overruns its record")));
+        }
+        let body = &src[body_start..body_end];
+        let out = &mut dst[dst_pos..dst_pos + tgtsz];
+        match kind_of(hdr) {
+            Kind::Zlib => ZlibDecoder::new(body).read_exact(out)?,
+            Kind::Lzma => XzDecoder::new(body).read_exact(out)?,
             Kind::LZ4 => {
-                LZ4_decompress_to_buffer(&src[8..], Some(dst.len() as i32), dst)?;
-                return Ok(0);
-                // let mut d = LZ4Decoder::new(src)?;
-                // d.read_exact(dst.as_mut())?;
+                // 8 bytes of checksum precede the LZ4 block.
+                if body.len() < 8 {
+                    return Err(bad("truncated LZ4 chunk".into()));
+                }
+                LZ4_decompress_to_buffer(&body[8..], Some(tgtsz as i32), out)?;
             }
             Kind::Zstd => {
-                unimplemented!()
+                let n = zstd::bulk::decompress_to_buffer(body, out)?;
+                if n != tgtsz {
+                    return Err(bad(format!("ZSTD chunk gave {n} bytes, expected {tgtsz}")));
+                }
             }
-            Kind::UndefinedCompression => {
-                unimplemented!()
+            _ => {
+                return Err(bad(format!(
+                    "unsupported compression algorithm {:?}",
+                    String::from_utf8_lossy(&hdr[..2])
+                )))
             }
         }
+        src_pos = body_end;
+        dst_pos += tgtsz;
+    }
+    Ok(dst_pos)
+}
+
+#[cfg(test)]
+mod dqm_tests {
+    use super::*;
+
+    fn chunk(tag: &[u8; 2], method: u8, body: &[u8], tgtsz: usize) -> Vec<u8> {
+        let s = body.len();
+        let mut out = vec![tag[0], tag[1], method];
+        out.extend_from_slice(&[s as u8, (s >> 8) as u8, (s >> 16) as u8]);
+        out.extend_from_slice(&[tgtsz as u8, (tgtsz >> 8) as u8, (tgtsz >> 16) as u8]);
+        out.extend_from_slice(body);
+        out
     }
 
-    Ok(0)
+    #[test]
+    fn zstd_and_multi_chunk_records_decompress() {
+        let a: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let b: Vec<u8> = (0..3000u32).map(|i| (i % 13) as u8).collect();
+        let mut src = chunk(b"ZS", 1, &zstd::bulk::compress(&a, 3).unwrap(), a.len());
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut z, &b).unwrap();
+        src.extend(chunk(b"ZL", 8, &z.finish().unwrap(), b.len()));
+        let mut dst = vec![0u8; a.len() + b.len()];
+        assert_eq!(decompress(&mut dst, &src).unwrap(), dst.len());
+        assert_eq!(&dst[..a.len()], &a[..]);
+        assert_eq!(&dst[a.len()..], &b[..]);
+    }
+
+    #[test]
+    fn unknown_or_truncated_data_is_an_error_not_a_panic() {
+        let mut dst = vec![0u8; 10];
+        assert!(decompress(&mut dst, &chunk(b"QQ", 0, &[1, 2, 3], 10)).is_err());
+        assert!(decompress(&mut dst, &[b'Z', b'S', 1]).is_err());
+    }
 }
 
 fn root_compress_algo_level(algo: i32) -> (Kind, i32) {

@@ -27,18 +27,15 @@ impl Unmarshaler for AttMarker {
     fn unmarshal(&mut self, r: &mut RBuffer) -> crate::rbytes::Result<()> {
         let hdr = r.read_header(self.class())?;
 
-        if hdr.vers > rvers::ATT_MARKER {
-            return Err(crate::rbytes::Error::VersionTooHigh {
-                class: self.class().into(),
-                version_read: hdr.vers,
-                max_expected: rvers::ATT_MARKER,
-            });
-        }
-
+        // dqm-pipeline fix 3: ROOT 6.40 writes TAttMarker v3; read the
+        // members we know, then skip the rest of the object by byte count.
         self.color = Color::from_i16(r.read_i16()?);
 
         self.style = r.read_i16()?;
         self.width = r.read_f32()?;
+        if hdr.vers > rvers::ATT_MARKER {
+            r.skip_to_end_of(&hdr)?;
+        }
         r.check_header(&hdr)?;
         Ok(())
     }

@@ -487,6 +487,18 @@ impl<'a> RBuffer<'a> {
         Ok(())
     }
 
+    /// dqm-pipeline fix 2/3: after reading the members a class version we
+    /// know has, move to the end of the object by its byte count, so a
+    /// newer version (more trailing members) is read as far as known and
+    /// the rest skipped, as ROOT and uproot do. Without a byte count
+    /// nothing can be skipped safely and the position is left as is.
+    pub(crate) fn skip_to_end_of(&mut self, hdr: &Header) -> Result<()> {
+        if hdr.len > 0 {
+            self.set_pos(hdr.pos + hdr.len as i64 + 4);
+        }
+        Ok(())
+    }
+
     pub(crate) fn skip_version(&mut self, class: &str) -> Result<()> {
         let version = self.read_i16()?;
 

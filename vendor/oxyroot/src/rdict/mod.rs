@@ -285,14 +285,10 @@ impl rbytes::RVersioner for StreamerInfo {
 impl Unmarshaler for StreamerInfo {
     fn unmarshal(&mut self, r: &mut RBuffer) -> crate::rbytes::Result<()> {
         let hdr = r.read_header(self.class())?;
-
-        if hdr.vers > rvers::STREAMER_INFO {
-            return Err(crate::rbytes::Error::VersionTooHigh {
-                class: self.class().into(),
-                version_read: hdr.vers,
-                max_expected: rvers::STREAMER_INFO,
-            });
-        }
+        // dqm-pipeline fix 2: ROOT 6.40 writes TStreamerInfo v10 with the
+        // members of v9; a newer version is read as far as known, then the
+        // rest is skipped by byte count (below) instead of refused.
+        let newer = hdr.vers > rvers::STREAMER_INFO;
 
         r.read_object(&mut self.named)?;
 
@@ -309,8 +305,9 @@ impl Unmarshaler for StreamerInfo {
             self.elems.push(elem.try_into()?);
         }
 
-        // self.elems.append(&mut self.objarr.objs);
-
+        if newer {
+            r.skip_to_end_of(&hdr)?;
+        }
         Ok(())
 
         // todo!()

@@ -9,42 +9,73 @@ use crate::{
 use log::trace;
 use num_traits::ToPrimitive;
 
+/// Range `[xmin, xmax(, nbits)]` of a Float16_t/Double32_t member, read from
+/// its title as ROOT does (`TStreamerElement::GetRange`).
+///
+/// dqm-pipeline fix 1: ROOT only parses a range when the title *starts* with
+/// `[` (Delphes titles such as `"... | hepevt.idhep[number]"` are not ranges);
+/// 0.1.25 hit a `todo!()` on those and on real ranges.
 pub fn get_range(s: &str) -> (f64, f64, f64) {
-    let (xmin, xmax, factor) = (0., 0., 0.);
+    let none = (0., 0., 0.);
+    let s = s.trim_start();
+    if !s.starts_with('[') {
+        return none;
+    }
+    let Some(end) = s.find(']') else {
+        return none;
+    };
+    let parse = |v: &str| -> Option<f64> {
+        let v = v.trim().to_lowercase();
+        let (sign, v) = match v.strip_prefix('-') {
+            Some(rest) => (-1.0, rest.trim().to_string()),
+            None => (1.0, v),
+        };
+        let value = if let Some((a, b)) = v.split_once("*pi") {
+            let _ = b;
+            a.trim().parse::<f64>().ok()? * std::f64::consts::PI
+        } else if let Some((a, b)) = v.split_once("pi/") {
+            let _ = a;
+            std::f64::consts::PI / b.trim().parse::<f64>().ok()?
+        } else if v == "pi" {
+            std::f64::consts::PI
+        } else {
+            v.parse::<f64>().ok()?
+        };
+        Some(sign * value)
+    };
+    let parts: Vec<&str> = s[1..end].split(',').collect();
+    match parts.as_slice() {
+        [xmin, xmax] => match (parse(xmin), parse(xmax)) {
+            (Some(a), Some(b)) => (a, b, 0.),
+            _ => none,
+        },
+        [xmin, xmax, nbits] => match (parse(xmin), parse(xmax), parse(nbits)) {
+            (Some(a), Some(b), Some(n)) => (a, b, n),
+            _ => none,
+        },
+        _ => none,
+    }
+}
 
-    if s.is_empty() {
-        return (xmin, xmax, factor);
+#[cfg(test)]
+mod range_tests {
+    use super::get_range;
+
+    #[test]
+    fn titles_that_do_not_start_with_a_bracket_have_no_range() {
+        assert_eq!(get_range("particle HEP ID number | hepevt.idhep[number]"), (0., 0., 0.));
+        assert_eq!(get_range("plain title"), (0., 0., 0.));
+        assert_eq!(get_range(""), (0., 0., 0.));
     }
 
-    let beg = s.rfind('[');
-
-    if beg.is_none() {
-        return (xmin, xmax, factor);
+    #[test]
+    fn bracketed_ranges_are_parsed() {
+        assert_eq!(get_range("[0, 100] energy"), (0., 100., 0.));
+        assert_eq!(get_range("[-1,1,12]"), (-1., 1., 12.));
+        let (a, b, _) = get_range("[-pi, pi]");
+        assert!((a + std::f64::consts::PI).abs() < 1e-12 && (b - std::f64::consts::PI).abs() < 1e-12);
+        assert_eq!(get_range("[a, b]"), (0., 0., 0.));
     }
-
-    let beg = beg.unwrap();
-
-    if beg > 0 {
-        todo!()
-    }
-
-    let end = s.rfind(']');
-
-    if end.is_none() {
-        return (xmin, xmax, factor);
-    }
-
-    let end = end.unwrap();
-
-    let s = &s[beg + 1..end];
-
-    if s.rfind(',').is_none() {
-        return (xmin, xmax, factor);
-    }
-
-    todo!()
-
-    // return (xmin, xmax, factor);
 }
 
 #[derive(Default, Debug, Clone)]
