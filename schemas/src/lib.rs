@@ -315,6 +315,101 @@ pub mod metrics {
     ];
 }
 
+/// The `events` table of `delphes_convert`: one row per Delphes event.
+///
+/// Per-object features are one `List<Float32>` column per feature, named
+/// `track_<feature>` / `tower_<feature>` in lower case (e.g. `track_pt`,
+/// `tower_ehad`), all lists of an event having `n_tracks` / `n_towers`
+/// items in the same object order; the MET features are scalar `met_<feature>`
+/// columns. Plain columns keep SQL simple (`avg(met_met)`, `cardinality(track_pt)`)
+/// and let the window builder take a feature without unpacking structs.
+pub mod events {
+    use super::*;
+
+    /// The column name of a feature of a collection (`Track`, `PT` -> `track_pt`).
+    pub fn column(collection: &str, feature: &str) -> String {
+        format!("{}_{}", collection.to_lowercase(), feature.to_lowercase())
+    }
+
+    /// `List<Float32>` with non-null items.
+    pub fn f32_list() -> DataType {
+        DataType::List(Arc::new(Field::new("item", DataType::Float32, false)))
+    }
+
+    /// The schema for the given feature lists.
+    pub fn schema(track: &[String], tower: &[String], met: &[String]) -> SchemaRef {
+        let mut fields = vec![
+            doc_field(
+                "event_id",
+                DataType::Int64,
+                false,
+                "Event id, unique across the input files (files in order, entries in order)",
+            ),
+            doc_field(
+                "source_file",
+                DataType::Utf8,
+                false,
+                "Path of the ROOT file the event comes from",
+            ),
+            doc_field(
+                "entry",
+                DataType::Int64,
+                false,
+                "Entry number of the event in its file's tree",
+            ),
+            doc_field(
+                "label",
+                DataType::Utf8,
+                false,
+                "Detector configuration of the file (e.g. normal, hcal_barrel_off)",
+            ),
+            doc_field(
+                "class",
+                DataType::Int8,
+                false,
+                "Index of the label in the stage's `classes` list",
+            ),
+            doc_field(
+                "n_tracks",
+                DataType::Int32,
+                false,
+                "Number of tracks (Track_size)",
+            ),
+            doc_field(
+                "n_towers",
+                DataType::Int32,
+                false,
+                "Number of calorimeter towers (Tower_size)",
+            ),
+        ];
+        for f in track {
+            fields.push(doc_field(
+                &column("Track", f),
+                f32_list(),
+                false,
+                &format!("Track.{f} of every track of the event"),
+            ));
+        }
+        for f in tower {
+            fields.push(doc_field(
+                &column("Tower", f),
+                f32_list(),
+                false,
+                &format!("Tower.{f} of every tower of the event (NTimeHits converted to float)"),
+            ));
+        }
+        for f in met {
+            fields.push(doc_field(
+                &column("MissingET", f).replace("missinget_", "met_"),
+                DataType::Float32,
+                false,
+                &format!("MissingET.{f} (one per event)"),
+            ));
+        }
+        Arc::new(Schema::new(fields))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

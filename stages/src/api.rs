@@ -291,7 +291,7 @@ pub fn par_map_counted<T: Sync, R: Send>(
 }
 
 /// An output writer that keeps batches in memory (tests, library use).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct MemoryOutput {
     pub tables: std::collections::BTreeMap<String, Vec<RecordBatch>>,
 }

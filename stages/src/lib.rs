@@ -10,6 +10,8 @@
 pub mod api;
 pub mod arrow_util;
 pub mod dinamo;
+pub mod files;
+pub mod medic;
 pub mod nn;
 pub mod params;
 pub mod parquet_source;

@@ -30,24 +30,7 @@ impl StageConfig for ReadParquet {
 
 impl ReadParquet {
     fn files(&self) -> Result<Vec<PathBuf>> {
-        let param = |why: String| StageError::Param {
-            param: "path".into(),
-            why,
-        };
-        let paths =
-            glob::glob(&self.path).map_err(|e| param(format!("bad glob `{}`: {e}", self.path)))?;
-        let mut files = Vec::new();
-        for entry in paths {
-            let path = entry.map_err(|e| param(e.to_string()))?;
-            if path.is_file() {
-                files.push(path);
-            }
-        }
-        files.sort();
-        if files.is_empty() {
-            return Err(param(format!("no file matches `{}`", self.path)));
-        }
-        Ok(files)
+        crate::files::resolve_glob(&self.path, "path")
     }
 
     fn input(&self) -> Result<Input> {
@@ -77,20 +60,7 @@ impl Stage for ReadParquet {
     }
 
     fn external_fingerprint(&self) -> Result<Option<String>> {
-        let mut parts = Vec::new();
-        for file in self.files()? {
-            let meta = std::fs::metadata(&file).map_err(|e| StageError::Io {
-                path: file.clone(),
-                source: e,
-            })?;
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            parts.push(format!("{}:{}:{}", file.display(), meta.len(), modified));
-        }
-        Ok(Some(parts.join("\n")))
+        Ok(Some(crate::files::fingerprint(&self.files()?)?))
     }
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {

@@ -139,6 +139,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::dinamo::synth::SynthRuns>(),
         kind::<crate::dinamo::ewma::DinamoS>(),
         kind::<crate::dinamo::metrics::DqmMetrics>(),
+        kind::<crate::medic::convert::DelphesConvert>(),
     ]
 }
 

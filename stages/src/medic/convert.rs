@@ -1,0 +1,482 @@
+//! `delphes_convert`: Delphes ROOT files (read with oxyroot) to an `events`
+//! table, one row per event, with MEDIC's track, tower and MET features
+//! (paper section 2, Appendix A).
+//!
+//! oxyroot panics on some inputs and can mis-assign values silently, so every
+//! branch read is isolated (a panic becomes an error naming file and branch)
+//! and every collection's per-event length is checked against its
+//! `<Collection>_size` branch.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Float32Array, Float32Builder, Int8Array, Int32Array, Int64Array, ListBuilder,
+    RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use oxyroot::{RootFile, Slice};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{
+    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, par_map_counted,
+};
+use crate::registry::StageConfig;
+use dqm_schemas::events;
+
+/// One group of input files and the detector configuration they hold.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileGroup {
+    /// File or glob pattern (relative to the directory `pipeline` runs in).
+    pub path: String,
+    /// Detector configuration of these files; must be one of `classes`.
+    pub label: String,
+}
+
+/// Converts Delphes ROOT files to the `events` table.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelphesConvert {
+    /// Input files with their labels, converted in this order.
+    pub files: Vec<FileGroup>,
+    /// Name of the tree in every file.
+    pub tree: String,
+    /// Labels in class-index order (`class` = position in this list).
+    pub classes: Vec<String>,
+    /// Track features (leaves of the `Track` branch).
+    pub track_features: Vec<String>,
+    /// Tower features (leaves of the `Tower` branch); `NTimeHits` is an integer leaf.
+    pub tower_features: Vec<String>,
+    /// MissingET features (leaves of the `MissingET` branch, one entry per event).
+    pub met_features: Vec<String>,
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for DelphesConvert {
+    fn default() -> Self {
+        Self {
+            files: Vec::new(),
+            tree: "Delphes".into(),
+            classes: strings(&[
+                "normal",
+                "hcal_barrel_off",
+                "hcal_endcap_off",
+                "hcal_forward_off",
+            ]),
+            track_features: strings(&["P", "PT", "Eta", "Phi", "CtgTheta", "C", "L"]),
+            tower_features: strings(&["ET", "Eta", "Phi", "E", "T", "NTimeHits", "Eem", "Ehad"]),
+            met_features: strings(&["MET", "Eta", "Phi"]),
+        }
+    }
+}
+
+impl StageConfig for DelphesConvert {
+    const KIND: &'static str = "delphes_convert";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Delphes ROOT files (oxyroot) -> events table: tracks, towers and MET per event, labelled by configuration";
+    const INPUTS: (usize, usize) = (0, 0);
+
+    fn validate(&self) -> Result<()> {
+        let bad = |param: &str, why: String| {
+            Err(StageError::Param {
+                param: param.into(),
+                why,
+            })
+        };
+        if self.files.is_empty() {
+            return bad("files", "give at least one `{path, label}`".into());
+        }
+        if self.classes.is_empty() || self.classes.len() > i8::MAX as usize {
+            return bad("classes", "needs 1 to 127 labels".into());
+        }
+        for (i, group) in self.files.iter().enumerate() {
+            if !self.classes.contains(&group.label) {
+                return bad(
+                    &format!("files[{i}].label"),
+                    format!(
+                        "`{}` is not one of the classes {:?}",
+                        group.label, self.classes
+                    ),
+                );
+            }
+        }
+        for (name, list) in [
+            ("track_features", &self.track_features),
+            ("tower_features", &self.tower_features),
+        ] {
+            if list.is_empty() {
+                return bad(name, "needs at least one feature".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One input file with its label and first event id.
+#[derive(Debug, Clone)]
+struct SourceFile {
+    path: PathBuf,
+    label: String,
+    class: i8,
+}
+
+/// Runs `f`, turning a panic inside oxyroot into an error naming the file and branch.
+fn guarded<T>(
+    path: &Path,
+    branch: &str,
+    f: impl FnOnce() -> std::result::Result<T, String>,
+) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StageError::Data(format!(
+            "{}: branch `{branch}`: {e}",
+            path.display()
+        ))),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(StageError::Data(format!(
+                "{}: branch `{branch}`: the ROOT reader failed: {msg}",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// Per-event values of one branch, as f32 (integer leaves converted).
+fn read_branch(path: &Path, tree: &str, branch: &str, entries: i64) -> Result<Vec<Vec<f32>>> {
+    let rows = guarded(path, branch, || {
+        let mut file = RootFile::open(path).map_err(|e| e.to_string())?;
+        let tree = file.get_tree(tree).map_err(|e| e.to_string())?;
+        let b = tree
+            .branch(branch)
+            .ok_or_else(|| "no such branch in the file".to_string())?;
+        // Float leaves are most; integer leaves (Tower.NTimeHits) are converted.
+        match b.as_iter::<Slice<f32>>() {
+            Ok(iter) => Ok(iter.map(|s| s.into_vec()).collect::<Vec<Vec<f32>>>()),
+            Err(float_err) => match b.as_iter::<Slice<i32>>() {
+                Ok(iter) => Ok(iter
+                    .map(|s| s.into_vec().into_iter().map(|v| v as f32).collect())
+                    .collect()),
+                Err(_) => Err(format!("not a float or integer collection ({})", float_err)),
+            },
+        }
+    })?;
+    if rows.len() as i64 != entries {
+        return Err(StageError::Data(format!(
+            "{}: branch `{branch}` has {} entries, the tree has {entries}",
+            path.display(),
+            rows.len()
+        )));
+    }
+    Ok(rows)
+}
+
+/// The `<Collection>_size` branch: objects per event.
+fn read_sizes(path: &Path, tree: &str, collection: &str) -> Result<Vec<i32>> {
+    let branch = format!("{collection}_size");
+    guarded(path, &branch, || {
+        let mut file = RootFile::open(path).map_err(|e| e.to_string())?;
+        let tree = file.get_tree(tree).map_err(|e| e.to_string())?;
+        let b = tree
+            .branch(&branch)
+            .ok_or_else(|| "no such branch in the file".to_string())?;
+        Ok(b.as_iter::<i32>().map_err(|e| e.to_string())?.collect())
+    })
+}
+
+fn f32_lists(rows: &[Vec<f32>]) -> ArrayRef {
+    let mut builder = ListBuilder::with_capacity(Float32Builder::new(), rows.len())
+        .with_field(Arc::new(Field::new("item", DataType::Float32, false)));
+    for row in rows {
+        builder.values().append_slice(row);
+        builder.append(true);
+    }
+    Arc::new(builder.finish())
+}
+
+impl DelphesConvert {
+    fn sources(&self) -> Result<Vec<SourceFile>> {
+        let mut out = Vec::new();
+        for (i, group) in self.files.iter().enumerate() {
+            let class = self
+                .classes
+                .iter()
+                .position(|c| *c == group.label)
+                .unwrap_or(0) as i8;
+            for path in crate::files::resolve_glob(&group.path, &format!("files[{i}].path"))? {
+                out.push(SourceFile {
+                    path,
+                    label: group.label.clone(),
+                    class,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn schema(&self) -> SchemaRef {
+        events::schema(
+            &self.track_features,
+            &self.tower_features,
+            &self.met_features,
+        )
+    }
+
+    fn entries(&self, path: &Path) -> Result<i64> {
+        guarded(path, &self.tree, || {
+            let mut file =
+                RootFile::open(path).map_err(|e| format!("not a readable ROOT file: {e}"))?;
+            let tree = file
+                .get_tree(&self.tree)
+                .map_err(|e| format!("no tree `{}`: {e}", self.tree))?;
+            Ok(tree.entries())
+        })
+    }
+
+    /// Converts one file; `first_id` is its first event id.
+    fn convert(&self, source: &SourceFile, first_id: i64, entries: i64) -> Result<RecordBatch> {
+        let path = source.path.as_path();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        let n = entries as usize;
+        let track_sizes = read_sizes(path, &self.tree, "Track")?;
+        let tower_sizes = read_sizes(path, &self.tree, "Tower")?;
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            first_id..first_id + entries,
+        )));
+        columns.push(Arc::new(StringArray::from(vec![
+            path.display().to_string();
+            n
+        ])));
+        columns.push(Arc::new(Int64Array::from_iter_values(0..entries)));
+        columns.push(Arc::new(StringArray::from(vec![source.label.clone(); n])));
+        columns.push(Arc::new(Int8Array::from(vec![source.class; n])));
+        columns.push(Arc::new(Int32Array::from(track_sizes.clone())));
+        columns.push(Arc::new(Int32Array::from(tower_sizes.clone())));
+        for (collection, features, sizes) in [
+            ("Track", &self.track_features, &track_sizes),
+            ("Tower", &self.tower_features, &tower_sizes),
+        ] {
+            for feature in features {
+                let branch = format!("{collection}.{feature}");
+                let rows = read_branch(path, &self.tree, &branch, entries)?;
+                if let Some(e) = (0..n).find(|&e| rows[e].len() as i64 != sizes[e] as i64) {
+                    return Err(StageError::Data(format!(
+                        "{}: branch `{branch}` has {} values at entry {e} but {collection}_size says {}: the reader mis-assigned values",
+                        path.display(),
+                        rows[e].len(),
+                        sizes[e]
+                    )));
+                }
+                columns.push(f32_lists(&rows));
+            }
+        }
+        for feature in &self.met_features {
+            let branch = format!("MissingET.{feature}");
+            let rows = read_branch(path, &self.tree, &branch, entries)?;
+            if let Some(e) = rows.iter().position(|r| r.len() != 1) {
+                return Err(StageError::Data(format!(
+                    "{}: branch `{branch}` has {} values at entry {e}, expected one per event",
+                    path.display(),
+                    rows[e].len()
+                )));
+            }
+            columns.push(Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r[0]),
+            )));
+        }
+        Ok(RecordBatch::try_new(self.schema(), columns)?)
+    }
+}
+
+impl Stage for DelphesConvert {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        expect_inputs(inputs.len(), 0)?;
+        if !self.files.is_empty() {
+            self.sources()?;
+        }
+        Ok(vec![OutputSpec {
+            name: "main",
+            schema: self.schema(),
+        }])
+    }
+
+    fn external_fingerprint(&self) -> Result<Option<String>> {
+        let files: Vec<PathBuf> = self.sources()?.into_iter().map(|s| s.path).collect();
+        Ok(Some(crate::files::fingerprint(&files)?))
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let sources = self.sources()?;
+        // Entry counts first, so event ids are unique and independent of
+        // which file finishes first.
+        let mut first_ids = Vec::with_capacity(sources.len());
+        let mut next = 0i64;
+        for s in &sources {
+            let entries = self.entries(&s.path)?;
+            first_ids.push((next, entries));
+            next += entries;
+        }
+        let progress = ctx.reporter.progress(sources.len() as u64, "files");
+        let jobs: Vec<(&SourceFile, (i64, i64))> = sources.iter().zip(first_ids).collect();
+        let batches = par_map_counted(&jobs, progress.as_ref(), |(s, (first, entries))| {
+            self.convert(s, *first, *entries)
+        });
+        for batch in batches {
+            ctx.output.write("main", batch?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::run_in_memory;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float32Type, Int32Type};
+
+    fn data(name: &str) -> String {
+        format!("{}/../data/delphes/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn stage(files: &[(&str, &str)]) -> DelphesConvert {
+        DelphesConvert {
+            files: files
+                .iter()
+                .map(|(p, l)| FileGroup {
+                    path: p.to_string(),
+                    label: l.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn col<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+        batch.column(batch.schema().index_of(name).unwrap())
+    }
+
+    #[test]
+    fn converts_bundled_files_with_unique_ids_and_consistent_lengths() {
+        let s = stage(&[
+            (&data("dijet13_normal_tiny.root"), "normal"),
+            (
+                &data("dijet13_hcal_barrel_off_tiny.root"),
+                "hcal_barrel_off",
+            ),
+        ]);
+        s.validate().unwrap();
+        let table = run_in_memory(&s, &[]).unwrap().table("main");
+        assert_eq!(table.num_rows(), 1000);
+        let ids = col(&table, "event_id").as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(
+            ids.values()
+                .iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            1000
+        );
+        let classes = col(&table, "class").as_primitive::<arrow::datatypes::Int8Type>();
+        assert_eq!(classes.value(0), 0);
+        assert_eq!(classes.value(999), 1);
+        // List lengths equal n_tracks / n_towers.
+        let n_tracks = col(&table, "n_tracks").as_primitive::<Int32Type>();
+        let pt = col(&table, "track_pt").as_list::<i32>();
+        for i in 0..table.num_rows() {
+            assert_eq!(pt.value(i).len() as i32, n_tracks.value(i));
+        }
+        // Tracks are identical across configurations for the same entry.
+        for e in [0usize, 7, 499] {
+            assert_eq!(
+                pt.value(e).as_primitive::<Float32Type>(),
+                pt.value(500 + e).as_primitive::<Float32Type>()
+            );
+        }
+        assert_eq!(table.schema(), s.schema());
+    }
+
+    /// HCAL towers (Ehad > 0) are absent in each glitch's dead eta region.
+    #[test]
+    fn dead_hcal_regions_have_no_hadronic_towers() {
+        for (label, lo, hi) in [
+            ("hcal_barrel_off", 0.0, 1.653),
+            ("hcal_endcap_off", 1.653, 4.525),
+            ("hcal_forward_off", 4.525, 5.0),
+        ] {
+            let count = |file: &str| {
+                let table = run_in_memory(&stage(&[(&data(file), label)]), &[])
+                    .unwrap()
+                    .table("main");
+                let eta = col(&table, "tower_eta").as_list::<i32>().clone();
+                let ehad = col(&table, "tower_ehad").as_list::<i32>().clone();
+                let mut n = 0;
+                for i in 0..table.num_rows() {
+                    let (eta, ehad) = (eta.value(i), ehad.value(i));
+                    let (eta, ehad) = (
+                        eta.as_primitive::<Float32Type>(),
+                        ehad.as_primitive::<Float32Type>(),
+                    );
+                    n += (0..eta.len())
+                        .filter(|&k| {
+                            ehad.value(k) > 0.0 && (lo..hi).contains(&(eta.value(k).abs() as f64))
+                        })
+                        .count();
+                }
+                n
+            };
+            assert_eq!(count(&format!("dijet13_{label}_tiny.root")), 0, "{label}");
+            assert!(
+                count("dijet13_normal_tiny.root") > 100,
+                "normal has HCAL towers in the {label} region"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        // Missing file.
+        let err = stage(&[("no/such/file.root", "normal")])
+            .outputs(&[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no file matches"), "{err}");
+        // Not a ROOT file.
+        let junk = dir.path().join("junk.root");
+        std::fs::write(&junk, b"definitely not ROOT").unwrap();
+        let err = run_in_memory(&stage(&[(junk.to_str().unwrap(), "normal")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("junk.root"), "{err}");
+        // Truncated copy of a real file.
+        let bytes = std::fs::read(data("dijet13_normal_tiny.root")).unwrap();
+        let cut = dir.path().join("cut.root");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = run_in_memory(&stage(&[(cut.to_str().unwrap(), "normal")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cut.root"), "{err}");
+        // A branch the file does not have.
+        let mut s = stage(&[(&data("dijet13_normal_tiny.root"), "normal")]);
+        s.track_features.push("Nonexistent".into());
+        let err = run_in_memory(&s, &[]).unwrap_err().to_string();
+        assert!(err.contains("Track.Nonexistent"), "{err}");
+        // A label that is not a class.
+        let err = stage(&[(&data("dijet13_normal_tiny.root"), "broken")])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broken"), "{err}");
+    }
+}

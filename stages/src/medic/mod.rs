@@ -1,0 +1,4 @@
+//! MEDIC (medic.txt): Delphes events to the tables the MEDIC classifier
+//! trains on.
+
+pub mod convert;
