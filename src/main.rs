@@ -112,7 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             let workdir = pipeline.workdir();
             let reports = exec::run(&plan, &workdir, &RunOptions { force, until })?;
             println!(
-                "{:<16} {:<14} {:<7} {:>10} {:>9}  output",
+                "{:<16} {:<16} {:<7} {:>10} {:>9}  output",
                 "stage", "kind", "status", "rows", "seconds"
             );
             for r in reports {
@@ -122,7 +122,7 @@ fn run(cli: Cli) -> Result<()> {
                     Status::Skipped => "skipped",
                 };
                 println!(
-                    "{:<16} {:<14} {:<7} {:>10} {:>9.2}  {}",
+                    "{:<16} {:<16} {:<7} {:>10} {:>9.2}  {}",
                     r.id,
                     r.kind,
                     status,

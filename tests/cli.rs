@@ -458,3 +458,60 @@ fn a_locked_workdir_refuses_a_second_run() {
     drop(lock);
     sb.ok(&["run", "p.yaml"]);
 }
+
+#[test]
+fn medic_data_pipeline_converts_filters_and_is_queryable() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let yaml = fs::read_to_string(format!("{repo}/pipelines/medic_data.yaml"))
+        .unwrap()
+        .replace("path: data/delphes", &format!("path: {repo}/data/delphes"));
+    sb.write("medic.yaml", &yaml);
+    let out = sb.ok(&["run", "medic.yaml"]);
+    assert_eq!(
+        statuses(&out),
+        pairs(&[("events", "ran"), ("filtered", "ran")])
+    );
+    let csv = sb.ok(&[
+        "query",
+        "medic.yaml",
+        "SELECT label, count(*) AS n, min(n_tracks) >= 10 AND min(n_towers) >= 10 AS ok FROM filtered GROUP BY label ORDER BY label",
+        "--format",
+        "csv",
+    ]);
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    for row in &rows {
+        let cols: Vec<&str> = row.split(',').collect();
+        let n: usize = cols[1].parse().unwrap();
+        assert!((480..=500).contains(&n) && cols[2] == "true", "{row}");
+    }
+    // The dead-HCAL configurations lose hadronic energy: larger mean MET than normal.
+    let met = sb.ok(&[
+        "query",
+        "medic.yaml",
+        "SELECT label, avg(met_met) AS met FROM events GROUP BY label ORDER BY label",
+        "--format",
+        "csv",
+    ]);
+    let met: Vec<f64> = met
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    // barrel_off, endcap_off, forward_off, normal
+    assert!(met[0] > 1.5 * met[3] && met[1] > 1.5 * met[3], "{met:?}");
+
+    // A missing input file is caught by plan, naming the parameter.
+    sb.write(
+        "bad.yaml",
+        &yaml.replace("dijet13_normal_tiny.root", "nope.root"),
+    );
+    let err = sb.fails(&["plan", "bad.yaml"]);
+    assert!(
+        err.contains("stage `events`")
+            && err.contains("files[0].path")
+            && err.contains("nope.root"),
+        "{err}"
+    );
+}

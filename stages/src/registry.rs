@@ -140,6 +140,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::dinamo::ewma::DinamoS>(),
         kind::<crate::dinamo::metrics::DqmMetrics>(),
         kind::<crate::medic::convert::DelphesConvert>(),
+        kind::<crate::medic::filter::FilterEvents>(),
     ]
 }
 

@@ -224,7 +224,8 @@ impl DelphesConvert {
         Ok(out)
     }
 
-    fn schema(&self) -> SchemaRef {
+    /// The `events` schema for this stage's feature lists.
+    pub fn events_schema(&self) -> SchemaRef {
         events::schema(
             &self.track_features,
             &self.tower_features,
@@ -294,7 +295,7 @@ impl DelphesConvert {
                 rows.iter().map(|r| r[0]),
             )));
         }
-        Ok(RecordBatch::try_new(self.schema(), columns)?)
+        Ok(RecordBatch::try_new(self.events_schema(), columns)?)
     }
 }
 
@@ -306,7 +307,7 @@ impl Stage for DelphesConvert {
         }
         Ok(vec![OutputSpec {
             name: "main",
-            schema: self.schema(),
+            schema: self.events_schema(),
         }])
     }
 
@@ -403,7 +404,7 @@ mod tests {
                 pt.value(500 + e).as_primitive::<Float32Type>()
             );
         }
-        assert_eq!(table.schema(), s.schema());
+        assert_eq!(table.schema(), s.events_schema());
     }
 
     /// HCAL towers (Ehad > 0) are absent in each glitch's dead eta region.

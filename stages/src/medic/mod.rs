@@ -2,3 +2,4 @@
 //! trains on.
 
 pub mod convert;
+pub mod filter;
