@@ -470,8 +470,46 @@ fn medic_data_pipeline_converts_filters_and_is_queryable() {
     let out = sb.ok(&["run", "medic.yaml"]);
     assert_eq!(
         statuses(&out),
-        pairs(&[("events", "ran"), ("filtered", "ran")])
+        pairs(&[("events", "ran"), ("filtered", "ran"), ("windows", "ran")])
     );
+    // Windows: stride 1 inside each block, fractions sum to 1, blocks disjoint.
+    let w = sb.ok(&[
+        "query",
+        "medic.yaml",
+        "SELECT block, count(*) AS n, max(abs(p_0 + p_1 + p_2 + p_3 - 1.0)) < 1e-12 AS ok FROM windows GROUP BY block ORDER BY block",
+        "--format",
+        "csv",
+    ]);
+    let kept: usize = sb
+        .ok(&[
+            "query",
+            "medic.yaml",
+            "SELECT count(*) FROM filtered",
+            "--format",
+            "csv",
+        ])
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let n_train = (0.8 * kept as f64).round() as usize;
+    assert_eq!(
+        w.trim(),
+        format!(
+            "block,n,ok\ntest,{},true\ntrain,{},true",
+            kept - n_train - 29,
+            n_train - 29
+        )
+    );
+    let leak = sb.ok(&[
+        "query",
+        "medic.yaml",
+        "SELECT count(*) AS shared FROM (SELECT event_id FROM windows_order WHERE block = 'train' INTERSECT SELECT event_id FROM windows_order WHERE block = 'test')",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(leak.trim(), "shared\n0");
     let csv = sb.ok(&[
         "query",
         "medic.yaml",

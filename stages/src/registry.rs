@@ -141,6 +141,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::dinamo::metrics::DqmMetrics>(),
         kind::<crate::medic::convert::DelphesConvert>(),
         kind::<crate::medic::filter::FilterEvents>(),
+        kind::<crate::medic::windows::SlidingWindows>(),
     ]
 }
 
