@@ -152,11 +152,19 @@ fn guarded<T>(
     }
 }
 
+/// Opens a file's tree once; every branch is then read from it.
+fn open_tree(path: &Path, tree: &str) -> Result<oxyroot::ReaderTree> {
+    guarded(path, tree, || {
+        let mut file =
+            RootFile::open(path).map_err(|e| format!("not a readable ROOT file: {e}"))?;
+        file.get_tree(tree)
+            .map_err(|e| format!("no tree `{tree}`: {e}"))
+    })
+}
+
 /// Per-event values of one branch, as f32 (integer leaves converted).
-fn read_branch(path: &Path, tree: &str, branch: &str, entries: i64) -> Result<Vec<Vec<f32>>> {
+fn read_branch(path: &Path, tree: &oxyroot::ReaderTree, branch: &str) -> Result<Vec<Vec<f32>>> {
     let rows = guarded(path, branch, || {
-        let mut file = RootFile::open(path).map_err(|e| e.to_string())?;
-        let tree = file.get_tree(tree).map_err(|e| e.to_string())?;
         let b = tree
             .branch(branch)
             .ok_or_else(|| "no such branch in the file".to_string())?;
@@ -167,26 +175,25 @@ fn read_branch(path: &Path, tree: &str, branch: &str, entries: i64) -> Result<Ve
                 Ok(iter) => Ok(iter
                     .map(|s| s.into_vec().into_iter().map(|v| v as f32).collect())
                     .collect()),
-                Err(_) => Err(format!("not a float or integer collection ({})", float_err)),
+                Err(_) => Err(format!("not a float or integer collection ({float_err})")),
             },
         }
     })?;
-    if rows.len() as i64 != entries {
+    if rows.len() as i64 != tree.entries() {
         return Err(StageError::Data(format!(
-            "{}: branch `{branch}` has {} entries, the tree has {entries}",
+            "{}: branch `{branch}` has {} entries, the tree has {}",
             path.display(),
-            rows.len()
+            rows.len(),
+            tree.entries()
         )));
     }
     Ok(rows)
 }
 
 /// The `<Collection>_size` branch: objects per event.
-fn read_sizes(path: &Path, tree: &str, collection: &str) -> Result<Vec<i32>> {
+fn read_sizes(path: &Path, tree: &oxyroot::ReaderTree, collection: &str) -> Result<Vec<i32>> {
     let branch = format!("{collection}_size");
     guarded(path, &branch, || {
-        let mut file = RootFile::open(path).map_err(|e| e.to_string())?;
-        let tree = file.get_tree(tree).map_err(|e| e.to_string())?;
         let b = tree
             .branch(&branch)
             .ok_or_else(|| "no such branch in the file".to_string())?;
@@ -249,8 +256,9 @@ impl DelphesConvert {
         let path = source.path.as_path();
         let mut columns: Vec<ArrayRef> = Vec::new();
         let n = entries as usize;
-        let track_sizes = read_sizes(path, &self.tree, "Track")?;
-        let tower_sizes = read_sizes(path, &self.tree, "Tower")?;
+        let tree = open_tree(path, &self.tree)?;
+        let track_sizes = read_sizes(path, &tree, "Track")?;
+        let tower_sizes = read_sizes(path, &tree, "Tower")?;
         columns.push(Arc::new(Int64Array::from_iter_values(
             first_id..first_id + entries,
         )));
@@ -269,7 +277,7 @@ impl DelphesConvert {
         ] {
             for feature in features {
                 let branch = format!("{collection}.{feature}");
-                let rows = read_branch(path, &self.tree, &branch, entries)?;
+                let rows = read_branch(path, &tree, &branch)?;
                 if let Some(e) = (0..n).find(|&e| rows[e].len() as i64 != sizes[e] as i64) {
                     return Err(StageError::Data(format!(
                         "{}: branch `{branch}` has {} values at entry {e} but {collection}_size says {}: the reader mis-assigned values",
@@ -283,7 +291,7 @@ impl DelphesConvert {
         }
         for feature in &self.met_features {
             let branch = format!("MissingET.{feature}");
-            let rows = read_branch(path, &self.tree, &branch, entries)?;
+            let rows = read_branch(path, &tree, &branch)?;
             if let Some(e) = rows.iter().position(|r| r.len() != 1) {
                 return Err(StageError::Data(format!(
                     "{}: branch `{branch}` has {} values at entry {e}, expected one per event",
