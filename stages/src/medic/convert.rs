@@ -20,9 +20,7 @@ use oxyroot::{RootFile, Slice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{
-    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, par_map_counted,
-};
+use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, expect_inputs};
 use crate::registry::StageConfig;
 use dqm_schemas::events;
 
@@ -52,6 +50,9 @@ pub struct DelphesConvert {
     pub tower_features: Vec<String>,
     /// MissingET features (leaves of the `MissingET` branch, one entry per event).
     pub met_features: Vec<String>,
+    /// Events per output batch: files are read in entry ranges of this size,
+    /// so memory stays bounded for files of any size.
+    pub entries_per_batch: usize,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -72,6 +73,7 @@ impl Default for DelphesConvert {
             track_features: strings(&["P", "PT", "Eta", "Phi", "CtgTheta", "C", "L"]),
             tower_features: strings(&["ET", "Eta", "Phi", "E", "T", "NTimeHits", "Eem", "Ehad"]),
             met_features: strings(&["MET", "Eta", "Phi"]),
+            entries_per_batch: 10_000,
         }
     }
 }
@@ -162,32 +164,30 @@ fn open_tree(path: &Path, tree: &str) -> Result<oxyroot::ReaderTree> {
     })
 }
 
-/// Per-event values of one branch, as f32 (integer leaves converted).
-fn read_branch(path: &Path, tree: &oxyroot::ReaderTree, branch: &str) -> Result<Vec<Vec<f32>>> {
-    let rows = guarded(path, branch, || {
+/// A streaming reader of one branch's per-event values, as f32 (integer
+/// leaves converted).
+fn branch_reader<'a>(
+    path: &Path,
+    tree: &'a oxyroot::ReaderTree,
+    branch: &str,
+) -> Result<Box<dyn Iterator<Item = Vec<f32>> + 'a>> {
+    guarded(path, branch, || {
         let b = tree
             .branch(branch)
             .ok_or_else(|| "no such branch in the file".to_string())?;
         // Float leaves are most; integer leaves (Tower.NTimeHits) are converted.
         match b.as_iter::<Slice<f32>>() {
-            Ok(iter) => Ok(iter.map(|s| s.into_vec()).collect::<Vec<Vec<f32>>>()),
+            Ok(iter) => {
+                Ok(Box::new(iter.map(|s| s.into_vec())) as Box<dyn Iterator<Item = Vec<f32>>>)
+            }
             Err(float_err) => match b.as_iter::<Slice<i32>>() {
-                Ok(iter) => Ok(iter
-                    .map(|s| s.into_vec().into_iter().map(|v| v as f32).collect())
-                    .collect()),
+                Ok(iter) => Ok(Box::new(
+                    iter.map(|s| s.into_vec().into_iter().map(|v| v as f32).collect()),
+                ) as Box<dyn Iterator<Item = Vec<f32>>>),
                 Err(_) => Err(format!("not a float or integer collection ({float_err})")),
             },
         }
-    })?;
-    if rows.len() as i64 != tree.entries() {
-        return Err(StageError::Data(format!(
-            "{}: branch `{branch}` has {} entries, the tree has {}",
-            path.display(),
-            rows.len(),
-            tree.entries()
-        )));
-    }
-    Ok(rows)
+    })
 }
 
 /// The `<Collection>_size` branch: objects per event.
@@ -251,59 +251,101 @@ impl DelphesConvert {
         })
     }
 
-    /// Converts one file; `first_id` is its first event id.
-    fn convert(&self, source: &SourceFile, first_id: i64, entries: i64) -> Result<RecordBatch> {
+    /// Converts one file in batches of `entries_per_batch` events, handing
+    /// each to `emit` (which returns false to stop early); `first_id` is the
+    /// file's first event id. Only one batch of the file is in memory at once.
+    fn stream_file(
+        &self,
+        source: &SourceFile,
+        first_id: i64,
+        emit: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> Result<()> {
         let path = source.path.as_path();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        let n = entries as usize;
         let tree = open_tree(path, &self.tree)?;
+        let entries = tree.entries();
         let track_sizes = read_sizes(path, &tree, "Track")?;
         let tower_sizes = read_sizes(path, &tree, "Tower")?;
-        columns.push(Arc::new(Int64Array::from_iter_values(
-            first_id..first_id + entries,
-        )));
-        columns.push(Arc::new(StringArray::from(vec![
-            path.display().to_string();
-            n
-        ])));
-        columns.push(Arc::new(Int64Array::from_iter_values(0..entries)));
-        columns.push(Arc::new(StringArray::from(vec![source.label.clone(); n])));
-        columns.push(Arc::new(Int8Array::from(vec![source.class; n])));
-        columns.push(Arc::new(Int32Array::from(track_sizes.clone())));
-        columns.push(Arc::new(Int32Array::from(tower_sizes.clone())));
-        for (collection, features, sizes) in [
-            ("Track", &self.track_features, &track_sizes),
-            ("Tower", &self.tower_features, &tower_sizes),
+        for (name, sizes) in [("Track_size", &track_sizes), ("Tower_size", &tower_sizes)] {
+            if sizes.len() as i64 != entries {
+                return Err(StageError::Data(format!(
+                    "{}: branch `{name}` has {} entries, the tree has {entries}",
+                    path.display(),
+                    sizes.len()
+                )));
+            }
+        }
+        // One streaming reader per branch, all advanced together.
+        let mut readers = Vec::new();
+        for (collection, features) in [
+            ("Track", &self.track_features),
+            ("Tower", &self.tower_features),
+            ("MissingET", &self.met_features),
         ] {
             for feature in features {
                 let branch = format!("{collection}.{feature}");
-                let rows = read_branch(path, &tree, &branch)?;
-                if let Some(e) = (0..n).find(|&e| rows[e].len() as i64 != sizes[e] as i64) {
+                let iter = branch_reader(path, &tree, &branch)?;
+                readers.push((collection, branch, iter));
+            }
+        }
+        let step = self.entries_per_batch.max(1) as i64;
+        let mut start = 0i64;
+        while start < entries {
+            let n = step.min(entries - start) as usize;
+            let range = start as usize..start as usize + n;
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(
+                    first_id + start..first_id + start + n as i64,
+                )),
+                Arc::new(StringArray::from(vec![path.display().to_string(); n])),
+                Arc::new(Int64Array::from_iter_values(start..start + n as i64)),
+                Arc::new(StringArray::from(vec![source.label.clone(); n])),
+                Arc::new(Int8Array::from(vec![source.class; n])),
+                Arc::new(Int32Array::from(track_sizes[range.clone()].to_vec())),
+                Arc::new(Int32Array::from(tower_sizes[range.clone()].to_vec())),
+            ];
+            for (collection, branch, iter) in readers.iter_mut() {
+                let rows: Vec<Vec<f32>> =
+                    guarded(path, branch, || Ok(iter.by_ref().take(n).collect()))?;
+                if rows.len() != n {
                     return Err(StageError::Data(format!(
-                        "{}: branch `{branch}` has {} values at entry {e} but {collection}_size says {}: the reader mis-assigned values",
+                        "{}: branch `{branch}` ends at entry {}, the tree has {entries}",
                         path.display(),
-                        rows[e].len(),
-                        sizes[e]
+                        start as usize + rows.len()
                     )));
                 }
-                columns.push(f32_lists(&rows));
+                let expected = |e: usize| match *collection {
+                    "Track" => track_sizes[start as usize + e] as usize,
+                    "Tower" => tower_sizes[start as usize + e] as usize,
+                    _ => 1,
+                };
+                if let Some(e) = (0..n).find(|&e| rows[e].len() != expected(e)) {
+                    return Err(StageError::Data(format!(
+                        "{}: branch `{branch}` has {} values at entry {} but {} expects {}: the reader mis-assigned values",
+                        path.display(),
+                        rows[e].len(),
+                        start as usize + e,
+                        if *collection == "MissingET" {
+                            "one per event".to_string()
+                        } else {
+                            format!("{collection}_size")
+                        },
+                        expected(e)
+                    )));
+                }
+                if *collection == "MissingET" {
+                    columns.push(Arc::new(Float32Array::from_iter_values(
+                        rows.iter().map(|r| r[0]),
+                    )));
+                } else {
+                    columns.push(f32_lists(&rows));
+                }
             }
-        }
-        for feature in &self.met_features {
-            let branch = format!("MissingET.{feature}");
-            let rows = read_branch(path, &tree, &branch)?;
-            if let Some(e) = rows.iter().position(|r| r.len() != 1) {
-                return Err(StageError::Data(format!(
-                    "{}: branch `{branch}` has {} values at entry {e}, expected one per event",
-                    path.display(),
-                    rows[e].len()
-                )));
+            if !emit(RecordBatch::try_new(self.events_schema(), columns)?) {
+                return Ok(());
             }
-            columns.push(Arc::new(Float32Array::from_iter_values(
-                rows.iter().map(|r| r[0]),
-            )));
+            start += n as i64;
         }
-        Ok(RecordBatch::try_new(self.events_schema(), columns)?)
+        Ok(())
     }
 }
 
@@ -331,19 +373,56 @@ impl Stage for DelphesConvert {
         let mut first_ids = Vec::with_capacity(sources.len());
         let mut next = 0i64;
         for s in &sources {
-            let entries = self.entries(&s.path)?;
-            first_ids.push((next, entries));
-            next += entries;
+            first_ids.push(next);
+            next += self.entries(&s.path)?;
         }
         let progress = ctx.reporter.progress(sources.len() as u64, "files");
-        let jobs: Vec<(&SourceFile, (i64, i64))> = sources.iter().zip(first_ids).collect();
-        let batches = par_map_counted(&jobs, progress.as_ref(), |(s, (first, entries))| {
-            self.convert(s, *first, *entries)
+        // Files are read in parallel by a few workers, each file into a
+        // small bounded channel; the output is written in file order.
+        // Workers take files in order, so the file the writer waits for has
+        // always started. Memory: a few batches per worker, whatever the
+        // file sizes.
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..sources.len())
+            .map(|_| std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2))
+            .unzip();
+        let senders: Vec<std::sync::Mutex<Option<_>>> = senders
+            .into_iter()
+            .map(|t| std::sync::Mutex::new(Some(t)))
+            .collect();
+        let next_file = std::sync::atomic::AtomicUsize::new(0);
+        let output = &mut *ctx.output;
+        let mut result = Ok(());
+        std::thread::scope(|scope| {
+            for _ in 0..rayon::current_num_threads().min(sources.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next_file.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if i >= sources.len() {
+                            break;
+                        }
+                        let tx = senders[i]
+                            .lock()
+                            .expect("not poisoned")
+                            .take()
+                            .expect("each file once");
+                        let mut emit = |batch: RecordBatch| tx.send(Ok(batch)).is_ok();
+                        if let Err(e) = self.stream_file(&sources[i], first_ids[i], &mut emit) {
+                            let _ = tx.send(Err(e));
+                        }
+                        progress.inc(1);
+                    }
+                });
+            }
+            // Drain every channel (even after an error) so no worker blocks.
+            for rx in receivers {
+                for batch in rx {
+                    if result.is_ok() {
+                        result = batch.and_then(|b| output.write("main", b));
+                    }
+                }
+            }
         });
-        for batch in batches {
-            ctx.output.write("main", batch?)?;
-        }
-        Ok(())
+        result
     }
 }
 
@@ -413,6 +492,31 @@ mod tests {
             );
         }
         assert_eq!(table.schema(), s.events_schema());
+    }
+
+    /// Reading in entry ranges (bounded memory) gives exactly the table read
+    /// in one go, in batches of the requested size.
+    #[test]
+    fn entry_ranges_give_the_same_table() {
+        let files = [
+            (data("dijet13_normal_tiny.root"), "normal"),
+            (data("dijet13_hcal_endcap_off_tiny.root"), "hcal_endcap_off"),
+        ];
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, l)| (p.as_str(), *l)).collect();
+        let whole = run_in_memory(&stage(&files), &[]).unwrap();
+        let chunked_stage = DelphesConvert {
+            entries_per_batch: 7,
+            ..stage(&files)
+        };
+        let chunked = run_in_memory(&chunked_stage, &[]).unwrap();
+        assert_eq!(
+            whole.tables["main"].len(),
+            2,
+            "one batch per file by default"
+        );
+        assert_eq!(chunked.tables["main"].len(), 2 * 500_usize.div_ceil(7));
+        assert!(chunked.tables["main"].iter().all(|b| b.num_rows() <= 7));
+        assert_eq!(whole.table("main"), chunked.table("main"));
     }
 
     /// HCAL towers (Ehad > 0) are absent in each glitch's dead eta region.
