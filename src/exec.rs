@@ -242,11 +242,7 @@ pub fn run_stage(
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(anyhow!("{at} failed: {e}")),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = dqm_stages::api::panic_message(panic.as_ref());
             bail!("{at} failed: internal error: {msg}");
         }
     }

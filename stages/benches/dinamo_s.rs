@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use dqm_stages::api::{Input, run_in_memory};
+use dqm_stages::api::{input_from_batch, run_in_memory};
 use dqm_stages::dinamo::ewma::{DinamoS, NormRun, chi2_sequence};
 use dqm_stages::dinamo::synth::SynthRuns;
 
@@ -53,16 +53,7 @@ fn main() {
     // The whole stage, reading the runs table from Parquet.
     let dir = tempfile::tempdir().unwrap();
     let batch = run_in_memory(&synth, &[]).unwrap().table("main");
-    let path = dir.path().join("runs.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    let input = Input::from_files("runs", vec![path]).unwrap();
+    let input = input_from_batch("runs", &batch, &dir.path().join("runs.parquet")).unwrap();
     let stage = DinamoS::default();
     let reps = 3;
     let start = Instant::now();

@@ -290,6 +290,33 @@ pub fn par_map_counted<T: Sync, R: Send>(
         .collect()
 }
 
+/// Writes one batch as a Parquet file and returns it as an [`Input`] (tests,
+/// benchmarks, library use).
+pub fn input_from_batch(name: &str, batch: &RecordBatch, path: &Path) -> Result<Input> {
+    let file = File::create(path).map_err(|e| StageError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let parquet_err = |e| StageError::Parquet {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).map_err(parquet_err)?;
+    writer.write(batch).map_err(parquet_err)?;
+    writer.close().map_err(parquet_err)?;
+    Input::from_files(name, vec![path.to_path_buf()])
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// An output writer that keeps batches in memory (tests, library use).
 #[derive(Debug, Default)]
 pub struct MemoryOutput {

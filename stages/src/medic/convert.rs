@@ -141,11 +141,7 @@ fn guarded<T>(
             path.display()
         ))),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = crate::api::panic_message(panic.as_ref());
             Err(StageError::Data(format!(
                 "{}: branch `{branch}`: the ROOT reader failed: {msg}",
                 path.display()

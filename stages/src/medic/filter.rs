@@ -144,16 +144,7 @@ mod tests {
             ..Default::default()
         };
         let batch = run_in_memory(&convert, &[]).unwrap().table("main");
-        let path = dir.join("events.parquet");
-        let mut w = parquet::arrow::ArrowWriter::try_new(
-            std::fs::File::create(&path).unwrap(),
-            batch.schema(),
-            None,
-        )
-        .unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        Input::from_files("events", vec![path]).unwrap()
+        crate::api::input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
     }
 
     #[test]
