@@ -49,6 +49,18 @@ fn type_name(schema: &Value) -> String {
                 _ => format!("[{item}]"),
             }
         }
+        Some(Value::String(t)) if t == "object" => {
+            match schema.get("properties").and_then(Value::as_object) {
+                Some(props) => {
+                    let fields: Vec<String> = props
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", type_name(v)))
+                        .collect();
+                    format!("{{{}}}", fields.join(", "))
+                }
+                None => "object".into(),
+            }
+        }
         Some(Value::String(t)) => t.clone(),
         Some(Value::Array(ts)) => {
             let names: Vec<&str> = ts
@@ -225,6 +237,10 @@ mod tests {
         assert!(text.contains("historical_runs: integer = 1000"), "{text}");
         assert!(text.contains("EWMA smoothing factor"), "{text}");
         assert!(text.contains("path: string (required)"), "{text}");
+        assert!(
+            text.contains("files: [{label: string, path: string}]"),
+            "{text}"
+        );
         // Output schemas with field docs.
         assert!(
             text.contains("chi2") && text.contains("Reduced chi-square"),

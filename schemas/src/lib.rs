@@ -395,7 +395,14 @@ pub mod events {
                 &column("Tower", f),
                 f32_list(),
                 false,
-                &format!("Tower.{f} of every tower of the event (NTimeHits converted to float)"),
+                &format!(
+                    "Tower.{f} of every tower of the event{}",
+                    if f == "NTimeHits" {
+                        " (an integer leaf, as float)"
+                    } else {
+                        ""
+                    }
+                ),
             ));
         }
         for f in met {
