@@ -3,4 +3,5 @@
 
 pub mod convert;
 pub mod filter;
+pub mod model;
 pub mod windows;

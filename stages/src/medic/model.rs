@@ -1,0 +1,321 @@
+//! The MEDIC classifier (medic.txt section 3) in libtorch via tch, with the
+//! sizes of the published reference implementation: per-event set
+//! encoders for tracks and towers (a post-norm transformer block and
+//! attention pooling), an MLP for MET, then a CNN over (object type x window)
+//! and a classification head giving log-probabilities of the 4 classes.
+
+use tch::nn::{self, Module, ModuleT};
+use tch::{Kind, Tensor};
+
+/// Architecture parameters (saved next to the weights as JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MedicArch {
+    pub track_features: i64,
+    pub tower_features: i64,
+    pub met_features: i64,
+    pub embed: i64,
+    pub heads: i64,
+    pub feed_forward: i64,
+    pub dropout: f64,
+    pub classes: i64,
+    /// Keep zero-padded objects out of attention and pooling (the reference
+    /// lets them take part).
+    pub mask_padding: bool,
+}
+
+impl Default for MedicArch {
+    fn default() -> Self {
+        Self {
+            track_features: 7,
+            tower_features: 8,
+            met_features: 3,
+            embed: 128,
+            heads: 4,
+            feed_forward: 128,
+            dropout: 0.1,
+            classes: 4,
+            mask_padding: false,
+        }
+    }
+}
+
+/// Multi-head self-attention written out (tch has no transformer module).
+#[derive(Debug)]
+pub struct SelfAttention {
+    q: nn::Linear,
+    k: nn::Linear,
+    v: nn::Linear,
+    out: nn::Linear,
+    heads: i64,
+}
+
+impl SelfAttention {
+    pub fn new(p: nn::Path, embed: i64, heads: i64) -> Self {
+        Self {
+            q: nn::linear(&p / "q", embed, embed, Default::default()),
+            k: nn::linear(&p / "k", embed, embed, Default::default()),
+            v: nn::linear(&p / "v", embed, embed, Default::default()),
+            out: nn::linear(&p / "out", embed, embed, Default::default()),
+            heads,
+        }
+    }
+
+    /// `x`: [batch, objects, embed]; `padded`: [batch, objects] true where an
+    /// object is padding (excluded as a key when given).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        padded: Option<&Tensor>,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
+        let (b, n, e) = x.size3().expect("[batch, objects, embed]");
+        let d = e / self.heads;
+        let split = |t: Tensor| t.view([b, n, self.heads, d]).transpose(1, 2);
+        let (q, k, v) = (
+            split(self.q.forward(x)),
+            split(self.k.forward(x)),
+            split(self.v.forward(x)),
+        );
+        let mut scores = q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt();
+        if let Some(padded) = padded {
+            // A large negative, not -inf: a window of only padding stays finite.
+            scores = scores.masked_fill(&padded.view([b, 1, 1, n]), -1e9);
+        }
+        let weights = scores.softmax(-1, Kind::Float).dropout(dropout, train);
+        let heads = weights
+            .matmul(&v)
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, n, e]);
+        self.out.forward(&heads)
+    }
+}
+
+/// One set encoder: input projection, post-norm transformer block, attention pooling.
+#[derive(Debug)]
+struct SetEncoder {
+    input: nn::Linear,
+    attention: SelfAttention,
+    norm1: nn::LayerNorm,
+    ff1: nn::Linear,
+    ff2: nn::Linear,
+    norm2: nn::LayerNorm,
+    pool: nn::Linear,
+}
+
+impl SetEncoder {
+    fn new(p: nn::Path, features: i64, arch: &MedicArch) -> Self {
+        let e = arch.embed;
+        Self {
+            input: nn::linear(&p / "input", features, e, Default::default()),
+            attention: SelfAttention::new(&p / "attention", e, arch.heads),
+            norm1: nn::layer_norm(&p / "norm1", vec![e], Default::default()),
+            ff1: nn::linear(&p / "ff1", e, arch.feed_forward, Default::default()),
+            ff2: nn::linear(&p / "ff2", arch.feed_forward, e, Default::default()),
+            norm2: nn::layer_norm(&p / "norm2", vec![e], Default::default()),
+            pool: nn::linear(&p / "pool", e, 1, Default::default()),
+        }
+    }
+
+    /// `x`: [B, W, N, F] -> [B, W, embed].
+    fn forward(&self, x: &Tensor, arch: &MedicArch, train: bool) -> Tensor {
+        let (b, w, n, f) = x.size4().expect("[batch, window, objects, features]");
+        let flat = x.view([b * w, n, f]);
+        let padded = arch
+            .mask_padding
+            .then(|| flat.abs().sum_dim_intlist(-1, false, Kind::Float).eq(0.0));
+        let h = self.input.forward(&flat);
+        let a = self
+            .attention
+            .forward(&h, padded.as_ref(), arch.dropout, train);
+        let h = self.norm1.forward(&(&h + a.dropout(arch.dropout, train)));
+        let ff = self.ff2.forward(&self.ff1.forward(&h).relu());
+        let h = self.norm2.forward(&(&h + ff.dropout(arch.dropout, train)));
+        let mut scores = self.pool.forward(&h);
+        if let Some(padded) = &padded {
+            scores = scores.masked_fill(&padded.unsqueeze(-1), -1e9);
+        }
+        let weights = scores.softmax(1, Kind::Float);
+        (weights * h)
+            .sum_dim_intlist(1, false, Kind::Float)
+            .view([b, w, arch.embed])
+    }
+}
+
+/// The whole classifier.
+#[derive(Debug)]
+pub struct Medic {
+    pub arch: MedicArch,
+    tracks: SetEncoder,
+    towers: SetEncoder,
+    met1: nn::Linear,
+    met2: nn::Linear,
+    cnn: nn::SequentialT,
+    head: nn::SequentialT,
+}
+
+impl Medic {
+    pub fn new(p: &nn::Path, arch: MedicArch) -> Self {
+        let e = arch.embed;
+        let conv = |p: nn::Path, i, o| {
+            nn::conv2d(
+                p,
+                i,
+                o,
+                3,
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            )
+        };
+        let cnn = nn::seq_t()
+            .add(conv(p / "conv1", e, 64))
+            .add(nn::batch_norm2d(p / "bn1", 64, Default::default()))
+            .add_fn(|x| x.relu())
+            .add(conv(p / "conv2", 64, 128))
+            .add(nn::batch_norm2d(p / "bn2", 128, Default::default()))
+            .add_fn(|x| x.relu())
+            .add(conv(p / "conv3", 128, 256))
+            .add(nn::batch_norm2d(p / "bn3", 256, Default::default()))
+            .add_fn(|x| x.relu())
+            .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1));
+        let head = nn::seq_t()
+            .add(nn::linear(p / "fc1", 256, 128, Default::default()))
+            .add_fn(|x| x.relu())
+            .add_fn_t(|x, train| x.dropout(0.3, train))
+            .add(nn::linear(p / "fc2", 128, 64, Default::default()))
+            .add_fn(|x| x.relu())
+            .add_fn_t(|x, train| x.dropout(0.2, train))
+            .add(nn::linear(p / "fc3", 64, arch.classes, Default::default()));
+        Self {
+            tracks: SetEncoder::new(p / "tracks", arch.track_features, &arch),
+            towers: SetEncoder::new(p / "towers", arch.tower_features, &arch),
+            met1: nn::linear(p / "met1", arch.met_features, e, Default::default()),
+            met2: nn::linear(p / "met2", e, e, Default::default()),
+            cnn,
+            head,
+            arch,
+        }
+    }
+
+    /// Log-probabilities [B, classes] of windows: tracks [B,W,Nt,Ft],
+    /// towers [B,W,Nw,Fw], met [B,W,Fm].
+    pub fn forward(&self, tracks: &Tensor, towers: &Tensor, met: &Tensor, train: bool) -> Tensor {
+        let t = self.tracks.forward(tracks, &self.arch, train);
+        let w = self.towers.forward(towers, &self.arch, train);
+        let m = self.met2.forward(&self.met1.forward(met).relu());
+        // [B, 3, W, E] -> [B, E, 3, W]: embedding dimensions become channels.
+        let x = Tensor::stack(&[t, w, m], 1).permute([0, 3, 1, 2]);
+        let features = self.cnn.forward_t(&x, train);
+        self.head
+            .forward_t(&features, train)
+            .log_softmax(-1, Kind::Float)
+    }
+}
+
+/// Trainable parameters of a variable store.
+pub fn parameter_count(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn model(arch: MedicArch) -> (nn::VarStore, Medic) {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Medic::new(&vs.root(), arch);
+        (vs, m)
+    }
+
+    #[test]
+    fn reference_sizes_give_704k_parameters_and_the_right_shapes() {
+        let (vs, m) = model(MedicArch::default());
+        // Set encoders 100,737 + 100,865, MET 17,024, CNN 443,712, head 41,412.
+        assert_eq!(parameter_count(&vs), 703_750);
+        let (b, w) = (2, 30);
+        let out = m.forward(
+            &Tensor::randn([b, w, 30, 7], (Kind::Float, Device::Cpu)),
+            &Tensor::randn([b, w, 30, 8], (Kind::Float, Device::Cpu)),
+            &Tensor::randn([b, w, 3], (Kind::Float, Device::Cpu)),
+            false,
+        );
+        assert_eq!(out.size(), [b, 4]);
+        let total = out.exp().sum_dim_intlist(-1, false, Kind::Float);
+        assert!(total.allclose(
+            &Tensor::ones([b], (Kind::Float, Device::Cpu)),
+            1e-5,
+            1e-5,
+            false
+        ));
+    }
+
+    #[test]
+    fn attention_matches_torch_scaled_dot_product_attention() {
+        tch::manual_seed(2);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let attn = SelfAttention::new(vs.root(), 16, 4);
+        let x = Tensor::randn([3, 5, 16], (Kind::Float, Device::Cpu));
+        let ours = attn.forward(&x, None, 0.0, false);
+        let split = |l: &nn::Linear| l.forward(&x).view([3, 5, 4, 4]).transpose(1, 2);
+        let reference = Tensor::scaled_dot_product_attention::<Tensor>(
+            &split(&attn.q),
+            &split(&attn.k),
+            &split(&attn.v),
+            None,
+            0.0,
+            false,
+            None,
+            false,
+        );
+        let reference = attn
+            .out
+            .forward(&reference.transpose(1, 2).contiguous().view([3, 5, 16]));
+        assert!(ours.allclose(&reference, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn set_encoders_are_permutation_invariant() {
+        for mask_padding in [false, true] {
+            let (_vs, m) = model(MedicArch {
+                mask_padding,
+                ..Default::default()
+            });
+            let tracks = Tensor::randn([1, 2, 30, 7], (Kind::Float, Device::Cpu));
+            let perm = Tensor::randperm(30, (Kind::Int64, Device::Cpu));
+            let shuffled = tracks.index_select(2, &perm);
+            let a = m.tracks.forward(&tracks, &m.arch, false);
+            let b = m.tracks.forward(&shuffled, &m.arch, false);
+            assert!(
+                a.allclose(&b, 1e-5, 1e-5, false),
+                "mask_padding={mask_padding}"
+            );
+        }
+    }
+
+    #[test]
+    fn masking_ignores_padded_objects() {
+        let (_vs, m) = model(MedicArch {
+            mask_padding: true,
+            ..Default::default()
+        });
+        let real = Tensor::randn([1, 1, 10, 7], (Kind::Float, Device::Cpu));
+        let padded = Tensor::cat(
+            &[
+                real.shallow_clone(),
+                Tensor::zeros([1, 1, 20, 7], (Kind::Float, Device::Cpu)),
+            ],
+            2,
+        );
+        let a = m.tracks.forward(&real, &m.arch, false);
+        let b = m.tracks.forward(&padded, &m.arch, false);
+        assert!(a.allclose(&b, 1e-5, 1e-5, false));
+    }
+}
