@@ -97,6 +97,25 @@ impl Input {
         })
     }
 
+    /// Row count from the Parquet footers, without reading any data.
+    pub fn num_rows(&self) -> Result<u64> {
+        let mut rows = 0;
+        for path in &self.files {
+            let file = File::open(path).map_err(|e| StageError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+                StageError::Parquet {
+                    path: path.clone(),
+                    source: e,
+                }
+            })?;
+            rows += builder.metadata().file_metadata().num_rows() as u64;
+        }
+        Ok(rows)
+    }
+
     /// Reads the whole table (for small tables such as metrics).
     pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
         self.batches().collect()

@@ -97,10 +97,8 @@ impl Stage for FilterEvents {
             .collect();
         let session = context();
         let rt = runtime()?;
-        let (mut kept, mut total) = (0usize, 0usize);
-        for batch in input.batches() {
-            total += batch?.num_rows();
-        }
+        let total = input.num_rows()? as usize;
+        let mut kept = 0usize;
         let df_err = |e: datafusion::error::DataFusionError| StageError::Data(e.to_string());
         rt.block_on(async {
             let df = session
@@ -128,23 +126,11 @@ impl Stage for FilterEvents {
 mod tests {
     use super::*;
     use crate::api::{Input, run_in_memory};
-    use crate::medic::convert::{DelphesConvert, FileGroup};
     use arrow::array::AsArray;
     use arrow::datatypes::Int32Type;
 
     fn events(dir: &std::path::Path) -> Input {
-        let convert = DelphesConvert {
-            files: vec![FileGroup {
-                path: format!(
-                    "{}/../data/delphes/dijet13_normal_tiny.root",
-                    env!("CARGO_MANIFEST_DIR")
-                ),
-                label: "normal".into(),
-            }],
-            ..Default::default()
-        };
-        let batch = run_in_memory(&convert, &[]).unwrap().table("main");
-        crate::api::input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
+        crate::medic::test_support::bundled_events(dir, &["normal"])
     }
 
     #[test]

@@ -5,3 +5,39 @@ pub mod convert;
 pub mod filter;
 pub mod model;
 pub mod windows;
+
+/// The bundled Delphes sample as an events table, for the MEDIC stages' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::api::{Input, input_from_batch, run_in_memory};
+    use crate::medic::convert::{DelphesConvert, FileGroup};
+
+    /// Path of a bundled file, `dijet13_<label>_tiny.root`.
+    pub fn bundled(label: &str) -> String {
+        format!(
+            "{}/../data/delphes/dijet13_{label}_tiny.root",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    /// Converts the bundled files of `labels` and writes them to `dir`.
+    pub fn bundled_events(dir: &std::path::Path, labels: &[&str]) -> Input {
+        let files = labels
+            .iter()
+            .map(|l| FileGroup {
+                path: bundled(l),
+                label: l.to_string(),
+            })
+            .collect();
+        let batch = run_in_memory(
+            &DelphesConvert {
+                files,
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap()
+        .table("main");
+        input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
+    }
+}

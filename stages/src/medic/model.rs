@@ -330,37 +330,19 @@ mod tests {
     /// fit together.
     #[test]
     fn training_on_bundled_windows_reduces_the_loss() {
-        use crate::api::{input_from_batch, run_in_memory};
-        use crate::medic::convert::{DelphesConvert, FileGroup};
         use crate::medic::windows::SlidingWindows;
         use tch::nn::OptimizerConfig;
 
         let dir = tempfile::tempdir().unwrap();
-        let files = [
-            "normal",
-            "hcal_barrel_off",
-            "hcal_endcap_off",
-            "hcal_forward_off",
-        ]
-        .iter()
-        .map(|l| FileGroup {
-            path: format!(
-                "{}/../data/delphes/dijet13_{l}_tiny.root",
-                env!("CARGO_MANIFEST_DIR")
-            ),
-            label: l.to_string(),
-        })
-        .collect();
-        let events = run_in_memory(
-            &DelphesConvert {
-                files,
-                ..Default::default()
-            },
-            &[],
-        )
-        .unwrap()
-        .table("main");
-        let input = input_from_batch("events", &events, &dir.path().join("e.parquet")).unwrap();
+        let input = crate::medic::test_support::bundled_events(
+            dir.path(),
+            &[
+                "normal",
+                "hcal_barrel_off",
+                "hcal_endcap_off",
+                "hcal_forward_off",
+            ],
+        );
         let cfg = SlidingWindows {
             window: 10,
             seed: 5,

@@ -567,30 +567,10 @@ impl Stage for SlidingWindows {
 mod tests {
     use super::*;
     use crate::api::run_in_memory;
-    use crate::medic::convert::{DelphesConvert, FileGroup};
     use std::collections::HashSet;
 
     fn events(dir: &std::path::Path) -> Input {
-        let files = ["normal", "hcal_barrel_off"]
-            .iter()
-            .map(|l| FileGroup {
-                path: format!(
-                    "{}/../data/delphes/dijet13_{l}_tiny.root",
-                    env!("CARGO_MANIFEST_DIR")
-                ),
-                label: l.to_string(),
-            })
-            .collect();
-        let batch = run_in_memory(
-            &DelphesConvert {
-                files,
-                ..Default::default()
-            },
-            &[],
-        )
-        .unwrap()
-        .table("main");
-        crate::api::input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
+        crate::medic::test_support::bundled_events(dir, &["normal", "hcal_barrel_off"])
     }
 
     #[test]
