@@ -15,5 +15,7 @@ pub mod medic;
 pub mod nn;
 pub mod params;
 pub mod parquet_source;
+pub mod plots;
 pub mod registry;
 pub mod stats;
+pub mod union;

@@ -1,10 +1,53 @@
 //! Shared pieces of the libtorch (tch) models that live with their stages.
 
+use std::sync::{Mutex, MutexGuard};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tch::Device;
+
+use crate::api::{Result, StageError};
 
 /// The device models run on: CUDA when libtorch sees a GPU, else the CPU.
 pub fn device() -> Device {
     Device::cuda_if_available()
+}
+
+/// Where a model stage runs, as a YAML parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The first CUDA GPU; an error when there is none.
+    Cuda,
+}
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Auto => Ok(device()),
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(StageError::Param {
+                param: "device".into(),
+                why: "`cuda` was asked for but libtorch sees no CUDA GPU".into(),
+            }),
+        }
+    }
+}
+
+static TORCH: Mutex<()> = Mutex::new(());
+
+/// Held by a stage for as long as it trains or runs a model. libtorch has
+/// one global random generator (dropout, initialization) and uses every core
+/// for each operation: two model stages running side by side in one process
+/// would make each other's results depend on timing and fight for the cores.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    // A stage that panicked while holding the lock left no torch state we reuse.
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -142,6 +142,11 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::medic::convert::DelphesConvert>(),
         kind::<crate::medic::filter::FilterEvents>(),
         kind::<crate::medic::windows::SlidingWindows>(),
+        kind::<crate::medic::train::MedicTrain>(),
+        kind::<crate::medic::infer::MedicInfer>(),
+        kind::<crate::medic::metrics::MedicMetrics>(),
+        kind::<crate::medic::alerts::Alerts>(),
+        kind::<crate::union::Union>(),
     ]
 }
 

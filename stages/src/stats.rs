@@ -85,6 +85,36 @@ pub fn best_threshold(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(best.1)
 }
 
+/// The ROC curve of `scores` for `positive`: (threshold, false-positive
+/// rate, true-positive rate) for "score >= threshold", one point per
+/// distinct score from the highest down, starting at (inf, 0, 0).
+/// Empty when a class is absent.
+pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64, f64)> {
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut curve = vec![(f64::INFINITY, 0.0, 0.0)];
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut i = 0;
+    while i < order.len() {
+        let s = scores[order[i]];
+        while i < order.len() && scores[order[i]] == s {
+            if positive[order[i]] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+            i += 1;
+        }
+        curve.push((s, fp / n_neg, tp / n_pos));
+    }
+    curve
+}
+
 /// Linear-interpolated quantile (numpy's default) of finite values; `None` if empty.
 pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -134,6 +164,28 @@ mod tests {
         let bad = [false, false, true, false, true];
         let t = best_threshold(&scores, &bad).unwrap();
         assert_eq!(t, 1.75);
+    }
+
+    #[test]
+    fn roc_curve_of_hand_made_scores() {
+        let curve = roc_curve(&[0.9, 0.8, 0.8, 0.1], &[true, true, false, false]);
+        assert_eq!(
+            curve,
+            vec![
+                (f64::INFINITY, 0.0, 0.0),
+                (0.9, 0.0, 0.5),
+                (0.8, 0.5, 1.0),
+                (0.1, 1.0, 1.0)
+            ]
+        );
+        // The trapezoid area under it is the rank-sum AUC.
+        let area: f64 = curve
+            .windows(2)
+            .map(|w| (w[1].1 - w[0].1) * (w[1].2 + w[0].2) / 2.0)
+            .sum();
+        let auc = roc_auc(&[0.9, 0.8, 0.8, 0.1], &[true, true, false, false]).unwrap();
+        assert!((area - auc).abs() < 1e-12 && (auc - 0.875).abs() < 1e-12);
+        assert!(roc_curve(&[0.5], &[true]).is_empty());
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct FileGroup {
 pub struct DelphesConvert {
     /// Input files with their labels, converted in this order.
     pub files: Vec<FileGroup>,
+    /// Instead of `files`: one path (or glob) per class, `{label}` standing
+    /// for each of `classes` in turn, e.g.
+    /// `data/delphes/dijet13_{label}_tiny.root` (handy with `--set`).
+    pub pattern: Option<String>,
     /// Name of the tree in every file.
     pub tree: String,
     /// Labels in class-index order (`class` = position in this list).
@@ -63,6 +67,7 @@ impl Default for DelphesConvert {
     fn default() -> Self {
         Self {
             files: Vec::new(),
+            pattern: None,
             tree: "Delphes".into(),
             classes: strings(&[
                 "normal",
@@ -91,8 +96,23 @@ impl StageConfig for DelphesConvert {
                 why,
             })
         };
-        if self.files.is_empty() {
-            return bad("files", "give at least one `{path, label}`".into());
+        match &self.pattern {
+            Some(_) if !self.files.is_empty() => {
+                return bad(
+                    "pattern",
+                    "give either `files` or `pattern`, not both".into(),
+                );
+            }
+            Some(p) if !p.contains("{label}") => {
+                return bad("pattern", format!("`{p}` has no `{{label}}` placeholder"));
+            }
+            None if self.files.is_empty() => {
+                return bad(
+                    "files",
+                    "give at least one `{path, label}` (or a `pattern`)".into(),
+                );
+            }
+            _ => {}
         }
         if self.classes.is_empty() || self.classes.len() > i8::MAX as usize {
             return bad("classes", "needs 1 to 127 labels".into());
@@ -208,15 +228,42 @@ fn f32_lists(rows: &[Vec<f32>]) -> ArrayRef {
 }
 
 impl DelphesConvert {
+    /// The file groups to read: `files`, or one per class from `pattern`.
+    pub fn groups(&self) -> Vec<FileGroup> {
+        match &self.pattern {
+            Some(p) => self
+                .classes
+                .iter()
+                .map(|label| FileGroup {
+                    path: p.replace("{label}", label),
+                    label: label.clone(),
+                })
+                .collect(),
+            None => self.files.clone(),
+        }
+    }
+
     fn sources(&self) -> Result<Vec<SourceFile>> {
         let mut out = Vec::new();
-        for (i, group) in self.files.iter().enumerate() {
+        let what = if self.pattern.is_some() {
+            "pattern"
+        } else {
+            "files"
+        };
+        for (i, group) in self.groups().iter().enumerate() {
             let class = self
                 .classes
                 .iter()
                 .position(|c| *c == group.label)
                 .unwrap_or(0) as i8;
-            for path in crate::files::resolve_glob(&group.path, &format!("files[{i}].path"))? {
+            for path in crate::files::resolve_glob(
+                &group.path,
+                &if self.pattern.is_some() {
+                    format!("{what} (label `{}`)", group.label)
+                } else {
+                    format!("{what}[{i}].path")
+                },
+            )? {
                 out.push(SourceFile {
                     path,
                     label: group.label.clone(),
@@ -348,7 +395,7 @@ impl DelphesConvert {
 impl Stage for DelphesConvert {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 0)?;
-        if !self.files.is_empty() {
+        if !self.files.is_empty() || self.pattern.is_some() {
             self.sources()?;
         }
         Ok(vec![OutputSpec {

@@ -1,9 +1,14 @@
 //! MEDIC (medic.txt): Delphes events to the tables the MEDIC classifier
 //! trains on.
 
+pub mod alerts;
 pub mod convert;
+pub mod data;
 pub mod filter;
+pub mod infer;
+pub mod metrics;
 pub mod model;
+pub mod train;
 pub mod windows;
 
 /// The bundled Delphes sample as an events table, for the MEDIC stages' tests.

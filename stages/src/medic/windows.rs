@@ -30,7 +30,7 @@ use crate::registry::StageConfig;
 use dqm_schemas::{doc_field, events};
 
 /// Builds the compact window table (and the shuffled event order) from events.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlidingWindows {
     /// Events per window (W).
@@ -75,7 +75,7 @@ impl Default for SlidingWindows {
 
 impl StageConfig for SlidingWindows {
     const KIND: &'static str = "sliding_windows";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "MEDIC windows of W shuffled events (stride 1) with class fractions; leak-free train/test blocks; tensors assembled on the fly";
     const INPUTS: (usize, usize) = (1, 1);
 
@@ -177,8 +177,14 @@ fn windows_schema(cfg: &SlidingWindows) -> SchemaRef {
             "MET tensor [W, F_met], row-major",
         ));
     }
-    Arc::new(Schema::new(fields))
+    let spec = serde_json::to_string(cfg).expect("plain data serializes");
+    Arc::new(Schema::new(fields).with_metadata(HashMap::from([(WINDOWS_KEY.to_string(), spec)])))
 }
+
+/// Schema-metadata key of the window table holding the `sliding_windows`
+/// parameters (JSON), so a model trained on it can check W, the object
+/// counts and the feature lists, and rebuild identical tensors.
+pub const WINDOWS_KEY: &str = "dqm.medic.windows";
 
 fn order_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -275,6 +281,20 @@ fn objects(
 }
 
 impl SlidingWindows {
+    /// The parameters a window table was made with, from its schema metadata.
+    pub fn from_schema(schema: &SchemaRef, input: &str) -> Result<Self> {
+        let spec = schema.metadata().get(WINDOWS_KEY).ok_or_else(|| {
+            StageError::Data(format!(
+                "input `{input}` is not a `sliding_windows` table: its schema has no `{WINDOWS_KEY}` metadata"
+            ))
+        })?;
+        serde_json::from_str(spec).map_err(|e| {
+            StageError::Data(format!(
+                "input `{input}`: unreadable `{WINDOWS_KEY}` metadata: {e}"
+            ))
+        })
+    }
+
     fn column_names(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
         (
             self.track_features
@@ -292,7 +312,8 @@ impl SlidingWindows {
         )
     }
 
-    fn check_schema(&self, schema: &SchemaRef, input: &str) -> Result<()> {
+    /// Checks that an events table has every column the windows are built from.
+    pub fn check_events_schema(&self, schema: &SchemaRef, input: &str) -> Result<()> {
         let why = "sliding_windows reads the events table";
         require_column(schema, input, "event_id", why, "Int64", |t| {
             t == &DataType::Int64
@@ -316,7 +337,7 @@ impl SlidingWindows {
 
     /// Loads the events table into memory for window assembly.
     pub fn load(&self, input: &Input) -> Result<EventStore> {
-        self.check_schema(&input.schema, &input.name)?;
+        self.check_events_schema(&input.schema, &input.name)?;
         let batch = arrow::compute::concat_batches(&input.schema, &input.read_all()?)?;
         let n = batch.num_rows();
         let col = |name: &str| batch.column(batch.schema().index_of(name).expect("checked"));
@@ -380,7 +401,101 @@ impl SlidingWindows {
     }
 }
 
+/// Per-feature mean and standard deviation of real objects (padding excluded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureStats {
+    pub track_mean: Vec<f32>,
+    pub track_std: Vec<f32>,
+    pub tower_mean: Vec<f32>,
+    pub tower_std: Vec<f32>,
+    pub met_mean: Vec<f32>,
+    pub met_std: Vec<f32>,
+}
+
+/// Mean and standard deviation (a constant feature gets 1) of row-major
+/// `values` with `f` features.
+fn moments<'a>(rows: impl Iterator<Item = &'a [f32]>, f: usize) -> (Vec<f32>, Vec<f32>) {
+    if f == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let (mut n, mut sum, mut sq) = (0f64, vec![0f64; f], vec![0f64; f]);
+    for values in rows {
+        for obj in values.chunks_exact(f) {
+            n += 1.0;
+            for j in 0..f {
+                let v = obj[j] as f64;
+                sum[j] += v;
+                sq[j] += v * v;
+            }
+        }
+    }
+    let n = n.max(1.0);
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| {
+            let var = (q / n - m * m).max(0.0);
+            if var > 1e-12 { var.sqrt() as f32 } else { 1.0 }
+        })
+        .collect();
+    (mean.into_iter().map(|m| m as f32).collect(), std)
+}
+
 impl EventStore {
+    /// Feature statistics over the objects of `events` (e.g. the train block).
+    pub fn feature_stats(&self, events: &[i64]) -> Result<FeatureStats> {
+        let idx: Vec<usize> = events
+            .iter()
+            .map(|id| {
+                self.index.get(id).copied().ok_or_else(|| {
+                    StageError::Data(format!("event_id {id} is not in the events table"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (track_mean, track_std) = moments(
+            idx.iter().map(|&e| self.tracks[e].values.as_slice()),
+            self.n_track_features,
+        );
+        let (tower_mean, tower_std) = moments(
+            idx.iter().map(|&e| self.towers[e].values.as_slice()),
+            self.n_tower_features,
+        );
+        let fm = self.met.first().map_or(0, Vec::len);
+        let (met_mean, met_std) = moments(idx.iter().map(|&e| self.met[e].as_slice()), fm);
+        Ok(FeatureStats {
+            track_mean,
+            track_std,
+            tower_mean,
+            tower_std,
+            met_mean,
+            met_std,
+        })
+    }
+
+    /// Standardizes every real object in place, so padding stays exactly zero.
+    pub fn standardize(&mut self, stats: &FeatureStats) {
+        let apply = |values: &mut [f32], mean: &[f32], std: &[f32]| {
+            if mean.is_empty() {
+                return;
+            }
+            for obj in values.chunks_exact_mut(mean.len()) {
+                for ((v, m), s) in obj.iter_mut().zip(mean).zip(std) {
+                    *v = (*v - m) / s;
+                }
+            }
+        };
+        for o in &mut self.tracks {
+            apply(&mut o.values, &stats.track_mean, &stats.track_std);
+        }
+        for o in &mut self.towers {
+            apply(&mut o.values, &stats.tower_mean, &stats.tower_std);
+        }
+        for m in &mut self.met {
+            apply(m, &stats.met_mean, &stats.met_std);
+        }
+    }
+
     /// Assembles a window's tensors from its events (in window order) and
     /// sampling seed: each event keeps up to n objects chosen uniformly
     /// without replacement, zero-padded.
@@ -440,7 +555,7 @@ impl EventStore {
 impl Stage for SlidingWindows {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 1)?;
-        self.check_schema(&inputs[0], "input")?;
+        self.check_events_schema(&inputs[0], "input")?;
         Ok(vec![
             OutputSpec {
                 name: "main",

@@ -1,0 +1,454 @@
+//! `medic_infer`: the ensemble's predictions per window (medic.txt eq. 3.4,
+//! 3.6): every fold's class probabilities, their mean, and the majority vote.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, Int8Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor, nn};
+
+use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, require_column};
+use crate::medic::data::{self, WindowData, argmax, to_vec_f32};
+use crate::medic::model::Medic;
+use crate::medic::train::{MODEL_KEY, ModelCard, ModelSpec};
+use crate::medic::windows::WINDOWS_KEY;
+use crate::nn::DeviceChoice;
+use crate::registry::StageConfig;
+use dqm_schemas::doc_field;
+
+/// Which windows to score.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Blocks {
+    /// The held-out test block (what the metrics are computed on).
+    #[default]
+    Test,
+    /// The train block.
+    Train,
+    /// Both.
+    All,
+}
+
+/// Scores windows with every fold of a trained MEDIC ensemble.
+///
+/// Inputs: the window table, its `.order` table, the events table, and the
+/// models table of `medic_train`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MedicInfer {
+    /// Which windows to score: test, train or all.
+    pub blocks: Blocks,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+    /// Where to run: auto (CUDA if available), cpu or cuda.
+    pub device: DeviceChoice,
+    /// Batches assembled ahead of the models on a worker thread.
+    pub prefetch: usize,
+    /// Class index of the normal detector configuration: the anomaly score
+    /// of a window is 1 − p(normal).
+    pub normal_class: usize,
+}
+
+impl Default for MedicInfer {
+    fn default() -> Self {
+        Self {
+            blocks: Blocks::Test,
+            batch_size: 256,
+            device: DeviceChoice::Auto,
+            prefetch: 4,
+            normal_class: 0,
+        }
+    }
+}
+
+impl StageConfig for MedicInfer {
+    const KIND: &'static str = "medic_infer";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "MEDIC ensemble inference: per-fold probabilities, ensemble mean, majority vote and anomaly score per window";
+    const INPUTS: (usize, usize) = (4, 4);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        let mut inputs = crate::medic::train::doc_window_inputs();
+        let models =
+            crate::api::Stage::outputs(&crate::medic::train::MedicTrain::default(), &inputs)
+                .expect("default training");
+        inputs.push(models[0].schema.clone());
+        inputs
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(StageError::Param {
+                param: "batch_size".into(),
+                why: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The predictions table: the window's truth, the ensemble mean and vote.
+fn predictions_schema(n_classes: usize, metadata: HashMap<String, String>) -> SchemaRef {
+    let mut fields = vec![
+        doc_field(
+            "window_id",
+            DataType::Int64,
+            false,
+            "Window id (window table)",
+        ),
+        doc_field("block", DataType::Utf8, false, "train or test"),
+        doc_field(
+            "start",
+            DataType::Int64,
+            false,
+            "Position of the window's first event in the shuffled order: windows in time order",
+        ),
+    ];
+    for c in 0..n_classes {
+        fields.push(doc_field(
+            &format!("p_{c}"),
+            DataType::Float64,
+            false,
+            &format!("True fraction of class {c} in the window (soft label)"),
+        ));
+    }
+    fields.push(doc_field(
+        "argmax_class",
+        DataType::Int8,
+        false,
+        "True class: argmax of the soft label (lowest index on ties)",
+    ));
+    for c in 0..n_classes {
+        fields.push(doc_field(
+            &format!("prob_{c}"),
+            DataType::Float64,
+            false,
+            &format!("Ensemble-mean predicted probability of class {c} (eq. 3.6)"),
+        ));
+    }
+    fields.extend([
+        doc_field(
+            "vote",
+            DataType::Int8,
+            false,
+            "Majority vote of the folds' argmax classes (eq. 3.4); ties go to the larger ensemble-mean probability",
+        ),
+        doc_field(
+            "vote_share",
+            DataType::Float64,
+            false,
+            "Fraction of folds voting for `vote`",
+        ),
+        doc_field(
+            "anomaly_score",
+            DataType::Float64,
+            false,
+            "1 − ensemble-mean probability of the normal class",
+        ),
+    ]);
+    Arc::new(Schema::new(fields).with_metadata(metadata))
+}
+
+fn fold_schema(n_classes: usize) -> SchemaRef {
+    let mut fields = vec![
+        doc_field("window_id", DataType::Int64, false, "Window id"),
+        doc_field("fold", DataType::Int32, false, "Fold of the model, 1 to k"),
+    ];
+    for c in 0..n_classes {
+        fields.push(doc_field(
+            &format!("prob_{c}"),
+            DataType::Float64,
+            false,
+            &format!("This fold's predicted probability of class {c}"),
+        ));
+    }
+    fields.push(doc_field(
+        "predicted",
+        DataType::Int8,
+        false,
+        "This fold's argmax class",
+    ));
+    Arc::new(Schema::new(fields))
+}
+
+/// The majority vote of `votes` (class per fold); ties go to the class with
+/// the larger `mean` probability, then the lower index. Returns (class, share).
+pub fn majority_vote(votes: &[usize], mean: &[f32]) -> (usize, f64) {
+    let mut counts = vec![0usize; mean.len()];
+    for &v in votes {
+        counts[v] += 1;
+    }
+    let mut best = 0;
+    for c in 1..counts.len() {
+        if counts[c] > counts[best] || (counts[c] == counts[best] && mean[c] > mean[best]) {
+            best = c;
+        }
+    }
+    (best, counts[best] as f64 / votes.len().max(1) as f64)
+}
+
+/// One fold's model, loaded from a models-table row.
+pub struct LoadedFold {
+    pub fold: i32,
+    pub card: ModelCard,
+    pub model: Medic,
+    _vs: nn::VarStore,
+}
+
+/// Loads every fold of a models table onto `device`, checking each card
+/// against the windows it will score.
+pub fn load_models(
+    input: &crate::api::Input,
+    windows: &crate::medic::windows::SlidingWindows,
+    device: Device,
+) -> Result<Vec<LoadedFold>> {
+    let why = "the models table of `medic_train`";
+    let fold_idx = require_column(&input.schema, &input.name, "fold", why, "Int32", |t| {
+        t == &DataType::Int32
+    })?;
+    let card_idx = require_column(&input.schema, &input.name, "card", why, "Utf8", |t| {
+        t == &DataType::Utf8
+    })?;
+    let weights_idx = require_column(&input.schema, &input.name, "weights", why, "Binary", |t| {
+        t == &DataType::Binary
+    })?;
+    let mut folds = Vec::new();
+    for batch in input.batches() {
+        let batch = batch?;
+        let fold_col = batch.column(fold_idx).as_primitive::<Int32Type>();
+        let cards = batch.column(card_idx).as_string::<i32>();
+        let weights = batch.column(weights_idx).as_binary::<i32>();
+        for i in 0..batch.num_rows() {
+            let fold = fold_col.value(i);
+            let at = format!("input `{}`, fold {fold}", input.name);
+            let card: ModelCard = serde_json::from_str(cards.value(i))
+                .map_err(|e| StageError::Data(format!("{at}: unreadable model card: {e}")))?;
+            card.spec.check_windows(windows, &at)?;
+            let vs = nn::VarStore::new(device);
+            let model = Medic::new(&vs.root(), card.spec.arch.clone());
+            load_weights(&vs, weights.value(i), &at)?;
+            folds.push(LoadedFold {
+                fold,
+                card,
+                model,
+                _vs: vs,
+            });
+        }
+    }
+    if folds.is_empty() {
+        return Err(StageError::Data(format!(
+            "input `{}` has no model (no fold rows)",
+            input.name
+        )));
+    }
+    let first = folds[0].card.normalization.clone();
+    if let Some(f) = folds.iter().find(|f| f.card.normalization != first) {
+        return Err(StageError::Data(format!(
+            "input `{}`: fold {} standardizes its inputs differently from fold {}",
+            input.name, f.fold, folds[0].fold
+        )));
+    }
+    Ok(folds)
+}
+
+/// Copies safetensors `bytes` into the variables of `vs`: every variable
+/// must be present with its shape.
+pub fn load_weights(vs: &nn::VarStore, bytes: &[u8], at: &str) -> Result<()> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+        StageError::Data(format!("{at}: weights are not a safetensors file: {e:?}"))
+    })?;
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            let view = st.tensor(&name).map_err(|_| {
+                StageError::Data(format!(
+                    "{at}: weights have no tensor `{name}` (trained with another architecture?)"
+                ))
+            })?;
+            let t = Tensor::try_from(view)
+                .map_err(|e| StageError::Data(format!("{at}: tensor `{name}`: {e}")))?;
+            if t.size() != var.size() {
+                return Err(StageError::Data(format!(
+                    "{at}: tensor `{name}` has shape {:?}, the model needs {:?}",
+                    t.size(),
+                    var.size()
+                )));
+            }
+            var.copy_(&t.to_device(var.device()));
+        }
+        Ok(())
+    })
+}
+
+impl Stage for MedicInfer {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        if inputs.len() != 4 {
+            return Err(StageError::InputCount {
+                expected: "4 (windows, windows.order, events, models)".into(),
+                found: inputs.len(),
+            });
+        }
+        let windows = data::check_inputs(&inputs[..3])?;
+        let spec = ModelSpec::from_schema(&inputs[3], "models")?;
+        spec.check_windows(&windows, "windows")?;
+        if self.normal_class >= windows.n_classes {
+            return Err(StageError::Param {
+                param: "normal_class".into(),
+                why: format!("must be below n_classes = {}", windows.n_classes),
+            });
+        }
+        let mut meta = HashMap::new();
+        for (key, schema) in [(WINDOWS_KEY, &inputs[0]), (MODEL_KEY, &inputs[3])] {
+            meta.insert(key.to_string(), schema.metadata()[key].clone());
+        }
+        Ok(vec![
+            OutputSpec {
+                name: "main",
+                schema: predictions_schema(windows.n_classes, meta),
+            },
+            OutputSpec {
+                name: "folds",
+                schema: fold_schema(windows.n_classes),
+            },
+        ])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let device = self.device.resolve()?;
+        let mut data = WindowData::load(&ctx.inputs[..3])?;
+        let _torch = crate::nn::exclusive();
+        let folds = load_models(&ctx.inputs[3], &data.cfg, device)?;
+        if let Some(stats) = &folds[0].card.normalization {
+            data.store.standardize(stats);
+        }
+        let rows: Vec<usize> = match self.blocks {
+            Blocks::Test => data.block(true),
+            Blocks::Train => data.block(false),
+            Blocks::All => (0..data.rows.len()).collect(),
+        };
+        if rows.is_empty() {
+            return Err(StageError::Data(format!(
+                "input `{}` has no {:?} windows to score",
+                ctx.inputs[0].name, self.blocks
+            )));
+        }
+        let k = folds.len();
+        let nc = data.cfg.n_classes;
+        let mut probs: Vec<Vec<f32>> = vec![Vec::with_capacity(rows.len() * nc); k];
+        let batches: Vec<Vec<usize>> = rows
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let progress = ctx.reporter.progress(rows.len() as u64, "windows");
+        let started = Instant::now();
+        tch::no_grad(|| {
+            data.for_each_batch(&batches, device, self.prefetch, |b| {
+                for (f, fold) in folds.iter().enumerate() {
+                    let p = fold
+                        .model
+                        .forward(&b.tracks, &b.towers, &b.met, false)
+                        .exp();
+                    probs[f].extend(to_vec_f32(&p));
+                }
+                progress.inc(b.rows.len() as u64);
+                Ok(())
+            })
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        ctx.reporter.info(&format!(
+            "{} windows x {k} folds in {seconds:.2} s: {:.0} windows/s, {:.0} events/s",
+            rows.len(),
+            rows.len() as f64 / seconds,
+            (rows.len() * data.cfg.window) as f64 / seconds
+        ));
+
+        let n = rows.len();
+        let mut mean = vec![0f32; n * nc];
+        for p in &probs {
+            for (m, v) in mean.iter_mut().zip(p) {
+                *m += v / k as f32;
+            }
+        }
+        let mut vote = Vec::with_capacity(n);
+        let mut share = Vec::with_capacity(n);
+        for i in 0..n {
+            let votes: Vec<usize> = probs
+                .iter()
+                .map(|p| argmax(&p[i * nc..(i + 1) * nc]))
+                .collect();
+            let (v, s) = majority_vote(&votes, &mean[i * nc..(i + 1) * nc]);
+            vote.push(v as i8);
+            share.push(s);
+        }
+        let schema = ctx_schema(ctx, nc)?;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|&r| data.rows[r].window_id),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter()
+                    .map(|&r| if data.rows[r].test { "test" } else { "train" }),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|&r| data.rows[r].start as i64),
+            )),
+        ];
+        for c in 0..nc {
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|&r| data.rows[r].target[c] as f64),
+            )));
+        }
+        columns.push(Arc::new(Int8Array::from_iter_values(
+            rows.iter().map(|&r| data.rows[r].class as i8),
+        )));
+        for c in 0..nc {
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| mean[i * nc + c] as f64),
+            )));
+        }
+        columns.push(Arc::new(Int8Array::from(vote)));
+        columns.push(Arc::new(Float64Array::from(share)));
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| 1.0 - mean[i * nc + self.normal_class] as f64),
+        )));
+        ctx.output
+            .write("main", RecordBatch::try_new(schema, columns)?)?;
+
+        for (f, fold) in folds.iter().enumerate() {
+            let p = &probs[f];
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|&r| data.rows[r].window_id),
+                )),
+                Arc::new(Int32Array::from(vec![fold.fold; n])),
+            ];
+            for c in 0..nc {
+                columns.push(Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| p[i * nc + c] as f64),
+                )));
+            }
+            columns.push(Arc::new(Int8Array::from_iter_values(
+                (0..n).map(|i| argmax(&p[i * nc..(i + 1) * nc]) as i8),
+            )));
+            ctx.output
+                .write("folds", RecordBatch::try_new(fold_schema(nc), columns)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The predictions schema with the metadata of this run's inputs.
+fn ctx_schema(ctx: &RunContext<'_>, n_classes: usize) -> Result<SchemaRef> {
+    let mut meta = HashMap::new();
+    for (key, input) in [(WINDOWS_KEY, &ctx.inputs[0]), (MODEL_KEY, &ctx.inputs[3])] {
+        if let Some(v) = input.schema.metadata().get(key) {
+            meta.insert(key.to_string(), v.clone());
+        }
+    }
+    Ok(predictions_schema(n_classes, meta))
+}

@@ -1,0 +1,660 @@
+//! `medic_metrics`: the figures of merit of medic.txt section 4 on the
+//! ensemble's predictions: 4-class accuracy of the majority vote (eq. 3.5),
+//! macro one-vs-rest ROC AUC and Brier score of the ensemble mean (eq. 3.7),
+//! binary (normal vs any glitch) accuracy and AUC, confusion matrices, ROC
+//! curves, and PNG plots of them and of the training curves.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Float64Type, Int8Type, Int32Type, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Input, OutputSpec, Result, RunContext, Stage, StageError, require_column};
+use crate::medic::train::ModelSpec;
+use crate::medic::windows::SlidingWindows;
+use crate::plots::{self, Series};
+use crate::registry::StageConfig;
+use crate::stats::{roc_auc, roc_curve};
+use dqm_schemas::doc_field;
+
+/// Scores MEDIC predictions (from `medic_infer`) against their soft labels.
+///
+/// Inputs: the predictions table, and optionally the training log
+/// (`<train stage>.log`) for the training-curve plot.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MedicMetrics {
+    /// Class index of the normal detector configuration (binary metrics:
+    /// normal vs any glitch).
+    pub normal_class: usize,
+    /// Class names for the plots, in class-index order.
+    pub class_names: Vec<String>,
+    /// Write PNG plots (confusion matrices, ROC curves, training curves).
+    pub plots: bool,
+}
+
+impl Default for MedicMetrics {
+    fn default() -> Self {
+        Self {
+            normal_class: 0,
+            class_names: crate::medic::convert::DelphesConvert::default().classes,
+            plots: true,
+        }
+    }
+}
+
+impl StageConfig for MedicMetrics {
+    const KIND: &'static str = "medic_metrics";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "MEDIC accuracy (majority vote), macro OvR AUC, Brier, binary accuracy/AUC, confusion matrices, ROC curves and plots";
+    const INPUTS: (usize, usize) = (1, 2);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        let inputs = crate::medic::infer::MedicInfer::doc_inputs();
+        let predictions =
+            crate::api::Stage::outputs(&crate::medic::infer::MedicInfer::default(), &inputs)
+                .expect("default inference");
+        vec![predictions[0].schema.clone()]
+    }
+}
+
+fn metrics_schema() -> SchemaRef {
+    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
+    Arc::new(Schema::new(vec![
+        f(
+            "window",
+            DataType::Int64,
+            true,
+            "W, events per window (from the window table)",
+        ),
+        f("folds", DataType::Int64, true, "Models in the ensemble"),
+        f("windows", DataType::Int64, false, "Windows scored"),
+        f(
+            "accuracy",
+            DataType::Float64,
+            false,
+            "Fraction of windows whose majority vote equals the argmax of the soft label (eq. 3.5)",
+        ),
+        f(
+            "auc",
+            DataType::Float64,
+            true,
+            "Macro one-vs-rest ROC AUC of the ensemble-mean probabilities against the argmax class (classes present only)",
+        ),
+        f(
+            "brier",
+            DataType::Float64,
+            false,
+            "Brier score of the ensemble mean vs the soft label: sum over classes, mean over windows (eq. 3.7)",
+        ),
+        f(
+            "binary_accuracy",
+            DataType::Float64,
+            false,
+            "Normal vs any glitch: vote != normal against argmax class != normal",
+        ),
+        f(
+            "binary_auc",
+            DataType::Float64,
+            true,
+            "ROC AUC of the anomaly score 1 − p(normal) for argmax class != normal",
+        ),
+        f(
+            "binary_false_positive_rate",
+            DataType::Float64,
+            true,
+            "Fraction of normal windows whose vote is a glitch",
+        ),
+        f(
+            "binary_true_positive_rate",
+            DataType::Float64,
+            true,
+            "Fraction of glitch windows whose vote is a glitch",
+        ),
+    ]))
+}
+
+fn confusion_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        doc_field("matrix", DataType::Utf8, false, "multiclass or binary"),
+        doc_field(
+            "true_class",
+            DataType::Int64,
+            false,
+            "Argmax class of the soft label (binary: 1 = glitch)",
+        ),
+        doc_field(
+            "predicted_class",
+            DataType::Int64,
+            false,
+            "Majority vote (binary: 1 = glitch)",
+        ),
+        doc_field("count", DataType::Int64, false, "Windows"),
+    ]))
+}
+
+fn roc_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        doc_field(
+            "curve",
+            DataType::Utf8,
+            false,
+            "class_<c> (one-vs-rest on prob_<c>) or binary (anomaly score)",
+        ),
+        doc_field(
+            "threshold",
+            DataType::Float64,
+            false,
+            "Flag windows with score >= threshold",
+        ),
+        doc_field(
+            "false_positive_rate",
+            DataType::Float64,
+            false,
+            "At this threshold",
+        ),
+        doc_field(
+            "true_positive_rate",
+            DataType::Float64,
+            false,
+            "At this threshold",
+        ),
+    ]))
+}
+
+/// A ROC curve with its name: (threshold, FPR, TPR) points.
+type NamedCurve = (String, Vec<(f64, f64, f64)>);
+
+/// The columns of a predictions table, read into memory.
+pub struct Predictions {
+    pub truth: Vec<Vec<f64>>,
+    pub argmax: Vec<usize>,
+    pub prob: Vec<Vec<f64>>,
+    pub vote: Vec<usize>,
+}
+
+fn n_classes(schema: &SchemaRef) -> usize {
+    (0..)
+        .take_while(|c| schema.index_of(&format!("prob_{c}")).is_ok())
+        .count()
+}
+
+fn check_predictions(schema: &SchemaRef, input: &str) -> Result<usize> {
+    let why = "medic_metrics reads the predictions of `medic_infer`";
+    let nc = n_classes(schema);
+    if nc < 2 {
+        return Err(StageError::MissingColumn {
+            input: input.into(),
+            column: "prob_0, prob_1, ...".into(),
+            why: why.into(),
+        });
+    }
+    let f64_ = |t: &DataType| t == &DataType::Float64;
+    for c in 0..nc {
+        require_column(schema, input, &format!("p_{c}"), why, "Float64", f64_)?;
+        require_column(schema, input, &format!("prob_{c}"), why, "Float64", f64_)?;
+    }
+    for c in ["argmax_class", "vote"] {
+        require_column(schema, input, c, why, "Int8", |t| t == &DataType::Int8)?;
+    }
+    Ok(nc)
+}
+
+impl Predictions {
+    pub fn read(input: &Input) -> Result<Self> {
+        let nc = check_predictions(&input.schema, &input.name)?;
+        let mut p = Predictions {
+            truth: vec![Vec::new(); nc],
+            argmax: Vec::new(),
+            prob: vec![Vec::new(); nc],
+            vote: Vec::new(),
+        };
+        for batch in input.batches() {
+            let batch = batch?;
+            let col = |n: &str| {
+                batch
+                    .column(batch.schema().index_of(n).expect("checked"))
+                    .clone()
+            };
+            for c in 0..nc {
+                p.truth[c].extend(
+                    col(&format!("p_{c}"))
+                        .as_primitive::<Float64Type>()
+                        .values(),
+                );
+                p.prob[c].extend(
+                    col(&format!("prob_{c}"))
+                        .as_primitive::<Float64Type>()
+                        .values(),
+                );
+            }
+            p.argmax.extend(
+                col("argmax_class")
+                    .as_primitive::<Int8Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| v as usize),
+            );
+            p.vote.extend(
+                col("vote")
+                    .as_primitive::<Int8Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| v as usize),
+            );
+        }
+        if p.vote.is_empty() {
+            return Err(StageError::Data(format!(
+                "input `{}` has no predictions",
+                input.name
+            )));
+        }
+        if let Some(i) = (0..p.vote.len()).find(|&i| p.argmax[i] >= nc || p.vote[i] >= nc) {
+            return Err(StageError::Data(format!(
+                "input `{}`: row {i} has a class outside 0..{nc}",
+                input.name
+            )));
+        }
+        Ok(p)
+    }
+
+    pub fn len(&self) -> usize {
+        self.vote.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vote.is_empty()
+    }
+}
+
+/// The headline figures of one set of predictions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    pub accuracy: f64,
+    pub auc: Option<f64>,
+    pub brier: f64,
+    pub binary_accuracy: f64,
+    pub binary_auc: Option<f64>,
+    pub binary_fpr: Option<f64>,
+    pub binary_tpr: Option<f64>,
+}
+
+/// Computes the figures of medic.txt section 4 (see the metrics table's docs).
+pub fn figures(p: &Predictions, normal: usize) -> Figures {
+    let n = p.len() as f64;
+    let nc = p.prob.len();
+    let accuracy = (0..p.len()).filter(|&i| p.vote[i] == p.argmax[i]).count() as f64 / n;
+    let aucs: Vec<f64> = (0..nc)
+        .filter_map(|c| {
+            let positive: Vec<bool> = p.argmax.iter().map(|&a| a == c).collect();
+            roc_auc(&p.prob[c], &positive)
+        })
+        .collect();
+    let auc = (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64);
+    let brier = (0..p.len())
+        .map(|i| {
+            (0..nc)
+                .map(|c| (p.prob[c][i] - p.truth[c][i]).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / n;
+    let glitch: Vec<bool> = p.argmax.iter().map(|&a| a != normal).collect();
+    let flagged: Vec<bool> = p.vote.iter().map(|&v| v != normal).collect();
+    let binary_accuracy = glitch.iter().zip(&flagged).filter(|(a, b)| a == b).count() as f64 / n;
+    let score: Vec<f64> = p.prob[normal].iter().map(|q| 1.0 - q).collect();
+    let binary_auc = roc_auc(&score, &glitch);
+    let (tpr, specificity, _) = crate::stats::rates(&flagged, &glitch);
+    Figures {
+        accuracy,
+        auc,
+        brier,
+        binary_accuracy,
+        binary_auc,
+        binary_fpr: specificity.map(|s| 1.0 - s),
+        binary_tpr: tpr,
+    }
+}
+
+/// Counts[true][predicted].
+pub fn confusion(truth: &[usize], predicted: &[usize], n: usize) -> Vec<Vec<u64>> {
+    let mut m = vec![vec![0u64; n]; n];
+    for (&t, &p) in truth.iter().zip(predicted) {
+        m[t][p] += 1;
+    }
+    m
+}
+
+impl MedicMetrics {
+    fn names(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|c| {
+                self.class_names
+                    .get(c)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {c}"))
+            })
+            .collect()
+    }
+
+    fn training_plot(&self, log: &Input, dir: &std::path::Path) -> Result<()> {
+        let why = "the training log of `medic_train` (for the training-curve plot)";
+        for c in ["fold", "epoch"] {
+            require_column(&log.schema, &log.name, c, why, "Int32", |t| {
+                t == &DataType::Int32
+            })?;
+        }
+        for c in ["train_kl", "val_kl"] {
+            require_column(&log.schema, &log.name, c, why, "Float64", |t| {
+                t == &DataType::Float64
+            })?;
+        }
+        let mut series: Vec<Series> = Vec::new();
+        for batch in log.batches() {
+            let batch = batch?;
+            let col = |n: &str| {
+                batch
+                    .column(batch.schema().index_of(n).expect("checked"))
+                    .clone()
+            };
+            let (fold, epoch) = (col("fold"), col("epoch"));
+            let (fold, epoch) = (
+                fold.as_primitive::<Int32Type>(),
+                epoch.as_primitive::<Int32Type>(),
+            );
+            for (name, kind) in [("train_kl", "train"), ("val_kl", "val")] {
+                let v = col(name);
+                let v = v.as_primitive::<Float64Type>();
+                for i in 0..batch.num_rows() {
+                    let label = format!("fold {} {kind}", fold.value(i));
+                    let point = (epoch.value(i) as f64, v.value(i));
+                    match series.iter_mut().find(|s| s.name == label) {
+                        Some(s) => s.points.push(point),
+                        None => series.push(Series {
+                            name: label,
+                            points: vec![point],
+                        }),
+                    }
+                }
+            }
+        }
+        plots::lines(
+            &dir.join("training_curves.png"),
+            "MEDIC training",
+            "epoch",
+            "KL divergence",
+            &series,
+            false,
+        )
+    }
+}
+
+impl Stage for MedicMetrics {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        if inputs.is_empty() || inputs.len() > 2 {
+            return Err(StageError::InputCount {
+                expected: "1 or 2 (predictions, optional training log)".into(),
+                found: inputs.len(),
+            });
+        }
+        let nc = check_predictions(&inputs[0], "predictions")?;
+        if self.normal_class >= nc {
+            return Err(StageError::Param {
+                param: "normal_class".into(),
+                why: format!("must be below the {nc} classes of the predictions"),
+            });
+        }
+        Ok(vec![
+            OutputSpec {
+                name: "main",
+                schema: metrics_schema(),
+            },
+            OutputSpec {
+                name: "confusion",
+                schema: confusion_schema(),
+            },
+            OutputSpec {
+                name: "roc",
+                schema: roc_schema(),
+            },
+        ])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let input = &ctx.inputs[0];
+        let p = Predictions::read(input)?;
+        let nc = p.prob.len();
+        let fig = figures(&p, self.normal_class);
+        let window = SlidingWindows::from_schema(&input.schema, &input.name)
+            .ok()
+            .map(|w| w.window as i64);
+        let folds = ModelSpec::from_schema(&input.schema, &input.name)
+            .ok()
+            .map(|s| s.folds as i64);
+        ctx.reporter.info(&format!(
+            "{} windows: accuracy {:.3}, AUC {}, Brier {:.4}; binary accuracy {:.3}, AUC {}",
+            p.len(),
+            fig.accuracy,
+            fig.auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+            fig.brier,
+            fig.binary_accuracy,
+            fig.binary_auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+        ));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![window])),
+            Arc::new(Int64Array::from(vec![folds])),
+            Arc::new(Int64Array::from(vec![p.len() as i64])),
+            Arc::new(Float64Array::from(vec![fig.accuracy])),
+            Arc::new(Float64Array::from(vec![fig.auc])),
+            Arc::new(Float64Array::from(vec![fig.brier])),
+            Arc::new(Float64Array::from(vec![fig.binary_accuracy])),
+            Arc::new(Float64Array::from(vec![fig.binary_auc])),
+            Arc::new(Float64Array::from(vec![fig.binary_fpr])),
+            Arc::new(Float64Array::from(vec![fig.binary_tpr])),
+        ];
+        ctx.output
+            .write("main", RecordBatch::try_new(metrics_schema(), columns)?)?;
+
+        let multi = confusion(&p.argmax, &p.vote, nc);
+        let glitch = |v: &Vec<usize>| {
+            v.iter()
+                .map(|&c| usize::from(c != self.normal_class))
+                .collect::<Vec<_>>()
+        };
+        let binary = confusion(&glitch(&p.argmax), &glitch(&p.vote), 2);
+        let (mut kind, mut t, mut pr, mut count) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (name, m) in [("multiclass", &multi), ("binary", &binary)] {
+            for (i, row) in m.iter().enumerate() {
+                for (j, &c) in row.iter().enumerate() {
+                    kind.push(name);
+                    t.push(i as i64);
+                    pr.push(j as i64);
+                    count.push(c as i64);
+                }
+            }
+        }
+        ctx.output.write(
+            "confusion",
+            RecordBatch::try_new(
+                confusion_schema(),
+                vec![
+                    Arc::new(StringArray::from(kind)),
+                    Arc::new(Int64Array::from(t)),
+                    Arc::new(Int64Array::from(pr)),
+                    Arc::new(Int64Array::from(count)),
+                ],
+            )?,
+        )?;
+
+        let mut curves: Vec<NamedCurve> = (0..nc)
+            .map(|c| {
+                let positive: Vec<bool> = p.argmax.iter().map(|&a| a == c).collect();
+                (format!("class_{c}"), roc_curve(&p.prob[c], &positive))
+            })
+            .collect();
+        let score: Vec<f64> = p.prob[self.normal_class].iter().map(|q| 1.0 - q).collect();
+        let glitch_truth: Vec<bool> = p.argmax.iter().map(|&a| a != self.normal_class).collect();
+        curves.push(("binary".into(), roc_curve(&score, &glitch_truth)));
+        let (mut name, mut thr, mut fpr, mut tpr) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (curve, points) in &curves {
+            for &(th, f, tp) in points {
+                name.push(curve.clone());
+                thr.push(th);
+                fpr.push(f);
+                tpr.push(tp);
+            }
+        }
+        ctx.output.write(
+            "roc",
+            RecordBatch::try_new(
+                roc_schema(),
+                vec![
+                    Arc::new(StringArray::from(name)),
+                    Arc::new(Float64Array::from(thr)),
+                    Arc::new(Float64Array::from(fpr)),
+                    Arc::new(Float64Array::from(tpr)),
+                ],
+            )?,
+        )?;
+
+        if self.plots {
+            let names = self.names(nc);
+            let w = window.map_or(String::new(), |w| format!(" (W = {w})"));
+            plots::confusion(
+                &ctx.artifacts.join("confusion_multiclass.png"),
+                &format!("MEDIC ensemble{w}"),
+                &names,
+                &multi,
+            )?;
+            plots::confusion(
+                &ctx.artifacts.join("confusion_binary.png"),
+                &format!("normal vs glitch{w}"),
+                &[names[self.normal_class].clone(), "glitch".into()],
+                &binary,
+            )?;
+            let series: Vec<Series> = curves
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, pts))| !pts.is_empty())
+                .map(|(c, (curve, pts))| Series {
+                    name: if c < nc {
+                        names[c].clone()
+                    } else {
+                        curve.clone()
+                    },
+                    points: pts.iter().map(|&(_, f, t)| (f, t)).collect(),
+                })
+                .collect();
+            plots::lines(
+                &ctx.artifacts.join("roc.png"),
+                &format!("ROC curves{w}"),
+                "false-positive rate",
+                "true-positive rate",
+                &series,
+                true,
+            )?;
+            if let Some(log) = ctx.inputs.get(1) {
+                self.training_plot(log, ctx.artifacts)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Array;
+
+    fn hand_made() -> Predictions {
+        // 4 windows, 2 classes; class 0 = normal.
+        Predictions {
+            truth: vec![vec![1.0, 0.6, 0.2, 0.0], vec![0.0, 0.4, 0.8, 1.0]],
+            argmax: vec![0, 0, 1, 1],
+            prob: vec![vec![0.9, 0.4, 0.3, 0.2], vec![0.1, 0.6, 0.7, 0.8]],
+            vote: vec![0, 1, 1, 1],
+        }
+    }
+
+    #[test]
+    fn figures_of_hand_made_predictions() {
+        let f = figures(&hand_made(), 0);
+        assert!((f.accuracy - 0.75).abs() < 1e-12);
+        // Brier: 2*(0.01) + 2*(0.04) + 2*(0.01) + 2*(0.04) = 0.2, / 4.
+        assert!((f.brier - 0.05).abs() < 1e-12, "{}", f.brier);
+        // Class 0 scores 0.9, 0.4 vs 0.3, 0.2: perfectly ranked; likewise class 1.
+        assert_eq!(f.auc, Some(1.0));
+        assert_eq!(f.binary_auc, Some(1.0));
+        assert!((f.binary_accuracy - 0.75).abs() < 1e-12);
+        assert_eq!(f.binary_fpr, Some(0.5));
+        assert_eq!(f.binary_tpr, Some(1.0));
+        let m = confusion(&[0, 0, 1, 1], &[0, 1, 1, 1], 2);
+        assert_eq!(m, vec![vec![1, 1], vec![0, 2]]);
+    }
+
+    #[test]
+    fn metrics_stage_writes_tables_and_plots() {
+        let p = hand_made();
+        let schema = {
+            let mut fields = vec![];
+            for c in 0..2 {
+                fields.push(arrow::datatypes::Field::new(
+                    format!("p_{c}"),
+                    DataType::Float64,
+                    false,
+                ));
+            }
+            fields.push(arrow::datatypes::Field::new(
+                "argmax_class",
+                DataType::Int8,
+                false,
+            ));
+            for c in 0..2 {
+                fields.push(arrow::datatypes::Field::new(
+                    format!("prob_{c}"),
+                    DataType::Float64,
+                    false,
+                ));
+            }
+            fields.push(arrow::datatypes::Field::new("vote", DataType::Int8, false));
+            Arc::new(Schema::new(fields))
+        };
+        let i8s = |v: &[usize]| {
+            Arc::new(arrow::array::Int8Array::from_iter_values(
+                v.iter().map(|&x| x as i8),
+            )) as ArrayRef
+        };
+        let f64s = |v: &[f64]| Arc::new(Float64Array::from(v.to_vec())) as ArrayRef;
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                f64s(&p.truth[0]),
+                f64s(&p.truth[1]),
+                i8s(&p.argmax),
+                f64s(&p.prob[0]),
+                f64s(&p.prob[1]),
+                i8s(&p.vote),
+            ],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let input =
+            crate::api::input_from_batch("predictions", &batch, &dir.path().join("p.parquet"))
+                .unwrap();
+        let stage = MedicMetrics {
+            class_names: vec!["normal".into(), "glitch".into()],
+            ..Default::default()
+        };
+        let out = crate::api::run_in_memory(&stage, &[input]).unwrap();
+        let m = out.table("main");
+        assert_eq!(m.column(3).as_primitive::<Float64Type>().value(0), 0.75);
+        assert!(m.column(0).is_null(0), "no window metadata: W unknown");
+        assert_eq!(out.table("confusion").num_rows(), 4 + 4);
+        let roc = out.table("roc");
+        let curves = roc.column(0).as_string::<i32>();
+        assert!((0..roc.num_rows()).any(|i| curves.value(i) == "binary"));
+    }
+}

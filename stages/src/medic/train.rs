@@ -1,0 +1,694 @@
+//! `medic_train`: MEDIC's Algorithm 1, k-fold cross-validated training of an
+//! ensemble (medic.txt section 3.2–3.4).
+//!
+//! The train block's windows are split into k folds stratified by their
+//! argmax class; fold j's model trains on the other k−1 folds with Adam,
+//! minimizing the class-weighted KL divergence, and keeps the parameters of
+//! its epoch with the lowest validation KL (early stopping after `patience`
+//! epochs without improvement). The models travel as a Parquet table (one
+//! row per fold: model card JSON + safetensors bytes), so any stage or a
+//! `read_parquet` of a model trained elsewhere can feed inference; the same
+//! files are also written as `fold_<j>.safetensors` + `fold_<j>.json`
+//! artifacts, loadable with `safetensors.torch.load_file`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, BinaryArray, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray,
+};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::api::{OutputSpec, Result, RunContext, Stage, StageError};
+use crate::medic::data::{self, Batch, WindowData};
+use crate::medic::model::{Medic, MedicArch, kl_per_window};
+use crate::medic::windows::{FeatureStats, SlidingWindows};
+use crate::nn::DeviceChoice;
+use crate::registry::StageConfig;
+use dqm_schemas::doc_field;
+
+/// Schema-metadata key of the models table: the [`ModelSpec`] as JSON, so
+/// inference can check at plan time that its windows fit the models.
+pub const MODEL_KEY: &str = "dqm.medic.model";
+
+/// What every fold of an ensemble shares: the network and the windows it reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub arch: MedicArch,
+    /// The `sliding_windows` parameters of the training windows.
+    pub windows: SlidingWindows,
+    pub normalize_features: bool,
+    pub folds: usize,
+}
+
+/// One fold's model card, stored as JSON next to its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    #[serde(flatten)]
+    pub spec: ModelSpec,
+    /// 1-based fold number.
+    pub fold: usize,
+    /// Standardization of the inputs (from the train block), when enabled.
+    pub normalization: Option<FeatureStats>,
+}
+
+impl ModelSpec {
+    /// Reads the spec from a models table's schema.
+    pub fn from_schema(schema: &SchemaRef, input: &str) -> Result<Self> {
+        let json = schema.metadata().get(MODEL_KEY).ok_or_else(|| {
+            StageError::Data(format!(
+                "input `{input}` is not a MEDIC models table (from `medic_train`): its schema has no `{MODEL_KEY}` metadata"
+            ))
+        })?;
+        serde_json::from_str(json).map_err(|e| {
+            StageError::Data(format!("input `{input}`: unreadable `{MODEL_KEY}`: {e}"))
+        })
+    }
+
+    /// Checks that windows made with `windows` have the shape and features
+    /// this model was trained on.
+    pub fn check_windows(&self, windows: &SlidingWindows, input: &str) -> Result<()> {
+        let m = &self.windows;
+        let mismatch = |what: &str, model: String, found: String| {
+            Err(StageError::Data(format!(
+                "input `{input}`: windows have {what} = {found}, but the model was trained with {what} = {model}"
+            )))
+        };
+        if m.window != windows.window {
+            return mismatch(
+                "W (window)",
+                m.window.to_string(),
+                windows.window.to_string(),
+            );
+        }
+        if m.n_tracks != windows.n_tracks {
+            return mismatch(
+                "n_tracks",
+                m.n_tracks.to_string(),
+                windows.n_tracks.to_string(),
+            );
+        }
+        if m.n_towers != windows.n_towers {
+            return mismatch(
+                "n_towers",
+                m.n_towers.to_string(),
+                windows.n_towers.to_string(),
+            );
+        }
+        if m.n_classes != windows.n_classes {
+            return mismatch(
+                "n_classes",
+                m.n_classes.to_string(),
+                windows.n_classes.to_string(),
+            );
+        }
+        for (what, a, b) in [
+            ("track_features", &m.track_features, &windows.track_features),
+            ("tower_features", &m.tower_features, &windows.tower_features),
+            ("met_features", &m.met_features, &windows.met_features),
+        ] {
+            if a != b {
+                return mismatch(what, format!("{a:?}"), format!("{b:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Trains the k-fold MEDIC ensemble on the train block of a window table.
+///
+/// Inputs: the window table, its `.order` table and the events table the
+/// windows were built from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MedicTrain {
+    /// Cross-validation folds k: one model per fold, the ensemble of all k.
+    pub folds: usize,
+    /// Upper limit on epochs per fold.
+    pub max_epochs: usize,
+    /// Stop a fold after this many epochs without a lower validation KL.
+    pub patience: usize,
+    /// Windows per optimizer step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Seed of fold assignment, initialization, dropout and batch order.
+    pub seed: u64,
+    /// Standardize every feature with the mean and standard deviation of the
+    /// train block's objects (the reference feeds raw features).
+    pub normalize_features: bool,
+    /// Keep zero-padded objects out of attention and pooling (the reference
+    /// lets them take part).
+    pub mask_padding: bool,
+    /// Where to train: auto (CUDA if available), cpu or cuda.
+    pub device: DeviceChoice,
+    /// Batches assembled ahead of the model on a worker thread.
+    pub prefetch: usize,
+}
+
+impl Default for MedicTrain {
+    fn default() -> Self {
+        Self {
+            folds: 5,
+            max_epochs: 100,
+            patience: 20,
+            batch_size: 64,
+            learning_rate: 1e-3,
+            seed: 0,
+            normalize_features: false,
+            mask_padding: false,
+            device: DeviceChoice::Auto,
+            prefetch: 4,
+        }
+    }
+}
+
+impl StageConfig for MedicTrain {
+    const KIND: &'static str = "medic_train";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "MEDIC k-fold ensemble training (Adam, class-weighted KL, early stopping on validation KL): models table + per-epoch log";
+    const INPUTS: (usize, usize) = (3, 3);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        doc_window_inputs()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |param: &str, why: &str| {
+            Err(StageError::Param {
+                param: param.into(),
+                why: why.into(),
+            })
+        };
+        if self.folds < 2 {
+            return bad("folds", "needs at least 2 folds");
+        }
+        if self.max_epochs == 0 {
+            return bad("max_epochs", "must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad("learning_rate", "must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+/// Example inputs for `pipeline stages`: the tables of a default `sliding_windows`.
+pub(crate) fn doc_window_inputs() -> Vec<SchemaRef> {
+    let windows = SlidingWindows::default();
+    let events = crate::medic::convert::DelphesConvert::default().events_schema();
+    let outs = crate::api::Stage::outputs(&windows, std::slice::from_ref(&events))
+        .expect("default windows");
+    vec![outs[0].schema.clone(), outs[1].schema.clone(), events]
+}
+
+fn models_schema(spec: &ModelSpec) -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    let meta = serde_json::to_string(spec).expect("plain data serializes");
+    Arc::new(
+        Schema::new(vec![
+            f("fold", DataType::Int32, "Fold number, 1 to k"),
+            f(
+                "best_epoch",
+                DataType::Int32,
+                "Epoch whose parameters were kept (lowest validation KL)",
+            ),
+            f("epochs", DataType::Int32, "Epochs run before stopping"),
+            f("val_kl", DataType::Float64, "Validation KL at best_epoch"),
+            f(
+                "val_accuracy",
+                DataType::Float64,
+                "Validation accuracy (argmax vs argmax of the soft label) at best_epoch",
+            ),
+            f(
+                "val_brier",
+                DataType::Float64,
+                "Validation Brier score (eq. 3.3: sum over classes, mean over windows) at best_epoch",
+            ),
+            f("train_windows", DataType::Int64, "Windows the fold trained on"),
+            f("val_windows", DataType::Int64, "Windows of the fold's validation part"),
+            f(
+                "card",
+                DataType::Utf8,
+                "Model card JSON: architecture, window parameters, input standardization",
+            ),
+            f(
+                "weights",
+                DataType::Binary,
+                "The fold's parameters and batch-norm statistics as a safetensors file",
+            ),
+        ])
+        .with_metadata(HashMap::from([(MODEL_KEY.to_string(), meta)])),
+    )
+}
+
+fn log_schema() -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    Arc::new(Schema::new(vec![
+        f("fold", DataType::Int32, "Fold number, 1 to k"),
+        f("epoch", DataType::Int32, "Epoch, from 1"),
+        f(
+            "train_kl",
+            DataType::Float64,
+            "Mean class-weighted KL over the training part (the loss minimized)",
+        ),
+        f(
+            "train_accuracy",
+            DataType::Float64,
+            "Accuracy on the training part, in training mode (dropout on)",
+        ),
+        f(
+            "train_brier",
+            DataType::Float64,
+            "Brier score on the training part",
+        ),
+        f(
+            "val_kl",
+            DataType::Float64,
+            "Mean KL over the validation part",
+        ),
+        f(
+            "val_accuracy",
+            DataType::Float64,
+            "Accuracy on the validation part",
+        ),
+        f(
+            "val_brier",
+            DataType::Float64,
+            "Brier score on the validation part",
+        ),
+        f("seconds", DataType::Float64, "Wall time of the epoch"),
+        f(
+            "improved",
+            DataType::Boolean,
+            "Whether this epoch lowered the best validation KL (its parameters were kept)",
+        ),
+    ]))
+}
+
+fn folds_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        doc_field("window_id", DataType::Int64, false, "A train-block window"),
+        doc_field(
+            "fold",
+            DataType::Int32,
+            false,
+            "The fold whose model validates on this window (all other folds train on it)",
+        ),
+    ]))
+}
+
+/// Sums over the windows of one pass, turned into means by [`Tally::mean`].
+#[derive(Default)]
+struct Tally {
+    kl: f64,
+    correct: f64,
+    brier: f64,
+    n: f64,
+}
+
+impl Tally {
+    fn add(&mut self, batch: &Batch, log_probs: &Tensor, kl_sum: f64) {
+        let probs = log_probs.detach().exp();
+        self.kl += kl_sum;
+        self.correct += probs
+            .argmax(-1, false)
+            .eq_tensor(&batch.class)
+            .sum(Kind::Float)
+            .double_value(&[]);
+        self.brier += (probs - &batch.target)
+            .square()
+            .sum(Kind::Float)
+            .double_value(&[]);
+        self.n += batch.rows.len() as f64;
+    }
+
+    /// (KL, accuracy, Brier) means.
+    fn mean(&self) -> (f64, f64, f64) {
+        let n = self.n.max(1.0);
+        (self.kl / n, self.correct / n, self.brier / n)
+    }
+}
+
+/// Fold (0-based) of each train-block row: rows of each argmax class are
+/// shuffled and dealt round-robin, so every fold gets the class mix.
+fn stratified_folds(data: &WindowData, rows: &[usize], k: usize, seed: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); data.cfg.n_classes];
+    for (i, &r) in rows.iter().enumerate() {
+        by_class[data.rows[r].class as usize].push(i);
+    }
+    let mut fold = vec![0; rows.len()];
+    let mut dealt = 0;
+    for members in &mut by_class {
+        members.shuffle(&mut rng);
+        for &i in members.iter() {
+            fold[i] = dealt % k;
+            dealt += 1;
+        }
+    }
+    fold
+}
+
+/// Class weights ∝ 1/count over `rows`, normalized to sum to the number of
+/// classes; an absent class gets 0.
+pub fn class_weights(classes: impl Iterator<Item = i64>, n_classes: usize) -> Vec<f64> {
+    let mut counts = vec![0usize; n_classes];
+    for c in classes {
+        counts[c as usize] += 1;
+    }
+    let inv: Vec<f64> = counts
+        .iter()
+        .map(|&n| if n > 0 { 1.0 / n as f64 } else { 0.0 })
+        .collect();
+    let total: f64 = inv.iter().sum();
+    inv.iter()
+        .map(|w| {
+            if total > 0.0 {
+                w * n_classes as f64 / total
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// What a trained fold leaves behind.
+struct FoldResult {
+    best_epoch: usize,
+    epochs: usize,
+    best: (f64, f64, f64),
+    train_windows: usize,
+    val_windows: usize,
+    card: ModelCard,
+    weights: Vec<u8>,
+}
+
+impl MedicTrain {
+    fn spec(&self, windows: &SlidingWindows) -> ModelSpec {
+        ModelSpec {
+            arch: MedicArch {
+                track_features: windows.track_features.len() as i64,
+                tower_features: windows.tower_features.len() as i64,
+                met_features: windows.met_features.len() as i64,
+                classes: windows.n_classes as i64,
+                mask_padding: self.mask_padding,
+                ..MedicArch::default()
+            },
+            windows: windows.clone(),
+            normalize_features: self.normalize_features,
+            folds: self.folds,
+        }
+    }
+
+    fn batches(&self, rows: &[usize], shuffle: Option<&mut ChaCha8Rng>) -> Vec<Vec<usize>> {
+        let mut rows = rows.to_vec();
+        if let Some(rng) = shuffle {
+            rows.shuffle(rng);
+        }
+        rows.chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn train_fold(
+        &self,
+        ctx: &mut RunContext<'_>,
+        data: &WindowData,
+        spec: &ModelSpec,
+        normalization: &Option<FeatureStats>,
+        device: Device,
+        fold: usize,
+        train: &[usize],
+        val: &[usize],
+        log: &mut Vec<[f64; 10]>,
+    ) -> Result<FoldResult> {
+        let progress = ctx.reporter.progress(self.max_epochs as u64, "epochs");
+        tch::manual_seed(self.seed.wrapping_add(fold as u64) as i64);
+        let vs = nn::VarStore::new(device);
+        let model = Medic::new(&vs.root(), spec.arch.clone());
+        let mut opt = nn::Adam::default()
+            .build(&vs, self.learning_rate)
+            .map_err(anyhow::Error::from)?;
+        let weights = class_weights(
+            train.iter().map(|&r| data.rows[r].class),
+            data.cfg.n_classes,
+        );
+        let weights = Tensor::from_slice(&weights)
+            .to_kind(Kind::Float)
+            .to_device(device);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0xF01D_u64 << 32) ^ fold as u64);
+        let path = ctx.artifacts.join(format!("fold_{fold}.safetensors"));
+        let mut best = (f64::INFINITY, 0.0, 0.0);
+        let (mut best_epoch, mut epochs, mut waited) = (0, 0, 0);
+        let val_batches = self.batches(val, None);
+        for epoch in 1..=self.max_epochs {
+            let started = Instant::now();
+            let mut tally = Tally::default();
+            data.for_each_batch(
+                &self.batches(train, Some(&mut rng)),
+                device,
+                self.prefetch,
+                |b| {
+                    let log_probs = model.forward(&b.tracks, &b.towers, &b.met, true);
+                    let kl = kl_per_window(&b.target, &log_probs) * weights.index_select(0, &b.class);
+                    let loss = kl.mean(Kind::Float);
+                    opt.backward_step(&loss);
+                    let sum = kl.detach().sum(Kind::Float).double_value(&[]);
+                    if !sum.is_finite() {
+                        return Err(StageError::Data(format!(
+                            "fold {fold}, epoch {epoch}: the training loss is not finite (inputs with huge values? try normalize_features: true)"
+                        )));
+                    }
+                    tally.add(&b, &log_probs, sum);
+                    Ok(())
+                },
+            )?;
+            let mut vtally = Tally::default();
+            tch::no_grad(|| {
+                data.for_each_batch(&val_batches, device, self.prefetch, |b| {
+                    let log_probs = model.forward(&b.tracks, &b.towers, &b.met, false);
+                    let sum = kl_per_window(&b.target, &log_probs)
+                        .sum(Kind::Float)
+                        .double_value(&[]);
+                    vtally.add(&b, &log_probs, sum);
+                    Ok(())
+                })
+            })?;
+            let (tk, ta, tb) = tally.mean();
+            let (vk, va, vb) = vtally.mean();
+            let improved = vk < best.0;
+            if improved {
+                best = (vk, va, vb);
+                best_epoch = epoch;
+                waited = 0;
+                vs.save(&path).map_err(|e| {
+                    StageError::Data(format!("cannot save {}: {e}", path.display()))
+                })?;
+            } else {
+                waited += 1;
+            }
+            epochs = epoch;
+            log.push([
+                fold as f64,
+                epoch as f64,
+                tk,
+                ta,
+                tb,
+                vk,
+                va,
+                vb,
+                started.elapsed().as_secs_f64(),
+                f64::from(u8::from(improved)),
+            ]);
+            ctx.reporter.info(&format!(
+                "fold {fold}/{} epoch {epoch}: train KL {tk:.4} acc {ta:.3} | val KL {vk:.4} acc {va:.3} Brier {vb:.4}{}",
+                self.folds,
+                if improved { " *" } else { "" }
+            ));
+            progress.inc(1);
+            if waited >= self.patience.max(1) && epoch < self.max_epochs {
+                progress.inc((self.max_epochs - epoch) as u64);
+                break;
+            }
+        }
+        let card = ModelCard {
+            spec: spec.clone(),
+            fold,
+            normalization: normalization.clone(),
+        };
+        let card_path = ctx.artifacts.join(format!("fold_{fold}.json"));
+        let card_json = serde_json::to_string_pretty(&card).expect("plain data serializes");
+        std::fs::write(&card_path, &card_json).map_err(|e| StageError::Io {
+            path: card_path,
+            source: e,
+        })?;
+        let weights = std::fs::read(&path).map_err(|e| StageError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        Ok(FoldResult {
+            best_epoch,
+            epochs,
+            best,
+            train_windows: train.len(),
+            val_windows: val.len(),
+            card,
+            weights,
+        })
+    }
+}
+
+impl Stage for MedicTrain {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        let windows = data::check_inputs(inputs)?;
+        Ok(vec![
+            OutputSpec {
+                name: "main",
+                schema: models_schema(&self.spec(&windows)),
+            },
+            OutputSpec {
+                name: "log",
+                schema: log_schema(),
+            },
+            OutputSpec {
+                name: "folds",
+                schema: folds_schema(),
+            },
+        ])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let device = self.device.resolve()?;
+        let mut data = WindowData::load(ctx.inputs)?;
+        let spec = self.spec(&data.cfg);
+        let normalization = if self.normalize_features {
+            let stats = data.train_stats()?;
+            data.store.standardize(&stats);
+            Some(stats)
+        } else {
+            None
+        };
+        let rows = data.block(false);
+        if rows.len() < self.folds {
+            return Err(StageError::Data(format!(
+                "input `{}`: {} train-block windows cannot be split into {} folds",
+                ctx.inputs[0].name,
+                rows.len(),
+                self.folds
+            )));
+        }
+        let fold_of = stratified_folds(&data, &rows, self.folds, self.seed);
+        ctx.output.write(
+            "folds",
+            RecordBatch::try_new(
+                folds_schema(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(
+                        rows.iter().map(|&r| data.rows[r].window_id),
+                    )),
+                    Arc::new(Int32Array::from_iter_values(
+                        fold_of.iter().map(|&f| f as i32 + 1),
+                    )),
+                ],
+            )?,
+        )?;
+        ctx.reporter.info(&format!(
+            "training {} folds on {} train-block windows (W={}) on {device:?}",
+            self.folds,
+            rows.len(),
+            data.cfg.window
+        ));
+        let _torch = crate::nn::exclusive();
+        let mut log = Vec::new();
+        let mut results = Vec::new();
+        for fold in 1..=self.folds {
+            let (mut train, mut val) = (Vec::new(), Vec::new());
+            for (&r, &f) in rows.iter().zip(&fold_of) {
+                if f + 1 == fold { &mut val } else { &mut train }.push(r);
+            }
+            results.push(self.train_fold(
+                ctx,
+                &data,
+                &spec,
+                &normalization,
+                device,
+                fold,
+                &train,
+                &val,
+                &mut log,
+            )?);
+        }
+
+        let col = |i: usize| Float64Array::from_iter_values(log.iter().map(|r| r[i]));
+        let int = |i: usize| Int32Array::from_iter_values(log.iter().map(|r| r[i] as i32));
+        ctx.output.write(
+            "log",
+            RecordBatch::try_new(
+                log_schema(),
+                vec![
+                    Arc::new(int(0)),
+                    Arc::new(int(1)),
+                    Arc::new(col(2)),
+                    Arc::new(col(3)),
+                    Arc::new(col(4)),
+                    Arc::new(col(5)),
+                    Arc::new(col(6)),
+                    Arc::new(col(7)),
+                    Arc::new(col(8)),
+                    Arc::new(BooleanArray::from_iter(
+                        log.iter().map(|r| Some(r[9] > 0.0)),
+                    )),
+                ],
+            )?,
+        )?;
+        let cards: Vec<String> = results
+            .iter()
+            .map(|r| serde_json::to_string(&r.card).expect("plain data serializes"))
+            .collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from_iter_values(1..=self.folds as i32)),
+            Arc::new(Int32Array::from_iter_values(
+                results.iter().map(|r| r.best_epoch as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                results.iter().map(|r| r.epochs as i32),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                results.iter().map(|r| r.best.0),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                results.iter().map(|r| r.best.1),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                results.iter().map(|r| r.best.2),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                results.iter().map(|r| r.train_windows as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                results.iter().map(|r| r.val_windows as i64),
+            )),
+            Arc::new(StringArray::from(cards)),
+            Arc::new(BinaryArray::from_iter_values(
+                results.iter().map(|r| r.weights.as_slice()),
+            )),
+        ];
+        ctx.output
+            .write("main", RecordBatch::try_new(models_schema(&spec), columns)?)?;
+        Ok(())
+    }
+}
