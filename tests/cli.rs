@@ -553,3 +553,122 @@ fn medic_data_pipeline_converts_filters_and_is_queryable() {
         "{err}"
     );
 }
+
+/// The main job, shrunk with `--set` (W=5, 2 folds, 1 epoch) so it runs in
+/// seconds: ROOT -> events -> windows -> ensemble -> predictions -> metrics,
+/// plots and alerts, all queryable; bad models are clear errors.
+#[test]
+fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let yaml = fs::read_to_string(format!("{repo}/pipelines/medic_w30.yaml"))
+        .unwrap()
+        .replace(
+            "pattern: data/delphes",
+            &format!("pattern: {repo}/data/delphes"),
+        );
+    sb.write("w30.yaml", &yaml);
+    let quick = [
+        "--set",
+        "windows.window=5",
+        "--set",
+        "model.folds=2",
+        "--set",
+        "model.max_epochs=1",
+        "--set",
+        "model.device=cpu",
+        "--set",
+        "predictions.device=cpu",
+    ];
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["run", "w30.yaml"];
+        args.extend(quick);
+        args.extend(extra);
+        args.into_iter().map(String::from).collect()
+    };
+    let out = sb.ok(&run(&[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
+    let query = |sql: &str| {
+        let mut args = vec!["query", "w30.yaml", sql, "--format", "csv"];
+        args.extend(quick);
+        sb.ok(&args)
+    };
+    let test_windows = query("SELECT count(*) FROM windows WHERE block = 'test'");
+    let test_windows: usize = test_windows.lines().nth(1).unwrap().parse().unwrap();
+    assert!(test_windows > 300, "{test_windows}");
+    // One prediction per test window; the ensemble mean is a distribution.
+    let p = query(
+        "SELECT count(*) AS n, max(abs(prob_0 + prob_1 + prob_2 + prob_3 - 1.0)) < 1e-5 AS ok, \
+         min(vote) >= 0 AND max(vote) <= 3 AS votes FROM predictions",
+    );
+    assert_eq!(
+        p.lines().nth(1).unwrap(),
+        format!("{test_windows},true,true")
+    );
+    // Two folds, each with its per-window probabilities.
+    let f = query("SELECT count(DISTINCT fold) AS k, count(*) AS n FROM predictions_folds");
+    assert_eq!(f.lines().nth(1).unwrap(), format!("2,{}", 2 * test_windows));
+    // The metrics row knows W and the ensemble size; figures are in range.
+    let m = query(
+        "SELECT window, folds, windows, accuracy BETWEEN 0 AND 1 AS acc, auc BETWEEN 0 AND 1 AS auc, \
+         brier BETWEEN 0 AND 2 AS brier FROM metrics",
+    );
+    assert_eq!(
+        m.lines().nth(1).unwrap(),
+        format!("5,2,{test_windows},true,true,true")
+    );
+    let cm = query("SELECT sum(count) FROM metrics_confusion WHERE matrix = 'multiclass'");
+    assert_eq!(cm.lines().nth(1).unwrap(), test_windows.to_string());
+    let log = query("SELECT count(*) FROM model_log");
+    assert_eq!(log.lines().nth(1).unwrap(), "2");
+    let scan = query("SELECT count(*) FROM alerts_scan");
+    assert_eq!(scan.lines().nth(1).unwrap(), "35");
+    // Plots and PyTorch-loadable weights next to the tables.
+    let link = sb.path().join("dqm-work/pipelines/medic_w30");
+    for file in [
+        "metrics/artifacts/confusion_multiclass.png",
+        "metrics/artifacts/confusion_binary.png",
+        "metrics/artifacts/roc.png",
+        "metrics/artifacts/training_curves.png",
+        "model/artifacts/fold_1.safetensors",
+        "model/artifacts/fold_2.json",
+    ] {
+        let bytes = fs::read(link.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        if file.ends_with(".png") {
+            assert_eq!(&bytes[1..4], b"PNG", "{file}");
+        }
+    }
+
+    // Windows of another W than the model's: refused by plan, naming the stage.
+    sb.write(
+        "mismatch.yaml",
+        &format!(
+            "{yaml}  windows6:\n    kind: sliding_windows\n    inputs: [filtered]\n    params: {{ window: 6, seed: 42 }}\n  predictions6:\n    kind: medic_infer\n    inputs: [windows6, windows6.order, filtered, model]\n"
+        ),
+    );
+    let mut args = vec!["plan", "mismatch.yaml"];
+    args.extend(quick);
+    let err = sb.fails(&args);
+    assert!(
+        err.contains("predictions6")
+            && err.contains("W (window) = 6")
+            && err.contains("W (window) = 5"),
+        "{err}"
+    );
+
+    // A deleted model file: the rerun that needs it fails, naming the file
+    // and the way out, and writes nothing.
+    let model_dir = fs::canonicalize(link.join("model")).unwrap().join("main");
+    for f in fs::read_dir(&model_dir).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let before = sb.cache_entries();
+    let args = run(&["--force", "predictions"]);
+    let err = sb.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("holds no Parquet file") && err.contains("--force model"),
+        "{err}"
+    );
+    assert_eq!(sb.cache_entries(), before);
+    assert!(sb.staging_is_empty());
+}

@@ -59,6 +59,8 @@ mod tests {
     /// mismatched libtorch fails here, not in a user's first MEDIC run.
     #[test]
     fn a_training_step_reduces_the_loss() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
         tch::manual_seed(7);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let net = nn::linear(vs.root(), 3, 1, Default::default());

@@ -428,7 +428,7 @@ mod tests {
         let scores = [0.9, 0.2, 0.8, 0.7, 0.9, 0.95, 0.1, 0.6, 0.7];
         assert_eq!(alert_points(&scores, 0.5, 3), vec![(4, 2)]);
         assert_eq!(alert_points(&scores, 0.5, 2), vec![(3, 2), (8, 7)]);
-        assert_eq!(alert_points(&scores, 0.5, 1).len(), 4);
+        assert_eq!(alert_points(&scores, 0.5, 1).len(), 3);
         assert!(alert_points(&scores, 0.99, 1).is_empty());
     }
 

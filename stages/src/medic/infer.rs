@@ -452,3 +452,188 @@ fn ctx_schema(ctx: &RunContext<'_>, n_classes: usize) -> Result<SchemaRef> {
     }
     Ok(predictions_schema(n_classes, meta))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Input, input_from_batch, run_in_memory};
+    use crate::medic::test_support::model_inputs;
+    use crate::medic::train::MedicTrain;
+    use arrow::array::{AsArray, BinaryArray};
+    use arrow::datatypes::{Float64Type, Int8Type};
+
+    fn quick_train() -> MedicTrain {
+        MedicTrain {
+            folds: 3,
+            max_epochs: 1,
+            batch_size: 32,
+            seed: 5,
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn majority_vote_breaks_ties_by_mean_probability() {
+        assert_eq!(
+            majority_vote(&[1, 1, 2], &[0.1, 0.5, 0.4, 0.0]),
+            (1, 2.0 / 3.0)
+        );
+        assert_eq!(majority_vote(&[1, 2], &[0.1, 0.3, 0.6, 0.0]), (2, 0.5));
+        assert_eq!(majority_vote(&[0, 3, 3, 0, 2], &[0.4, 0.0, 0.1, 0.5]).0, 3);
+    }
+
+    #[test]
+    fn safetensors_round_trip_restores_the_model() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
+        let dir = tempfile::tempdir().unwrap();
+        let arch = crate::medic::model::MedicArch::default();
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = Medic::new(&vs.root(), arch.clone());
+        let path = dir.path().join("m.safetensors");
+        vs.save(&path).unwrap();
+        tch::manual_seed(2);
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let b = Medic::new(&vs2.root(), arch);
+        let x = |s: &[i64]| Tensor::randn(s, (tch::Kind::Float, Device::Cpu));
+        let (tr, tw, me) = (x(&[2, 4, 30, 7]), x(&[2, 4, 30, 8]), x(&[2, 4, 3]));
+        let before = b.forward(&tr, &tw, &me, false);
+        load_weights(&vs2, &std::fs::read(&path).unwrap(), "test").unwrap();
+        let want = a.forward(&tr, &tw, &me, false);
+        assert!(!before.allclose(&want, 1e-6, 1e-6, false));
+        assert!(
+            b.forward(&tr, &tw, &me, false)
+                .allclose(&want, 1e-6, 1e-6, false)
+        );
+    }
+
+    /// Trains a 3-fold ensemble on W=5 windows and scores the test block.
+    #[test]
+    fn ensemble_predictions_and_bad_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = model_inputs(dir.path(), 5, 0.3);
+        let models = run_in_memory(&quick_train(), &inputs)
+            .unwrap()
+            .table("main");
+        let models_path = dir.path().join("models.parquet");
+        inputs.push(input_from_batch("models", &models, &models_path).unwrap());
+        let stage = MedicInfer {
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        };
+        let schemas: Vec<SchemaRef> = inputs.iter().map(|i| i.schema.clone()).collect();
+        stage.outputs(&schemas).unwrap();
+        let out = run_in_memory(&stage, &inputs).unwrap();
+        let p = out.table("main");
+        let n_test = inputs[0]
+            .read_all()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let block = b.column(1).as_string::<i32>();
+                (0..b.num_rows())
+                    .filter(|&i| block.value(i) == "test")
+                    .count()
+            })
+            .sum::<usize>();
+        assert_eq!(p.num_rows(), n_test);
+        let col = |name: &str| p.column(p.schema().index_of(name).unwrap()).clone();
+        for i in 0..p.num_rows() {
+            let total: f64 = (0..4)
+                .map(|c| {
+                    col(&format!("prob_{c}"))
+                        .as_primitive::<Float64Type>()
+                        .value(i)
+                })
+                .sum();
+            assert!((total - 1.0).abs() < 1e-5, "row {i}: {total}");
+            let p0 = col("prob_0").as_primitive::<Float64Type>().value(i);
+            let score = col("anomaly_score").as_primitive::<Float64Type>().value(i);
+            assert!((score - (1.0 - p0)).abs() < 1e-12);
+        }
+        // The vote agrees with the per-fold table.
+        let folds = out.table("folds");
+        assert_eq!(folds.num_rows(), 3 * n_test);
+        let predicted = folds.column(6).as_primitive::<Int8Type>();
+        let vote = col("vote");
+        let vote = vote.as_primitive::<Int8Type>();
+        for i in 0..n_test {
+            let votes: Vec<usize> = (0..3)
+                .map(|f| predicted.value(f * n_test + i) as usize)
+                .collect();
+            let mean: Vec<f32> = (0..4)
+                .map(|c| {
+                    col(&format!("prob_{c}"))
+                        .as_primitive::<Float64Type>()
+                        .value(i) as f32
+                })
+                .collect();
+            assert_eq!(majority_vote(&votes, &mean).0, vote.value(i) as usize);
+        }
+
+        // Windows of another W than the model's: refused at plan time.
+        let other = model_inputs(&dir.path().join("w6").tap_mkdir(), 6, 0.3);
+        let mut mixed: Vec<SchemaRef> = other.iter().map(|i| i.schema.clone()).collect();
+        mixed.push(schemas[3].clone());
+        let err = stage.outputs(&mixed).unwrap_err().to_string();
+        assert!(
+            err.contains("W (window) = 6") && err.contains("trained with W (window) = 5"),
+            "{err}"
+        );
+
+        // Corrupt or foreign weights: a clear error naming the fold.
+        let with_weights = |weights: Vec<Vec<u8>>, name: &str| -> Vec<Input> {
+            let mut columns = models.columns().to_vec();
+            columns[9] = Arc::new(BinaryArray::from_iter_values(
+                weights.iter().map(|w| w.as_slice()),
+            ));
+            let batch = RecordBatch::try_new(models.schema(), columns).unwrap();
+            let mut v = inputs[..3].to_vec();
+            v.push(input_from_batch("models", &batch, &dir.path().join(name)).unwrap());
+            v
+        };
+        let good = models.column(9).as_binary::<i32>().value(0).to_vec();
+        let err = run_in_memory(
+            &stage,
+            &with_weights(
+                vec![good.clone(), good[..100].to_vec(), good.clone()],
+                "cut.parquet",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("fold 2") && err.contains("not a safetensors file"),
+            "{err}"
+        );
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _ = nn::linear(vs.root() / "other", 2, 2, Default::default());
+        let foreign = dir.path().join("foreign.safetensors");
+        vs.save(&foreign).unwrap();
+        let err = run_in_memory(
+            &stage,
+            &with_weights(
+                vec![good.clone(), good.clone(), std::fs::read(&foreign).unwrap()],
+                "foreign.parquet",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("fold 3") && err.contains("weights have no tensor `"),
+            "{err}"
+        );
+    }
+
+    trait TapMkdir {
+        fn tap_mkdir(self) -> Self;
+    }
+    impl TapMkdir for std::path::PathBuf {
+        fn tap_mkdir(self) -> Self {
+            std::fs::create_dir_all(&self).unwrap();
+            self
+        }
+    }
+}

@@ -45,4 +45,30 @@ pub(crate) mod test_support {
         .table("main");
         input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
     }
+
+    /// The three inputs of a MEDIC model stage (windows, order, events) for
+    /// small windows of the bundled `normal` and `hcal_barrel_off` files.
+    pub fn model_inputs(dir: &std::path::Path, window: usize, train_fraction: f64) -> Vec<Input> {
+        let events = bundled_events(dir, &["normal", "hcal_barrel_off"]);
+        let cfg = crate::medic::windows::SlidingWindows {
+            window,
+            seed: 11,
+            train_fraction,
+            ..Default::default()
+        };
+        let out = run_in_memory(&cfg, std::slice::from_ref(&events)).unwrap();
+        let windows = input_from_batch(
+            "windows",
+            &out.table("main"),
+            &dir.join(format!("windows{window}.parquet")),
+        )
+        .unwrap();
+        let order = input_from_batch(
+            "order",
+            &out.table("order"),
+            &dir.join(format!("order{window}.parquet")),
+        )
+        .unwrap();
+        vec![windows, order, events]
+    }
 }

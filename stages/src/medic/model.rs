@@ -245,6 +245,8 @@ mod tests {
 
     #[test]
     fn reference_sizes_give_704k_parameters_and_the_right_shapes() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
         let (vs, m) = model(MedicArch::default());
         // Set encoders 100,737 + 100,865, MET 17,024, CNN 443,712, head 41,412.
         assert_eq!(parameter_count(&vs), 703_750);
@@ -267,6 +269,8 @@ mod tests {
 
     #[test]
     fn attention_matches_torch_scaled_dot_product_attention() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
         tch::manual_seed(2);
         let vs = nn::VarStore::new(Device::Cpu);
         let attn = SelfAttention::new(vs.root(), 16, 4);
@@ -291,6 +295,8 @@ mod tests {
 
     #[test]
     fn set_encoders_are_permutation_invariant() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
         for mask_padding in [false, true] {
             let (_vs, m) = model(MedicArch {
                 mask_padding,
@@ -330,6 +336,8 @@ mod tests {
     /// fit together.
     #[test]
     fn training_on_bundled_windows_reduces_the_loss() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
         use crate::medic::windows::SlidingWindows;
         use tch::nn::OptimizerConfig;
 
@@ -392,6 +400,8 @@ mod tests {
 
     #[test]
     fn masking_ignores_padded_objects() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
         let (_vs, m) = model(MedicArch {
             mask_padding: true,
             ..Default::default()

@@ -692,3 +692,98 @@ impl Stage for MedicTrain {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::run_in_memory;
+    use crate::medic::test_support::model_inputs;
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float64Type, Int32Type};
+
+    pub(crate) fn quick() -> MedicTrain {
+        MedicTrain {
+            folds: 2,
+            max_epochs: 2,
+            batch_size: 32,
+            seed: 3,
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn class_weights_are_inverse_counts_summing_to_the_class_count() {
+        let w = class_weights([0, 0, 0, 1].into_iter(), 3);
+        // 1/3 and 1/1, scaled to sum to 3; the absent class gets 0.
+        assert!((w[0] - 0.75).abs() < 1e-12 && (w[1] - 2.25).abs() < 1e-12 && w[2] == 0.0);
+        assert!((w.iter().sum::<f64>() - 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn training_is_seeded_logged_and_yields_one_model_per_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = model_inputs(dir.path(), 5, 0.4);
+        let stage = quick();
+        let out = run_in_memory(&stage, &inputs).unwrap();
+        let models = out.table("main");
+        assert_eq!(models.num_rows(), 2);
+        let log = out.table("log");
+        assert_eq!(
+            log.num_rows(),
+            4,
+            "2 folds x 2 epochs (patience not reached)"
+        );
+        let val_kl = log.column(5).as_primitive::<Float64Type>();
+        assert!((0..4).all(|i| val_kl.value(i).is_finite() && val_kl.value(i) >= 0.0));
+        let best = models.column(1).as_primitive::<Int32Type>();
+        assert!((0..2).all(|i| (1..=2).contains(&best.value(i))));
+        // Folds are stratified: each class split evenly between the 2 folds.
+        let folds = out.table("folds");
+        let f = folds.column(1).as_primitive::<Int32Type>();
+        let n1 = (0..folds.num_rows()).filter(|&i| f.value(i) == 1).count();
+        assert!(
+            n1.abs_diff(folds.num_rows() - n1) <= 2,
+            "{n1} of {}",
+            folds.num_rows()
+        );
+        // The card describes the windows; the weights are a safetensors file.
+        let card: ModelCard =
+            serde_json::from_str(models.column(8).as_string::<i32>().value(0)).unwrap();
+        assert_eq!(
+            (card.fold, card.spec.windows.window, card.spec.folds),
+            (1, 5, 2)
+        );
+        let weights = models.column(9).as_binary::<i32>();
+        let st = safetensors::SafeTensors::deserialize(weights.value(0)).unwrap();
+        assert!(
+            st.names()
+                .iter()
+                .any(|n| n.as_str() == "tracks.attention.q.weight")
+        );
+        // Same seed on the CPU: the same weights, byte for byte.
+        let again = run_in_memory(&stage, &inputs).unwrap().table("main");
+        assert_eq!(again.column(9), models.column(9));
+        // Another seed: other weights.
+        let other = run_in_memory(&MedicTrain { seed: 4, ..quick() }, &inputs)
+            .unwrap()
+            .table("main");
+        assert_ne!(other.column(9), models.column(9));
+    }
+
+    #[test]
+    fn too_few_windows_for_the_folds_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = model_inputs(dir.path(), 5, 0.008);
+        let err = run_in_memory(
+            &MedicTrain {
+                folds: 5,
+                ..quick()
+            },
+            &inputs,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cannot be split into 5 folds"), "{err}");
+    }
+}
