@@ -27,7 +27,12 @@ impl StageConfig for Union {
     const INPUTS: (usize, usize) = (1, 1024);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        crate::medic::metrics::MedicMetrics::doc_inputs()
+        // E.g. the metrics tables of a window-size scan.
+        let metrics = crate::medic::metrics::MedicMetrics::default();
+        let outputs = metrics
+            .outputs(&crate::medic::metrics::MedicMetrics::doc_inputs())
+            .expect("default metrics");
+        vec![outputs[0].schema.clone()]
     }
 }
 

@@ -600,6 +600,39 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_names_one_file_per_class() {
+        let pattern = data("dijet13_{label}_tiny.root");
+        let s = DelphesConvert {
+            pattern: Some(pattern.clone()),
+            ..Default::default()
+        };
+        s.validate().unwrap();
+        let groups = s.groups();
+        assert_eq!(groups.len(), 4);
+        assert_eq!(groups[1].label, "hcal_barrel_off");
+        assert_eq!(groups[1].path, data("dijet13_hcal_barrel_off_tiny.root"));
+        assert_eq!(s.sources().unwrap().len(), 4);
+        // Both ways at once, or no placeholder: parameter errors.
+        let both = DelphesConvert {
+            files: stage(&[(&data("dijet13_normal_tiny.root"), "normal")]).files,
+            ..s.clone()
+        };
+        assert!(both.validate().unwrap_err().to_string().contains("not both"));
+        let fixed = DelphesConvert {
+            pattern: Some(data("dijet13_normal_tiny.root")),
+            ..Default::default()
+        };
+        assert!(fixed.validate().unwrap_err().to_string().contains("{label}"));
+        // A class without its file is caught at plan time, naming the label.
+        let missing = DelphesConvert {
+            pattern: Some(data("dijet13_{label}_nope.root")),
+            ..Default::default()
+        };
+        let err = missing.outputs(&[]).unwrap_err().to_string();
+        assert!(err.contains("label `normal`"), "{err}");
+    }
+
+    #[test]
     fn bad_inputs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         // Missing file.
