@@ -642,11 +642,17 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     // The window-size scan plans: nine ensembles gathered by one union.
     let scan = fs::read_to_string(format!("{repo}/pipelines/medic_wscan.yaml"))
         .unwrap()
-        .replace("pattern: data/delphes", &format!("pattern: {repo}/data/delphes"));
+        .replace(
+            "pattern: data/delphes",
+            &format!("pattern: {repo}/data/delphes"),
+        );
     sb.write("wscan.yaml", &scan);
     let plan = sb.ok(&["plan", "wscan.yaml"]);
     assert_eq!(plan.matches("[medic_train]").count(), 9, "{plan}");
-    assert!(plan.contains("table1 [union]") && plan.contains("source, window, folds"), "{plan}");
+    assert!(
+        plan.contains("table1 [union]") && plan.contains("source, window, folds"),
+        "{plan}"
+    );
 
     // Windows of another W than the model's: refused by plan, naming the stage.
     sb.write(

@@ -617,12 +617,23 @@ mod tests {
             files: stage(&[(&data("dijet13_normal_tiny.root"), "normal")]).files,
             ..s.clone()
         };
-        assert!(both.validate().unwrap_err().to_string().contains("not both"));
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not both")
+        );
         let fixed = DelphesConvert {
             pattern: Some(data("dijet13_normal_tiny.root")),
             ..Default::default()
         };
-        assert!(fixed.validate().unwrap_err().to_string().contains("{label}"));
+        assert!(
+            fixed
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("{label}")
+        );
         // A class without its file is caught at plan time, naming the label.
         let missing = DelphesConvert {
             pattern: Some(data("dijet13_{label}_nope.root")),

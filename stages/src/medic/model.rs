@@ -77,17 +77,22 @@ impl SelfAttention {
             split(self.k.forward(x)),
             split(self.v.forward(x)),
         );
-        let mut scores = q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt();
-        if let Some(padded) = padded {
-            // A large negative, not -inf: a window of only padding stays finite.
-            scores = scores.masked_fill(&padded.view([b, 1, 1, n]), -1e9);
-        }
-        let weights = scores.softmax(-1, Kind::Float).dropout(dropout, train);
-        let heads = weights
-            .matmul(&v)
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, n, e]);
+        // Additive mask: a large negative, not -inf, so a set of only
+        // padding stays finite.
+        let mask = padded.map(|p| p.view([b, 1, 1, n]).to_kind(Kind::Float) * -1e9);
+        let heads = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            if train { dropout } else { 0.0 },
+            false,
+            None,
+            false,
+        )
+        .transpose(1, 2)
+        .contiguous()
+        .view([b, n, e]);
         self.out.forward(&heads)
     }
 }
@@ -267,30 +272,38 @@ mod tests {
         ));
     }
 
+    /// The block (libtorch's fused attention) against softmax(QK^T/sqrt(d))V
+    /// written out, with and without a padding mask.
     #[test]
-    fn attention_matches_torch_scaled_dot_product_attention() {
+    fn attention_matches_a_manual_computation() {
         // libtorch's random generator is global: keep other tests off it.
         let _torch = crate::nn::exclusive();
         tch::manual_seed(2);
         let vs = nn::VarStore::new(Device::Cpu);
         let attn = SelfAttention::new(vs.root(), 16, 4);
         let x = Tensor::randn([3, 5, 16], (Kind::Float, Device::Cpu));
-        let ours = attn.forward(&x, None, 0.0, false);
+        let padded = Tensor::from_slice(&[
+            false, false, false, true, true, false, false, false, false, false, false, true, true,
+            true, true,
+        ])
+        .view([3, 5]);
         let split = |l: &nn::Linear| l.forward(&x).view([3, 5, 4, 4]).transpose(1, 2);
-        let reference = Tensor::scaled_dot_product_attention::<Tensor>(
-            &split(&attn.q),
-            &split(&attn.k),
-            &split(&attn.v),
-            None,
-            0.0,
-            false,
-            None,
-            false,
-        );
-        let reference = attn
-            .out
-            .forward(&reference.transpose(1, 2).contiguous().view([3, 5, 16]));
-        assert!(ours.allclose(&reference, 1e-5, 1e-5, false));
+        for mask in [None, Some(&padded)] {
+            let ours = attn.forward(&x, mask, 0.0, false);
+            let mut scores = split(&attn.q).matmul(&split(&attn.k).transpose(-2, -1)) / 2.0;
+            if let Some(m) = mask {
+                scores = scores.masked_fill(&m.view([3, 1, 1, 5]), -1e9);
+            }
+            let manual = scores.softmax(-1, Kind::Float).matmul(&split(&attn.v));
+            let manual = attn
+                .out
+                .forward(&manual.transpose(1, 2).contiguous().view([3, 5, 16]));
+            assert!(
+                ours.allclose(&manual, 1e-5, 1e-5, false),
+                "mask: {}",
+                mask.is_some()
+            );
+        }
     }
 
     #[test]
