@@ -772,6 +772,32 @@ mod tests {
     }
 
     #[test]
+    fn inputs_that_are_not_windows_are_refused_at_plan_time() {
+        let mut inputs = doc_window_inputs();
+        let stage = quick();
+        stage.outputs(&inputs).unwrap();
+        // A window table without its parameters (e.g. hand-made).
+        let bare = Arc::new(inputs[0].as_ref().clone().with_metadata(HashMap::new()));
+        let err = stage
+            .outputs(&[bare, inputs[1].clone(), inputs[2].clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a `sliding_windows` table"), "{err}");
+        // Order and events swapped.
+        inputs.swap(1, 2);
+        let err = stage.outputs(&inputs).unwrap_err().to_string();
+        assert!(
+            err.contains("input `order` has no column `position`"),
+            "{err}"
+        );
+        let err = stage.outputs(&inputs[..2]).unwrap_err().to_string();
+        assert!(
+            err.contains("expected 3 (windows, windows.order, events)"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn too_few_windows_for_the_folds_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let inputs = model_inputs(dir.path(), 5, 0.008);
