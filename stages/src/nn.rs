@@ -4,7 +4,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::nn::{self as tnn, Module};
+use tch::{Device, Kind, Tensor};
 
 use crate::api::{Result, StageError};
 
@@ -48,6 +49,66 @@ static TORCH: Mutex<()> = Mutex::new(());
 pub fn exclusive() -> MutexGuard<'static, ()> {
     // A stage that panicked while holding the lock left no torch state we reuse.
     TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Multi-head self-attention (tch has no transformer module), shared by the
+/// MEDIC set encoders and the DINAMO-ML encoder; the scaled dot-product
+/// itself is libtorch's fused kernel.
+#[derive(Debug)]
+pub struct SelfAttention {
+    pub(crate) q: tnn::Linear,
+    pub(crate) k: tnn::Linear,
+    pub(crate) v: tnn::Linear,
+    pub(crate) out: tnn::Linear,
+    heads: i64,
+}
+
+impl SelfAttention {
+    pub fn new(p: tnn::Path, embed: i64, heads: i64) -> Self {
+        Self {
+            q: tnn::linear(&p / "q", embed, embed, Default::default()),
+            k: tnn::linear(&p / "k", embed, embed, Default::default()),
+            v: tnn::linear(&p / "v", embed, embed, Default::default()),
+            out: tnn::linear(&p / "out", embed, embed, Default::default()),
+            heads,
+        }
+    }
+
+    /// `x`: [batch, objects, embed]; `padded`: [batch, objects] true where an
+    /// object is padding (excluded as a key when given).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        padded: Option<&Tensor>,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
+        let (b, n, e) = x.size3().expect("[batch, objects, embed]");
+        let d = e / self.heads;
+        let split = |t: Tensor| t.view([b, n, self.heads, d]).transpose(1, 2);
+        let (q, k, v) = (
+            split(self.q.forward(x)),
+            split(self.k.forward(x)),
+            split(self.v.forward(x)),
+        );
+        // Additive mask: a large negative, not -inf, so a set of only
+        // padding stays finite.
+        let mask = padded.map(|p| p.view([b, 1, 1, n]).to_kind(Kind::Float) * -1e9);
+        let heads = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            if train { dropout } else { 0.0 },
+            false,
+            None,
+            false,
+        )
+        .transpose(1, 2)
+        .contiguous()
+        .view([b, n, e]);
+        self.out.forward(&heads)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod ewma;
 pub mod metrics;
+pub mod ml;
 pub mod synth;
 
 use std::collections::{HashSet, VecDeque};

@@ -5,6 +5,8 @@
 //! and a classification head giving log-probabilities of the 4 classes.
 
 use tch::nn::{self, Module, ModuleT};
+
+use crate::nn::SelfAttention;
 use tch::{Kind, Tensor};
 
 /// Architecture parameters (saved next to the weights as JSON).
@@ -36,64 +38,6 @@ impl Default for MedicArch {
             classes: 4,
             mask_padding: false,
         }
-    }
-}
-
-/// Multi-head self-attention written out (tch has no transformer module).
-#[derive(Debug)]
-pub struct SelfAttention {
-    q: nn::Linear,
-    k: nn::Linear,
-    v: nn::Linear,
-    out: nn::Linear,
-    heads: i64,
-}
-
-impl SelfAttention {
-    pub fn new(p: nn::Path, embed: i64, heads: i64) -> Self {
-        Self {
-            q: nn::linear(&p / "q", embed, embed, Default::default()),
-            k: nn::linear(&p / "k", embed, embed, Default::default()),
-            v: nn::linear(&p / "v", embed, embed, Default::default()),
-            out: nn::linear(&p / "out", embed, embed, Default::default()),
-            heads,
-        }
-    }
-
-    /// `x`: [batch, objects, embed]; `padded`: [batch, objects] true where an
-    /// object is padding (excluded as a key when given).
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        padded: Option<&Tensor>,
-        dropout: f64,
-        train: bool,
-    ) -> Tensor {
-        let (b, n, e) = x.size3().expect("[batch, objects, embed]");
-        let d = e / self.heads;
-        let split = |t: Tensor| t.view([b, n, self.heads, d]).transpose(1, 2);
-        let (q, k, v) = (
-            split(self.q.forward(x)),
-            split(self.k.forward(x)),
-            split(self.v.forward(x)),
-        );
-        // Additive mask: a large negative, not -inf, so a set of only
-        // padding stays finite.
-        let mask = padded.map(|p| p.view([b, 1, 1, n]).to_kind(Kind::Float) * -1e9);
-        let heads = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            mask.as_ref(),
-            if train { dropout } else { 0.0 },
-            false,
-            None,
-            false,
-        )
-        .transpose(1, 2)
-        .contiguous()
-        .view([b, n, e]);
-        self.out.forward(&heads)
     }
 }
 
