@@ -168,12 +168,8 @@ pub fn build_context(
     let before = good.partition_point(|(run, _)| *run < current);
     let used = &good[before.saturating_sub(m)..before];
     let pad = m - used.len();
-    let mut hist = Vec::with_capacity(m * n_bins);
-    let mut time = Vec::with_capacity(m);
-    for _ in 0..pad {
-        hist.extend(std::iter::repeat_n(1.0 / n_bins as f32, n_bins));
-        time.push(PAD_TIME);
-    }
+    let mut hist = vec![1.0 / n_bins as f32; pad * n_bins];
+    let mut time = vec![PAD_TIME; pad];
     for (run, h) in used {
         hist.extend_from_slice(h);
         time.push((run - current) as f32);
