@@ -82,6 +82,7 @@ impl Reporter for StageReporter<'_> {
                 total,
                 done: AtomicU64::new(0),
                 last: Mutex::new(Instant::now()),
+                printed: AtomicU64::new(0),
             }),
         }
     }
@@ -113,10 +114,13 @@ struct LogProgress {
     total: u64,
     done: AtomicU64,
     last: Mutex<Instant>,
+    /// The count of the last line written, so the final line is not a repeat.
+    printed: AtomicU64,
 }
 
 impl LogProgress {
     fn line(&self, done: u64) {
+        self.printed.store(done, Ordering::Relaxed);
         let of = if self.total > 0 {
             format!("/{}", self.total)
         } else {
@@ -145,7 +149,7 @@ impl Progress for LogProgress {
 impl Drop for LogProgress {
     fn drop(&mut self) {
         let done = self.done.load(Ordering::Relaxed);
-        if done > 0 {
+        if done > 0 && done != self.printed.load(Ordering::Relaxed) {
             self.line(done);
         }
     }
