@@ -781,6 +781,37 @@ mod tests {
     }
 
     #[test]
+    fn standardization_centres_real_objects_and_keeps_padding_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = events(dir.path());
+        let cfg = SlidingWindows {
+            window: 4,
+            ..Default::default()
+        };
+        let mut store = cfg.load(&input).unwrap();
+        let ids = store.event_ids.clone();
+        let stats = store.feature_stats(&ids).unwrap();
+        assert_eq!(stats.track_mean.len(), 7);
+        assert!(stats.tower_std.iter().all(|s| *s > 0.0));
+        store.standardize(&stats);
+        let after = store.feature_stats(&ids).unwrap();
+        for (m, s) in after.track_mean.iter().zip(&after.track_std) {
+            assert!(m.abs() < 1e-3 && (s - 1.0).abs() < 1e-3, "{m} {s}");
+        }
+        // Padding slots of an assembled window stay exactly zero.
+        let t = store.assemble(&cfg, &ids[..4], 9).unwrap();
+        let per_event = 30 * 8;
+        for e in 0..4 {
+            let n = store.towers[store.index[&ids[e]]].n.min(30);
+            assert!(
+                t.towers[e * per_event + n * 8..(e + 1) * per_event]
+                    .iter()
+                    .all(|v| *v == 0.0)
+            );
+        }
+    }
+
+    #[test]
     fn a_window_larger_than_a_block_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let input = events(dir.path());
