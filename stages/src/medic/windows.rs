@@ -29,6 +29,17 @@ use crate::api::{
 use crate::registry::StageConfig;
 use dqm_schemas::{doc_field, events};
 
+/// How windows are split into train and test blocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Events cut into blocks before windowing: leak-free.
+    #[default]
+    Blocks,
+    /// Windows split at random after windowing (medic.txt): leaky.
+    Windows,
+}
+
 /// Builds the compact window table (and the shuffled event order) from events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -42,7 +53,13 @@ pub struct SlidingWindows {
     /// Towers per event in a window, likewise.
     pub n_towers: usize,
     /// Fraction of the shuffled events in the train block; the rest is the test block.
+    /// With `split: windows`, the fraction of windows in the train block.
     pub train_fraction: f64,
+    /// `blocks`: cut the shuffled events into train and test blocks before
+    /// windowing (no event in both). `windows`: the paper's protocol, a
+    /// random split of the overlapping windows, so test windows share events
+    /// with train windows (for comparison with the paper only).
+    pub split: Split,
     /// Number of classes: the window label is p_0 .. p_{n_classes-1}.
     pub n_classes: usize,
     /// Also write each window's tensors as fixed-size list columns (small data, export).
@@ -64,6 +81,7 @@ impl Default for SlidingWindows {
             n_tracks: 30,
             n_towers: 30,
             train_fraction: 0.8,
+            split: Split::Blocks,
             n_classes: 4,
             materialize: false,
             track_features: d.track_features,
@@ -571,16 +589,6 @@ impl Stage for SlidingWindows {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let store = self.load(&ctx.inputs[0])?;
         let (order, n_train) = self.shuffle(&store.event_ids);
-        let blocks = [("train", 0, n_train), ("test", n_train, order.len())];
-        for (name, lo, hi) in blocks {
-            if hi - lo < self.window && hi > lo {
-                return Err(StageError::Data(format!(
-                    "window {} is larger than the {} events of the {name} block",
-                    self.window,
-                    hi - lo
-                )));
-            }
-        }
         if order.len() < self.window {
             return Err(StageError::Data(format!(
                 "window {} is larger than the {} events",
@@ -588,6 +596,38 @@ impl Stage for SlidingWindows {
                 order.len()
             )));
         }
+        // (start, block) of every window, in window-id order.
+        let mut windows: Vec<(usize, &str)> = Vec::new();
+        let n_train = match self.split {
+            Split::Blocks => {
+                for (name, lo, hi) in [("train", 0, n_train), ("test", n_train, order.len())] {
+                    if hi - lo < self.window && hi > lo {
+                        return Err(StageError::Data(format!(
+                            "window {} is larger than the {} events of the {name} block",
+                            self.window,
+                            hi - lo
+                        )));
+                    }
+                    if hi - lo >= self.window {
+                        windows.extend((lo..=hi - self.window).map(|s| (s, name)));
+                    }
+                }
+                n_train
+            }
+            Split::Windows => {
+                let n = order.len() - self.window + 1;
+                let mut picked: Vec<usize> = (0..n).collect();
+                picked.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ 0x5711_7000));
+                let n_train_windows = (self.train_fraction * n as f64).round() as usize;
+                let mut train = vec![false; n];
+                for &w in &picked[..n_train_windows] {
+                    train[w] = true;
+                }
+                windows.extend((0..n).map(|s| (s, if train[s] { "train" } else { "test" })));
+                // Every event is in some train window.
+                order.len()
+            }
+        };
         let block_of = |p: usize| if p < n_train { "train" } else { "test" };
         ctx.output.write(
             "order",
@@ -609,18 +649,14 @@ impl Stage for SlidingWindows {
         let schema = windows_schema(self);
         let mut window_id = 0i64;
         let progress = ctx.reporter.progress(0, "windows");
-        for (name, lo, hi) in blocks {
-            if hi - lo < self.window {
-                continue;
-            }
-            // Windows in chunks, so memory stays bounded when materializing.
-            let starts: Vec<usize> = (lo..=hi - self.window).collect();
-            for chunk in starts.chunks(4096) {
+        // Windows in chunks, so memory stays bounded when materializing.
+        for chunk in windows.chunks(4096) {
+            {
                 let n = chunk.len();
                 let ids: Vec<i64> = (window_id..window_id + n as i64).collect();
                 let mut p = vec![Vec::with_capacity(n); self.n_classes];
                 let mut argmax = Vec::with_capacity(n);
-                for &s in chunk {
+                for &(s, _) in chunk {
                     let mut counts = vec![0usize; self.n_classes];
                     for &c in &class_of[s..s + self.window] {
                         counts[c as usize] += 1;
@@ -636,9 +672,9 @@ impl Stage for SlidingWindows {
                 let seeds: Vec<u64> = ids.iter().map(|&id| self.sample_seed(id)).collect();
                 let mut columns: Vec<ArrayRef> = vec![
                     Arc::new(Int64Array::from(ids.clone())),
-                    Arc::new(StringArray::from(vec![name; n])),
+                    Arc::new(StringArray::from_iter_values(chunk.iter().map(|w| w.1))),
                     Arc::new(Int64Array::from_iter_values(
-                        chunk.iter().map(|&s| s as i64),
+                        chunk.iter().map(|&(s, _)| s as i64),
                     )),
                 ];
                 for col in p {
@@ -648,7 +684,7 @@ impl Stage for SlidingWindows {
                 columns.push(Arc::new(UInt64Array::from(seeds.clone())));
                 if self.materialize {
                     let (mut tr, mut tw, mut me) = (Vec::new(), Vec::new(), Vec::new());
-                    for (&s, &seed) in chunk.iter().zip(&seeds) {
+                    for (&(s, _), &seed) in chunk.iter().zip(&seeds) {
                         let t = store.assemble(self, &order[s..s + self.window], seed)?;
                         tr.extend(t.tracks);
                         tw.extend(t.towers);
@@ -809,6 +845,39 @@ mod tests {
                     .all(|v| *v == 0.0)
             );
         }
+    }
+
+    #[test]
+    fn the_papers_window_split_mixes_train_and_test_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = events(dir.path());
+        let cfg = SlidingWindows {
+            window: 10,
+            seed: 3,
+            split: Split::Windows,
+            ..Default::default()
+        };
+        let out = run_in_memory(&cfg, std::slice::from_ref(&input)).unwrap();
+        let windows = out.table("main");
+        // 1000 events: 991 windows over the whole sequence, 20% of them test.
+        assert_eq!(windows.num_rows(), 991);
+        let blocks = windows.column(1).as_string::<i32>();
+        let starts = windows.column(2).as_primitive::<Int64Type>();
+        let test: Vec<usize> = (0..991).filter(|&i| blocks.value(i) == "test").collect();
+        assert_eq!(test.len(), 991 - 793);
+        // Windows are in time order and a test window overlaps train windows.
+        assert!((1..991).all(|i| starts.value(i) == starts.value(i - 1) + 1));
+        let leaky = test
+            .iter()
+            .filter(|&&i| {
+                (i.saturating_sub(9)..(i + 10).min(991)).any(|j| blocks.value(j) == "train")
+            })
+            .count();
+        assert!(leaky > test.len() / 2, "{leaky} of {}", test.len());
+        assert_eq!(
+            run_in_memory(&cfg, &[input]).unwrap().table("main"),
+            windows
+        );
     }
 
     #[test]
