@@ -837,8 +837,8 @@ mod tests {
         // Padding slots of an assembled window stay exactly zero.
         let t = store.assemble(&cfg, &ids[..4], 9).unwrap();
         let per_event = 30 * 8;
-        for e in 0..4 {
-            let n = store.towers[store.index[&ids[e]]].n.min(30);
+        for (e, id) in ids[..4].iter().enumerate() {
+            let n = store.towers[store.index[id]].n.min(30);
             assert!(
                 t.towers[e * per_event + n * 8..(e + 1) * per_event]
                     .iter()
