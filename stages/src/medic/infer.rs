@@ -302,14 +302,13 @@ impl Stage for MedicInfer {
                 why: format!("must be below n_classes = {}", windows.n_classes),
             });
         }
-        let mut meta = HashMap::new();
-        for (key, schema) in [(WINDOWS_KEY, &inputs[0]), (MODEL_KEY, &inputs[3])] {
-            meta.insert(key.to_string(), schema.metadata()[key].clone());
-        }
         Ok(vec![
             OutputSpec {
                 name: "main",
-                schema: predictions_schema(windows.n_classes, meta),
+                schema: predictions_schema(
+                    windows.n_classes,
+                    carried_metadata(&inputs[0], &inputs[3]),
+                ),
             },
             OutputSpec {
                 name: "folds",
@@ -385,7 +384,10 @@ impl Stage for MedicInfer {
             vote.push(v as i8);
             share.push(s);
         }
-        let schema = ctx_schema(ctx, nc)?;
+        let schema = predictions_schema(
+            nc,
+            carried_metadata(&ctx.inputs[0].schema, &ctx.inputs[3].schema),
+        );
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|&r| data.rows[r].window_id),
@@ -442,15 +444,13 @@ impl Stage for MedicInfer {
     }
 }
 
-/// The predictions schema with the metadata of this run's inputs.
-fn ctx_schema(ctx: &RunContext<'_>, n_classes: usize) -> Result<SchemaRef> {
-    let mut meta = HashMap::new();
-    for (key, input) in [(WINDOWS_KEY, &ctx.inputs[0]), (MODEL_KEY, &ctx.inputs[3])] {
-        if let Some(v) = input.schema.metadata().get(key) {
-            meta.insert(key.to_string(), v.clone());
-        }
-    }
-    Ok(predictions_schema(n_classes, meta))
+/// The window and model parameters the predictions carry on (schema
+/// metadata), so metrics know W and the ensemble size.
+fn carried_metadata(windows: &SchemaRef, models: &SchemaRef) -> HashMap<String, String> {
+    [(WINDOWS_KEY, windows), (MODEL_KEY, models)]
+        .into_iter()
+        .filter_map(|(key, schema)| Some((key.to_string(), schema.metadata().get(key)?.clone())))
+        .collect()
 }
 
 #[cfg(test)]
