@@ -8,6 +8,8 @@
 //! WORKDIR/cache/<kind>-<key16>/<output>/*.parquet  one directory per output table
 //! WORKDIR/cache/<kind>-<key16>/artifacts/          plots, models
 //! WORKDIR/pipelines/<pipeline>/<stage> -> ../../cache/<kind>-<key16>
+//! WORKDIR/parts/<kind>-<key16>-of-<n>/<index>/     finished shards awaiting assembly
+//! WORKDIR/slurm/<pipeline>/                       batch scripts, job ids, job logs
 //! WORKDIR/tmp/                                    staging (never read)
 //! ```
 
@@ -135,6 +137,76 @@ impl Workdir {
         Ok(target)
     }
 
+    /// Where the finished shards of a sharded stage wait for assembly.
+    pub fn parts_root(&self, stage: &PlannedStage) -> PathBuf {
+        self.root
+            .join("parts")
+            .join(format!("{}-of-{}", stage.cache_name(), stage.shards))
+    }
+
+    /// The directory of one finished shard.
+    pub fn part_dir(&self, stage: &PlannedStage, index: usize) -> PathBuf {
+        self.parts_root(stage).join(format!("{index:05}"))
+    }
+
+    /// Whether shard `index` finished (its directory is renamed into place
+    /// only when complete).
+    pub fn part_done(&self, stage: &PlannedStage, index: usize) -> bool {
+        self.part_dir(stage, index).join("part.json").is_file()
+    }
+
+    /// Finished shards of a stage, for `status`.
+    pub fn parts_done(&self, stage: &PlannedStage) -> usize {
+        (0..stage.shards)
+            .filter(|&i| self.part_done(stage, i))
+            .count()
+    }
+
+    /// Moves a complete shard's staging directory into place.
+    pub fn commit_part(&self, staging: Staging, stage: &PlannedStage, index: usize) -> Result<()> {
+        let target = self.part_dir(stage, index);
+        fs::create_dir_all(self.parts_root(stage)).context("cannot create the parts directory")?;
+        let dir = staging.into_path();
+        if target.exists() {
+            let aside = self.root.join("tmp").join(format!(
+                "replaced-part-{}-{}",
+                stage.cache_name(),
+                unique_suffix()
+            ));
+            fs::rename(&target, &aside)?;
+            let _ = fs::remove_dir_all(aside);
+        }
+        fs::rename(&dir, &target)
+            .with_context(|| format!("cannot move {} to {}", dir.display(), target.display()))?;
+        Ok(())
+    }
+
+    /// Serializes the assembly of a stage's parts between concurrent jobs.
+    pub fn parts_lock(&self, stage: &PlannedStage) -> Result<File> {
+        let root = self.root.join("parts");
+        fs::create_dir_all(&root)?;
+        let path = root.join(format!("{}-of-{}.lock", stage.cache_name(), stage.shards));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(file)
+    }
+
+    /// Removes the parts of an assembled stage.
+    pub fn remove_parts(&self, stage: &PlannedStage) {
+        let _ = fs::remove_dir_all(self.parts_root(stage));
+        let _ = fs::remove_file(self.root.join("parts").join(format!(
+            "{}-of-{}.lock",
+            stage.cache_name(),
+            stage.shards
+        )));
+    }
+
     /// Points `pipelines/<pipeline>/<stage>` at a stage's current output.
     pub fn link(&self, pipeline: &str, stage: &PlannedStage) -> Result<()> {
         let dir = self.root.join("pipelines").join(pipeline);
@@ -145,6 +217,35 @@ impl Workdir {
         std::os::unix::fs::symlink(&target, &tmp)?;
         fs::rename(&tmp, &link).with_context(|| format!("cannot update {}", link.display()))?;
         Ok(())
+    }
+
+    /// Takes the workdir's lock shared: batch jobs (`run-stage`) run side by
+    /// side, but not next to a local `pipeline run` of the same workdir.
+    pub fn lock_shared(&self) -> Result<WorkdirLock> {
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create workdir {}", self.root.display()))?;
+        let path = self.root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(WorkdirLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "workdir {} is in use by a local `pipeline run` ({}); a batch job cannot run beside it: resubmit when it is done",
+                    self.root.display(),
+                    holder.trim().if_empty("unknown process")
+                )
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).context(format!("cannot lock {}", path.display()))
+            }
+        }
     }
 
     /// Takes the workdir's exclusive lock, failing at once if another run

@@ -175,9 +175,15 @@ pub fn describe_plan(plan: &Plan, workdir: &Workdir) -> String {
     );
     for stage in &plan.stages {
         let state = if workdir.cached(stage).is_some() {
-            "cached"
+            "cached".to_string()
+        } else if stage.shards > 1 {
+            format!(
+                "to run in {} shards ({} done)",
+                stage.shards,
+                workdir.parts_done(stage)
+            )
         } else {
-            "to run"
+            "to run".to_string()
         };
         let inputs: Vec<String> = stage
             .inputs

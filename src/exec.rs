@@ -10,14 +10,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use dqm_stages::api::{Input, OutputSpec, OutputWriter, RunContext, StageError};
+use dqm_stages::api::{Input, OutputSpec, OutputWriter, RunContext, Shard, StageError};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde_json::json;
 
-use crate::cache::{Manifest, ManifestInput, ManifestOutput, Workdir, write_atomic};
+use crate::cache::{Manifest, ManifestInput, ManifestOutput, Staging, Workdir, write_atomic};
 use crate::plan::{Plan, PlannedStage};
 use crate::progress::Console;
 
@@ -68,16 +68,25 @@ struct TableWriter {
 }
 
 impl ParquetOutputs {
-    fn new(dir: &Path, stage: &PlannedStage, provenance: String) -> Self {
+    /// Writers for the outputs `names` of `stage`, each into
+    /// `<dir>/<output>/part-<index>.parquet`.
+    fn new(
+        dir: &Path,
+        stage: &PlannedStage,
+        names: &[&str],
+        index: usize,
+        provenance: String,
+    ) -> Self {
         let tables = stage
             .outputs
             .iter()
+            .filter(|o| names.contains(&o.name))
             .map(|o| {
                 let writer = TableWriter {
                     schema: o.schema.clone(),
                     writer: None,
                     rows: 0,
-                    file: "part-00000.parquet".into(),
+                    file: format!("part-{index:05}.parquet"),
                 };
                 (o.name.to_string(), writer)
             })
@@ -96,7 +105,7 @@ impl ParquetOutputs {
             path: dir.clone(),
             source: e,
         })?;
-        let path = dir.join("part-00000.parquet");
+        let path = dir.join(&self.tables[name].file);
         let file = File::create(&path).map_err(|e| StageError::Io {
             path: path.clone(),
             source: e,
@@ -185,15 +194,13 @@ impl OutputWriter for ParquetOutputs {
     }
 }
 
-/// Runs one stage into its cache entry (used by `run` and, per stage, by batch jobs).
-pub fn run_stage(
+/// The inputs, provenance and manifest inputs of a stage whose inputs are cached.
+fn prepare(
     plan: &Plan,
     stage: &PlannedStage,
     workdir: &Workdir,
-    console: &Console,
-) -> Result<StageReport> {
+) -> Result<(Vec<Input>, Vec<ManifestInput>, String)> {
     let at = format!("stage `{}` ({})", stage.id, stage.kind);
-    let started = Instant::now();
     let mut inputs = Vec::new();
     for r in &stage.inputs {
         let upstream = plan.stage(&r.stage).expect("planned");
@@ -222,19 +229,44 @@ pub fn run_stage(
         "dqm_pipeline_version": env!("CARGO_PKG_VERSION"),
     })
     .to_string();
+    Ok((inputs, manifest_inputs, provenance))
+}
 
-    let staging = workdir.stage_dir(stage)?;
-    let artifacts = staging.path().join("artifacts");
+/// Rows and file name of each output table a run wrote.
+type Written = BTreeMap<String, (u64, String)>;
+
+/// Runs the stage (or one shard of it) into `dir`: one Parquet file per
+/// output named after the shard, plus `artifacts/`. Returns rows and file
+/// name per output and the wall time.
+fn execute(
+    plan: &Plan,
+    stage: &PlannedStage,
+    workdir: &Workdir,
+    console: &Console,
+    shard: Shard,
+    dir: &Path,
+) -> Result<(Written, f64)> {
+    let at = format!("stage `{}` ({})", stage.id, stage.kind);
+    let started = Instant::now();
+    let (inputs, _, provenance) = prepare(plan, stage, workdir)?;
+    let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts)?;
-    let mut outputs = ParquetOutputs::new(staging.path(), stage, provenance);
+    let names: Vec<&str> = stage.outputs.iter().map(|o| o.name).collect();
+    let mut outputs = ParquetOutputs::new(dir, stage, &names, shard.index, provenance);
     let reporter = console.reporter(&stage.id);
-    console.log(&format!("{}: running ({})", stage.id, stage.kind));
+    let label = if shard.count > 1 {
+        format!("{} [shard {}/{}]", stage.id, shard.index + 1, shard.count)
+    } else {
+        stage.id.clone()
+    };
+    console.log(&format!("{label}: running ({})", stage.kind));
     let result = {
         let mut ctx = RunContext {
             inputs: &inputs,
             output: &mut outputs,
             reporter: &reporter,
             artifacts: &artifacts,
+            shard,
         };
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.stage.run(&mut ctx)))
     };
@@ -251,6 +283,21 @@ pub fn run_stage(
     if std::fs::read_dir(&artifacts)?.next().is_none() {
         std::fs::remove_dir(&artifacts)?;
     }
+    Ok((rows, wall_seconds))
+}
+
+/// Writes the manifest into a complete staging directory, commits it as the
+/// stage's cache entry and links it from the pipeline's directory.
+fn finalize(
+    plan: &Plan,
+    stage: &PlannedStage,
+    workdir: &Workdir,
+    console: &Console,
+    staging: Staging,
+    files: &BTreeMap<String, (u64, Vec<String>)>,
+    wall_seconds: f64,
+) -> Result<StageReport> {
+    let (_, manifest_inputs, _) = prepare(plan, stage, workdir)?;
     let manifest = Manifest {
         pipeline: plan.spec.name.clone(),
         stage: stage.id.clone(),
@@ -265,8 +312,12 @@ pub fn run_stage(
             .map(|o: &OutputSpec| ManifestOutput {
                 name: o.name.to_string(),
                 table: stage.table_name(o.name),
-                rows: rows[o.name].0,
-                files: vec![format!("{}/{}", o.name, rows[o.name].1)],
+                rows: files[o.name].0,
+                files: files[o.name]
+                    .1
+                    .iter()
+                    .map(|f| format!("{}/{f}", o.name))
+                    .collect(),
                 schema: o
                     .schema
                     .fields()
@@ -287,7 +338,7 @@ pub fn run_stage(
     )?;
     let path = workdir.commit(staging, stage)?;
     workdir.link(&plan.spec.name, stage)?;
-    let main_rows = rows[stage.outputs[0].name].0;
+    let main_rows = files[stage.outputs[0].name].0;
     console.log(&format!(
         "{}: done, {main_rows} rows in {wall_seconds:.2} s",
         stage.id
@@ -300,6 +351,164 @@ pub fn run_stage(
         seconds: wall_seconds,
         path,
     })
+}
+
+/// Runs one stage into its cache entry: all of it, or every shard that is
+/// not done yet followed by the assembly of the parts (the same steps a
+/// Slurm job array takes, so the output is the same either way).
+pub fn run_stage(
+    plan: &Plan,
+    stage: &PlannedStage,
+    workdir: &Workdir,
+    console: &Console,
+) -> Result<StageReport> {
+    if stage.shards > 1 {
+        for index in 0..stage.shards {
+            if !workdir.part_done(stage, index) {
+                run_part(plan, stage, workdir, console, index)?;
+            }
+        }
+        return match assemble(plan, stage, workdir, console, true)? {
+            Some(report) => Ok(report),
+            None => bail!(
+                "stage `{}`: parts are missing after running every shard",
+                stage.id
+            ),
+        };
+    }
+    let staging = workdir.stage_dir(stage)?;
+    let (rows, wall_seconds) =
+        execute(plan, stage, workdir, console, Shard::WHOLE, staging.path())?;
+    let files = rows
+        .into_iter()
+        .map(|(name, (n, file))| (name, (n, vec![file])))
+        .collect();
+    finalize(plan, stage, workdir, console, staging, &files, wall_seconds)
+}
+
+/// What one finished shard records next to its files.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PartManifest {
+    rows: Written,
+    wall_seconds: f64,
+}
+
+/// Runs shard `index` of a sharded stage into its part directory.
+pub fn run_part(
+    plan: &Plan,
+    stage: &PlannedStage,
+    workdir: &Workdir,
+    console: &Console,
+    index: usize,
+) -> Result<()> {
+    if index >= stage.shards {
+        bail!(
+            "stage `{}` has {} shards (0..{}); there is no shard {index}",
+            stage.id,
+            stage.shards,
+            stage.shards - 1
+        );
+    }
+    let shard = Shard {
+        index,
+        count: stage.shards,
+    };
+    let staging = workdir.stage_dir(stage)?;
+    let (rows, wall_seconds) = execute(plan, stage, workdir, console, shard, staging.path())?;
+    write_atomic(
+        &staging.path().join("part.json"),
+        serde_json::to_string(&PartManifest { rows, wall_seconds })?.as_bytes(),
+    )?;
+    workdir.commit_part(staging, stage, index)?;
+    Ok(())
+}
+
+/// Once every shard of a stage is done, moves the parts' files into one
+/// cache entry (recomputing the outputs that are not concatenations) and
+/// returns its report; `None` while parts are missing. Safe to call from
+/// several jobs at once: one assembles, the others find the entry (which
+/// `replace` replaces, for a forced rerun).
+pub fn assemble(
+    plan: &Plan,
+    stage: &PlannedStage,
+    workdir: &Workdir,
+    console: &Console,
+    replace: bool,
+) -> Result<Option<StageReport>> {
+    let _lock = workdir.parts_lock(stage)?;
+    if !replace && workdir.cached(stage).is_some() {
+        return Ok(None);
+    }
+    if (0..stage.shards).any(|i| !workdir.part_done(stage, i)) {
+        return Ok(None);
+    }
+    let at = format!("stage `{}` ({})", stage.id, stage.kind);
+    let staging = workdir.stage_dir(stage)?;
+    let recombined = stage.stage.recombined_outputs();
+    let mut files: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    let mut wall_seconds = 0.0;
+    for index in 0..stage.shards {
+        let part = workdir.part_dir(stage, index);
+        let manifest: PartManifest = serde_json::from_str(
+            &std::fs::read_to_string(part.join("part.json"))
+                .with_context(|| format!("{at}: cannot read part {}", part.display()))?,
+        )
+        .with_context(|| format!("{at}: corrupt part manifest in {}", part.display()))?;
+        wall_seconds += manifest.wall_seconds;
+        for (name, (rows, file)) in manifest.rows {
+            if recombined.contains(&name.as_str()) {
+                continue;
+            }
+            let dir = staging.path().join(&name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::rename(part.join(&name).join(&file), dir.join(&file))
+                .with_context(|| format!("{at}: cannot move part {index} of `{name}`"))?;
+            let entry = files.entry(name).or_default();
+            entry.0 += rows;
+            entry.1.push(file);
+        }
+        let artifacts = part.join("artifacts");
+        if artifacts.is_dir() {
+            let target = staging.path().join("artifacts");
+            std::fs::create_dir_all(&target)?;
+            std::fs::rename(&artifacts, target.join(format!("shard-{index:05}")))?;
+        }
+    }
+    if !recombined.is_empty() {
+        let started = Instant::now();
+        let mut tables = BTreeMap::new();
+        for o in &stage.outputs {
+            if recombined.contains(&o.name) {
+                continue;
+            }
+            let paths = files[o.name]
+                .1
+                .iter()
+                .map(|f| staging.path().join(o.name).join(f))
+                .collect();
+            tables.insert(
+                o.name.to_string(),
+                Input {
+                    name: format!("{}.{}", stage.id, o.name),
+                    schema: o.schema.clone(),
+                    files: paths,
+                },
+            );
+        }
+        let (_, _, provenance) = prepare(plan, stage, workdir)?;
+        let mut outputs = ParquetOutputs::new(staging.path(), stage, recombined, 0, provenance);
+        stage
+            .stage
+            .recombine(&tables, &mut outputs)
+            .map_err(|e| anyhow!("{at} failed combining its shards: {e}"))?;
+        wall_seconds += started.elapsed().as_secs_f64();
+        for (name, (rows, file)) in outputs.finish(wall_seconds)? {
+            files.insert(name, (rows, vec![file]));
+        }
+    }
+    let report = finalize(plan, stage, workdir, console, staging, &files, wall_seconds)?;
+    workdir.remove_parts(stage);
+    Ok(Some(report))
 }
 
 /// Runs the plan; returns one report per stage in plan order.

@@ -6,6 +6,7 @@ mod exec;
 mod plan;
 mod progress;
 mod query;
+mod slurm;
 mod spec;
 
 use std::path::PathBuf;
@@ -89,6 +90,54 @@ enum Command {
     },
     /// List every stage kind with its parameters and output schema.
     Stages,
+    /// Run exactly one stage whose inputs are cached (what a batch job runs).
+    RunStage {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The stage id.
+        stage: String,
+        /// For a sharded stage: run this shard (0-based) and, if it is the
+        /// last one missing, assemble the stage's output. Without it, every
+        /// missing shard runs here.
+        #[arg(long)]
+        shard: Option<usize>,
+    },
+    /// Submit the stages that are not cached as batch jobs, chained by dependencies.
+    Submit {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The batch scheduler.
+        #[arg(long, value_enum, default_value = "slurm")]
+        scheduler: Scheduler,
+        /// Slurm partition (default: the cluster's default).
+        #[arg(long)]
+        partition: Option<String>,
+        /// Slurm account to charge.
+        #[arg(long)]
+        account: Option<String>,
+        /// Wall-time limit of each job, unless the stage's `resources` set one (e.g. 02:00:00).
+        #[arg(long)]
+        time: Option<String>,
+        /// Memory of each job, unless the stage's `resources` set one (e.g. 8G).
+        #[arg(long)]
+        mem: Option<String>,
+        /// Print the batch scripts instead of submitting them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Resubmit this stage (and everything downstream) even if cached. Repeatable.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Show each stage's state: cached, queued, running, failed (with its log), cancelled.
+    Status {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Scheduler {
+    Slurm,
 }
 
 fn main() -> ExitCode {
@@ -155,6 +204,142 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Stages => print!("{}", describe::describe_all()),
+        Command::RunStage {
+            pipeline,
+            stage,
+            shard,
+        } => {
+            let plan = pipeline.plan()?;
+            let workdir = pipeline.workdir();
+            run_one_stage(&plan, &workdir, &stage, shard)?;
+        }
+        Command::Submit {
+            pipeline,
+            scheduler: Scheduler::Slurm,
+            partition,
+            account,
+            time,
+            mem,
+            dry_run,
+            force,
+        } => {
+            let plan = pipeline.plan()?;
+            let workdir = pipeline.workdir();
+            std::fs::create_dir_all(&workdir.root)?;
+            let absolute = |p: &std::path::Path| -> Result<PathBuf> {
+                std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            };
+            let inv = slurm::Invocation {
+                binary: std::env::current_exe()?,
+                file: absolute(&pipeline.file)?,
+                workdir: absolute(&workdir.root)?,
+                cwd: std::env::current_dir()?,
+                set: pipeline.set.clone(),
+            };
+            let options = slurm::SubmitOptions {
+                partition,
+                account,
+                time,
+                mem,
+                dry_run,
+                force,
+            };
+            let (submitted, scripts) = slurm::submit(&plan, &workdir, &inv, &options)?;
+            if dry_run {
+                for (stage, text) in &scripts {
+                    println!("# ---- {stage}.sbatch\n{text}");
+                }
+            }
+            if submitted.is_empty() {
+                println!("every stage is cached; nothing to submit");
+            } else {
+                println!("{:<16} {:<10} {:<26} depends on", "stage", "job", "");
+                for s in submitted {
+                    println!(
+                        "{:<16} {:<10} {:<26} {}",
+                        s.stage,
+                        s.job_id,
+                        s.note,
+                        s.depends_on.join(", ")
+                    );
+                }
+                if !dry_run {
+                    println!(
+                        "follow with `pipeline status {}` (same --set and --workdir)",
+                        pipeline.file.display()
+                    );
+                }
+            }
+        }
+        Command::Status { pipeline } => {
+            let plan = pipeline.plan()?;
+            let workdir = pipeline.workdir();
+            println!("{:<16} {:<14} {:<10} detail", "stage", "state", "job");
+            for s in slurm::status(&plan, &workdir)? {
+                println!(
+                    "{:<16} {:<14} {:<10} {}",
+                    s.stage,
+                    s.state,
+                    s.job_id.as_deref().unwrap_or("-"),
+                    s.detail
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `run-stage`: one stage (or one shard of it) whose inputs are cached,
+/// under the workdir's shared lock so parallel jobs do not block each other.
+fn run_one_stage(
+    plan: &plan::Plan,
+    workdir: &Workdir,
+    id: &str,
+    shard: Option<usize>,
+) -> Result<()> {
+    let Some(stage) = plan.stage(id) else {
+        anyhow::bail!("no stage `{id}` in {}", plan.spec.path.display());
+    };
+    let _lock = workdir.lock_shared()?;
+    for input in &stage.inputs {
+        let upstream = plan.stage(&input.stage).expect("planned");
+        if workdir.cached(upstream).is_none() {
+            anyhow::bail!(
+                "stage `{id}`: its input `{}` is not cached in {}; run or submit it first",
+                input.stage,
+                workdir.root.display()
+            );
+        }
+    }
+    if workdir.cached(stage).is_some() {
+        println!("{id}: already cached at {}", workdir.entry(stage).display());
+        return Ok(());
+    }
+    let console = progress::Console::new();
+    match shard {
+        Some(index) if stage.shards > 1 => {
+            exec::run_part(plan, stage, workdir, &console, index)?;
+            match exec::assemble(plan, stage, workdir, &console, false)? {
+                Some(report) => println!(
+                    "{id}: shard {index} done; all {} shards assembled: {} rows at {}",
+                    stage.shards,
+                    report.rows,
+                    report.path.display()
+                ),
+                None => println!(
+                    "{id}: shard {index} done ({}/{} shards)",
+                    workdir.parts_done(stage),
+                    stage.shards
+                ),
+            }
+        }
+        Some(index) => anyhow::bail!(
+            "stage `{id}` is not sharded (no `shards:` in the file); drop --shard {index}"
+        ),
+        None => {
+            let report = exec::run_stage(plan, stage, workdir, &console)?;
+            println!("{id}: {} rows at {}", report.rows, report.path.display());
+        }
     }
     Ok(())
 }

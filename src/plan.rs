@@ -36,6 +36,9 @@ pub struct PlannedStage {
     pub outputs: Vec<OutputSpec>,
     /// Hex digest of kind, version, parameters, input keys and external files.
     pub key: String,
+    /// Parts the work is split into (1: not sharded).
+    pub shards: usize,
+    pub resources: crate::spec::Resources,
 }
 
 impl PlannedStage {
@@ -255,6 +258,15 @@ pub fn plan(spec: PipelineSpec) -> Result<Plan> {
             inputs.push(r);
         }
         let stage = configured.stage;
+        if decl.shards == 0 {
+            bail!("{at}: stage `{id}`: `shards` must be at least 1");
+        }
+        if decl.shards > 1 && !stage.shardable() {
+            bail!(
+                "{at}: stage `{id}` ({}) cannot be sharded: its work is not split per dataset, seed or file (README, \"Running on a cluster\", lists the kinds that can)",
+                kind.name
+            );
+        }
         let outputs = stage
             .outputs(&input_schemas)
             .map_err(|e| anyhow::anyhow!("{at}: stage `{id}` ({}): {e}", kind.name))?;
@@ -277,6 +289,8 @@ pub fn plan(spec: PipelineSpec) -> Result<Plan> {
             inputs,
             outputs,
             key,
+            shards: decl.shards,
+            resources: decl.resources.clone(),
         });
     }
     // SQL table names must be unique across the pipeline.

@@ -28,6 +28,26 @@ pub struct StageSpec {
     pub line: u64,
     /// Line of each top-level parameter, to point errors at it.
     pub param_lines: IndexMap<String, u64>,
+    /// Parts the stage's work is split into (1: not sharded). Not part of
+    /// the cache key: the concatenated parts are the unsharded output.
+    pub shards: usize,
+    /// What a batch job of this stage asks the scheduler for.
+    pub resources: Resources,
+}
+
+/// Batch resources of one stage (`resources:` in YAML); unset fields take
+/// the `pipeline submit` defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPUs per task (`--cpus-per-task`); also the job's thread count.
+    pub cpus: Option<u32>,
+    /// Memory per node, Slurm syntax (`--mem`, e.g. `4G`).
+    pub mem: Option<String>,
+    /// GPUs (`--gres=gpu:N`).
+    pub gpus: Option<u32>,
+    /// Wall-time limit, Slurm syntax (`--time`, e.g. `01:00:00`).
+    pub time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +65,10 @@ struct RawStage {
     inputs: Vec<String>,
     #[serde(default)]
     params: Option<IndexMap<String, Spanned<Value>>>,
+    #[serde(default)]
+    shards: Option<usize>,
+    #[serde(default)]
+    resources: Option<Resources>,
 }
 
 impl PipelineSpec {
@@ -85,6 +109,8 @@ impl PipelineSpec {
                         params,
                         line,
                         param_lines,
+                        shards: stage.shards.unwrap_or(1),
+                        resources: stage.resources.unwrap_or_default(),
                     },
                 )
             })

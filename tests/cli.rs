@@ -687,3 +687,104 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     assert_eq!(sb.cache_entries(), before);
     assert!(sb.staging_is_empty());
 }
+
+#[test]
+fn dinamo_compare_pipeline_scores_both_methods_and_compares_them() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    fs::copy(
+        format!("{repo}/pipelines/dinamo_compare.yaml"),
+        sb.path().join("compare.yaml"),
+    )
+    .unwrap();
+    // Two short datasets and a small network keep this to seconds.
+    let quick = [
+        "--set",
+        "runs.seed_range=[0, 2]",
+        "--set",
+        "runs.n_runs=120",
+        "--set",
+        "runs.n_bad=12",
+        "--set",
+        "s.historical_runs=40",
+        "--set",
+        "ml.historical_runs=40",
+        "--set",
+        "ml.d_model=20",
+        "--set",
+        "ml.heads=2",
+        "--set",
+        "ml.feed_forward=20",
+        "--set",
+        "ml.layers=1",
+        "--set",
+        "ml.context=8",
+        "--set",
+        "ml.max_iterations=20",
+        "--set",
+        "ml.device=cpu",
+    ];
+    let with = |head: &[&str]| -> Vec<String> {
+        head.iter()
+            .chain(quick.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = with(&["run", "compare.yaml"]);
+    let out = sb.ok(&run.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
+    let query = |sql: &str| {
+        let args = with(&["query", "compare.yaml", sql, "--format", "csv"]);
+        sb.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // The two references score the same runs with the same columns; only
+    // DINAMO-S has an alpha.
+    let same = query(
+        "SELECT count(*), count(s.alpha), count(m.alpha), sum(CASE WHEN m.chi2 > 0 THEN 1 ELSE 0 END) \
+         FROM s JOIN ml m ON s.dataset = m.dataset AND s.run = m.run AND s.label = m.label",
+    );
+    assert_eq!(same.lines().nth(1).unwrap(), "240,240,0,240");
+    // One training step per good non-empty run.
+    let updates = query(
+        "SELECT (SELECT count(*) FROM ml_updates) = \
+         (SELECT count(*) FROM ml WHERE label = 0 AND integral > 0)",
+    );
+    assert_eq!(updates.lines().nth(1).unwrap(), "true");
+    // Table 1 layout: 2 methods x 2 regimes x 5 metrics; paired differences
+    // of DINAMO-ML against DINAMO-S on both datasets.
+    let summary = query(
+        "SELECT count(*), count(DISTINCT method) FROM compare \
+         WHERE metric = 'balanced_accuracy' AND median BETWEEN 0 AND 1",
+    );
+    assert_eq!(summary.lines().nth(1).unwrap(), "4,2");
+    let paired = query(
+        "SELECT method, baseline, n_datasets FROM compare_paired \
+         WHERE regime = 'continual' AND metric = 'balanced_accuracy'",
+    );
+    assert_eq!(paired.lines().nth(1).unwrap(), "DINAMO-ML,DINAMO-S,2");
+    let diff = query(
+        "SELECT count(*) FROM compare_differences d JOIN ml_metrics m \
+         ON d.dataset = m.dataset AND d.regime = m.regime \
+         WHERE d.metric = 'balanced_accuracy' AND d.value = m.balanced_accuracy",
+    );
+    assert_eq!(diff.lines().nth(1).unwrap(), "4");
+    let link = sb
+        .path()
+        .join("dqm-work/pipelines/dinamo_compare/compare/artifacts");
+    for file in [
+        "distribution_balanced_accuracy.png",
+        "distribution_adaptation_time.png",
+        "distribution_jaccard.png",
+        "score_vs_run_dinamo_s.png",
+        "score_vs_run_dinamo_ml.png",
+        "reference_examples_dinamo_ml.png",
+    ] {
+        let bytes = fs::read(link.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(&bytes[1..4], b"PNG", "{file}");
+    }
+    // Same seed, same scores: a forced rerun of DINAMO-ML reproduces them.
+    let before = query("SELECT sum(chi2), sum(threshold) FROM ml");
+    let rerun = with(&["run", "compare.yaml", "--force", "ml"]);
+    sb.ok(&rerun.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(query("SELECT sum(chi2), sum(threshold) FROM ml"), before);
+}

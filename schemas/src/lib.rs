@@ -190,8 +190,8 @@ pub mod scores {
             doc_field(
                 "alpha",
                 DataType::Float64,
-                false,
-                "EWMA smoothing factor used for this dataset",
+                true,
+                "EWMA smoothing factor used for this dataset (DINAMO-S); null for methods without one (DINAMO-ML)",
             ),
             doc_field(
                 "threshold",
@@ -313,6 +313,156 @@ pub mod metrics {
         "adaptation_time",
         "jaccard",
     ];
+}
+
+/// The `updates` table of `dinamo_ml`: one row per online training step.
+pub mod online {
+    use super::*;
+
+    pub fn updates() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            runs::dataset(),
+            doc_field(
+                "run",
+                DataType::Int64,
+                false,
+                "The good run whose arrival triggered this training step",
+            ),
+            doc_field(
+                "batch_runs",
+                DataType::Int64,
+                false,
+                "Good runs in the mini-batch (the K most recent, fewer at the start)",
+            ),
+            doc_field(
+                "iterations",
+                DataType::Int64,
+                false,
+                "Gradient steps taken on the batch before early stopping (or the cap)",
+            ),
+            doc_field(
+                "first_loss",
+                DataType::Float64,
+                false,
+                "Gaussian NLL of the batch before the first step",
+            ),
+            doc_field(
+                "best_loss",
+                DataType::Float64,
+                false,
+                "Lowest Gaussian NLL of the batch during the step",
+            ),
+        ]))
+    }
+}
+
+/// Tables of `dqm_compare`: several methods' `dqm_metrics` side by side.
+pub mod compare {
+    use super::*;
+
+    fn method(doc: &str) -> Field {
+        doc_field("method", DataType::Utf8, false, doc)
+    }
+
+    fn regime() -> Field {
+        doc_field("regime", DataType::Utf8, false, "historical or continual")
+    }
+
+    fn metric() -> Field {
+        doc_field(
+            "metric",
+            DataType::Utf8,
+            false,
+            "Metric name (a column of dqm_metrics' per-dataset table)",
+        )
+    }
+
+    fn quantiles(what: &str) -> Vec<Field> {
+        vec![
+            doc_field(
+                "n_datasets",
+                DataType::Int64,
+                false,
+                "Datasets with a defined value",
+            ),
+            doc_field(
+                "median",
+                DataType::Float64,
+                true,
+                &format!("Median over datasets of {what}"),
+            ),
+            doc_field(
+                "q025",
+                DataType::Float64,
+                true,
+                &format!("2.5th percentile over datasets of {what}"),
+            ),
+            doc_field(
+                "q975",
+                DataType::Float64,
+                true,
+                &format!("97.5th percentile over datasets of {what}"),
+            ),
+        ]
+    }
+
+    /// One row per method, regime and metric (the paper's Table 1).
+    pub fn summary() -> SchemaRef {
+        let mut fields = vec![
+            method("Method name (the `methods` parameter, else the input's name)"),
+            regime(),
+            metric(),
+        ];
+        fields.extend(quantiles("the metric"));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// One row per dataset, regime, metric and method other than the baseline.
+    pub fn differences() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            runs::dataset(),
+            method("The method compared with the baseline"),
+            doc_field("baseline", DataType::Utf8, false, "The first method"),
+            regime(),
+            metric(),
+            doc_field(
+                "value",
+                DataType::Float64,
+                true,
+                "The method's value on this dataset",
+            ),
+            doc_field(
+                "baseline_value",
+                DataType::Float64,
+                true,
+                "The baseline's value on this dataset",
+            ),
+            doc_field(
+                "difference",
+                DataType::Float64,
+                true,
+                "value - baseline_value; null when either is undefined",
+            ),
+        ]))
+    }
+
+    /// Paired differences summarized over datasets.
+    pub fn paired() -> SchemaRef {
+        let mut fields = vec![
+            method("The method compared with the baseline"),
+            doc_field("baseline", DataType::Utf8, false, "The first method"),
+            regime(),
+            metric(),
+        ];
+        fields.extend(quantiles("the paired difference (method - baseline)"));
+        fields.push(doc_field(
+            "fraction_better",
+            DataType::Float64,
+            true,
+            "Fraction of datasets where the method beats the baseline (higher is better for accuracies, lower for adaptation time and Jaccard distance); ties count half",
+        ));
+        Arc::new(Schema::new(fields))
+    }
 }
 
 /// The `events` table of `delphes_convert`: one row per Delphes event.

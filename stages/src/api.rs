@@ -116,6 +116,104 @@ impl Input {
         Ok(rows)
     }
 
+    /// For every file and row group, the distinct consecutive values of one
+    /// integer column, in order, reading only that column: how a sharded
+    /// stage finds its datasets and the row groups that hold them.
+    pub fn row_group_keys(&self, column: &str) -> Result<Vec<Vec<Vec<i64>>>> {
+        use arrow::array::AsArray;
+        let mut out = Vec::with_capacity(self.files.len());
+        for path in &self.files {
+            let perr = |e| StageError::Parquet {
+                path: path.clone(),
+                source: e,
+            };
+            let file = File::open(path).map_err(|e| StageError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?;
+            let Some(index) = builder.schema().index_of(column).ok() else {
+                return Err(StageError::Data(format!(
+                    "input `{}`: file {} has no column `{column}`",
+                    self.name,
+                    path.display()
+                )));
+            };
+            let meta = builder.metadata().clone();
+            let groups = meta.num_row_groups();
+            let rows_of = |g: usize| meta.row_group(g).num_rows();
+            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [index]);
+            let reader = builder.with_projection(mask).build().map_err(perr)?;
+            let mut per_group: Vec<Vec<i64>> = vec![Vec::new(); groups];
+            let mut group = 0;
+            let mut left = if groups > 0 { rows_of(0) } else { 0 };
+            for batch in reader {
+                let batch = batch.map_err(|e| perr(e.into()))?;
+                let col = crate::arrow_util::cast_column(
+                    batch.column(0),
+                    &DataType::Int64,
+                    &self.name,
+                    column,
+                )?;
+                if col.null_count() > 0 {
+                    return Err(StageError::Data(format!(
+                        "input `{}`: null in column `{column}`",
+                        self.name
+                    )));
+                }
+                for &v in col.as_primitive::<arrow::datatypes::Int64Type>().values() {
+                    while left == 0 && group + 1 < groups {
+                        group += 1;
+                        left = rows_of(group);
+                    }
+                    left -= 1;
+                    let keys = &mut per_group[group];
+                    if keys.last() != Some(&v) {
+                        keys.push(v);
+                    }
+                }
+            }
+            out.push(per_group);
+        }
+        Ok(out)
+    }
+
+    /// Streams only the selected row groups (`selection[f]` for file `f`).
+    pub fn batches_in(
+        &self,
+        selection: Vec<Vec<usize>>,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+        self.files
+            .iter()
+            .zip(selection)
+            .filter(|(_, groups)| !groups.is_empty())
+            .flat_map(|(path, groups)| {
+                let reader = File::open(path)
+                    .map_err(|e| StageError::Io {
+                        path: path.clone(),
+                        source: e,
+                    })
+                    .and_then(|file| {
+                        ParquetRecordBatchReaderBuilder::try_new(file)
+                            .and_then(|b| b.with_batch_size(8192).with_row_groups(groups).build())
+                            .map_err(|e| StageError::Parquet {
+                                path: path.clone(),
+                                source: e,
+                            })
+                    });
+                let iter: Box<dyn Iterator<Item = Result<RecordBatch>>> = match reader {
+                    Ok(reader) => Box::new(reader.map(move |b| {
+                        b.map_err(|e| StageError::Parquet {
+                            path: path.clone(),
+                            source: e.into(),
+                        })
+                    })),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                };
+                iter
+            })
+    }
+
     /// Reads the whole table (for small tables such as metrics).
     pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
         self.batches().collect()
@@ -238,6 +336,28 @@ pub struct RunContext<'a> {
     pub reporter: &'a dyn Reporter,
     /// A private directory for files that are not tables (plots, models).
     pub artifacts: &'a Path,
+    /// The part of the work this run does ([`Shard::WHOLE`] unless the
+    /// stage is [`Stage::shardable`] and the pipeline asks for shards).
+    pub shard: Shard,
+}
+
+/// One of `count` parts of a sharded stage's work. Datasets, seeds or files
+/// are split into `count` contiguous blocks in input order and this run does
+/// block `index`, so the parts, concatenated in index order, are exactly the
+/// unsharded output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// This shard's block of `n` items.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        n * self.index / self.count..n * (self.index + 1) / self.count
+    }
 }
 
 /// A configured stage: its parameters have been parsed and checked.
@@ -256,6 +376,30 @@ pub trait Stage: Send + Sync {
 
     /// Does the work.
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()>;
+
+    /// Whether the stage can run as shards (per dataset, seed or file): each
+    /// shard honours [`RunContext::shard`] and writes its block's rows.
+    fn shardable(&self) -> bool {
+        false
+    }
+
+    /// Outputs of a sharded stage that are not the concatenation of the
+    /// shards' parts (e.g. a summary over all datasets): their parts are
+    /// dropped and [`Stage::recombine`] writes them.
+    fn recombined_outputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Writes the [`Stage::recombined_outputs`] from the complete other
+    /// outputs (`tables`, one [`Input`] per output name).
+    fn recombine(
+        &self,
+        tables: &std::collections::BTreeMap<String, Input>,
+        output: &mut dyn OutputWriter,
+    ) -> Result<()> {
+        let _ = (tables, output);
+        Ok(())
+    }
 }
 
 /// Checks the number of inputs a stage got.
@@ -272,6 +416,15 @@ pub fn expect_inputs(inputs: usize, expected: usize) -> Result<()> {
 /// Runs a stage with its outputs kept in memory (tests, benchmarks, library
 /// use); artifacts go to a temporary directory that is removed afterwards.
 pub fn run_in_memory(stage: &dyn Stage, inputs: &[Input]) -> Result<MemoryOutput> {
+    run_shard_in_memory(stage, inputs, Shard::WHOLE)
+}
+
+/// [`run_in_memory`] for one shard of a shardable stage.
+pub fn run_shard_in_memory(
+    stage: &dyn Stage,
+    inputs: &[Input],
+    shard: Shard,
+) -> Result<MemoryOutput> {
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("dqm-artifacts-{}-{n}", std::process::id()));
@@ -285,6 +438,7 @@ pub fn run_in_memory(stage: &dyn Stage, inputs: &[Input]) -> Result<MemoryOutput
         output: &mut out,
         reporter: &Silent,
         artifacts: &dir,
+        shard,
     });
     let _ = std::fs::remove_dir_all(&dir);
     result.map(|()| out)

@@ -174,6 +174,320 @@ pub fn confusion(path: &Path, title: &str, labels: &[String], counts: &[Vec<u64>
     Ok(())
 }
 
+/// Overlaid histograms of several samples on common bins, each with a dashed
+/// line at its median (the DINAMO paper's Figures 8-10).
+pub fn histograms(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    samples: &[(String, Vec<f64>)],
+    bins: usize,
+) -> Result<()> {
+    register_font();
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    let values = || {
+        samples
+            .iter()
+            .flat_map(|s| s.1.iter().copied())
+            .filter(|v| v.is_finite())
+    };
+    let (mut lo, mut hi) = values().fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        (lo, hi) = (lo - 0.5, hi + 0.5);
+    }
+    let bins = bins.max(1);
+    let width = (hi - lo) / bins as f64;
+    let counts: Vec<Vec<f64>> = samples
+        .iter()
+        .map(|(_, v)| {
+            let mut c = vec![0.0; bins];
+            for &x in v.iter().filter(|x| x.is_finite()) {
+                c[(((x - lo) / width) as usize).min(bins - 1)] += 1.0;
+            }
+            c
+        })
+        .collect();
+    let top = counts.iter().flatten().fold(1.0f64, |a, &b| a.max(b)) * 1.1;
+    let root = BitMapBackend::new(path, (900, 650)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(lo - width..hi + width, 0.0..top)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("datasets")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, ((name, v), c)) in samples.iter().zip(&counts).enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(c.iter().enumerate().map(|(k, &n)| {
+                let x0 = lo + k as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, n)], color.mix(0.35).filled())
+            }))
+            .map_err(|e| err(&e))?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.filled()));
+        let mut sorted: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        if let Some(m) = crate::stats::quantile(&sorted, 0.5) {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(m, 0.0), (m, top)],
+                    8,
+                    5,
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// A score-versus-run plot (the DINAMO paper's Figure 4): good and bad runs
+/// in two colours, the threshold as a horizontal line and the end of the
+/// historical regime as a vertical one.
+pub fn score_vs_run(
+    path: &Path,
+    title: &str,
+    points: &[(f64, f64, bool)],
+    threshold: f64,
+    boundary: Option<f64>,
+) -> Result<()> {
+    register_font();
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    let finite: Vec<&(f64, f64, bool)> = points
+        .iter()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, threshold, threshold);
+    for p in &finite {
+        (x0, x1, y0, y1) = (x0.min(p.0), x1.max(p.0), y0.min(p.1), y1.max(p.1));
+    }
+    if x0 > x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if !(y1 > y0) {
+        (y0, y1) = (y0 - 1.0, y0 + 1.0);
+    }
+    let (px, py) = ((x1 - x0).max(1.0) * 0.02, (y1 - y0) * 0.04);
+    let root = BitMapBackend::new(path, (1100, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x0 - px..x1 + px, y0 - py..y1 + py)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("run")
+        .y_desc("score ln(chi2)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let good_color = RGBColor(90, 90, 90);
+    let bad_color = RGBColor(200, 30, 30);
+    for (bad, name, color) in [(false, "good", good_color), (true, "bad", bad_color)] {
+        chart
+            .draw_series(
+                finite
+                    .iter()
+                    .filter(|p| p.2 == bad)
+                    .map(|p| Circle::new((p.0, p.1), 2, color.filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [(x0 - px, threshold), (x1 + px, threshold)],
+            BLUE.stroke_width(2),
+        ))
+        .map_err(|e| err(&e))?
+        .label(format!("threshold {threshold:.3}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    if let Some(b) = boundary {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(b, y0 - py), (b, y1 + py)],
+                8,
+                5,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?
+            .label("end of historical regime")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// One example run for [`reference_panels`]: the normalized run, the
+/// reference with its uncertainty and the pulls, per bin.
+pub struct ReferencePanel {
+    pub title: String,
+    pub x: Vec<f64>,
+    pub mu: Vec<f64>,
+    pub sigma: Vec<f64>,
+    pub pulls: Vec<f64>,
+}
+
+/// A grid of example runs (the DINAMO paper's Figure 6): each cell shows the
+/// run over the reference ± 1σ band, and below it the per-bin pulls.
+pub fn reference_panels(path: &Path, title: &str, panels: &[ReferencePanel]) -> Result<()> {
+    register_font();
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    let cols = 2;
+    let rows = panels.len().div_ceil(cols).max(1);
+    let root = BitMapBackend::new(path, (1200, 520 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 24))
+        .map_err(|e| err(&e))?;
+    for (cell, panel) in root.split_evenly((rows, cols)).iter().zip(panels) {
+        let (upper, lower) = cell.split_vertically(cell.dim_in_pixel().1 * 65 / 100);
+        let n = panel.x.len() as f64;
+        let top = panel
+            .x
+            .iter()
+            .chain(
+                panel
+                    .mu
+                    .iter()
+                    .zip(&panel.sigma)
+                    .map(|(m, s)| m + s)
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(1e-9f64, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&upper)
+            .caption(&panel.title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(20)
+            .y_label_area_size(55)
+            .build_cartesian_2d(-0.5..n - 0.5, 0.0..top)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .y_desc("fraction")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let band = RGBColor(120, 60, 200);
+        chart
+            .draw_series(
+                panel
+                    .mu
+                    .iter()
+                    .zip(&panel.sigma)
+                    .enumerate()
+                    .map(|(j, (m, s))| {
+                        let j = j as f64;
+                        Rectangle::new(
+                            [(j - 0.5, (m - s).max(0.0)), (j + 0.5, m + s)],
+                            band.mix(0.3).filled(),
+                        )
+                    }),
+            )
+            .map_err(|e| err(&e))?
+            .label("reference ± 1σ")
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], band.mix(0.3).filled())
+            });
+        chart
+            .draw_series(LineSeries::new(
+                panel.mu.iter().enumerate().map(|(j, &m)| (j as f64, m)),
+                band.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(
+                panel
+                    .x
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| Circle::new((j as f64, v), 2, BLACK.filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label("run")
+            .legend(|(x, y)| Circle::new((x + 10, y), 3, BLACK.filled()));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let p = panel
+            .pulls
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(3.0f64, |a, b| a.max(b.abs()))
+            * 1.1;
+        let mut pulls = ChartBuilder::on(&lower)
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(55)
+            .build_cartesian_2d(-0.5..n - 0.5, -p..p)
+            .map_err(|e| err(&e))?;
+        pulls
+            .configure_mesh()
+            .x_desc("bin")
+            .y_desc("pull")
+            .draw()
+            .map_err(|e| err(&e))?;
+        pulls
+            .draw_series(
+                panel
+                    .pulls
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(j, &v)| {
+                        let j = j as f64;
+                        let color = if v.abs() > 3.0 {
+                            RED
+                        } else {
+                            RGBColor(90, 90, 90)
+                        };
+                        Rectangle::new([(j - 0.4, 0.0), (j + 0.4, v)], color.filled())
+                    }),
+            )
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +516,37 @@ mod tests {
             &[vec![5, 1], vec![2, 8]],
         )
         .unwrap();
-        for p in [roc, cm] {
+        let hist = dir.path().join("hist.png");
+        histograms(
+            &hist,
+            "balanced accuracy",
+            "balanced accuracy",
+            &[
+                ("S".into(), vec![0.9, 0.92, 0.95]),
+                ("ML".into(), vec![0.93, 0.96, f64::NAN]),
+            ],
+            10,
+        )
+        .unwrap();
+        let score = dir.path().join("score.png");
+        score_vs_run(
+            &score,
+            "score",
+            &[(0.0, 1.0, false), (1.0, 5.0, true), (2.0, 0.5, false)],
+            2.0,
+            Some(1.5),
+        )
+        .unwrap();
+        let panels = dir.path().join("panels.png");
+        let panel = |t: &str| ReferencePanel {
+            title: t.into(),
+            x: vec![0.2, 0.5, 0.3],
+            mu: vec![0.25, 0.45, 0.3],
+            sigma: vec![0.02, 0.03, 0.02],
+            pulls: vec![-1.0, 4.0, f64::NAN],
+        };
+        reference_panels(&panels, "examples", &[panel("a"), panel("b"), panel("c")]).unwrap();
+        for p in [roc, cm, hist, score, panels] {
             let bytes = std::fs::read(&p).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{}", p.display());
             assert!(bytes.len() > 2000);

@@ -54,7 +54,7 @@ impl Default for DinamoS {
 
 impl StageConfig for DinamoS {
     const KIND: &'static str = "dinamo_s";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "DINAMO-S: EWMA reference with Poisson weights, reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
 
@@ -277,24 +277,29 @@ fn key_fields() -> Vec<Field> {
     ]
 }
 
-impl DinamoS {
-    fn alpha_grid(&self) -> Vec<f64> {
-        let n = (1.0 / self.alpha_step).round() as usize;
-        (0..n)
-            .map(|k| k as f64 * self.alpha_step)
-            .filter(|&a| a < 1.0)
-            .collect()
-    }
+/// One dataset's runs, validated and put in run order: what every reference
+/// method (DINAMO-S, DINAMO-ML) consumes. Rows may arrive in any order.
+pub struct DatasetRuns {
+    pub dataset: i64,
+    /// Input row of each run, in run order.
+    order: Vec<u32>,
+    /// Run numbers, ascending.
+    pub runs: Vec<i64>,
+    /// Truth per run (true: good, label 0), in run order.
+    pub good: Vec<bool>,
+    /// Normalized runs with their Poisson variances, in run order.
+    pub norm: Vec<NormRun>,
+    /// Raw counts, in run order.
+    counts: Vec<Vec<f64>>,
+}
 
-    /// Scores one dataset (rows already in input order) and builds its output batch.
-    fn score_dataset(
-        &self,
-        dataset: i64,
-        batch: &RecordBatch,
-        schema: &SchemaRef,
-        input: &str,
-    ) -> Result<RecordBatch> {
-        let ctx = |msg: String| StageError::Data(format!("dataset {dataset}: {msg}"));
+impl DatasetRuns {
+    /// Checks `batch` (one dataset of a table with `run, label, counts`):
+    /// integer run numbers and labels 0/1 without nulls, the same number of
+    /// bins everywhere, finite non-negative counts.
+    pub fn parse(dataset: i64, batch: &RecordBatch, input: &str, epsilon: f64) -> Result<Self> {
+        let ctx =
+            |msg: String| StageError::Data(format!("input `{input}`, dataset {dataset}: {msg}"));
         let col = |name: &str| {
             batch
                 .column(batch.schema().index_of(name).expect("checked by outputs()"))
@@ -307,17 +312,22 @@ impl DinamoS {
         }
         let runs = runs.as_primitive::<Int64Type>().values();
         let labels = labels.as_primitive::<Int8Type>().values();
-        let counts = list_rows(&col("counts"), input, "counts")?;
+        let mut counts = list_rows(&col("counts"), input, "counts")?;
 
-        // Process in run order whatever the input order.
         let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
         order.sort_by_key(|&i| runs[i as usize]);
-        let n_bins = counts.first().map_or(0, Vec::len);
-        let mut norm = Vec::with_capacity(order.len());
-        let mut good = Vec::with_capacity(order.len());
+        let n_bins = order.first().map_or(0, |&i| counts[i as usize].len());
+        let mut out = Self {
+            dataset,
+            runs: Vec::with_capacity(order.len()),
+            good: Vec::with_capacity(order.len()),
+            norm: Vec::with_capacity(order.len()),
+            counts: Vec::with_capacity(order.len()),
+            order: Vec::new(),
+        };
         for &i in &order {
             let (i, run) = (i as usize, runs[i as usize]);
-            let c = &counts[i];
+            let c = std::mem::take(&mut counts[i]);
             if c.len() != n_bins {
                 return Err(ctx(format!(
                     "run {run} has {} bins, the first run has {n_bins}",
@@ -326,31 +336,155 @@ impl DinamoS {
             }
             if let Some(j) = c.iter().position(|v| !v.is_finite() || *v < 0.0) {
                 return Err(ctx(format!(
-                    "run {run}: bin {j} holds {}, counts must be finite and >= 0",
+                    "run {run}: column `counts`, bin {j} holds {}; counts must be finite and >= 0",
                     c[j]
                 )));
             }
             match labels[i] {
-                0 => good.push(true),
-                1 => good.push(false),
+                0 => out.good.push(true),
+                1 => out.good.push(false),
                 l => {
                     return Err(ctx(format!(
                         "run {run}: label {l} is neither 0 (good) nor 1 (bad)"
                     )));
                 }
             }
-            norm.push(NormRun::new(c, self.epsilon));
+            out.runs.push(run);
+            out.norm.push(NormRun::new(&c, epsilon));
+            out.counts.push(c);
         }
+        out.order = order;
+        Ok(out)
+    }
 
-        let historical = self.historical_runs.min(norm.len());
-        let bad_hist: Vec<bool> = good[..historical].iter().map(|g| !g).collect();
-        let need_classes = |what: &str| {
-            let n_bad = bad_hist.iter().filter(|&&b| b).count();
-            ctx(format!(
-                "{what}: auto needs good and bad runs among the first {historical} runs (found {} good, {n_bad} bad); set it to a number",
-                historical - n_bad
-            ))
-        };
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub fn n_bins(&self) -> usize {
+        self.norm.first().map_or(0, |r| r.x.len())
+    }
+
+    /// An error about this dataset.
+    pub fn error(&self, msg: String) -> StageError {
+        StageError::Data(format!("dataset {}: {msg}", self.dataset))
+    }
+
+    /// Bad-run truth of the first `historical` runs.
+    pub fn bad_among_first(&self, historical: usize) -> Vec<bool> {
+        self.good[..historical].iter().map(|g| !g).collect()
+    }
+
+    /// The error for an `auto` parameter that cannot be tuned because the
+    /// historical runs lack good or bad examples.
+    pub fn cannot_tune(&self, what: &str, historical: usize) -> StageError {
+        let n_bad = self.good[..historical].iter().filter(|g| !**g).count();
+        self.error(format!(
+            "{what}: auto needs good and bad runs among the first {historical} runs (found {} good, {n_bad} bad); set it to a number",
+            historical - n_bad
+        ))
+    }
+
+    /// The threshold: `threshold` itself, or (auto) the one that maximises
+    /// balanced accuracy on the first `historical` runs' scores.
+    pub fn threshold(
+        &self,
+        threshold: AutoOr<f64>,
+        scores: &[f64],
+        historical: usize,
+    ) -> Result<f64> {
+        match threshold {
+            AutoOr::Value(t) => Ok(t),
+            AutoOr::Auto => {
+                best_threshold(&scores[..historical], &self.bad_among_first(historical))
+                    .ok_or_else(|| self.cannot_tune("threshold", historical))
+            }
+        }
+    }
+
+    /// The output batch (`schema` from [`score_schema`]) of `scored`, with
+    /// the input's truth columns carried over from `batch`.
+    pub fn to_batch(
+        &self,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        scored: Scored,
+    ) -> Result<RecordBatch> {
+        let n = self.len();
+        let scores: Vec<f64> = scored.chi2.iter().map(|&c| score_of(c)).collect();
+        let take = UInt32Array::from(self.order.clone());
+        let taken = |a: &ArrayRef| arrow::compute::take(a, &take, None);
+        let label = batch.column(batch.schema().index_of("label")?).clone();
+        let label = cast_column(&label, &DataType::Int8, "input", "label")?;
+        let threshold = scored.threshold;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![self.dataset; n])),
+            Arc::new(Int64Array::from(self.runs.clone())),
+            taken(&label)?,
+            Arc::new(Float64Array::from_iter_values(
+                self.norm.iter().map(|r| r.integral),
+            )),
+            Arc::new(Float64Array::from(scored.chi2)),
+            Arc::new(Float64Array::from(scores.clone())),
+            Arc::new(BooleanArray::from_iter(
+                scores.iter().map(|&s| Some(s > threshold)),
+            )),
+            Arc::new(f64_lists(scored.pulls.iter().map(Vec::as_slice))),
+            Arc::new(f64_lists(scored.ref_mu.iter().map(Vec::as_slice))),
+            Arc::new(f64_lists(scored.ref_sigma.iter().map(Vec::as_slice))),
+            Arc::new(Float64Array::from(vec![scored.alpha; n])),
+            Arc::new(Float64Array::from(vec![threshold; n])),
+            Arc::new(BooleanArray::from_iter(
+                (0..n).map(|k| Some(k < scored.historical)),
+            )),
+            Arc::new(f64_lists(self.counts.iter().map(Vec::as_slice))),
+        ];
+        for field in &schema.fields()[columns.len()..] {
+            let col = batch.column(batch.schema().index_of(field.name())?);
+            columns.push(taken(col)?);
+        }
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+/// What a reference method computed for each run of a dataset (run order).
+pub struct Scored {
+    pub chi2: Vec<f64>,
+    pub pulls: Vec<Vec<f64>>,
+    pub ref_mu: Vec<Vec<f64>>,
+    pub ref_sigma: Vec<Vec<f64>>,
+    /// The EWMA smoothing factor (DINAMO-S); `None` for methods without one.
+    pub alpha: Option<f64>,
+    pub threshold: f64,
+    /// The first this many runs are the historical regime.
+    pub historical: usize,
+}
+
+impl DinamoS {
+    fn alpha_grid(&self) -> Vec<f64> {
+        let n = (1.0 / self.alpha_step).round() as usize;
+        (0..n)
+            .map(|k| k as f64 * self.alpha_step)
+            .filter(|&a| a < 1.0)
+            .collect()
+    }
+
+    /// Scores one dataset and builds its output batch.
+    fn score_dataset(
+        &self,
+        dataset: i64,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        input: &str,
+    ) -> Result<RecordBatch> {
+        let data = DatasetRuns::parse(dataset, batch, input, self.epsilon)?;
+        let (norm, good) = (&data.norm, &data.good);
+        let historical = self.historical_runs.min(data.len());
+        let bad_hist = data.bad_among_first(historical);
         let alpha = match self.alpha {
             AutoOr::Value(a) => a,
             AutoOr::Auto => {
@@ -364,60 +498,33 @@ impl DinamoS {
                         false,
                     );
                     let scores: Vec<f64> = p.chi2.iter().map(|&c| score_of(c)).collect();
-                    let auc = roc_auc(&scores, &bad_hist).ok_or_else(|| need_classes("alpha"))?;
+                    let auc = roc_auc(&scores, &bad_hist)
+                        .ok_or_else(|| data.cannot_tune("alpha", historical))?;
                     if best.is_none_or(|(b, _)| auc > b) {
                         best = Some((auc, a));
                     }
                 }
-                best.map(|(_, a)| a).ok_or_else(|| need_classes("alpha"))?
+                best.map(|(_, a)| a)
+                    .ok_or_else(|| data.cannot_tune("alpha", historical))?
             }
         };
-        let full = pass(&norm, &good, alpha, self.epsilon, true);
+        let full = pass(norm, good, alpha, self.epsilon, true);
         let scores: Vec<f64> = full.chi2.iter().map(|&c| score_of(c)).collect();
-        let threshold = match self.threshold {
-            AutoOr::Value(t) => t,
-            AutoOr::Auto => best_threshold(&scores[..historical], &bad_hist)
-                .ok_or_else(|| need_classes("threshold"))?,
-        };
-
-        let n = norm.len();
-        let take = UInt32Array::from(order.clone());
-        let taken = |a: &ArrayRef| arrow::compute::take(a, &take, None);
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(vec![dataset; n])),
-            Arc::new(Int64Array::from_iter_values(
-                order.iter().map(|&i| runs[i as usize]),
-            )),
-            taken(&labels_array(labels))?,
-            Arc::new(Float64Array::from_iter_values(
-                norm.iter().map(|r| r.integral),
-            )),
-            Arc::new(Float64Array::from(full.chi2)),
-            Arc::new(Float64Array::from(scores.clone())),
-            Arc::new(BooleanArray::from_iter(
-                scores.iter().map(|&s| Some(s > threshold)),
-            )),
-            Arc::new(f64_lists(full.pulls.iter().map(Vec::as_slice))),
-            Arc::new(f64_lists(full.ref_mu.iter().map(Vec::as_slice))),
-            Arc::new(f64_lists(full.ref_sigma.iter().map(Vec::as_slice))),
-            Arc::new(Float64Array::from(vec![alpha; n])),
-            Arc::new(Float64Array::from(vec![threshold; n])),
-            Arc::new(BooleanArray::from_iter(
-                (0..n).map(|k| Some(k < historical)),
-            )),
-            Arc::new(f64_lists(
-                order.iter().map(|&i| counts[i as usize].as_slice()),
-            )),
-        ];
-        for field in &schema.fields()[columns.len()..] {
-            columns.push(taken(&col(field.name()))?);
-        }
-        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        let threshold = data.threshold(self.threshold, &scores, historical)?;
+        data.to_batch(
+            batch,
+            schema,
+            Scored {
+                chi2: full.chi2,
+                pulls: full.pulls,
+                ref_mu: full.ref_mu,
+                ref_sigma: full.ref_sigma,
+                alpha: Some(alpha),
+                threshold,
+                historical,
+            },
+        )
     }
-}
-
-fn labels_array(labels: &[i8]) -> ArrayRef {
-    Arc::new(arrow::array::Int8Array::from(labels.to_vec()))
 }
 
 /// The output schema of a reference method given its input schema: keys,
@@ -456,6 +563,10 @@ pub fn score_schema(input: &SchemaRef, name: &str) -> Result<SchemaRef> {
 }
 
 impl Stage for DinamoS {
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 1)?;
         Ok(vec![OutputSpec {
@@ -467,7 +578,7 @@ impl Stage for DinamoS {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let input = &ctx.inputs[0];
         let schema = score_schema(&input.schema, &input.name)?;
-        let mut groups = DatasetGroups::new(input);
+        let mut groups = DatasetGroups::for_shard(input, ctx.shard)?;
         let progress = ctx.reporter.progress(0, "datasets");
         let chunk = 2 * rayon::current_num_threads();
         loop {

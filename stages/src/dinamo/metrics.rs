@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Float64Type, Int8Type, Int64Type, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -344,7 +344,7 @@ impl Stage for DqmMetrics {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let input = &ctx.inputs[0];
         check_input(&input.schema, &input.name)?;
-        let mut groups = DatasetGroups::new(input);
+        let mut groups = DatasetGroups::for_shard(input, ctx.shard)?;
         let mut all: Vec<(i64, [RegimeMetrics; 2])> = Vec::new();
         let progress = ctx.reporter.progress(0, "datasets");
         loop {
@@ -360,6 +360,10 @@ impl Stage for DqmMetrics {
             }
         }
         if all.is_empty() {
+            if ctx.shard.count > 1 {
+                // A shard with no dataset (more shards than datasets).
+                return Ok(());
+            }
             return Err(StageError::Data(format!(
                 "input `{}` has no rows",
                 input.name
@@ -368,6 +372,65 @@ impl Stage for DqmMetrics {
         ctx.output.write("main", per_dataset_batch(&all)?)?;
         ctx.output.write("summary", summary_batch(&all)?)?;
         Ok(())
+    }
+
+    fn shardable(&self) -> bool {
+        true
+    }
+
+    fn recombined_outputs(&self) -> &'static [&'static str] {
+        &["summary"]
+    }
+
+    /// The summary over all datasets, from the shards' per-dataset rows.
+    fn recombine(
+        &self,
+        tables: &std::collections::BTreeMap<String, crate::api::Input>,
+        output: &mut dyn crate::api::OutputWriter,
+    ) -> Result<()> {
+        let main = &tables["main"];
+        let mut all: Vec<(i64, [RegimeMetrics; 2])> = Vec::new();
+        for batch in main.batches() {
+            let batch = batch?;
+            let col = |name: &str| batch.column_by_name(name).expect("declared output");
+            let ids = col("dataset").as_primitive::<Int64Type>();
+            let regime = col("regime").as_string::<i32>();
+            let int = |name: &str, i: usize| col(name).as_primitive::<Int64Type>().value(i);
+            let float = |name: &str, i: usize| {
+                let c = col(name).as_primitive::<Float64Type>();
+                c.is_valid(i).then(|| c.value(i))
+            };
+            for i in 0..batch.num_rows() {
+                let m = RegimeMetrics {
+                    n_runs: int("n_runs", i),
+                    n_bad: int("n_bad", i),
+                    balanced_accuracy: float("balanced_accuracy", i),
+                    sensitivity: float("sensitivity", i),
+                    specificity: float("specificity", i),
+                    adaptation_time: float("adaptation_time", i),
+                    n_changes: int("n_changes", i),
+                    jaccard: float("jaccard", i),
+                };
+                let id = ids.value(i);
+                if all.last().is_none_or(|(last, _)| *last != id) {
+                    all.push((id, Default::default()));
+                }
+                let slot = REGIMES
+                    .iter()
+                    .position(|r| *r == regime.value(i))
+                    .ok_or_else(|| {
+                        StageError::Data(format!("unknown regime `{}`", regime.value(i)))
+                    })?;
+                all.last_mut().expect("pushed").1[slot] = m;
+            }
+        }
+        if all.is_empty() {
+            return Err(StageError::Data(format!(
+                "input `{}` has no rows",
+                main.name
+            )));
+        }
+        output.write("summary", summary_batch(&all)?)
     }
 }
 

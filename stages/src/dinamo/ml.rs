@@ -2,9 +2,9 @@
 //! a transformer encoder reads the last M good histograms (unit-normalized)
 //! with their times relative to the current run, and predicts the reference
 //! histogram μ̂ (softmax: sums to 1) and its per-bin uncertainty σ̂
-//! (softplus: positive). The online-learning stage built on it is issue 5's
-//! `dinamo_ml`; this module holds the network, the context construction and
-//! the loss, each tested on its own.
+//! (softplus: positive). The online-learning stage built on it is
+//! `dinamo_ml` (`online.rs`); this module holds the network, the context
+//! construction and the loss, each tested on its own.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,10 @@ impl Default for MlArch {
         }
     }
 }
+
+/// Added to σ̂ so that a collapsing softplus cannot make the NLL or χ²
+/// infinite; far below any bin's Poisson uncertainty.
+pub const SIGMA_FLOOR: f64 = 1e-7;
 
 /// Relative time of a padding token (the reference implementation's choice).
 pub const PAD_TIME: f32 = -100.0;
@@ -116,7 +120,7 @@ impl EncoderLayer {
 
 /// The DINAMO-ML reference predictor.
 #[derive(Debug)]
-pub struct DinamoMl {
+pub struct ReferenceNet {
     pub arch: MlArch,
     histogram: Block,
     time: Block,
@@ -125,7 +129,7 @@ pub struct DinamoMl {
     sigma: Block,
 }
 
-impl DinamoMl {
+impl ReferenceNet {
     pub fn new(p: &nn::Path, arch: MlArch) -> Self {
         let (nb, d) = (arch.n_bins, arch.d_model);
         Self {
@@ -149,7 +153,7 @@ impl DinamoMl {
         }
         let pooled = x.mean_dim(1, false, Kind::Float);
         let mu = self.mu.forward(&pooled).softmax(-1, Kind::Float);
-        let sigma = self.sigma.forward(&pooled).softplus();
+        let sigma = self.sigma.forward(&pooled).softplus() + SIGMA_FLOOR;
         (mu, sigma)
     }
 }
@@ -237,7 +241,7 @@ mod tests {
                 activation,
                 ..Default::default()
             };
-            let net = DinamoMl::new(&(vs.root() / format!("{activation:?}")), arch.clone());
+            let net = ReferenceNet::new(&(vs.root() / format!("{activation:?}")), arch.clone());
             let contexts: Vec<_> = (0..3)
                 .map(|k| {
                     let good: Vec<(i64, Vec<f32>)> =

@@ -1,9 +1,11 @@
-//! DINAMO (arXiv dinamo.txt): synthetic runs, the DINAMO-S reference, and the
-//! DQM metrics of section 3.
+//! DINAMO (arXiv dinamo.txt): synthetic runs, the DINAMO-S and DINAMO-ML
+//! references, the DQM metrics of section 3 and the comparison of methods.
 
+pub mod compare;
 pub mod ewma;
 pub mod metrics;
 pub mod ml;
+pub mod online;
 pub mod synth;
 
 use std::collections::{HashSet, VecDeque};
@@ -11,7 +13,7 @@ use std::collections::{HashSet, VecDeque};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 
-use crate::api::{Input, Result, StageError};
+use crate::api::{Input, Result, Shard, StageError};
 use crate::arrow_util::cast_column;
 
 /// Splits a table into its datasets while streaming it, so a stage holds one
@@ -24,6 +26,8 @@ pub struct DatasetGroups<'a> {
     batches: Box<dyn Iterator<Item = Result<RecordBatch>> + 'a>,
     input: String,
     dataset_column: Option<usize>,
+    /// The datasets of this shard (all when `None`).
+    keep: Option<HashSet<i64>>,
     current: Option<i64>,
     pending: Vec<RecordBatch>,
     seen: HashSet<i64>,
@@ -37,6 +41,7 @@ impl<'a> DatasetGroups<'a> {
             batches: Box::new(input.batches()),
             input: input.name.clone(),
             dataset_column: input.schema.index_of("dataset").ok(),
+            keep: None,
             current: None,
             pending: Vec::new(),
             seen: HashSet::new(),
@@ -45,8 +50,47 @@ impl<'a> DatasetGroups<'a> {
         }
     }
 
+    /// The datasets of one shard: the input's datasets (in input order) are
+    /// split into `shard.count` contiguous blocks and only the row groups
+    /// holding block `shard.index` are read.
+    pub fn for_shard(input: &'a Input, shard: Shard) -> Result<Self> {
+        if shard == Shard::WHOLE || input.schema.index_of("dataset").is_err() {
+            // Without a dataset column the table is one dataset: shard 0 has it.
+            let mut groups = Self::new(input);
+            if shard.index > 0 {
+                groups.done = true;
+            }
+            return Ok(groups);
+        }
+        let keys = input.row_group_keys("dataset")?;
+        let mut order: Vec<i64> = Vec::new();
+        for k in keys.iter().flatten().flatten() {
+            if order.last() != Some(k) {
+                order.push(*k);
+            }
+        }
+        let mine: HashSet<i64> = order[shard.range(order.len())].iter().copied().collect();
+        let selection: Vec<Vec<usize>> = keys
+            .iter()
+            .map(|groups| {
+                (0..groups.len())
+                    .filter(|&g| groups[g].iter().any(|k| mine.contains(k)))
+                    .collect()
+            })
+            .collect();
+        let mut groups = Self::new(input);
+        groups.batches = Box::new(input.batches_in(selection));
+        groups.keep = Some(mine);
+        Ok(groups)
+    }
+
     fn flush(&mut self) -> Result<()> {
         if let Some(id) = self.current.take() {
+            if self.keep.as_ref().is_some_and(|keep| !keep.contains(&id)) {
+                // Another shard's dataset sharing a row group with ours.
+                self.pending.clear();
+                return Ok(());
+            }
             let schema = self.pending[0].schema();
             let batch = arrow::compute::concat_batches(&schema, &self.pending)?;
             self.pending.clear();
@@ -105,5 +149,73 @@ impl<'a> DatasetGroups<'a> {
         }
         let take = n.min(self.ready.len());
         Ok(self.ready.drain(..take).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Stage, input_from_batch, run_in_memory, run_shard_in_memory};
+    use arrow::array::RecordBatch;
+
+    /// Runs `stage` whole and as `count` shards; returns (whole, concatenated parts) of `output`.
+    fn whole_and_sharded(
+        stage: &dyn Stage,
+        inputs: &[Input],
+        output: &str,
+        count: usize,
+    ) -> (RecordBatch, RecordBatch) {
+        let whole = run_in_memory(stage, inputs).unwrap().table(output);
+        let parts: Vec<RecordBatch> = (0..count)
+            .flat_map(|index| {
+                let out = run_shard_in_memory(stage, inputs, Shard { index, count }).unwrap();
+                out.tables.get(output).cloned().unwrap_or_default()
+            })
+            .collect();
+        let joined = arrow::compute::concat_batches(&whole.schema(), &parts).unwrap();
+        (whole, joined)
+    }
+
+    #[test]
+    fn shards_concatenated_in_order_are_the_whole_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let synth = synth::SynthRuns {
+            seed_range: Some([0, 5]),
+            n_runs: 120,
+            n_bad: 12,
+            ..Default::default()
+        };
+        let (whole, parts) = whole_and_sharded(&synth, &[], "main", 3);
+        assert_eq!(whole, parts);
+        // Two files, as two upstream shards would leave them.
+        let a = input_from_batch("a", &whole.slice(0, 240), &dir.path().join("a.parquet")).unwrap();
+        let b =
+            input_from_batch("b", &whole.slice(240, 360), &dir.path().join("b.parquet")).unwrap();
+        let runs = Input {
+            name: "runs".into(),
+            schema: a.schema.clone(),
+            files: vec![a.files[0].clone(), b.files[0].clone()],
+        };
+        let s = ewma::DinamoS {
+            historical_runs: 40,
+            ..Default::default()
+        };
+        let (whole, parts) = whole_and_sharded(&s, std::slice::from_ref(&runs), "main", 4);
+        assert_eq!(whole.num_rows(), 600);
+        assert_eq!(whole, parts);
+        let scores = input_from_batch("scores", &whole, &dir.path().join("s.parquet")).unwrap();
+        let m = metrics::DqmMetrics::default();
+        let (whole, parts) = whole_and_sharded(&m, std::slice::from_ref(&scores), "main", 2);
+        assert_eq!(whole, parts);
+        // The summary is recombined from the concatenated per-dataset rows.
+        let main = input_from_batch("main", &parts, &dir.path().join("m.parquet")).unwrap();
+        let mut recombined = crate::api::MemoryOutput::default();
+        m.recombine(
+            &std::collections::BTreeMap::from([("main".to_string(), main)]),
+            &mut recombined,
+        )
+        .unwrap();
+        let summary = run_in_memory(&m, &[scores]).unwrap().table("summary");
+        assert_eq!(recombined.table("summary"), summary);
     }
 }

@@ -413,8 +413,13 @@ impl Stage for SynthRuns {
         }])
     }
 
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
-        let seeds = self.seed_list();
+        let all = self.seed_list();
+        let seeds = &all[ctx.shard.range(all.len())];
         let progress = ctx.reporter.progress(seeds.len() as u64, "datasets");
         // Generate a few datasets per thread at a time, then write them in
         // seed order: memory stays bounded however many seeds there are.

@@ -409,16 +409,23 @@ impl Stage for DelphesConvert {
         Ok(Some(crate::files::fingerprint(&files)?))
     }
 
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
-        let sources = self.sources()?;
+        let all = self.sources()?;
         // Entry counts first, so event ids are unique and independent of
-        // which file finishes first.
-        let mut first_ids = Vec::with_capacity(sources.len());
+        // which file finishes first (or which shard reads it).
+        let mut first_ids = Vec::with_capacity(all.len());
         let mut next = 0i64;
-        for s in &sources {
+        for s in &all {
             first_ids.push(next);
             next += self.entries(&s.path)?;
         }
+        let mine = ctx.shard.range(all.len());
+        let first_ids = first_ids[mine.clone()].to_vec();
+        let sources = &all[mine];
         let progress = ctx.reporter.progress(sources.len() as u64, "files");
         // Files are read in parallel by a few workers, each file into a
         // small bounded channel; the output is written in file order.

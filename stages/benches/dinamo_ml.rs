@@ -1,0 +1,75 @@
+//! DINAMO-ML cost per online reference update (Algorithm 3's training step:
+//! K = 10 most recent good runs, M = 20 context, iterate to early stopping)
+//! and per reference prediction, on the paper's architecture, for one
+//! synthetic dataset (seed 70). Runs on CUDA when libtorch sees a GPU
+//! (`DQM_DEVICE=cpu` forces the CPU), with 1 and with all torch threads.
+//!
+//! `cargo bench --workspace --bench dinamo_ml --profile dev`
+//! (`DQM_BENCH_RUNS` runs, default 300)
+
+use std::time::Instant;
+
+use dqm_stages::dinamo::ewma::NormRun;
+use dqm_stages::dinamo::online::{DinamoMl, OnlineReference};
+use dqm_stages::dinamo::synth::SynthRuns;
+
+fn main() {
+    let n_runs: usize = std::env::var("DQM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let device = match std::env::var("DQM_DEVICE").as_deref() {
+        Ok("cpu") => tch::Device::Cpu,
+        _ => tch::Device::cuda_if_available(),
+    };
+    let synth = SynthRuns {
+        seeds: Some(vec![70]),
+        n_runs,
+        n_bad: n_runs / 10,
+        ..Default::default()
+    };
+    let runs = synth.generate(70);
+    let norm: Vec<NormRun> = runs.iter().map(|r| NormRun::new(&r.counts, 1e-9)).collect();
+    let cfg = DinamoMl::default();
+    let all_threads = tch::get_num_threads();
+    println!(
+        "DINAMO-ML, {} runs of {} bins, M={} K={} d_model={} layers={}, device {device:?}",
+        runs.len(),
+        norm[0].x.len(),
+        cfg.context,
+        cfg.batch_runs,
+        cfg.d_model,
+        cfg.layers
+    );
+    let mut thread_counts = vec![1];
+    if all_threads > 1 && device == tch::Device::Cpu {
+        thread_counts.push(all_threads);
+    }
+    for threads in thread_counts {
+        tch::set_num_threads(threads);
+        tch::manual_seed(0);
+        let mut model = OnlineReference::new(&cfg, norm[0].x.len(), device).unwrap();
+        let (mut predict_s, mut update_s, mut updates, mut iterations) = (0.0, 0.0, 0, 0);
+        let mut sink = 0.0;
+        for (k, (run, r)) in runs.iter().zip(&norm).enumerate() {
+            let start = Instant::now();
+            let (mu, _) = model.predict(k as i64);
+            predict_s += start.elapsed().as_secs_f64();
+            sink += mu[0];
+            if run.label == 0 && r.integral > 0.0 {
+                let start = Instant::now();
+                let stats = model.add_good_and_train(k as i64, &r.x);
+                update_s += start.elapsed().as_secs_f64();
+                updates += 1;
+                iterations += stats.iterations;
+            }
+        }
+        println!(
+            "torch threads {threads}: {:.4} s per update ({updates} updates, {:.1} iterations each, {:.2} ms per iteration), {:.2} ms per prediction  (checksum {sink:.4})",
+            update_s / updates as f64,
+            iterations as f64 / updates as f64,
+            update_s / iterations as f64 * 1e3,
+            predict_s / runs.len() as f64 * 1e3,
+        );
+    }
+}
