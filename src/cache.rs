@@ -222,35 +222,16 @@ impl Workdir {
     /// Takes the workdir's lock shared: batch jobs (`run-stage`) run side by
     /// side, but not next to a local `pipeline run` of the same workdir.
     pub fn lock_shared(&self) -> Result<WorkdirLock> {
-        fs::create_dir_all(&self.root)
-            .with_context(|| format!("cannot create workdir {}", self.root.display()))?;
-        let path = self.root.join(".lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        match file.try_lock_shared() {
-            Ok(()) => Ok(WorkdirLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default();
-                bail!(
-                    "workdir {} is in use by a local `pipeline run` ({}); a batch job cannot run beside it: resubmit when it is done",
-                    self.root.display(),
-                    holder.trim().if_empty("unknown process")
-                )
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                Err(e).context(format!("cannot lock {}", path.display()))
-            }
-        }
+        self.take_lock(true)
     }
 
     /// Takes the workdir's exclusive lock, failing at once if another run
     /// holds it (with that run's process id).
     pub fn lock(&self) -> Result<WorkdirLock> {
+        self.take_lock(false)
+    }
+
+    fn take_lock(&self, shared: bool) -> Result<WorkdirLock> {
         fs::create_dir_all(&self.root)
             .with_context(|| format!("cannot create workdir {}", self.root.display()))?;
         let path = self.root.join(".lock");
@@ -261,22 +242,35 @@ impl Workdir {
             .write(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        match file.try_lock() {
+        let taken = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match taken {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim().if_empty("batch jobs");
+                if shared {
+                    bail!(
+                        "workdir {} is in use by a local `pipeline run` ({holder}); a batch job cannot run beside it: resubmit when it is done",
+                        self.root.display()
+                    );
+                }
                 bail!(
-                    "workdir {} is in use by another pipeline run ({}); wait for it to finish or pass another --workdir",
-                    self.root.display(),
-                    holder.trim().if_empty("unknown process")
+                    "workdir {} is in use by another pipeline run ({holder}); wait for it to finish or pass another --workdir",
+                    self.root.display()
                 );
             }
             Err(fs::TryLockError::Error(e)) => {
                 return Err(e).context(format!("cannot lock {}", path.display()));
             }
         }
-        file.set_len(0)?;
-        write!(file, "pid {}", std::process::id())?;
+        if !shared {
+            file.set_len(0)?;
+            write!(file, "pid {}", std::process::id())?;
+        }
         Ok(WorkdirLock { _file: file })
     }
 }

@@ -417,4 +417,27 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn shards_are_checked_and_do_not_change_the_key() {
+        let sharded = BASE.replace(
+            "kind: dinamo_s\n",
+            "kind: dinamo_s\n    shards: 4\n    resources: { cpus: 2, time: \"00:30:00\" }\n",
+        );
+        assert_ne!(sharded, BASE);
+        let (a, b) = (plan_of(BASE).unwrap(), plan_of(&sharded).unwrap());
+        assert_eq!(a.stages[1].key, b.stages[1].key);
+        assert_eq!(b.stages[1].shards, 4);
+        assert_eq!(b.stages[1].resources.cpus, Some(2));
+        let zero = error_of(&sharded.replace("shards: 4", "shards: 0"));
+        assert!(zero.contains("`shards` must be at least 1"), "{zero}");
+        let typo = error_of(&sharded.replace("cpus: 2", "cpu: 2"));
+        assert!(typo.contains("cpu"), "{typo}");
+        let union = "name: u\nstages:\n  runs:\n    kind: synth_runs\n    params: { seeds: [1] }\n  all:\n    kind: union\n    shards: 2\n    inputs: [runs]\n";
+        let err = error_of(union);
+        assert!(
+            err.contains("stage `all` (union) cannot be sharded") && err.starts_with("p.yaml:"),
+            "{err}"
+        );
+    }
 }

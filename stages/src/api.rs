@@ -82,15 +82,37 @@ impl Input {
     /// Streams the record batches of every file, in file order, so a stage
     /// never has to hold a whole table in memory.
     pub fn batches(&self) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
-        self.files.iter().flat_map(|path| {
-            let reader = open_parquet(path);
+        self.read(None)
+    }
+
+    /// Streams only the selected row groups (`selection[f]` for file `f`).
+    pub fn batches_in(
+        &self,
+        selection: Vec<Vec<usize>>,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+        self.read(Some(selection))
+    }
+
+    fn read(
+        &self,
+        selection: Option<Vec<Vec<usize>>>,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+        let mut selection = selection.map(Vec::into_iter);
+        self.files.iter().flat_map(move |path| {
+            let groups = selection.as_mut().map(|s| s.next().unwrap_or_default());
+            let reader = if groups.as_ref().is_some_and(Vec::is_empty) {
+                Ok(None)
+            } else {
+                open_parquet(path, groups).map(Some)
+            };
             let iter: Box<dyn Iterator<Item = Result<RecordBatch>>> = match reader {
-                Ok(reader) => Box::new(reader.map(move |b| {
+                Ok(Some(reader)) => Box::new(reader.map(move |b| {
                     b.map_err(|e| StageError::Parquet {
                         path: path.clone(),
                         source: e.into(),
                     })
                 })),
+                Ok(None) => Box::new(std::iter::empty()),
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
             iter
@@ -178,42 +200,6 @@ impl Input {
         Ok(out)
     }
 
-    /// Streams only the selected row groups (`selection[f]` for file `f`).
-    pub fn batches_in(
-        &self,
-        selection: Vec<Vec<usize>>,
-    ) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
-        self.files
-            .iter()
-            .zip(selection)
-            .filter(|(_, groups)| !groups.is_empty())
-            .flat_map(|(path, groups)| {
-                let reader = File::open(path)
-                    .map_err(|e| StageError::Io {
-                        path: path.clone(),
-                        source: e,
-                    })
-                    .and_then(|file| {
-                        ParquetRecordBatchReaderBuilder::try_new(file)
-                            .and_then(|b| b.with_batch_size(8192).with_row_groups(groups).build())
-                            .map_err(|e| StageError::Parquet {
-                                path: path.clone(),
-                                source: e,
-                            })
-                    });
-                let iter: Box<dyn Iterator<Item = Result<RecordBatch>>> = match reader {
-                    Ok(reader) => Box::new(reader.map(move |b| {
-                        b.map_err(|e| StageError::Parquet {
-                            path: path.clone(),
-                            source: e.into(),
-                        })
-                    })),
-                    Err(e) => Box::new(std::iter::once(Err(e))),
-                };
-                iter
-            })
-    }
-
     /// Reads the whole table (for small tables such as metrics).
     pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
         self.batches().collect()
@@ -259,13 +245,24 @@ pub fn require_column(
     Ok(idx)
 }
 
-fn open_parquet(path: &Path) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+/// A reader of one Parquet file: all its row groups, or only `row_groups`.
+fn open_parquet(
+    path: &Path,
+    row_groups: Option<Vec<usize>>,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
     let file = File::open(path).map_err(|e| StageError::Io {
         path: path.to_path_buf(),
         source: e,
     })?;
     ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(8192).build())
+        .and_then(|b| {
+            let b = b.with_batch_size(8192);
+            match row_groups {
+                Some(groups) => b.with_row_groups(groups),
+                None => b,
+            }
+            .build()
+        })
         .map_err(|e| StageError::Parquet {
             path: path.to_path_buf(),
             source: e,
