@@ -194,12 +194,8 @@ impl OutputWriter for ParquetOutputs {
     }
 }
 
-/// The inputs, provenance and manifest inputs of a stage whose inputs are cached.
-fn prepare(
-    plan: &Plan,
-    stage: &PlannedStage,
-    workdir: &Workdir,
-) -> Result<(Vec<Input>, Vec<ManifestInput>, String)> {
+/// The cached upstream tables a stage reads.
+fn open_inputs(plan: &Plan, stage: &PlannedStage, workdir: &Workdir) -> Result<Vec<Input>> {
     let at = format!("stage `{}` ({})", stage.id, stage.kind);
     let mut inputs = Vec::new();
     for r in &stage.inputs {
@@ -214,7 +210,12 @@ fn prepare(
             files,
         });
     }
-    let manifest_inputs: Vec<ManifestInput> = stage
+    Ok(inputs)
+}
+
+/// The inputs a stage's manifest records (stage, output, cache key).
+fn manifest_inputs(plan: &Plan, stage: &PlannedStage) -> Vec<ManifestInput> {
+    stage
         .inputs
         .iter()
         .map(|r| ManifestInput {
@@ -222,14 +223,17 @@ fn prepare(
             output: r.output.clone(),
             key: plan.stage(&r.stage).expect("planned").key.clone(),
         })
-        .collect();
-    let provenance = json!({
+        .collect()
+}
+
+/// The provenance written into every Parquet footer of a stage.
+fn provenance(plan: &Plan, stage: &PlannedStage) -> String {
+    json!({
         "pipeline": plan.spec.name, "stage": stage.id, "kind": stage.kind, "version": stage.version,
-        "key": stage.key, "params": stage.params, "inputs": manifest_inputs,
+        "key": stage.key, "params": stage.params, "inputs": manifest_inputs(plan, stage),
         "dqm_pipeline_version": env!("CARGO_PKG_VERSION"),
     })
-    .to_string();
-    Ok((inputs, manifest_inputs, provenance))
+    .to_string()
 }
 
 /// Rows and file name of each output table a run wrote.
@@ -248,7 +252,8 @@ fn execute(
 ) -> Result<(Written, f64)> {
     let at = format!("stage `{}` ({})", stage.id, stage.kind);
     let started = Instant::now();
-    let (inputs, _, provenance) = prepare(plan, stage, workdir)?;
+    let inputs = open_inputs(plan, stage, workdir)?;
+    let provenance = provenance(plan, stage);
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts)?;
     let names: Vec<&str> = stage.outputs.iter().map(|o| o.name).collect();
@@ -297,7 +302,6 @@ fn finalize(
     files: &BTreeMap<String, (u64, Vec<String>)>,
     wall_seconds: f64,
 ) -> Result<StageReport> {
-    let (_, manifest_inputs, _) = prepare(plan, stage, workdir)?;
     let manifest = Manifest {
         pipeline: plan.spec.name.clone(),
         stage: stage.id.clone(),
@@ -305,7 +309,7 @@ fn finalize(
         version: stage.version,
         key: stage.key.clone(),
         params: stage.params.clone(),
-        inputs: manifest_inputs,
+        inputs: manifest_inputs(plan, stage),
         outputs: stage
             .outputs
             .iter()
@@ -495,8 +499,13 @@ pub fn assemble(
                 },
             );
         }
-        let (_, _, provenance) = prepare(plan, stage, workdir)?;
-        let mut outputs = ParquetOutputs::new(staging.path(), stage, recombined, 0, provenance);
+        let mut outputs = ParquetOutputs::new(
+            staging.path(),
+            stage,
+            recombined,
+            0,
+            provenance(plan, stage),
+        );
         stage
             .stage
             .recombine(&tables, &mut outputs)
