@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::api::{Result, StageError};
@@ -21,6 +23,38 @@ fn register_font() {
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> StageError {
     StageError::Data(format!("cannot draw {}: {e}", path.display()))
+}
+
+/// A chart over f64 axes on a bitmap.
+type Axes<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The frame every x-y plot here shares: a white canvas, a title, labelled
+/// axes over `x` and `y` with a mesh.
+fn axes<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Result<Axes<'a, 'b>> {
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(chart)
 }
 
 /// One named line of a line plot.
@@ -57,20 +91,14 @@ pub fn lines(
     let pad = |lo: f64, hi: f64| if hi > lo { (hi - lo) * 0.02 } else { 0.5 };
     let (px, py) = (pad(x0, x1), pad(y0, y1));
     let root = BitMapBackend::new(path, (900, 650)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(x0 - px..x1 + px, y0 - py..y1 + py)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = axes(
+        &root,
+        path,
+        title,
+        (x_label, y_label),
+        x0 - px..x1 + px,
+        y0 - py..y1 + py,
+    )?;
     if diagonal {
         chart
             .draw_series(LineSeries::new(
@@ -212,20 +240,14 @@ pub fn histograms(
         .collect();
     let top = counts.iter().flatten().fold(1.0f64, |a, &b| a.max(b)) * 1.1;
     let root = BitMapBackend::new(path, (900, 650)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(lo - width..hi + width, 0.0..top)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc("datasets")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = axes(
+        &root,
+        path,
+        title,
+        (x_label, "datasets"),
+        lo - width..hi + width,
+        0.0..top,
+    )?;
     for (i, ((name, v), c)) in samples.iter().zip(&counts).enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
@@ -288,20 +310,14 @@ pub fn score_vs_run(
     }
     let (px, py) = ((x1 - x0).max(1.0) * 0.02, (y1 - y0) * 0.04);
     let root = BitMapBackend::new(path, (1100, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(x0 - px..x1 + px, y0 - py..y1 + py)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("run")
-        .y_desc("score ln(chi2)")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = axes(
+        &root,
+        path,
+        title,
+        ("run", "score ln(chi2)"),
+        x0 - px..x1 + px,
+        y0 - py..y1 + py,
+    )?;
     let good_color = RGBColor(90, 90, 90);
     let bad_color = RGBColor(200, 30, 30);
     for (bad, name, color) in [(false, "good", good_color), (true, "bad", bad_color)] {

@@ -125,9 +125,32 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
 }
 
+/// Median and the 2.5 and 97.5 percentiles (the "median with a 95%
+/// interval" of the DINAMO paper's tables) of the finite `values`, which are
+/// filtered and sorted in place.
+pub fn median_and_95(values: &mut Vec<f64>) -> [Option<f64>; 3] {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    [
+        quantile(values, 0.5),
+        quantile(values, 0.025),
+        quantile(values, 0.975),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_and_95_ignores_non_finite_values() {
+        let mut v = vec![3.0, f64::NAN, 1.0, 2.0, f64::INFINITY];
+        let [m, lo, hi] = median_and_95(&mut v);
+        assert_eq!(v, [1.0, 2.0, 3.0]);
+        assert_eq!(m, Some(2.0));
+        assert!((lo.unwrap() - 1.05).abs() < 1e-12 && (hi.unwrap() - 2.95).abs() < 1e-12);
+        assert_eq!(median_and_95(&mut vec![]), [None, None, None]);
+    }
 
     #[test]
     fn auc_of_hand_made_scores() {

@@ -20,7 +20,7 @@ use crate::api::{Input, OutputSpec, Result, RunContext, Stage, StageError, requi
 use crate::arrow_util::{cast_column, is_integer, list_rows};
 use crate::plots::{self, ReferencePanel};
 use crate::registry::StageConfig;
-use crate::stats::quantile;
+use crate::stats::median_and_95;
 use dqm_schemas::compare::{differences, paired, summary};
 use dqm_schemas::metrics::METRICS;
 
@@ -155,16 +155,6 @@ fn read_metrics(input: &Input) -> Result<Values> {
     Ok(out)
 }
 
-fn spread(values: &mut Vec<f64>) -> [Option<f64>; 3] {
-    values.retain(|v| v.is_finite());
-    values.sort_by(f64::total_cmp);
-    [
-        quantile(values, 0.5),
-        quantile(values, 0.025),
-        quantile(values, 0.975),
-    ]
-}
-
 /// The three output tables from the methods' values.
 fn tables(names: &[String], all: &[Values]) -> Result<[RecordBatch; 3]> {
     let regimes: Vec<String> = {
@@ -184,7 +174,7 @@ fn tables(names: &[String], all: &[Values]) -> Result<[RecordBatch; 3]> {
                     .filter(|(k, _)| &k.1 == regime && k.2 == m)
                     .filter_map(|(_, v)| *v)
                     .collect();
-                let q = spread(&mut v);
+                let q = median_and_95(&mut v);
                 s_method.push(name.clone());
                 s_regime.push(regime.clone());
                 s_metric.push(m);
@@ -261,7 +251,7 @@ fn tables(names: &[String], all: &[Values]) -> Result<[RecordBatch; 3]> {
                     d.7.push(diff);
                 }
                 let n = diffs.len();
-                let q = spread(&mut diffs);
+                let q = median_and_95(&mut diffs);
                 p.0.push(name.clone());
                 p.1.push(names[0].clone());
                 p.2.push(regime.clone());

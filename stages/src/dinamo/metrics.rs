@@ -15,7 +15,7 @@ use crate::api::{
 };
 use crate::arrow_util::{cast_column, is_integer, list_rows};
 use crate::registry::StageConfig;
-use crate::stats::{quantile, rates};
+use crate::stats::{median_and_95, rates};
 use dqm_schemas::metrics::{METRICS, per_dataset, summary};
 
 /// Scores a per-run table (from `dinamo_s` or any method writing its columns).
@@ -467,18 +467,14 @@ fn summary_batch(all: &[(i64, [RegimeMetrics; 2])]) -> Result<RecordBatch> {
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for (r, name) in REGIMES.iter().enumerate() {
         for m in METRICS {
-            let mut values: Vec<f64> = all
-                .iter()
-                .filter_map(|(_, v)| v[r].metric(m))
-                .filter(|v| v.is_finite())
-                .collect();
-            values.sort_by(f64::total_cmp);
+            let mut values: Vec<f64> = all.iter().filter_map(|(_, v)| v[r].metric(m)).collect();
+            let [med, lo, hi] = median_and_95(&mut values);
             regime.push(*name);
             metric.push(m);
             n.push(values.len() as i64);
-            median.push(quantile(&values, 0.5));
-            q025.push(quantile(&values, 0.025));
-            q975.push(quantile(&values, 0.975));
+            median.push(med);
+            q025.push(lo);
+            q975.push(hi);
             mean.push(
                 (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64),
             );
