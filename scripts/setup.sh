@@ -29,7 +29,7 @@ case "${DQM_BUILD:-dev}" in
 esac
 echo "setup: building pipeline (${DQM_BUILD:-dev} profile)" >&2
 cargo build --locked "${flags[@]}" --bin pipeline
-target="${CARGO_TARGET_DIR:-target}"
+target="$CARGO_TARGET_DIR"
 mkdir -p "$HOME/.local/bin"
 install -m 755 "$target/$dir/pipeline" "$HOME/.local/bin/pipeline"
 echo "setup: installed $HOME/.local/bin/pipeline" >&2

@@ -10,7 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use dqm_stages::api::{Input, OutputSpec, OutputWriter, RunContext, Shard, StageError};
+use dqm_stages::error::StageError;
+use dqm_stages::input::Input;
+use dqm_stages::stage::{OutputSpec, OutputWriter, RunContext, Shard};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -101,15 +103,9 @@ impl ParquetOutputs {
 
     fn open(&self, name: &str, schema: &SchemaRef) -> Result<ArrowWriter<File>, StageError> {
         let dir = self.dir.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| StageError::Io {
-            path: dir.clone(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(|e| StageError::io(dir.clone(), e))?;
         let path = dir.join(&self.tables[name].file);
-        let file = File::create(&path).map_err(|e| StageError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let file = File::create(&path).map_err(|e| StageError::io(path.clone(), e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(1).expect("valid level"),
@@ -120,7 +116,7 @@ impl ParquetOutputs {
             )]))
             .build();
         ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|e| StageError::Parquet { path, source: e })
+            .map_err(|e| StageError::parquet(path, e))
     }
 
     /// Closes every table (an output never written becomes an empty table)
@@ -152,14 +148,14 @@ impl ParquetOutputs {
 impl OutputWriter for ParquetOutputs {
     fn write(&mut self, output: &str, batch: RecordBatch) -> Result<(), StageError> {
         let Some(table) = self.tables.get(output) else {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "wrote to undeclared output `{output}`"
             )));
         };
         let declared = table.schema.clone();
         let found = batch.schema();
         if declared.fields().len() != found.fields().len() {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "output `{output}`: wrote {} columns, declared {}",
                 found.fields().len(),
                 declared.fields().len()
@@ -167,7 +163,7 @@ impl OutputWriter for ParquetOutputs {
         }
         for (d, f) in declared.fields().iter().zip(found.fields()) {
             if d.name() != f.name() || !d.data_type().equals_datatype(f.data_type()) {
-                return Err(StageError::Data(format!(
+                return Err(StageError::data(format!(
                     "output `{output}`: column `{}` ({}) where `{}` ({}) was declared",
                     f.name(),
                     f.data_type(),
@@ -190,7 +186,7 @@ impl OutputWriter for ParquetOutputs {
             .as_mut()
             .expect("opened")
             .write(&batch)
-            .map_err(|e| StageError::Parquet { path, source: e })
+            .map_err(|e| StageError::parquet(path, e))
     }
 }
 
@@ -279,7 +275,7 @@ fn execute(
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(anyhow!("{at} failed: {e}")),
         Err(panic) => {
-            let msg = dqm_stages::api::panic_message(panic.as_ref());
+            let msg = dqm_stages::error::panic_message(panic.as_ref());
             bail!("{at} failed: internal error: {msg}");
         }
     }

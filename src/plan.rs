@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Result, bail};
 use arrow::datatypes::SchemaRef;
-use dqm_stages::api::{OutputSpec, Stage};
 use dqm_stages::registry;
+use dqm_stages::stage::{OutputSpec, Stage};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

@@ -9,9 +9,9 @@
 
 use std::time::Instant;
 
-use dqm_stages::dinamo::ewma::NormRun;
-use dqm_stages::dinamo::online::{DinamoMl, OnlineReference};
-use dqm_stages::dinamo::synth::SynthRuns;
+use dqm_stages::dinamo::dinamo_ml::{DinamoMl, OnlineReference};
+use dqm_stages::dinamo::scores::NormRun;
+use dqm_stages::dinamo::synth_runs::SynthRuns;
 
 fn main() {
     let n_runs: usize = std::env::var("DQM_BENCH_RUNS")

@@ -6,9 +6,9 @@
 
 use std::time::Instant;
 
-use dqm_stages::api::{input_from_batch, run_in_memory};
-use dqm_stages::dinamo::ewma::{DinamoS, NormRun, chi2_sequence};
-use dqm_stages::dinamo::synth::SynthRuns;
+use dqm_stages::dinamo::dinamo_s::{DinamoS, NormRun, chi2_sequence};
+use dqm_stages::dinamo::synth_runs::SynthRuns;
+use dqm_stages::in_memory::{input_from_batch, run_in_memory};
 
 fn main() {
     rayon::ThreadPoolBuilder::new()

@@ -7,11 +7,11 @@
 
 use std::time::Instant;
 
-use dqm_stages::api::{input_from_batch, run_in_memory};
-use dqm_stages::medic::convert::DelphesConvert;
-use dqm_stages::medic::data::WindowData;
+use dqm_stages::in_memory::{input_from_batch, run_in_memory};
+use dqm_stages::medic::batches::WindowData;
+use dqm_stages::medic::delphes_convert::DelphesConvert;
 use dqm_stages::medic::model::{Medic, MedicArch, kl_per_window};
-use dqm_stages::medic::windows::SlidingWindows;
+use dqm_stages::medic::sliding_windows::SlidingWindows;
 use tch::Kind;
 use tch::nn::{self, OptimizerConfig};
 
@@ -27,11 +27,11 @@ fn main() {
     };
     let events = run_in_memory(&convert, &[]).unwrap().table("main");
     let events = input_from_batch("events", &events, &dir.path().join("e.parquet")).unwrap();
-    let cfg = SlidingWindows {
+    let cfg = SlidingWindows(WindowSpec {
         window: 30,
         seed: 1,
         ..Default::default()
-    };
+    });
     let out = run_in_memory(&cfg, std::slice::from_ref(&events)).unwrap();
     let windows =
         input_from_batch("windows", &out.table("main"), &dir.path().join("w.parquet")).unwrap();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, ListArray, ListBuilder};
 use arrow::datatypes::{DataType, Field, Float64Type};
 
-use crate::api::{Result, StageError};
+use crate::error::{Result, StageError};
 
 /// Builds a `List<Float64>` column (non-null items, as in
 /// [`dqm_schemas::f64_list`]) from per-row slices.
@@ -26,7 +26,7 @@ pub fn cast_column(array: &ArrayRef, to: &DataType, input: &str, column: &str) -
         return Ok(array.clone());
     }
     arrow::compute::cast(array, to).map_err(|e| {
-        StageError::Data(format!(
+        StageError::data(format!(
             "input `{input}`, column `{column}`: cannot read as {to}: {e}"
         ))
     })
@@ -39,14 +39,14 @@ pub fn list_rows(array: &ArrayRef, input: &str, column: &str) -> Result<Vec<Vec<
     let mut rows = Vec::with_capacity(list.len());
     for i in 0..list.len() {
         if list.is_null(i) {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{input}`, column `{column}`: null at row {i}"
             )));
         }
         let values = list.value(i);
         let values = values.as_primitive::<Float64Type>();
         if values.null_count() > 0 {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{input}`, column `{column}`: null bin at row {i}"
             )));
         }

@@ -3,14 +3,11 @@
 
 use std::path::PathBuf;
 
-use crate::api::{Result, StageError};
+use crate::error::{Result, StageError};
 
 /// Files matching `pattern`, sorted; an error naming `param` if none match.
 pub fn resolve_glob(pattern: &str, param: &str) -> Result<Vec<PathBuf>> {
-    let err = |why: String| StageError::Param {
-        param: param.into(),
-        why,
-    };
+    let err = |why: String| StageError::param(param, why);
     let mut files = Vec::new();
     for entry in glob::glob(pattern).map_err(|e| err(format!("bad glob `{pattern}`: {e}")))? {
         let path = entry.map_err(|e| err(e.to_string()))?;
@@ -30,10 +27,7 @@ pub fn resolve_glob(pattern: &str, param: &str) -> Result<Vec<PathBuf>> {
 pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
     let mut parts = Vec::new();
     for file in files {
-        let meta = std::fs::metadata(file).map_err(|e| StageError::Io {
-            path: file.clone(),
-            source: e,
-        })?;
+        let meta = std::fs::metadata(file).map_err(|e| StageError::io(file.clone(), e))?;
         let modified = meta
             .modified()
             .ok()

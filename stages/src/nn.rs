@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self as tnn, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::api::{Result, StageError};
+use crate::error::{Result, StageError};
 
 /// The device models run on: CUDA when libtorch sees a GPU, else the CPU.
 pub fn device() -> Device {
@@ -32,10 +32,10 @@ impl DeviceChoice {
             DeviceChoice::Auto => Ok(device()),
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-            DeviceChoice::Cuda => Err(StageError::Param {
-                param: "device".into(),
-                why: "`cuda` was asked for but libtorch sees no CUDA GPU".into(),
-            }),
+            DeviceChoice::Cuda => Err(StageError::param(
+                "device",
+                "`cuda` was asked for but libtorch sees no CUDA GPU",
+            )),
         }
     }
 }

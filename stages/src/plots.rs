@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::api::{Result, StageError};
+use crate::error::{Result, StageError};
 
 static FONT: Once = Once::new();
 
@@ -22,7 +22,7 @@ fn register_font() {
 }
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> StageError {
-    StageError::Data(format!("cannot draw {}: {e}", path.display()))
+    StageError::data(format!("cannot draw {}: {e}", path.display()))
 }
 
 /// A chart over f64 axes on a bitmap.

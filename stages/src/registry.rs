@@ -1,38 +1,10 @@
 //! The catalogue of stage kinds: how a `kind:` name in a pipeline becomes a
 //! configured [`Stage`], and what `pipeline stages` documents about it.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{Stage, StageError};
-
-/// A stage's typed parameter struct. Implemented by each stage's config,
-/// which is also the stage itself once deserialized.
-pub trait StageConfig:
-    Stage + DeserializeOwned + Serialize + schemars::JsonSchema + 'static
-{
-    /// The `kind:` name in YAML.
-    const KIND: &'static str;
-    /// Implementation version: bump it when a change alters the output, so
-    /// cached results of the older code are not reused.
-    const VERSION: u32;
-    /// One line on what the stage does, shown by `pipeline stages`.
-    const SUMMARY: &'static str;
-    /// How many input tables it takes, as (min, max).
-    const INPUTS: (usize, usize);
-
-    /// Example input schemas, used only to document the output schema in
-    /// `pipeline stages`.
-    fn doc_inputs() -> Vec<arrow::datatypes::SchemaRef> {
-        Vec::new()
-    }
-
-    /// Checks constraints between parameters that serde cannot express.
-    fn validate(&self) -> Result<(), StageError> {
-        Ok(())
-    }
-}
+use crate::error::StageError;
+use crate::stage::{Stage, StageConfig};
 
 /// A configured stage plus its canonical parameters (defaults filled in), the
 /// form that enters the cache key so `{}` and spelled-out defaults agree.
@@ -70,7 +42,7 @@ pub struct StageKind {
     /// JSON Schema of the parameters, with doc comments as descriptions.
     pub params_schema: fn() -> Value,
     /// The output tables for the documented example inputs (`pipeline stages`).
-    pub describe_outputs: fn() -> Result<Vec<crate::api::OutputSpec>, String>,
+    pub describe_outputs: fn() -> Result<Vec<crate::stage::OutputSpec>, String>,
 }
 
 fn parse<C: StageConfig>(params: Value) -> Result<C, ParamError> {
@@ -107,7 +79,7 @@ fn configure<C: StageConfig>(params: Value) -> Result<Configured, ParamError> {
     })
 }
 
-fn describe_outputs<C: StageConfig>() -> Result<Vec<crate::api::OutputSpec>, String> {
+fn describe_outputs<C: StageConfig>() -> Result<Vec<crate::stage::OutputSpec>, String> {
     let config: C = parse(Value::Null).map_err(|e| e.to_string())?;
     config.outputs(&C::doc_inputs()).map_err(|e| e.to_string())
 }
@@ -135,18 +107,18 @@ pub fn kind<C: StageConfig>() -> StageKind {
 /// Every stage kind this build knows, in the order `pipeline stages` lists them.
 pub fn all() -> Vec<StageKind> {
     vec![
-        kind::<crate::parquet_source::ReadParquet>(),
-        kind::<crate::dinamo::synth::SynthRuns>(),
-        kind::<crate::dinamo::ewma::DinamoS>(),
-        kind::<crate::dinamo::online::DinamoMl>(),
-        kind::<crate::dinamo::metrics::DqmMetrics>(),
-        kind::<crate::dinamo::compare::DqmCompare>(),
-        kind::<crate::medic::convert::DelphesConvert>(),
-        kind::<crate::medic::filter::FilterEvents>(),
-        kind::<crate::medic::windows::SlidingWindows>(),
-        kind::<crate::medic::train::MedicTrain>(),
-        kind::<crate::medic::infer::MedicInfer>(),
-        kind::<crate::medic::metrics::MedicMetrics>(),
+        kind::<crate::read_parquet::ReadParquet>(),
+        kind::<crate::dinamo::synth_runs::SynthRuns>(),
+        kind::<crate::dinamo::dinamo_s::DinamoS>(),
+        kind::<crate::dinamo::dinamo_ml::DinamoMl>(),
+        kind::<crate::dinamo::dqm_metrics::DqmMetrics>(),
+        kind::<crate::dinamo::dqm_compare::DqmCompare>(),
+        kind::<crate::medic::delphes_convert::DelphesConvert>(),
+        kind::<crate::medic::filter_events::FilterEvents>(),
+        kind::<crate::medic::sliding_windows::SlidingWindows>(),
+        kind::<crate::medic::medic_train::MedicTrain>(),
+        kind::<crate::medic::medic_infer::MedicInfer>(),
+        kind::<crate::medic::medic_metrics::MedicMetrics>(),
         kind::<crate::medic::alerts::Alerts>(),
         kind::<crate::union::Union>(),
     ]

@@ -10,8 +10,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{OutputSpec, Result, RunContext, Stage, StageError};
-use crate::registry::StageConfig;
+use crate::error::{Result, StageError};
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage};
 use dqm_schemas::doc_field;
 
 /// Concatenates its input tables (same column names and types).
@@ -27,12 +28,8 @@ impl StageConfig for Union {
     const INPUTS: (usize, usize) = (1, 1024);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        // E.g. the metrics tables of a window-size scan.
-        let metrics = crate::medic::metrics::MedicMetrics::default();
-        let outputs = metrics
-            .outputs(&crate::medic::metrics::MedicMetrics::doc_inputs())
-            .expect("default metrics");
-        vec![outputs[0].schema.clone()]
+        // E.g. the summary tables of several DINAMO studies.
+        vec![dqm_schemas::metrics::summary()]
     }
 }
 
@@ -55,9 +52,7 @@ impl Stage for Union {
             found: 0,
         })?;
         if first.index_of("source").is_ok() {
-            return Err(StageError::Data(
-                "input 1 already has a `source` column".into(),
-            ));
+            return Err(StageError::data("input 1 already has a `source` column"));
         }
         let shape = |s: &SchemaRef| -> Vec<(String, DataType)> {
             s.fields()
@@ -67,7 +62,7 @@ impl Stage for Union {
         };
         for (i, s) in inputs.iter().enumerate().skip(1) {
             if shape(s) != shape(first) {
-                return Err(StageError::Data(format!(
+                return Err(StageError::data(format!(
                     "input {} has columns {:?}, input 1 has {:?}: union needs the same columns",
                     i + 1,
                     shape(s),
@@ -112,10 +107,10 @@ mod tests {
             let batch =
                 RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))])
                     .unwrap();
-            crate::api::input_from_batch(name, &batch, &dir.path().join(name)).unwrap()
+            crate::in_memory::input_from_batch(name, &batch, &dir.path().join(name)).unwrap()
         };
         let inputs = [table("a", vec![1, 2]), table("b", vec![3])];
-        let out = crate::api::run_in_memory(&Union {}, &inputs)
+        let out = crate::in_memory::run_in_memory(&Union {}, &inputs)
             .unwrap()
             .table("main");
         assert_eq!(out.num_rows(), 3);

@@ -1,20 +1,23 @@
 //! DINAMO (arXiv dinamo.txt): synthetic runs, the DINAMO-S and DINAMO-ML
 //! references, the DQM metrics of section 3 and the comparison of methods.
 
-pub mod compare;
-pub mod ewma;
-pub mod metrics;
-pub mod ml;
-pub mod online;
-pub mod synth;
+pub mod dinamo_ml;
+pub mod dinamo_s;
+pub mod dqm_compare;
+pub mod dqm_metrics;
+pub mod reference_net;
+pub mod scores;
+pub mod synth_runs;
 
 use std::collections::{HashSet, VecDeque};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 
-use crate::api::{Input, Result, Shard, StageError};
 use crate::arrow_util::cast_column;
+use crate::error::{Result, StageError};
+use crate::input::Input;
+use crate::stage::Shard;
 
 /// Splits a table into its datasets while streaming it, so a stage holds one
 /// chunk of datasets in memory, not the whole table.
@@ -107,7 +110,7 @@ impl<'a> DatasetGroups<'a> {
         };
         let ids = cast_column(batch.column(col), &DataType::Int64, &self.input, "dataset")?;
         if ids.null_count() > 0 {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{}`: null in column `dataset`",
                 self.input
             )));
@@ -123,7 +126,7 @@ impl<'a> DatasetGroups<'a> {
             if self.current != Some(id) {
                 self.flush()?;
                 if !self.seen.insert(id) {
-                    return Err(StageError::Data(format!(
+                    return Err(StageError::data(format!(
                         "input `{}`: rows of dataset {id} are not contiguous; sort the table by dataset",
                         self.input
                     )));
@@ -155,7 +158,8 @@ impl<'a> DatasetGroups<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Stage, input_from_batch, run_in_memory, run_shard_in_memory};
+    use crate::in_memory::{input_from_batch, run_in_memory, run_shard_in_memory};
+    use crate::stage::Stage;
     use arrow::array::RecordBatch;
 
     /// Runs `stage` whole and as `count` shards; returns (whole, concatenated parts) of `output`.
@@ -179,7 +183,7 @@ mod tests {
     #[test]
     fn shards_concatenated_in_order_are_the_whole_output() {
         let dir = tempfile::tempdir().unwrap();
-        let synth = synth::SynthRuns {
+        let synth = synth_runs::SynthRuns {
             seed_range: Some([0, 5]),
             n_runs: 120,
             n_bad: 12,
@@ -196,7 +200,7 @@ mod tests {
             schema: a.schema.clone(),
             files: vec![a.files[0].clone(), b.files[0].clone()],
         };
-        let s = ewma::DinamoS {
+        let s = dinamo_s::DinamoS {
             historical_runs: 40,
             ..Default::default()
         };
@@ -209,7 +213,7 @@ mod tests {
         assert_eq!(whole, parts);
         // The summary is recombined from the concatenated per-dataset rows.
         let main = input_from_batch("main", &parts, &dir.path().join("m.parquet")).unwrap();
-        let mut recombined = crate::api::MemoryOutput::default();
+        let mut recombined = crate::in_memory::MemoryOutput::default();
         m.recombine(
             &std::collections::BTreeMap::from([("main".to_string(), main)]),
             &mut recombined,

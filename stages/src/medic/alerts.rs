@@ -13,8 +13,10 @@ use arrow::datatypes::{DataType, Float64Type, Int8Type, Int64Type, Schema, Schem
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Input, OutputSpec, Result, RunContext, Stage, StageError, require_column};
-use crate::registry::StageConfig;
+use crate::error::{Result, StageError};
+use crate::input::{Input, require_column};
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage};
 use crate::stats::quantile;
 use dqm_schemas::doc_field;
 
@@ -54,21 +56,18 @@ impl StageConfig for Alerts {
     const INPUTS: (usize, usize) = (1, 1);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        crate::medic::metrics::MedicMetrics::doc_inputs()
+        vec![crate::medic::tables::example_predictions_schema()]
     }
 
     fn validate(&self) -> Result<()> {
         if self.consecutive == 0 || self.scan_consecutive.contains(&0) {
-            return Err(StageError::Param {
-                param: "consecutive".into(),
-                why: "N must be at least 1".into(),
-            });
+            return Err(StageError::param("consecutive", "N must be at least 1"));
         }
         if !self.threshold.is_finite() || self.scan_thresholds.iter().any(|t| !t.is_finite()) {
-            return Err(StageError::Param {
-                param: "threshold".into(),
-                why: "thresholds must be finite numbers".into(),
-            });
+            return Err(StageError::param(
+                "threshold",
+                "thresholds must be finite numbers",
+            ));
         }
         Ok(())
     }
@@ -219,7 +218,7 @@ fn read(input: &Input) -> Result<Vec<Sequence>> {
         let class = class.as_primitive::<Int8Type>();
         for i in 0..batch.num_rows() {
             if !score.value(i).is_finite() {
-                return Err(StageError::Data(format!(
+                return Err(StageError::data(format!(
                     "input `{}`: window {} has a non-finite anomaly_score",
                     input.name,
                     id.value(i)
@@ -235,7 +234,7 @@ fn read(input: &Input) -> Result<Vec<Sequence>> {
         }
     }
     if rows.is_empty() {
-        return Err(StageError::Data(format!(
+        return Err(StageError::data(format!(
             "input `{}` has no windows",
             input.name
         )));
@@ -302,7 +301,7 @@ pub fn detection(anomalous: &[bool], alerts: &[usize]) -> (usize, usize, Vec<f64
 
 impl Stage for Alerts {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        crate::api::expect_inputs(inputs.len(), 1)?;
+        crate::stage::expect_inputs(inputs.len(), 1)?;
         let s = &inputs[0];
         let why = "alerts read the predictions of `medic_infer`";
         require_column(s, "predictions", "block", why, "Utf8", |t| {

@@ -1,312 +1,281 @@
-//! Windows as model input: the three tables `sliding_windows` and the event
-//! filter leave behind (windows, their shuffled event order, the events)
-//! turned into batches of tensors, assembled on a worker thread ahead of the
-//! model so training and inference never wait for data.
+//! The events a window table points into, held in memory so any window's
+//! tensors can be assembled on demand: `[W, n_tracks, F_track]`,
+//! `[W, n_towers, F_tower]` and `[W, F_met]`, each event's objects re-sampled
+//! afresh per window from the window's seed. Used by `sliding_windows`
+//! (materialized windows) and by the model stages through [`crate::medic::batches`].
 
-use std::sync::mpsc::sync_channel;
+use std::collections::HashMap;
 
-use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, UInt64Type};
-use rayon::prelude::*;
-use tch::{Device, Kind, Tensor};
+use arrow::array::{Array, ArrayRef, AsArray, Float32Array, RecordBatch};
+use arrow::datatypes::{Float32Type, Int8Type, Int64Type};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
-use crate::api::{Input, Result, StageError, require_column};
-use crate::medic::windows::{EventStore, FeatureStats, SlidingWindows};
+use crate::error::{Result, StageError};
+use crate::input::Input;
+use crate::medic::tables::{FeatureStats, WindowSpec};
 
-/// The inputs a MEDIC model stage takes, in this order.
-pub const INPUT_NAMES: [&str; 3] = ["windows", "order", "events"];
+/// One event's objects, row-major (object x feature).
+#[derive(Debug, Clone)]
+struct Objects {
+    n: usize,
+    values: Vec<f32>,
+}
 
-/// One window of the window table.
+/// Events in memory, in a form the window assembler can index quickly.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pub event_ids: Vec<i64>,
+    pub classes: Vec<i8>,
+    tracks: Vec<Objects>,
+    towers: Vec<Objects>,
+    met: Vec<Vec<f32>>,
+    /// Row of each event id.
+    pub index: HashMap<i64, usize>,
+    n_track_features: usize,
+    n_tower_features: usize,
+}
+
+/// The tensors of one window.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WindowRow {
-    pub window_id: i64,
-    pub test: bool,
-    pub start: usize,
-    pub sample_seed: u64,
-    /// Class fractions (the soft label).
-    pub target: Vec<f32>,
-    /// The class with the largest fraction.
-    pub class: i64,
+pub struct WindowTensors {
+    /// `[W, n_tracks, F_track]`, row-major.
+    pub tracks: Vec<f32>,
+    /// `[W, n_towers, F_tower]`, row-major.
+    pub towers: Vec<f32>,
+    /// `[W, F_met]`, row-major.
+    pub met: Vec<f32>,
 }
 
-/// Checks at plan time that `schemas` are a window table, its order table and
-/// an events table, and returns the window parameters.
-pub fn check_inputs(schemas: &[SchemaRef]) -> Result<SlidingWindows> {
-    if schemas.len() != 3 {
-        return Err(StageError::InputCount {
-            expected: "3 (windows, windows.order, events)".into(),
-            found: schemas.len(),
-        });
-    }
-    let cfg = SlidingWindows::from_schema(&schemas[0], "windows")?;
-    let why = "a MEDIC model reads the window table";
-    let int64 = |t: &DataType| t == &DataType::Int64;
-    for c in ["window_id", "start"] {
-        require_column(&schemas[0], "windows", c, why, "Int64", int64)?;
-    }
-    require_column(&schemas[0], "windows", "block", why, "Utf8", |t| {
-        t == &DataType::Utf8
-    })?;
-    require_column(&schemas[0], "windows", "sample_seed", why, "UInt64", |t| {
-        t == &DataType::UInt64
-    })?;
-    for c in 0..cfg.n_classes {
-        require_column(
-            &schemas[0],
-            "windows",
-            &format!("p_{c}"),
-            why,
-            "Float64",
-            |t| t == &DataType::Float64,
-        )?;
-    }
-    let why = "the shuffled event order of the windows (`<windows stage>.order`)";
-    for c in ["position", "event_id"] {
-        require_column(&schemas[1], "order", c, why, "Int64", int64)?;
-    }
-    require_column(&schemas[1], "order", "block", why, "Utf8", |t| {
-        t == &DataType::Utf8
-    })?;
-    cfg.check_events_schema(&schemas[2], "events")?;
-    Ok(cfg)
-}
-
-/// Everything needed to assemble any window's tensors.
-pub struct WindowData {
-    pub cfg: SlidingWindows,
-    pub store: EventStore,
-    /// Event ids by position in the shuffled sequence.
-    pub order: Vec<i64>,
-    /// How many leading positions are the train block.
-    pub n_train_events: usize,
-    pub rows: Vec<WindowRow>,
-}
-
-/// A batch of windows as tensors on the model's device.
-pub struct Batch {
-    /// `[B, W, n_tracks, F_track]`
-    pub tracks: Tensor,
-    /// `[B, W, n_towers, F_tower]`
-    pub towers: Tensor,
-    /// `[B, W, F_met]`
-    pub met: Tensor,
-    /// `[B, classes]` soft labels.
-    pub target: Tensor,
-    /// `[B]` argmax classes.
-    pub class: Tensor,
-    /// Indices into [`WindowData::rows`].
-    pub rows: Vec<usize>,
-}
-
-impl WindowData {
-    /// Reads the three input tables (windows, order, events).
-    pub fn load(inputs: &[Input]) -> Result<Self> {
-        let schemas: Vec<SchemaRef> = inputs.iter().map(|i| i.schema.clone()).collect();
-        let cfg = check_inputs(&schemas)?;
-        let (windows, order_input, events) = (&inputs[0], &inputs[1], &inputs[2]);
-
-        let mut order = Vec::new();
-        let mut n_train_events = 0;
-        for batch in order_input.batches() {
-            let batch = batch?;
-            let col = |n: &str| batch.column(batch.schema().index_of(n).expect("checked"));
-            let pos = col("position").as_primitive::<Int64Type>().clone();
-            let ids = col("event_id").as_primitive::<Int64Type>().clone();
-            let block = col("block").as_string::<i32>().clone();
-            for i in 0..batch.num_rows() {
-                if pos.value(i) != order.len() as i64 {
-                    return Err(StageError::Data(format!(
-                        "input `{}`: position {} where {} was expected (not an order table of `sliding_windows`?)",
-                        order_input.name,
-                        pos.value(i),
-                        order.len()
-                    )));
-                }
-                order.push(ids.value(i));
-                n_train_events += usize::from(block.value(i) == "train");
-            }
-        }
-
-        let mut rows = Vec::new();
-        for batch in windows.batches() {
-            let batch = batch?;
-            let col = |n: &str| batch.column(batch.schema().index_of(n).expect("checked"));
-            let ids = col("window_id").as_primitive::<Int64Type>().clone();
-            let starts = col("start").as_primitive::<Int64Type>().clone();
-            let seeds = col("sample_seed").as_primitive::<UInt64Type>().clone();
-            let block = col("block").as_string::<i32>().clone();
-            let p: Vec<_> = (0..cfg.n_classes)
-                .map(|c| col(&format!("p_{c}")).as_primitive::<Float64Type>().clone())
-                .collect();
-            for i in 0..batch.num_rows() {
-                let start = starts.value(i);
-                if start < 0 || start as usize + cfg.window > order.len() {
-                    return Err(StageError::Data(format!(
-                        "input `{}`: window {} starts at {start}, outside the {} ordered events",
-                        windows.name,
-                        ids.value(i),
-                        order.len()
-                    )));
-                }
-                let target: Vec<f32> = p.iter().map(|c| c.value(i) as f32).collect();
-                if target.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                    return Err(StageError::Data(format!(
-                        "input `{}`: window {} has a class fraction that is negative or not finite",
-                        windows.name,
-                        ids.value(i)
-                    )));
-                }
-                let class = argmax(&target) as i64;
-                rows.push(WindowRow {
-                    window_id: ids.value(i),
-                    test: match block.value(i) {
-                        "train" => false,
-                        "test" => true,
-                        other => {
-                            return Err(StageError::Data(format!(
-                                "input `{}`: window {} has block `{other}` (train or test expected)",
-                                windows.name,
-                                ids.value(i)
-                            )));
-                        }
-                    },
-                    start: start as usize,
-                    sample_seed: seeds.value(i),
-                    target,
-                    class,
-                });
-            }
-        }
-        if rows.is_empty() {
-            return Err(StageError::Data(format!(
-                "input `{}` has no windows",
-                windows.name
+fn objects(
+    batch: &RecordBatch,
+    input: &str,
+    columns: &[String],
+    n_rows: usize,
+) -> Result<Vec<Objects>> {
+    let lists: Vec<_> = columns
+        .iter()
+        .map(|c| {
+            let idx = batch
+                .schema()
+                .index_of(c)
+                .map_err(|_| StageError::MissingColumn {
+                    input: input.into(),
+                    column: c.clone(),
+                    why: "a window tensor feature".into(),
+                })?;
+            Ok(batch.column(idx).as_list::<i32>().clone())
+        })
+        .collect::<Result<_>>()?;
+    let f = columns.len();
+    let mut out = Vec::with_capacity(n_rows);
+    for row in 0..n_rows {
+        let per: Vec<ArrayRef> = lists.iter().map(|l| l.value(row)).collect();
+        let n = per[0].len();
+        if let Some(k) = per.iter().position(|a| a.len() != n) {
+            return Err(StageError::data(format!(
+                "input `{input}`: row {row}: column `{}` has {} objects, `{}` has {n}",
+                columns[k],
+                per[k].len(),
+                columns[0]
             )));
         }
-        let store = cfg.load(events)?;
-        Ok(Self {
-            cfg,
-            store,
-            order,
-            n_train_events,
-            rows,
-        })
-    }
-
-    /// Feature statistics of the train block's events.
-    pub fn train_stats(&self) -> Result<FeatureStats> {
-        self.store.feature_stats(&self.order[..self.n_train_events])
-    }
-
-    /// Indices of the rows of one block.
-    pub fn block(&self, test: bool) -> Vec<usize> {
-        (0..self.rows.len())
-            .filter(|&i| self.rows[i].test == test)
-            .collect()
-    }
-
-    /// Assembles the windows `rows` (indices into [`Self::rows`]) on the
-    /// rayon pool.
-    pub fn batch(&self, rows: &[usize], device: Device) -> Result<Batch> {
-        let cfg = &self.cfg;
-        let parts = rows
-            .par_iter()
-            .map(|&r| {
-                let row = &self.rows[r];
-                self.store.assemble(
-                    cfg,
-                    &self.order[row.start..row.start + cfg.window],
-                    row.sample_seed,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let b = rows.len() as i64;
-        let (w, ft, fw, fm) = (
-            cfg.window as i64,
-            cfg.track_features.len() as i64,
-            cfg.tower_features.len() as i64,
-            cfg.met_features.len() as i64,
-        );
-        let cat = |f: fn(&crate::medic::windows::WindowTensors) -> &Vec<f32>| {
-            let mut v = Vec::with_capacity(parts.iter().map(|p| f(p).len()).sum());
-            for p in &parts {
-                v.extend_from_slice(f(p));
+        let mut values = vec![0.0f32; n * f];
+        for (j, a) in per.iter().enumerate() {
+            let a = a.as_primitive::<Float32Type>();
+            for i in 0..n {
+                values[i * f + j] = a.value(i);
             }
-            Tensor::from_slice(&v)
-        };
-        let tracks = cat(|p| &p.tracks).view([b, w, cfg.n_tracks as i64, ft]);
-        let towers = cat(|p| &p.towers).view([b, w, cfg.n_towers as i64, fw]);
-        let met = cat(|p| &p.met).view([b, w, fm]);
-        let target: Vec<f32> = rows
-            .iter()
-            .flat_map(|&r| self.rows[r].target.iter().copied())
-            .collect();
-        let class: Vec<i64> = rows.iter().map(|&r| self.rows[r].class).collect();
-        Ok(Batch {
-            tracks: tracks.to_device(device),
-            towers: towers.to_device(device),
-            met: met.to_device(device),
-            target: Tensor::from_slice(&target)
-                .view([b, cfg.n_classes as i64])
-                .to_device(device),
-            class: Tensor::from_slice(&class).to_device(device),
-            rows: rows.to_vec(),
-        })
+        }
+        out.push(Objects { n, values });
     }
-
-    /// Assembles `batches` on a worker thread, at most `depth` ahead, and
-    /// hands them to `consume` in order. An error on either side stops both.
-    pub fn for_each_batch(
-        &self,
-        batches: &[Vec<usize>],
-        device: Device,
-        depth: usize,
-        mut consume: impl FnMut(Batch) -> Result<()>,
-    ) -> Result<()> {
-        std::thread::scope(|scope| {
-            let (tx, rx) = sync_channel::<Result<Batch>>(depth.max(1));
-            let producer = scope.spawn(move || {
-                for rows in batches {
-                    let batch = self.batch(rows, device);
-                    let failed = batch.is_err();
-                    // The consumer hung up (it failed): stop assembling.
-                    if tx.send(batch).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            let mut result = Ok(());
-            for batch in rx.iter() {
-                result = batch.and_then(&mut consume);
-                if result.is_err() {
-                    break;
-                }
-            }
-            drop(rx);
-            producer
-                .join()
-                .map_err(|p| StageError::Data(crate::api::panic_message(p.as_ref())))?;
-            result
-        })
-    }
+    Ok(out)
 }
 
-/// Index of the largest value (the first one on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
+/// Mean and standard deviation (a constant feature gets 1) of row-major
+/// `values` with `f` features.
+fn moments<'a>(rows: impl Iterator<Item = &'a [f32]>, f: usize) -> (Vec<f32>, Vec<f32>) {
+    if f == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let (mut n, mut sum, mut sq) = (0f64, vec![0f64; f], vec![0f64; f]);
+    for values in rows {
+        for obj in values.chunks_exact(f) {
+            n += 1.0;
+            for j in 0..f {
+                let v = obj[j] as f64;
+                sum[j] += v;
+                sq[j] += v * v;
+            }
         }
     }
-    best
+    let n = n.max(1.0);
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| {
+            let var = (q / n - m * m).max(0.0);
+            if var > 1e-12 { var.sqrt() as f32 } else { 1.0 }
+        })
+        .collect();
+    (mean.into_iter().map(|m| m as f32).collect(), std)
 }
 
-/// Converts a float tensor to a flat `Vec<f32>` on the CPU.
-pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {
-    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-    let n = t.numel();
-    let mut out = vec![0f32; n];
-    t.view([-1]).copy_data(&mut out, n);
-    out
+impl EventStore {
+    /// Loads the events table into memory for window assembly.
+    pub fn load(spec: &WindowSpec, input: &Input) -> Result<EventStore> {
+        spec.check_events_schema(&input.schema, &input.name)?;
+        let batch = arrow::compute::concat_batches(&input.schema, &input.read_all()?)?;
+        let n = batch.num_rows();
+        let col = |name: &str| batch.column(batch.schema().index_of(name).expect("checked"));
+        let event_ids = col("event_id")
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        let classes = col("class").as_primitive::<Int8Type>().values().to_vec();
+        if let Some(c) = classes
+            .iter()
+            .find(|&&c| c < 0 || c as usize >= spec.n_classes)
+        {
+            return Err(StageError::data(format!(
+                "input `{}`: class {c} outside 0..{}",
+                input.name, spec.n_classes
+            )));
+        }
+        let (tr, tw, met) = spec.column_names();
+        let met_cols: Vec<Float32Array> = met
+            .iter()
+            .map(|c| col(c).as_primitive::<Float32Type>().clone())
+            .collect();
+        let mut index = HashMap::with_capacity(n);
+        for (i, &id) in event_ids.iter().enumerate() {
+            if index.insert(id, i).is_some() {
+                return Err(StageError::data(format!(
+                    "input `{}`: event_id {id} appears twice",
+                    input.name
+                )));
+            }
+        }
+        Ok(EventStore {
+            tracks: objects(&batch, &input.name, &tr, n)?,
+            towers: objects(&batch, &input.name, &tw, n)?,
+            met: (0..n)
+                .map(|i| met_cols.iter().map(|c| c.value(i)).collect())
+                .collect(),
+            event_ids,
+            classes,
+            index,
+            n_track_features: tr.len(),
+            n_tower_features: tw.len(),
+        })
+    }
+
+    /// Feature statistics over the objects of `events` (e.g. the train block).
+    pub fn feature_stats(&self, events: &[i64]) -> Result<FeatureStats> {
+        let idx: Vec<usize> = events
+            .iter()
+            .map(|id| {
+                self.index.get(id).copied().ok_or_else(|| {
+                    StageError::data(format!("event_id {id} is not in the events table"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (track_mean, track_std) = moments(
+            idx.iter().map(|&e| self.tracks[e].values.as_slice()),
+            self.n_track_features,
+        );
+        let (tower_mean, tower_std) = moments(
+            idx.iter().map(|&e| self.towers[e].values.as_slice()),
+            self.n_tower_features,
+        );
+        let fm = self.met.first().map_or(0, Vec::len);
+        let (met_mean, met_std) = moments(idx.iter().map(|&e| self.met[e].as_slice()), fm);
+        Ok(FeatureStats {
+            track_mean,
+            track_std,
+            tower_mean,
+            tower_std,
+            met_mean,
+            met_std,
+        })
+    }
+
+    /// Standardizes every real object in place, so padding stays exactly zero.
+    pub fn standardize(&mut self, stats: &FeatureStats) {
+        let apply = |values: &mut [f32], mean: &[f32], std: &[f32]| {
+            if mean.is_empty() {
+                return;
+            }
+            for obj in values.chunks_exact_mut(mean.len()) {
+                for ((v, m), s) in obj.iter_mut().zip(mean).zip(std) {
+                    *v = (*v - m) / s;
+                }
+            }
+        };
+        for o in &mut self.tracks {
+            apply(&mut o.values, &stats.track_mean, &stats.track_std);
+        }
+        for o in &mut self.towers {
+            apply(&mut o.values, &stats.tower_mean, &stats.tower_std);
+        }
+        for m in &mut self.met {
+            apply(m, &stats.met_mean, &stats.met_std);
+        }
+    }
+
+    /// Assembles a window's tensors from its events (in window order) and
+    /// sampling seed: each event keeps up to n objects chosen uniformly
+    /// without replacement, zero-padded.
+    pub fn assemble(
+        &self,
+        cfg: &WindowSpec,
+        events: &[i64],
+        sample_seed: u64,
+    ) -> Result<WindowTensors> {
+        let mut rng = ChaCha8Rng::seed_from_u64(sample_seed);
+        let (ft, fw, fm) = (
+            self.n_track_features,
+            self.n_tower_features,
+            cfg.met_features.len(),
+        );
+        let mut out = WindowTensors {
+            tracks: vec![0.0; events.len() * cfg.n_tracks * ft],
+            towers: vec![0.0; events.len() * cfg.n_towers * fw],
+            met: Vec::with_capacity(events.len() * fm),
+        };
+        let pick =
+            |objs: &Objects, keep: usize, f: usize, dst: &mut [f32], rng: &mut ChaCha8Rng| {
+                let m = objs.n.min(keep);
+                for (slot, i) in rand::seq::index::sample(rng, objs.n, m)
+                    .into_iter()
+                    .enumerate()
+                {
+                    dst[slot * f..(slot + 1) * f].copy_from_slice(&objs.values[i * f..(i + 1) * f]);
+                }
+            };
+        for (k, id) in events.iter().enumerate() {
+            let &e = self.index.get(id).ok_or_else(|| {
+                StageError::data(format!("event_id {id} is not in the events table"))
+            })?;
+            let t = cfg.n_tracks * ft;
+            pick(
+                &self.tracks[e],
+                cfg.n_tracks,
+                ft,
+                &mut out.tracks[k * t..(k + 1) * t],
+                &mut rng,
+            );
+            let w = cfg.n_towers * fw;
+            pick(
+                &self.towers[e],
+                cfg.n_towers,
+                fw,
+                &mut out.towers[k * w..(k + 1) * w],
+                &mut rng,
+            );
+            out.met.extend_from_slice(&self.met[e]);
+        }
+        Ok(out)
+    }
 }

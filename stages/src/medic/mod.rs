@@ -2,20 +2,23 @@
 //! trains on.
 
 pub mod alerts;
-pub mod convert;
+pub mod batches;
 pub mod data;
-pub mod filter;
-pub mod infer;
-pub mod metrics;
+pub mod delphes_convert;
+pub mod filter_events;
+pub mod medic_infer;
+pub mod medic_metrics;
+pub mod medic_train;
 pub mod model;
-pub mod train;
-pub mod windows;
+pub mod sliding_windows;
+pub mod tables;
 
 /// The bundled Delphes sample as an events table, for the MEDIC stages' tests.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use crate::api::{Input, input_from_batch, run_in_memory};
-    use crate::medic::convert::{DelphesConvert, FileGroup};
+    use crate::in_memory::{input_from_batch, run_in_memory};
+    use crate::input::Input;
+    use crate::medic::delphes_convert::{DelphesConvert, FileGroup};
 
     /// Path of a bundled file, `dijet13_<label>_tiny.root`.
     pub fn bundled(label: &str) -> String {
@@ -50,12 +53,12 @@ pub(crate) mod test_support {
     /// small windows of the bundled `normal` and `hcal_barrel_off` files.
     pub fn model_inputs(dir: &std::path::Path, window: usize, train_fraction: f64) -> Vec<Input> {
         let events = bundled_events(dir, &["normal", "hcal_barrel_off"]);
-        let cfg = crate::medic::windows::SlidingWindows {
+        let cfg = crate::medic::sliding_windows::SlidingWindows(crate::medic::tables::WindowSpec {
             window,
             seed: 11,
             train_fraction,
             ..Default::default()
-        };
+        });
         let out = run_in_memory(&cfg, std::slice::from_ref(&events)).unwrap();
         let windows = input_from_batch(
             "windows",

@@ -295,7 +295,9 @@ mod tests {
     fn training_on_bundled_windows_reduces_the_loss() {
         // libtorch's random generator is global: keep other tests off it.
         let _torch = crate::nn::exclusive();
-        use crate::medic::windows::SlidingWindows;
+        use crate::medic::data::EventStore;
+        use crate::medic::sliding_windows::SlidingWindows;
+        use crate::medic::tables::WindowSpec;
         use tch::nn::OptimizerConfig;
 
         let dir = tempfile::tempdir().unwrap();
@@ -308,12 +310,12 @@ mod tests {
                 "hcal_forward_off",
             ],
         );
-        let cfg = SlidingWindows {
+        let cfg = SlidingWindows(WindowSpec {
             window: 10,
             seed: 5,
             ..Default::default()
-        };
-        let store = cfg.load(&input).unwrap();
+        });
+        let store = EventStore::load(&cfg, &input).unwrap();
         let (order, _) = cfg.shuffle(&store.event_ids);
         // 32 windows at starts 0, 10, 20, ...: targets from class fractions.
         let (mut tr, mut tw, mut me, mut target) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -8,8 +8,9 @@ use futures::StreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, expect_inputs};
-use crate::registry::StageConfig;
+use crate::error::{Result, StageError};
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
 
 /// Keeps input rows for which a SQL boolean expression is true.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -36,7 +37,7 @@ impl StageConfig for FilterEvents {
     const INPUTS: (usize, usize) = (1, 1);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        vec![crate::medic::convert::DelphesConvert::default().events_schema()]
+        vec![crate::medic::tables::example_events_schema()]
     }
 }
 
@@ -51,14 +52,13 @@ fn context() -> SessionContext {
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .build()
-        .map_err(|e| StageError::Data(format!("cannot start the query runtime: {e}")))
+        .map_err(|e| StageError::data(format!("cannot start the query runtime: {e}")))
 }
 
 impl FilterEvents {
     fn filtered(&self, df: DataFrame) -> Result<DataFrame> {
-        let bad = |e: datafusion::error::DataFusionError| StageError::Param {
-            param: "predicate".into(),
-            why: format!("`{}`: {e}", self.predicate),
+        let bad = |e: datafusion::error::DataFusionError| {
+            StageError::param("predicate", format!("`{}`: {e}", self.predicate))
         };
         let expr = df.parse_sql_expr(&self.predicate).map_err(bad)?;
         df.filter(expr).map_err(bad)
@@ -74,14 +74,11 @@ impl Stage for FilterEvents {
         let empty = arrow::array::RecordBatch::new_empty(inputs[0].clone());
         let df = ctx
             .read_batch(empty)
-            .map_err(|e| StageError::Data(e.to_string()))?;
+            .map_err(|e| StageError::data(e.to_string()))?;
         let df = self.filtered(df)?;
         runtime()?
             .block_on(async { df.collect().await })
-            .map_err(|e| StageError::Param {
-                param: "predicate".into(),
-                why: format!("`{}`: {e}", self.predicate),
-            })?;
+            .map_err(|e| StageError::param("predicate", format!("`{}`: {e}", self.predicate)))?;
         Ok(vec![OutputSpec {
             name: "main",
             schema: inputs[0].clone(),
@@ -99,7 +96,7 @@ impl Stage for FilterEvents {
         let rt = runtime()?;
         let total = input.num_rows()? as usize;
         let mut kept = 0usize;
-        let df_err = |e: datafusion::error::DataFusionError| StageError::Data(e.to_string());
+        let df_err = |e: datafusion::error::DataFusionError| StageError::data(e.to_string());
         rt.block_on(async {
             let df = session
                 .read_parquet(files, ParquetReadOptions::default())
@@ -125,7 +122,8 @@ impl Stage for FilterEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Input, run_in_memory};
+    use crate::in_memory::run_in_memory;
+    use crate::input::Input;
     use arrow::array::AsArray;
     use arrow::datatypes::Int32Type;
 

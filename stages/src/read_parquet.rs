@@ -7,8 +7,10 @@ use arrow::datatypes::SchemaRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Input, OutputSpec, Result, RunContext, Stage, StageError, expect_inputs};
-use crate::registry::StageConfig;
+use crate::error::{Result, StageError};
+use crate::input::Input;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
 
 /// Reads every Parquet file matching a glob as one table.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -36,9 +38,9 @@ impl ReadParquet {
     fn input(&self) -> Result<Input> {
         let input = Input::from_files(self.path.clone(), self.files()?)?;
         for file in &input.files[1..] {
-            let schema = crate::api::parquet_schema(file)?;
+            let schema = crate::input::parquet_schema(file)?;
             if schema.fields() != input.schema.fields() {
-                return Err(StageError::Data(format!(
+                return Err(StageError::data(format!(
                     "{} has a different schema from {}: all files of `{}` must share one",
                     file.display(),
                     input.files[0].display(),

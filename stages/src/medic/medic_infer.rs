@@ -1,7 +1,6 @@
 //! `medic_infer`: the ensemble's predictions per window (medic.txt eq. 3.4,
 //! 3.6): every fold's class probabilities, their mean, and the majority vote.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,13 +12,17 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
 
-use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, require_column};
-use crate::medic::data::{self, WindowData, argmax, to_vec_f32};
+use crate::error::{Result, StageError};
+use crate::input::require_column;
+use crate::medic::batches::{self, WindowData, argmax, to_vec_f32};
 use crate::medic::model::Medic;
-use crate::medic::train::{MODEL_KEY, ModelCard, ModelSpec};
-use crate::medic::windows::WINDOWS_KEY;
+use crate::medic::tables::{
+    ModelCard, ModelSpec, WindowSpec, carried_metadata, example_models_schema,
+    example_window_inputs, predictions_schema,
+};
 use crate::nn::DeviceChoice;
-use crate::registry::StageConfig;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage};
 use dqm_schemas::doc_field;
 
 /// Which windows to score.
@@ -74,85 +77,17 @@ impl StageConfig for MedicInfer {
     const INPUTS: (usize, usize) = (4, 4);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        let mut inputs = crate::medic::train::doc_window_inputs();
-        let models =
-            crate::api::Stage::outputs(&crate::medic::train::MedicTrain::default(), &inputs)
-                .expect("default training");
-        inputs.push(models[0].schema.clone());
+        let mut inputs = example_window_inputs();
+        inputs.push(example_models_schema());
         inputs
     }
 
     fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
-            return Err(StageError::Param {
-                param: "batch_size".into(),
-                why: "must be at least 1".into(),
-            });
+            return Err(StageError::param("batch_size", "must be at least 1"));
         }
         Ok(())
     }
-}
-
-/// The predictions table: the window's truth, the ensemble mean and vote.
-fn predictions_schema(n_classes: usize, metadata: HashMap<String, String>) -> SchemaRef {
-    let mut fields = vec![
-        doc_field(
-            "window_id",
-            DataType::Int64,
-            false,
-            "Window id (window table)",
-        ),
-        doc_field("block", DataType::Utf8, false, "train or test"),
-        doc_field(
-            "start",
-            DataType::Int64,
-            false,
-            "Position of the window's first event in the shuffled order: windows in time order",
-        ),
-    ];
-    for c in 0..n_classes {
-        fields.push(doc_field(
-            &format!("p_{c}"),
-            DataType::Float64,
-            false,
-            &format!("True fraction of class {c} in the window (soft label)"),
-        ));
-    }
-    fields.push(doc_field(
-        "argmax_class",
-        DataType::Int8,
-        false,
-        "True class: argmax of the soft label (lowest index on ties)",
-    ));
-    for c in 0..n_classes {
-        fields.push(doc_field(
-            &format!("prob_{c}"),
-            DataType::Float64,
-            false,
-            &format!("Ensemble-mean predicted probability of class {c} (eq. 3.6)"),
-        ));
-    }
-    fields.extend([
-        doc_field(
-            "vote",
-            DataType::Int8,
-            false,
-            "Majority vote of the folds' argmax classes (eq. 3.4); ties go to the larger ensemble-mean probability",
-        ),
-        doc_field(
-            "vote_share",
-            DataType::Float64,
-            false,
-            "Fraction of folds voting for `vote`",
-        ),
-        doc_field(
-            "anomaly_score",
-            DataType::Float64,
-            false,
-            "1 − ensemble-mean probability of the normal class",
-        ),
-    ]);
-    Arc::new(Schema::new(fields).with_metadata(metadata))
 }
 
 fn fold_schema(n_classes: usize) -> SchemaRef {
@@ -204,8 +139,8 @@ pub struct LoadedFold {
 /// Loads every fold of a models table onto `device`, checking each card
 /// against the windows it will score.
 pub fn load_models(
-    input: &crate::api::Input,
-    windows: &crate::medic::windows::SlidingWindows,
+    input: &crate::input::Input,
+    windows: &WindowSpec,
     device: Device,
 ) -> Result<Vec<LoadedFold>> {
     let why = "the models table of `medic_train`";
@@ -228,7 +163,7 @@ pub fn load_models(
             let fold = fold_col.value(i);
             let at = format!("input `{}`, fold {fold}", input.name);
             let card: ModelCard = serde_json::from_str(cards.value(i))
-                .map_err(|e| StageError::Data(format!("{at}: unreadable model card: {e}")))?;
+                .map_err(|e| StageError::data(format!("{at}: unreadable model card: {e}")))?;
             card.spec.check_windows(windows, &at)?;
             let vs = nn::VarStore::new(device);
             let model = Medic::new(&vs.root(), card.spec.arch.clone());
@@ -242,14 +177,14 @@ pub fn load_models(
         }
     }
     if folds.is_empty() {
-        return Err(StageError::Data(format!(
+        return Err(StageError::data(format!(
             "input `{}` has no model (no fold rows)",
             input.name
         )));
     }
     let first = folds[0].card.normalization.clone();
     if let Some(f) = folds.iter().find(|f| f.card.normalization != first) {
-        return Err(StageError::Data(format!(
+        return Err(StageError::data(format!(
             "input `{}`: fold {} standardizes its inputs differently from fold {}",
             input.name, f.fold, folds[0].fold
         )));
@@ -261,19 +196,19 @@ pub fn load_models(
 /// must be present with its shape.
 pub fn load_weights(vs: &nn::VarStore, bytes: &[u8], at: &str) -> Result<()> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
-        StageError::Data(format!("{at}: weights are not a safetensors file: {e:?}"))
+        StageError::data(format!("{at}: weights are not a safetensors file: {e:?}"))
     })?;
     tch::no_grad(|| {
         for (name, mut var) in vs.variables() {
             let view = st.tensor(&name).map_err(|_| {
-                StageError::Data(format!(
+                StageError::data(format!(
                     "{at}: weights have no tensor `{name}` (trained with another architecture?)"
                 ))
             })?;
             let t = Tensor::try_from(view)
-                .map_err(|e| StageError::Data(format!("{at}: tensor `{name}`: {e}")))?;
+                .map_err(|e| StageError::data(format!("{at}: tensor `{name}`: {e}")))?;
             if t.size() != var.size() {
-                return Err(StageError::Data(format!(
+                return Err(StageError::data(format!(
                     "{at}: tensor `{name}` has shape {:?}, the model needs {:?}",
                     t.size(),
                     var.size()
@@ -293,14 +228,14 @@ impl Stage for MedicInfer {
                 found: inputs.len(),
             });
         }
-        let windows = data::check_inputs(&inputs[..3])?;
+        let windows = batches::check_inputs(&inputs[..3])?;
         let spec = ModelSpec::from_schema(&inputs[3], "models")?;
         spec.check_windows(&windows, "windows")?;
         if self.normal_class >= windows.n_classes {
-            return Err(StageError::Param {
-                param: "normal_class".into(),
-                why: format!("must be below n_classes = {}", windows.n_classes),
-            });
+            return Err(StageError::param(
+                "normal_class",
+                format!("must be below n_classes = {}", windows.n_classes),
+            ));
         }
         Ok(vec![
             OutputSpec {
@@ -331,7 +266,7 @@ impl Stage for MedicInfer {
             Blocks::All => (0..data.rows.len()).collect(),
         };
         if rows.is_empty() {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{}` has no {:?} windows to score",
                 ctx.inputs[0].name, self.blocks
             )));
@@ -444,21 +379,13 @@ impl Stage for MedicInfer {
     }
 }
 
-/// The window and model parameters the predictions carry on (schema
-/// metadata), so metrics know W and the ensemble size.
-fn carried_metadata(windows: &SchemaRef, models: &SchemaRef) -> HashMap<String, String> {
-    [(WINDOWS_KEY, windows), (MODEL_KEY, models)]
-        .into_iter()
-        .filter_map(|(key, schema)| Some((key.to_string(), schema.metadata().get(key)?.clone())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Input, input_from_batch, run_in_memory};
+    use crate::in_memory::{input_from_batch, run_in_memory};
+    use crate::input::Input;
+    use crate::medic::medic_train::MedicTrain;
     use crate::medic::test_support::model_inputs;
-    use crate::medic::train::MedicTrain;
     use arrow::array::{AsArray, BinaryArray};
     use arrow::datatypes::{Float64Type, Int8Type};
 

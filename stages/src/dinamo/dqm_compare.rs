@@ -16,10 +16,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DatasetGroups;
-use crate::api::{Input, OutputSpec, Result, RunContext, Stage, StageError, require_column};
 use crate::arrow_util::{cast_column, is_integer, list_rows};
+use crate::error::{Result, StageError};
+use crate::input::{Input, require_column};
 use crate::plots::{self, ReferencePanel};
-use crate::registry::StageConfig;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage};
 use crate::stats::median_and_95;
 use dqm_schemas::compare::{differences, paired, summary};
 use dqm_schemas::metrics::METRICS;
@@ -62,8 +64,8 @@ fn classify(inputs: &[SchemaRef], methods: &[String]) -> Result<(usize, usize)> 
     let n_metrics = inputs.iter().take_while(|s| is_metrics(s)).count();
     let n_scores = inputs.len() - n_metrics;
     if n_metrics == 0 {
-        return Err(StageError::Data(
-            "input 1 is not a dqm_metrics per-dataset table (no `regime`, `balanced_accuracy`); list the metrics tables first".into(),
+        return Err(StageError::data(
+            "input 1 is not a dqm_metrics per-dataset table (no `regime`, `balanced_accuracy`); list the metrics tables first",
         ));
     }
     let why = "dqm_compare reads per-dataset metric tables";
@@ -77,7 +79,7 @@ fn classify(inputs: &[SchemaRef], methods: &[String]) -> Result<(usize, usize)> 
         }
     }
     if n_scores != 0 && n_scores != n_metrics {
-        return Err(StageError::Data(format!(
+        return Err(StageError::data(format!(
             "{n_metrics} metrics tables but {n_scores} score tables: give one score table per method (in the same order) or none"
         )));
     }
@@ -85,7 +87,7 @@ fn classify(inputs: &[SchemaRef], methods: &[String]) -> Result<(usize, usize)> 
     for (k, schema) in inputs[n_metrics..].iter().enumerate() {
         let name = format!("input {}", n_metrics + k + 1);
         if is_metrics(schema) {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "{name} is a metrics table after a score table: list all metrics tables first"
             )));
         }
@@ -109,10 +111,10 @@ fn classify(inputs: &[SchemaRef], methods: &[String]) -> Result<(usize, usize)> 
         }
     }
     if !methods.is_empty() && methods.len() != n_metrics {
-        return Err(StageError::Param {
-            param: "methods".into(),
-            why: format!("{} names for {n_metrics} metrics inputs", methods.len()),
-        });
+        return Err(StageError::param(
+            "methods",
+            format!("{} names for {n_metrics} metrics inputs", methods.len()),
+        ));
     }
     Ok((n_metrics, n_scores))
 }
@@ -147,7 +149,7 @@ fn read_metrics(input: &Input) -> Result<Values> {
         }
     }
     if out.is_empty() {
-        return Err(StageError::Data(format!(
+        return Err(StageError::data(format!(
             "input `{}` has no rows",
             input.name
         )));
@@ -334,7 +336,7 @@ impl DqmCompare {
     /// Figures 4 and 6 for one method.
     fn plot_scores(&self, input: &Input, method: &str, dir: &std::path::Path) -> Result<()> {
         let Some((dataset, batch)) = self.plot_rows(input)? else {
-            return Err(StageError::Data(match self.plot_dataset {
+            return Err(StageError::data(match self.plot_dataset {
                 Some(d) => format!("input `{}` has no dataset {d} (plot_dataset)", input.name),
                 None => format!("input `{}` has no rows", input.name),
             }));
@@ -497,7 +499,7 @@ impl Stage for DqmCompare {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{input_from_batch, run_in_memory};
+    use crate::in_memory::{input_from_batch, run_in_memory};
 
     fn metrics_table(ba: &[(i64, f64)], ad: &[(i64, Option<f64>)]) -> RecordBatch {
         let n = ba.len();

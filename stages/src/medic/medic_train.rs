@@ -11,7 +11,6 @@
 //! files are also written as `fold_<j>.safetensors` + `fold_<j>.json`
 //! artifacts, loadable with `safetensors.torch.load_file`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,101 +27,20 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::api::{OutputSpec, Result, RunContext, Stage, StageError};
-use crate::medic::data::{self, Batch, WindowData};
-use crate::medic::model::{Medic, MedicArch, kl_per_window};
-use crate::medic::windows::{FeatureStats, SlidingWindows};
+use crate::error::{Result, StageError, bad_param};
+use crate::medic::batches::{self, Batch, WindowData};
+use crate::medic::model::{Medic, kl_per_window};
+use crate::medic::tables::{
+    FeatureStats, ModelCard, ModelSpec, WindowSpec, example_window_inputs, models_schema,
+};
 use crate::nn::DeviceChoice;
-use crate::registry::StageConfig;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage};
 use dqm_schemas::doc_field;
 
-/// Schema-metadata key of the models table: the [`ModelSpec`] as JSON, so
-/// inference can check at plan time that its windows fit the models.
-pub const MODEL_KEY: &str = "dqm.medic.model";
-
-/// What every fold of an ensemble shares: the network and the windows it reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSpec {
-    pub arch: MedicArch,
-    /// The `sliding_windows` parameters of the training windows.
-    pub windows: SlidingWindows,
-    pub normalize_features: bool,
-    pub folds: usize,
-}
-
-/// One fold's model card, stored as JSON next to its weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelCard {
-    #[serde(flatten)]
-    pub spec: ModelSpec,
-    /// 1-based fold number.
-    pub fold: usize,
-    /// Standardization of the inputs (from the train block), when enabled.
-    pub normalization: Option<FeatureStats>,
-}
-
-impl ModelSpec {
-    /// Reads the spec from a models table's schema.
-    pub fn from_schema(schema: &SchemaRef, input: &str) -> Result<Self> {
-        let json = schema.metadata().get(MODEL_KEY).ok_or_else(|| {
-            StageError::Data(format!(
-                "input `{input}` is not a MEDIC models table (from `medic_train`): its schema has no `{MODEL_KEY}` metadata"
-            ))
-        })?;
-        serde_json::from_str(json).map_err(|e| {
-            StageError::Data(format!("input `{input}`: unreadable `{MODEL_KEY}`: {e}"))
-        })
-    }
-
-    /// Checks that windows made with `windows` have the shape and features
-    /// this model was trained on.
-    pub fn check_windows(&self, windows: &SlidingWindows, input: &str) -> Result<()> {
-        let m = &self.windows;
-        let mismatch = |what: &str, model: String, found: String| {
-            Err(StageError::Data(format!(
-                "input `{input}`: windows have {what} = {found}, but the model was trained with {what} = {model}"
-            )))
-        };
-        if m.window != windows.window {
-            return mismatch(
-                "W (window)",
-                m.window.to_string(),
-                windows.window.to_string(),
-            );
-        }
-        if m.n_tracks != windows.n_tracks {
-            return mismatch(
-                "n_tracks",
-                m.n_tracks.to_string(),
-                windows.n_tracks.to_string(),
-            );
-        }
-        if m.n_towers != windows.n_towers {
-            return mismatch(
-                "n_towers",
-                m.n_towers.to_string(),
-                windows.n_towers.to_string(),
-            );
-        }
-        if m.n_classes != windows.n_classes {
-            return mismatch(
-                "n_classes",
-                m.n_classes.to_string(),
-                windows.n_classes.to_string(),
-            );
-        }
-        for (what, a, b) in [
-            ("track_features", &m.track_features, &windows.track_features),
-            ("tower_features", &m.tower_features, &windows.tower_features),
-            ("met_features", &m.met_features, &windows.met_features),
-        ] {
-            if a != b {
-                return mismatch(what, format!("{a:?}"), format!("{b:?}"));
-            }
-        }
-        Ok(())
-    }
-}
+/// Salt of the batch-order shuffle, so it is not the stream the fold
+/// assignment draws from the same `seed`.
+const BATCH_ORDER_SALT: u64 = 0xF01D << 32;
 
 /// Trains the k-fold MEDIC ensemble on the train block of a window table.
 ///
@@ -180,79 +98,24 @@ impl StageConfig for MedicTrain {
     const INPUTS: (usize, usize) = (3, 3);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        doc_window_inputs()
+        example_window_inputs()
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |param: &str, why: &str| {
-            Err(StageError::Param {
-                param: param.into(),
-                why: why.into(),
-            })
-        };
         if self.folds < 2 {
-            return bad("folds", "needs at least 2 folds");
+            return bad_param("folds", "needs at least 2 folds");
         }
         if self.max_epochs == 0 {
-            return bad("max_epochs", "must be at least 1");
+            return bad_param("max_epochs", "must be at least 1");
         }
         if self.batch_size == 0 {
-            return bad("batch_size", "must be at least 1");
+            return bad_param("batch_size", "must be at least 1");
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad("learning_rate", "must be a positive number");
+            return bad_param("learning_rate", "must be a positive number");
         }
         Ok(())
     }
-}
-
-/// Example inputs for `pipeline stages`: the tables of a default `sliding_windows`.
-pub(crate) fn doc_window_inputs() -> Vec<SchemaRef> {
-    let windows = SlidingWindows::default();
-    let events = crate::medic::convert::DelphesConvert::default().events_schema();
-    let outs = crate::api::Stage::outputs(&windows, std::slice::from_ref(&events))
-        .expect("default windows");
-    vec![outs[0].schema.clone(), outs[1].schema.clone(), events]
-}
-
-fn models_schema(spec: &ModelSpec) -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
-    let meta = serde_json::to_string(spec).expect("plain data serializes");
-    Arc::new(
-        Schema::new(vec![
-            f("fold", DataType::Int32, "Fold number, 1 to k"),
-            f(
-                "best_epoch",
-                DataType::Int32,
-                "Epoch whose parameters were kept (lowest validation KL)",
-            ),
-            f("epochs", DataType::Int32, "Epochs run before stopping"),
-            f("val_kl", DataType::Float64, "Validation KL at best_epoch"),
-            f(
-                "val_accuracy",
-                DataType::Float64,
-                "Validation accuracy (argmax vs argmax of the soft label) at best_epoch",
-            ),
-            f(
-                "val_brier",
-                DataType::Float64,
-                "Validation Brier score (eq. 3.3: sum over classes, mean over windows) at best_epoch",
-            ),
-            f("train_windows", DataType::Int64, "Windows the fold trained on"),
-            f("val_windows", DataType::Int64, "Windows of the fold's validation part"),
-            f(
-                "card",
-                DataType::Utf8,
-                "Model card JSON: architecture, window parameters, input standardization",
-            ),
-            f(
-                "weights",
-                DataType::Binary,
-                "The fold's parameters and batch-norm statistics as a safetensors file",
-            ),
-        ])
-        .with_metadata(HashMap::from([(MODEL_KEY.to_string(), meta)])),
-    )
 }
 
 fn log_schema() -> SchemaRef {
@@ -336,10 +199,14 @@ impl Tally {
         self.n += batch.rows.len() as f64;
     }
 
-    /// (KL, accuracy, Brier) means.
-    fn mean(&self) -> (f64, f64, f64) {
+    /// Means over the windows of the pass.
+    fn mean(&self) -> Figures {
         let n = self.n.max(1.0);
-        (self.kl / n, self.correct / n, self.brier / n)
+        Figures {
+            kl: self.kl / n,
+            accuracy: self.correct / n,
+            brier: self.brier / n,
+        }
     }
 }
 
@@ -386,11 +253,39 @@ pub fn class_weights(classes: impl Iterator<Item = i64>, n_classes: usize) -> Ve
         .collect()
 }
 
+/// Mean KL, accuracy and Brier score of one pass over some windows.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    kl: f64,
+    accuracy: f64,
+    brier: f64,
+}
+
+/// One row of the `log` output: a fold's epoch.
+struct EpochLog {
+    fold: usize,
+    epoch: usize,
+    train: Figures,
+    val: Figures,
+    seconds: f64,
+    improved: bool,
+}
+
+/// What every fold of one training run shares.
+#[derive(Clone, Copy)]
+struct Ensemble<'a> {
+    data: &'a WindowData,
+    spec: &'a ModelSpec,
+    normalization: &'a Option<FeatureStats>,
+    device: Device,
+}
+
 /// What a trained fold leaves behind.
 struct FoldResult {
     best_epoch: usize,
     epochs: usize,
-    best: (f64, f64, f64),
+    /// Validation figures at `best_epoch`.
+    best: Figures,
     train_windows: usize,
     val_windows: usize,
     card: ModelCard,
@@ -398,20 +293,13 @@ struct FoldResult {
 }
 
 impl MedicTrain {
-    fn spec(&self, windows: &SlidingWindows) -> ModelSpec {
-        ModelSpec {
-            arch: MedicArch {
-                track_features: windows.track_features.len() as i64,
-                tower_features: windows.tower_features.len() as i64,
-                met_features: windows.met_features.len() as i64,
-                classes: windows.n_classes as i64,
-                mask_padding: self.mask_padding,
-                ..MedicArch::default()
-            },
-            windows: windows.clone(),
-            normalize_features: self.normalize_features,
-            folds: self.folds,
-        }
+    fn spec(&self, windows: &WindowSpec) -> ModelSpec {
+        ModelSpec::new(
+            windows.clone(),
+            self.mask_padding,
+            self.normalize_features,
+            self.folds,
+        )
     }
 
     fn batches(&self, rows: &[usize], shuffle: Option<&mut ChaCha8Rng>) -> Vec<Vec<usize>> {
@@ -424,19 +312,22 @@ impl MedicTrain {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Trains fold `fold` on `train` rows, validating on `val` rows; every
+    /// epoch's figures are appended to `log`.
     fn train_fold(
         &self,
         ctx: &mut RunContext<'_>,
-        data: &WindowData,
-        spec: &ModelSpec,
-        normalization: &Option<FeatureStats>,
-        device: Device,
+        job: &Ensemble<'_>,
         fold: usize,
-        train: &[usize],
-        val: &[usize],
-        log: &mut Vec<[f64; 10]>,
+        (train, val): (&[usize], &[usize]),
+        log: &mut Vec<EpochLog>,
     ) -> Result<FoldResult> {
+        let Ensemble {
+            data,
+            spec,
+            normalization,
+            device,
+        } = *job;
         let progress = ctx.reporter.progress(self.max_epochs as u64, "epochs");
         tch::manual_seed(self.seed.wrapping_add(fold as u64) as i64);
         let vs = nn::VarStore::new(device);
@@ -451,9 +342,13 @@ impl MedicTrain {
         let weights = Tensor::from_slice(&weights)
             .to_kind(Kind::Float)
             .to_device(device);
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (0xF01D_u64 << 32) ^ fold as u64);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ BATCH_ORDER_SALT ^ fold as u64);
         let path = ctx.artifacts.join(format!("fold_{fold}.safetensors"));
-        let mut best = (f64::INFINITY, 0.0, 0.0);
+        let mut best = Figures {
+            kl: f64::INFINITY,
+            accuracy: 0.0,
+            brier: 0.0,
+        };
         let (mut best_epoch, mut epochs, mut waited) = (0, 0, 0);
         let val_batches = self.batches(val, None);
         for epoch in 1..=self.max_epochs {
@@ -470,7 +365,7 @@ impl MedicTrain {
                     opt.backward_step(&loss);
                     let sum = kl.detach().sum(Kind::Float).double_value(&[]);
                     if !sum.is_finite() {
-                        return Err(StageError::Data(format!(
+                        return Err(StageError::data(format!(
                             "fold {fold}, epoch {epoch}: the training loss is not finite (inputs with huge values? try normalize_features: true)"
                         )));
                     }
@@ -489,35 +384,35 @@ impl MedicTrain {
                     Ok(())
                 })
             })?;
-            let (tk, ta, tb) = tally.mean();
-            let (vk, va, vb) = vtally.mean();
-            let improved = vk < best.0;
+            let (train_figures, val_figures) = (tally.mean(), vtally.mean());
+            let improved = val_figures.kl < best.kl;
             if improved {
-                best = (vk, va, vb);
+                best = val_figures;
                 best_epoch = epoch;
                 waited = 0;
                 vs.save(&path).map_err(|e| {
-                    StageError::Data(format!("cannot save {}: {e}", path.display()))
+                    StageError::data(format!("cannot save {}: {e}", path.display()))
                 })?;
             } else {
                 waited += 1;
             }
             epochs = epoch;
-            log.push([
-                fold as f64,
-                epoch as f64,
-                tk,
-                ta,
-                tb,
-                vk,
-                va,
-                vb,
-                started.elapsed().as_secs_f64(),
-                f64::from(u8::from(improved)),
-            ]);
+            log.push(EpochLog {
+                fold,
+                epoch,
+                train: train_figures,
+                val: val_figures,
+                seconds: started.elapsed().as_secs_f64(),
+                improved,
+            });
             ctx.reporter.info(&format!(
-                "fold {fold}/{} epoch {epoch}: train KL {tk:.4} acc {ta:.3} | val KL {vk:.4} acc {va:.3} Brier {vb:.4}{}",
+                "fold {fold}/{} epoch {epoch}: train KL {:.4} acc {:.3} | val KL {:.4} acc {:.3} Brier {:.4}{}",
                 self.folds,
+                train_figures.kl,
+                train_figures.accuracy,
+                val_figures.kl,
+                val_figures.accuracy,
+                val_figures.brier,
                 if improved { " *" } else { "" }
             ));
             progress.inc(1);
@@ -533,14 +428,8 @@ impl MedicTrain {
         };
         let card_path = ctx.artifacts.join(format!("fold_{fold}.json"));
         let card_json = serde_json::to_string_pretty(&card).expect("plain data serializes");
-        std::fs::write(&card_path, &card_json).map_err(|e| StageError::Io {
-            path: card_path,
-            source: e,
-        })?;
-        let weights = std::fs::read(&path).map_err(|e| StageError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        std::fs::write(&card_path, &card_json).map_err(|e| StageError::io(card_path, e))?;
+        let weights = std::fs::read(&path).map_err(|e| StageError::io(path.clone(), e))?;
         Ok(FoldResult {
             best_epoch,
             epochs,
@@ -555,7 +444,7 @@ impl MedicTrain {
 
 impl Stage for MedicTrain {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        let windows = data::check_inputs(inputs)?;
+        let windows = batches::check_inputs(inputs)?;
         Ok(vec![
             OutputSpec {
                 name: "main",
@@ -585,7 +474,7 @@ impl Stage for MedicTrain {
         };
         let rows = data.block(false);
         if rows.len() < self.folds {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{}`: {} train-block windows cannot be split into {} folds",
                 ctx.inputs[0].name,
                 rows.len(),
@@ -614,6 +503,12 @@ impl Stage for MedicTrain {
             data.cfg.window
         ));
         let _torch = crate::nn::exclusive();
+        let job = Ensemble {
+            data: &data,
+            spec: &spec,
+            normalization: &normalization,
+            device,
+        };
         let mut log = Vec::new();
         let mut results = Vec::new();
         for fold in 1..=self.folds {
@@ -621,37 +516,29 @@ impl Stage for MedicTrain {
             for (&r, &f) in rows.iter().zip(&fold_of) {
                 if f + 1 == fold { &mut val } else { &mut train }.push(r);
             }
-            results.push(self.train_fold(
-                ctx,
-                &data,
-                &spec,
-                &normalization,
-                device,
-                fold,
-                &train,
-                &val,
-                &mut log,
-            )?);
+            results.push(self.train_fold(ctx, &job, fold, (&train, &val), &mut log)?);
         }
 
-        let col = |i: usize| Float64Array::from_iter_values(log.iter().map(|r| r[i]));
-        let int = |i: usize| Int32Array::from_iter_values(log.iter().map(|r| r[i] as i32));
+        let float = |f: fn(&EpochLog) -> f64| Float64Array::from_iter_values(log.iter().map(f));
+        let int = |f: fn(&EpochLog) -> usize| {
+            Int32Array::from_iter_values(log.iter().map(|r| f(r) as i32))
+        };
         ctx.output.write(
             "log",
             RecordBatch::try_new(
                 log_schema(),
                 vec![
-                    Arc::new(int(0)),
-                    Arc::new(int(1)),
-                    Arc::new(col(2)),
-                    Arc::new(col(3)),
-                    Arc::new(col(4)),
-                    Arc::new(col(5)),
-                    Arc::new(col(6)),
-                    Arc::new(col(7)),
-                    Arc::new(col(8)),
+                    Arc::new(int(|r| r.fold)),
+                    Arc::new(int(|r| r.epoch)),
+                    Arc::new(float(|r| r.train.kl)),
+                    Arc::new(float(|r| r.train.accuracy)),
+                    Arc::new(float(|r| r.train.brier)),
+                    Arc::new(float(|r| r.val.kl)),
+                    Arc::new(float(|r| r.val.accuracy)),
+                    Arc::new(float(|r| r.val.brier)),
+                    Arc::new(float(|r| r.seconds)),
                     Arc::new(BooleanArray::from_iter(
-                        log.iter().map(|r| Some(r[9] > 0.0)),
+                        log.iter().map(|r| Some(r.improved)),
                     )),
                 ],
             )?,
@@ -669,13 +556,13 @@ impl Stage for MedicTrain {
                 results.iter().map(|r| r.epochs as i32),
             )),
             Arc::new(Float64Array::from_iter_values(
-                results.iter().map(|r| r.best.0),
+                results.iter().map(|r| r.best.kl),
             )),
             Arc::new(Float64Array::from_iter_values(
-                results.iter().map(|r| r.best.1),
+                results.iter().map(|r| r.best.accuracy),
             )),
             Arc::new(Float64Array::from_iter_values(
-                results.iter().map(|r| r.best.2),
+                results.iter().map(|r| r.best.brier),
             )),
             Arc::new(Int64Array::from_iter_values(
                 results.iter().map(|r| r.train_windows as i64),
@@ -697,7 +584,7 @@ impl Stage for MedicTrain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::run_in_memory;
+    use crate::in_memory::run_in_memory;
     use crate::medic::test_support::model_inputs;
     use arrow::array::AsArray;
     use arrow::datatypes::{Float64Type, Int32Type};

@@ -9,12 +9,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DatasetGroups;
-use crate::api::{
-    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, par_map_counted,
-    require_column,
-};
 use crate::arrow_util::{cast_column, is_integer, list_rows};
-use crate::registry::StageConfig;
+use crate::error::{Result, StageError};
+use crate::input::require_column;
+use crate::parallel::par_map_counted;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
 use crate::stats::{median_and_95, rates};
 use dqm_schemas::metrics::{METRICS, per_dataset, summary};
 
@@ -46,17 +46,17 @@ impl StageConfig for DqmMetrics {
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![
-            super::ewma::score_schema(&dqm_schemas::runs::schema(), "runs")
+            super::scores::score_schema(&dqm_schemas::runs::schema(), "runs")
                 .expect("runs schema is valid"),
         ]
     }
 
     fn validate(&self) -> Result<()> {
         if !(self.z_range > 0.0) || self.z_points < 2 {
-            return Err(StageError::Param {
-                param: "z_range".into(),
-                why: "needs z_range > 0 and z_points >= 2".into(),
-            });
+            return Err(StageError::param(
+                "z_range",
+                "needs z_range > 0 and z_points >= 2",
+            ));
         }
         Ok(())
     }
@@ -364,7 +364,7 @@ impl Stage for DqmMetrics {
                 // A shard with no dataset (more shards than datasets).
                 return Ok(());
             }
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{}` has no rows",
                 input.name
             )));
@@ -385,8 +385,8 @@ impl Stage for DqmMetrics {
     /// The summary over all datasets, from the shards' per-dataset rows.
     fn recombine(
         &self,
-        tables: &std::collections::BTreeMap<String, crate::api::Input>,
-        output: &mut dyn crate::api::OutputWriter,
+        tables: &std::collections::BTreeMap<String, crate::input::Input>,
+        output: &mut dyn crate::stage::OutputWriter,
     ) -> Result<()> {
         let main = &tables["main"];
         let mut all: Vec<(i64, [RegimeMetrics; 2])> = Vec::new();
@@ -419,13 +419,13 @@ impl Stage for DqmMetrics {
                     .iter()
                     .position(|r| *r == regime.value(i))
                     .ok_or_else(|| {
-                        StageError::Data(format!("unknown regime `{}`", regime.value(i)))
+                        StageError::data(format!("unknown regime `{}`", regime.value(i)))
                     })?;
                 all.last_mut().expect("pushed").1[slot] = m;
             }
         }
         if all.is_empty() {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{}` has no rows",
                 main.name
             )));

@@ -11,11 +11,12 @@ use arrow::datatypes::{DataType, Float64Type, Int8Type, Int32Type, Schema, Schem
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Input, OutputSpec, Result, RunContext, Stage, StageError, require_column};
-use crate::medic::train::ModelSpec;
-use crate::medic::windows::SlidingWindows;
+use crate::error::{Result, StageError};
+use crate::input::{Input, require_column};
+use crate::medic::tables::{ModelSpec, WindowSpec, example_predictions_schema};
 use crate::plots::{self, Series};
-use crate::registry::StageConfig;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage};
 use crate::stats::{roc_auc, roc_curve};
 use dqm_schemas::doc_field;
 
@@ -39,7 +40,7 @@ impl Default for MedicMetrics {
     fn default() -> Self {
         Self {
             normal_class: 0,
-            class_names: crate::medic::convert::DelphesConvert::default().classes,
+            class_names: crate::medic::tables::strings(&crate::medic::tables::CLASSES),
             plots: true,
         }
     }
@@ -52,11 +53,7 @@ impl StageConfig for MedicMetrics {
     const INPUTS: (usize, usize) = (1, 2);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        let inputs = crate::medic::infer::MedicInfer::doc_inputs();
-        let predictions =
-            crate::api::Stage::outputs(&crate::medic::infer::MedicInfer::default(), &inputs)
-                .expect("default inference");
-        vec![predictions[0].schema.clone()]
+        vec![example_predictions_schema()]
     }
 }
 
@@ -246,13 +243,13 @@ impl Predictions {
             );
         }
         if p.vote.is_empty() {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{}` has no predictions",
                 input.name
             )));
         }
         if let Some(i) = (0..p.vote.len()).find(|&i| p.argmax[i] >= nc || p.vote[i] >= nc) {
-            return Err(StageError::Data(format!(
+            return Err(StageError::data(format!(
                 "input `{}`: row {i} has a class outside 0..{nc}",
                 input.name
             )));
@@ -401,10 +398,10 @@ impl Stage for MedicMetrics {
         }
         let nc = check_predictions(&inputs[0], "predictions")?;
         if self.normal_class >= nc {
-            return Err(StageError::Param {
-                param: "normal_class".into(),
-                why: format!("must be below the {nc} classes of the predictions"),
-            });
+            return Err(StageError::param(
+                "normal_class",
+                format!("must be below the {nc} classes of the predictions"),
+            ));
         }
         Ok(vec![
             OutputSpec {
@@ -427,7 +424,7 @@ impl Stage for MedicMetrics {
         let p = Predictions::read(input)?;
         let nc = p.prob.len();
         let fig = figures(&p, self.normal_class);
-        let window = SlidingWindows::from_schema(&input.schema, &input.name)
+        let window = WindowSpec::from_schema(&input.schema, &input.name)
             .ok()
             .map(|w| w.window as i64);
         let folds = ModelSpec::from_schema(&input.schema, &input.name)
@@ -641,14 +638,17 @@ mod tests {
         )
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let input =
-            crate::api::input_from_batch("predictions", &batch, &dir.path().join("p.parquet"))
-                .unwrap();
+        let input = crate::in_memory::input_from_batch(
+            "predictions",
+            &batch,
+            &dir.path().join("p.parquet"),
+        )
+        .unwrap();
         let stage = MedicMetrics {
             class_names: vec!["normal".into(), "glitch".into()],
             ..Default::default()
         };
-        let out = crate::api::run_in_memory(&stage, &[input]).unwrap();
+        let out = crate::in_memory::run_in_memory(&stage, &[input]).unwrap();
         let m = out.table("main");
         assert_eq!(m.column(3).as_primitive::<Float64Type>().value(0), 0.75);
         assert!(m.column(0).is_null(0), "no window metadata: W unknown");

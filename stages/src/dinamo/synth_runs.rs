@@ -18,10 +18,10 @@ use rand_distr::{Binomial, Distribution, StandardNormal};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{
-    OutputSpec, Result, RunContext, Stage, StageError, expect_inputs, par_map_counted,
-};
-use crate::registry::StageConfig;
+use crate::error::{Result, bad_param};
+use crate::parallel::par_map_counted;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
 
 /// How the sign of the binomial systematic is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -134,45 +134,39 @@ impl StageConfig for SynthRuns {
     const INPUTS: (usize, usize) = (0, 0);
 
     fn validate(&self) -> Result<()> {
-        let bad = |param: &str, why: String| {
-            Err(StageError::Param {
-                param: param.into(),
-                why,
-            })
-        };
         match (&self.seeds, &self.seed_range) {
             (Some(_), Some(_)) => {
-                return bad("seeds", "give `seeds` or `seed_range`, not both".into());
+                return bad_param("seeds", "give `seeds` or `seed_range`, not both");
             }
             (None, None) => {
-                return bad("seeds", "give `seeds: [..]` or `seed_range: [a, b)`".into());
+                return bad_param("seeds", "give `seeds: [..]` or `seed_range: [a, b)`");
             }
-            (Some(s), None) if s.is_empty() => return bad("seeds", "is empty".into()),
+            (Some(s), None) if s.is_empty() => return bad_param("seeds", "is empty"),
             (None, Some([a, b])) if a >= b => {
-                return bad("seed_range", format!("[{a}, {b}) is empty"));
+                return bad_param("seed_range", format!("[{a}, {b}) is empty"));
             }
             _ => {}
         }
         if self.n_bad > self.n_runs {
-            return bad(
+            return bad_param(
                 "n_bad",
                 format!("{} exceeds n_runs {}", self.n_bad, self.n_runs),
             );
         }
         if self.n_bins < 2 {
-            return bad("n_bins", "needs at least 2 bins".into());
+            return bad_param("n_bins", "needs at least 2 bins");
         }
         if self.range[0].partial_cmp(&self.range[1]) != Some(std::cmp::Ordering::Less) {
-            return bad(
+            return bad_param(
                 "range",
                 format!("{:?} is not an increasing interval", self.range),
             );
         }
         if self.events[0] > self.events[1] {
-            return bad("events", format!("{:?}: min exceeds max", self.events));
+            return bad_param("events", format!("{:?}: min exceeds max", self.events));
         }
         if self.dead_bins[0] > self.dead_bins[1] || self.dead_bins[1] > self.n_bins {
-            return bad(
+            return bad_param(
                 "dead_bins",
                 format!(
                     "{:?} is not a range within 0..={}",
@@ -186,7 +180,7 @@ impl StageConfig for SynthRuns {
             ("p_binomial", self.p_binomial),
         ] {
             if !(0.0..=1.0).contains(&p) {
-                return bad(name, format!("{p} is not a probability"));
+                return bad_param(name, format!("{p} is not a probability"));
             }
         }
         for (name, r) in [
@@ -196,17 +190,17 @@ impl StageConfig for SynthRuns {
             ("anomaly_sigma_shift", self.anomaly_sigma_shift),
         ] {
             if !(r[0] <= r[1]) || r[0] < 0.0 {
-                return bad(
+                return bad_param(
                     name,
                     format!("{r:?} must be a non-negative range [min, max)"),
                 );
             }
         }
         if !(self.sigma_base >= self.sigma_min && self.sigma_min > 0.0) {
-            return bad("sigma_min", "needs 0 < sigma_min <= sigma_base".into());
+            return bad_param("sigma_min", "needs 0 < sigma_min <= sigma_base");
         }
         if !(self.drift_period > 0.0) {
-            return bad("drift_period", "must be positive".into());
+            return bad_param("drift_period", "must be positive");
         }
         Ok(())
     }
@@ -439,7 +433,7 @@ impl Stage for SynthRuns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::run_in_memory;
+    use crate::in_memory::run_in_memory;
     use arrow::array::AsArray;
     use arrow::datatypes::Float64Type;
 

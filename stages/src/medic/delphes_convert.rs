@@ -20,8 +20,9 @@ use oxyroot::{RootFile, Slice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, expect_inputs};
-use crate::registry::StageConfig;
+use crate::error::{Result, StageError, bad_param};
+use crate::medic::tables::{CLASSES, MET_FEATURES, TOWER_FEATURES, TRACK_FEATURES, strings};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 use dqm_schemas::events;
 
 /// One group of input files and the detector configuration they hold.
@@ -59,25 +60,16 @@ pub struct DelphesConvert {
     pub entries_per_batch: usize,
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 impl Default for DelphesConvert {
     fn default() -> Self {
         Self {
             files: Vec::new(),
             pattern: None,
             tree: "Delphes".into(),
-            classes: strings(&[
-                "normal",
-                "hcal_barrel_off",
-                "hcal_endcap_off",
-                "hcal_forward_off",
-            ]),
-            track_features: strings(&["P", "PT", "Eta", "Phi", "CtgTheta", "C", "L"]),
-            tower_features: strings(&["ET", "Eta", "Phi", "E", "T", "NTimeHits", "Eem", "Ehad"]),
-            met_features: strings(&["MET", "Eta", "Phi"]),
+            classes: strings(&CLASSES),
+            track_features: strings(&TRACK_FEATURES),
+            tower_features: strings(&TOWER_FEATURES),
+            met_features: strings(&MET_FEATURES),
             entries_per_batch: 10_000,
         }
     }
@@ -90,36 +82,27 @@ impl StageConfig for DelphesConvert {
     const INPUTS: (usize, usize) = (0, 0);
 
     fn validate(&self) -> Result<()> {
-        let bad = |param: &str, why: String| {
-            Err(StageError::Param {
-                param: param.into(),
-                why,
-            })
-        };
         match &self.pattern {
             Some(_) if !self.files.is_empty() => {
-                return bad(
-                    "pattern",
-                    "give either `files` or `pattern`, not both".into(),
-                );
+                return bad_param("pattern", "give either `files` or `pattern`, not both");
             }
             Some(p) if !p.contains("{label}") => {
-                return bad("pattern", format!("`{p}` has no `{{label}}` placeholder"));
+                return bad_param("pattern", format!("`{p}` has no `{{label}}` placeholder"));
             }
             None if self.files.is_empty() => {
-                return bad(
+                return bad_param(
                     "files",
-                    "give at least one `{path, label}` (or a `pattern`)".into(),
+                    "give at least one `{path, label}` (or a `pattern`)",
                 );
             }
             _ => {}
         }
         if self.classes.is_empty() || self.classes.len() > i8::MAX as usize {
-            return bad("classes", "needs 1 to 127 labels".into());
+            return bad_param("classes", "needs 1 to 127 labels");
         }
         for (i, group) in self.files.iter().enumerate() {
             if !self.classes.contains(&group.label) {
-                return bad(
+                return bad_param(
                     &format!("files[{i}].label"),
                     format!(
                         "`{}` is not one of the classes {:?}",
@@ -133,7 +116,7 @@ impl StageConfig for DelphesConvert {
             ("tower_features", &self.tower_features),
         ] {
             if list.is_empty() {
-                return bad(name, "needs at least one feature".into());
+                return bad_param(name, "needs at least one feature");
             }
         }
         Ok(())
@@ -156,13 +139,13 @@ fn guarded<T>(
 ) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StageError::Data(format!(
+        Ok(Err(e)) => Err(StageError::data(format!(
             "{}: branch `{branch}`: {e}",
             path.display()
         ))),
         Err(panic) => {
-            let msg = crate::api::panic_message(panic.as_ref());
-            Err(StageError::Data(format!(
+            let msg = crate::error::panic_message(panic.as_ref());
+            Err(StageError::data(format!(
                 "{}: branch `{branch}`: the ROOT reader failed: {msg}",
                 path.display()
             )))
@@ -310,7 +293,7 @@ impl DelphesConvert {
         let tower_sizes = read_sizes(path, &tree, "Tower")?;
         for (name, sizes) in [("Track_size", &track_sizes), ("Tower_size", &tower_sizes)] {
             if sizes.len() as i64 != entries {
-                return Err(StageError::Data(format!(
+                return Err(StageError::data(format!(
                     "{}: branch `{name}` has {} entries, the tree has {entries}",
                     path.display(),
                     sizes.len()
@@ -350,7 +333,7 @@ impl DelphesConvert {
                 let rows: Vec<Vec<f32>> =
                     guarded(path, branch, || Ok(iter.by_ref().take(n).collect()))?;
                 if rows.len() != n {
-                    return Err(StageError::Data(format!(
+                    return Err(StageError::data(format!(
                         "{}: branch `{branch}` ends at entry {}, the tree has {entries}",
                         path.display(),
                         start as usize + rows.len()
@@ -362,7 +345,7 @@ impl DelphesConvert {
                     _ => 1,
                 };
                 if let Some(e) = (0..n).find(|&e| rows[e].len() != expected(e)) {
-                    return Err(StageError::Data(format!(
+                    return Err(StageError::data(format!(
                         "{}: branch `{branch}` has {} values at entry {} but {} expects {}: the reader mis-assigned values",
                         path.display(),
                         rows[e].len(),
@@ -479,7 +462,7 @@ impl Stage for DelphesConvert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::run_in_memory;
+    use crate::in_memory::run_in_memory;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float32Type, Int32Type};
 

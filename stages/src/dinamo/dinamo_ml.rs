@@ -18,12 +18,15 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use super::DatasetGroups;
-use super::ewma::{DatasetRuns, NormRun, Scored, score_of, score_schema};
-use super::ml::{Activation, MlArch, ReferenceNet, build_context, context_batch, gaussian_nll};
-use crate::api::{OutputSpec, Result, RunContext, Stage, StageError, expect_inputs};
+use super::reference_net::{
+    Activation, MlArch, ReferenceNet, build_context, context_batch, gaussian_nll,
+};
+use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_schema};
+use crate::error::{Result, StageError, bad_param};
 use crate::nn::DeviceChoice;
 use crate::params::AutoOr;
-use crate::registry::StageConfig;
+use crate::stage::StageConfig;
+use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
 
 /// Scores every run against a transformer-predicted reference trained online
 /// on the good runs seen so far.
@@ -102,38 +105,32 @@ impl StageConfig for DinamoMl {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |param: &str, why: &str| {
-            Err(StageError::Param {
-                param: param.into(),
-                why: why.into(),
-            })
-        };
         if self.context == 0 {
-            return bad("context", "needs at least one run");
+            return bad_param("context", "needs at least one run");
         }
         if self.batch_runs == 0 {
-            return bad("batch_runs", "needs at least one run");
+            return bad_param("batch_runs", "needs at least one run");
         }
         if self.d_model <= 0 || self.heads <= 0 || self.d_model % self.heads != 0 {
-            return bad("heads", "must be positive and divide d_model");
+            return bad_param("heads", "must be positive and divide d_model");
         }
         if self.feed_forward <= 0 || self.layers == 0 {
-            return bad("layers", "needs layers >= 1 and feed_forward >= 1");
+            return bad_param("layers", "needs layers >= 1 and feed_forward >= 1");
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", "must be in [0, 1)");
+            return bad_param("dropout", "must be in [0, 1)");
         }
         if !(self.learning_rate > 0.0) || !(self.weight_decay >= 0.0) {
-            return bad(
+            return bad_param(
                 "learning_rate",
                 "needs learning_rate > 0 and weight_decay >= 0",
             );
         }
         if self.patience == 0 || self.max_iterations == 0 {
-            return bad("patience", "needs patience >= 1 and max_iterations >= 1");
+            return bad_param("patience", "needs patience >= 1 and max_iterations >= 1");
         }
         if self.historical_runs == 0 && self.threshold == AutoOr::Auto {
-            return bad(
+            return bad_param(
                 "historical_runs",
                 "`auto` threshold needs historical runs to tune on",
             );
@@ -185,7 +182,7 @@ impl OnlineReference {
             ..Default::default()
         }
         .build(&vs, cfg.learning_rate)
-        .map_err(|e| StageError::Data(format!("cannot build the AdamW optimizer: {e}")))?;
+        .map_err(|e| StageError::data(format!("cannot build the AdamW optimizer: {e}")))?;
         Ok(Self {
             cfg: cfg.clone(),
             arch,
@@ -275,7 +272,7 @@ impl DinamoMl {
         &self,
         data: &DatasetRuns,
         device: Device,
-        progress: &dyn crate::api::Progress,
+        progress: &dyn crate::stage::Progress,
     ) -> Result<(Scored, Vec<UpdateStats>, Vec<i64>)> {
         let n = data.len();
         let mut scored = Scored {
@@ -401,8 +398,9 @@ impl Stage for DinamoMl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Input, input_from_batch, run_in_memory};
     use crate::arrow_util::f64_lists;
+    use crate::in_memory::{input_from_batch, run_in_memory};
+    use crate::input::Input;
     use arrow::array::{AsArray, Int8Array};
     use arrow::datatypes::{Float64Type, Int64Type};
 

@@ -1,0 +1,301 @@
+//! The score table every DINAMO reference writes (DINAMO-S, DINAMO-ML): one
+//! dataset's runs parsed and normalised, what a reference computed per run,
+//! and the output schema and batch, so both references produce the same
+//! columns and `dqm_metrics`, SQL and plots read either.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
+
+use crate::arrow_util::{cast_column, f64_lists, is_integer, is_numeric_list, list_rows};
+use crate::error::{Result, StageError};
+use crate::input::require_column;
+use crate::params::AutoOr;
+use crate::stats::best_threshold;
+
+/// A run normalised to unit integral with its per-bin Poisson variance and
+/// the update weight derived from it (computed once per run, reused by every
+/// pass of the alpha scan).
+#[derive(Debug, Clone)]
+pub struct NormRun {
+    pub integral: f64,
+    pub x: Vec<f64>,
+    pub var: Vec<f64>,
+    /// omega = 1/(var + epsilon), the bin's weight in a reference update.
+    pub omega: Vec<f64>,
+}
+
+impl NormRun {
+    /// x~ = x/I and sigma^2 = x~/I - x~^2/I, with sigma = 1/I for empty bins.
+    /// An empty run (I = 0) has x~ = 0 and no statistical uncertainty.
+    pub fn new(counts: &[f64], epsilon: f64) -> Self {
+        let integral: f64 = counts.iter().sum();
+        let n = counts.len();
+        if integral <= 0.0 {
+            return Self {
+                integral: 0.0,
+                x: vec![0.0; n],
+                var: vec![0.0; n],
+                omega: vec![1.0 / epsilon; n],
+            };
+        }
+        let inv = 1.0 / integral;
+        let x: Vec<f64> = counts.iter().map(|c| c * inv).collect();
+        let var: Vec<f64> = x
+            .iter()
+            .map(|&p| {
+                if p > 0.0 {
+                    (p - p * p) * inv
+                } else {
+                    inv * inv
+                }
+            })
+            .collect();
+        let omega = var.iter().map(|v| 1.0 / (v + epsilon)).collect();
+        Self {
+            integral,
+            x,
+            var,
+            omega,
+        }
+    }
+}
+
+/// ln(chi2), finite even for a perfect match.
+pub fn score_of(chi2: f64) -> f64 {
+    chi2.max(f64::MIN_POSITIVE).ln()
+}
+
+/// The `dataset, run, label` columns every reference method writes first.
+fn key_fields() -> Vec<Field> {
+    vec![
+        dqm_schemas::runs::dataset(),
+        dqm_schemas::runs::run(),
+        dqm_schemas::runs::label(),
+    ]
+}
+
+/// One dataset's runs, validated and put in run order: what every reference
+/// method (DINAMO-S, DINAMO-ML) consumes. Rows may arrive in any order.
+pub struct DatasetRuns {
+    pub dataset: i64,
+    /// Input row of each run, in run order.
+    order: Vec<u32>,
+    /// Run numbers, ascending.
+    pub runs: Vec<i64>,
+    /// Truth per run (true: good, label 0), in run order.
+    pub good: Vec<bool>,
+    /// Normalized runs with their Poisson variances, in run order.
+    pub norm: Vec<NormRun>,
+    /// Raw counts, in run order.
+    counts: Vec<Vec<f64>>,
+}
+
+impl DatasetRuns {
+    /// Checks `batch` (one dataset of a table with `run, label, counts`):
+    /// integer run numbers and labels 0/1 without nulls, the same number of
+    /// bins everywhere, finite non-negative counts.
+    pub fn parse(dataset: i64, batch: &RecordBatch, input: &str, epsilon: f64) -> Result<Self> {
+        let ctx =
+            |msg: String| StageError::data(format!("input `{input}`, dataset {dataset}: {msg}"));
+        let col = |name: &str| {
+            batch
+                .column(batch.schema().index_of(name).expect("checked by outputs()"))
+                .clone()
+        };
+        let runs = cast_column(&col("run"), &DataType::Int64, input, "run")?;
+        let labels = cast_column(&col("label"), &DataType::Int8, input, "label")?;
+        if runs.null_count() > 0 || labels.null_count() > 0 {
+            return Err(ctx("null run number or label".into()));
+        }
+        let runs = runs.as_primitive::<Int64Type>().values();
+        let labels = labels.as_primitive::<Int8Type>().values();
+        let mut counts = list_rows(&col("counts"), input, "counts")?;
+
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        order.sort_by_key(|&i| runs[i as usize]);
+        let n_bins = order.first().map_or(0, |&i| counts[i as usize].len());
+        let mut out = Self {
+            dataset,
+            runs: Vec::with_capacity(order.len()),
+            good: Vec::with_capacity(order.len()),
+            norm: Vec::with_capacity(order.len()),
+            counts: Vec::with_capacity(order.len()),
+            order: Vec::new(),
+        };
+        for &i in &order {
+            let (i, run) = (i as usize, runs[i as usize]);
+            let c = std::mem::take(&mut counts[i]);
+            if c.len() != n_bins {
+                return Err(ctx(format!(
+                    "run {run} has {} bins, the first run has {n_bins}",
+                    c.len()
+                )));
+            }
+            if let Some(j) = c.iter().position(|v| !v.is_finite() || *v < 0.0) {
+                return Err(ctx(format!(
+                    "run {run}: column `counts`, bin {j} holds {}; counts must be finite and >= 0",
+                    c[j]
+                )));
+            }
+            match labels[i] {
+                0 => out.good.push(true),
+                1 => out.good.push(false),
+                l => {
+                    return Err(ctx(format!(
+                        "run {run}: label {l} is neither 0 (good) nor 1 (bad)"
+                    )));
+                }
+            }
+            out.runs.push(run);
+            out.norm.push(NormRun::new(&c, epsilon));
+            out.counts.push(c);
+        }
+        out.order = order;
+        Ok(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub fn n_bins(&self) -> usize {
+        self.norm.first().map_or(0, |r| r.x.len())
+    }
+
+    /// An error about this dataset.
+    pub fn error(&self, msg: String) -> StageError {
+        StageError::data(format!("dataset {}: {msg}", self.dataset))
+    }
+
+    /// Bad-run truth of the first `historical` runs.
+    pub fn bad_among_first(&self, historical: usize) -> Vec<bool> {
+        self.good[..historical].iter().map(|g| !g).collect()
+    }
+
+    /// The error for an `auto` parameter that cannot be tuned because the
+    /// historical runs lack good or bad examples.
+    pub fn cannot_tune(&self, what: &str, historical: usize) -> StageError {
+        let n_bad = self.good[..historical].iter().filter(|g| !**g).count();
+        self.error(format!(
+            "{what}: auto needs good and bad runs among the first {historical} runs (found {} good, {n_bad} bad); set it to a number",
+            historical - n_bad
+        ))
+    }
+
+    /// The threshold: `threshold` itself, or (auto) the one that maximises
+    /// balanced accuracy on the first `historical` runs' scores.
+    pub fn threshold(
+        &self,
+        threshold: AutoOr<f64>,
+        scores: &[f64],
+        historical: usize,
+    ) -> Result<f64> {
+        match threshold {
+            AutoOr::Value(t) => Ok(t),
+            AutoOr::Auto => {
+                best_threshold(&scores[..historical], &self.bad_among_first(historical))
+                    .ok_or_else(|| self.cannot_tune("threshold", historical))
+            }
+        }
+    }
+
+    /// The output batch (`schema` from [`score_schema`]) of `scored`, with
+    /// the input's truth columns carried over from `batch`.
+    pub fn to_batch(
+        &self,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        scored: Scored,
+    ) -> Result<RecordBatch> {
+        let n = self.len();
+        let scores: Vec<f64> = scored.chi2.iter().map(|&c| score_of(c)).collect();
+        let take = UInt32Array::from(self.order.clone());
+        let taken = |a: &ArrayRef| arrow::compute::take(a, &take, None);
+        let label = batch.column(batch.schema().index_of("label")?).clone();
+        let label = cast_column(&label, &DataType::Int8, "input", "label")?;
+        let threshold = scored.threshold;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![self.dataset; n])),
+            Arc::new(Int64Array::from(self.runs.clone())),
+            taken(&label)?,
+            Arc::new(Float64Array::from_iter_values(
+                self.norm.iter().map(|r| r.integral),
+            )),
+            Arc::new(Float64Array::from(scored.chi2)),
+            Arc::new(Float64Array::from(scores.clone())),
+            Arc::new(BooleanArray::from_iter(
+                scores.iter().map(|&s| Some(s > threshold)),
+            )),
+            Arc::new(f64_lists(scored.pulls.iter().map(Vec::as_slice))),
+            Arc::new(f64_lists(scored.ref_mu.iter().map(Vec::as_slice))),
+            Arc::new(f64_lists(scored.ref_sigma.iter().map(Vec::as_slice))),
+            Arc::new(Float64Array::from(vec![scored.alpha; n])),
+            Arc::new(Float64Array::from(vec![threshold; n])),
+            Arc::new(BooleanArray::from_iter(
+                (0..n).map(|k| Some(k < scored.historical)),
+            )),
+            Arc::new(f64_lists(self.counts.iter().map(Vec::as_slice))),
+        ];
+        for field in &schema.fields()[columns.len()..] {
+            let col = batch.column(batch.schema().index_of(field.name())?);
+            columns.push(taken(col)?);
+        }
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+/// What a reference method computed for each run of a dataset (run order).
+pub struct Scored {
+    pub chi2: Vec<f64>,
+    pub pulls: Vec<Vec<f64>>,
+    pub ref_mu: Vec<Vec<f64>>,
+    pub ref_sigma: Vec<Vec<f64>>,
+    /// The EWMA smoothing factor (DINAMO-S); `None` for methods without one.
+    pub alpha: Option<f64>,
+    pub threshold: f64,
+    /// The first this many runs are the historical regime.
+    pub historical: usize,
+}
+
+/// The output schema of a reference method given its input schema: keys,
+/// scores, per-bin columns, then the input's truth columns that are present.
+pub fn score_schema(input: &SchemaRef, name: &str) -> Result<SchemaRef> {
+    let why = "a DINAMO reference scores histograms per run";
+    require_column(input, name, "run", why, "an integer", is_integer)?;
+    require_column(
+        input,
+        name,
+        "label",
+        why,
+        "an integer (0 good, 1 bad)",
+        is_integer,
+    )?;
+    require_column(
+        input,
+        name,
+        "counts",
+        why,
+        "a list of numbers",
+        is_numeric_list,
+    )?;
+    if input.index_of("dataset").is_ok() {
+        require_column(input, name, "dataset", why, "an integer", is_integer)?;
+    }
+    let mut fields = key_fields();
+    fields.extend(dqm_schemas::scores::score_fields());
+    fields.push(dqm_schemas::runs::counts());
+    for truth in dqm_schemas::runs::TRUTH_COLUMNS {
+        if let Ok(f) = input.field_with_name(truth) {
+            fields.push(f.clone());
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}

@@ -1,0 +1,523 @@
+//! The tables that pass between MEDIC stages and what they carry in their
+//! schema metadata: the window table (and its `order`), the models table and
+//! the predictions table, with the parameter structs stored as JSON in them.
+//! Stages of this family import these formats from here, never from each
+//! other's files; the `example_*` schemas document them in `pipeline stages`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StageError};
+use crate::input::require_column;
+use crate::medic::model::MedicArch;
+use dqm_schemas::{doc_field, events};
+
+/// The detector configurations of the Delphes samples, in class-index order.
+pub const CLASSES: [&str; 4] = [
+    "normal",
+    "hcal_barrel_off",
+    "hcal_endcap_off",
+    "hcal_forward_off",
+];
+/// Track features of the events table by default (leaves of `Track`).
+pub const TRACK_FEATURES: [&str; 7] = ["P", "PT", "Eta", "Phi", "CtgTheta", "C", "L"];
+/// Tower features by default (leaves of `Tower`).
+pub const TOWER_FEATURES: [&str; 8] = ["ET", "Eta", "Phi", "E", "T", "NTimeHits", "Eem", "Ehad"];
+/// MET features by default (leaves of `MissingET`).
+pub const MET_FEATURES: [&str; 3] = ["MET", "Eta", "Phi"];
+
+/// Owned copies of a list of names.
+pub fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+// ---- The window table (`sliding_windows`) ----
+
+/// How windows are split into train and test blocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Events cut into blocks before windowing: leak-free.
+    #[default]
+    Blocks,
+    /// Windows split at random after windowing (medic.txt): leaky.
+    Windows,
+}
+
+/// How a window table was made: the `sliding_windows` parameters, stored as
+/// JSON in the table's schema metadata ([`WINDOWS_KEY`]) so a model stage can
+/// check W, the object counts and the feature lists, and rebuild identical
+/// tensors. The stage's YAML parameters are exactly these fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowSpec {
+    /// Events per window (W).
+    pub window: usize,
+    /// Seed of the shuffle and of every window's object re-sampling.
+    pub seed: u64,
+    /// Tracks per event in a window: chosen uniformly without replacement, zero-padded.
+    pub n_tracks: usize,
+    /// Towers per event in a window, likewise.
+    pub n_towers: usize,
+    /// Fraction of the shuffled events in the train block; the rest is the test block.
+    /// With `split: windows`, the fraction of windows in the train block.
+    pub train_fraction: f64,
+    /// `blocks`: cut the shuffled events into train and test blocks before
+    /// windowing (no event in both). `windows`: the paper's protocol, a
+    /// random split of the overlapping windows, so test windows share events
+    /// with train windows (for comparison with the paper only).
+    pub split: Split,
+    /// Number of classes: the window label is p_0 .. p_{n_classes-1}.
+    pub n_classes: usize,
+    /// Also write each window's tensors as fixed-size list columns (small data, export).
+    pub materialize: bool,
+    /// Track features (columns `track_<feature>` of the events table), in tensor order.
+    pub track_features: Vec<String>,
+    /// Tower features (columns `tower_<feature>`), in tensor order.
+    pub tower_features: Vec<String>,
+    /// MET features (columns `met_<feature>`), in tensor order.
+    pub met_features: Vec<String>,
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        Self {
+            window: 30,
+            seed: 0,
+            n_tracks: 30,
+            n_towers: 30,
+            train_fraction: 0.8,
+            split: Split::Blocks,
+            n_classes: 4,
+            materialize: false,
+            track_features: strings(&TRACK_FEATURES),
+            tower_features: strings(&TOWER_FEATURES),
+            met_features: strings(&MET_FEATURES),
+        }
+    }
+}
+
+impl WindowSpec {
+    /// The parameters a window table was made with, from its schema metadata.
+    pub fn from_schema(schema: &SchemaRef, input: &str) -> Result<Self> {
+        let spec = schema.metadata().get(WINDOWS_KEY).ok_or_else(|| {
+            StageError::data(format!(
+                "input `{input}` is not a `sliding_windows` table: its schema has no `{WINDOWS_KEY}` metadata"
+            ))
+        })?;
+        serde_json::from_str(spec).map_err(|e| {
+            StageError::data(format!(
+                "input `{input}`: unreadable `{WINDOWS_KEY}` metadata: {e}"
+            ))
+        })
+    }
+
+    /// Events-table column names of the track, tower and MET features.
+    pub fn column_names(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        (
+            self.track_features
+                .iter()
+                .map(|f| events::column("Track", f))
+                .collect(),
+            self.tower_features
+                .iter()
+                .map(|f| events::column("Tower", f))
+                .collect(),
+            self.met_features
+                .iter()
+                .map(|f| format!("met_{}", f.to_lowercase()))
+                .collect(),
+        )
+    }
+
+    /// Checks that an events table has every column the windows are built from.
+    pub fn check_events_schema(&self, schema: &SchemaRef, input: &str) -> Result<()> {
+        let why = "sliding_windows reads the events table";
+        require_column(schema, input, "event_id", why, "Int64", |t| {
+            t == &DataType::Int64
+        })?;
+        require_column(schema, input, "class", why, "Int8", |t| {
+            t == &DataType::Int8
+        })?;
+        let (tr, tw, met) = self.column_names();
+        for c in tr.iter().chain(&tw) {
+            require_column(schema, input, c, why, "List<Float32>", |t| {
+                t == &events::f32_list()
+            })?;
+        }
+        for c in &met {
+            require_column(schema, input, c, why, "Float32", |t| {
+                t == &DataType::Float32
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The `windows` table's columns.
+pub fn windows_schema(cfg: &WindowSpec) -> SchemaRef {
+    let mut fields = vec![
+        doc_field(
+            "window_id",
+            DataType::Int64,
+            false,
+            "Window id, unique over both blocks",
+        ),
+        doc_field(
+            "block",
+            DataType::Utf8,
+            false,
+            "train or test: the contiguous block of the shuffled sequence the window lies in",
+        ),
+        doc_field(
+            "start",
+            DataType::Int64,
+            false,
+            "Position of the window's first event in the shuffled order (table `<stage>_order`)",
+        ),
+    ];
+    for c in 0..cfg.n_classes {
+        fields.push(doc_field(
+            &format!("p_{c}"),
+            DataType::Float64,
+            false,
+            &format!("Fraction of the window's events of class {c}"),
+        ));
+    }
+    fields.push(doc_field(
+        "argmax_class",
+        DataType::Int8,
+        false,
+        "Class with the largest fraction (lowest index on ties)",
+    ));
+    fields.push(doc_field(
+        "sample_seed",
+        DataType::UInt64,
+        false,
+        "Seed of this window's object re-sampling",
+    ));
+    if cfg.materialize {
+        let fsl = |n: usize| {
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                n as i32,
+            )
+        };
+        let (w, ft, fw, fm) = (
+            cfg.window,
+            cfg.track_features.len(),
+            cfg.tower_features.len(),
+            cfg.met_features.len(),
+        );
+        fields.push(doc_field(
+            "tracks",
+            fsl(w * cfg.n_tracks * ft),
+            false,
+            "Track tensor [W, n_tracks, F_track], row-major",
+        ));
+        fields.push(doc_field(
+            "towers",
+            fsl(w * cfg.n_towers * fw),
+            false,
+            "Tower tensor [W, n_towers, F_tower], row-major",
+        ));
+        fields.push(doc_field(
+            "met",
+            fsl(w * fm),
+            false,
+            "MET tensor [W, F_met], row-major",
+        ));
+    }
+    let spec = serde_json::to_string(cfg).expect("plain data serializes");
+    Arc::new(Schema::new(fields).with_metadata(HashMap::from([(WINDOWS_KEY.to_string(), spec)])))
+}
+
+/// Schema-metadata key of the window table holding the `sliding_windows`
+/// parameters (JSON), so a model trained on it can check W, the object
+/// counts and the feature lists, and rebuild identical tensors.
+pub const WINDOWS_KEY: &str = "dqm.medic.windows";
+
+/// The `order` table: the shuffled event sequence and its blocks.
+pub fn order_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        doc_field(
+            "position",
+            DataType::Int64,
+            false,
+            "Position in the shuffled event sequence",
+        ),
+        doc_field(
+            "event_id",
+            DataType::Int64,
+            false,
+            "The event at this position",
+        ),
+        doc_field("block", DataType::Utf8, false, "train or test"),
+    ]))
+}
+
+/// Per-feature mean and standard deviation of real objects (padding excluded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureStats {
+    pub track_mean: Vec<f32>,
+    pub track_std: Vec<f32>,
+    pub tower_mean: Vec<f32>,
+    pub tower_std: Vec<f32>,
+    pub met_mean: Vec<f32>,
+    pub met_std: Vec<f32>,
+}
+
+// ---- The models table (`medic_train`) ----
+
+/// Schema-metadata key of the models table: the [`ModelSpec`] as JSON, so
+/// inference can check at plan time that its windows fit the models.
+pub const MODEL_KEY: &str = "dqm.medic.model";
+
+/// What every fold of an ensemble shares: the network and the windows it reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub arch: MedicArch,
+    /// The `sliding_windows` parameters of the training windows.
+    pub windows: WindowSpec,
+    pub normalize_features: bool,
+    pub folds: usize,
+}
+
+/// One fold's model card, stored as JSON next to its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    #[serde(flatten)]
+    pub spec: ModelSpec,
+    /// 1-based fold number.
+    pub fold: usize,
+    /// Standardization of the inputs (from the train block), when enabled.
+    pub normalization: Option<FeatureStats>,
+}
+
+impl ModelSpec {
+    /// The spec of an ensemble of `folds` default-sized MEDIC networks for
+    /// windows made with `windows`.
+    pub fn new(
+        windows: WindowSpec,
+        mask_padding: bool,
+        normalize_features: bool,
+        folds: usize,
+    ) -> Self {
+        Self {
+            arch: MedicArch {
+                track_features: windows.track_features.len() as i64,
+                tower_features: windows.tower_features.len() as i64,
+                met_features: windows.met_features.len() as i64,
+                classes: windows.n_classes as i64,
+                mask_padding,
+                ..MedicArch::default()
+            },
+            windows,
+            normalize_features,
+            folds,
+        }
+    }
+
+    /// Reads the spec from a models table's schema.
+    pub fn from_schema(schema: &SchemaRef, input: &str) -> Result<Self> {
+        let json = schema.metadata().get(MODEL_KEY).ok_or_else(|| {
+            StageError::data(format!(
+                "input `{input}` is not a MEDIC models table (from `medic_train`): its schema has no `{MODEL_KEY}` metadata"
+            ))
+        })?;
+        serde_json::from_str(json).map_err(|e| {
+            StageError::data(format!("input `{input}`: unreadable `{MODEL_KEY}`: {e}"))
+        })
+    }
+
+    /// Checks that windows made with `windows` have the shape and features
+    /// this model was trained on.
+    pub fn check_windows(&self, windows: &WindowSpec, input: &str) -> Result<()> {
+        let m = &self.windows;
+        let fmt = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        let compared: [(&str, String, String); 7] = [
+            ("W (window)", fmt(&m.window), fmt(&windows.window)),
+            ("n_tracks", fmt(&m.n_tracks), fmt(&windows.n_tracks)),
+            ("n_towers", fmt(&m.n_towers), fmt(&windows.n_towers)),
+            ("n_classes", fmt(&m.n_classes), fmt(&windows.n_classes)),
+            (
+                "track_features",
+                fmt(&m.track_features),
+                fmt(&windows.track_features),
+            ),
+            (
+                "tower_features",
+                fmt(&m.tower_features),
+                fmt(&windows.tower_features),
+            ),
+            (
+                "met_features",
+                fmt(&m.met_features),
+                fmt(&windows.met_features),
+            ),
+        ];
+        match compared
+            .into_iter()
+            .find(|(_, model, found)| model != found)
+        {
+            Some((what, model, found)) => Err(StageError::data(format!(
+                "input `{input}`: windows have {what} = {found}, but the model was trained with {what} = {model}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The models table of `medic_train`: one row per fold, card and weights.
+pub fn models_schema(spec: &ModelSpec) -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    let meta = serde_json::to_string(spec).expect("plain data serializes");
+    Arc::new(
+        Schema::new(vec![
+            f("fold", DataType::Int32, "Fold number, 1 to k"),
+            f(
+                "best_epoch",
+                DataType::Int32,
+                "Epoch whose parameters were kept (lowest validation KL)",
+            ),
+            f("epochs", DataType::Int32, "Epochs run before stopping"),
+            f("val_kl", DataType::Float64, "Validation KL at best_epoch"),
+            f(
+                "val_accuracy",
+                DataType::Float64,
+                "Validation accuracy (argmax vs argmax of the soft label) at best_epoch",
+            ),
+            f(
+                "val_brier",
+                DataType::Float64,
+                "Validation Brier score (eq. 3.3: sum over classes, mean over windows) at best_epoch",
+            ),
+            f("train_windows", DataType::Int64, "Windows the fold trained on"),
+            f("val_windows", DataType::Int64, "Windows of the fold's validation part"),
+            f(
+                "card",
+                DataType::Utf8,
+                "Model card JSON: architecture, window parameters, input standardization",
+            ),
+            f(
+                "weights",
+                DataType::Binary,
+                "The fold's parameters and batch-norm statistics as a safetensors file",
+            ),
+        ])
+        .with_metadata(HashMap::from([(MODEL_KEY.to_string(), meta)])),
+    )
+}
+
+// ---- The predictions table (`medic_infer`) ----
+
+/// The predictions table: the window's truth, the ensemble mean and vote.
+pub fn predictions_schema(n_classes: usize, metadata: HashMap<String, String>) -> SchemaRef {
+    let mut fields = vec![
+        doc_field(
+            "window_id",
+            DataType::Int64,
+            false,
+            "Window id (window table)",
+        ),
+        doc_field("block", DataType::Utf8, false, "train or test"),
+        doc_field(
+            "start",
+            DataType::Int64,
+            false,
+            "Position of the window's first event in the shuffled order: windows in time order",
+        ),
+    ];
+    for c in 0..n_classes {
+        fields.push(doc_field(
+            &format!("p_{c}"),
+            DataType::Float64,
+            false,
+            &format!("True fraction of class {c} in the window (soft label)"),
+        ));
+    }
+    fields.push(doc_field(
+        "argmax_class",
+        DataType::Int8,
+        false,
+        "True class: argmax of the soft label (lowest index on ties)",
+    ));
+    for c in 0..n_classes {
+        fields.push(doc_field(
+            &format!("prob_{c}"),
+            DataType::Float64,
+            false,
+            &format!("Ensemble-mean predicted probability of class {c} (eq. 3.6)"),
+        ));
+    }
+    fields.extend([
+        doc_field(
+            "vote",
+            DataType::Int8,
+            false,
+            "Majority vote of the folds' argmax classes (eq. 3.4); ties go to the larger ensemble-mean probability",
+        ),
+        doc_field(
+            "vote_share",
+            DataType::Float64,
+            false,
+            "Fraction of folds voting for `vote`",
+        ),
+        doc_field(
+            "anomaly_score",
+            DataType::Float64,
+            false,
+            "1 − ensemble-mean probability of the normal class",
+        ),
+    ]);
+    Arc::new(Schema::new(fields).with_metadata(metadata))
+}
+
+/// The window and model parameters the predictions carry on (schema
+/// metadata), so metrics know W and the ensemble size.
+pub fn carried_metadata(windows: &SchemaRef, models: &SchemaRef) -> HashMap<String, String> {
+    [(WINDOWS_KEY, windows), (MODEL_KEY, models)]
+        .into_iter()
+        .filter_map(|(key, schema)| Some((key.to_string(), schema.metadata().get(key)?.clone())))
+        .collect()
+}
+
+/// The events table with the default features (documentation examples).
+pub fn example_events_schema() -> SchemaRef {
+    events::schema(
+        &strings(&TRACK_FEATURES),
+        &strings(&TOWER_FEATURES),
+        &strings(&MET_FEATURES),
+    )
+}
+
+/// The three inputs of a model stage for default windows: windows, order,
+/// events (documentation examples).
+pub fn example_window_inputs() -> Vec<SchemaRef> {
+    let windows = WindowSpec::default();
+    vec![
+        windows_schema(&windows),
+        order_schema(),
+        example_events_schema(),
+    ]
+}
+
+/// The models table of a default ensemble on default windows.
+pub fn example_models_schema() -> SchemaRef {
+    let windows = WindowSpec::default();
+    models_schema(&ModelSpec::new(windows, false, true, 5))
+}
+
+/// The predictions table of a default ensemble on default windows.
+pub fn example_predictions_schema() -> SchemaRef {
+    let windows = example_window_inputs().remove(0);
+    let spec = WindowSpec::default();
+    predictions_schema(
+        spec.n_classes,
+        carried_metadata(&windows, &example_models_schema()),
+    )
+}
