@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use dqm_stages::dinamo::dinamo_s::{DinamoS, NormRun, chi2_sequence};
+use dqm_stages::dinamo::dinamo_s::{DinamoS, chi2_sequence};
+use dqm_stages::dinamo::scores::NormRun;
 use dqm_stages::dinamo::synth_runs::SynthRuns;
 use dqm_stages::in_memory::{input_from_batch, run_in_memory};
 

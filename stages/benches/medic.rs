@@ -12,6 +12,7 @@ use dqm_stages::medic::batches::WindowData;
 use dqm_stages::medic::delphes_convert::DelphesConvert;
 use dqm_stages::medic::model::{Medic, MedicArch, kl_per_window};
 use dqm_stages::medic::sliding_windows::SlidingWindows;
+use dqm_stages::medic::tables::WindowSpec;
 use tch::Kind;
 use tch::nn::{self, OptimizerConfig};
 

@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(whole.num_rows(), 600);
         assert_eq!(whole, parts);
         let scores = input_from_batch("scores", &whole, &dir.path().join("s.parquet")).unwrap();
-        let m = metrics::DqmMetrics::default();
+        let m = dqm_metrics::DqmMetrics::default();
         let (whole, parts) = whole_and_sharded(&m, std::slice::from_ref(&scores), "main", 2);
         assert_eq!(whole, parts);
         // The summary is recombined from the concatenated per-dataset rows.

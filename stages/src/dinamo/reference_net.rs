@@ -3,7 +3,7 @@
 //! with their times relative to the current run, and predicts the reference
 //! histogram μ̂ (softmax: sums to 1) and its per-bin uncertainty σ̂
 //! (softplus: positive). The online-learning stage built on it is
-//! `dinamo_ml` (`online.rs`); this module holds the network, the context
+//! `dinamo_ml` (`dinamo_ml.rs`); this module holds the network, the context
 //! construction and the loss, each tested on its own.
 
 use schemars::JsonSchema;

@@ -588,6 +588,7 @@ mod tests {
     use crate::medic::test_support::model_inputs;
     use arrow::array::AsArray;
     use arrow::datatypes::{Float64Type, Int32Type};
+    use std::collections::HashMap;
 
     pub(crate) fn quick() -> MedicTrain {
         MedicTrain {
@@ -661,7 +662,7 @@ mod tests {
 
     #[test]
     fn inputs_that_are_not_windows_are_refused_at_plan_time() {
-        let mut inputs = doc_window_inputs();
+        let mut inputs = example_window_inputs();
         let stage = quick();
         stage.outputs(&inputs).unwrap();
         // A window table without its parameters (e.g. hand-made).
