@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DQM_BUILD=none scripts/setup.sh
 source scripts/env.sh
-# The vendored oxyroot keeps its upstream formatting and lints; its unit
-# tests run with everything else below.
-cargo fmt -p dqm-pipeline -p dqm-stages -p dqm-schemas -- --check
+# The vendored oxyroot keeps its upstream formatting (its rustfmt.toml) and
+# lints; its unit tests run with everything else below.
+cargo fmt --all -- --check
 cargo clippy --workspace --exclude oxyroot --all-targets --locked -- -D warnings
 # Same profile, features and target directory as `scripts/setup.sh`: the
 # dependencies it built are reused, only the test targets are compiled.

@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
 use crate::input::Input;
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 
 /// Reads every Parquet file matching a glob as one table.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

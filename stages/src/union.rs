@@ -11,8 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::doc_field;
 
 /// Concatenates its input tables (same column names and types).

@@ -25,8 +25,7 @@ use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_schema};
 use crate::error::{Result, StageError, bad_param};
 use crate::nn::DeviceChoice;
 use crate::params::AutoOr;
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 
 /// Scores every run against a transformer-predicted reference trained online
 /// on the good runs seen so far.

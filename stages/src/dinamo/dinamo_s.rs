@@ -11,8 +11,7 @@ use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_schema};
 use crate::error::{Result, StageError};
 use crate::parallel::par_map_counted;
 use crate::params::AutoOr;
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 use crate::stats::roc_auc;
 
 /// Scores every run against an EWMA reference built from earlier good runs.

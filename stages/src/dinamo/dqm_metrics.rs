@@ -13,8 +13,7 @@ use crate::arrow_util::{cast_column, is_integer, list_rows};
 use crate::error::{Result, StageError};
 use crate::input::require_column;
 use crate::parallel::par_map_counted;
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 use crate::stats::{median_and_95, rates};
 use dqm_schemas::metrics::{METRICS, per_dataset, summary};
 

@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, bad_param};
 use crate::parallel::par_map_counted;
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 
 /// How the sign of the binomial systematic is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

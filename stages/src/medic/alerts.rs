@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::quantile;
 use dqm_schemas::doc_field;
 

@@ -30,8 +30,7 @@ pub struct EventStore {
     tracks: Vec<Objects>,
     towers: Vec<Objects>,
     met: Vec<Vec<f32>>,
-    /// Row of each event id.
-    pub index: HashMap<i64, usize>,
+    index: HashMap<i64, usize>,
     n_track_features: usize,
     n_tower_features: usize,
 }
@@ -171,15 +170,24 @@ impl EventStore {
         })
     }
 
+    /// The row of event `id`.
+    fn row(&self, id: i64) -> Result<usize> {
+        self.index
+            .get(&id)
+            .copied()
+            .ok_or_else(|| StageError::data(format!("event_id {id} is not in the events table")))
+    }
+
+    /// The class of event `id`.
+    pub fn class_of(&self, id: i64) -> Result<i8> {
+        Ok(self.classes[self.row(id)?])
+    }
+
     /// Feature statistics over the objects of `events` (e.g. the train block).
     pub fn feature_stats(&self, events: &[i64]) -> Result<FeatureStats> {
         let idx: Vec<usize> = events
             .iter()
-            .map(|id| {
-                self.index.get(id).copied().ok_or_else(|| {
-                    StageError::data(format!("event_id {id} is not in the events table"))
-                })
-            })
+            .map(|&id| self.row(id))
             .collect::<Result<_>>()?;
         let (track_mean, track_std) = moments(
             idx.iter().map(|&e| self.tracks[e].values.as_slice()),
@@ -255,9 +263,7 @@ impl EventStore {
                 }
             };
         for (k, id) in events.iter().enumerate() {
-            let &e = self.index.get(id).ok_or_else(|| {
-                StageError::data(format!("event_id {id} is not in the events table"))
-            })?;
+            let e = self.row(*id)?;
             let t = cfg.n_tracks * ft;
             pick(
                 &self.tracks[e],

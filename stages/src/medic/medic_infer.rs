@@ -21,8 +21,7 @@ use crate::medic::tables::{
     example_window_inputs, predictions_schema,
 };
 use crate::nn::DeviceChoice;
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::doc_field;
 
 /// Which windows to score.

@@ -15,8 +15,7 @@ use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
 use crate::medic::tables::{ModelSpec, WindowSpec, example_predictions_schema};
 use crate::plots::{self, Series};
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::{roc_auc, roc_curve};
 use dqm_schemas::doc_field;
 

@@ -34,8 +34,7 @@ use crate::medic::tables::{
     FeatureStats, ModelCard, ModelSpec, WindowSpec, example_window_inputs, models_schema,
 };
 use crate::nn::DeviceChoice;
-use crate::stage::StageConfig;
-use crate::stage::{OutputSpec, RunContext, Stage};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::doc_field;
 
 /// Salt of the batch-order shuffle, so it is not the stream the fold

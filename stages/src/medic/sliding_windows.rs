@@ -167,8 +167,8 @@ impl Stage for SlidingWindows {
         )?;
         let class_of: Vec<i8> = order
             .iter()
-            .map(|id| store.classes[store.index[id]])
-            .collect();
+            .map(|&id| store.class_of(id))
+            .collect::<Result<_>>()?;
         let schema = windows_schema(self);
         let mut window_id = 0i64;
         let progress = ctx.reporter.progress(0, "windows");

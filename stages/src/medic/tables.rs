@@ -514,10 +514,9 @@ pub fn example_models_schema() -> SchemaRef {
 
 /// The predictions table of a default ensemble on default windows.
 pub fn example_predictions_schema() -> SchemaRef {
-    let windows = example_window_inputs().remove(0);
     let spec = WindowSpec::default();
     predictions_schema(
         spec.n_classes,
-        carried_metadata(&windows, &example_models_schema()),
+        carried_metadata(&windows_schema(&spec), &example_models_schema()),
     )
 }
