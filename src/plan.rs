@@ -405,7 +405,7 @@ mod tests {
         );
 
         let arity = error_of(&BASE.replace("inputs: [reference]", "inputs: []"));
-        assert!(arity.contains("takes 1 input"), "{arity}");
+        assert!(arity.contains("takes 1 to 2 input(s), got 0"), "{arity}");
     }
 
     #[test]

@@ -788,3 +788,45 @@ fn dinamo_compare_pipeline_scores_both_methods_and_compares_them() {
     sb.ok(&rerun.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(query("SELECT sum(chi2), sum(threshold) FROM ml"), before);
 }
+
+/// The shipped study pipeline, on 6 short datasets: its score table carries
+/// no per-run vectors, the Jaccard distance comes from `reference.bands`,
+/// and every metric is there for every dataset and regime.
+#[test]
+fn dinamo_s_study_pipeline_keeps_every_metric_without_per_run_vectors() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    fs::copy(
+        format!("{repo}/pipelines/dinamo_s_study.yaml"),
+        sb.path().join("study.yaml"),
+    )
+    .unwrap();
+    let set = [
+        "--set",
+        "runs.seed_range=[0, 6]",
+        "--set",
+        "runs.n_runs=400",
+        "--set",
+        "runs.n_bad=40",
+        "--set",
+        "reference.historical_runs=150",
+    ];
+    let args = |head: &[&'static str]| -> Vec<&str> { head.iter().chain(&set).copied().collect() };
+    let out = sb.ok(&args(&["run", "study.yaml"]));
+    assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
+    let query = |sql: &'static str| sb.ok(&args(&["query", "study.yaml", sql, "--format", "csv"]));
+    let columns = query("SELECT * FROM reference LIMIT 1");
+    let header = columns.lines().next().unwrap();
+    assert!(
+        header.contains("chi2") && !header.contains("ref_mu"),
+        "{header}"
+    );
+    // 6 datasets x 2 regimes x 100 bins of bands.
+    let bands = query("SELECT count(*), count(DISTINCT dataset) FROM reference_bands");
+    assert_eq!(bands.lines().nth(1).unwrap(), "1200,6");
+    let metrics = query(
+        "SELECT count(*), count(jaccard), count(balanced_accuracy), \
+         sum(CASE WHEN jaccard > 0 AND jaccard < 1 THEN 1 ELSE 0 END) FROM metrics",
+    );
+    assert_eq!(metrics.lines().nth(1).unwrap(), "12,12,12,12");
+}

@@ -147,9 +147,13 @@ pub mod runs {
 pub mod scores {
     use super::*;
 
-    /// Score columns every reference method writes after `dataset, run, label`.
-    pub fn score_fields() -> Vec<Field> {
-        vec![
+    /// The per-bin columns (`pull`, `ref_mu`, `ref_sigma`) among [`score_fields`].
+    pub const VECTORS: [&str; 3] = ["pull", "ref_mu", "ref_sigma"];
+
+    /// Score columns every reference method writes after `dataset, run,
+    /// label`; without `vectors`, the per-bin columns ([`VECTORS`]) are left out.
+    pub fn score_fields(vectors: bool) -> Vec<Field> {
+        let all = vec![
             doc_field(
                 "integral",
                 DataType::Float64,
@@ -205,27 +209,79 @@ pub mod scores {
                 false,
                 "The run belongs to the historical regime (the first historical_runs runs, which tune auto parameters)",
             ),
-        ]
+        ];
+        all.into_iter()
+            .filter(|f| vectors || !VECTORS.contains(&f.name().as_str()))
+            .collect()
     }
 
     /// Names of the columns a metrics stage needs from a score table.
     pub const REQUIRED: [&str; 5] = ["run", "label", "score", "flagged", "historical"];
 }
 
+/// The `bands` table of a reference method (`dinamo_s`, `dinamo_ml`): the
+/// two 1-sigma bands whose Jaccard distance `dqm_metrics` reports, per
+/// dataset, regime and bin, in the z-score space of each good run's truth.
+pub mod bands {
+    use super::*;
+
+    pub fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            runs::dataset(),
+            metrics::regime(),
+            doc_field(
+                "bin",
+                DataType::Int32,
+                false,
+                "Bin index; the bands are evaluated at the bin centres",
+            ),
+            doc_field(
+                "true_median",
+                DataType::Float64,
+                false,
+                "Per-bin median over the regime's good runs of x sigma, x read in z = (centre - mu)/sigma and interpolated back onto the centres",
+            ),
+            doc_field(
+                "true_std",
+                DataType::Float64,
+                false,
+                "Per-bin standard deviation (ddof 0) of the same densities",
+            ),
+            doc_field(
+                "ref_median",
+                DataType::Float64,
+                false,
+                "Per-bin median of the references (ref_mu) through the same transform",
+            ),
+            doc_field(
+                "ref_sigma",
+                DataType::Float64,
+                false,
+                "Per-bin mean of the references' uncertainties (ref_sigma) through the same transform",
+            ),
+        ]))
+    }
+}
+
 /// Tables written by `dqm_metrics`.
 pub mod metrics {
     use super::*;
+
+    /// The regime a row describes (the score table's `historical` column).
+    pub fn regime() -> Field {
+        doc_field(
+            "regime",
+            DataType::Utf8,
+            false,
+            "historical (the first historical_runs runs, used to tune alpha and the threshold) or continual (the rest)",
+        )
+    }
 
     /// One row per dataset and regime.
     pub fn per_dataset() -> SchemaRef {
         Arc::new(Schema::new(vec![
             runs::dataset(),
-            doc_field(
-                "regime",
-                DataType::Utf8,
-                false,
-                "historical (the first historical_runs runs, used to tune alpha and the threshold) or continual (the rest)",
-            ),
+            regime(),
             doc_field("n_runs", DataType::Int64, false, "Runs in this regime"),
             doc_field(
                 "n_bad",
@@ -573,7 +629,12 @@ mod tests {
 
     #[test]
     fn every_field_is_documented() {
-        let schemas = [runs::schema(), metrics::per_dataset(), metrics::summary()];
+        let schemas = [
+            runs::schema(),
+            bands::schema(),
+            metrics::per_dataset(),
+            metrics::summary(),
+        ];
         for schema in schemas {
             for field in schema.fields() {
                 assert!(
@@ -583,9 +644,19 @@ mod tests {
                 );
             }
         }
-        for field in scores::score_fields() {
+        for field in scores::score_fields(true) {
             assert!(field_doc(&field).is_some(), "{} lacks a doc", field.name());
         }
+        let without: Vec<String> = scores::score_fields(false)
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert!(
+            scores::VECTORS
+                .iter()
+                .all(|v| !without.contains(&v.to_string()))
+        );
+        assert_eq!(without.len() + 3, scores::score_fields(true).len());
     }
 
     #[test]

@@ -32,7 +32,9 @@ fn main() {
         let runs: Vec<NormRun> = counts.iter().map(|c| NormRun::new(c, 1e-9)).collect();
         normalize += start.elapsed().as_secs_f64();
         let start = Instant::now();
-        sink += chi2_sequence(&runs, &good, 0.76, 1e-9).iter().sum::<f64>();
+        sink += chi2_sequence(&DinamoS::default(), &runs, &good, 0.76)
+            .iter()
+            .sum::<f64>();
         score += start.elapsed().as_secs_f64();
     }
     let n = (reps * counts.len()) as f64;

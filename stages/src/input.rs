@@ -61,7 +61,7 @@ impl Input {
 
     /// Streams the record batches of every file, in file order, so a stage
     /// never has to hold a whole table in memory.
-    pub fn batches(&self) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+    pub fn batches(&self) -> impl Iterator<Item = Result<RecordBatch>> + Send + '_ {
         self.read(None)
     }
 
@@ -69,14 +69,14 @@ impl Input {
     pub fn batches_in(
         &self,
         selection: Vec<Vec<usize>>,
-    ) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+    ) -> impl Iterator<Item = Result<RecordBatch>> + Send + '_ {
         self.read(Some(selection))
     }
 
     fn read(
         &self,
         selection: Option<Vec<Vec<usize>>>,
-    ) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+    ) -> impl Iterator<Item = Result<RecordBatch>> + Send + '_ {
         let mut selection = selection.map(Vec::into_iter);
         self.files.iter().flat_map(move |path| {
             let groups = selection.as_mut().map(|s| s.next().unwrap_or_default());
@@ -85,7 +85,7 @@ impl Input {
             } else {
                 open_parquet(path, groups).map(Some)
             };
-            let iter: Box<dyn Iterator<Item = Result<RecordBatch>>> = match reader {
+            let iter: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> = match reader {
                 Ok(Some(reader)) => Box::new(
                     reader.map(move |b| b.map_err(|e| StageError::parquet(path, e.into()))),
                 ),

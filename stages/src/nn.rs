@@ -51,6 +51,32 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     TORCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A linear layer initialised as PyTorch's `nn.Linear`: weight and bias
+/// uniform in ±1/sqrt(fan_in) (tch's default draws the weight from a
+/// Kaiming-uniform √6 times wider), for networks that must start where
+/// their PyTorch original does.
+pub fn pytorch_linear<'a>(
+    p: impl std::borrow::Borrow<tnn::Path<'a>>,
+    input: i64,
+    output: i64,
+) -> tnn::Linear {
+    let bound = 1.0 / (input as f64).sqrt();
+    let uniform = tnn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    tnn::linear(
+        p,
+        input,
+        output,
+        tnn::LinearConfig {
+            ws_init: uniform,
+            bs_init: Some(uniform),
+            bias: true,
+        },
+    )
+}
+
 /// Multi-head self-attention (tch has no transformer module), shared by the
 /// MEDIC set encoders and the DINAMO-ML encoder; the scaled dot-product
 /// itself is libtorch's fused kernel.
@@ -70,6 +96,36 @@ impl SelfAttention {
             k: tnn::linear(&p / "k", embed, embed, Default::default()),
             v: tnn::linear(&p / "v", embed, embed, Default::default()),
             out: tnn::linear(&p / "out", embed, embed, Default::default()),
+            heads,
+        }
+    }
+
+    /// As PyTorch's `nn.MultiheadAttention` initialises itself: the packed
+    /// [3E, E] input projection Xavier-uniform (so each of q, k, v is
+    /// uniform in ±sqrt(6 / 4E)) with zero biases, the output projection an
+    /// `nn.Linear` default with a zero bias.
+    pub fn pytorch_multihead(p: tnn::Path, embed: i64, heads: i64) -> Self {
+        let xavier = (6.0 / (4 * embed) as f64).sqrt();
+        let proj = |name: &str, bound: f64| {
+            tnn::linear(
+                &p / name,
+                embed,
+                embed,
+                tnn::LinearConfig {
+                    ws_init: tnn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                    bs_init: Some(tnn::Init::Const(0.0)),
+                    bias: true,
+                },
+            )
+        };
+        Self {
+            q: proj("q", xavier),
+            k: proj("k", xavier),
+            v: proj("v", xavier),
+            out: proj("out", 1.0 / (embed as f64).sqrt()),
             heads,
         }
     }

@@ -21,7 +21,7 @@ use super::DatasetGroups;
 use super::reference_net::{
     Activation, MlArch, ReferenceNet, build_context, context_batch, gaussian_nll,
 };
-use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_schema};
+use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_outputs, score_schema};
 use crate::error::{Result, StageError, bad_param};
 use crate::nn::DeviceChoice;
 use crate::params::AutoOr;
@@ -32,8 +32,10 @@ use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DinamoMl {
-    /// Seed of the network's initialization and dropout; dataset d uses
-    /// seed + d, so a dataset's scores do not depend on which others run.
+    /// Seed of the network's initialization and dropout. libtorch's
+    /// generator is reset to it at the start of every dataset (as the
+    /// reference code, one process per dataset, does with its seed 22), so a
+    /// dataset's scores do not depend on which others run.
     pub seed: u64,
     /// Threshold on the score ln(chi2), or `auto`: the value that maximises
     /// balanced accuracy on the historical runs of each dataset.
@@ -67,13 +69,16 @@ pub struct DinamoMl {
     pub max_iterations: usize,
     /// `auto` (CUDA when present), `cpu` or `cuda`.
     pub device: DeviceChoice,
+    /// Write the per-bin columns (pulls, references, uncertainties, counts)
+    /// for every run; the `bands` table keeps the Jaccard distance without them.
+    pub per_run_vectors: bool,
 }
 
 impl Default for DinamoMl {
     fn default() -> Self {
         let arch = MlArch::default();
         Self {
-            seed: 0,
+            seed: 22,
             threshold: AutoOr::Auto,
             historical_runs: 1000,
             context: arch.context,
@@ -89,13 +94,14 @@ impl Default for DinamoMl {
             patience: 5,
             max_iterations: 1000,
             device: DeviceChoice::Auto,
+            per_run_vectors: true,
         }
     }
 }
 
 impl StageConfig for DinamoMl {
     const KIND: &'static str = "dinamo_ml";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "DINAMO-ML: transformer reference from the last M good runs, trained online; reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
 
@@ -288,7 +294,7 @@ impl DinamoMl {
         if n == 0 {
             return Ok((scored, updates, update_runs));
         }
-        tch::manual_seed(self.seed.wrapping_add(data.dataset as u64) as i64);
+        tch::manual_seed(self.seed as i64);
         let mut model = OnlineReference::new(self, data.n_bins(), device)?;
         for k in 0..n {
             let (run, norm) = (data.runs[k], &data.norm[k]);
@@ -346,21 +352,17 @@ impl Stage for DinamoMl {
 
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 1)?;
-        Ok(vec![
-            OutputSpec {
-                name: "main",
-                schema: score_schema(&inputs[0], "input")?,
-            },
-            OutputSpec {
-                name: "updates",
-                schema: dqm_schemas::online::updates(),
-            },
-        ])
+        let mut outputs = score_outputs(&inputs[0], "input", self.per_run_vectors)?;
+        outputs.push(OutputSpec {
+            name: "updates",
+            schema: dqm_schemas::online::updates(),
+        });
+        Ok(outputs)
     }
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let input = &ctx.inputs[0];
-        let schema = score_schema(&input.schema, &input.name)?;
+        let schema = score_schema(&input.schema, &input.name, self.per_run_vectors)?;
         let device = self.device.resolve()?;
         // One dataset at a time: libtorch's generator is global, and each
         // operation already uses every core.
@@ -378,8 +380,11 @@ impl Stage for DinamoMl {
             let (scored, updates, runs) = self.score_dataset(&data, device, progress.as_ref())?;
             n_updates += updates.len();
             iterations += updates.iter().map(|u| u.iterations).sum::<usize>();
-            ctx.output
-                .write("main", data.to_batch(&batch, &schema, scored)?)?;
+            let batches = data.batches(&batch, &schema, scored)?;
+            ctx.output.write("main", batches.main)?;
+            if let Some(bands) = batches.bands {
+                ctx.output.write("bands", bands)?;
+            }
             ctx.output
                 .write("updates", updates_batch(id, &runs, &updates)?)?;
             datasets += 1;

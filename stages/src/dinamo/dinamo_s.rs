@@ -7,9 +7,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DatasetGroups;
-use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_schema};
+use super::scores::{
+    DatasetRuns, NormRun, ScoreBatches, Scored, score_of, score_outputs, score_schema,
+};
 use crate::error::{Result, StageError};
-use crate::parallel::par_map_counted;
+use crate::parallel::{overlapped, par_map_counted};
 use crate::params::AutoOr;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 use crate::stats::roc_auc;
@@ -32,6 +34,16 @@ pub struct DinamoS {
     pub alpha_step: f64,
     /// Small constant in the update weight omega = 1/(sigma_x^2 + epsilon).
     pub epsilon: f64,
+    /// Events per bin the uniform starting reference stands for: its
+    /// uncertainty is Poisson for an integral of `prior_events_per_bin`
+    /// x N_b (the reference code: 100), which sets how fast the first good
+    /// runs take over and how the first runs score.
+    pub prior_events_per_bin: f64,
+    /// Write the per-bin columns (pulls, references, their uncertainties
+    /// and the input counts) for every run. Off for large studies: the
+    /// per-run scalars and the `bands` table keep every metric, at a
+    /// fraction of the disk.
+    pub per_run_vectors: bool,
 }
 
 impl Default for DinamoS {
@@ -42,13 +54,15 @@ impl Default for DinamoS {
             historical_runs: 1000,
             alpha_step: 0.01,
             epsilon: 1e-9,
+            prior_events_per_bin: 100.0,
+            per_run_vectors: true,
         }
     }
 }
 
 impl StageConfig for DinamoS {
     const KIND: &'static str = "dinamo_s";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "DINAMO-S: EWMA reference with Poisson weights, reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
 
@@ -64,6 +78,12 @@ impl StageConfig for DinamoS {
         }
         if !(self.epsilon > 0.0) {
             return Err(StageError::param("epsilon", "must be positive"));
+        }
+        if !(self.prior_events_per_bin > 0.0 && self.prior_events_per_bin.is_finite()) {
+            return Err(StageError::param(
+                "prior_events_per_bin",
+                "must be a positive number",
+            ));
         }
         if !(self.alpha_step > 0.0 && self.alpha_step < 1.0) {
             return Err(StageError::param("alpha_step", "must be in (0, 1)"));
@@ -94,9 +114,11 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Uniform reference with its Poisson uncertainty for I = N_b (const 1).
-    pub fn uniform(n_bins: usize, alpha: f64, epsilon: f64) -> Self {
-        let integral = n_bins as f64;
+    /// The starting reference: uniform, mu0 = 1/N_b, with the Poisson
+    /// uncertainty of an integral I = `events_per_bin` x N_b, and the EWMA
+    /// accumulators seeded with it as one earlier run (weight 1 - alpha).
+    pub fn uniform(n_bins: usize, alpha: f64, epsilon: f64, events_per_bin: f64) -> Self {
+        let integral = events_per_bin * n_bins as f64;
         let mu0 = 1.0 / n_bins as f64;
         let var0 = mu0 / integral - mu0 * mu0 / integral;
         let omega0 = 1.0 / (var0 + epsilon);
@@ -170,9 +192,9 @@ struct Pass {
 }
 
 /// Runs DINAMO-S over `runs` (in order); keeps per-bin outputs if `keep`.
-fn pass(runs: &[NormRun], good: &[bool], alpha: f64, epsilon: f64, keep: bool) -> Pass {
+fn pass(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64, keep: bool) -> Pass {
     let n_bins = runs.first().map_or(0, |r| r.x.len());
-    let mut reference = Reference::uniform(n_bins, alpha, epsilon);
+    let mut reference = Reference::uniform(n_bins, alpha, cfg.epsilon, cfg.prior_events_per_bin);
     let cap = if keep { runs.len() } else { 0 };
     let mut out = Pass {
         chi2: Vec::with_capacity(runs.len()),
@@ -196,8 +218,8 @@ fn pass(runs: &[NormRun], good: &[bool], alpha: f64, epsilon: f64, keep: bool) -
 
 /// Reduced chi-square of every run (in order) against the evolving reference,
 /// updated on good runs: DINAMO-S's core loop, exposed for benchmarks.
-pub fn chi2_sequence(runs: &[NormRun], good: &[bool], alpha: f64, epsilon: f64) -> Vec<f64> {
-    pass(runs, good, alpha, epsilon, false).chi2
+pub fn chi2_sequence(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64) -> Vec<f64> {
+    pass(cfg, runs, good, alpha, false).chi2
 }
 
 impl DinamoS {
@@ -209,14 +231,14 @@ impl DinamoS {
             .collect()
     }
 
-    /// Scores one dataset and builds its output batch.
+    /// Scores one dataset and builds its output batches.
     fn score_dataset(
         &self,
         dataset: i64,
         batch: &RecordBatch,
         schema: &SchemaRef,
         input: &str,
-    ) -> Result<RecordBatch> {
+    ) -> Result<ScoreBatches> {
         let data = DatasetRuns::parse(dataset, batch, input, self.epsilon)?;
         let (norm, good) = (&data.norm, &data.good);
         let historical = self.historical_runs.min(data.len());
@@ -226,15 +248,12 @@ impl DinamoS {
             AutoOr::Auto => {
                 let mut best: Option<(f64, f64)> = None;
                 for a in self.alpha_grid() {
-                    let p = pass(
-                        &norm[..historical],
-                        &good[..historical],
-                        a,
-                        self.epsilon,
-                        false,
-                    );
-                    let scores: Vec<f64> = p.chi2.iter().map(|&c| score_of(c)).collect();
-                    let auc = roc_auc(&scores, &bad_hist)
+                    let p = pass(self, &norm[..historical], &good[..historical], a, false);
+                    // The AUC only needs the order of the scores, and
+                    // ln(max(chi2, MIN_POSITIVE)) keeps that of max(chi2, MIN_POSITIVE).
+                    let ranked: Vec<f64> =
+                        p.chi2.iter().map(|c| c.max(f64::MIN_POSITIVE)).collect();
+                    let auc = roc_auc(&ranked, &bad_hist)
                         .ok_or_else(|| data.cannot_tune("alpha", historical))?;
                     if best.is_none_or(|(b, _)| auc > b) {
                         best = Some((auc, a));
@@ -244,10 +263,10 @@ impl DinamoS {
                     .ok_or_else(|| data.cannot_tune("alpha", historical))?
             }
         };
-        let full = pass(norm, good, alpha, self.epsilon, true);
+        let full = pass(self, norm, good, alpha, true);
         let scores: Vec<f64> = full.chi2.iter().map(|&c| score_of(c)).collect();
         let threshold = data.threshold(self.threshold, &scores, historical)?;
-        data.to_batch(
+        data.batches(
             batch,
             schema,
             Scored {
@@ -270,31 +289,38 @@ impl Stage for DinamoS {
 
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 1)?;
-        Ok(vec![OutputSpec {
-            name: "main",
-            schema: score_schema(&inputs[0], "input")?,
-        }])
+        score_outputs(&inputs[0], "input", self.per_run_vectors)
     }
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let input = &ctx.inputs[0];
-        let schema = score_schema(&input.schema, &input.name)?;
+        let schema = score_schema(&input.schema, &input.name, self.per_run_vectors)?;
         let mut groups = DatasetGroups::for_shard(input, ctx.shard)?;
         let progress = ctx.reporter.progress(0, "datasets");
         let chunk = 2 * rayon::current_num_threads();
-        loop {
-            let datasets = groups.next_chunk(chunk)?;
-            if datasets.is_empty() {
-                break;
-            }
-            let batches = par_map_counted(&datasets, progress.as_ref(), |(id, batch)| {
-                self.score_dataset(*id, batch, &schema, &input.name)
-            });
-            for batch in batches {
-                ctx.output.write("main", batch?)?;
-            }
-        }
-        Ok(())
+        let output = &mut *ctx.output;
+        // Reading (Parquet decoding) and writing overlap the scoring.
+        overlapped(
+            || {
+                let datasets = groups.next_chunk(chunk)?;
+                Ok((!datasets.is_empty()).then_some(datasets))
+            },
+            |datasets: Vec<(i64, RecordBatch)>| {
+                par_map_counted(&datasets, progress.as_ref(), |(id, batch)| {
+                    self.score_dataset(*id, batch, &schema, &input.name)
+                })
+            },
+            |scored| {
+                for batches in scored {
+                    let batches = batches?;
+                    output.write("main", batches.main)?;
+                    if let Some(bands) = batches.bands {
+                        output.write("bands", bands)?;
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 }
 
@@ -311,9 +337,10 @@ mod tests {
     fn three_bin_chi2_and_update_by_hand() {
         let alpha = 0.5;
         let eps = 1e-9;
-        let mut r = Reference::uniform(3, alpha, eps);
-        // mu0 = 1/3, I = 3: var0 = (1/3)/3 - (1/9)/3 = 2/27.
-        let var0: f64 = 2.0 / 27.0;
+        let mut r = Reference::uniform(3, alpha, eps, 100.0);
+        // mu0 = 1/3 standing for I = 100 x 3 events:
+        // var0 = (1/3)/300 - (1/9)/300 = 2/2700.
+        let var0: f64 = 2.0 / 2700.0;
         assert!(close(r.mu[0], 1.0 / 3.0));
         assert!(close(r.sigma()[0], var0.sqrt()));
 
@@ -355,15 +382,15 @@ mod tests {
 
     #[test]
     fn zero_integral_run_gives_a_finite_score_and_no_update() {
-        let r = Reference::uniform(4, 0.3, 1e-9);
+        let r = Reference::uniform(4, 0.3, 1e-9, 100.0);
         let empty = NormRun::new(&[0.0; 4], 1e-9);
         assert_eq!(empty.integral, 0.0);
         let chi2 = r.chi2(&empty);
         assert!(chi2.is_finite() && chi2 > 0.0);
-        // mu0^2 / sigma0^2 per bin: (1/4)^2 / ((1/4)/4 - (1/16)/4) = 4/3.
-        assert!(close(chi2, 4.0 / 3.0));
+        // mu0^2 / sigma0^2 per bin, I = 400: (1/16) / ((1/4)/400 - (1/16)/400) = 400/3.
+        assert!(close(chi2, 400.0 / 3.0));
         let before = r.mu.clone();
-        let out = pass(&[empty], &[true], 0.3, 1e-9, true);
+        let out = pass(&DinamoS::default(), &[empty], &[true], 0.3, true);
         assert!(out.chi2[0].is_finite());
         r.chi2(&NormRun::new(&[1.0; 4], 1e-9));
         assert_eq!(r.mu, before);
@@ -377,7 +404,7 @@ mod tests {
             .map(|i| NormRun::new(if i % 5 == 4 { &bad_shape } else { &good_shape }, 1e-9))
             .collect();
         let good: Vec<bool> = (0..50).map(|i| i % 5 != 4).collect();
-        let out = pass(&runs, &good, 0.5, 1e-9, true);
+        let out = pass(&DinamoS::default(), &runs, &good, 0.5, true);
         let last = out.ref_mu.last().unwrap();
         assert!((last[2] - 0.6).abs() < 1e-6, "{last:?}");
         // Bad runs score far above good ones once the reference has converged.

@@ -4,33 +4,55 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Float64Type, Int8Type, Int64Type, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, Int8Type, Int32Type, Int64Type, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
 use super::DatasetGroups;
+use super::bands::{BandBuilder, REGIMES, RegimeBands};
 use crate::arrow_util::{cast_column, is_integer, list_rows};
 use crate::error::{Result, StageError};
-use crate::input::require_column;
+use crate::input::{Input, require_column};
 use crate::parallel::par_map_counted;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 use crate::stats::{median_and_95, rates};
 use dqm_schemas::metrics::{METRICS, per_dataset, summary};
 
+/// How the Jaccard distance's two 1-sigma bands are formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JaccardBands {
+    /// The paper's reference code (see `dinamo/bands.rs`): densities on the
+    /// bin centres; true band median -+ std of the good runs, predicted band
+    /// median of the references -+ mean of their uncertainties.
+    Reference,
+    /// This project's earlier reading: both bands averaged (mean -+ sample
+    /// std; mean of ref -+ sigma) on a common z grid of `z_points` points
+    /// over [-z_range, z_range], overlap over union of the two bands only.
+    /// Needs the per-run vectors.
+    Grid,
+}
+
 /// Scores a per-run table (from `dinamo_s` or any method writing its columns).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DqmMetrics {
-    /// Half-width of the common z-score grid on which the Jaccard distance
-    /// compares the predicted and empirical 1-sigma bands.
+    /// How the Jaccard distance's bands are formed: `reference` (the paper's
+    /// code) or `grid`. With a second input (a reference stage's `bands`
+    /// table) the bands are read from it (`reference` only).
+    pub jaccard: JaccardBands,
+    /// `grid` only: half-width of the common z-score grid.
     pub z_range: f64,
-    /// Points of that grid.
+    /// `grid` only: points of that grid.
     pub z_points: usize,
 }
 
 impl Default for DqmMetrics {
     fn default() -> Self {
         Self {
+            jaccard: JaccardBands::Reference,
             z_range: 4.0,
             z_points: 161,
         }
@@ -39,14 +61,15 @@ impl Default for DqmMetrics {
 
 impl StageConfig for DqmMetrics {
     const KIND: &'static str = "dqm_metrics";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Balanced accuracy, sensitivity, specificity, adaptation time and Jaccard distance per dataset and regime, plus medians and 95% intervals";
-    const INPUTS: (usize, usize) = (1, 1);
+    const INPUTS: (usize, usize) = (1, 2);
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![
-            super::scores::score_schema(&dqm_schemas::runs::schema(), "runs")
+            super::scores::score_schema(&dqm_schemas::runs::schema(), "runs", true)
                 .expect("runs schema is valid"),
+            dqm_schemas::bands::schema(),
         ]
     }
 
@@ -71,6 +94,8 @@ struct Runs {
     historical: Vec<bool>,
     rapid: Option<Vec<bool>>,
     bands: Option<Bands>,
+    /// The dataset's bands from a `bands` input (historical, continual).
+    regime_bands: Option<[Option<RegimeBands>; 2]>,
 }
 
 /// Per-run inputs of the Jaccard distance, in run order.
@@ -151,11 +176,88 @@ fn interp(xs: &[f64], ys: &[f64], x: f64) -> Option<f64> {
     Some(ys[k - 1] + t * (ys[k] - ys[k - 1]))
 }
 
+/// The reference code's bands of the good runs `rows` from per-run vectors.
+fn reference_bands(bands: &Bands, rows: &[usize]) -> Option<RegimeBands> {
+    let first = *rows.first()?;
+    let mut builder = BandBuilder::new(bands.lo[first], bands.hi[first], bands.counts[first].len());
+    for &r in rows {
+        let integral: f64 = bands.counts[r].iter().sum();
+        if integral <= 0.0 {
+            continue;
+        }
+        let x: Vec<f64> = bands.counts[r].iter().map(|c| c / integral).collect();
+        builder.add(
+            &x,
+            &bands.ref_mu[r],
+            &bands.ref_sigma[r],
+            bands.mu[r],
+            bands.sigma[r],
+        );
+    }
+    builder.finish()
+}
+
+/// Every dataset's bands from a `bands` table (rows in any order).
+fn read_bands(input: &Input) -> Result<HashMap<i64, [Option<RegimeBands>; 2]>> {
+    let expected = dqm_schemas::bands::schema();
+    for field in expected.fields() {
+        require_column(
+            &input.schema,
+            &input.name,
+            field.name(),
+            "dqm_metrics reads the Jaccard bands of a reference stage's `bands` output",
+            &field.data_type().to_string(),
+            |t| t == field.data_type(),
+        )?;
+    }
+    // (bin, [true_median, true_std, ref_median, ref_sigma]) per (dataset, regime).
+    type BinRows = Vec<(i32, [f64; 4])>;
+    let mut rows: HashMap<(i64, usize), BinRows> = HashMap::new();
+    for batch in input.batches() {
+        let batch = batch?;
+        let col = |name: &str| batch.column_by_name(name).expect("checked above");
+        let (ds, regime, bin) = (
+            col("dataset").as_primitive::<Int64Type>(),
+            col("regime").as_string::<i32>(),
+            col("bin").as_primitive::<Int32Type>(),
+        );
+        let values = ["true_median", "true_std", "ref_median", "ref_sigma"]
+            .map(|c| col(c).as_primitive::<Float64Type>().clone());
+        for i in 0..batch.num_rows() {
+            let slot = REGIMES
+                .iter()
+                .position(|r| *r == regime.value(i))
+                .ok_or_else(|| {
+                    StageError::data(format!(
+                        "input `{}`: column `regime` holds `{}`, not historical or continual",
+                        input.name,
+                        regime.value(i)
+                    ))
+                })?;
+            rows.entry((ds.value(i), slot))
+                .or_default()
+                .push((bin.value(i), values.each_ref().map(|v| v.value(i))));
+        }
+    }
+    let mut out: HashMap<i64, [Option<RegimeBands>; 2]> = HashMap::new();
+    for ((dataset, slot), mut bins) in rows {
+        bins.sort_by_key(|b| b.0);
+        let pick = |k: usize| bins.iter().map(|b| b.1[k]).collect();
+        out.entry(dataset).or_default()[slot] = Some(RegimeBands {
+            true_median: pick(0),
+            true_std: pick(1),
+            ref_median: pick(2),
+            ref_sigma: pick(3),
+        });
+    }
+    Ok(out)
+}
+
 impl DqmMetrics {
-    /// Jaccard distance between the predicted band (mean of ref_mu -+ ref_sigma)
+    /// `grid` Jaccard distance between the predicted band (mean of ref_mu -+ ref_sigma)
     /// and the empirical band (mean -+ std of the good runs), both as densities
     /// in the z-score space of each run's truth (mu, sigma), on a common grid.
-    pub fn jaccard(&self, bands: &Bands, rows: &[usize]) -> Option<f64> {
+    pub fn grid_jaccard(&self, bands: &Bands, rows: &[usize]) -> Option<f64> {
         let grid: Vec<f64> = (0..self.z_points)
             .map(|k| -self.z_range + 2.0 * self.z_range * k as f64 / (self.z_points - 1) as f64)
             .collect();
@@ -237,10 +339,18 @@ impl DqmMetrics {
             }
             None => (None, 0),
         };
-        let jaccard = runs.bands.as_ref().and_then(|b| {
-            let good: Vec<usize> = rows.iter().copied().filter(|&k| !runs.bad[k]).collect();
-            self.jaccard(b, &good)
-        });
+        let slot = usize::from(!historical);
+        let jaccard = match (&runs.regime_bands, &runs.bands) {
+            (Some(given), _) => given[slot].as_ref().map(RegimeBands::jaccard),
+            (None, Some(b)) => {
+                let good: Vec<usize> = rows.iter().copied().filter(|&k| !runs.bad[k]).collect();
+                match self.jaccard {
+                    JaccardBands::Reference => reference_bands(b, &good).map(|b| b.jaccard()),
+                    JaccardBands::Grid => self.grid_jaccard(b, &good),
+                }
+            }
+            (None, None) => None,
+        };
         RegimeMetrics {
             n_runs: rows.len() as i64,
             n_bad: bad.iter().filter(|&&b| b).count() as i64,
@@ -253,7 +363,12 @@ impl DqmMetrics {
         }
     }
 
-    fn dataset(&self, batch: &RecordBatch, input: &str) -> Result<[RegimeMetrics; 2]> {
+    fn dataset(
+        &self,
+        batch: &RecordBatch,
+        input: &str,
+        regime_bands: Option<[Option<RegimeBands>; 2]>,
+    ) -> Result<[RegimeMetrics; 2]> {
         let schema = batch.schema();
         let col = |name: &str| schema.index_of(name).ok().map(|i| batch.column(i).clone());
         let need = |name: &str| col(name).expect("checked by outputs()");
@@ -299,6 +414,7 @@ impl DqmMetrics {
             historical: bools("historical").expect("checked"),
             rapid: bools("rapid_change"),
             bands,
+            regime_bands,
         };
         Ok([self.regime(&runs, true), self.regime(&runs, false)])
     }
@@ -322,12 +438,18 @@ fn check_input(schema: &SchemaRef, name: &str) -> Result<()> {
     Ok(())
 }
 
-const REGIMES: [&str; 2] = ["historical", "continual"];
-
 impl Stage for DqmMetrics {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
+        if !(1..=2).contains(&inputs.len()) {
+            expect_inputs(inputs.len(), 1)?;
+        }
         check_input(&inputs[0], "input")?;
+        if inputs.len() == 2 && self.jaccard == JaccardBands::Grid {
+            return Err(StageError::param(
+                "jaccard",
+                "`grid` is computed from per-run vectors; a `bands` input holds `reference` bands only",
+            ));
+        }
         Ok(vec![
             OutputSpec {
                 name: "main",
@@ -343,6 +465,7 @@ impl Stage for DqmMetrics {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let input = &ctx.inputs[0];
         check_input(&input.schema, &input.name)?;
+        let given_bands = ctx.inputs.get(1).map(read_bands).transpose()?;
         let mut groups = DatasetGroups::for_shard(input, ctx.shard)?;
         let mut all: Vec<(i64, [RegimeMetrics; 2])> = Vec::new();
         let progress = ctx.reporter.progress(0, "datasets");
@@ -351,8 +474,11 @@ impl Stage for DqmMetrics {
             if chunk.is_empty() {
                 break;
             }
-            let results = par_map_counted(&chunk, progress.as_ref(), |(_, batch)| {
-                self.dataset(batch, &input.name)
+            let results = par_map_counted(&chunk, progress.as_ref(), |(id, batch)| {
+                let bands = given_bands
+                    .as_ref()
+                    .map(|all| all.get(id).cloned().unwrap_or_default());
+                self.dataset(batch, &input.name, bands)
             });
             for ((id, _), r) in chunk.iter().zip(results) {
                 all.push((*id, r?));
@@ -511,6 +637,7 @@ mod tests {
     fn jaccard_is_zero_for_matching_bands_and_one_for_disjoint() {
         // A grid on the bin centres (z = -2..2), where interpolation is exact.
         let m = DqmMetrics {
+            jaccard: JaccardBands::Grid,
             z_range: 2.0,
             z_points: 5,
         };
@@ -552,17 +679,17 @@ mod tests {
             lo: vec![-2.5; n],
             hi: vec![2.5; n],
         };
-        let same = m.jaccard(&bands(mean.clone()), &[0, 1]).unwrap();
+        let same = m.grid_jaccard(&bands(mean.clone()), &[0, 1]).unwrap();
         assert!(same < 1e-9, "{same}");
         let shifted = m
-            .jaccard(
+            .grid_jaccard(
                 &bands(mean.iter().zip(&std).map(|(v, s)| v + s).collect()),
                 &[0, 1],
             )
             .unwrap();
         assert!(shifted > same + 0.2, "{shifted} vs {same}");
         let far = m
-            .jaccard(&bands(mean.iter().map(|v| v + 10.0).collect()), &[0, 1])
+            .grid_jaccard(&bands(mean.iter().map(|v| v + 10.0).collect()), &[0, 1])
             .unwrap();
         assert!((far - 1.0).abs() < 1e-9, "{far}");
     }

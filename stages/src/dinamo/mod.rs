@@ -1,6 +1,7 @@
 //! DINAMO (arXiv dinamo.txt): synthetic runs, the DINAMO-S and DINAMO-ML
 //! references, the DQM metrics of section 3 and the comparison of methods.
 
+pub mod bands;
 pub mod dinamo_ml;
 pub mod dinamo_s;
 pub mod dqm_compare;
@@ -26,7 +27,7 @@ use crate::stage::Shard;
 /// a dataset id that reappears after another is an error asking the user to
 /// sort the table. Without a `dataset` column the table is dataset 0.
 pub struct DatasetGroups<'a> {
-    batches: Box<dyn Iterator<Item = Result<RecordBatch>> + 'a>,
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'a>,
     input: String,
     dataset_column: Option<usize>,
     /// The datasets of this shard (all when `None`).
@@ -160,7 +161,7 @@ mod tests {
     use super::*;
     use crate::in_memory::{input_from_batch, run_in_memory, run_shard_in_memory};
     use crate::stage::Stage;
-    use arrow::array::RecordBatch;
+    use arrow::array::{Array, RecordBatch};
 
     /// Runs `stage` whole and as `count` shards; returns (whole, concatenated parts) of `output`.
     fn whole_and_sharded(
@@ -221,5 +222,73 @@ mod tests {
         .unwrap();
         let summary = run_in_memory(&m, &[scores]).unwrap().table("summary");
         assert_eq!(recombined.table("summary"), summary);
+    }
+    /// The Jaccard distance is the same whether `dqm_metrics` builds the
+    /// bands from the per-run vectors or reads a reference stage's `bands`
+    /// table, and a score table without per-run vectors (the study's) gives
+    /// every metric of the full one.
+    #[test]
+    fn bands_table_gives_the_same_metrics_as_per_run_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let synth = synth_runs::SynthRuns {
+            seed_range: Some([0, 3]),
+            n_runs: 300,
+            n_bad: 30,
+            ..Default::default()
+        };
+        let runs = run_in_memory(&synth, &[]).unwrap().table("main");
+        let runs = input_from_batch("runs", &runs, &dir.path().join("runs.parquet")).unwrap();
+        let metrics = |s: &dinamo_s::DinamoS, with_bands: bool, tag: &str| {
+            let out = run_in_memory(s, std::slice::from_ref(&runs)).unwrap();
+            let scores = input_from_batch(
+                "scores",
+                &out.table("main"),
+                &dir.path().join(format!("{tag}.parquet")),
+            )
+            .unwrap();
+            let bands = input_from_batch(
+                "bands",
+                &out.table("bands"),
+                &dir.path().join(format!("{tag}_bands.parquet")),
+            )
+            .unwrap();
+            assert_eq!(out.table("bands").num_rows(), 3 * 2 * 100);
+            let inputs = if with_bands {
+                vec![scores, bands]
+            } else {
+                vec![scores]
+            };
+            run_in_memory(&dqm_metrics::DqmMetrics::default(), &inputs)
+                .unwrap()
+                .table("main")
+        };
+        let full = dinamo_s::DinamoS {
+            historical_runs: 100,
+            ..Default::default()
+        };
+        let from_vectors = metrics(&full, false, "a");
+        let from_table = metrics(&full, true, "b");
+        assert_eq!(from_vectors, from_table);
+        let jaccard = from_vectors
+            .column_by_name("jaccard")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
+        assert_eq!(jaccard.null_count(), 0);
+        assert!(jaccard.values().iter().all(|j| (0.0..1.0).contains(j)));
+        let compact = dinamo_s::DinamoS {
+            per_run_vectors: false,
+            ..full.clone()
+        };
+        let out = run_in_memory(&compact, std::slice::from_ref(&runs)).unwrap();
+        assert!(out.table("main").column_by_name("ref_mu").is_none());
+        assert_eq!(metrics(&compact, true, "c"), from_vectors);
+        // Without vectors or a bands input the distance is unknown, not made up.
+        let scores =
+            input_from_batch("s", &out.table("main"), &dir.path().join("d.parquet")).unwrap();
+        let no_bands = run_in_memory(&dqm_metrics::DqmMetrics::default(), &[scores])
+            .unwrap()
+            .table("main");
+        assert_eq!(no_bands.column_by_name("jaccard").unwrap().null_count(), 6);
     }
 }

@@ -11,15 +11,16 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::nn::SelfAttention;
+use crate::nn::{SelfAttention, pytorch_linear};
 
 /// Activation of the encoder's feed-forward blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
-    /// What the paper states.
+    /// What the paper's text states (section 5).
     Gelu,
-    /// What the reference implementation uses.
+    /// What the paper's reference code runs (`activation="relu"`), and so
+    /// what its published figures were measured with: the default here.
     Relu,
 }
 
@@ -47,17 +48,21 @@ impl Default for MlArch {
             feed_forward: 100,
             layers: 3,
             dropout: 0.15,
-            activation: Activation::Gelu,
+            activation: Activation::Relu,
         }
     }
 }
 
-/// Added to σ̂ so that a collapsing softplus cannot make the NLL or χ²
-/// infinite; far below any bin's Poisson uncertainty.
-pub const SIGMA_FLOOR: f64 = 1e-7;
+/// Smallest variance σ̂² the loss divides by (`nn.GaussianNLLLoss(eps=1e-9)`
+/// of the reference code): the value is clamped, the gradient is not.
+pub const VAR_EPS: f64 = 1e-9;
 
-/// Relative time of a padding token (the reference implementation's choice).
+/// Relative time of a padding token (the reference code's choice).
 pub const PAD_TIME: f32 = -100.0;
+
+/// Content of every bin of a padding histogram (the reference code pads
+/// with 0.01 whatever the number of bins).
+pub const PAD_VALUE: f32 = 0.01;
 
 /// Linear → LayerNorm → ReLU → Linear: the embeddings and heads of Figure 1.
 #[derive(Debug)]
@@ -70,9 +75,9 @@ struct Block {
 impl Block {
     fn new(p: nn::Path, input: i64, hidden: i64, output: i64) -> Self {
         Self {
-            a: nn::linear(&p / "a", input, hidden, Default::default()),
+            a: pytorch_linear(&p / "a", input, hidden),
             norm: nn::layer_norm(&p / "norm", vec![hidden], Default::default()),
-            b: nn::linear(&p / "b", hidden, output, Default::default()),
+            b: pytorch_linear(&p / "b", hidden, output),
         }
     }
 
@@ -97,10 +102,10 @@ impl EncoderLayer {
     fn new(p: nn::Path, arch: &MlArch) -> Self {
         let d = arch.d_model;
         Self {
-            attention: SelfAttention::new(&p / "attention", d, arch.heads),
+            attention: SelfAttention::pytorch_multihead(&p / "attention", d, arch.heads),
             norm1: nn::layer_norm(&p / "norm1", vec![d], Default::default()),
-            ff1: nn::linear(&p / "ff1", d, arch.feed_forward, Default::default()),
-            ff2: nn::linear(&p / "ff2", arch.feed_forward, d, Default::default()),
+            ff1: pytorch_linear(&p / "ff1", d, arch.feed_forward),
+            ff2: pytorch_linear(&p / "ff2", arch.feed_forward, d),
             norm2: nn::layer_norm(&p / "norm2", vec![d], Default::default()),
         }
     }
@@ -118,7 +123,31 @@ impl EncoderLayer {
     }
 }
 
-/// The DINAMO-ML reference predictor.
+/// Every parameter of an encoder layer, in a fixed order.
+fn layer_params(l: &EncoderLayer) -> Vec<&Tensor> {
+    let a = &l.attention;
+    let mut v: Vec<&Tensor> = vec![&l.ff1.ws, &l.ff2.ws, &a.q.ws, &a.k.ws, &a.v.ws, &a.out.ws];
+    for optional in [
+        &l.norm1.ws,
+        &l.norm1.bs,
+        &l.norm2.ws,
+        &l.norm2.bs,
+        &l.ff1.bs,
+        &l.ff2.bs,
+        &a.q.bs,
+        &a.k.bs,
+        &a.v.bs,
+        &a.out.bs,
+    ] {
+        v.extend(optional.iter());
+    }
+    v
+}
+
+/// The DINAMO-ML reference predictor, initialised as the reference code's
+/// PyTorch modules are (`nn.Linear` and `nn.MultiheadAttention` defaults;
+/// `nn.TransformerEncoder` deep-copies one layer, so every encoder layer
+/// starts from the same parameters).
 #[derive(Debug)]
 pub struct ReferenceNet {
     pub arch: MlArch,
@@ -132,16 +161,35 @@ pub struct ReferenceNet {
 impl ReferenceNet {
     pub fn new(p: &nn::Path, arch: MlArch) -> Self {
         let (nb, d) = (arch.n_bins, arch.d_model);
-        Self {
+        let net = Self {
             histogram: Block::new(p / "histogram", nb, d, d),
             time: Block::new(p / "time", 1, d, d),
             layers: (0..arch.layers)
                 .map(|i| EncoderLayer::new(p / format!("layer{i}"), &arch))
                 .collect(),
-            mu: Block::new(p / "mu", d, d, nb),
-            sigma: Block::new(p / "sigma", d, d, nb),
+            // The heads' hidden width is N_b (Linear(d, N_b), LayerNorm(N_b), ...).
+            mu: Block::new(p / "mu", d, nb, nb),
+            sigma: Block::new(p / "sigma", d, nb, nb),
             arch,
-        }
+        };
+        net.copy_first_layer();
+        net
+    }
+
+    /// Every encoder layer's parameters set to the first layer's.
+    fn copy_first_layer(&self) {
+        let Some((first, rest)) = self.layers.split_first() else {
+            return;
+        };
+        let source = layer_params(first);
+        tch::no_grad(|| {
+            for layer in rest {
+                for (dst, src) in layer_params(layer).into_iter().zip(&source) {
+                    let mut dst = dst.shallow_clone();
+                    dst.copy_(src);
+                }
+            }
+        });
     }
 
     /// (μ̂, σ̂), each `[B, N_b]`, from contexts `histograms` `[B, M, N_b]`
@@ -153,7 +201,7 @@ impl ReferenceNet {
         }
         let pooled = x.mean_dim(1, false, Kind::Float);
         let mu = self.mu.forward(&pooled).softmax(-1, Kind::Float);
-        let sigma = self.sigma.forward(&pooled).softplus() + SIGMA_FLOOR;
+        let sigma = self.sigma.forward(&pooled).softplus();
         (mu, sigma)
     }
 }
@@ -161,7 +209,7 @@ impl ReferenceNet {
 /// The context of run `current`: the last `m` good runs before it (of
 /// `good`, `(run, unit-normalized histogram)` in run order), oldest first,
 /// as `[M, N_b]` histograms and `[M]` times relative to `current`. Missing
-/// entries are padded at the front with the flat histogram 1/N_b at
+/// entries are padded at the front with [`PAD_VALUE`] in every bin at
 /// [`PAD_TIME`].
 pub fn build_context(
     good: &[(i64, Vec<f32>)],
@@ -172,7 +220,7 @@ pub fn build_context(
     let before = good.partition_point(|(run, _)| *run < current);
     let used = &good[before.saturating_sub(m)..before];
     let pad = m - used.len();
-    let mut hist = vec![1.0 / n_bins as f32; pad * n_bins];
+    let mut hist = vec![PAD_VALUE; pad * n_bins];
     let mut time = vec![PAD_TIME; pad];
     for (run, h) in used {
         hist.extend_from_slice(h);
@@ -181,11 +229,13 @@ pub fn build_context(
     (hist, time)
 }
 
-/// The paper's Gaussian NLL: mean over runs and bins of
-/// ½[((x − μ̂)/σ̂)² + ln σ̂²].
+/// The paper's Gaussian NLL, as `nn.GaussianNLLLoss(full=False, eps=1e-9)`:
+/// mean over runs and bins of ½[ln v + (x − μ̂)²/v], v = σ̂² clamped below
+/// at [`VAR_EPS`] in value only (PyTorch clamps without a gradient).
 pub fn gaussian_nll(x: &Tensor, mu: &Tensor, sigma: &Tensor) -> Tensor {
-    let z = (x - mu) / sigma;
-    (z.square() + sigma.square().log()).mean(Kind::Float) * 0.5
+    let var = sigma.square();
+    let clamped = var.clamp_min(VAR_EPS).detach() - var.detach() + &var;
+    ((x - mu).square() / &clamped + clamped.log()).mean(Kind::Float) * 0.5
 }
 
 /// Contexts of several runs as batch tensors on `device`.
@@ -220,9 +270,9 @@ mod tests {
         let (h, t) = build_context(&good, 7, 2, 2);
         assert_eq!(h, vec![5.0, 0.0, 6.0, 0.0]);
         assert_eq!(t, vec![-2.0, -1.0]);
-        // Run 3 sees only run 2: one pad token first.
+        // Run 3 sees only run 2: pad tokens of 0.01 per bin first.
         let (h, t) = build_context(&good, 3, 3, 2);
-        assert_eq!(h, vec![0.5, 0.5, 0.5, 0.5, 2.0, 0.0]);
+        assert_eq!(h, vec![0.01, 0.01, 0.01, 0.01, 2.0, 0.0]);
         assert_eq!(t, vec![PAD_TIME, PAD_TIME, -1.0]);
         // No good run yet: all padding.
         let (_, t) = build_context(&good, 1, 2, 2);
@@ -272,5 +322,68 @@ mod tests {
         let want = 0.5 * ((4.0 + 0.01f64.ln()) + (1.0 + 0.04f64.ln())) / 2.0;
         let got = gaussian_nll(&x, &mu, &sigma).double_value(&[]);
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    /// The network starts where the reference code's PyTorch modules do:
+    /// linear layers within ±1/sqrt(fan_in), attention projections
+    /// Xavier-uniform with zero biases, heads N_b wide inside, and every
+    /// encoder layer a copy of the first.
+    #[test]
+    fn initialised_as_pytorch_modules_are() {
+        let _torch = crate::nn::exclusive();
+        tch::manual_seed(22);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let arch = MlArch {
+            n_bins: 40,
+            ..Default::default()
+        };
+        let net = ReferenceNet::new(&vs.root(), arch);
+        let max_abs = |t: &Tensor| t.abs().max().double_value(&[]);
+        let vars = vs.variables();
+        // The heads: Linear(d_model=100, N_b=40) then Linear(40, 40).
+        assert_eq!(vars["mu.a.weight"].size(), [40, 100]);
+        assert_eq!(vars["sigma.b.weight"].size(), [40, 40]);
+        for (name, fan_in) in [("histogram.a", 40.0), ("mu.b", 40.0), ("layer0.ff1", 100.0)] {
+            let bound = 1.0 / f64::sqrt(fan_in);
+            for part in ["weight", "bias"] {
+                let m = max_abs(&vars[&format!("{name}.{part}")]);
+                assert!(
+                    m <= bound && m > 0.8 * bound,
+                    "{name}.{part}: {m} vs {bound}"
+                );
+            }
+        }
+        let xavier = (6.0f64 / 400.0).sqrt();
+        let q = max_abs(&vars["layer0.attention.q.weight"]);
+        assert!(q <= xavier && q > 0.8 * xavier, "{q}");
+        assert_eq!(max_abs(&vars["layer0.attention.q.bias"]), 0.0);
+        assert_eq!(max_abs(&vars["layer0.attention.out.bias"]), 0.0);
+        for l in 1..3 {
+            for (a, b) in layer_params(&net.layers[0])
+                .iter()
+                .zip(layer_params(&net.layers[l]))
+            {
+                assert!(a.equal(b), "layer {l} differs from layer 0 at init");
+            }
+        }
+    }
+
+    /// σ̂² below 1e-9 enters the loss as 1e-9 (PyTorch's eps), while its
+    /// gradient is that of the unclamped variance.
+    #[test]
+    fn nll_clamps_the_variance_in_value_only() {
+        let x = Tensor::from_slice(&[0.5f32]).view([1, 1]);
+        let mu = Tensor::from_slice(&[0.5f32]).view([1, 1]);
+        let sigma = Tensor::from_slice(&[1e-6f32])
+            .view([1, 1])
+            .set_requires_grad(true);
+        let loss = gaussian_nll(&x, &mu, &sigma);
+        let want = 0.5 * 1e-9f64.ln();
+        assert!((loss.double_value(&[]) - want).abs() < 1e-4);
+        loss.backward();
+        // d/dσ ½ ln v through v = σ² with the clamp's gradient = identity:
+        // ½ (1/1e-9) 2σ = 1e-6 / 1e-9 = 1000.
+        let g = sigma.grad().double_value(&[0, 0]);
+        assert!((g - 1000.0).abs() < 1.0, "{g}");
     }
 }

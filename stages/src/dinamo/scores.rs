@@ -8,12 +8,14 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Float64Type, Int8Type, Int64Type, Schema, SchemaRef};
 
+use super::bands::{BandBuilder, RegimeBands, bands_batch};
 use crate::arrow_util::{cast_column, f64_lists, is_integer, is_numeric_list, list_rows};
 use crate::error::{Result, StageError};
 use crate::input::require_column;
 use crate::params::AutoOr;
+use crate::stage::OutputSpec;
 use crate::stats::best_threshold;
 
 /// A run normalised to unit integral with its per-bin Poisson variance and
@@ -42,15 +44,16 @@ impl NormRun {
                 omega: vec![1.0 / epsilon; n],
             };
         }
-        let inv = 1.0 / integral;
-        let x: Vec<f64> = counts.iter().map(|c| c * inv).collect();
+        // The reference code's operations in its order, so that scores
+        // agree with it to the last bit, not just to rounding.
+        let x: Vec<f64> = counts.iter().map(|c| c / integral).collect();
         let var: Vec<f64> = x
             .iter()
             .map(|&p| {
                 if p > 0.0 {
-                    (p - p * p) * inv
+                    p / integral - p * p / integral
                 } else {
-                    inv * inv
+                    1.0 / (integral * integral)
                 }
             })
             .collect();
@@ -92,7 +95,22 @@ pub struct DatasetRuns {
     pub norm: Vec<NormRun>,
     /// Raw counts, in run order.
     counts: Vec<Vec<f64>>,
+    /// The generator's truth per run (in run order), when the input has it:
+    /// what the Jaccard bands are computed in.
+    truth: Option<Truth>,
 }
+
+/// Per-run truth of a generated dataset: the Gaussian's (mu, sigma) and the
+/// histogram range.
+struct Truth {
+    mu: Vec<f64>,
+    sigma: Vec<f64>,
+    lo: f64,
+    hi: f64,
+}
+
+/// The truth columns the Jaccard bands need.
+const TRUTH_FOR_BANDS: [&str; 4] = ["mu", "sigma", "lo", "hi"];
 
 impl DatasetRuns {
     /// Checks `batch` (one dataset of a table with `run, label, counts`):
@@ -125,6 +143,7 @@ impl DatasetRuns {
             norm: Vec::with_capacity(order.len()),
             counts: Vec::with_capacity(order.len()),
             order: Vec::new(),
+            truth: None,
         };
         for &i in &order {
             let (i, run) = (i as usize, runs[i as usize]);
@@ -154,8 +173,55 @@ impl DatasetRuns {
             out.norm.push(NormRun::new(&c, epsilon));
             out.counts.push(c);
         }
+        if TRUTH_FOR_BANDS
+            .iter()
+            .all(|c| batch.schema().index_of(c).is_ok())
+            && !order.is_empty()
+        {
+            let floats = |name: &str| -> Result<Vec<f64>> {
+                let c = cast_column(&col(name), &DataType::Float64, input, name)?;
+                if c.null_count() > 0 {
+                    return Err(ctx(format!("null in column `{name}`")));
+                }
+                let v = c.as_primitive::<Float64Type>().values();
+                Ok(order.iter().map(|&i| v[i as usize]).collect())
+            };
+            let (lo, hi) = (floats("lo")?, floats("hi")?);
+            out.truth = Some(Truth {
+                mu: floats("mu")?,
+                sigma: floats("sigma")?,
+                lo: lo[0],
+                hi: hi[0],
+            });
+        }
         out.order = order;
         Ok(out)
+    }
+
+    /// The Jaccard bands of the historical and continual regimes (good,
+    /// non-empty runs only), or `None` when the input has no truth columns.
+    pub fn bands(&self, scored: &Scored) -> Option<[Option<RegimeBands>; 2]> {
+        let truth = self.truth.as_ref()?;
+        let n_bins = self.n_bins();
+        let mut builders = [
+            BandBuilder::new(truth.lo, truth.hi, n_bins),
+            BandBuilder::new(truth.lo, truth.hi, n_bins),
+        ];
+        for k in 0..self.len() {
+            if !self.good[k] || self.norm[k].integral <= 0.0 {
+                continue;
+            }
+            let regime = usize::from(k >= scored.historical);
+            builders[regime].add(
+                &self.norm[k].x,
+                &scored.ref_mu[k],
+                &scored.ref_sigma[k],
+                truth.mu[k],
+                truth.sigma[k],
+            );
+        }
+        let [h, c] = builders;
+        Some([h.finish(), c.finish()])
     }
 
     pub fn len(&self) -> usize {
@@ -208,7 +274,8 @@ impl DatasetRuns {
     }
 
     /// The output batch (`schema` from [`score_schema`]) of `scored`, with
-    /// the input's truth columns carried over from `batch`.
+    /// the input's truth columns carried over from `batch`; the per-bin
+    /// columns are written when `schema` has them.
     pub fn to_batch(
         &self,
         batch: &RecordBatch,
@@ -222,6 +289,7 @@ impl DatasetRuns {
         let label = batch.column(batch.schema().index_of("label")?).clone();
         let label = cast_column(&label, &DataType::Int8, "input", "label")?;
         let threshold = scored.threshold;
+        let vectors = schema.index_of("ref_mu").is_ok();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![self.dataset; n])),
             Arc::new(Int64Array::from(self.runs.clone())),
@@ -234,22 +302,72 @@ impl DatasetRuns {
             Arc::new(BooleanArray::from_iter(
                 scores.iter().map(|&s| Some(s > threshold)),
             )),
-            Arc::new(f64_lists(scored.pulls.iter().map(Vec::as_slice))),
-            Arc::new(f64_lists(scored.ref_mu.iter().map(Vec::as_slice))),
-            Arc::new(f64_lists(scored.ref_sigma.iter().map(Vec::as_slice))),
-            Arc::new(Float64Array::from(vec![scored.alpha; n])),
+        ];
+        if vectors {
+            columns.push(Arc::new(f64_lists(scored.pulls.iter().map(Vec::as_slice))));
+            columns.push(Arc::new(f64_lists(scored.ref_mu.iter().map(Vec::as_slice))));
+            columns.push(Arc::new(f64_lists(
+                scored.ref_sigma.iter().map(Vec::as_slice),
+            )));
+        }
+        columns.extend([
+            Arc::new(Float64Array::from(vec![scored.alpha; n])) as ArrayRef,
             Arc::new(Float64Array::from(vec![threshold; n])),
             Arc::new(BooleanArray::from_iter(
                 (0..n).map(|k| Some(k < scored.historical)),
             )),
-            Arc::new(f64_lists(self.counts.iter().map(Vec::as_slice))),
-        ];
+        ]);
+        if vectors {
+            columns.push(Arc::new(f64_lists(self.counts.iter().map(Vec::as_slice))));
+        }
         for field in &schema.fields()[columns.len()..] {
             let col = batch.column(batch.schema().index_of(field.name())?);
             columns.push(taken(col)?);
         }
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
+}
+
+/// The two tables a reference method writes for one dataset.
+pub struct ScoreBatches {
+    /// One row per run (`main`).
+    pub main: RecordBatch,
+    /// The Jaccard bands (`bands`), when the input has the truth columns.
+    pub bands: Option<RecordBatch>,
+}
+
+impl DatasetRuns {
+    /// Both output batches of `scored`.
+    pub fn batches(
+        &self,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        scored: Scored,
+    ) -> Result<ScoreBatches> {
+        let bands = self
+            .bands(&scored)
+            .map(|b| bands_batch(self.dataset, &b))
+            .transpose()?;
+        Ok(ScoreBatches {
+            main: self.to_batch(batch, schema, scored)?,
+            bands,
+        })
+    }
+}
+
+/// The outputs of a reference method: `main` (per run) and `bands` (the
+/// Jaccard bands, empty without truth columns).
+pub fn score_outputs(input: &SchemaRef, name: &str, vectors: bool) -> Result<Vec<OutputSpec>> {
+    Ok(vec![
+        OutputSpec {
+            name: "main",
+            schema: score_schema(input, name, vectors)?,
+        },
+        OutputSpec {
+            name: "bands",
+            schema: dqm_schemas::bands::schema(),
+        },
+    ])
 }
 
 /// What a reference method computed for each run of a dataset (run order).
@@ -266,8 +384,9 @@ pub struct Scored {
 }
 
 /// The output schema of a reference method given its input schema: keys,
-/// scores, per-bin columns, then the input's truth columns that are present.
-pub fn score_schema(input: &SchemaRef, name: &str) -> Result<SchemaRef> {
+/// scores, per-bin columns (with `vectors`: pulls, references and the
+/// input's counts), then the input's truth columns that are present.
+pub fn score_schema(input: &SchemaRef, name: &str, vectors: bool) -> Result<SchemaRef> {
     let why = "a DINAMO reference scores histograms per run";
     require_column(input, name, "run", why, "an integer", is_integer)?;
     require_column(
@@ -290,8 +409,10 @@ pub fn score_schema(input: &SchemaRef, name: &str) -> Result<SchemaRef> {
         require_column(input, name, "dataset", why, "an integer", is_integer)?;
     }
     let mut fields = key_fields();
-    fields.extend(dqm_schemas::scores::score_fields());
-    fields.push(dqm_schemas::runs::counts());
+    fields.extend(dqm_schemas::scores::score_fields(vectors));
+    if vectors {
+        fields.push(dqm_schemas::runs::counts());
+    }
     for truth in dqm_schemas::runs::TRUTH_COLUMNS {
         if let Ok(f) = input.field_with_name(truth) {
             fields.push(f.clone());

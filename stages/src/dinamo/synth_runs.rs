@@ -19,18 +19,17 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, bad_param};
-use crate::parallel::par_map_counted;
+use crate::parallel::{overlapped, par_map_counted};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 
 /// How the sign of the binomial systematic is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignPer {
-    /// One sign for the whole right half of a run (the wording of the
-    /// paper's section 4: a correlated readout inefficiency or excess).
+    /// One sign for the whole right half of a run (the paper's section 4 and
+    /// its reference code: a correlated readout inefficiency or excess).
     Run,
-    /// A sign per bin (the paper's Algorithm 1 pseudocode; its metrics
-    /// medians are reproduced with this choice, see BENCHMARKS.md).
+    /// A sign per bin (the paper's Algorithm 1 pseudocode).
     Bin,
 }
 
@@ -41,8 +40,33 @@ pub enum Sampling {
     /// Multinomial draw of the bin contents (conditional binomials):
     /// statistically identical to drawing events, and ~100x faster.
     Multinomial,
-    /// Draw every event from the Gaussian and bin it (the paper's way).
+    /// Draw every event from the Gaussian and bin it (the reference code's way).
     Events,
+}
+
+/// How rapid changes of the mean and of the width arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RapidChanges {
+    /// The reference code: the mean and the width change independently
+    /// (each with probability `p_rapid` per run, each with its own sign);
+    /// a change replaces the previous shift of that parameter.
+    Independent,
+    /// Both change together at one draw of `p_rapid`; the mean's shift
+    /// replaces the previous one, the width's accumulates (this project's
+    /// reading of Algorithm 1 before the reference code was checked).
+    Joint,
+}
+
+/// How the bad runs that get a mean (or width) distortion are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyDraw {
+    /// Exactly round(p_anomaly * n_bad) bad runs, chosen without replacement
+    /// (the reference code: 450 of 500).
+    Exact,
+    /// Each bad run independently with probability `p_anomaly` (Algorithm 1).
+    Bernoulli,
 }
 
 /// Generates one dataset of runs per seed.
@@ -59,45 +83,56 @@ pub struct SynthRuns {
     pub n_bad: usize,
     /// Histogram bins (N_b).
     pub n_bins: usize,
-    /// Histogram range `[lo, hi]`; events outside it are lost.
+    /// Histogram range `[lo, hi)`; events outside it are lost.
     pub range: [f64; 2],
     /// Base mean of the Gaussian (mu_base).
     pub mu_base: f64,
-    /// Base width of the Gaussian (sigma_base; not given in the paper).
+    /// Base width of the Gaussian (sigma_base).
     pub sigma_base: f64,
     /// Amplitude of the sinusoidal slow drift of the mean (A_drift).
     pub drift_amplitude: f64,
-    /// Period of the slow drift in runs (2 mu_T_slow; the paper's 500 is a half period).
+    /// Period of the slow drift in runs: 0.5 sin(pi t / 500) has period 1000.
     pub drift_period: f64,
-    /// Events per run drawn uniformly from `[min, max]` (I_min, I_max).
+    /// Events per run, an integer drawn uniformly from `[min, max)` (I_min, I_max).
     pub events: [u64; 2],
-    /// Probability that a rapid change starts at a run (p_rapid).
+    /// Probability per run of a rapid change (of each parameter, for
+    /// `rapid_changes: independent`).
     pub p_rapid: f64,
-    /// Range of the mean jump at a rapid change (random sign). The jump
-    /// replaces the previous one and persists until the next change.
+    /// How rapid changes of the mean and the width arrive.
+    pub rapid_changes: RapidChanges,
+    /// Range `[min, max)` of the mean's shift at a rapid change (random sign).
     pub rapid_mu_shift: [f64; 2],
-    /// Range of the width jump at a rapid change (random sign); accumulates.
+    /// Range `[min, max)` of the width's shift at a rapid change (random sign).
     pub rapid_sigma_shift: [f64; 2],
-    /// Smallest allowed width: a width shift that would go below it takes the other sign.
+    /// Smallest allowed width: a width shift that would go below it takes
+    /// the other sign (never reached with the default shifts).
     pub sigma_min: f64,
-    /// Probability of each distortion of a bad run (mean shift, width shift,
-    /// dead bins), drawn independently (p_anomaly).
+    /// Fraction of bad runs with a mean distortion and, chosen independently,
+    /// fraction with a width distortion.
     pub p_anomaly: f64,
-    /// Range of a bad run's extra mean shift (random sign).
+    /// How those bad runs are chosen.
+    pub anomaly_draw: AnomalyDraw,
+    /// Range `[min, max)` of a bad run's extra mean shift (random sign).
     pub anomaly_mu_shift: [f64; 2],
-    /// Range of a bad run's extra width shift (random sign).
+    /// Range `[min, max)` of a bad run's extra width shift (random sign).
     pub anomaly_sigma_shift: [f64; 2],
-    /// Number of dead (zeroed) bins of a bad run, uniform in `[min, max]`.
+    /// Probability that a bad run has dead bins (the reference code: every bad run).
+    pub p_dead_bins: f64,
+    /// Number of dead (zeroed) bins of such a run, uniform in `[min, max]`,
+    /// distinct bins.
     pub dead_bins: [usize; 2],
-    /// Binomial systematic on the right half: each bin n gets +-Binomial(n, p).
+    /// Binomial systematic on the upper half of the bins (n_bins/2..): each
+    /// bin n gets +-Binomial(n, p).
     pub p_binomial: f64,
-    /// Whether the systematic's sign is drawn per bin (Algorithm 1) or per run.
+    /// Whether the systematic's sign is drawn per run (reference code) or per bin.
     pub binomial_sign: SignPer,
     /// How bin contents are drawn.
     pub sampling: Sampling,
 }
 
 impl Default for SynthRuns {
+    /// The reference code's generator (`dinamo/datasets/toy_dataset.py` of
+    /// github.com/ArseniiGav/DINAMO), which made the paper's datasets.
     fn default() -> Self {
         Self {
             seeds: None,
@@ -112,15 +147,18 @@ impl Default for SynthRuns {
             drift_period: 1000.0,
             events: [2000, 20000],
             p_rapid: 0.005,
+            rapid_changes: RapidChanges::Independent,
             rapid_mu_shift: [0.5, 1.5],
             rapid_sigma_shift: [0.1, 0.4],
-            sigma_min: 0.2,
+            sigma_min: 0.05,
             p_anomaly: 0.9,
+            anomaly_draw: AnomalyDraw::Exact,
             anomaly_mu_shift: [0.25, 0.75],
             anomaly_sigma_shift: [0.05, 0.2],
-            dead_bins: [1, 10],
+            p_dead_bins: 1.0,
+            dead_bins: [1, 19],
             p_binomial: 0.4,
-            binomial_sign: SignPer::Bin,
+            binomial_sign: SignPer::Run,
             sampling: Sampling::Multinomial,
         }
     }
@@ -128,7 +166,7 @@ impl Default for SynthRuns {
 
 impl StageConfig for SynthRuns {
     const KIND: &'static str = "synth_runs";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "DINAMO synthetic generator: one dataset of histogram runs per seed (drifts, jumps, dead bins)";
     const INPUTS: (usize, usize) = (0, 0);
 
@@ -161,8 +199,14 @@ impl StageConfig for SynthRuns {
                 format!("{:?} is not an increasing interval", self.range),
             );
         }
-        if self.events[0] > self.events[1] {
-            return bad_param("events", format!("{:?}: min exceeds max", self.events));
+        if self.events[0] >= self.events[1] {
+            return bad_param(
+                "events",
+                format!(
+                    "{:?} is not a range [min, max) of event counts",
+                    self.events
+                ),
+            );
         }
         if self.dead_bins[0] > self.dead_bins[1] || self.dead_bins[1] > self.n_bins {
             return bad_param(
@@ -176,6 +220,7 @@ impl StageConfig for SynthRuns {
         for (name, p) in [
             ("p_rapid", self.p_rapid),
             ("p_anomaly", self.p_anomaly),
+            ("p_dead_bins", self.p_dead_bins),
             ("p_binomial", self.p_binomial),
         ] {
             if !(0.0..=1.0).contains(&p) {
@@ -229,9 +274,29 @@ impl SynthRuns {
     /// Generates one dataset; depends only on `seed` and the parameters.
     pub fn generate(&self, seed: u64) -> Vec<SynthRun> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let bad_runs = rand::seq::index::sample(&mut rng, self.n_runs, self.n_bad).into_vec();
         let mut is_bad = vec![false; self.n_runs];
-        for i in rand::seq::index::sample(&mut rng, self.n_runs, self.n_bad) {
+        for &i in &bad_runs {
             is_bad[i] = true;
+        }
+        // Which bad runs get a mean and which a width distortion, each chosen
+        // on its own (as in the reference code).
+        let mut mu_anomaly = vec![false; self.n_runs];
+        let mut sigma_anomaly = vec![false; self.n_runs];
+        for flags in [&mut mu_anomaly, &mut sigma_anomaly] {
+            match self.anomaly_draw {
+                AnomalyDraw::Exact => {
+                    let k = (self.p_anomaly * self.n_bad as f64).round() as usize;
+                    for j in rand::seq::index::sample(&mut rng, self.n_bad, k.min(self.n_bad)) {
+                        flags[bad_runs[j]] = true;
+                    }
+                }
+                AnomalyDraw::Bernoulli => {
+                    for &i in &bad_runs {
+                        flags[i] = rng.random_bool(self.p_anomaly);
+                    }
+                }
+            }
         }
         let uniform = |rng: &mut ChaCha8Rng, r: [f64; 2]| {
             if r[0] < r[1] {
@@ -256,29 +321,46 @@ impl SynthRuns {
             let drift = self.mu_base
                 + self.drift_amplitude
                     * (2.0 * std::f64::consts::PI * i as f64 / self.drift_period).sin();
-            let rapid_change = rng.random_bool(self.p_rapid);
-            if rapid_change {
-                mu_jump = sign(&mut rng) * uniform(&mut rng, self.rapid_mu_shift);
-                let delta = sign(&mut rng) * uniform(&mut rng, self.rapid_sigma_shift);
-                sigma_current = shift_sigma(sigma_current, delta);
-            }
+            let rapid_change = match self.rapid_changes {
+                RapidChanges::Independent => {
+                    let mu_change = rng.random_bool(self.p_rapid);
+                    if mu_change {
+                        mu_jump = sign(&mut rng) * uniform(&mut rng, self.rapid_mu_shift);
+                    }
+                    let sigma_change = rng.random_bool(self.p_rapid);
+                    if sigma_change {
+                        let delta = sign(&mut rng) * uniform(&mut rng, self.rapid_sigma_shift);
+                        sigma_current = shift_sigma(self.sigma_base, delta);
+                    }
+                    mu_change || sigma_change
+                }
+                RapidChanges::Joint => {
+                    let change = rng.random_bool(self.p_rapid);
+                    if change {
+                        mu_jump = sign(&mut rng) * uniform(&mut rng, self.rapid_mu_shift);
+                        let delta = sign(&mut rng) * uniform(&mut rng, self.rapid_sigma_shift);
+                        sigma_current = shift_sigma(sigma_current, delta);
+                    }
+                    change
+                }
+            };
             let mut mu = drift + mu_jump;
             let mut sigma = sigma_current;
             let mut dead = Vec::new();
             if bad {
-                if rng.random_bool(self.p_anomaly) {
+                if mu_anomaly[i] {
                     mu += sign(&mut rng) * uniform(&mut rng, self.anomaly_mu_shift);
                 }
-                if rng.random_bool(self.p_anomaly) {
+                if sigma_anomaly[i] {
                     let delta = sign(&mut rng) * uniform(&mut rng, self.anomaly_sigma_shift);
                     sigma = shift_sigma(sigma, delta);
                 }
-                if rng.random_bool(self.p_anomaly) {
+                if rng.random_bool(self.p_dead_bins) {
                     let n = rng.random_range(self.dead_bins[0]..=self.dead_bins[1]);
                     dead = rand::seq::index::sample(&mut rng, self.n_bins, n).into_vec();
                 }
             }
-            let n_events = rng.random_range(self.events[0]..=self.events[1]);
+            let n_events = rng.random_range(self.events[0]..self.events[1]);
             let mut counts = match self.sampling {
                 Sampling::Multinomial => {
                     sample_multinomial(&mut rng, n_events, &self.bin_probabilities(mu, sigma))
@@ -414,18 +496,25 @@ impl Stage for SynthRuns {
         let all = self.seed_list();
         let seeds = &all[ctx.shard.range(all.len())];
         let progress = ctx.reporter.progress(seeds.len() as u64, "datasets");
-        // Generate a few datasets per thread at a time, then write them in
-        // seed order: memory stays bounded however many seeds there are.
-        let chunk = 2 * rayon::current_num_threads();
-        for seeds in seeds.chunks(chunk) {
-            let batches = par_map_counted(seeds, progress.as_ref(), |&seed| {
-                self.to_batch(seed, &self.generate(seed))
-            });
-            for batch in batches {
-                ctx.output.write("main", batch?)?;
-            }
-        }
-        Ok(())
+        // Generate a few datasets per thread at a time and write them in
+        // seed order while the next few are generated: memory stays bounded
+        // however many seeds there are, and encoding overlaps generation.
+        let mut chunks = seeds.chunks(2 * rayon::current_num_threads());
+        let output = &mut *ctx.output;
+        overlapped(
+            || Ok(chunks.next()),
+            |seeds: &[u64]| {
+                par_map_counted(seeds, progress.as_ref(), |&seed| {
+                    self.to_batch(seed, &self.generate(seed))
+                })
+            },
+            |batches| {
+                for batch in batches {
+                    output.write("main", batch?)?;
+                }
+                Ok(())
+            },
+        )
     }
 }
 
@@ -450,7 +539,7 @@ mod tests {
     }
 
     #[test]
-    fn ten_percent_bad_and_dead_bins_only_on_bad_runs() {
+    fn ten_percent_bad_and_dead_bins_on_every_bad_run_only() {
         let stage = SynthRuns {
             seeds: Some(vec![70]),
             ..Default::default()
@@ -458,13 +547,11 @@ mod tests {
         let runs = stage.generate(70);
         assert_eq!(runs.len(), 5000);
         assert_eq!(runs.iter().filter(|r| r.label == 1).count(), 500);
-        let dead_on_bad = runs
-            .iter()
-            .filter(|r| r.label == 1 && r.n_dead_bins > 0)
-            .count();
+        // The reference code kills 1-19 distinct bins of every bad run.
         assert!(
-            dead_on_bad > 400,
-            "p_anomaly 0.9 gives ~450 bad runs with dead bins, got {dead_on_bad}"
+            runs.iter()
+                .filter(|r| r.label == 1)
+                .all(|r| (1..=19).contains(&r.n_dead_bins))
         );
         assert!(
             runs.iter()
@@ -475,9 +562,102 @@ mod tests {
         for r in runs.iter().filter(|r| r.n_dead_bins > 0) {
             assert!(r.counts.iter().filter(|&&c| c == 0.0).count() >= r.n_dead_bins as usize);
         }
-        // Rapid changes happen at about p_rapid * n_runs = 25 runs.
+        // Rapid changes of the mean and of the width, p = 0.005 each: about
+        // 2 * 0.005 * 5000 = 50 runs with a change.
         let changes = runs.iter().filter(|r| r.rapid_change).count();
-        assert!((8..=50).contains(&changes), "{changes} rapid changes");
+        assert!((25..=80).contains(&changes), "{changes} rapid changes");
+    }
+
+    /// Without drift and rapid changes every good run is N(0, 1); exactly
+    /// 450 of the 500 bad runs have their mean moved, and 450 chosen on
+    /// their own have their width moved (so ~405, not 450, have both).
+    #[test]
+    fn exactly_ninety_percent_of_bad_runs_get_each_distortion_independently() {
+        let stage = SynthRuns {
+            seeds: Some(vec![3]),
+            drift_amplitude: 0.0,
+            p_rapid: 0.0,
+            ..Default::default()
+        };
+        let runs = stage.generate(3);
+        let good = runs.iter().filter(|r| r.label == 0);
+        assert!(good.clone().all(|r| r.mu == 0.0 && r.sigma == 1.0));
+        let bad: Vec<&SynthRun> = runs.iter().filter(|r| r.label == 1).collect();
+        let moved_mu = bad.iter().filter(|r| r.mu != 0.0).count();
+        let moved_sigma = bad.iter().filter(|r| r.sigma != 1.0).count();
+        let both = bad.iter().filter(|r| r.mu != 0.0 && r.sigma != 1.0).count();
+        assert_eq!((moved_mu, moved_sigma), (450, 450));
+        assert!((380..=430).contains(&both), "{both} runs with both shifts");
+        // Shifts stay in their ranges: |d mu| in [0.25, 0.75), |d sigma| in [0.05, 0.2).
+        for r in &bad {
+            assert!(
+                r.mu == 0.0 || (0.25..0.75).contains(&r.mu.abs()),
+                "{}",
+                r.mu
+            );
+            let ds = (r.sigma - 1.0).abs();
+            assert!(r.sigma == 1.0 || (0.05..0.2).contains(&ds), "{}", r.sigma);
+        }
+        // The Algorithm 1 variant draws each bad run with probability 0.9.
+        let bernoulli = SynthRuns {
+            anomaly_draw: AnomalyDraw::Bernoulli,
+            ..stage.clone()
+        };
+        let moved = bernoulli
+            .generate(3)
+            .iter()
+            .filter(|r| r.label == 1 && r.mu != 0.0)
+            .count();
+        assert!((420..=480).contains(&moved), "{moved}");
+    }
+
+    /// A rapid change of the width replaces the previous one (the width stays
+    /// within sigma_base -+ 0.4); the `joint` variant accumulates them.
+    #[test]
+    fn width_changes_replace_each_other() {
+        let stage = SynthRuns {
+            seeds: Some(vec![9]),
+            n_bad: 0,
+            p_rapid: 0.05,
+            ..Default::default()
+        };
+        let runs = stage.generate(9);
+        assert!(runs.iter().all(|r| (r.sigma - 1.0).abs() < 0.4));
+        let changes = runs.iter().filter(|r| r.rapid_change).count();
+        assert!(changes > 300, "{changes}");
+        let joint = SynthRuns {
+            rapid_changes: RapidChanges::Joint,
+            ..stage
+        };
+        let widest = joint
+            .generate(9)
+            .iter()
+            .map(|r| (r.sigma - 1.0).abs())
+            .fold(0.0, f64::max);
+        assert!(widest > 0.4, "accumulated shifts reach {widest}");
+    }
+
+    /// Events per run are integers in [2000, 20000): the upper end is open.
+    #[test]
+    fn event_counts_are_half_open() {
+        let stage = SynthRuns {
+            n_bins: 4,
+            events: [5, 6],
+            p_binomial: 0.0,
+            n_bad: 0,
+            range: [-50.0, 50.0],
+            n_runs: 50,
+            ..Default::default()
+        };
+        for r in stage.generate(1) {
+            assert_eq!(r.counts.iter().sum::<f64>(), 5.0);
+        }
+        let empty = SynthRuns {
+            events: [5, 5],
+            seeds: Some(vec![1]),
+            ..stage
+        };
+        assert!(empty.validate().unwrap_err().to_string().contains("events"));
     }
 
     #[test]
