@@ -4,14 +4,22 @@
 //! synthetic dataset (seed 70). Runs on CUDA when libtorch sees a GPU
 //! (`DQM_DEVICE=cpu` forces the CPU), with 1 and with all torch threads.
 //!
+//! Then D datasets trained side by side as one stacked network
+//! (`batch_datasets`), amortised per update per dataset.
+//!
 //! `cargo bench --workspace --bench dinamo_ml --profile dev`
-//! (`DQM_BENCH_RUNS` runs, default 300)
+//! (`DQM_BENCH_RUNS` runs, default 300; `DQM_BENCH_DATASETS` D values,
+//! default "8,32"; `DQM_BENCH_BATCHED_RUNS` runs per dataset there, default 60;
+//! `DQM_BENCH_SINGLE=0` skips the one-dataset part)
 
 use std::time::Instant;
 
 use dqm_stages::dinamo::dinamo_ml::{DinamoMl, OnlineReference};
+use dqm_stages::dinamo::scores::DatasetRuns;
 use dqm_stages::dinamo::scores::NormRun;
 use dqm_stages::dinamo::synth_runs::SynthRuns;
+use dqm_stages::in_memory::run_in_memory;
+use dqm_stages::stage::{Reporter, Silent};
 
 fn main() {
     let n_runs: usize = std::env::var("DQM_BENCH_RUNS")
@@ -41,6 +49,19 @@ fn main() {
         cfg.d_model,
         cfg.layers
     );
+    if std::env::var("DQM_BENCH_SINGLE").as_deref() != Ok("0") {
+        single(&cfg, &runs, &norm, device, all_threads);
+    }
+    batched(&cfg, device);
+}
+
+fn single(
+    cfg: &DinamoMl,
+    runs: &[dqm_stages::dinamo::synth_runs::SynthRun],
+    norm: &[NormRun],
+    device: tch::Device,
+    all_threads: i32,
+) {
     let mut thread_counts = vec![1];
     if all_threads > 1 && device == tch::Device::Cpu {
         thread_counts.push(all_threads);
@@ -48,10 +69,10 @@ fn main() {
     for threads in thread_counts {
         tch::set_num_threads(threads);
         tch::manual_seed(0);
-        let mut model = OnlineReference::new(&cfg, norm[0].x.len(), device).unwrap();
+        let mut model = OnlineReference::new(cfg, norm[0].x.len(), device).unwrap();
         let (mut predict_s, mut update_s, mut updates, mut iterations) = (0.0, 0.0, 0, 0);
         let mut sink = 0.0;
-        for (k, (run, r)) in runs.iter().zip(&norm).enumerate() {
+        for (k, (run, r)) in runs.iter().zip(norm).enumerate() {
             let start = Instant::now();
             let (mu, _) = model.predict(k as i64);
             predict_s += start.elapsed().as_secs_f64();
@@ -70,6 +91,55 @@ fn main() {
             iterations as f64 / updates as f64,
             update_s / iterations as f64 * 1e3,
             predict_s / runs.len() as f64 * 1e3,
+        );
+    }
+}
+
+/// D datasets of `DQM_BENCH_BATCHED_RUNS` runs through one stacked network.
+fn batched(cfg: &DinamoMl, device: tch::Device) {
+    let n_runs: usize = std::env::var("DQM_BENCH_BATCHED_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let ds: Vec<usize> = std::env::var("DQM_BENCH_DATASETS")
+        .unwrap_or_else(|_| "8,32".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for d in ds {
+        let synth = SynthRuns {
+            seed_range: Some([0, d as u64]),
+            n_runs,
+            n_bad: n_runs / 10,
+            ..Default::default()
+        };
+        let table = run_in_memory(&synth, &[]).unwrap().table("main");
+        let group: Vec<DatasetRuns> = (0..d)
+            .map(|i| {
+                DatasetRuns::parse(i as i64, &table.slice(i * n_runs, n_runs), "runs", 1e-9)
+                    .unwrap()
+            })
+            .collect();
+        let stage = DinamoMl {
+            batch_datasets: d,
+            ..cfg.clone()
+        };
+        let progress = Silent.progress(0, "runs");
+        let start = Instant::now();
+        let results = stage
+            .score_group(&group, device, progress.as_ref())
+            .unwrap();
+        let seconds = start.elapsed().as_secs_f64();
+        let updates: usize = results.iter().map(|r| r.1.len()).sum();
+        let iterations: usize = results
+            .iter()
+            .flat_map(|r| r.1.iter().map(|u| u.iterations))
+            .sum();
+        println!(
+            "batched D={d}: {n_runs} runs each, {updates} updates ({:.1} iterations each) in {seconds:.1} s: {:.4} s per update per dataset (threads {})",
+            iterations as f64 / updates as f64,
+            seconds / updates as f64,
+            tch::get_num_threads()
         );
     }
 }

@@ -2,6 +2,7 @@
 //! references, the DQM metrics of section 3 and the comparison of methods.
 
 pub mod bands;
+pub mod batched_reference;
 pub mod dinamo_ml;
 pub mod dinamo_s;
 pub mod dqm_compare;

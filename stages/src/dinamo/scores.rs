@@ -383,6 +383,22 @@ pub struct Scored {
     pub historical: usize,
 }
 
+impl Scored {
+    /// Room for `n` runs of a method without an alpha (filled run by run;
+    /// the threshold is set at the end), the first `historical` historical.
+    pub fn empty(n: usize, historical: usize) -> Self {
+        Self {
+            chi2: Vec::with_capacity(n),
+            pulls: Vec::with_capacity(n),
+            ref_mu: Vec::with_capacity(n),
+            ref_sigma: Vec::with_capacity(n),
+            alpha: None,
+            threshold: f64::NAN,
+            historical,
+        }
+    }
+}
+
 /// The output schema of a reference method given its input schema: keys,
 /// scores, per-bin columns (with `vectors`: pulls, references and the
 /// input's counts), then the input's truth columns that are present.
