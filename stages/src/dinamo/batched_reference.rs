@@ -3,9 +3,10 @@
 //! `reference_net.rs` is stacked with a leading dataset axis (batched matrix
 //! products, per-dataset LayerNorm), one forward and one backward pass serve
 //! all D, and one AdamW step updates all of them. Adam is element-wise, so
-//! stacked moments with per-dataset step counts are D separate optimisers;
-//! a dataset that is not training (its run was bad, or its early stopping
-//! fired) is masked out of the step and keeps its parameters and moments.
+//! stacked moments with per-dataset step counts are D separate optimisers.
+//! Only the datasets still training form the stack a step runs on (their
+//! rows gathered, then written back): one whose run was bad, or whose early
+//! stopping fired, keeps its parameters and moments and costs nothing.
 //!
 //! Runs advance in lockstep: at run t every dataset predicts its reference
 //! for its own run t, and the datasets whose run t is good train until each
@@ -30,7 +31,8 @@ const ADAM_EPS: f64 = 1e-8;
 /// [D, P] tensor, so the optimiser is a dozen operations on that tensor
 /// rather than a dozen per parameter.
 struct Layout {
-    entries: BTreeMap<String, (i64, Vec<i64>)>,
+    /// Parameter shapes by name; a row holds them flattened in name order.
+    entries: BTreeMap<String, Vec<i64>>,
     total: i64,
 }
 
@@ -48,14 +50,14 @@ impl<'a> Stacked<'a> {
         let lens: Vec<i64> = layout
             .entries
             .values()
-            .map(|(_, shape)| shape.iter().product())
+            .map(|shape| shape.iter().product())
             .collect();
         let pieces = flat.split_with_sizes(&lens, 1);
         let views = layout
             .entries
             .iter()
             .zip(pieces)
-            .map(|((name, (_, shape)), piece)| {
+            .map(|((name, shape), piece)| {
                 let mut full = vec![d];
                 full.extend(shape);
                 (name.as_str(), piece.view(&full[..]))
@@ -188,7 +190,7 @@ impl BatchedReferenceNet {
         let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
         let (mut entries, mut row, mut total) = (BTreeMap::new(), Vec::new(), 0);
         for (name, t) in &vars {
-            entries.insert(name.clone(), (total, t.size()));
+            entries.insert(name.clone(), t.size());
             row.push(t.detach().reshape([-1]));
             total += t.numel() as i64;
         }
