@@ -803,4 +803,61 @@ mod tests {
             assert!((x - y).abs() < 1e-4, "thresholds {x} vs {y}");
         }
     }
+
+    /// On a stable dataset the learned reference behaves as the reference
+    /// code's: μ̂ settles on the runs' mean shape and σ̂ on the order of the
+    /// run-to-run spread of the normalised bins (what the Gaussian NLL's
+    /// optimum is), not on zero or on the padding.
+    #[test]
+    fn learned_reference_matches_the_runs_mean_and_spread() {
+        let synth = super::super::synth_runs::SynthRuns {
+            seeds: Some(vec![5]),
+            n_runs: 60,
+            n_bad: 0,
+            n_bins: 20,
+            drift_amplitude: 0.0,
+            p_rapid: 0.0,
+            // Without the systematic: one shape with Poisson noise.
+            p_binomial: 0.0,
+            ..Default::default()
+        };
+        let runs = run_in_memory(&synth, &[]).unwrap().table("main");
+        let dir = tempfile::tempdir().unwrap();
+        let input = input_from_batch("runs", &runs, &dir.path().join("runs.parquet")).unwrap();
+        let cfg = DinamoMl {
+            threshold: AutoOr::Value(1.0),
+            ..small()
+        };
+        let main = run_in_memory(&cfg, &[input]).unwrap().table("main");
+        let lists = |name: &str| -> Vec<Vec<f64>> {
+            let l = main.column_by_name(name).unwrap().as_list::<i32>();
+            (0..arrow::array::Array::len(l))
+                .map(|k| l.value(k).as_primitive::<Float64Type>().values().to_vec())
+                .collect()
+        };
+        let (counts, mu, sigma) = (lists("counts"), lists("ref_mu"), lists("ref_sigma"));
+        let x: Vec<Vec<f64>> = counts
+            .iter()
+            .map(|c| {
+                let i: f64 = c.iter().sum();
+                c.iter().map(|v| v / i).collect()
+            })
+            .collect();
+        let n = x.len() as f64;
+        let mean: Vec<f64> = (0..20)
+            .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n)
+            .collect();
+        let spread: f64 = (0..20)
+            .map(|j| (x.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / n).sqrt())
+            .sum::<f64>()
+            / 20.0;
+        let last = x.len() - 1;
+        let l1: f64 = mu[last].iter().zip(&mean).map(|(a, b)| (a - b).abs()).sum();
+        assert!(l1 < 0.05, "reference {:?} vs mean {mean:?}", mu[last]);
+        let s_hat = sigma[last].iter().sum::<f64>() / 20.0;
+        assert!(
+            (0.2..5.0).contains(&(s_hat / spread)),
+            "sigma-hat {s_hat} vs run-to-run spread {spread}"
+        );
+    }
 }
