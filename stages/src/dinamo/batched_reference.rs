@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
 
-use super::reference_net::{Activation, MlArch, ReferenceNet, VAR_EPS, build_context};
+use super::reference_net::{
+    Activation, EarlyStop, MlArch, ReferenceNet, UpdateStats, build_context, nll_terms,
+};
 
 /// AdamW's constants (PyTorch's and tch's defaults).
 const BETA1: f64 = 0.9;
@@ -33,7 +35,6 @@ const ADAM_EPS: f64 = 1e-8;
 struct Layout {
     /// Parameter shapes by name; a row holds them flattened in name order.
     entries: BTreeMap<String, Vec<i64>>,
-    total: i64,
 }
 
 /// A view of D datasets' parameters (`flat`: [D, P]) running the network.
@@ -166,14 +167,6 @@ pub struct BatchedReferenceNet {
     device: Device,
 }
 
-/// What one lockstep training round did for each dataset.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoundStats {
-    pub iterations: usize,
-    pub first_loss: f64,
-    pub best_loss: f64,
-}
-
 impl BatchedReferenceNet {
     /// D copies of the network `ReferenceNet::new` makes from libtorch's
     /// generator as it stands (the caller seeds it): each dataset starts
@@ -188,18 +181,17 @@ impl BatchedReferenceNet {
         let vs = tch::nn::VarStore::new(device);
         let _net = ReferenceNet::new(&vs.root(), arch.clone());
         let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-        let (mut entries, mut row, mut total) = (BTreeMap::new(), Vec::new(), 0);
+        let (mut entries, mut row) = (BTreeMap::new(), Vec::new());
         for (name, t) in &vars {
             entries.insert(name.clone(), t.size());
             row.push(t.detach().reshape([-1]));
-            total += t.numel() as i64;
         }
         let row = Tensor::cat(&row, 0);
         let value = row.unsqueeze(0).repeat([datasets, 1]);
         Self {
             arch,
             datasets,
-            layout: Layout { entries, total },
+            layout: Layout { entries },
             m: value.zeros_like(),
             v: value.zeros_like(),
             value,
@@ -208,11 +200,6 @@ impl BatchedReferenceNet {
             weight_decay,
             device,
         }
-    }
-
-    /// Parameters per dataset.
-    pub fn parameters(&self) -> i64 {
-        self.layout.total
     }
 
     /// (μ̂, σ̂), each [D, B, N_b], from contexts [D, B, M, N_b] and times
@@ -232,22 +219,21 @@ impl BatchedReferenceNet {
         batches: &[Option<TrainBatch>],
         patience: usize,
         max_iterations: usize,
-    ) -> Vec<Option<RoundStats>> {
+    ) -> Vec<Option<UpdateStats>> {
         let d = self.datasets as usize;
         let (m, n) = (self.arch.context, self.arch.n_bins as usize);
         let k = batches.iter().flatten().map(|b| b.runs).max().unwrap_or(0);
-        let mut stats: Vec<Option<RoundStats>> = batches
+        let mut stops: Vec<Option<EarlyStop>> = batches
             .iter()
             .map(|b| {
-                b.as_ref().map(|_| RoundStats {
-                    iterations: 0,
-                    first_loss: f64::NAN,
-                    best_loss: f64::INFINITY,
-                })
+                b.as_ref()
+                    .map(|b| EarlyStop::new(b.runs, patience, max_iterations))
             })
             .collect();
+        let finish =
+            |stops: Vec<Option<EarlyStop>>| stops.into_iter().map(|s| s.map(|s| s.stats)).collect();
         if k == 0 {
-            return stats;
+            return finish(stops);
         }
         // Pad every dataset's batch to k samples; padding weighs 0.
         let (mut hist, mut time, mut target, mut weight) = (
@@ -271,7 +257,6 @@ impl BatchedReferenceNet {
         let target = on(&target, &[di, ki, ni]);
         let weight = on(&weight, &[di, ki, 1]);
         let mut active: Vec<usize> = (0..d).filter(|&i| batches[i].is_some()).collect();
-        let mut stale = vec![0usize; d];
         let (lr, wd) = (self.learning_rate, self.weight_decay);
         while !active.is_empty() {
             let a = active.len() as i64;
@@ -289,9 +274,7 @@ impl BatchedReferenceNet {
             while stopped.is_empty() {
                 let stacked = Stacked::new(&self.layout, &self.arch, &w, a);
                 let (mu, sigma) = stacked.forward(&h, &t, true);
-                let v2 = sigma.square();
-                let clamped = v2.clamp_min(VAR_EPS).detach() - v2.detach() + &v2;
-                let nll = ((&y - mu).square() / &clamped + clamped.log()) * 0.5;
+                let nll = nll_terms(&y, &mu, &sigma);
                 // Per-dataset mean over its real samples and bins: [A].
                 let per_dataset =
                     (nll * &wt).sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float);
@@ -331,18 +314,8 @@ impl BatchedReferenceNet {
                 )
                 .expect("a 1-d tensor");
                 for (j, &i) in active.iter().enumerate() {
-                    let s = stats[i].as_mut().expect("active datasets have stats");
-                    s.iterations += 1;
-                    if s.iterations == 1 {
-                        s.first_loss = losses[j];
-                    }
-                    if losses[j] < s.best_loss {
-                        s.best_loss = losses[j];
-                        stale[i] = 0;
-                    } else {
-                        stale[i] += 1;
-                    }
-                    if stale[i] >= patience || s.iterations >= max_iterations {
+                    let stop = stops[i].as_mut().expect("active datasets have a batch");
+                    if stop.record(losses[j]) {
                         stopped.push(i);
                     }
                 }
@@ -355,7 +328,7 @@ impl BatchedReferenceNet {
             });
             active.retain(|i| !stopped.contains(i));
         }
-        stats
+        finish(stops)
     }
 }
 

@@ -20,7 +20,8 @@ use tch::{Device, Kind, Tensor};
 use super::DatasetGroups;
 use super::batched_reference::{BatchedReferenceNet, TrainBatch};
 use super::reference_net::{
-    Activation, MlArch, ReferenceNet, build_context, context_batch, gaussian_nll,
+    Activation, EarlyStop, MlArch, ReferenceNet, UpdateStats, build_context, context_batch,
+    gaussian_nll,
 };
 use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_outputs, score_schema};
 use crate::error::{Result, StageError, bad_param};
@@ -154,15 +155,6 @@ impl StageConfig for DinamoMl {
     }
 }
 
-/// What one online training step did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpdateStats {
-    pub batch_runs: usize,
-    pub iterations: usize,
-    pub first_loss: f64,
-    pub best_loss: f64,
-}
-
 /// The network, its optimizer and the good runs seen so far of one dataset:
 /// Algorithm 3's state, usable on its own (benchmarks, notebooks).
 pub struct OnlineReference {
@@ -218,45 +210,47 @@ impl OnlineReference {
     /// iterations.
     pub fn add_good_and_train(&mut self, run: i64, x: &[f64]) -> UpdateStats {
         self.good.push((run, x.iter().map(|&v| v as f32).collect()));
-        let n_bins = self.arch.n_bins as usize;
-        let batch = &self.good[self.good.len().saturating_sub(self.cfg.batch_runs)..];
-        let contexts: Vec<_> = batch
-            .iter()
-            .map(|(r, _)| build_context(&self.good, *r, self.arch.context, n_bins))
-            .collect();
-        let (h, t) = context_batch(&contexts, &self.arch, self.device);
-        let target: Vec<f32> = batch.iter().flat_map(|(_, x)| x.iter().copied()).collect();
-        let target = Tensor::from_slice(&target)
-            .view([batch.len() as i64, self.arch.n_bins])
-            .to_device(self.device);
-        let mut stats = UpdateStats {
-            batch_runs: batch.len(),
-            iterations: 0,
-            first_loss: f64::NAN,
-            best_loss: f64::INFINITY,
-        };
-        let mut stale = 0;
-        while stats.iterations < self.cfg.max_iterations {
+        let (m, n) = (self.arch.context, self.arch.n_bins);
+        let batch = TrainBatch::of(&self.good, self.cfg.batch_runs, m, n as usize);
+        let (b, m) = (batch.runs as i64, m as i64);
+        let on =
+            |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(self.device);
+        let h = on(&batch.histograms, &[b, m, n]);
+        let t = on(&batch.times, &[b, m]);
+        let target = on(&batch.targets, &[b, n]);
+        let mut stop = EarlyStop::new(batch.runs, self.cfg.patience, self.cfg.max_iterations);
+        loop {
             let (mu, sigma) = self.net.forward(&h, &t, true);
             let loss = gaussian_nll(&target, &mu, &sigma);
             self.opt.backward_step(&loss);
-            stats.iterations += 1;
-            let value = loss.double_value(&[]);
-            if stats.iterations == 1 {
-                stats.first_loss = value;
-            }
-            if value < stats.best_loss {
-                stats.best_loss = value;
-                stale = 0;
-            } else {
-                stale += 1;
-                if stale >= self.cfg.patience {
-                    break;
-                }
+            if stop.record(loss.double_value(&[])) {
+                return stop.stats;
             }
         }
-        stats
     }
+}
+
+/// Scores run `k` of `data` against a predicted (μ̂, σ̂) into `scored`;
+/// a non-finite prediction is an error naming the run.
+fn record_prediction(
+    scored: &mut Scored,
+    data: &DatasetRuns,
+    k: usize,
+    mu: &[f64],
+    sigma: &[f64],
+) -> Result<()> {
+    if let Some(j) = mu.iter().chain(sigma).position(|v| !v.is_finite()) {
+        return Err(data.error(format!(
+            "run {}: the network predicted a non-finite reference (value {j}); lower learning_rate",
+            data.runs[k]
+        )));
+    }
+    let (chi2, pulls) = chi2_and_pulls(&data.norm[k], mu, sigma);
+    scored.chi2.push(chi2);
+    scored.pulls.push(pulls);
+    scored.ref_mu.push(mu.to_vec());
+    scored.ref_sigma.push(sigma.to_vec());
+    Ok(())
 }
 
 /// χ²_ν and pulls of `run` against (μ̂, σ̂): the run's Poisson variance plus σ̂².
@@ -357,17 +351,7 @@ impl DinamoMl {
                 }
                 let (run, norm) = (data.runs[t], &data.norm[t]);
                 let (mu, sigma) = (&mu[i * n_bins..][..n_bins], &sigma[i * n_bins..][..n_bins]);
-                if let Some(j) = mu.iter().chain(sigma).position(|v| !v.is_finite()) {
-                    return Err(data.error(format!(
-                        "run {run}: the network predicted a non-finite reference (value {j}); lower learning_rate"
-                    )));
-                }
-                let (chi2, pulls) = chi2_and_pulls(norm, mu, sigma);
-                let scored = &mut out[i].0;
-                scored.chi2.push(chi2);
-                scored.pulls.push(pulls);
-                scored.ref_mu.push(mu.to_vec());
-                scored.ref_sigma.push(sigma.to_vec());
+                record_prediction(&mut out[i].0, data, t, mu, sigma)?;
                 progress.inc(1);
                 if data.good[t] && norm.integral > 0.0 {
                     good[i].push((run, norm.x.iter().map(|&v| v as f32).collect()));
@@ -377,14 +361,9 @@ impl DinamoMl {
                 }
             }
             let rounds = net.train_round(&batches, self.patience, self.max_iterations);
-            for (i, (round, batch)) in rounds.into_iter().zip(&batches).enumerate() {
-                if let (Some(r), Some(b)) = (round, batch) {
-                    out[i].1.push(UpdateStats {
-                        batch_runs: b.runs,
-                        iterations: r.iterations,
-                        first_loss: r.first_loss,
-                        best_loss: r.best_loss,
-                    });
+            for (i, round) in rounds.into_iter().enumerate() {
+                if let Some(stats) = round {
+                    out[i].1.push(stats);
                     out[i].2.push(group[i].runs[t]);
                 }
             }
@@ -414,16 +393,7 @@ impl DinamoMl {
         for k in 0..n {
             let (run, norm) = (data.runs[k], &data.norm[k]);
             let (mu, sigma) = model.predict(run);
-            if let Some(j) = mu.iter().chain(&sigma).position(|v| !v.is_finite()) {
-                return Err(data.error(format!(
-                    "run {run}: the network predicted a non-finite reference (value {j}); lower learning_rate"
-                )));
-            }
-            let (chi2, pulls) = chi2_and_pulls(norm, &mu, &sigma);
-            scored.chi2.push(chi2);
-            scored.pulls.push(pulls);
-            scored.ref_mu.push(mu);
-            scored.ref_sigma.push(sigma);
+            record_prediction(&mut scored, data, k, &mu, &sigma)?;
             if data.good[k] && norm.integral > 0.0 {
                 updates.push(model.add_good_and_train(run, &norm.x));
                 update_runs.push(run);
@@ -829,11 +799,8 @@ mod tests {
             ..small()
         };
         let main = run_in_memory(&cfg, &[input]).unwrap().table("main");
-        let lists = |name: &str| -> Vec<Vec<f64>> {
-            let l = main.column_by_name(name).unwrap().as_list::<i32>();
-            (0..arrow::array::Array::len(l))
-                .map(|k| l.value(k).as_primitive::<Float64Type>().values().to_vec())
-                .collect()
+        let lists = |name: &str| {
+            crate::arrow_util::list_rows(main.column_by_name(name).unwrap(), "main", name).unwrap()
         };
         let (counts, mu, sigma) = (lists("counts"), lists("ref_mu"), lists("ref_sigma"));
         let x: Vec<Vec<f64>> = counts

@@ -229,13 +229,70 @@ pub fn build_context(
     (hist, time)
 }
 
-/// The paper's Gaussian NLL, as `nn.GaussianNLLLoss(full=False, eps=1e-9)`:
-/// mean over runs and bins of ½[ln v + (x − μ̂)²/v], v = σ̂² clamped below
-/// at [`VAR_EPS`] in value only (PyTorch clamps without a gradient).
-pub fn gaussian_nll(x: &Tensor, mu: &Tensor, sigma: &Tensor) -> Tensor {
+/// The paper's Gaussian NLL per run and bin, as
+/// `nn.GaussianNLLLoss(full=False, eps=1e-9, reduction='none')`:
+/// ½[ln v + (x − μ̂)²/v], v = σ̂² clamped below at [`VAR_EPS`] in value only
+/// (PyTorch clamps without a gradient).
+pub fn nll_terms(x: &Tensor, mu: &Tensor, sigma: &Tensor) -> Tensor {
     let var = sigma.square();
     let clamped = var.clamp_min(VAR_EPS).detach() - var.detach() + &var;
-    ((x - mu).square() / &clamped + clamped.log()).mean(Kind::Float) * 0.5
+    ((x - mu).square() / &clamped + clamped.log()) * 0.5
+}
+
+/// [`nll_terms`] averaged over runs and bins (`reduction='mean'`).
+pub fn gaussian_nll(x: &Tensor, mu: &Tensor, sigma: &Tensor) -> Tensor {
+    nll_terms(x, mu, sigma).mean(Kind::Float)
+}
+
+/// What one online training step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateStats {
+    pub batch_runs: usize,
+    pub iterations: usize,
+    pub first_loss: f64,
+    pub best_loss: f64,
+}
+
+/// The early stopping of one online update: iterate until `patience`
+/// consecutive iterations without a lower loss (each iteration's own loss,
+/// as the reference code), at most `max_iterations`.
+pub struct EarlyStop {
+    pub stats: UpdateStats,
+    stale: usize,
+    patience: usize,
+    max_iterations: usize,
+}
+
+impl EarlyStop {
+    pub fn new(batch_runs: usize, patience: usize, max_iterations: usize) -> Self {
+        Self {
+            stats: UpdateStats {
+                batch_runs,
+                iterations: 0,
+                first_loss: f64::NAN,
+                best_loss: f64::INFINITY,
+            },
+            stale: 0,
+            patience,
+            max_iterations,
+        }
+    }
+
+    /// Records one iteration's loss; true when training should stop.
+    pub fn record(&mut self, loss: f64) -> bool {
+        let s = &mut self.stats;
+        s.iterations += 1;
+        if s.iterations == 1 {
+            s.first_loss = loss;
+        }
+        if loss < s.best_loss {
+            s.best_loss = loss;
+            self.stale = 0;
+        } else {
+            self.stale += 1;
+        }
+        self.stale >= self.patience || s.iterations >= self.max_iterations
+    }
 }
 
 /// Contexts of several runs as batch tensors on `device`.
@@ -311,6 +368,20 @@ mod tests {
             ));
             assert!(sigma.min().double_value(&[]) > 0.0);
         }
+    }
+
+    #[test]
+    fn early_stop_counts_iterations_without_a_lower_loss() {
+        let mut stop = EarlyStop::new(3, 2, 10);
+        assert!(!stop.record(1.0));
+        assert!(!stop.record(0.5));
+        assert!(!stop.record(0.7));
+        assert!(stop.record(0.5), "two iterations without going below 0.5");
+        assert_eq!(stop.stats.iterations, 4);
+        assert_eq!((stop.stats.first_loss, stop.stats.best_loss), (1.0, 0.5));
+        let mut capped = EarlyStop::new(1, 5, 2);
+        assert!(!capped.record(3.0));
+        assert!(capped.record(2.0));
     }
 
     #[test]
