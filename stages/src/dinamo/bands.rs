@@ -89,29 +89,68 @@ fn interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
     slope * (x - x0) + fp[k - 1]
 }
 
+/// Where each bin centre falls on one run's z-grid: `np.interp`'s bracketing
+/// point and weight, found once per run and applied to the three per-bin
+/// vectors of that run (histogram, reference, reference σ).
+struct Resampling {
+    /// Per centre: index of the left grid point (the right one is +1), or
+    /// a clamp to the first/last grid value beyond the grid's ends.
+    at: Vec<Bracket>,
+    /// x -> density: Δbin / Δz (the histogram read as a density in z).
+    scale: f64,
+}
+
+#[derive(Clone, Copy)]
+enum Bracket {
+    First,
+    Last,
+    Between(usize, f64),
+}
+
+impl Resampling {
+    /// For a grid `z` (increasing) and the points `xs` (increasing).
+    fn new(xs: &[f64], z: &[f64], scale: f64) -> Self {
+        let last = z.len() - 1;
+        let mut k = 1;
+        let at = xs
+            .iter()
+            .map(|&x| {
+                if x <= z[0] {
+                    return Bracket::First;
+                }
+                if x >= z[last] {
+                    return Bracket::Last;
+                }
+                while z[k] <= x {
+                    k += 1;
+                }
+                Bracket::Between(k - 1, (x - z[k - 1]) / (z[k] - z[k - 1]))
+            })
+            .collect();
+        Self { at, scale }
+    }
+
+    /// The density of `values` at point `i`.
+    fn at(&self, values: &[f64], i: usize) -> f64 {
+        self.scale
+            * match self.at[i] {
+                Bracket::First => values[0],
+                Bracket::Last => values[values.len() - 1],
+                Bracket::Between(k, t) => values[k] + t * (values[k + 1] - values[k]),
+            }
+    }
+}
+
 /// [`interp`] at every point of the increasing `xs`, in one sweep.
+#[cfg(test)]
 fn interp_sorted(xs: &[f64], xp: &[f64], fp: &[f64]) -> Vec<f64> {
-    let last = xp.len() - 1;
-    let mut k = 1;
-    xs.iter()
-        .map(|&x| {
-            if x <= xp[0] {
-                return fp[0];
-            }
-            if x >= xp[last] {
-                return fp[last];
-            }
-            while xp[k] <= x {
-                k += 1;
-            }
-            let (x0, x1) = (xp[k - 1], xp[k]);
-            let slope = (fp[k] - fp[k - 1]) / (x1 - x0);
-            slope * (x - x0) + fp[k - 1]
-        })
-        .collect()
+    let resampling = Resampling::new(xs, xp, 1.0);
+    (0..xs.len()).map(|i| resampling.at(fp, i)).collect()
 }
 
 /// Collects the good runs of one regime and reduces them to [`RegimeBands`].
+/// The per-run densities are kept by bin (one column per bin), as the
+/// reduction reads them.
 pub struct BandBuilder {
     centers: Vec<f64>,
     x: Vec<Vec<f64>>,
@@ -125,41 +164,39 @@ impl BandBuilder {
         let width = (hi - lo) / n_bins as f64;
         Self {
             centers: (0..n_bins).map(|j| lo + (j as f64 + 0.5) * width).collect(),
-            x: Vec::new(),
-            reference: Vec::new(),
-            sigma: Vec::new(),
+            x: vec![Vec::new(); n_bins],
+            reference: vec![Vec::new(); n_bins],
+            sigma: vec![Vec::new(); n_bins],
         }
     }
 
-    /// `values` (per bin) as a density in the z-space of (μ, σ), back on
-    /// the bin centres.
-    fn unified(&self, values: &[f64], mu: f64, sigma: f64) -> Vec<f64> {
-        let z: Vec<f64> = self.centers.iter().map(|c| (c - mu) / sigma).collect();
-        let (dz, dc) = (z[1] - z[0], self.centers[1] - self.centers[0]);
-        let density: Vec<f64> = values.iter().map(|v| v / dz * dc).collect();
-        interp_sorted(&self.centers, &z, &density)
-    }
-
     /// Adds one good run: its normalised histogram, the reference and its σ
-    /// it was scored against, and its true (μ, σ). A run without a positive
-    /// finite σ has no z-space and is skipped.
+    /// it was scored against, and its true (μ, σ). Each is read as a density
+    /// in the z-space of (μ, σ) and interpolated back onto the bin centres
+    /// (`np.interp`, to rounding). A run without a positive finite σ has no
+    /// z-space and is skipped.
     pub fn add(&mut self, x: &[f64], ref_mu: &[f64], ref_sigma: &[f64], mu: f64, sigma: f64) {
         if !(sigma > 0.0 && sigma.is_finite() && mu.is_finite()) || self.centers.len() < 2 {
             return;
         }
-        self.x.push(self.unified(x, mu, sigma));
-        self.reference.push(self.unified(ref_mu, mu, sigma));
-        self.sigma.push(self.unified(ref_sigma, mu, sigma));
+        let z: Vec<f64> = self.centers.iter().map(|c| (c - mu) / sigma).collect();
+        let scale = (self.centers[1] - self.centers[0]) / (z[1] - z[0]);
+        let resampling = Resampling::new(&self.centers, &z, scale);
+        for j in 0..self.centers.len() {
+            self.x[j].push(resampling.at(x, j));
+            self.reference[j].push(resampling.at(ref_mu, j));
+            self.sigma[j].push(resampling.at(ref_sigma, j));
+        }
     }
 
     /// The bands, or `None` without any run.
-    pub fn finish(self) -> Option<RegimeBands> {
-        if self.x.is_empty() {
+    pub fn finish(mut self) -> Option<RegimeBands> {
+        let n = self.x.first().map_or(0, Vec::len);
+        if n == 0 {
             return None;
         }
+        let n = n as f64;
         let n_bins = self.centers.len();
-        let n = self.x.len() as f64;
-        let column = |rows: &[Vec<f64>], j: usize| rows.iter().map(|r| r[j]).collect::<Vec<_>>();
         let mut bands = RegimeBands {
             true_median: Vec::with_capacity(n_bins),
             true_std: Vec::with_capacity(n_bins),
@@ -167,17 +204,13 @@ impl BandBuilder {
             ref_sigma: Vec::with_capacity(n_bins),
         };
         for j in 0..n_bins {
-            let mut xs = column(&self.x, j);
+            let xs = &mut self.x[j];
             let mean = xs.iter().sum::<f64>() / n;
             let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-            bands.true_median.push(median(&mut xs));
             bands.true_std.push(var.sqrt());
-            bands
-                .ref_median
-                .push(median(&mut column(&self.reference, j)));
-            bands
-                .ref_sigma
-                .push(column(&self.sigma, j).iter().sum::<f64>() / n);
+            bands.true_median.push(median(xs));
+            bands.ref_median.push(median(&mut self.reference[j]));
+            bands.ref_sigma.push(self.sigma[j].iter().sum::<f64>() / n);
         }
         Some(bands)
     }
@@ -241,6 +274,21 @@ mod tests {
         assert_eq!(interp_sorted(&xs, &xp, &fp), want);
         for (x, w) in xs.iter().zip(want) {
             assert_eq!(interp(*x, &xp, &fp), w);
+        }
+    }
+
+    /// The shared bracketing agrees with the one-point `np.interp` formula
+    /// (slope form) to rounding on a skewed grid, inside and beyond its ends.
+    #[test]
+    fn resampling_agrees_with_the_one_point_interp() {
+        let centers: Vec<f64> = (0..40).map(|j| -5.0 + (j as f64 + 0.5) * 0.25).collect();
+        let (mu, sigma) = (0.7, 1.9);
+        let z: Vec<f64> = centers.iter().map(|c| (c - mu) / sigma).collect();
+        let fp: Vec<f64> = (0..40).map(|j| ((j * 7919) % 13) as f64 * 0.01).collect();
+        let fast = interp_sorted(&centers, &z, &fp);
+        for (c, f) in centers.iter().zip(&fast) {
+            let slow = interp(*c, &z, &fp);
+            assert!((f - slow).abs() <= 1e-14, "at {c}: {f} vs {slow}");
         }
     }
 

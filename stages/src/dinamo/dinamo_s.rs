@@ -191,7 +191,8 @@ struct Pass {
     ref_sigma: Vec<Vec<f64>>,
 }
 
-/// Runs DINAMO-S over `runs` (in order); keeps per-bin outputs if `keep`.
+/// Runs DINAMO-S over `runs` (in order); keeps the references if `keep`,
+/// and the pulls too if they are written (`per_run_vectors`).
 fn pass(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64, keep: bool) -> Pass {
     let n_bins = runs.first().map_or(0, |r| r.x.len());
     let mut reference = Reference::uniform(n_bins, alpha, cfg.epsilon, cfg.prior_events_per_bin);
@@ -205,7 +206,10 @@ fn pass(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64, keep: bool) 
     for (run, &is_good) in runs.iter().zip(good) {
         out.chi2.push(reference.chi2(run));
         if keep {
-            out.pulls.push(reference.pulls(run));
+            // Pulls are only ever written out; the bands need the references.
+            if cfg.per_run_vectors {
+                out.pulls.push(reference.pulls(run));
+            }
             out.ref_mu.push(reference.mu.clone());
             out.ref_sigma.push(reference.sigma());
         }
@@ -297,7 +301,7 @@ impl Stage for DinamoS {
         let schema = score_schema(&input.schema, &input.name, self.per_run_vectors)?;
         let mut groups = DatasetGroups::for_shard(input, ctx.shard)?;
         let progress = ctx.reporter.progress(0, "datasets");
-        let chunk = 2 * rayon::current_num_threads();
+        let chunk = 8 * rayon::current_num_threads();
         let output = &mut *ctx.output;
         // Reading (Parquet decoding) and writing overlap the scoring.
         overlapped(
