@@ -472,43 +472,46 @@ fn medic_data_pipeline_converts_filters_and_is_queryable() {
         statuses(&out),
         pairs(&[("events", "ran"), ("filtered", "ran"), ("windows", "ran")])
     );
-    // Windows: stride 1 inside each block, fractions sum to 1, blocks disjoint.
-    let w = sb.ok(&[
-        "query",
-        "medic.yaml",
-        "SELECT block, count(*) AS n, max(abs(p_0 + p_1 + p_2 + p_3 - 1.0)) < 1e-12 AS ok FROM windows GROUP BY block ORDER BY block",
-        "--format",
-        "csv",
-    ]);
-    let kept: usize = sb
-        .ok(&[
-            "query",
-            "medic.yaml",
-            "SELECT count(*) FROM filtered",
-            "--format",
-            "csv",
-        ])
+    // Windows: stride 1 inside each segment (5 train folds, the test
+    // block), fractions sum to 1: W - 1 fewer windows than events in each.
+    let csv = |sql: &str| sb.ok(&["query", "medic.yaml", sql, "--format", "csv"]);
+    let per_segment = csv(
+        "SELECT coalesce(o.fold, 0) AS segment, o.n - 29 AS expected, coalesce(w.n, 0) AS windows, w.ok \
+         FROM (SELECT fold, count(*) AS n FROM windows_order GROUP BY fold) o \
+         LEFT JOIN (SELECT fold, count(*) AS n, max(abs(p_0 + p_1 + p_2 + p_3 - 1.0)) < 1e-12 AS ok \
+                    FROM windows GROUP BY fold) w ON o.fold IS NOT DISTINCT FROM w.fold \
+         ORDER BY segment",
+    );
+    let rows: Vec<Vec<&str>> = per_segment
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 6, "{per_segment}");
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], k.to_string(), "{per_segment}");
+        assert_eq!(row[1], row[2], "{per_segment}");
+        assert_eq!(row[3], "true", "{per_segment}");
+    }
+    let kept: usize = csv("SELECT count(*) FROM filtered")
         .lines()
         .nth(1)
         .unwrap()
         .parse()
         .unwrap();
-    let n_train = (0.8 * kept as f64).round() as usize;
-    assert_eq!(
-        w.trim(),
-        format!(
-            "block,n,ok\ntest,{},true\ntrain,{},true",
-            kept - n_train - 29,
-            n_train - 29
-        )
+    let test_events: usize = csv("SELECT count(*) FROM windows_order WHERE block = 'test'")
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let test_share = test_events as f64 / kept as f64;
+    assert!((0.17..0.23).contains(&test_share), "{test_share}");
+    // No physics event (any detector copy of it) is in two segments.
+    let leak = csv(
+        "SELECT count(*) AS shared FROM (SELECT f.entry FROM windows_order o JOIN filtered f USING (event_id) \
+         GROUP BY f.entry HAVING count(DISTINCT coalesce(o.fold, 0)) > 1)",
     );
-    let leak = sb.ok(&[
-        "query",
-        "medic.yaml",
-        "SELECT count(*) AS shared FROM (SELECT event_id FROM windows_order WHERE block = 'train' INTERSECT SELECT event_id FROM windows_order WHERE block = 'test')",
-        "--format",
-        "csv",
-    ]);
     assert_eq!(leak.trim(), "shared\n0");
     let csv = sb.ok(&[
         "query",
@@ -572,7 +575,7 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
         "--set",
         "windows.window=5",
         "--set",
-        "model.folds=2",
+        "windows.folds=2",
         "--set",
         "model.max_epochs=1",
         "--set",
@@ -616,6 +619,24 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     assert_eq!(
         m.lines().nth(1).unwrap(),
         format!("5,2,{test_windows},true,true,true")
+    );
+    // Beside the model: its interval, the tie ceiling and chance, and the
+    // physics rule scored the same way on the same windows.
+    let m = query(
+        "SELECT accuracy_lo <= accuracy AND accuracy <= accuracy_hi, tie_ceiling > chance_accuracy, \
+         binary_baseline_accuracy >= 0.5 FROM metrics",
+    );
+    assert_eq!(m.lines().nth(1).unwrap(), "true,true,true", "{m}");
+    let b = query(
+        "SELECT b.windows = m.windows, b.tie_ceiling = m.tie_ceiling, b.accuracy > b.chance_accuracy, \
+         b.binary_auc > 0.8 FROM baseline_metrics b, metrics m",
+    );
+    assert_eq!(b.lines().nth(1).unwrap(), "true,true,true,true", "{b}");
+    let rule = query("SELECT class FROM baseline_rule WHERE barrel AND endcap AND forward");
+    assert_eq!(
+        rule.lines().nth(1).unwrap(),
+        "0",
+        "all regions alive: normal"
     );
     let cm = query("SELECT sum(count) FROM metrics_confusion WHERE matrix = 'multiclass'");
     assert_eq!(cm.lines().nth(1).unwrap(), test_windows.to_string());

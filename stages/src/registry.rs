@@ -118,6 +118,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::medic::sliding_windows::SlidingWindows>(),
         kind::<crate::medic::medic_train::MedicTrain>(),
         kind::<crate::medic::medic_infer::MedicInfer>(),
+        kind::<crate::medic::medic_baseline::MedicBaseline>(),
         kind::<crate::medic::medic_metrics::MedicMetrics>(),
         kind::<crate::medic::alerts::Alerts>(),
         kind::<crate::union::Union>(),

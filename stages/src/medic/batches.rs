@@ -5,15 +5,20 @@
 
 use std::sync::mpsc::sync_channel;
 
+use std::sync::Arc;
+
 use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, UInt64Type};
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Int8Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef, UInt64Type};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
 use crate::medic::data::{EventStore, WindowTensors};
-use crate::medic::tables::{FeatureStats, WindowSpec};
+use crate::medic::tables::{Blocks, FeatureStats, WindowSpec};
 
 /// The inputs a MEDIC model stage takes, in this order.
 pub const INPUT_NAMES: [&str; 3] = ["windows", "order", "events"];
@@ -23,6 +28,8 @@ pub const INPUT_NAMES: [&str; 3] = ["windows", "order", "events"];
 pub struct WindowRow {
     pub window_id: i64,
     pub test: bool,
+    /// The train sub-block (1-based) the window lies in (`split: blocks`).
+    pub fold: Option<usize>,
     pub start: usize,
     pub sample_seed: u64,
     /// Class fractions (the soft label).
@@ -51,6 +58,9 @@ pub fn check_inputs(schemas: &[SchemaRef]) -> Result<WindowSpec> {
     })?;
     require_column(&schemas[0], "windows", "sample_seed", why, "UInt64", |t| {
         t == &DataType::UInt64
+    })?;
+    require_column(&schemas[0], "windows", "fold", why, "Int32", |t| {
+        t == &DataType::Int32
     })?;
     for c in 0..cfg.n_classes {
         require_column(
@@ -137,6 +147,7 @@ impl WindowData {
             let starts = col("start").as_primitive::<Int64Type>().clone();
             let seeds = col("sample_seed").as_primitive::<UInt64Type>().clone();
             let block = col("block").as_string::<i32>().clone();
+            let folds = col("fold").as_primitive::<Int32Type>().clone();
             let p: Vec<_> = (0..cfg.n_classes)
                 .map(|c| col(&format!("p_{c}")).as_primitive::<Float64Type>().clone())
                 .collect();
@@ -172,6 +183,9 @@ impl WindowData {
                             )));
                         }
                     },
+                    fold: folds
+                        .is_valid(i)
+                        .then(|| folds.value(i).max(0) as usize),
                     start: start as usize,
                     sample_seed: seeds.value(i),
                     target,
@@ -205,6 +219,67 @@ impl WindowData {
         (0..self.rows.len())
             .filter(|&i| self.rows[i].test == test)
             .collect()
+    }
+
+    /// The rows of the windows a scoring stage scores; none is an error.
+    pub fn scored_rows(&self, blocks: Blocks, input: &str) -> Result<Vec<usize>> {
+        let rows: Vec<usize> = match blocks {
+            Blocks::Test => self.block(true),
+            Blocks::Train => self.block(false),
+            Blocks::All => (0..self.rows.len()).collect(),
+        };
+        if rows.is_empty() {
+            return Err(StageError::data(format!(
+                "input `{input}` has no {blocks:?} windows to score"
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// The predictions table of the windows `rows`: their truth next to the
+    /// predicted class probabilities `prob` (`rows.len()` × classes,
+    /// row-major), votes and vote shares.
+    pub fn predictions(
+        &self,
+        schema: SchemaRef,
+        rows: &[usize],
+        prob: &[f64],
+        (vote, share): (Vec<i8>, Vec<f64>),
+        normal_class: usize,
+    ) -> Result<RecordBatch> {
+        let nc = self.cfg.n_classes;
+        let n = rows.len();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|&r| self.rows[r].window_id),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter()
+                    .map(|&r| if self.rows[r].test { "test" } else { "train" }),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|&r| self.rows[r].start as i64),
+            )),
+        ];
+        for c in 0..nc {
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|&r| self.rows[r].target[c] as f64),
+            )));
+        }
+        columns.push(Arc::new(Int8Array::from_iter_values(
+            rows.iter().map(|&r| self.rows[r].class as i8),
+        )));
+        for c in 0..nc {
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| prob[i * nc + c]),
+            )));
+        }
+        columns.push(Arc::new(Int8Array::from(vote)));
+        columns.push(Arc::new(Float64Array::from(share)));
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| 1.0 - prob[i * nc + normal_class]),
+        )));
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
     /// Assembles the windows `rows` (indices into [`Self::rows`]) on the

@@ -27,6 +27,9 @@ struct Objects {
 pub struct EventStore {
     pub event_ids: Vec<i64>,
     pub classes: Vec<i8>,
+    /// Physics-event group of each event (the `group_by` column, else the
+    /// event id): detector copies of one generated event share it.
+    pub groups: Vec<i64>,
     tracks: Vec<Objects>,
     towers: Vec<Objects>,
     met: Vec<Vec<f32>>,
@@ -133,6 +136,10 @@ impl EventStore {
             .values()
             .to_vec();
         let classes = col("class").as_primitive::<Int8Type>().values().to_vec();
+        let groups = match &spec.group_by {
+            Some(name) => col(name).as_primitive::<Int64Type>().values().to_vec(),
+            None => event_ids.clone(),
+        };
         if let Some(c) = classes
             .iter()
             .find(|&&c| c < 0 || c as usize >= spec.n_classes)
@@ -164,6 +171,7 @@ impl EventStore {
                 .collect(),
             event_ids,
             classes,
+            groups,
             index,
             n_track_features: tr.len(),
             n_tower_features: tw.len(),
@@ -176,6 +184,11 @@ impl EventStore {
             .get(&id)
             .copied()
             .ok_or_else(|| StageError::data(format!("event_id {id} is not in the events table")))
+    }
+
+    /// All towers of event `id`, row-major (tower × tower feature).
+    pub fn towers_of(&self, id: i64) -> Result<&[f32]> {
+        Ok(&self.towers[self.row(id)?].values)
     }
 
     /// The class of event `id`.

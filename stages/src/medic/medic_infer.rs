@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int8Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, AsArray, Float64Array, Int8Array, Int32Array, Int64Array, RecordBatch,
 };
 use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
 use schemars::JsonSchema;
@@ -17,25 +17,12 @@ use crate::input::require_column;
 use crate::medic::batches::{self, WindowData, argmax, to_vec_f32};
 use crate::medic::model::Medic;
 use crate::medic::tables::{
-    ModelCard, ModelSpec, WindowSpec, carried_metadata, example_models_schema,
+    Blocks, ModelCard, ModelSpec, WindowSpec, carried_metadata, example_models_schema,
     example_window_inputs, predictions_schema,
 };
 use crate::nn::DeviceChoice;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::doc_field;
-
-/// Which windows to score.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Blocks {
-    /// The held-out test block (what the metrics are computed on).
-    #[default]
-    Test,
-    /// The train block.
-    Train,
-    /// Both.
-    All,
-}
 
 /// Scores windows with every fold of a trained MEDIC ensemble.
 ///
@@ -259,17 +246,7 @@ impl Stage for MedicInfer {
         if let Some(stats) = &folds[0].card.normalization {
             data.store.standardize(stats);
         }
-        let rows: Vec<usize> = match self.blocks {
-            Blocks::Test => data.block(true),
-            Blocks::Train => data.block(false),
-            Blocks::All => (0..data.rows.len()).collect(),
-        };
-        if rows.is_empty() {
-            return Err(StageError::data(format!(
-                "input `{}` has no {:?} windows to score",
-                ctx.inputs[0].name, self.blocks
-            )));
-        }
+        let rows = data.scored_rows(self.blocks, &ctx.inputs[0].name)?;
         let k = folds.len();
         let nc = data.cfg.n_classes;
         let mut probs: Vec<Vec<f32>> = vec![Vec::with_capacity(rows.len() * nc); k];
@@ -322,38 +299,9 @@ impl Stage for MedicInfer {
             nc,
             carried_metadata(&ctx.inputs[0].schema, &ctx.inputs[3].schema),
         );
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|&r| data.rows[r].window_id),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter()
-                    .map(|&r| if data.rows[r].test { "test" } else { "train" }),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|&r| data.rows[r].start as i64),
-            )),
-        ];
-        for c in 0..nc {
-            columns.push(Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|&r| data.rows[r].target[c] as f64),
-            )));
-        }
-        columns.push(Arc::new(Int8Array::from_iter_values(
-            rows.iter().map(|&r| data.rows[r].class as i8),
-        )));
-        for c in 0..nc {
-            columns.push(Arc::new(Float64Array::from_iter_values(
-                (0..n).map(|i| mean[i * nc + c] as f64),
-            )));
-        }
-        columns.push(Arc::new(Int8Array::from(vote)));
-        columns.push(Arc::new(Float64Array::from(share)));
-        columns.push(Arc::new(Float64Array::from_iter_values(
-            (0..n).map(|i| 1.0 - mean[i * nc + self.normal_class] as f64),
-        )));
-        ctx.output
-            .write("main", RecordBatch::try_new(schema, columns)?)?;
+        let mean: Vec<f64> = mean.iter().map(|&m| m as f64).collect();
+        let batch = data.predictions(schema, &rows, &mean, (vote, share), self.normal_class)?;
+        ctx.output.write("main", batch)?;
 
         for (f, fold) in folds.iter().enumerate() {
             let p = &probs[f];
@@ -390,7 +338,6 @@ mod tests {
 
     fn quick_train() -> MedicTrain {
         MedicTrain {
-            folds: 3,
             max_epochs: 1,
             batch_size: 32,
             seed: 5,
@@ -439,7 +386,7 @@ mod tests {
     #[test]
     fn ensemble_predictions_and_bad_models() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inputs = model_inputs(dir.path(), 5, 0.3);
+        let mut inputs = model_inputs(dir.path(), 5, 0.3, 3);
         let models = run_in_memory(&quick_train(), &inputs)
             .unwrap()
             .table("main");
@@ -500,7 +447,7 @@ mod tests {
         }
 
         // Windows of another W than the model's: refused at plan time.
-        let other = model_inputs(&dir.path().join("w6").tap_mkdir(), 6, 0.3);
+        let other = model_inputs(&dir.path().join("w6").tap_mkdir(), 6, 0.3, 3);
         let mut mixed: Vec<SchemaRef> = other.iter().map(|i| i.schema.clone()).collect();
         mixed.push(schemas[3].clone());
         let err = stage.outputs(&mixed).unwrap_err().to_string();

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Float64Type, Int8Type, Int32Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, Int8Type, Int32Type, Int64Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +16,7 @@ use crate::input::{Input, require_column};
 use crate::medic::tables::{ModelSpec, WindowSpec, example_predictions_schema};
 use crate::plots::{self, Series};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use crate::stats::{roc_auc, roc_curve};
+use crate::stats::{quantile, roc_auc, roc_curve};
 use dqm_schemas::doc_field;
 
 /// Scores MEDIC predictions (from `medic_infer`) against their soft labels.
@@ -33,6 +33,12 @@ pub struct MedicMetrics {
     pub class_names: Vec<String>,
     /// Write PNG plots (confusion matrices, ROC curves, training curves).
     pub plots: bool,
+    /// Bootstrap resamples for the 95 % intervals (0: no intervals).
+    /// Windows, in time order, are resampled in blocks of W consecutive
+    /// ones, since neighbouring windows share W − 1 events.
+    pub bootstrap: usize,
+    /// Seed of the bootstrap resampling.
+    pub seed: u64,
 }
 
 impl Default for MedicMetrics {
@@ -41,14 +47,16 @@ impl Default for MedicMetrics {
             normal_class: 0,
             class_names: crate::medic::tables::strings(&crate::medic::tables::CLASSES),
             plots: true,
+            bootstrap: 1000,
+            seed: 0,
         }
     }
 }
 
 impl StageConfig for MedicMetrics {
     const KIND: &'static str = "medic_metrics";
-    const VERSION: u32 = 1;
-    const SUMMARY: &'static str = "MEDIC accuracy (majority vote), macro OvR AUC, Brier, binary accuracy/AUC, confusion matrices, ROC curves and plots";
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str = "MEDIC accuracy (majority vote), macro OvR AUC, Brier, binary accuracy/AUC with block-bootstrap 95 % intervals, the tie ceiling and chance baselines, confusion matrices, ROC curves and plots";
     const INPUTS: (usize, usize) = (1, 2);
 
     fn doc_inputs() -> Vec<SchemaRef> {
@@ -58,7 +66,7 @@ impl StageConfig for MedicMetrics {
 
 fn metrics_schema() -> SchemaRef {
     let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         f(
             "window",
             DataType::Int64,
@@ -109,7 +117,38 @@ fn metrics_schema() -> SchemaRef {
             true,
             "Fraction of glitch windows whose vote is a glitch",
         ),
-    ]))
+        f(
+            "tie_ceiling",
+            DataType::Float64,
+            false,
+            "Ceiling of `accuracy`: a classifier that knows every event's class still guesses among the classes tied for the largest fraction, so it scores the mean of 1 / (classes tied) over the windows",
+        ),
+        f(
+            "chance_accuracy",
+            DataType::Float64,
+            false,
+            "Baseline of `accuracy`: always voting the most frequent true class of these windows",
+        ),
+        f(
+            "binary_baseline_accuracy",
+            DataType::Float64,
+            false,
+            "Baseline of `binary_accuracy`: always voting the more frequent of normal and glitch",
+        ),
+    ];
+    for metric in ["accuracy", "auc", "brier", "binary_accuracy", "binary_auc"] {
+        for (end, q) in [("lo", "2.5"), ("hi", "97.5")] {
+            fields.push(doc_field(
+                &format!("{metric}_{end}"),
+                DataType::Float64,
+                true,
+                &format!(
+                    "{q} percentile of `{metric}` over block-bootstrap resamples of the windows (null without `bootstrap`)"
+                ),
+            ));
+        }
+    }
+    Arc::new(Schema::new(fields))
 }
 
 fn confusion_schema() -> SchemaRef {
@@ -169,6 +208,8 @@ pub struct Predictions {
     pub argmax: Vec<usize>,
     pub prob: Vec<Vec<f64>>,
     pub vote: Vec<usize>,
+    /// Position of each window's first event: windows in time order.
+    pub start: Vec<i64>,
 }
 
 fn n_classes(schema: &SchemaRef) -> usize {
@@ -195,6 +236,9 @@ fn check_predictions(schema: &SchemaRef, input: &str) -> Result<usize> {
     for c in ["argmax_class", "vote"] {
         require_column(schema, input, c, why, "Int8", |t| t == &DataType::Int8)?;
     }
+    require_column(schema, input, "start", why, "Int64", |t| {
+        t == &DataType::Int64
+    })?;
     Ok(nc)
 }
 
@@ -206,6 +250,7 @@ impl Predictions {
             argmax: Vec::new(),
             prob: vec![Vec::new(); nc],
             vote: Vec::new(),
+            start: Vec::new(),
         };
         for batch in input.batches() {
             let batch = batch?;
@@ -233,6 +278,8 @@ impl Predictions {
                     .iter()
                     .map(|&v| v as usize),
             );
+            p.start
+                .extend(col("start").as_primitive::<Int64Type>().values());
             p.vote.extend(
                 col("vote")
                     .as_primitive::<Int8Type>()
@@ -312,6 +359,97 @@ pub fn figures(p: &Predictions, normal: usize) -> Figures {
         binary_fpr: specificity.map(|s| 1.0 - s),
         binary_tpr: tpr,
     }
+}
+
+/// Accuracy ceiling of the argmax-of-counts label: the mean over windows of
+/// 1 / (number of classes tied for the largest fraction).
+pub fn tie_ceiling(truth: &[Vec<f64>]) -> f64 {
+    let n = truth.first().map_or(0, Vec::len);
+    if n == 0 {
+        return 0.0;
+    }
+    (0..n)
+        .map(|i| {
+            let max = truth.iter().map(|c| c[i]).fold(f64::MIN, f64::max);
+            let tied = truth.iter().filter(|c| (c[i] - max).abs() < 1e-9).count();
+            1.0 / tied as f64
+        })
+        .sum::<f64>()
+        / n as f64
+}
+
+/// Share of the most frequent value of `labels` (the always-guess-it baseline).
+pub fn majority_share(labels: impl Iterator<Item = usize>) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    let mut n = 0usize;
+    for l in labels {
+        *counts.entry(l).or_insert(0usize) += 1;
+        n += 1;
+    }
+    counts.values().max().map_or(0.0, |&m| m as f64 / n as f64)
+}
+
+impl Predictions {
+    /// The predictions at rows `idx` (with repeats).
+    fn subset(&self, idx: &[usize]) -> Predictions {
+        let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        Predictions {
+            truth: self.truth.iter().map(|c| pick(c)).collect(),
+            argmax: idx.iter().map(|&i| self.argmax[i]).collect(),
+            prob: self.prob.iter().map(|c| pick(c)).collect(),
+            vote: idx.iter().map(|&i| self.vote[i]).collect(),
+            start: idx.iter().map(|&i| self.start[i]).collect(),
+        }
+    }
+}
+
+/// 95 % percentile intervals of the figures over `n` moving-block bootstrap
+/// resamples: the windows in time order (`start`) are cut into blocks of
+/// `block` consecutive windows, and as many blocks as there are are drawn
+/// with replacement. Per figure: `[lo, hi]`, in the order accuracy, AUC,
+/// Brier, binary accuracy, binary AUC; `None` where a figure is undefined.
+pub fn bootstrap_intervals(
+    p: &Predictions,
+    normal: usize,
+    block: usize,
+    n: usize,
+    seed: u64,
+) -> [[Option<f64>; 2]; 5] {
+    use rand::{Rng, SeedableRng};
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by_key(|&i| p.start[i]);
+    let blocks: Vec<&[usize]> = order.chunks(block.max(1)).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut samples: [Vec<f64>; 5] = Default::default();
+    for _ in 0..n {
+        let mut idx = Vec::with_capacity(p.len());
+        for _ in 0..blocks.len() {
+            idx.extend_from_slice(blocks[rng.random_range(0..blocks.len())]);
+        }
+        let f = figures(&p.subset(&idx), normal);
+        for (k, v) in [
+            Some(f.accuracy),
+            f.auc,
+            Some(f.brier),
+            Some(f.binary_accuracy),
+            f.binary_auc,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(v) = v {
+                samples[k].push(v);
+            }
+        }
+    }
+    samples.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        // An interval only when every resample defines the figure.
+        if v.len() < n || n == 0 {
+            return [None, None];
+        }
+        [quantile(&v, 0.025), quantile(&v, 0.975)]
+    })
 }
 
 /// Counts[true][predicted].
@@ -429,16 +567,38 @@ impl Stage for MedicMetrics {
         let folds = ModelSpec::from_schema(&input.schema, &input.name)
             .ok()
             .map(|s| s.folds as i64);
+        let ceiling = tie_ceiling(&p.truth);
+        let chance = majority_share(p.argmax.iter().copied());
+        let binary_baseline = majority_share(
+            p.argmax
+                .iter()
+                .map(|&a| usize::from(a != self.normal_class)),
+        );
+        let intervals = bootstrap_intervals(
+            &p,
+            self.normal_class,
+            window.unwrap_or(1) as usize,
+            self.bootstrap,
+            self.seed,
+        );
+        let interval = |k: usize| match intervals[k] {
+            [Some(lo), Some(hi)] => format!(" [{lo:.3}, {hi:.3}]"),
+            _ => String::new(),
+        };
         ctx.reporter.info(&format!(
-            "{} windows: accuracy {:.3}, AUC {}, Brier {:.4}; binary accuracy {:.3}, AUC {}",
+            "{} windows: accuracy {:.3}{} (ties cap it at {ceiling:.3}; most frequent class {chance:.3}), AUC {}{}, Brier {:.4}; binary accuracy {:.3}{} (always the majority: {binary_baseline:.3}), AUC {}{}",
             p.len(),
             fig.accuracy,
+            interval(0),
             fig.auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+            interval(1),
             fig.brier,
             fig.binary_accuracy,
+            interval(3),
             fig.binary_auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+            interval(4),
         ));
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![window])),
             Arc::new(Int64Array::from(vec![folds])),
             Arc::new(Int64Array::from(vec![p.len() as i64])),
@@ -449,7 +609,14 @@ impl Stage for MedicMetrics {
             Arc::new(Float64Array::from(vec![fig.binary_auc])),
             Arc::new(Float64Array::from(vec![fig.binary_fpr])),
             Arc::new(Float64Array::from(vec![fig.binary_tpr])),
+            Arc::new(Float64Array::from(vec![ceiling])),
+            Arc::new(Float64Array::from(vec![chance])),
+            Arc::new(Float64Array::from(vec![binary_baseline])),
         ];
+        for [lo, hi] in intervals {
+            columns.push(Arc::new(Float64Array::from(vec![lo])));
+            columns.push(Arc::new(Float64Array::from(vec![hi])));
+        }
         ctx.output
             .write("main", RecordBatch::try_new(metrics_schema(), columns)?)?;
 
@@ -572,7 +739,77 @@ mod tests {
             argmax: vec![0, 0, 1, 1],
             prob: vec![vec![0.9, 0.4, 0.3, 0.2], vec![0.1, 0.6, 0.7, 0.8]],
             vote: vec![0, 1, 1, 1],
+            start: vec![0, 1, 2, 3],
         }
+    }
+
+    #[test]
+    fn tie_ceiling_and_baselines_by_hand() {
+        // Windows of W = 4: (2,2,0) two-way tie, (1,1,1,1) four-way, (3,1) none.
+        let truth = vec![
+            vec![0.5, 0.25, 0.75],
+            vec![0.5, 0.25, 0.25],
+            vec![0.0, 0.25, 0.0],
+            vec![0.0, 0.25, 0.0],
+        ];
+        let want = (0.5 + 0.25 + 1.0) / 3.0;
+        assert!((tie_ceiling(&truth) - want).abs() < 1e-12);
+        assert!((majority_share([1, 0, 1, 1].into_iter()) - 0.75).abs() < 1e-12);
+        assert_eq!(majority_share(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn block_bootstrap_intervals_bracket_the_figures_and_are_seeded() {
+        // 400 windows in time order; the first 200 are right, the rest 50/50.
+        let n = 400;
+        let p = Predictions {
+            truth: vec![
+                (0..n).map(|i| (i % 2) as f64).collect(),
+                (0..n).map(|i| 1.0 - (i % 2) as f64).collect(),
+            ],
+            argmax: (0..n).map(|i| 1 - i % 2).collect(),
+            prob: vec![
+                (0..n)
+                    .map(|i| {
+                        if i < 200 {
+                            (i % 2) as f64 * 0.8 + 0.1
+                        } else {
+                            0.5
+                        }
+                    })
+                    .collect(),
+                (0..n)
+                    .map(|i| {
+                        if i < 200 {
+                            0.9 - (i % 2) as f64 * 0.8
+                        } else {
+                            0.5
+                        }
+                    })
+                    .collect(),
+            ],
+            vote: (0..n)
+                .map(|i| if i < 200 { 1 - i % 2 } else { (i / 2) % 2 })
+                .collect(),
+            start: (0..n as i64).rev().collect(),
+        };
+        let f = figures(&p, 0);
+        let iv = bootstrap_intervals(&p, 0, 10, 300, 1);
+        let [lo, hi] = iv[0];
+        let (lo, hi) = (lo.unwrap(), hi.unwrap());
+        assert!(
+            lo < f.accuracy && f.accuracy < hi,
+            "{lo} {} {hi}",
+            f.accuracy
+        );
+        // Wide enough to reflect 40 blocks: not a point.
+        assert!(hi - lo > 0.03 && hi - lo < 0.3, "{lo} {hi}");
+        assert_eq!(iv, bootstrap_intervals(&p, 0, 10, 300, 1));
+        assert_ne!(iv, bootstrap_intervals(&p, 0, 10, 300, 2));
+        // Other block lengths bracket it too.
+        let wide = bootstrap_intervals(&p, 0, 40, 300, 1)[0];
+        assert!(wide[0].unwrap() < f.accuracy && f.accuracy < wide[1].unwrap());
+        assert_eq!(bootstrap_intervals(&p, 0, 10, 0, 1)[0], [None, None]);
     }
 
     #[test]
@@ -616,6 +853,11 @@ mod tests {
                 ));
             }
             fields.push(arrow::datatypes::Field::new("vote", DataType::Int8, false));
+            fields.push(arrow::datatypes::Field::new(
+                "start",
+                DataType::Int64,
+                false,
+            ));
             Arc::new(Schema::new(fields))
         };
         let i8s = |v: &[usize]| {
@@ -633,6 +875,7 @@ mod tests {
                 f64s(&p.prob[0]),
                 f64s(&p.prob[1]),
                 i8s(&p.vote),
+                Arc::new(Int64Array::from(p.start.clone())),
             ],
         )
         .unwrap();
@@ -651,6 +894,17 @@ mod tests {
         let m = out.table("main");
         assert_eq!(m.column(3).as_primitive::<Float64Type>().value(0), 0.75);
         assert!(m.column(0).is_null(0), "no window metadata: W unknown");
+        let col = |name: &str| {
+            m.column_by_name(name)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .value(0)
+        };
+        // Windows (1,0) (.6,.4) (.2,.8) (0,1): no ties; classes 2:2; binary 2:2.
+        assert_eq!(col("tie_ceiling"), 1.0);
+        assert_eq!(col("chance_accuracy"), 0.5);
+        assert_eq!(col("binary_baseline_accuracy"), 0.5);
+        assert!(col("accuracy_lo") <= 0.75 && col("accuracy_hi") >= 0.75);
         assert_eq!(out.table("confusion").num_rows(), 4 + 4);
         let roc = out.table("roc");
         let curves = roc.column(0).as_string::<i32>();

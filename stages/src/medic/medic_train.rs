@@ -1,8 +1,9 @@
 //! `medic_train`: MEDIC's Algorithm 1, k-fold cross-validated training of an
 //! ensemble (medic.txt section 3.2–3.4).
 //!
-//! The train block's windows are split into k folds stratified by their
-//! argmax class; fold j's model trains on the other k−1 folds with Adam,
+//! The train block's windows come in k contiguous sub-blocks of physics
+//! events (`sliding_windows`, `split: blocks`; with the paper's `split:
+//! windows`, k folds of random windows stratified by argmax class); fold j's model trains on the other k−1 folds with Adam,
 //! minimizing the class-weighted KL divergence, and keeps the parameters of
 //! its epoch with the lowest validation KL (early stopping after `patience`
 //! epochs without improvement). The models travel as a Parquet table (one
@@ -31,7 +32,7 @@ use crate::error::{Result, StageError, bad_param};
 use crate::medic::batches::{self, Batch, WindowData};
 use crate::medic::model::{Medic, kl_per_window};
 use crate::medic::tables::{
-    FeatureStats, ModelCard, ModelSpec, WindowSpec, example_window_inputs, models_schema,
+    FeatureStats, ModelCard, ModelSpec, Split, WindowSpec, example_window_inputs, models_schema,
 };
 use crate::nn::DeviceChoice;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
@@ -48,8 +49,6 @@ const BATCH_ORDER_SALT: u64 = 0xF01D << 32;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MedicTrain {
-    /// Cross-validation folds k: one model per fold, the ensemble of all k.
-    pub folds: usize,
     /// Upper limit on epochs per fold.
     pub max_epochs: usize,
     /// Stop a fold after this many epochs without a lower validation KL.
@@ -76,7 +75,6 @@ pub struct MedicTrain {
 impl Default for MedicTrain {
     fn default() -> Self {
         Self {
-            folds: 5,
             max_epochs: 100,
             patience: 20,
             batch_size: 64,
@@ -101,9 +99,6 @@ impl StageConfig for MedicTrain {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.folds < 2 {
-            return bad_param("folds", "needs at least 2 folds");
-        }
         if self.max_epochs == 0 {
             return bad_param("max_epochs", "must be at least 1");
         }
@@ -209,8 +204,32 @@ impl Tally {
     }
 }
 
-/// Fold (0-based) of each train-block row: rows of each argmax class are
-/// shuffled and dealt round-robin, so every fold gets the class mix.
+/// Fold (0-based) of each train-block row of a `split: blocks` table: the
+/// train sub-block the window lies in, so validation windows share no event
+/// (nor a detector copy of one) with the fold's training windows.
+fn contiguous_folds(
+    data: &WindowData,
+    rows: &[usize],
+    k: usize,
+    input: &str,
+) -> Result<Vec<usize>> {
+    rows.iter()
+        .map(|&r| {
+            let row = &data.rows[r];
+            match row.fold {
+                Some(f) if (1..=k).contains(&f) => Ok(f - 1),
+                other => Err(StageError::data(format!(
+                    "input `{input}`: train window {} has fold {other:?}, expected 1..={k}",
+                    row.window_id
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Fold (0-based) of each train-block row of a `split: windows` table (the
+/// paper's protocol): rows of each argmax class are shuffled and dealt
+/// round-robin, so every fold gets the class mix.
 fn stratified_folds(data: &WindowData, rows: &[usize], k: usize, seed: u64) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); data.cfg.n_classes];
@@ -297,7 +316,7 @@ impl MedicTrain {
             windows.clone(),
             self.mask_padding,
             self.normalize_features,
-            self.folds,
+            windows.folds,
         )
     }
 
@@ -406,7 +425,7 @@ impl MedicTrain {
             });
             ctx.reporter.info(&format!(
                 "fold {fold}/{} epoch {epoch}: train KL {:.4} acc {:.3} | val KL {:.4} acc {:.3} Brier {:.4}{}",
-                self.folds,
+                spec.folds,
                 train_figures.kl,
                 train_figures.accuracy,
                 val_figures.kl,
@@ -472,15 +491,19 @@ impl Stage for MedicTrain {
             None
         };
         let rows = data.block(false);
-        if rows.len() < self.folds {
+        let k = spec.folds;
+        if rows.len() < k {
             return Err(StageError::data(format!(
                 "input `{}`: {} train-block windows cannot be split into {} folds",
                 ctx.inputs[0].name,
                 rows.len(),
-                self.folds
+                k
             )));
         }
-        let fold_of = stratified_folds(&data, &rows, self.folds, self.seed);
+        let fold_of = match data.cfg.split {
+            Split::Blocks => contiguous_folds(&data, &rows, k, &ctx.inputs[0].name)?,
+            Split::Windows => stratified_folds(&data, &rows, k, self.seed),
+        };
         ctx.output.write(
             "folds",
             RecordBatch::try_new(
@@ -496,8 +519,7 @@ impl Stage for MedicTrain {
             )?,
         )?;
         ctx.reporter.info(&format!(
-            "training {} folds on {} train-block windows (W={}) on {device:?}",
-            self.folds,
+            "training {k} folds on {} train-block windows (W={}) on {device:?}",
             rows.len(),
             data.cfg.window
         ));
@@ -510,7 +532,7 @@ impl Stage for MedicTrain {
         };
         let mut log = Vec::new();
         let mut results = Vec::new();
-        for fold in 1..=self.folds {
+        for fold in 1..=k {
             let (mut train, mut val) = (Vec::new(), Vec::new());
             for (&r, &f) in rows.iter().zip(&fold_of) {
                 if f + 1 == fold { &mut val } else { &mut train }.push(r);
@@ -547,7 +569,7 @@ impl Stage for MedicTrain {
             .map(|r| serde_json::to_string(&r.card).expect("plain data serializes"))
             .collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from_iter_values(1..=self.folds as i32)),
+            Arc::new(Int32Array::from_iter_values(1..=k as i32)),
             Arc::new(Int32Array::from_iter_values(
                 results.iter().map(|r| r.best_epoch as i32),
             )),
@@ -584,14 +606,13 @@ impl Stage for MedicTrain {
 mod tests {
     use super::*;
     use crate::in_memory::run_in_memory;
-    use crate::medic::test_support::model_inputs;
-    use arrow::array::AsArray;
-    use arrow::datatypes::{Float64Type, Int32Type};
+    use crate::medic::test_support::{model_inputs, model_inputs_with};
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
     use std::collections::HashMap;
 
     pub(crate) fn quick() -> MedicTrain {
         MedicTrain {
-            folds: 2,
             max_epochs: 2,
             batch_size: 32,
             seed: 3,
@@ -611,7 +632,7 @@ mod tests {
     #[test]
     fn training_is_seeded_logged_and_yields_one_model_per_fold() {
         let dir = tempfile::tempdir().unwrap();
-        let inputs = model_inputs(dir.path(), 5, 0.4);
+        let inputs = model_inputs(dir.path(), 5, 0.4, 2);
         let stage = quick();
         let out = run_in_memory(&stage, &inputs).unwrap();
         let models = out.table("main");
@@ -626,15 +647,29 @@ mod tests {
         assert!((0..4).all(|i| val_kl.value(i).is_finite() && val_kl.value(i) >= 0.0));
         let best = models.column(1).as_primitive::<Int32Type>();
         assert!((0..2).all(|i| (1..=2).contains(&best.value(i))));
-        // Folds are stratified: each class split evenly between the 2 folds.
+        // Folds are the window table's train sub-blocks.
         let folds = out.table("folds");
         let f = folds.column(1).as_primitive::<Int32Type>();
+        let fold_of_window: HashMap<i64, i32> = {
+            let w = &inputs[0].read_all().unwrap()[0];
+            let id = w
+                .column_by_name("window_id")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            let fold = w
+                .column_by_name("fold")
+                .unwrap()
+                .as_primitive::<Int32Type>();
+            (0..w.num_rows())
+                .filter(|&i| fold.is_valid(i))
+                .map(|i| (id.value(i), fold.value(i)))
+                .collect()
+        };
+        let ids = folds.column(0).as_primitive::<Int64Type>();
+        assert_eq!(folds.num_rows(), fold_of_window.len());
+        assert!((0..folds.num_rows()).all(|i| fold_of_window[&ids.value(i)] == f.value(i)));
         let n1 = (0..folds.num_rows()).filter(|&i| f.value(i) == 1).count();
-        assert!(
-            n1.abs_diff(folds.num_rows() - n1) <= 2,
-            "{n1} of {}",
-            folds.num_rows()
-        );
+        assert!(n1 > 0 && n1 < folds.num_rows());
         // The card describes the windows; the weights are a safetensors file.
         let card: ModelCard =
             serde_json::from_str(models.column(8).as_string::<i32>().value(0)).unwrap();
@@ -688,16 +723,18 @@ mod tests {
     #[test]
     fn too_few_windows_for_the_folds_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let inputs = model_inputs(dir.path(), 5, 0.008);
-        let err = run_in_memory(
-            &MedicTrain {
-                folds: 5,
-                ..quick()
+        // The paper's split: 8 train windows cannot make 10 folds.
+        let inputs = model_inputs_with(
+            dir.path(),
+            WindowSpec {
+                window: 5,
+                train_fraction: 0.008,
+                split: Split::Windows,
+                folds: 10,
+                ..Default::default()
             },
-            &inputs,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("cannot be split into 5 folds"), "{err}");
+        );
+        let err = run_in_memory(&quick(), &inputs).unwrap_err().to_string();
+        assert!(err.contains("cannot be split into 10 folds"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ pub mod batches;
 pub mod data;
 pub mod delphes_convert;
 pub mod filter_events;
+pub mod medic_baseline;
 pub mod medic_infer;
 pub mod medic_metrics;
 pub mod medic_train;
@@ -19,6 +20,7 @@ pub(crate) mod test_support {
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
     use crate::medic::delphes_convert::{DelphesConvert, FileGroup};
+    use crate::medic::tables::WindowSpec;
 
     /// Path of a bundled file, `dijet13_<label>_tiny.root`.
     pub fn bundled(label: &str) -> String {
@@ -50,15 +52,31 @@ pub(crate) mod test_support {
     }
 
     /// The three inputs of a MEDIC model stage (windows, order, events) for
-    /// small windows of the bundled `normal` and `hcal_barrel_off` files.
-    pub fn model_inputs(dir: &std::path::Path, window: usize, train_fraction: f64) -> Vec<Input> {
+    /// small windows of the bundled `normal` and `hcal_barrel_off` files, the
+    /// train block cut into `folds` sub-blocks.
+    pub fn model_inputs(
+        dir: &std::path::Path,
+        window: usize,
+        train_fraction: f64,
+        folds: usize,
+    ) -> Vec<Input> {
+        model_inputs_with(
+            dir,
+            WindowSpec {
+                window,
+                seed: 11,
+                train_fraction,
+                folds,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// [`model_inputs`] for any window parameters.
+    pub fn model_inputs_with(dir: &std::path::Path, spec: WindowSpec) -> Vec<Input> {
+        let window = spec.window;
         let events = bundled_events(dir, &["normal", "hcal_barrel_off"]);
-        let cfg = crate::medic::sliding_windows::SlidingWindows(crate::medic::tables::WindowSpec {
-            window,
-            seed: 11,
-            train_fraction,
-            ..Default::default()
-        });
+        let cfg = crate::medic::sliding_windows::SlidingWindows(spec);
         let out = run_in_memory(&cfg, std::slice::from_ref(&events)).unwrap();
         let windows = input_from_batch(
             "windows",

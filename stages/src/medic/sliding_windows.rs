@@ -1,9 +1,13 @@
 //! `sliding_windows`: MEDIC's Algorithm 2 without materializing the windows.
 //!
-//! Events are shuffled with a seed; the shuffled sequence is cut into
-//! contiguous train and test blocks *before* windowing (so no event is in
-//! both a train and a test window, unlike the paper's random split of
-//! overlapping windows); windows are `W` consecutive events, stride 1. The
+//! Physics events (the detector copies of one generated event, which share
+//! their tracks, form one group) are shuffled with a seed and dealt into a
+//! test block and `folds` contiguous train sub-blocks *before* windowing;
+//! the events inside each are shuffled and windows, `W` consecutive events
+//! with stride 1, never cross a block. So no event, nor a copy of one, is in
+//! both a test and a train window, nor in both a fold's validation and
+//! training windows — unlike the paper's random split of overlapping
+//! windows (`split: windows`, kept for comparison). The
 //! window table stores only the window's block, start position, class
 //! fractions and a sampling seed; [`EventStore::assemble`](crate::medic::data::EventStore::assemble) rebuilds its
 //! `[W, n_tracks, F_track]`, `[W, n_towers, F_tower]`, `[W, F_met]` tensors
@@ -12,8 +16,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int8Array, Int64Array, RecordBatch,
-    StringArray, UInt64Array,
+    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int8Array, Int32Array, Int64Array,
+    RecordBatch, StringArray, UInt64Array,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use rand::SeedableRng;
@@ -50,8 +54,8 @@ impl std::ops::Deref for SlidingWindows {
 
 impl StageConfig for SlidingWindows {
     const KIND: &'static str = "sliding_windows";
-    const VERSION: u32 = 2;
-    const SUMMARY: &'static str = "MEDIC windows of W shuffled events (stride 1) with class fractions; leak-free train/test blocks; tensors assembled on the fly";
+    const VERSION: u32 = 3;
+    const SUMMARY: &'static str = "MEDIC windows of W shuffled events (stride 1) with class fractions; physics events split into leak-free test and validation blocks; tensors assembled on the fly";
     const INPUTS: (usize, usize) = (1, 1);
 
     fn doc_inputs() -> Vec<SchemaRef> {
@@ -68,18 +72,96 @@ impl StageConfig for SlidingWindows {
         if self.n_classes == 0 || self.n_classes > 127 {
             return bad_param("n_classes", "must be 1 to 127");
         }
+        if self.folds < 2 {
+            return bad_param(
+                "folds",
+                "needs at least 2 folds (one validates, the others train)",
+            );
+        }
         Ok(())
     }
 }
 
+/// The shuffled event sequence cut into contiguous segments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// Event ids in sequence order.
+    pub order: Vec<i64>,
+    /// `(first, end, fold)` of each segment, in sequence order: the train
+    /// folds (1-based) then the test block (`None`). With `split: windows`
+    /// a single train segment `(0, n, None)` covers everything.
+    pub segments: Vec<(usize, usize, Option<i32>)>,
+}
+
+impl Layout {
+    /// How many leading positions belong to train segments.
+    pub fn n_train(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| s.2.is_some())
+            .map(|s| s.1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The fold of each position (`None` in the test block).
+    pub fn fold_of_positions(&self) -> Vec<Option<i32>> {
+        let mut out = vec![None; self.order.len()];
+        for &(lo, hi, fold) in &self.segments {
+            out[lo..hi].fill(fold);
+        }
+        out
+    }
+}
+
 impl SlidingWindows {
-    /// The shuffled event order and its train/test cut.
+    /// The shuffled event order and its train/test cut, events shuffled one
+    /// by one (`split: windows`, whose windows then cross any cut).
     pub fn shuffle(&self, event_ids: &[i64]) -> (Vec<i64>, usize) {
         let mut order = event_ids.to_vec();
         order.sort_unstable();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed));
         let n_train = (self.train_fraction * order.len() as f64).round() as usize;
         (order, n_train)
+    }
+
+    /// `split: blocks`: physics-event groups shuffled and dealt into `folds`
+    /// train sub-blocks and the test block (a fraction `train_fraction` of
+    /// the groups trains); the events of each segment, shuffled, are laid
+    /// out one segment after the other.
+    pub fn blocks(&self, event_ids: &[i64], groups: &[i64]) -> Layout {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut keys: Vec<i64> = groups.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.shuffle(&mut rng);
+        let n_train = (self.train_fraction * keys.len() as f64).round() as usize;
+        let k = self.folds;
+        // Segment of each group: fold j of the train groups, or k for test.
+        let segment_of: std::collections::HashMap<i64, usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (g, if i < n_train { i * k / n_train } else { k }))
+            .collect();
+        let mut events: Vec<(i64, i64)> = event_ids
+            .iter()
+            .copied()
+            .zip(groups.iter().copied())
+            .collect();
+        events.sort_unstable();
+        events.shuffle(&mut rng);
+        let mut by_segment: Vec<Vec<i64>> = vec![Vec::new(); k + 1];
+        for (id, g) in events {
+            by_segment[segment_of[&g]].push(id);
+        }
+        let mut order = Vec::with_capacity(event_ids.len());
+        let mut segments = Vec::with_capacity(k + 1);
+        for (j, ids) in by_segment.into_iter().enumerate() {
+            let lo = order.len();
+            order.extend(ids);
+            segments.push((lo, order.len(), (j < k).then_some(j as i32 + 1)));
+        }
+        Layout { order, segments }
     }
 
     /// Seed of a window's re-sampling: a SplitMix64 mix of the stage seed and window id.
@@ -109,33 +191,39 @@ impl Stage for SlidingWindows {
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let store = EventStore::load(self, &ctx.inputs[0])?;
-        let (order, n_train) = self.shuffle(&store.event_ids);
-        if order.len() < self.window {
+        if store.event_ids.len() < self.window {
             return Err(StageError::data(format!(
                 "window {} is larger than the {} events",
                 self.window,
-                order.len()
+                store.event_ids.len()
             )));
         }
-        // (start, block) of every window, in window-id order.
-        let mut windows: Vec<(usize, &str)> = Vec::new();
-        let n_train = match self.split {
+        // (start, block, fold) of every window, in window-id order.
+        let mut windows: Vec<(usize, &str, Option<i32>)> = Vec::new();
+        let layout = match self.split {
             Split::Blocks => {
-                for (name, lo, hi) in [("train", 0, n_train), ("test", n_train, order.len())] {
-                    if hi - lo < self.window && hi > lo {
+                let layout = self.blocks(&store.event_ids, &store.groups);
+                for &(lo, hi, fold) in &layout.segments {
+                    let name = match fold {
+                        Some(j) => format!("train fold {j}"),
+                        None => "test block".into(),
+                    };
+                    if hi - lo < self.window && (hi > lo || fold.is_some()) {
                         return Err(StageError::data(format!(
-                            "window {} is larger than the {} events of the {name} block",
+                            "window {} is larger than the {} events of the {name} (lower `window` or `folds`, or give more events)",
                             self.window,
                             hi - lo
                         )));
                     }
                     if hi - lo >= self.window {
-                        windows.extend((lo..=hi - self.window).map(|s| (s, name)));
+                        let block = if fold.is_some() { "train" } else { "test" };
+                        windows.extend((lo..=hi - self.window).map(|s| (s, block, fold)));
                     }
                 }
-                n_train
+                layout
             }
             Split::Windows => {
+                let (order, _) = self.shuffle(&store.event_ids);
                 let n = order.len() - self.window + 1;
                 let mut picked: Vec<usize> = (0..n).collect();
                 picked.shuffle(&mut ChaCha8Rng::seed_from_u64(
@@ -146,11 +234,20 @@ impl Stage for SlidingWindows {
                 for &w in &picked[..n_train_windows] {
                     train[w] = true;
                 }
-                windows.extend((0..n).map(|s| (s, if train[s] { "train" } else { "test" })));
+                windows.extend((0..n).map(|s| (s, if train[s] { "train" } else { "test" }, None)));
                 // Every event is in some train window.
-                order.len()
+                let len = order.len();
+                Layout {
+                    order,
+                    segments: vec![(0, len, None)],
+                }
             }
         };
+        let n_train = match self.split {
+            Split::Blocks => layout.n_train(),
+            Split::Windows => layout.order.len(),
+        };
+        let order = &layout.order;
         let block_of = |p: usize| if p < n_train { "train" } else { "test" };
         ctx.output.write(
             "order",
@@ -162,6 +259,7 @@ impl Stage for SlidingWindows {
                     Arc::new(StringArray::from_iter_values(
                         (0..order.len()).map(block_of),
                     )),
+                    Arc::new(Int32Array::from(layout.fold_of_positions())),
                 ],
             )?,
         )?;
@@ -179,7 +277,7 @@ impl Stage for SlidingWindows {
                 let ids: Vec<i64> = (window_id..window_id + n as i64).collect();
                 let mut p = vec![Vec::with_capacity(n); self.n_classes];
                 let mut argmax = Vec::with_capacity(n);
-                for &(s, _) in chunk {
+                for &(s, _, _) in chunk {
                     let mut counts = vec![0usize; self.n_classes];
                     for &c in &class_of[s..s + self.window] {
                         counts[c as usize] += 1;
@@ -197,8 +295,9 @@ impl Stage for SlidingWindows {
                     Arc::new(Int64Array::from(ids.clone())),
                     Arc::new(StringArray::from_iter_values(chunk.iter().map(|w| w.1))),
                     Arc::new(Int64Array::from_iter_values(
-                        chunk.iter().map(|&(s, _)| s as i64),
+                        chunk.iter().map(|&(s, _, _)| s as i64),
                     )),
+                    Arc::new(Int32Array::from_iter(chunk.iter().map(|w| w.2))),
                 ];
                 for col in p {
                     columns.push(Arc::new(Float64Array::from(col)));
@@ -207,7 +306,7 @@ impl Stage for SlidingWindows {
                 columns.push(Arc::new(UInt64Array::from(seeds.clone())));
                 if self.materialize {
                     let (mut tr, mut tw, mut me) = (Vec::new(), Vec::new(), Vec::new());
-                    for (&(s, _), &seed) in chunk.iter().zip(&seeds) {
+                    for (&(s, _, _), &seed) in chunk.iter().zip(&seeds) {
                         let t = store.assemble(self, &order[s..s + self.window], seed)?;
                         tr.extend(t.tracks);
                         tw.extend(t.towers);
@@ -242,8 +341,8 @@ mod tests {
     use super::*;
     use crate::in_memory::run_in_memory;
     use crate::input::Input;
-    use arrow::array::AsArray;
-    use arrow::datatypes::{Float32Type, Int64Type};
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type, UInt64Type};
     use std::collections::HashSet;
 
     fn events(dir: &std::path::Path) -> Input {
@@ -263,47 +362,68 @@ mod tests {
         let out = run_in_memory(&cfg, std::slice::from_ref(&input)).unwrap();
         let windows = out.table("main");
         let order = out.table("order");
-        // 1000 events, 800 train / 200 test: 791 + 191 windows.
-        assert_eq!(windows.num_rows(), 791 + 191);
+        let col = |name: &str| windows.column_by_name(name).unwrap().clone();
+        // 500 physics events x 2 copies: 400 train groups in 5 folds of 160
+        // events (151 windows each), 200 test events (191 windows).
+        assert_eq!(windows.num_rows(), 5 * 151 + 191);
         // Probabilities sum to 1.
-        let p0 = windows
-            .column(3)
-            .as_primitive::<arrow::datatypes::Float64Type>();
-        let p1 = windows
-            .column(4)
-            .as_primitive::<arrow::datatypes::Float64Type>();
+        let p: Vec<_> = (0..4)
+            .map(|c| col(&format!("p_{c}")).as_primitive::<Float64Type>().clone())
+            .collect();
         for i in 0..windows.num_rows() {
-            let sum: f64 = (3..7)
-                .map(|c| {
-                    windows
-                        .column(c)
-                        .as_primitive::<arrow::datatypes::Float64Type>()
-                        .value(i)
-                })
-                .sum();
+            let sum: f64 = p.iter().map(|c| c.value(i)).sum();
             assert!((sum - 1.0).abs() < 1e-12);
             assert!(
-                p0.value(i) + p1.value(i) > 0.999,
+                p[0].value(i) + p[1].value(i) > 0.999,
                 "only classes 0 and 1 are present"
             );
         }
-        // No event is in both a train and a test window.
-        let blocks = windows.column(1).as_string::<i32>();
-        let starts = windows.column(2).as_primitive::<Int64Type>();
+        // Every window lies inside one segment: a train fold or the test block.
+        let blocks = col("block");
+        let blocks = blocks.as_string::<i32>();
+        let starts = col("start");
+        let starts = starts.as_primitive::<Int64Type>();
+        let folds = col("fold");
+        let folds = folds.as_primitive::<Int32Type>();
         let ids = order.column(1).as_primitive::<Int64Type>();
-        let mut train = HashSet::new();
-        let mut test = HashSet::new();
+        let order_folds = order.column(3).as_primitive::<Int32Type>();
+        let entry_of: std::collections::HashMap<i64, i64> = {
+            let b = &input.read_all().unwrap()[0];
+            let id = b
+                .column_by_name("event_id")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            let entry = b
+                .column_by_name("entry")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            (0..b.num_rows())
+                .map(|i| (id.value(i), entry.value(i)))
+                .collect()
+        };
+        // Physics events (entries) of each segment: 0 = test, 1..5 = folds.
+        let mut entries = vec![HashSet::new(); 6];
+        let mut events_seen = HashSet::new();
         for i in 0..windows.num_rows() {
             let s = starts.value(i) as usize;
-            let set = if blocks.value(i) == "train" {
-                &mut train
-            } else {
-                &mut test
-            };
-            set.extend((s..s + 10).map(|k| ids.value(k)));
+            let fold = folds.is_valid(i).then(|| folds.value(i));
+            assert_eq!(fold.is_none(), blocks.value(i) == "test");
+            for k in s..s + 10 {
+                let ok = order_folds.is_valid(k).then(|| order_folds.value(k));
+                assert_eq!(ok, fold, "window {i} crosses a segment boundary");
+                entries[fold.unwrap_or(0) as usize].insert(entry_of[&ids.value(k)]);
+                events_seen.insert(ids.value(k));
+            }
         }
-        assert!(train.is_disjoint(&test));
-        assert_eq!(train.len() + test.len(), 1000);
+        assert_eq!(events_seen.len(), 1000);
+        // Both detector copies of a physics event are in the same segment.
+        for a in 0..6 {
+            for b in a + 1..6 {
+                assert!(entries[a].is_disjoint(&entries[b]), "segments {a} and {b}");
+            }
+        }
+        assert_eq!(entries[0].len(), 100);
+        assert!(entries[1..].iter().all(|e| e.len() == 80));
         // Same seed, same tensors.
         let again = run_in_memory(&cfg, std::slice::from_ref(&input))
             .unwrap()
@@ -312,13 +432,10 @@ mod tests {
         // The stored tensors equal the on-the-fly assembly.
         let store = EventStore::load(&cfg, &input).unwrap();
         let order_ids: Vec<i64> = ids.values().to_vec();
-        let seed = windows
-            .column(8)
-            .as_primitive::<arrow::datatypes::UInt64Type>()
-            .value(5);
+        let seed = col("sample_seed").as_primitive::<UInt64Type>().value(5);
         let s = starts.value(5) as usize;
         let t = store.assemble(&cfg, &order_ids[s..s + 10], seed).unwrap();
-        let tracks = windows.column(9).as_fixed_size_list().value(5);
+        let tracks = col("tracks").as_fixed_size_list().value(5);
         assert_eq!(
             tracks.as_primitive::<Float32Type>().values().to_vec(),
             t.tracks
@@ -340,6 +457,45 @@ mod tests {
         assert_ne!(shared_in_a, shared_in_b, "fresh re-sampling per window");
         let dense = |v: &[f32]| v.iter().filter(|x| **x != 0.0).count();
         assert!(dense(shared_in_a) > 0 && dense(shared_in_b) > 0);
+        // Without grouping, copies of one physics event are split apart.
+        let ungrouped = SlidingWindows(WindowSpec {
+            group_by: None,
+            ..cfg.0.clone()
+        });
+        let store = EventStore::load(&ungrouped, &input).unwrap();
+        let layout = ungrouped.blocks(&store.event_ids, &store.groups);
+        let test_entries: HashSet<i64> = layout.order[layout.n_train()..]
+            .iter()
+            .map(|id| entry_of[id])
+            .collect();
+        assert!(test_entries.len() > 150, "{}", test_entries.len());
+    }
+
+    #[test]
+    fn a_missing_group_column_is_refused_at_plan_time() {
+        let cfg = SlidingWindows(WindowSpec {
+            group_by: Some("event_number".into()),
+            ..Default::default()
+        });
+        let err = cfg
+            .outputs(&[example_events_schema()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("event_number") && err.contains("group_by"),
+            "{err}"
+        );
+        let too_few = SlidingWindows(WindowSpec {
+            folds: 1,
+            ..Default::default()
+        });
+        assert!(
+            too_few
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("folds")
+        );
     }
 
     #[test]
@@ -387,7 +543,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("larger than the 200 events of the test block"),
+            err.contains("larger than the 160 events of the train fold 1"),
             "{err}"
         );
         let cfg = SlidingWindows(WindowSpec {

@@ -41,7 +41,9 @@ pub fn strings(v: &[&str]) -> Vec<String> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
-    /// Events cut into blocks before windowing: leak-free.
+    /// Physics events (all detector copies of one, see `group_by`) cut into
+    /// a test block and `folds` contiguous train sub-blocks before
+    /// windowing; windows never cross a block: leak-free test and validation.
     #[default]
     Blocks,
     /// Windows split at random after windowing (medic.txt): leaky.
@@ -63,14 +65,27 @@ pub struct WindowSpec {
     pub n_tracks: usize,
     /// Towers per event in a window, likewise.
     pub n_towers: usize,
-    /// Fraction of the shuffled events in the train block; the rest is the test block.
+    /// Fraction of the physics events in the train block; the rest is the test block.
     /// With `split: windows`, the fraction of windows in the train block.
     pub train_fraction: f64,
-    /// `blocks`: cut the shuffled events into train and test blocks before
-    /// windowing (no event in both). `windows`: the paper's protocol, a
+    /// `blocks`: cut the shuffled physics events into a test block and
+    /// `folds` train sub-blocks before windowing (no event, nor a detector
+    /// copy of one, in two blocks). `windows`: the paper's protocol, a
     /// random split of the overlapping windows, so test windows share events
     /// with train windows (for comparison with the paper only).
     pub split: Split,
+    /// Cross-validation folds k of `medic_train` (one model each, the
+    /// ensemble of all k). `split: blocks`: k contiguous sub-blocks of the
+    /// train block, windows built inside each, so a fold's validation
+    /// windows share no event with its training windows. `split: windows`:
+    /// k folds of random train windows, stratified by argmax class.
+    pub folds: usize,
+    /// Events-table column (Int64) whose equal values mark copies of one
+    /// physics event simulated with different detector configurations
+    /// (Delphes: `entry`, equal to `Event.Number` in every configuration's
+    /// file); copies always land in the same block. Null: every event is its
+    /// own group (files that are not copies of one generator run).
+    pub group_by: Option<String>,
     /// Number of classes: the window label is p_0 .. p_{n_classes-1}.
     pub n_classes: usize,
     /// Also write each window's tensors as fixed-size list columns (small data, export).
@@ -92,6 +107,8 @@ impl Default for WindowSpec {
             n_towers: 30,
             train_fraction: 0.8,
             split: Split::Blocks,
+            folds: 5,
+            group_by: Some("entry".into()),
             n_classes: 4,
             materialize: false,
             track_features: strings(&TRACK_FEATURES),
@@ -143,6 +160,16 @@ impl WindowSpec {
         require_column(schema, input, "class", why, "Int8", |t| {
             t == &DataType::Int8
         })?;
+        if let Some(group) = &self.group_by {
+            require_column(
+                schema,
+                input,
+                group,
+                "`group_by` names the column marking copies of one physics event",
+                "Int64",
+                |t| t == &DataType::Int64,
+            )?;
+        }
         let (tr, tw, met) = self.column_names();
         for c in tr.iter().chain(&tw) {
             require_column(schema, input, c, why, "List<Float32>", |t| {
@@ -178,6 +205,12 @@ pub fn windows_schema(cfg: &WindowSpec) -> SchemaRef {
             DataType::Int64,
             false,
             "Position of the window's first event in the shuffled order (table `<stage>_order`)",
+        ),
+        doc_field(
+            "fold",
+            DataType::Int32,
+            true,
+            "split: blocks: the train sub-block (1..folds) the window lies in, whose model validates on it; null for test windows and for split: windows",
         ),
     ];
     for c in 0..cfg.n_classes {
@@ -257,6 +290,12 @@ pub fn order_schema() -> SchemaRef {
             "The event at this position",
         ),
         doc_field("block", DataType::Utf8, false, "train or test"),
+        doc_field(
+            "fold",
+            DataType::Int32,
+            true,
+            "split: blocks: the train sub-block (1..folds) of the position; null in the test block and for split: windows",
+        ),
     ]))
 }
 
@@ -413,7 +452,20 @@ pub fn models_schema(spec: &ModelSpec) -> SchemaRef {
     )
 }
 
-// ---- The predictions table (`medic_infer`) ----
+// ---- The predictions table (`medic_infer`, `medic_baseline`) ----
+
+/// Which windows to score.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Blocks {
+    /// The held-out test block (what the metrics are computed on).
+    #[default]
+    Test,
+    /// The train block.
+    Train,
+    /// Both.
+    All,
+}
 
 /// The predictions table: the window's truth, the ensemble mean and vote.
 pub fn predictions_schema(n_classes: usize, metadata: HashMap<String, String>) -> SchemaRef {
