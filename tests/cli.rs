@@ -557,6 +557,87 @@ fn medic_data_pipeline_converts_filters_and_is_queryable() {
     );
 }
 
+/// A model trained by one pipeline scores events it never saw in another
+/// (`medic_apply.yaml`), read back from Parquet and checked at plan time.
+#[test]
+fn a_trained_medic_model_is_applied_to_unseen_entries() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let local = |name: &str| {
+        fs::read_to_string(format!("{repo}/pipelines/{name}"))
+            .unwrap()
+            .replace(
+                "pattern: data/delphes",
+                &format!("pattern: {repo}/data/delphes"),
+            )
+    };
+    sb.write("w30.yaml", &local("medic_w30.yaml"));
+    sb.write("apply.yaml", &local("medic_apply.yaml"));
+    let w5 = ["--set", "windows.window=5"];
+    let mut train = vec!["run", "w30.yaml", "--until", "model"];
+    train.extend(w5);
+    train.extend([
+        "--set",
+        "windows.folds=2",
+        "--set",
+        "model.max_epochs=1",
+        "--set",
+        "model.device=cpu",
+        "--set",
+        "events.entries=[0,400]",
+    ]);
+    sb.ok(&train);
+    let mut apply = vec!["run", "apply.yaml"];
+    apply.extend(w5);
+    apply.extend(["--set", "predictions.device=cpu"]);
+    let out = sb.ok(&apply);
+    assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
+    let query = |file: &str, sql: &str| {
+        let mut args = vec!["query", file, sql, "--format", "csv"];
+        args.extend(if file == "w30.yaml" {
+            &train[4..]
+        } else {
+            &apply[2..]
+        });
+        sb.ok(&args).lines().nth(1).unwrap().to_string()
+    };
+    // Trained on entries 0-399, applied to 400-499 only.
+    assert_eq!(query("w30.yaml", "SELECT max(entry) FROM events"), "399");
+    assert_eq!(
+        query("apply.yaml", "SELECT min(entry), max(entry) FROM events"),
+        "400,499"
+    );
+    // Every window is scored by both folds; the metrics know the model.
+    let windows = query(
+        "apply.yaml",
+        "SELECT count(*) FROM windows WHERE block = 'test'",
+    );
+    assert_eq!(query("apply.yaml", "SELECT count(*) FROM windows"), windows);
+    assert_eq!(
+        query(
+            "apply.yaml",
+            "SELECT count(*), count(DISTINCT window_id) FROM predictions_folds"
+        ),
+        format!("{},{windows}", 2 * windows.parse::<usize>().unwrap())
+    );
+    assert_eq!(
+        query(
+            "apply.yaml",
+            "SELECT window, folds, windows, accuracy BETWEEN 0 AND 1 FROM metrics"
+        ),
+        format!("5,2,{windows},true")
+    );
+    // Windows of another W than the model's are refused before running.
+    let mut other = vec!["plan", "apply.yaml", "--set", "windows.window=6"];
+    other.push("--set");
+    other.push("predictions.device=cpu");
+    let err = sb.fails(&other);
+    assert!(
+        err.contains("predictions") && err.contains("W (window) = 6"),
+        "{err}"
+    );
+}
+
 /// The main job, shrunk with `--set` (W=5, 2 folds, 1 epoch) so it runs in
 /// seconds: ROOT -> events -> windows -> ensemble -> predictions -> metrics,
 /// plots and alerts, all queryable; bad models are clear errors.

@@ -58,6 +58,11 @@ pub struct DelphesConvert {
     /// Events per output batch: files are read in entry ranges of this size,
     /// so memory stays bounded for files of any size.
     pub entries_per_batch: usize,
+    /// Only entries in `[first, end)` of every file, e.g. events a trained
+    /// model never saw (`[400, 500]` after training on `[0, 400]`); null:
+    /// all. Event ids stay those of the full files, so tables of disjoint
+    /// ranges never share an id.
+    pub entries: Option<[u64; 2]>,
 }
 
 impl Default for DelphesConvert {
@@ -71,6 +76,7 @@ impl Default for DelphesConvert {
             tower_features: strings(&TOWER_FEATURES),
             met_features: strings(&MET_FEATURES),
             entries_per_batch: 10_000,
+            entries: None,
         }
     }
 }
@@ -96,6 +102,11 @@ impl StageConfig for DelphesConvert {
                 );
             }
             _ => {}
+        }
+        if let Some([first, end]) = self.entries
+            && first >= end
+        {
+            return bad_param("entries", format!("[{first}, {end}) is empty"));
         }
         if self.classes.is_empty() || self.classes.len() > i8::MAX as usize {
             return bad_param("classes", "needs 1 to 127 labels");
@@ -314,8 +325,12 @@ impl DelphesConvert {
             }
         }
         let step = self.entries_per_batch.max(1) as i64;
+        let (keep_from, keep_to) = match self.entries {
+            Some([a, b]) => (a as i64, (b as i64).min(entries)),
+            None => (0, entries),
+        };
         let mut start = 0i64;
-        while start < entries {
+        while start < keep_to {
             let n = step.min(entries - start) as usize;
             let range = start as usize..start as usize + n;
             let mut columns: Vec<ArrayRef> = vec![
@@ -366,7 +381,12 @@ impl DelphesConvert {
                     columns.push(f32_lists(&rows));
                 }
             }
-            if !emit(RecordBatch::try_new(self.events_schema(), columns)?) {
+            // Entries before `keep_from` are read (the branch readers only
+            // go forward) and dropped.
+            let lo = (keep_from - start).clamp(0, n as i64) as usize;
+            let hi = (keep_to - start).clamp(0, n as i64) as usize;
+            let batch = RecordBatch::try_new(self.events_schema(), columns)?;
+            if hi > lo && !emit(batch.slice(lo, hi - lo)) {
                 return Ok(());
             }
             start += n as i64;
@@ -550,6 +570,33 @@ mod tests {
         assert_eq!(chunked.tables["main"].len(), 2 * 500_usize.div_ceil(7));
         assert!(chunked.tables["main"].iter().all(|b| b.num_rows() <= 7));
         assert_eq!(whole.table("main"), chunked.table("main"));
+        // An entry range is the same rows of the whole table, in any batching.
+        let whole = whole.table("main");
+        for per_batch in [7, 10_000] {
+            let part = DelphesConvert {
+                entries: Some([95, 103]),
+                entries_per_batch: per_batch,
+                ..stage(&files)
+            };
+            let part = run_in_memory(&part, &[]).unwrap().table("main");
+            let expected = arrow::compute::concat_batches(
+                &whole.schema(),
+                &[whole.slice(95, 8), whole.slice(500 + 95, 8)],
+            )
+            .unwrap();
+            assert_eq!(part, expected, "entries_per_batch {per_batch}");
+        }
+        let empty = DelphesConvert {
+            entries: Some([5, 5]),
+            ..stage(&files)
+        };
+        assert!(
+            empty
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("entries")
+        );
     }
 
     /// HCAL towers (Ehad > 0) are absent in each glitch's dead eta region.

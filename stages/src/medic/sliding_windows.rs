@@ -157,6 +157,9 @@ impl SlidingWindows {
         let mut order = Vec::with_capacity(event_ids.len());
         let mut segments = Vec::with_capacity(k + 1);
         for (j, ids) in by_segment.into_iter().enumerate() {
+            if j < k && n_train == 0 {
+                continue; // `train_fraction: 0`: every window is scored, none trains.
+            }
             let lo = order.len();
             order.extend(ids);
             segments.push((lo, order.len(), (j < k).then_some(j as i32 + 1)));
@@ -469,6 +472,25 @@ mod tests {
             .map(|id| entry_of[id])
             .collect();
         assert!(test_entries.len() > 150, "{}", test_entries.len());
+    }
+
+    #[test]
+    fn train_fraction_zero_makes_every_window_a_test_window() {
+        // How new files are scored by a model trained elsewhere.
+        let dir = tempfile::tempdir().unwrap();
+        let input = events(dir.path());
+        let cfg = SlidingWindows(WindowSpec {
+            window: 10,
+            train_fraction: 0.0,
+            ..Default::default()
+        });
+        let windows = run_in_memory(&cfg, std::slice::from_ref(&input))
+            .unwrap()
+            .table("main");
+        assert_eq!(windows.num_rows(), 1000 - 9);
+        let blocks = windows.column_by_name("block").unwrap().as_string::<i32>();
+        let folds = windows.column_by_name("fold").unwrap();
+        assert!((0..windows.num_rows()).all(|i| blocks.value(i) == "test" && folds.is_null(i)));
     }
 
     #[test]
