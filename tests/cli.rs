@@ -557,22 +557,25 @@ fn medic_data_pipeline_converts_filters_and_is_queryable() {
     );
 }
 
+/// A shipped MEDIC pipeline whose `pattern` points at the repository's
+/// bundled Delphes files, so it runs from a sandbox directory.
+fn bundled_medic_pipeline(name: &str) -> String {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    fs::read_to_string(format!("{repo}/pipelines/{name}"))
+        .unwrap()
+        .replace(
+            "pattern: data/delphes",
+            &format!("pattern: {repo}/data/delphes"),
+        )
+}
+
 /// A model trained by one pipeline scores events it never saw in another
 /// (`medic_apply.yaml`), read back from Parquet and checked at plan time.
 #[test]
 fn a_trained_medic_model_is_applied_to_unseen_entries() {
     let sb = Sandbox::new();
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let local = |name: &str| {
-        fs::read_to_string(format!("{repo}/pipelines/{name}"))
-            .unwrap()
-            .replace(
-                "pattern: data/delphes",
-                &format!("pattern: {repo}/data/delphes"),
-            )
-    };
-    sb.write("w30.yaml", &local("medic_w30.yaml"));
-    sb.write("apply.yaml", &local("medic_apply.yaml"));
+    sb.write("w30.yaml", &bundled_medic_pipeline("medic_w30.yaml"));
+    sb.write("apply.yaml", &bundled_medic_pipeline("medic_apply.yaml"));
     let w5 = ["--set", "windows.window=5"];
     let mut train = vec!["run", "w30.yaml", "--until", "model"];
     train.extend(w5);
@@ -644,13 +647,7 @@ fn a_trained_medic_model_is_applied_to_unseen_entries() {
 #[test]
 fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     let sb = Sandbox::new();
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let yaml = fs::read_to_string(format!("{repo}/pipelines/medic_w30.yaml"))
-        .unwrap()
-        .replace(
-            "pattern: data/delphes",
-            &format!("pattern: {repo}/data/delphes"),
-        );
+    let yaml = bundled_medic_pipeline("medic_w30.yaml");
     sb.write("w30.yaml", &yaml);
     let quick = [
         "--set",
@@ -742,13 +739,7 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     }
 
     // The window-size scan plans: nine ensembles gathered by one union.
-    let scan = fs::read_to_string(format!("{repo}/pipelines/medic_wscan.yaml"))
-        .unwrap()
-        .replace(
-            "pattern: data/delphes",
-            &format!("pattern: {repo}/data/delphes"),
-        );
-    sb.write("wscan.yaml", &scan);
+    sb.write("wscan.yaml", &bundled_medic_pipeline("medic_wscan.yaml"));
     let plan = sb.ok(&["plan", "wscan.yaml"]);
     assert_eq!(plan.matches("[medic_train]").count(), 9, "{plan}");
     assert!(
