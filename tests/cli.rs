@@ -557,6 +557,19 @@ fn medic_data_pipeline_converts_filters_and_is_queryable() {
     );
 }
 
+/// `--set` pairs that shrink MEDIC training to seconds: W = 5, 2 folds, one
+/// epoch, on the CPU.
+const QUICK_MEDIC: [&str; 8] = [
+    "--set",
+    "windows.window=5",
+    "--set",
+    "windows.folds=2",
+    "--set",
+    "model.max_epochs=1",
+    "--set",
+    "model.device=cpu",
+];
+
 /// A shipped MEDIC pipeline whose `pattern` points at the repository's
 /// bundled Delphes files, so it runs from a sandbox directory.
 fn bundled_medic_pipeline(name: &str) -> String {
@@ -578,17 +591,8 @@ fn a_trained_medic_model_is_applied_to_unseen_entries() {
     sb.write("apply.yaml", &bundled_medic_pipeline("medic_apply.yaml"));
     let w5 = ["--set", "windows.window=5"];
     let mut train = vec!["run", "w30.yaml", "--until", "model"];
-    train.extend(w5);
-    train.extend([
-        "--set",
-        "windows.folds=2",
-        "--set",
-        "model.max_epochs=1",
-        "--set",
-        "model.device=cpu",
-        "--set",
-        "events.entries=[0,400]",
-    ]);
+    train.extend(QUICK_MEDIC);
+    train.extend(["--set", "events.entries=[0,400]"]);
     sb.ok(&train);
     let mut apply = vec!["run", "apply.yaml"];
     apply.extend(w5);
@@ -649,21 +653,11 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     let sb = Sandbox::new();
     let yaml = bundled_medic_pipeline("medic_w30.yaml");
     sb.write("w30.yaml", &yaml);
-    let quick = [
-        "--set",
-        "windows.window=5",
-        "--set",
-        "windows.folds=2",
-        "--set",
-        "model.max_epochs=1",
-        "--set",
-        "model.device=cpu",
-        "--set",
-        "predictions.device=cpu",
-    ];
+    let mut quick = QUICK_MEDIC.to_vec();
+    quick.extend(["--set", "predictions.device=cpu"]);
     let run = |extra: &[&str]| -> Vec<String> {
         let mut args = vec!["run", "w30.yaml"];
-        args.extend(quick);
+        args.extend(&quick);
         args.extend(extra);
         args.into_iter().map(String::from).collect()
     };
@@ -671,7 +665,7 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
     let query = |sql: &str| {
         let mut args = vec!["query", "w30.yaml", sql, "--format", "csv"];
-        args.extend(quick);
+        args.extend(&quick);
         sb.ok(&args)
     };
     let test_windows = query("SELECT count(*) FROM windows WHERE block = 'test'");
@@ -755,7 +749,7 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
         ),
     );
     let mut args = vec!["plan", "mismatch.yaml"];
-    args.extend(quick);
+    args.extend(&quick);
     let err = sb.fails(&args);
     assert!(
         err.contains("predictions6")

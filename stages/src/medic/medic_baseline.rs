@@ -317,18 +317,13 @@ impl Stage for MedicBaseline {
         let batch = data.predictions(schema, &rows, &prob, (vote, share), self.normal_class)?;
         ctx.output.write("main", batch)?;
 
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from_iter_values(0..PATTERNS as i32)),
-            Arc::new(BooleanArray::from_iter(
-                (0..PATTERNS).map(|p| Some(p & 1 != 0)),
-            )),
-            Arc::new(BooleanArray::from_iter(
-                (0..PATTERNS).map(|p| Some(p & 2 != 0)),
-            )),
-            Arc::new(BooleanArray::from_iter(
-                (0..PATTERNS).map(|p| Some(p & 4 != 0)),
-            )),
-        ];
+        let mut columns: Vec<ArrayRef> =
+            vec![Arc::new(Int32Array::from_iter_values(0..PATTERNS as i32))];
+        for bit in [1, 2, 4] {
+            columns.push(Arc::new(BooleanArray::from_iter(
+                (0..PATTERNS).map(|p| Some(p & bit != 0)),
+            )));
+        }
         for c in 0..nc {
             columns.push(Arc::new(Int64Array::from_iter_values(
                 counts.iter().map(|k| k[c] as i64),

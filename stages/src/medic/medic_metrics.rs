@@ -16,7 +16,7 @@ use crate::input::{Input, require_column};
 use crate::medic::tables::{ModelSpec, WindowSpec, example_predictions_schema};
 use crate::plots::{self, Series};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use crate::stats::{quantile, roc_auc, roc_curve};
+use crate::stats::{median_and_95, roc_auc, roc_curve};
 use dqm_schemas::doc_field;
 
 /// Scores MEDIC predictions (from `medic_infer`) against their soft labels.
@@ -136,7 +136,7 @@ fn metrics_schema() -> SchemaRef {
             "Baseline of `binary_accuracy`: always voting the more frequent of normal and glitch",
         ),
     ];
-    for metric in ["accuracy", "auc", "brier", "binary_accuracy", "binary_auc"] {
+    for metric in INTERVAL_METRICS {
         for (end, q) in [("lo", "2.5"), ("hi", "97.5")] {
             fields.push(doc_field(
                 &format!("{metric}_{end}"),
@@ -324,6 +324,23 @@ pub struct Figures {
     pub binary_tpr: Option<f64>,
 }
 
+/// The figures given a bootstrap interval, in the order of
+/// [`Figures::with_intervals`] and of the `<metric>_lo/_hi` columns.
+const INTERVAL_METRICS: [&str; 5] = ["accuracy", "auc", "brier", "binary_accuracy", "binary_auc"];
+
+impl Figures {
+    /// The values of [`INTERVAL_METRICS`], `None` where undefined.
+    fn with_intervals(&self) -> [Option<f64>; 5] {
+        [
+            Some(self.accuracy),
+            self.auc,
+            Some(self.brier),
+            Some(self.binary_accuracy),
+            self.binary_auc,
+        ]
+    }
+}
+
 /// Computes the figures of medic.txt section 4 (see the metrics table's docs).
 pub fn figures(p: &Predictions, normal: usize) -> Figures {
     let n = p.len() as f64;
@@ -406,8 +423,8 @@ impl Predictions {
 /// 95 % percentile intervals of the figures over `n` moving-block bootstrap
 /// resamples: the windows in time order (`start`) are cut into blocks of
 /// `block` consecutive windows, and as many blocks as there are are drawn
-/// with replacement. Per figure: `[lo, hi]`, in the order accuracy, AUC,
-/// Brier, binary accuracy, binary AUC; `None` where a figure is undefined.
+/// with replacement. Per figure of [`INTERVAL_METRICS`]: `[lo, hi]`, `None`
+/// where a resample leaves the figure undefined.
 pub fn bootstrap_intervals(
     p: &Predictions,
     normal: usize,
@@ -426,29 +443,18 @@ pub fn bootstrap_intervals(
         for _ in 0..blocks.len() {
             idx.extend_from_slice(blocks[rng.random_range(0..blocks.len())]);
         }
-        let f = figures(&p.subset(&idx), normal);
-        for (k, v) in [
-            Some(f.accuracy),
-            f.auc,
-            Some(f.brier),
-            Some(f.binary_accuracy),
-            f.binary_auc,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if let Some(v) = v {
-                samples[k].push(v);
-            }
+        let values = figures(&p.subset(&idx), normal).with_intervals();
+        for (sample, v) in samples.iter_mut().zip(values) {
+            sample.extend(v);
         }
     }
     samples.map(|mut v| {
-        v.sort_by(f64::total_cmp);
         // An interval only when every resample defines the figure.
         if v.len() < n || n == 0 {
             return [None, None];
         }
-        [quantile(&v, 0.025), quantile(&v, 0.975)]
+        let [_, lo, hi] = median_and_95(&mut v);
+        [lo, hi]
     })
 }
 
@@ -581,22 +587,22 @@ impl Stage for MedicMetrics {
             self.bootstrap,
             self.seed,
         );
-        let interval = |k: usize| match intervals[k] {
-            [Some(lo), Some(hi)] => format!(" [{lo:.3}, {hi:.3}]"),
-            _ => String::new(),
-        };
+        let headline: Vec<String> = INTERVAL_METRICS
+            .iter()
+            .zip(fig.with_intervals())
+            .zip(&intervals)
+            .map(|((name, value), interval)| {
+                let value = value.map_or("n/a".into(), |v| format!("{v:.3}"));
+                match interval {
+                    [Some(lo), Some(hi)] => format!("{name} {value} [{lo:.3}, {hi:.3}]"),
+                    _ => format!("{name} {value}"),
+                }
+            })
+            .collect();
         ctx.reporter.info(&format!(
-            "{} windows: accuracy {:.3}{} (ties cap it at {ceiling:.3}; most frequent class {chance:.3}), AUC {}{}, Brier {:.4}; binary accuracy {:.3}{} (always the majority: {binary_baseline:.3}), AUC {}{}",
+            "{} windows: {}; tie ceiling {ceiling:.3}, most frequent class {chance:.3}, always the binary majority {binary_baseline:.3}",
             p.len(),
-            fig.accuracy,
-            interval(0),
-            fig.auc.map_or("n/a".into(), |a| format!("{a:.3}")),
-            interval(1),
-            fig.brier,
-            fig.binary_accuracy,
-            interval(3),
-            fig.binary_auc.map_or("n/a".into(), |a| format!("{a:.3}")),
-            interval(4),
+            headline.join(", "),
         ));
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![window])),

@@ -87,23 +87,15 @@ impl StageConfig for SlidingWindows {
 pub struct Layout {
     /// Event ids in sequence order.
     pub order: Vec<i64>,
-    /// `(first, end, fold)` of each segment, in sequence order: the train
-    /// folds (1-based) then the test block (`None`). With `split: windows`
-    /// a single train segment `(0, n, None)` covers everything.
+    /// How many leading positions are the train block.
+    pub n_train: usize,
+    /// `split: blocks`: `(first, end, fold)` of each segment, in sequence
+    /// order: the train folds (1-based) then the test block (`None`).
+    /// Empty for `split: windows`, whose windows cross any cut.
     pub segments: Vec<(usize, usize, Option<i32>)>,
 }
 
 impl Layout {
-    /// How many leading positions belong to train segments.
-    pub fn n_train(&self) -> usize {
-        self.segments
-            .iter()
-            .filter(|s| s.2.is_some())
-            .map(|s| s.1)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// The fold of each position (`None` in the test block).
     pub fn fold_of_positions(&self) -> Vec<Option<i32>> {
         let mut out = vec![None; self.order.len()];
@@ -164,7 +156,17 @@ impl SlidingWindows {
             order.extend(ids);
             segments.push((lo, order.len(), (j < k).then_some(j as i32 + 1)));
         }
-        Layout { order, segments }
+        let n_train = segments
+            .iter()
+            .filter(|s| s.2.is_some())
+            .map(|s| s.1)
+            .max()
+            .unwrap_or(0);
+        Layout {
+            order,
+            n_train,
+            segments,
+        }
     }
 
     /// Seed of a window's re-sampling: a SplitMix64 mix of the stage seed and window id.
@@ -238,20 +240,16 @@ impl Stage for SlidingWindows {
                     train[w] = true;
                 }
                 windows.extend((0..n).map(|s| (s, if train[s] { "train" } else { "test" }, None)));
-                // Every event is in some train window.
-                let len = order.len();
                 Layout {
+                    // Every event is in some train window.
+                    n_train: order.len(),
                     order,
-                    segments: vec![(0, len, None)],
+                    segments: Vec::new(),
                 }
             }
         };
-        let n_train = match self.split {
-            Split::Blocks => layout.n_train(),
-            Split::Windows => layout.order.len(),
-        };
         let order = &layout.order;
-        let block_of = |p: usize| if p < n_train { "train" } else { "test" };
+        let block_of = |p: usize| if p < layout.n_train { "train" } else { "test" };
         ctx.output.write(
             "order",
             RecordBatch::try_new(
@@ -467,7 +465,7 @@ mod tests {
         });
         let store = EventStore::load(&ungrouped, &input).unwrap();
         let layout = ungrouped.blocks(&store.event_ids, &store.groups);
-        let test_entries: HashSet<i64> = layout.order[layout.n_train()..]
+        let test_entries: HashSet<i64> = layout.order[layout.n_train..]
             .iter()
             .map(|id| entry_of[id])
             .collect();
