@@ -1,20 +1,57 @@
 //! MEDIC throughput on the bundled Delphes sample, W = 30, reference sizes:
 //! window assembly (worker side), training steps (forward, backward, Adam;
-//! batch 64) fed by the prefetching loader, and ensemble-member inference
-//! (batch 256, no gradients). Runs on CUDA when libtorch sees a GPU.
+//! batch 64) fed by the prefetching loader in both encode modes, and
+//! ensemble-member inference (batch 256, no gradients) per window and
+//! streaming (each event encoded once, rolling buffer). Runs on CUDA when
+//! libtorch sees a GPU.
 //!
 //! `cargo bench -p dqm-stages --bench medic` (or `--workspace`)
 
 use std::time::Instant;
 
 use dqm_stages::in_memory::{input_from_batch, run_in_memory};
-use dqm_stages::medic::batches::WindowData;
+use dqm_stages::medic::batches::{Encode, WindowData, inference_draws, prefetched};
 use dqm_stages::medic::delphes_convert::DelphesConvert;
-use dqm_stages::medic::model::{Medic, MedicArch, kl_per_window};
+use dqm_stages::medic::medic_infer::RollingEmbeddings;
+use dqm_stages::medic::model::{Medic, MedicArch, WindowHead, kl_per_window};
 use dqm_stages::medic::sliding_windows::SlidingWindows;
 use dqm_stages::medic::tables::WindowSpec;
-use tch::Kind;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, OptimizerConfig};
+use tch::{Kind, Tensor};
+
+/// Wall time between consecutive calls of [`Timer::tick`], after the
+/// first `warmup` (allocator, kernels) are left out.
+struct Timer {
+    warmup: usize,
+    n: usize,
+    measured: f64,
+    last: Instant,
+}
+
+impl Timer {
+    fn new(warmup: usize) -> Self {
+        Self {
+            warmup,
+            n: 0,
+            measured: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Ends one step; whether it was timed.
+    fn tick(&mut self) -> bool {
+        self.n += 1;
+        let timed = self.n > self.warmup;
+        if timed {
+            self.measured += self.last.elapsed().as_secs_f64();
+        }
+        self.last = Instant::now();
+        timed
+    }
+}
 
 fn main() {
     let device = dqm_stages::nn::device();
@@ -62,56 +99,167 @@ fn main() {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let model = Medic::new(&vs.root(), MedicArch::default());
-    let mut opt = nn::Adam::default().build(&vs, 1e-3).unwrap();
-    let steps = 12.min(batches.len());
-    let mut n = 0;
-    let mut measured = 0.0;
-    let mut last = Instant::now();
-    data.for_each_batch(&batches[..steps], device, 4, |b| {
-        let loss = kl_per_window(
-            &b.target,
-            &model.forward(&b.tracks, &b.towers, &b.met, true),
-        )
-        .mean(Kind::Float);
-        opt.backward_step(&loss);
-        let _ = loss.double_value(&[]);
-        n += 1;
-        // The first two steps warm up (allocator, kernels): not timed.
-        if n > 2 {
-            measured += last.elapsed().as_secs_f64();
-        }
-        last = Instant::now();
-        Ok(())
-    })
-    .unwrap();
-    let trained: usize = batches[2..steps].iter().map(Vec::len).sum();
-    println!(
-        "training:  {:>8.1} windows/s (batch 64, {} timed steps)",
-        trained as f64 / measured,
-        steps - 2
+    let vs_mean = nn::VarStore::new(device);
+    let event_mean = Medic::new(
+        &vs_mean.root(),
+        MedicArch {
+            window_head: WindowHead::EventMean,
+            ..MedicArch::default()
+        },
     );
+    let vs_small = nn::VarStore::new(device);
+    let small = Medic::new(
+        &vs_small.root(),
+        MedicArch {
+            window_head: WindowHead::EventMean,
+            embed: 32,
+            feed_forward: 32,
+            ..MedicArch::default()
+        },
+    );
+    let steps = 12.min(batches.len());
+    // The training batches of each mode, as `medic_train` makes them: 64
+    // random windows (per-window), or runs of consecutive windows (encode-once).
+    let mut shuffled = rows.clone();
+    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(1));
+    let random: Vec<Vec<usize>> = shuffled.chunks(64).map(<[usize]>::to_vec).collect();
+    let runs_of = |run: usize| -> Vec<Vec<usize>> {
+        let mut runs: Vec<&[usize]> = rows.chunks(run).collect();
+        runs.shuffle(&mut ChaCha8Rng::seed_from_u64(2));
+        runs.concat().chunks(64).map(<[usize]>::to_vec).collect()
+    };
+    let mut train_rate = Vec::new();
+    for (what, vs, model, encode, batches) in [
+        (
+            "window, CNN head (paper)",
+            &vs,
+            &model,
+            Encode::Window,
+            random,
+        ),
+        (
+            "event, CNN head, runs of 16",
+            &vs,
+            &model,
+            Encode::Event,
+            runs_of(16),
+        ),
+        (
+            "event, CNN head, runs of 64",
+            &vs,
+            &model,
+            Encode::Event,
+            runs_of(64),
+        ),
+        (
+            "event, event-mean head, runs of 64 (main job)",
+            &vs_mean,
+            &event_mean,
+            Encode::Event,
+            runs_of(64),
+        ),
+        (
+            "event, event-mean head, embed 32, runs of 64",
+            &vs_small,
+            &small,
+            Encode::Event,
+            runs_of(64),
+        ),
+    ] {
+        let mut opt = nn::Adam::default().build(vs, 1e-3).unwrap();
+        let (mut timer, mut encoded) = (Timer::new(2), 0);
+        prefetched(
+            &batches[..steps],
+            4,
+            |b| data.model_batch(b, encode, 7, device),
+            |b| {
+                let out = b.forward(model, true);
+                let loss = kl_per_window(b.target(), &out.log_probs).mean(Kind::Float);
+                opt.backward_step(&loss);
+                let _ = loss.double_value(&[]);
+                if timer.tick() {
+                    encoded += out.events.size()[0];
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        let trained: usize = batches[2..steps].iter().map(Vec::len).sum();
+        let rate = trained as f64 / timer.measured;
+        train_rate.push(rate);
+        println!(
+            "training, encode {what}: {rate:>8.1} windows/s ({:.1}x; batch 64, {} timed steps, {:.0} events encoded per batch)",
+            rate / train_rate[0],
+            steps - 2,
+            encoded as f64 / (steps - 2) as f64
+        );
+    }
 
-    let infer: Vec<Vec<usize>> = rows.chunks(256).take(4).map(<[usize]>::to_vec).collect();
-    let mut n = 0;
-    let mut measured = 0.0;
-    let mut last = Instant::now();
+    // Inference over consecutive stride-1 windows: each arriving event
+    // opens one new window, so windows/s is the streaming rate in events/s.
+    let infer: Vec<Vec<usize>> = rows.chunks(256).take(5).map(<[usize]>::to_vec).collect();
+    let scored: usize = infer[1..].iter().map(Vec::len).sum();
+    let mut timer = Timer::new(1);
     tch::no_grad(|| {
         data.for_each_batch(&infer, device, 4, |b| {
             let p = model.forward(&b.tracks, &b.towers, &b.met, false).exp();
             let _ = p.double_value(&[0, 0]);
-            n += 1;
-            if n > 1 {
-                measured += last.elapsed().as_secs_f64();
-            }
-            last = Instant::now();
+            timer.tick();
             Ok(())
         })
     })
     .unwrap();
-    let scored: usize = infer[1..].iter().map(Vec::len).sum();
+    let per_window = scored as f64 / timer.measured;
     println!(
-        "inference: {:>8.1} windows/s = {:.0} events/s per model (batch 256)",
-        scored as f64 / measured,
-        30.0 * scored as f64 / measured
+        "inference, encode Window: {per_window:>8.1} windows/s = events/s streaming ({:.0} event encodings/s; batch 256)",
+        30.0 * per_window
+    );
+    let seed = inference_draws(&data.cfg);
+    let streaming = |model: &Medic| {
+        let mut timer = Timer::new(1);
+        let mut buffer = RollingEmbeddings::default();
+        tch::no_grad(|| {
+            prefetched(
+                &infer,
+                4,
+                |b| data.event_batch(b, seed, device),
+                |b| {
+                    let (events, _) = buffer.embed(model, &b);
+                    let p = model.classify(&b.windows_of(&events), false).exp();
+                    let _ = p.double_value(&[0, 0]);
+                    timer.tick();
+                    Ok(())
+                },
+            )
+        })
+        .unwrap();
+        scored as f64 / timer.measured
+    };
+    let rate = streaming(&model);
+    println!(
+        "inference, encode Event (rolling buffer), CNN window head: {rate:>8.1} windows/s = events/s streaming ({:.1}x)",
+        rate / per_window
+    );
+    let rate = streaming(&event_mean);
+    println!(
+        "inference, encode Event (rolling buffer), event-mean window head: {rate:>8.1} windows/s = events/s streaming ({:.1}x)",
+        rate / per_window
+    );
+    let rate = streaming(&small);
+    println!(
+        "inference, encode Event (rolling buffer), event-mean window head, embed 32: {rate:>8.1} windows/s = events/s streaming ({:.1}x)",
+        rate / per_window
+    );
+    // What the window part alone (CNN + head) allows, for the ceiling.
+    let windows = Tensor::randn([256, 30, 3, 128], (Kind::Float, device));
+    let start = Instant::now();
+    tch::no_grad(|| {
+        for _ in 0..4 {
+            let _ = model.classify(&windows, false).double_value(&[0, 0]);
+        }
+    });
+    println!(
+        "window part alone (CNN + head): {:>8.1} windows/s",
+        1024.0 / start.elapsed().as_secs_f64()
     );
 }

@@ -18,7 +18,10 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
 use crate::medic::data::{EventStore, WindowTensors};
+use crate::medic::model::Medic;
 use crate::medic::tables::{Blocks, FeatureStats, WindowSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The inputs a MEDIC model stage takes, in this order.
 pub const INPUT_NAMES: [&str; 3] = ["windows", "order", "events"];
@@ -106,8 +109,131 @@ pub struct Batch {
     pub target: Tensor,
     /// `[B]` argmax classes.
     pub class: Tensor,
+    /// `[B, W]` each event's own class (for the per-event loss).
+    pub event_class: Tensor,
     /// Indices into [`WindowData::rows`].
     pub rows: Vec<usize>,
+}
+
+/// A batch of windows in the encode-once mode: the distinct events of the
+/// windows as single-event tensors (each drawn once, from its own stream),
+/// and which of them fills each window slot.
+pub struct EventBatch {
+    /// `[M, n_tracks, F_track]`
+    pub tracks: Tensor,
+    /// `[M, n_towers, F_tower]`
+    pub towers: Tensor,
+    /// `[M, F_met]`
+    pub met: Tensor,
+    /// `[M]` each event's own class.
+    pub event_class: Tensor,
+    /// Positions (in the shuffled order) of the M events, ascending.
+    pub positions: Vec<usize>,
+    /// `[B, W]` index into the M events of each window slot.
+    pub slots: Tensor,
+    /// `[B, classes]` soft labels.
+    pub target: Tensor,
+    /// `[B]` argmax classes.
+    pub class: Tensor,
+    /// Indices into [`WindowData::rows`].
+    pub rows: Vec<usize>,
+}
+
+/// How a model sees its windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encode {
+    /// Each event is drawn and encoded once (per epoch in training); windows
+    /// slide over the events' embeddings. Our mode: ~W times fewer encoder
+    /// passes per window.
+    #[default]
+    Event,
+    /// Every window re-draws and re-encodes all of its events (the paper's
+    /// and its reference code's way).
+    Window,
+}
+
+impl EventBatch {
+    /// The windows `[B, W, 3, E]` of this batch from its events' embeddings `[M, 3, E]`.
+    pub fn windows_of(&self, events: &Tensor) -> Tensor {
+        let (b, w) = self.slots.size2().expect("[B, W]");
+        let e = events.size()[2];
+        events
+            .index_select(0, &self.slots.view([-1]))
+            .view([b, w, 3, e])
+    }
+}
+
+/// Salt of the object draws of inference in the encode-once mode.
+const INFERENCE_DRAW_SALT: u64 = 0x1AFE_2E4C_E000_0000;
+
+/// The seed of inference's per-event object draws for windows made with
+/// `cfg`: fixed by the window table, like the per-window mode's draws.
+pub fn inference_draws(cfg: &WindowSpec) -> u64 {
+    cfg.seed ^ INFERENCE_DRAW_SALT
+}
+
+/// Either kind of batch, as the model consumes it.
+pub enum ModelBatch {
+    Windows(Batch),
+    Events(EventBatch),
+}
+
+/// What one forward pass over a batch gives.
+pub struct Forward {
+    /// `[B, classes]` window log-probabilities.
+    pub log_probs: Tensor,
+    /// `[N, 3, E]` embeddings of the events the pass encoded.
+    pub events: Tensor,
+    /// `[N]` those events' own classes.
+    pub event_class: Tensor,
+}
+
+impl ModelBatch {
+    /// Runs `model` over the batch.
+    pub fn forward(&self, model: &Medic, train: bool) -> Forward {
+        match self {
+            ModelBatch::Windows(b) => {
+                let (log_probs, events) =
+                    model.forward_with_events(&b.tracks, &b.towers, &b.met, train);
+                let e = events.size()[3];
+                Forward {
+                    log_probs,
+                    events: events.view([-1, 3, e]),
+                    event_class: b.event_class.view([-1]),
+                }
+            }
+            ModelBatch::Events(b) => {
+                let events = model.encode(&b.tracks, &b.towers, &b.met, train);
+                Forward {
+                    log_probs: model.classify(&b.windows_of(&events), train),
+                    events,
+                    event_class: b.event_class.shallow_clone(),
+                }
+            }
+        }
+    }
+
+    pub fn target(&self) -> &Tensor {
+        match self {
+            ModelBatch::Windows(b) => &b.target,
+            ModelBatch::Events(b) => &b.target,
+        }
+    }
+
+    pub fn class(&self) -> &Tensor {
+        match self {
+            ModelBatch::Windows(b) => &b.class,
+            ModelBatch::Events(b) => &b.class,
+        }
+    }
+
+    pub fn rows(&self) -> &[usize] {
+        match self {
+            ModelBatch::Windows(b) => &b.rows,
+            ModelBatch::Events(b) => &b.rows,
+        }
+    }
 }
 
 impl WindowData {
@@ -319,6 +445,14 @@ impl WindowData {
             .flat_map(|&r| self.rows[r].target.iter().copied())
             .collect();
         let class: Vec<i64> = rows.iter().map(|&r| self.rows[r].class).collect();
+        let event_class = rows
+            .iter()
+            .flat_map(|&r| {
+                let start = self.rows[r].start;
+                &self.order[start..start + cfg.window]
+            })
+            .map(|&id| self.store.class_of(id).map(i64::from))
+            .collect::<Result<Vec<i64>>>()?;
         Ok(Batch {
             tracks: tracks.to_device(device),
             towers: towers.to_device(device),
@@ -327,7 +461,90 @@ impl WindowData {
                 .view([b, cfg.n_classes as i64])
                 .to_device(device),
             class: Tensor::from_slice(&class).to_device(device),
+            event_class: Tensor::from_slice(&event_class)
+                .view([b, w])
+                .to_device(device),
             rows: rows.to_vec(),
+        })
+    }
+
+    /// Assembles the windows `rows` for the encode-once mode: each distinct
+    /// event once, drawn from `event_draw_seed(seed, id)`.
+    pub fn event_batch(&self, rows: &[usize], seed: u64, device: Device) -> Result<EventBatch> {
+        let cfg = &self.cfg;
+        let w = cfg.window;
+        let mut positions: Vec<usize> = rows
+            .iter()
+            .flat_map(|&r| self.rows[r].start..self.rows[r].start + w)
+            .collect();
+        positions.sort_unstable();
+        positions.dedup();
+        let ids: Vec<i64> = positions.iter().map(|&p| self.order[p]).collect();
+        let parts = ids
+            .par_chunks(16)
+            .map(|chunk| self.store.assemble_events(cfg, chunk, seed))
+            .collect::<Result<Vec<_>>>()?;
+        let m = ids.len() as i64;
+        let cat = |f: fn(&WindowTensors) -> &Vec<f32>| {
+            let mut v = Vec::with_capacity(parts.iter().map(|p| f(p).len()).sum());
+            for p in &parts {
+                v.extend_from_slice(f(p));
+            }
+            Tensor::from_slice(&v)
+        };
+        let (ft, fw, fm) = (
+            cfg.track_features.len() as i64,
+            cfg.tower_features.len() as i64,
+            cfg.met_features.len() as i64,
+        );
+        let slot_of = |p: usize| positions.binary_search(&p).expect("collected above") as i64;
+        let slots: Vec<i64> = rows
+            .iter()
+            .flat_map(|&r| (self.rows[r].start..self.rows[r].start + w).map(slot_of))
+            .collect();
+        let event_class = ids
+            .iter()
+            .map(|&id| self.store.class_of(id).map(i64::from))
+            .collect::<Result<Vec<i64>>>()?;
+        let b = rows.len() as i64;
+        let target: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| self.rows[r].target.iter().copied())
+            .collect();
+        let class: Vec<i64> = rows.iter().map(|&r| self.rows[r].class).collect();
+        Ok(EventBatch {
+            tracks: cat(|p| &p.tracks)
+                .view([m, cfg.n_tracks as i64, ft])
+                .to_device(device),
+            towers: cat(|p| &p.towers)
+                .view([m, cfg.n_towers as i64, fw])
+                .to_device(device),
+            met: cat(|p| &p.met).view([m, fm]).to_device(device),
+            event_class: Tensor::from_slice(&event_class).to_device(device),
+            positions,
+            slots: Tensor::from_slice(&slots)
+                .view([b, w as i64])
+                .to_device(device),
+            target: Tensor::from_slice(&target)
+                .view([b, cfg.n_classes as i64])
+                .to_device(device),
+            class: Tensor::from_slice(&class).to_device(device),
+            rows: rows.to_vec(),
+        })
+    }
+
+    /// The batch of `rows` in mode `encode` (`seed`: the event draws of the
+    /// encode-once mode; the per-window mode uses each window's own seed).
+    pub fn model_batch(
+        &self,
+        rows: &[usize],
+        encode: Encode,
+        seed: u64,
+        device: Device,
+    ) -> Result<ModelBatch> {
+        Ok(match encode {
+            Encode::Window => ModelBatch::Windows(self.batch(rows, device)?),
+            Encode::Event => ModelBatch::Events(self.event_batch(rows, seed, device)?),
         })
     }
 
@@ -338,34 +555,47 @@ impl WindowData {
         batches: &[Vec<usize>],
         device: Device,
         depth: usize,
-        mut consume: impl FnMut(Batch) -> Result<()>,
+        consume: impl FnMut(Batch) -> Result<()>,
     ) -> Result<()> {
-        std::thread::scope(|scope| {
-            let (tx, rx) = sync_channel::<Result<Batch>>(depth.max(1));
-            let producer = scope.spawn(move || {
-                for rows in batches {
-                    let batch = self.batch(rows, device);
-                    let failed = batch.is_err();
-                    // The consumer hung up (it failed): stop assembling.
-                    if tx.send(batch).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            let mut result = Ok(());
-            for batch in rx.iter() {
-                result = batch.and_then(&mut consume);
-                if result.is_err() {
-                    break;
+        prefetched(batches, depth, |rows| self.batch(rows, device), consume)
+    }
+}
+
+/// Makes `make(job)` for every job on a worker thread, at most `depth`
+/// ahead, and hands the results to `consume` in order. An error on either
+/// side stops both.
+pub fn prefetched<J: Sync, T: Send>(
+    jobs: &[J],
+    depth: usize,
+    make: impl Fn(&J) -> Result<T> + Sync,
+    mut consume: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Result<T>>(depth.max(1));
+        let make = &make;
+        let producer = scope.spawn(move || {
+            for job in jobs {
+                let made = make(job);
+                let failed = made.is_err();
+                // The consumer hung up (it failed): stop assembling.
+                if tx.send(made).is_err() || failed {
+                    return;
                 }
             }
-            drop(rx);
-            producer
-                .join()
-                .map_err(|p| StageError::from_panic(p.as_ref()))?;
-            result
-        })
-    }
+        });
+        let mut result = Ok(());
+        for made in rx.iter() {
+            result = made.and_then(&mut consume);
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        producer
+            .join()
+            .map_err(|p| StageError::from_panic(p.as_ref()))?;
+        result
+    })
 }
 
 /// Index of the largest value (the first one on ties).
@@ -386,4 +616,90 @@ pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {
     let mut out = vec![0f32; n];
     t.view([-1]).copy_data(&mut out, n);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::medic::model::MedicArch;
+    use crate::medic::test_support::model_inputs;
+    use tch::nn;
+
+    /// The encode-once path (each distinct event encoded once, windows
+    /// gathered from the embeddings) gives the per-window path's
+    /// probabilities when every window is assembled from the same draws.
+    #[test]
+    fn encode_once_equals_per_window_assembly_of_the_same_draws() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
+        let dir = tempfile::tempdir().unwrap();
+        let data = WindowData::load(&model_inputs(dir.path(), 6, 0.5, 2)).unwrap();
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Medic::new(&vs.root(), MedicArch::default());
+        // Overlapping windows of the train block and a few far apart.
+        let train = data.block(false);
+        let rows: Vec<usize> = train[..8].iter().chain(&train[40..43]).copied().collect();
+        let seed = 99;
+        let batch = data.event_batch(&rows, seed, Device::Cpu).unwrap();
+        // 8 consecutive stride-1 windows of 6 share events: 13 + 3·6 or fewer.
+        assert!(
+            batch.positions.len() <= 13 + 18,
+            "{}",
+            batch.positions.len()
+        );
+        assert!(batch.positions.windows(2).all(|p| p[0] < p[1]));
+        let once = ModelBatch::Events(batch).forward(&model, false);
+
+        let w = data.cfg.window;
+        let mut tr = Vec::new();
+        let mut tw = Vec::new();
+        let mut me = Vec::new();
+        for &r in &rows {
+            let start = data.rows[r].start;
+            let t = data
+                .store
+                .assemble_events(&data.cfg, &data.order[start..start + w], seed)
+                .unwrap();
+            tr.extend(t.tracks);
+            tw.extend(t.towers);
+            me.extend(t.met);
+        }
+        let b = rows.len() as i64;
+        let per_window = model.forward(
+            &Tensor::from_slice(&tr).view([b, w as i64, 30, 7]),
+            &Tensor::from_slice(&tw).view([b, w as i64, 30, 8]),
+            &Tensor::from_slice(&me).view([b, w as i64, 3]),
+            false,
+        );
+        assert_eq!(once.log_probs.size(), [b, 4]);
+        assert!(
+            once.log_probs.allclose(&per_window, 1e-5, 1e-5, false),
+            "{once:?} vs {per_window:?}",
+            once = once.log_probs
+        );
+        // Another seed draws other objects: other probabilities.
+        let other = ModelBatch::Events(data.event_batch(&rows, seed + 1, Device::Cpu).unwrap())
+            .forward(&model, false);
+        assert!(!other.log_probs.allclose(&per_window, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn an_event_is_drawn_alike_in_any_batch_and_unlike_other_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = WindowData::load(&model_inputs(dir.path(), 4, 0.5, 2)).unwrap();
+        let ids = &data.order[..6];
+        let all = data.store.assemble_events(&data.cfg, ids, 5).unwrap();
+        let one = data
+            .store
+            .assemble_events(&data.cfg, &ids[3..4], 5)
+            .unwrap();
+        let per = 30 * 7;
+        assert_eq!(all.tracks[3 * per..4 * per], one.tracks[..]);
+        let again = data
+            .store
+            .assemble_events(&data.cfg, &ids[3..4], 6)
+            .unwrap();
+        assert_ne!(one.tracks, again.tracks, "a new seed draws other tracks");
+    }
 }

@@ -247,14 +247,35 @@ impl EventStore {
 
     /// Assembles a window's tensors from its events (in window order) and
     /// sampling seed: each event keeps up to n objects chosen uniformly
-    /// without replacement, zero-padded.
+    /// without replacement, zero-padded (the paper's per-window re-sampling:
+    /// one random stream for the whole window).
     pub fn assemble(
         &self,
         cfg: &WindowSpec,
         events: &[i64],
         sample_seed: u64,
     ) -> Result<WindowTensors> {
-        let mut rng = ChaCha8Rng::seed_from_u64(sample_seed);
+        self.assemble_with(cfg, events, Draw::Window(sample_seed))
+    }
+
+    /// Assembles single events, each drawn from its own stream
+    /// `event_draw_seed(seed, id)`: the same event always gets the same
+    /// objects for one `seed`, whatever batch or window it is assembled in
+    /// (the encode-once mode). Shapes as [`Self::assemble`] with W = events.
+    pub fn assemble_events(
+        &self,
+        cfg: &WindowSpec,
+        events: &[i64],
+        seed: u64,
+    ) -> Result<WindowTensors> {
+        self.assemble_with(cfg, events, Draw::PerEvent(seed))
+    }
+
+    fn assemble_with(&self, cfg: &WindowSpec, events: &[i64], draw: Draw) -> Result<WindowTensors> {
+        let mut rng = ChaCha8Rng::seed_from_u64(match draw {
+            Draw::Window(seed) => seed,
+            Draw::PerEvent(_) => 0,
+        });
         let (ft, fw, fm) = (
             self.n_track_features,
             self.n_tower_features,
@@ -277,13 +298,17 @@ impl EventStore {
             };
         for (k, id) in events.iter().enumerate() {
             let e = self.row(*id)?;
+            if let Draw::PerEvent(seed) = draw {
+                rng = ChaCha8Rng::seed_from_u64(event_draw_seed(seed, *id));
+            }
+            let rng = &mut rng;
             let t = cfg.n_tracks * ft;
             pick(
                 &self.tracks[e],
                 cfg.n_tracks,
                 ft,
                 &mut out.tracks[k * t..(k + 1) * t],
-                &mut rng,
+                rng,
             );
             let w = cfg.n_towers * fw;
             pick(
@@ -291,17 +316,101 @@ impl EventStore {
                 cfg.n_towers,
                 fw,
                 &mut out.towers[k * w..(k + 1) * w],
-                &mut rng,
+                rng,
             );
             out.met.extend_from_slice(&self.met[e]);
         }
         Ok(out)
     }
+
+    /// Replaces every energy-like feature (see [`ENERGY_FEATURES`]) v by
+    /// sign(v)·ln(1 + |v|): jet-scale energies span four decades, which a
+    /// standardized linear input resolves poorly. Padding stays zero.
+    pub fn log_energies(&mut self, cfg: &WindowSpec) {
+        let columns = |names: &[String]| -> Vec<usize> {
+            names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| ENERGY_FEATURES.contains(&n.as_str()))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let apply = |values: &mut [f32], f: usize, cols: &[usize]| {
+            if f == 0 {
+                return;
+            }
+            for obj in values.chunks_exact_mut(f) {
+                for &j in cols {
+                    obj[j] = obj[j].signum() * obj[j].abs().ln_1p();
+                }
+            }
+        };
+        let (t, w, m) = (
+            columns(&cfg.track_features),
+            columns(&cfg.tower_features),
+            columns(&cfg.met_features),
+        );
+        for o in &mut self.tracks {
+            apply(&mut o.values, self.n_track_features, &t);
+        }
+        for o in &mut self.towers {
+            apply(&mut o.values, self.n_tower_features, &w);
+        }
+        for v in &mut self.met {
+            apply(v, cfg.met_features.len(), &m);
+        }
+    }
+}
+
+/// Where the object draws of an assembly come from.
+#[derive(Clone, Copy)]
+enum Draw {
+    /// One stream for the whole window.
+    Window(u64),
+    /// One stream per event, from this seed and the event id.
+    PerEvent(u64),
+}
+
+/// Feature names that are energies or momenta (GeV, ≥ 0), the ones
+/// [`EventStore::log_energies`] compresses.
+pub const ENERGY_FEATURES: [&str; 7] = ["P", "PT", "ET", "E", "Eem", "Ehad", "MET"];
+
+/// The seed of event `id`'s object draw under `seed` (SplitMix64 of both),
+/// so draws of different events are independent streams.
+pub fn event_draw_seed(seed: u64, id: i64) -> u64 {
+    let mut z = seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_energies_compress_energy_columns_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = crate::medic::test_support::bundled_events(dir.path(), &["normal"]);
+        let cfg = WindowSpec::default();
+        let raw = EventStore::load(&cfg, &input).unwrap();
+        let mut logged = raw.clone();
+        logged.log_energies(&cfg);
+        // Tracks: P, PT, Eta, Phi, CtgTheta, C, L; towers: ET, Eta, Phi, E, T, NTimeHits, Eem, Ehad.
+        let (a, b) = (&raw.tracks[0].values, &logged.tracks[0].values);
+        assert!(raw.tracks[0].n > 0);
+        assert_eq!(b[0], a[0].ln_1p());
+        assert_eq!(b[1], a[1].ln_1p());
+        assert_eq!(b[2..7], a[2..7]);
+        let (a, b) = (&raw.towers[0].values, &logged.towers[0].values);
+        assert_eq!(
+            (b[0], b[3], b[6], b[7]),
+            (a[0].ln_1p(), a[3].ln_1p(), a[6].ln_1p(), a[7].ln_1p())
+        );
+        assert_eq!((b[1], b[2], b[4], b[5]), (a[1], a[2], a[4], a[5]));
+        assert_eq!(logged.met[0][0], raw.met[0][0].ln_1p());
+        assert_eq!(logged.met[0][1..], raw.met[0][1..]);
+    }
 
     #[test]
     fn standardization_centres_real_objects_and_keeps_padding_zero() {

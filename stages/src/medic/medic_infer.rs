@@ -14,7 +14,9 @@ use tch::{Device, Tensor, nn};
 
 use crate::error::{Result, StageError};
 use crate::input::require_column;
-use crate::medic::batches::{self, WindowData, argmax, to_vec_f32};
+use crate::medic::batches::{
+    self, Encode, EventBatch, WindowData, argmax, inference_draws, prefetched, to_vec_f32,
+};
 use crate::medic::model::Medic;
 use crate::medic::tables::{
     Blocks, ModelCard, ModelSpec, WindowSpec, carried_metadata, example_models_schema,
@@ -42,6 +44,13 @@ pub struct MedicInfer {
     /// Class index of the normal detector configuration: the anomaly score
     /// of a window is 1 − p(normal).
     pub normal_class: usize,
+    /// `event` (streaming): windows are scored in the order of their first
+    /// event; each event is drawn once (from the window table's seed),
+    /// encoded once per model and kept in a rolling buffer of embeddings
+    /// while it is inside a window, so the cost per event does not grow
+    /// with W. `window`: every window re-draws and re-encodes its events
+    /// (the paper's way).
+    pub encode: Encode,
 }
 
 impl Default for MedicInfer {
@@ -52,6 +61,7 @@ impl Default for MedicInfer {
             device: DeviceChoice::Auto,
             prefetch: 4,
             normal_class: 0,
+            encode: Encode::Event,
         }
     }
 }
@@ -114,6 +124,70 @@ pub fn majority_vote(votes: &[usize], mean: &[f32]) -> (usize, f64) {
     (best, counts[best] as f64 / votes.len().max(1) as f64)
 }
 
+/// The embeddings of the events of the last batch, by position in the
+/// event sequence: a batch of windows re-uses those of its events that the
+/// previous batch already encoded (with stride-1 windows in start order,
+/// the W − 1 events the batches share), so every event is encoded once.
+#[derive(Default)]
+pub struct RollingEmbeddings {
+    positions: Vec<usize>,
+    events: Option<Tensor>,
+}
+
+impl RollingEmbeddings {
+    /// Embeddings `[M, 3, E]` of the batch's events, encoding only those
+    /// not in the buffer, which then holds this batch's; also how many were
+    /// encoded.
+    pub fn embed(&mut self, model: &Medic, batch: &EventBatch) -> (Tensor, usize) {
+        let mut fresh = Vec::new();
+        let mut kept = Vec::new();
+        let mut kept_from = Vec::new();
+        for (i, p) in batch.positions.iter().enumerate() {
+            match self.positions.binary_search(p) {
+                Ok(j) => {
+                    kept.push(i as i64);
+                    kept_from.push(j as i64);
+                }
+                Err(_) => fresh.push(i as i64),
+            }
+        }
+        let device = batch.tracks.device();
+        let index = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+        let events = if kept.is_empty() {
+            model.encode(&batch.tracks, &batch.towers, &batch.met, false)
+        } else {
+            let previous = self
+                .events
+                .as_ref()
+                .expect("positions come with embeddings");
+            let mut events = previous
+                .new_zeros(
+                    [batch.positions.len() as i64, 3, previous.size()[2]],
+                    (previous.kind(), device),
+                )
+                .index_copy(
+                    0,
+                    &index(&kept),
+                    &previous.index_select(0, &index(&kept_from)),
+                );
+            if !fresh.is_empty() {
+                let f = index(&fresh);
+                let new = model.encode(
+                    &batch.tracks.index_select(0, &f),
+                    &batch.towers.index_select(0, &f),
+                    &batch.met.index_select(0, &f),
+                    false,
+                );
+                events = events.index_copy(0, &f, &new);
+            }
+            events
+        };
+        self.positions = batch.positions.clone();
+        self.events = Some(events.shallow_clone());
+        (events, fresh.len())
+    }
+}
+
 /// One fold's model, loaded from a models-table row.
 pub struct LoadedFold {
     pub fold: i32,
@@ -168,8 +242,14 @@ pub fn load_models(
             input.name
         )));
     }
-    let first = folds[0].card.normalization.clone();
-    if let Some(f) = folds.iter().find(|f| f.card.normalization != first) {
+    let first = (
+        folds[0].card.normalization.clone(),
+        folds[0].card.spec.log_energies,
+    );
+    if let Some(f) = folds
+        .iter()
+        .find(|f| (f.card.normalization.clone(), f.card.spec.log_energies) != first)
+    {
         return Err(StageError::data(format!(
             "input `{}`: fold {} standardizes its inputs differently from fold {}",
             input.name, f.fold, folds[0].fold
@@ -243,10 +323,16 @@ impl Stage for MedicInfer {
         let mut data = WindowData::load(&ctx.inputs[..3])?;
         let _torch = crate::nn::exclusive();
         let folds = load_models(&ctx.inputs[3], &data.cfg, device)?;
+        if folds[0].card.spec.log_energies {
+            data.store.log_energies(&data.cfg);
+        }
         if let Some(stats) = &folds[0].card.normalization {
             data.store.standardize(stats);
         }
-        let rows = data.scored_rows(self.blocks, &ctx.inputs[0].name)?;
+        let mut rows = data.scored_rows(self.blocks, &ctx.inputs[0].name)?;
+        if self.encode == Encode::Event {
+            rows.sort_by_key(|&r| (data.rows[r].start, data.rows[r].window_id));
+        }
         let k = folds.len();
         let nc = data.cfg.n_classes;
         let mut probs: Vec<Vec<f32>> = vec![Vec::with_capacity(rows.len() * nc); k];
@@ -256,8 +342,9 @@ impl Stage for MedicInfer {
             .collect();
         let progress = ctx.reporter.progress(rows.len() as u64, "windows");
         let started = Instant::now();
-        tch::no_grad(|| {
-            data.for_each_batch(&batches, device, self.prefetch, |b| {
+        let mut encoded = 0usize;
+        tch::no_grad(|| match self.encode {
+            Encode::Window => data.for_each_batch(&batches, device, self.prefetch, |b| {
                 for (f, fold) in folds.iter().enumerate() {
                     let p = fold
                         .model
@@ -265,16 +352,43 @@ impl Stage for MedicInfer {
                         .exp();
                     probs[f].extend(to_vec_f32(&p));
                 }
+                encoded += b.rows.len() * data.cfg.window;
                 progress.inc(b.rows.len() as u64);
                 Ok(())
-            })
+            }),
+            Encode::Event => {
+                let seed = inference_draws(&data.cfg);
+                let mut buffers: Vec<RollingEmbeddings> =
+                    folds.iter().map(|_| RollingEmbeddings::default()).collect();
+                prefetched(
+                    &batches,
+                    self.prefetch,
+                    |rows| data.event_batch(rows, seed, device),
+                    |b| {
+                        for (f, fold) in folds.iter().enumerate() {
+                            let (events, fresh) = buffers[f].embed(&fold.model, &b);
+                            let p = fold.model.classify(&b.windows_of(&events), false).exp();
+                            probs[f].extend(to_vec_f32(&p));
+                            if f == 0 {
+                                encoded += fresh;
+                            }
+                        }
+                        progress.inc(b.rows.len() as u64);
+                        Ok(())
+                    },
+                )
+            }
         })?;
         let seconds = started.elapsed().as_secs_f64();
         ctx.reporter.info(&format!(
-            "{} windows x {k} folds in {seconds:.2} s: {:.0} windows/s, {:.0} events/s",
+            "{} windows x {k} folds in {seconds:.2} s (encode: {}): {:.0} windows/s, {encoded} events encoded per model ({:.0}/s)",
             rows.len(),
+            match self.encode {
+                Encode::Event => "event, streaming",
+                Encode::Window => "window",
+            },
             rows.len() as f64 / seconds,
-            (rows.len() * data.cfg.window) as f64 / seconds
+            encoded as f64 / seconds
         ));
 
         let n = rows.len();
@@ -334,7 +448,8 @@ mod tests {
     use crate::medic::medic_train::MedicTrain;
     use crate::medic::test_support::model_inputs;
     use arrow::array::{AsArray, BinaryArray};
-    use arrow::datatypes::{Float64Type, Int8Type};
+    use arrow::datatypes::{Float64Type, Int8Type, Int64Type};
+    use std::collections::HashMap;
 
     fn quick_train() -> MedicTrain {
         MedicTrain {
@@ -392,8 +507,10 @@ mod tests {
             .table("main");
         let models_path = dir.path().join("models.parquet");
         inputs.push(input_from_batch("models", &models, &models_path).unwrap());
+        // The paper's per-window path here; the streaming path below.
         let stage = MedicInfer {
             device: DeviceChoice::Cpu,
+            encode: Encode::Window,
             ..Default::default()
         };
         let schemas: Vec<SchemaRef> = inputs.iter().map(|i| i.schema.clone()).collect();
@@ -498,6 +615,92 @@ mod tests {
             err.contains("fold 3") && err.contains("weights have no tensor `"),
             "{err}"
         );
+    }
+
+    /// Streaming scores (each event encoded once, windows from a rolling
+    /// buffer) equal the per-window network run on windows assembled from
+    /// the same per-event draws; and the buffer encodes every event once.
+    #[test]
+    fn streaming_scores_equal_per_window_scores_of_the_same_draws() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = model_inputs(dir.path(), 5, 0.3, 2);
+        let models = run_in_memory(&quick_train(), &inputs)
+            .unwrap()
+            .table("main");
+        inputs.push(input_from_batch("models", &models, &dir.path().join("m.parquet")).unwrap());
+        let stage = MedicInfer {
+            device: DeviceChoice::Cpu,
+            batch_size: 7,
+            ..Default::default()
+        };
+        let p = run_in_memory(&stage, &inputs).unwrap().table("main");
+        let ids = p.column(0).as_primitive::<Int64Type>();
+
+        let _torch = crate::nn::exclusive();
+        let data = WindowData::load(&inputs[..3]).unwrap();
+        let folds = load_models(&inputs[3], &data.cfg, Device::Cpu).unwrap();
+        let mut data = data;
+        data.store
+            .standardize(folds[0].card.normalization.as_ref().unwrap());
+        let row_of: HashMap<i64, usize> = data
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.window_id, i))
+            .collect();
+        let seed = inference_draws(&data.cfg);
+        let w = data.cfg.window as i64;
+        let mut checked = 0;
+        for i in (0..p.num_rows()).step_by(5) {
+            let r = &data.rows[row_of[&ids.value(i)]];
+            let t = data
+                .store
+                .assemble_events(&data.cfg, &data.order[r.start..r.start + w as usize], seed)
+                .unwrap();
+            let mut mean = [0f64; 4];
+            tch::no_grad(|| {
+                for f in &folds {
+                    let lp = f.model.forward(
+                        &Tensor::from_slice(&t.tracks).view([1, w, 30, 7]),
+                        &Tensor::from_slice(&t.towers).view([1, w, 30, 8]),
+                        &Tensor::from_slice(&t.met).view([1, w, 3]),
+                        false,
+                    );
+                    for (c, v) in to_vec_f32(&lp.exp()).iter().enumerate() {
+                        mean[c] += *v as f64 / folds.len() as f64;
+                    }
+                }
+            });
+            for (c, want) in mean.iter().enumerate() {
+                let got = p
+                    .column(p.schema().index_of(&format!("prob_{c}")).unwrap())
+                    .as_primitive::<Float64Type>()
+                    .value(i);
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "window {i} class {c}: {got} vs {want}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 5);
+
+        // Consecutive batches of stride-1 windows: every event encoded once.
+        let rows = data.block(true);
+        let mut buffer = RollingEmbeddings::default();
+        let mut encoded = 0;
+        let mut distinct = std::collections::BTreeSet::new();
+        tch::no_grad(|| {
+            for chunk in rows.chunks(7) {
+                let b = data.event_batch(chunk, seed, Device::Cpu).unwrap();
+                distinct.extend(b.positions.iter().copied());
+                let (events, fresh) = buffer.embed(&folds[0].model, &b);
+                let all = folds[0].model.encode(&b.tracks, &b.towers, &b.met, false);
+                assert!(events.allclose(&all, 1e-5, 1e-5, false));
+                encoded += fresh;
+            }
+        });
+        assert_eq!(encoded, distinct.len());
     }
 
     trait TapMkdir {

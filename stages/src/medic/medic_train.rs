@@ -29,8 +29,9 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, StageError, bad_param};
-use crate::medic::batches::{self, Batch, WindowData};
-use crate::medic::model::{Medic, kl_per_window};
+use crate::medic::batches::{self, Encode, ModelBatch, WindowData, prefetched};
+use crate::medic::data::event_draw_seed;
+use crate::medic::model::{Medic, WindowHead, kl_per_window};
 use crate::medic::tables::{
     FeatureStats, ModelCard, ModelSpec, Split, WindowSpec, example_window_inputs, models_schema,
 };
@@ -41,6 +42,8 @@ use dqm_schemas::doc_field;
 /// Salt of the batch-order shuffle, so it is not the stream the fold
 /// assignment draws from the same `seed`.
 const BATCH_ORDER_SALT: u64 = 0xF01D << 32;
+/// Salt of the encode-once object draws.
+const DRAW_SALT: u64 = 0xD2A3 << 32;
 
 /// Trains the k-fold MEDIC ensemble on the train block of a window table.
 ///
@@ -70,6 +73,57 @@ pub struct MedicTrain {
     pub device: DeviceChoice,
     /// Batches assembled ahead of the model on a worker thread.
     pub prefetch: usize,
+    /// `event`: each event's objects are drawn and encoded once per epoch
+    /// and windows slide over the embeddings (ours, ~W times fewer encoder
+    /// passes); `window`: every window re-draws and re-encodes its events
+    /// (the paper's).
+    pub encode: Encode,
+    /// In `encode: event`, batches are made of runs of this many
+    /// consecutive windows (shuffled runs), so a batch of B windows encodes
+    /// about B/run·(run + W − 1) events instead of B·W.
+    pub contiguous_windows: usize,
+    /// Weight of the per-event auxiliary loss: the cross-entropy of each
+    /// event's own configuration predicted from its embeddings, added to the
+    /// window KL. 0 = off (the paper); our extension.
+    pub event_loss_weight: f64,
+    /// Compress energies and momenta (P, PT, ET, E, Eem, Ehad, MET) with
+    /// ln(1 + x) before standardization (ours; the reference feeds them raw).
+    pub log_energies: bool,
+    /// Learning rate over the epochs: `constant` (the paper) or `cosine`
+    /// (from learning_rate down to 0 at max_epochs).
+    pub lr_schedule: LrSchedule,
+    /// `cnn`: the paper's CNN over (object type × window) and head;
+    /// `event_mean`: a window's probabilities are the mean of its events'
+    /// per-event-head probabilities (ours; counting, no CNN).
+    pub window_head: WindowHead,
+    /// Width of the set encoders' embeddings (the reference: 128; a
+    /// multiple of the 4 attention heads). Smaller is faster per event.
+    pub embed: usize,
+    /// Width of the set encoders' feed-forward layer (the reference: 128).
+    pub feed_forward: usize,
+}
+
+/// How the learning rate moves over the epochs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// lr · (1 + cos(π (epoch − 1) / max_epochs)) / 2.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate of `epoch` (1-based) of `max_epochs`.
+    pub fn rate(self, base: f64, epoch: usize, max_epochs: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Cosine => {
+                let x = (epoch - 1) as f64 / max_epochs.max(1) as f64;
+                base * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())
+            }
+        }
+    }
 }
 
 impl Default for MedicTrain {
@@ -84,13 +138,21 @@ impl Default for MedicTrain {
             mask_padding: false,
             device: DeviceChoice::Auto,
             prefetch: 4,
+            encode: Encode::Event,
+            contiguous_windows: 16,
+            event_loss_weight: 0.0,
+            log_energies: false,
+            lr_schedule: LrSchedule::Constant,
+            window_head: WindowHead::Cnn,
+            embed: 128,
+            feed_forward: 128,
         }
     }
 }
 
 impl StageConfig for MedicTrain {
     const KIND: &'static str = "medic_train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "MEDIC k-fold ensemble training (Adam, class-weighted KL, early stopping on validation KL): models table + per-epoch log";
     const INPUTS: (usize, usize) = (3, 3);
 
@@ -107,6 +169,21 @@ impl StageConfig for MedicTrain {
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return bad_param("learning_rate", "must be a positive number");
+        }
+        if self.embed == 0 || !self.embed.is_multiple_of(4) {
+            return bad_param(
+                "embed",
+                "must be a positive multiple of the 4 attention heads",
+            );
+        }
+        if self.feed_forward == 0 {
+            return bad_param("feed_forward", "must be at least 1");
+        }
+        if self.contiguous_windows == 0 {
+            return bad_param("contiguous_windows", "must be at least 1");
+        }
+        if !(self.event_loss_weight >= 0.0 && self.event_loss_weight.is_finite()) {
+            return bad_param("event_loss_weight", "must be a number >= 0");
         }
         Ok(())
     }
@@ -147,6 +224,12 @@ fn log_schema() -> SchemaRef {
             DataType::Float64,
             "Brier score on the validation part",
         ),
+        doc_field(
+            "val_event_accuracy",
+            DataType::Float64,
+            true,
+            "Accuracy of the per-event head on the validation events (null without one)",
+        ),
         f("seconds", DataType::Float64, "Wall time of the epoch"),
         f(
             "improved",
@@ -175,31 +258,44 @@ struct Tally {
     correct: f64,
     brier: f64,
     n: f64,
+    events_correct: f64,
+    events: f64,
 }
 
 impl Tally {
-    fn add(&mut self, batch: &Batch, log_probs: &Tensor, kl_sum: f64) {
+    fn add(&mut self, batch: &ModelBatch, log_probs: &Tensor, kl_sum: f64) {
         let probs = log_probs.detach().exp();
         self.kl += kl_sum;
         self.correct += probs
             .argmax(-1, false)
-            .eq_tensor(&batch.class)
+            .eq_tensor(batch.class())
             .sum(Kind::Float)
             .double_value(&[]);
-        self.brier += (probs - &batch.target)
+        self.brier += (probs - batch.target())
             .square()
             .sum(Kind::Float)
             .double_value(&[]);
-        self.n += batch.rows.len() as f64;
+        self.n += batch.rows().len() as f64;
     }
 
-    /// Means over the windows of the pass.
+    /// Counts the events whose per-event head names their class.
+    fn add_events(&mut self, log_probs: &Tensor, class: &Tensor) {
+        self.events_correct += log_probs
+            .argmax(-1, false)
+            .eq_tensor(class)
+            .sum(Kind::Float)
+            .double_value(&[]);
+        self.events += class.numel() as f64;
+    }
+
+    /// Means over the windows (events) of the pass.
     fn mean(&self) -> Figures {
         let n = self.n.max(1.0);
         Figures {
             kl: self.kl / n,
             accuracy: self.correct / n,
             brier: self.brier / n,
+            event_accuracy: (self.events > 0.0).then(|| self.events_correct / self.events),
         }
     }
 }
@@ -271,12 +367,25 @@ pub fn class_weights(classes: impl Iterator<Item = i64>, n_classes: usize) -> Ve
         .collect()
 }
 
+/// The loss minimized: the mean of the class-weighted window KLs `kl`
+/// `[B]`, plus, with the per-event head, `weight` × the mean cross-entropy
+/// of the events' own classes `[N]` under their log-probabilities `[N, C]`.
+pub fn training_loss(kl: &Tensor, events: Option<&(Tensor, Tensor, f64)>) -> Tensor {
+    let loss = kl.mean(Kind::Float);
+    match events {
+        Some((log_probs, class, weight)) => loss + log_probs.nll_loss(class) * *weight,
+        None => loss,
+    }
+}
+
 /// Mean KL, accuracy and Brier score of one pass over some windows.
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     kl: f64,
     accuracy: f64,
     brier: f64,
+    /// Accuracy of the per-event head on the events of the pass, if any.
+    event_accuracy: Option<f64>,
 }
 
 /// One row of the `log` output: a fold's epoch.
@@ -312,12 +421,39 @@ struct FoldResult {
 
 impl MedicTrain {
     fn spec(&self, windows: &WindowSpec) -> ModelSpec {
-        ModelSpec::new(
+        let mut spec = ModelSpec::new(
             windows.clone(),
             self.mask_padding,
             self.normalize_features,
             windows.folds,
-        )
+        );
+        spec.arch.event_head = self.event_loss_weight > 0.0;
+        spec.arch.window_head = self.window_head;
+        spec.arch.embed = self.embed as i64;
+        spec.arch.feed_forward = self.feed_forward as i64;
+        spec.log_energies = self.log_energies;
+        spec
+    }
+
+    /// The training batches of one epoch: shuffled windows (`encode:
+    /// window`), or shuffled runs of `contiguous_windows` consecutive
+    /// windows (`encode: event`), so events are shared within a batch.
+    fn epoch_batches(
+        &self,
+        data: &WindowData,
+        rows: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Vec<usize>> {
+        match self.encode {
+            Encode::Window => self.batches(rows, Some(rng)),
+            Encode::Event => {
+                let mut sorted = rows.to_vec();
+                sorted.sort_by_key(|&r| data.rows[r].start);
+                let mut runs: Vec<&[usize]> = sorted.chunks(self.contiguous_windows).collect();
+                runs.shuffle(rng);
+                self.batches(&runs.concat(), None)
+            }
+        }
     }
 
     fn batches(&self, rows: &[usize], shuffle: Option<&mut ChaCha8Rng>) -> Vec<Vec<usize>> {
@@ -366,39 +502,61 @@ impl MedicTrain {
             kl: f64::INFINITY,
             accuracy: 0.0,
             brier: 0.0,
+            event_accuracy: None,
         };
         let (mut best_epoch, mut epochs, mut waited) = (0, 0, 0);
-        let val_batches = self.batches(val, None);
+        let mut val_rows = val.to_vec();
+        val_rows.sort_by_key(|&r| data.rows[r].start);
+        let draws = self.seed ^ DRAW_SALT ^ fold as u64;
+        // Validation draws stay the same every epoch, so its KL compares.
+        let val_batches: Vec<(Vec<usize>, u64)> = self
+            .batches(&val_rows, None)
+            .into_iter()
+            .map(|b| (b, event_draw_seed(draws, 0)))
+            .collect();
+        let make =
+            |(rows, seed): &(Vec<usize>, u64)| data.model_batch(rows, self.encode, *seed, device);
         for epoch in 1..=self.max_epochs {
             let started = Instant::now();
+            opt.set_lr(
+                self.lr_schedule
+                    .rate(self.learning_rate, epoch, self.max_epochs),
+            );
             let mut tally = Tally::default();
-            data.for_each_batch(
-                &self.batches(train, Some(&mut rng)),
-                device,
-                self.prefetch,
-                |b| {
-                    let log_probs = model.forward(&b.tracks, &b.towers, &b.met, true);
-                    let kl = kl_per_window(&b.target, &log_probs) * weights.index_select(0, &b.class);
-                    let loss = kl.mean(Kind::Float);
-                    opt.backward_step(&loss);
-                    let sum = kl.detach().sum(Kind::Float).double_value(&[]);
-                    if !sum.is_finite() {
-                        return Err(StageError::data(format!(
-                            "fold {fold}, epoch {epoch}: the training loss is not finite (inputs with huge values? try normalize_features: true)"
-                        )));
-                    }
-                    tally.add(&b, &log_probs, sum);
-                    Ok(())
-                },
-            )?;
+            let epoch_draws = event_draw_seed(draws, epoch as i64);
+            let batches: Vec<(Vec<usize>, u64)> = self
+                .epoch_batches(data, train, &mut rng)
+                .into_iter()
+                .map(|b| (b, epoch_draws))
+                .collect();
+            prefetched(&batches, self.prefetch, make, |b| {
+                let out = b.forward(&model, true);
+                let kl =
+                    kl_per_window(b.target(), &out.log_probs) * weights.index_select(0, b.class());
+                let events = model
+                    .event_log_probs(&out.events)
+                    .map(|p| (p, out.event_class.shallow_clone(), self.event_loss_weight));
+                opt.backward_step(&training_loss(&kl, events.as_ref()));
+                let sum = kl.detach().sum(Kind::Float).double_value(&[]);
+                if !sum.is_finite() {
+                    return Err(StageError::data(format!(
+                        "fold {fold}, epoch {epoch}: the training loss is not finite (inputs with huge values? try normalize_features: true)"
+                    )));
+                }
+                tally.add(&b, &out.log_probs, sum);
+                Ok(())
+            })?;
             let mut vtally = Tally::default();
             tch::no_grad(|| {
-                data.for_each_batch(&val_batches, device, self.prefetch, |b| {
-                    let log_probs = model.forward(&b.tracks, &b.towers, &b.met, false);
-                    let sum = kl_per_window(&b.target, &log_probs)
+                prefetched(&val_batches, self.prefetch, make, |b| {
+                    let out = b.forward(&model, false);
+                    let sum = kl_per_window(b.target(), &out.log_probs)
                         .sum(Kind::Float)
                         .double_value(&[]);
-                    vtally.add(&b, &log_probs, sum);
+                    vtally.add(&b, &out.log_probs, sum);
+                    if let Some(p) = model.event_log_probs(&out.events) {
+                        vtally.add_events(&p, &out.event_class);
+                    }
                     Ok(())
                 })
             })?;
@@ -424,13 +582,16 @@ impl MedicTrain {
                 improved,
             });
             ctx.reporter.info(&format!(
-                "fold {fold}/{} epoch {epoch}: train KL {:.4} acc {:.3} | val KL {:.4} acc {:.3} Brier {:.4}{}",
+                "fold {fold}/{} epoch {epoch}: train KL {:.4} acc {:.3} | val KL {:.4} acc {:.3} Brier {:.4}{}{}",
                 spec.folds,
                 train_figures.kl,
                 train_figures.accuracy,
                 val_figures.kl,
                 val_figures.accuracy,
                 val_figures.brier,
+                val_figures
+                    .event_accuracy
+                    .map_or(String::new(), |a| format!(" event acc {a:.3}")),
                 if improved { " *" } else { "" }
             ));
             progress.inc(1);
@@ -483,6 +644,9 @@ impl Stage for MedicTrain {
         let device = self.device.resolve()?;
         let mut data = WindowData::load(ctx.inputs)?;
         let spec = self.spec(&data.cfg);
+        if self.log_energies {
+            data.store.log_energies(&data.cfg);
+        }
         let normalization = if self.normalize_features {
             let stats = data.train_stats()?;
             data.store.standardize(&stats);
@@ -557,6 +721,9 @@ impl Stage for MedicTrain {
                     Arc::new(float(|r| r.val.kl)),
                     Arc::new(float(|r| r.val.accuracy)),
                     Arc::new(float(|r| r.val.brier)),
+                    Arc::new(Float64Array::from_iter(
+                        log.iter().map(|r| r.val.event_accuracy),
+                    )),
                     Arc::new(float(|r| r.seconds)),
                     Arc::new(BooleanArray::from_iter(
                         log.iter().map(|r| Some(r.improved)),
@@ -619,6 +786,61 @@ mod tests {
             device: DeviceChoice::Cpu,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_event_loss_is_added_by_hand() {
+        let kl = Tensor::from_slice(&[0.2f32, 0.4]);
+        let p = Tensor::from_slice(&[0.5f32, 0.25, 0.25, 1e-9, 0.1, 0.25, 0.6, 0.05])
+            .view([2, 4])
+            .log();
+        let class = Tensor::from_slice(&[0i64, 1]);
+        let without = training_loss(&kl, None).double_value(&[]);
+        assert!((without - 0.3).abs() < 1e-6, "{without}");
+        // 0.3 + 0.5 · (−ln 0.5 − ln 0.25) / 2
+        let with = training_loss(&kl, Some(&(p, class, 0.5))).double_value(&[]);
+        let want = 0.3 + 0.5 * (2f64.ln() + 4f64.ln()) / 2.0;
+        assert!((with - want).abs() < 1e-5, "{with} vs {want}");
+    }
+
+    #[test]
+    fn cosine_schedule_by_hand() {
+        let r = |e| LrSchedule::Cosine.rate(1e-3, e, 10);
+        assert!((r(1) - 1e-3).abs() < 1e-15);
+        assert!((r(6) - 0.5e-3).abs() < 1e-12, "{}", r(6));
+        assert!(r(10) > 0.0 && r(10) < 0.03e-3);
+        assert_eq!(LrSchedule::Constant.rate(1e-3, 7, 10), 1e-3);
+    }
+
+    /// Encode-once training with the per-event head, log energies and the
+    /// cosine schedule: seeded, and the head travels with the weights.
+    #[test]
+    fn encode_once_training_with_the_event_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = model_inputs(dir.path(), 5, 0.4, 2);
+        let stage = MedicTrain {
+            event_loss_weight: 1.0,
+            log_energies: true,
+            lr_schedule: LrSchedule::Cosine,
+            contiguous_windows: 4,
+            ..quick()
+        };
+        let models = run_in_memory(&stage, &inputs).unwrap().table("main");
+        let card: ModelCard =
+            serde_json::from_str(models.column(8).as_string::<i32>().value(0)).unwrap();
+        assert!(card.spec.arch.event_head && card.spec.log_energies);
+        let weights = models.column(9).as_binary::<i32>();
+        let st = safetensors::SafeTensors::deserialize(weights.value(0)).unwrap();
+        assert!(st.names().iter().any(|n| n.as_str() == "event_head.weight"));
+        let again = run_in_memory(&stage, &inputs).unwrap().table("main");
+        assert_eq!(again.column(9), models.column(9));
+        // The per-window mode trains other weights from the same seed.
+        let paper = MedicTrain {
+            encode: Encode::Window,
+            ..stage
+        };
+        let other = run_in_memory(&paper, &inputs).unwrap().table("main");
+        assert_ne!(other.column(9), models.column(9));
     }
 
     #[test]

@@ -23,6 +23,41 @@ pub struct MedicArch {
     /// Keep zero-padded objects out of attention and pooling (the reference
     /// lets them take part).
     pub mask_padding: bool,
+    /// A per-event head (linear, on the three embeddings of one event) that
+    /// predicts the event's own configuration, for the auxiliary loss of
+    /// `medic_train` (`event_loss_weight`; our extension, not the paper's).
+    /// Absent from models trained without it.
+    #[serde(default)]
+    pub event_head: bool,
+    /// How a window's class probabilities come from its events'
+    /// embeddings: the paper's CNN and head, or the mean of the per-event
+    /// head's probabilities (needs `event_head`; ours).
+    #[serde(default)]
+    pub window_head: WindowHead,
+}
+
+/// The window part of the network.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowHead {
+    /// A 3-layer CNN over (object type × window) and a 256→128→64 head (the paper).
+    #[default]
+    Cnn,
+    /// The mean over the window of the per-event head's class
+    /// probabilities: the window's label is the fraction of its events of
+    /// each class, so a per-event classifier and counting is all it takes
+    /// (ours; no CNN parameters).
+    EventMean,
 }
 
 impl Default for MedicArch {
@@ -37,6 +72,8 @@ impl Default for MedicArch {
             dropout: 0.1,
             classes: 4,
             mask_padding: false,
+            event_head: false,
+            window_head: WindowHead::Cnn,
         }
     }
 }
@@ -67,14 +104,12 @@ impl SetEncoder {
         }
     }
 
-    /// `x`: [B, W, N, F] -> [B, W, embed].
-    fn forward(&self, x: &Tensor, arch: &MedicArch, train: bool) -> Tensor {
-        let (b, w, n, f) = x.size4().expect("[batch, window, objects, features]");
-        let flat = x.view([b * w, n, f]);
+    /// `x`: [M events, N objects, F] -> [M, embed].
+    fn forward(&self, flat: &Tensor, arch: &MedicArch, train: bool) -> Tensor {
         let padded = arch
             .mask_padding
             .then(|| flat.abs().sum_dim_intlist(-1, false, Kind::Float).eq(0.0));
-        let h = self.input.forward(&flat);
+        let h = self.input.forward(flat);
         let a = self
             .attention
             .forward(&h, padded.as_ref(), arch.dropout, train);
@@ -86,9 +121,7 @@ impl SetEncoder {
             scores = scores.masked_fill(&padded.unsqueeze(-1), -1e9);
         }
         let weights = scores.softmax(1, Kind::Float);
-        (weights * h)
-            .sum_dim_intlist(1, false, Kind::Float)
-            .view([b, w, arch.embed])
+        (weights * h).sum_dim_intlist(1, false, Kind::Float)
     }
 }
 
@@ -100,8 +133,9 @@ pub struct Medic {
     towers: SetEncoder,
     met1: nn::Linear,
     met2: nn::Linear,
-    cnn: nn::SequentialT,
-    head: nn::SequentialT,
+    /// The CNN and head (`WindowHead::Cnn`).
+    window: Option<(nn::SequentialT, nn::SequentialT)>,
+    event_head: Option<nn::Linear>,
 }
 
 impl Medic {
@@ -119,48 +153,116 @@ impl Medic {
                 },
             )
         };
-        let cnn = nn::seq_t()
-            .add(conv(p / "conv1", e, 64))
-            .add(nn::batch_norm2d(p / "bn1", 64, Default::default()))
-            .add_fn(|x| x.relu())
-            .add(conv(p / "conv2", 64, 128))
-            .add(nn::batch_norm2d(p / "bn2", 128, Default::default()))
-            .add_fn(|x| x.relu())
-            .add(conv(p / "conv3", 128, 256))
-            .add(nn::batch_norm2d(p / "bn3", 256, Default::default()))
-            .add_fn(|x| x.relu())
-            .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1));
-        let head = nn::seq_t()
-            .add(nn::linear(p / "fc1", 256, 128, Default::default()))
-            .add_fn(|x| x.relu())
-            .add_fn_t(|x, train| x.dropout(0.3, train))
-            .add(nn::linear(p / "fc2", 128, 64, Default::default()))
-            .add_fn(|x| x.relu())
-            .add_fn_t(|x, train| x.dropout(0.2, train))
-            .add(nn::linear(p / "fc3", 64, arch.classes, Default::default()));
+        let cnn = || {
+            nn::seq_t()
+                .add(conv(p / "conv1", e, 64))
+                .add(nn::batch_norm2d(p / "bn1", 64, Default::default()))
+                .add_fn(|x| x.relu())
+                .add(conv(p / "conv2", 64, 128))
+                .add(nn::batch_norm2d(p / "bn2", 128, Default::default()))
+                .add_fn(|x| x.relu())
+                .add(conv(p / "conv3", 128, 256))
+                .add(nn::batch_norm2d(p / "bn3", 256, Default::default()))
+                .add_fn(|x| x.relu())
+                .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        };
+        let head = || {
+            nn::seq_t()
+                .add(nn::linear(p / "fc1", 256, 128, Default::default()))
+                .add_fn(|x| x.relu())
+                .add_fn_t(|x, train| x.dropout(0.3, train))
+                .add(nn::linear(p / "fc2", 128, 64, Default::default()))
+                .add_fn(|x| x.relu())
+                .add_fn_t(|x, train| x.dropout(0.2, train))
+                .add(nn::linear(p / "fc3", 64, arch.classes, Default::default()))
+        };
+        let window = (arch.window_head == WindowHead::Cnn).then(|| (cnn(), head()));
+        let event_head = (arch.event_head || arch.window_head == WindowHead::EventMean)
+            .then(|| nn::linear(p / "event_head", 3 * e, arch.classes, Default::default()));
         Self {
             tracks: SetEncoder::new(p / "tracks", arch.track_features, &arch),
             towers: SetEncoder::new(p / "towers", arch.tower_features, &arch),
             met1: nn::linear(p / "met1", arch.met_features, e, Default::default()),
             met2: nn::linear(p / "met2", e, e, Default::default()),
-            cnn,
-            head,
+            window,
+            event_head,
             arch,
         }
     }
 
     /// Log-probabilities [B, classes] of windows: tracks [B,W,Nt,Ft],
-    /// towers [B,W,Nw,Fw], met [B,W,Fm].
+    /// towers [B,W,Nw,Fw], met [B,W,Fm]. Every event of every window is
+    /// encoded (the paper's per-window mode).
     pub fn forward(&self, tracks: &Tensor, towers: &Tensor, met: &Tensor, train: bool) -> Tensor {
+        self.forward_with_events(tracks, towers, met, train).0
+    }
+
+    /// [`Self::forward`] and the events' embeddings `[B, W, 3, E]`.
+    pub fn forward_with_events(
+        &self,
+        tracks: &Tensor,
+        towers: &Tensor,
+        met: &Tensor,
+        train: bool,
+    ) -> (Tensor, Tensor) {
+        let (b, w, nt, ft) = tracks.size4().expect("[batch, window, tracks, features]");
+        let (_, _, nw, fw) = towers.size4().expect("[batch, window, towers, features]");
+        let fm = met.size().last().copied().unwrap_or(0);
+        let events = self
+            .encode(
+                &tracks.view([b * w, nt, ft]),
+                &towers.view([b * w, nw, fw]),
+                &met.view([b * w, fm]),
+                train,
+            )
+            .view([b, w, 3, self.arch.embed]);
+        (self.classify(&events, train), events)
+    }
+
+    /// Embeddings `[M, 3, E]` (tracks, towers, MET) of M single events:
+    /// tracks [M,Nt,Ft], towers [M,Nw,Fw], met [M,Fm]. The part of the
+    /// network that sees one event at a time, so an event shared by many
+    /// windows can be encoded once.
+    pub fn encode(&self, tracks: &Tensor, towers: &Tensor, met: &Tensor, train: bool) -> Tensor {
         let t = self.tracks.forward(tracks, &self.arch, train);
         let w = self.towers.forward(towers, &self.arch, train);
         let m = self.met2.forward(&self.met1.forward(met).relu());
-        // [B, 3, W, E] -> [B, E, 3, W]: embedding dimensions become channels.
-        let x = Tensor::stack(&[t, w, m], 1).permute([0, 3, 1, 2]);
-        let features = self.cnn.forward_t(&x, train);
-        self.head
-            .forward_t(&features, train)
-            .log_softmax(-1, Kind::Float)
+        Tensor::stack(&[t, w, m], 1)
+    }
+
+    /// Log-probabilities [B, classes] of windows given their events'
+    /// embeddings `[B, W, 3, E]`: the CNN over (object type x window) and the head.
+    pub fn classify(&self, events: &Tensor, train: bool) -> Tensor {
+        match &self.window {
+            Some((cnn, head)) => {
+                // [B, W, 3, E] -> [B, E, 3, W]: embedding dimensions become channels.
+                let x = events.permute([0, 3, 2, 1]);
+                let features = cnn.forward_t(&x, train);
+                head.forward_t(&features, train)
+                    .log_softmax(-1, Kind::Float)
+            }
+            None => {
+                let per_event = self
+                    .event_log_probs(events)
+                    .expect("an event-mean window head has an event head");
+                // ln of the mean over W of the events' probabilities.
+                let w = events.size()[1] as f64;
+                per_event.logsumexp([1], false) - w.ln()
+            }
+        }
+    }
+
+    /// Log-probabilities `[..., classes]` of each event's own configuration
+    /// from its embeddings `[..., 3, E]`; `None` without an event head.
+    pub fn event_log_probs(&self, events: &Tensor) -> Option<Tensor> {
+        let head = self.event_head.as_ref()?;
+        let mut shape = events.size();
+        shape.truncate(shape.len() - 2);
+        shape.push(3 * self.arch.embed);
+        Some(
+            head.forward(&events.reshape(&shape))
+                .log_softmax(-1, Kind::Float),
+        )
     }
 }
 
@@ -259,9 +361,9 @@ mod tests {
                 mask_padding,
                 ..Default::default()
             });
-            let tracks = Tensor::randn([1, 2, 30, 7], (Kind::Float, Device::Cpu));
+            let tracks = Tensor::randn([2, 30, 7], (Kind::Float, Device::Cpu));
             let perm = Tensor::randperm(30, (Kind::Int64, Device::Cpu));
-            let shuffled = tracks.index_select(2, &perm);
+            let shuffled = tracks.index_select(1, &perm);
             let a = m.tracks.forward(&tracks, &m.arch, false);
             let b = m.tracks.forward(&shuffled, &m.arch, false);
             assert!(
@@ -269,6 +371,26 @@ mod tests {
                 "mask_padding={mask_padding}"
             );
         }
+    }
+
+    /// The event-mean window head: a window's probabilities are the mean of
+    /// its events' per-event-head probabilities, and the CNN is absent.
+    #[test]
+    fn event_mean_window_head_averages_the_events_probabilities() {
+        // libtorch's random generator is global: keep other tests off it.
+        let _torch = crate::nn::exclusive();
+        let (vs, m) = model(MedicArch {
+            window_head: WindowHead::EventMean,
+            ..Default::default()
+        });
+        // Encoders 201,602 + MET 17,024 + event head 384·4 + 4.
+        assert_eq!(parameter_count(&vs), 100_737 + 100_865 + 17_024 + 1_540);
+        let events = Tensor::randn([2, 5, 3, 128], (Kind::Float, Device::Cpu));
+        let window = m.classify(&events, false).exp();
+        let per_event = m.event_log_probs(&events).unwrap().exp();
+        assert_eq!(per_event.size(), [2, 5, 4]);
+        let mean = per_event.mean_dim([1].as_slice(), false, Kind::Float);
+        assert!(window.allclose(&mean, 1e-6, 1e-6, false));
     }
 
     #[test]
@@ -365,13 +487,13 @@ mod tests {
             mask_padding: true,
             ..Default::default()
         });
-        let real = Tensor::randn([1, 1, 10, 7], (Kind::Float, Device::Cpu));
+        let real = Tensor::randn([1, 10, 7], (Kind::Float, Device::Cpu));
         let padded = Tensor::cat(
             &[
                 real.shallow_clone(),
-                Tensor::zeros([1, 1, 20, 7], (Kind::Float, Device::Cpu)),
+                Tensor::zeros([1, 20, 7], (Kind::Float, Device::Cpu)),
             ],
-            2,
+            1,
         );
         let a = m.tracks.forward(&real, &m.arch, false);
         let b = m.tracks.forward(&padded, &m.arch, false);

@@ -324,6 +324,10 @@ pub struct ModelSpec {
     pub windows: WindowSpec,
     pub normalize_features: bool,
     pub folds: usize,
+    /// Energies and momenta enter as ln(1 + x) (`medic_train`
+    /// `log_energies`); absent (false) in older models.
+    #[serde(default)]
+    pub log_energies: bool,
 }
 
 /// One fold's model card, stored as JSON next to its weights.
@@ -358,6 +362,7 @@ impl ModelSpec {
             windows,
             normalize_features,
             folds,
+            log_energies: false,
         }
     }
 
