@@ -13,11 +13,11 @@ use dqm_stages::in_memory::{input_from_batch, run_in_memory};
 use dqm_stages::medic::batches::{Encode, WindowData, inference_draws, prefetched};
 use dqm_stages::medic::delphes_convert::DelphesConvert;
 use dqm_stages::medic::medic_infer::RollingEmbeddings;
-use dqm_stages::medic::model::{Medic, MedicArch, WindowHead, kl_per_window};
+use dqm_stages::medic::medic_train::MedicTrain;
+use dqm_stages::medic::model::{Medic, MedicArch, WindowHead, consecutive_slots, kl_per_window};
 use dqm_stages::medic::sliding_windows::SlidingWindows;
 use dqm_stages::medic::tables::WindowSpec;
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
@@ -97,37 +97,35 @@ fn main() {
     );
 
     tch::manual_seed(0);
-    let vs = nn::VarStore::new(device);
-    let model = Medic::new(&vs.root(), MedicArch::default());
-    let vs_mean = nn::VarStore::new(device);
-    let event_mean = Medic::new(
-        &vs_mean.root(),
-        MedicArch {
-            window_head: WindowHead::EventMean,
-            ..MedicArch::default()
-        },
-    );
-    let vs_small = nn::VarStore::new(device);
-    let small = Medic::new(
-        &vs_small.root(),
-        MedicArch {
-            window_head: WindowHead::EventMean,
-            embed: 32,
-            feed_forward: 32,
-            ..MedicArch::default()
-        },
-    );
-    let steps = 12.min(batches.len());
-    // The training batches of each mode, as `medic_train` makes them: 64
-    // random windows (per-window), or runs of consecutive windows (encode-once).
-    let mut shuffled = rows.clone();
-    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(1));
-    let random: Vec<Vec<usize>> = shuffled.chunks(64).map(<[usize]>::to_vec).collect();
-    let runs_of = |run: usize| -> Vec<Vec<usize>> {
-        let mut runs: Vec<&[usize]> = rows.chunks(run).collect();
-        runs.shuffle(&mut ChaCha8Rng::seed_from_u64(2));
-        runs.concat().chunks(64).map(<[usize]>::to_vec).collect()
+    let net = |window_head, width| {
+        let vs = nn::VarStore::new(device);
+        let model = Medic::new(
+            &vs.root(),
+            MedicArch {
+                window_head,
+                embed: width,
+                feed_forward: width,
+                ..MedicArch::default()
+            },
+        );
+        (vs, model)
     };
+    let (vs, model) = net(WindowHead::Cnn, 128);
+    let (vs_mean, event_mean) = net(WindowHead::EventMean, 128);
+    let (vs_small, small) = net(WindowHead::EventMean, 32);
+    let steps = 12.min(batches.len());
+    // The training batches of each mode, made by `medic_train` itself.
+    let epoch = |encode, contiguous_windows| {
+        MedicTrain {
+            encode,
+            contiguous_windows,
+            batch_size: 64,
+            ..Default::default()
+        }
+        .epoch_batches(&data, &rows, &mut ChaCha8Rng::seed_from_u64(1))
+    };
+    let random = epoch(Encode::Window, 1);
+    let runs_of = |run| epoch(Encode::Event, run);
     let mut train_rate = Vec::new();
     for (what, vs, model, encode, batches) in [
         (
@@ -178,7 +176,7 @@ fn main() {
                 opt.backward_step(&loss);
                 let _ = loss.double_value(&[]);
                 if timer.tick() {
-                    encoded += out.events.size()[0];
+                    encoded += out.event_class.size()[0];
                 }
                 Ok(())
             },
@@ -225,7 +223,7 @@ fn main() {
                 |b| data.event_batch(b, seed, device),
                 |b| {
                     let (events, _) = buffer.embed(model, &b);
-                    let p = model.classify(&b.windows_of(&events), false).exp();
+                    let p = model.score_windows(&events, &b.slots, false).windows.exp();
                     let _ = p.double_value(&[0, 0]);
                     timer.tick();
                     Ok(())
@@ -251,11 +249,13 @@ fn main() {
         rate / per_window
     );
     // What the window part alone (CNN + head) allows, for the ceiling.
-    let windows = Tensor::randn([256, 30, 3, 128], (Kind::Float, device));
+    let events = Tensor::randn([256 * 30, 3, 128], (Kind::Float, device));
+    let slots = consecutive_slots(256, 30, device);
     let start = Instant::now();
     tch::no_grad(|| {
         for _ in 0..4 {
-            let _ = model.classify(&windows, false).double_value(&[0, 0]);
+            let scores = model.score_windows(&events, &slots, false);
+            let _ = scores.windows.double_value(&[0, 0]);
         }
     });
     println!(

@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
 use crate::medic::data::{EventStore, WindowTensors};
-use crate::medic::model::Medic;
+use crate::medic::model::{Medic, consecutive_slots};
 use crate::medic::tables::{Blocks, FeatureStats, WindowSpec};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,9 @@ pub struct WindowData {
     /// How many leading positions are the train block.
     pub n_train_events: usize,
     pub rows: Vec<WindowRow>,
+    /// The own class of the event at each position (looked up once, for
+    /// the per-event labels of every batch).
+    position_class: Vec<i64>,
 }
 
 /// A batch of windows as tensors on the model's device.
@@ -153,17 +156,6 @@ pub enum Encode {
     Window,
 }
 
-impl EventBatch {
-    /// The windows `[B, W, 3, E]` of this batch from its events' embeddings `[M, 3, E]`.
-    pub fn windows_of(&self, events: &Tensor) -> Tensor {
-        let (b, w) = self.slots.size2().expect("[B, W]");
-        let e = events.size()[2];
-        events
-            .index_select(0, &self.slots.view([-1]))
-            .view([b, w, 3, e])
-    }
-}
-
 /// Salt of the object draws of inference in the encode-once mode.
 const INFERENCE_DRAW_SALT: u64 = 0x1AFE_2E4C_E000_0000;
 
@@ -183,34 +175,35 @@ pub enum ModelBatch {
 pub struct Forward {
     /// `[B, classes]` window log-probabilities.
     pub log_probs: Tensor,
-    /// `[N, 3, E]` embeddings of the events the pass encoded.
-    pub events: Tensor,
+    /// `[N, classes]` log-probabilities of the own class of each event the
+    /// pass encoded, with an event head.
+    pub per_event: Option<Tensor>,
     /// `[N]` those events' own classes.
     pub event_class: Tensor,
 }
 
 impl ModelBatch {
-    /// Runs `model` over the batch.
+    /// Runs `model` over the batch: encodes its events and scores its
+    /// windows from their slots.
     pub fn forward(&self, model: &Medic, train: bool) -> Forward {
-        match self {
+        let (events, slots, event_class) = match self {
             ModelBatch::Windows(b) => {
-                let (log_probs, events) =
-                    model.forward_with_events(&b.tracks, &b.towers, &b.met, train);
-                let e = events.size()[3];
-                Forward {
-                    log_probs,
-                    events: events.view([-1, 3, e]),
-                    event_class: b.event_class.view([-1]),
-                }
+                let events = model.encode_windows(&b.tracks, &b.towers, &b.met, train);
+                let (n, w) = b.event_class.size2().expect("[B, W]");
+                let slots = consecutive_slots(n, w, events.device());
+                (events, slots, b.event_class.view([-1]))
             }
-            ModelBatch::Events(b) => {
-                let events = model.encode(&b.tracks, &b.towers, &b.met, train);
-                Forward {
-                    log_probs: model.classify(&b.windows_of(&events), train),
-                    events,
-                    event_class: b.event_class.shallow_clone(),
-                }
-            }
+            ModelBatch::Events(b) => (
+                model.encode(&b.tracks, &b.towers, &b.met, train),
+                b.slots.shallow_clone(),
+                b.event_class.shallow_clone(),
+            ),
+        };
+        let scores = model.score_windows(&events, &slots, train);
+        Forward {
+            log_probs: scores.windows,
+            per_event: scores.per_event,
+            event_class,
         }
     }
 
@@ -326,12 +319,17 @@ impl WindowData {
             )));
         }
         let store = EventStore::load(&cfg, events)?;
+        let position_class = order
+            .iter()
+            .map(|&id| store.class_of(id).map(i64::from))
+            .collect::<Result<_>>()?;
         Ok(Self {
             cfg,
             store,
             order,
             n_train_events,
             rows,
+            position_class,
         })
     }
 
@@ -423,44 +421,20 @@ impl WindowData {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let b = rows.len() as i64;
-        let (w, ft, fw, fm) = (
-            cfg.window as i64,
-            cfg.track_features.len() as i64,
-            cfg.tower_features.len() as i64,
-            cfg.met_features.len() as i64,
-        );
-        let cat = |f: fn(&WindowTensors) -> &Vec<f32>| {
-            let mut v = Vec::with_capacity(parts.iter().map(|p| f(p).len()).sum());
-            for p in &parts {
-                v.extend_from_slice(f(p));
-            }
-            Tensor::from_slice(&v)
-        };
-        let tracks = cat(|p| &p.tracks).view([b, w, cfg.n_tracks as i64, ft]);
-        let towers = cat(|p| &p.towers).view([b, w, cfg.n_towers as i64, fw]);
-        let met = cat(|p| &p.met).view([b, w, fm]);
-        let target: Vec<f32> = rows
+        let (b, w) = (rows.len() as i64, cfg.window as i64);
+        let [tracks, towers, met] = self.object_tensors(&parts, &[b, w], device);
+        let event_class: Vec<i64> = rows
             .iter()
-            .flat_map(|&r| self.rows[r].target.iter().copied())
+            .flat_map(|&r| self.window_positions(r))
+            .map(|p| self.position_class[p])
             .collect();
-        let class: Vec<i64> = rows.iter().map(|&r| self.rows[r].class).collect();
-        let event_class = rows
-            .iter()
-            .flat_map(|&r| {
-                let start = self.rows[r].start;
-                &self.order[start..start + cfg.window]
-            })
-            .map(|&id| self.store.class_of(id).map(i64::from))
-            .collect::<Result<Vec<i64>>>()?;
+        let (target, class) = self.labels(rows, device);
         Ok(Batch {
-            tracks: tracks.to_device(device),
-            towers: towers.to_device(device),
-            met: met.to_device(device),
-            target: Tensor::from_slice(&target)
-                .view([b, cfg.n_classes as i64])
-                .to_device(device),
-            class: Tensor::from_slice(&class).to_device(device),
+            tracks,
+            towers,
+            met,
+            target,
+            class,
             event_class: Tensor::from_slice(&event_class)
                 .view([b, w])
                 .to_device(device),
@@ -471,66 +445,87 @@ impl WindowData {
     /// Assembles the windows `rows` for the encode-once mode: each distinct
     /// event once, drawn from `event_draw_seed(seed, id)`.
     pub fn event_batch(&self, rows: &[usize], seed: u64, device: Device) -> Result<EventBatch> {
-        let cfg = &self.cfg;
-        let w = cfg.window;
         let mut positions: Vec<usize> = rows
             .iter()
-            .flat_map(|&r| self.rows[r].start..self.rows[r].start + w)
+            .flat_map(|&r| self.window_positions(r))
             .collect();
         positions.sort_unstable();
         positions.dedup();
         let ids: Vec<i64> = positions.iter().map(|&p| self.order[p]).collect();
         let parts = ids
             .par_chunks(16)
-            .map(|chunk| self.store.assemble_events(cfg, chunk, seed))
+            .map(|chunk| self.store.assemble_events(&self.cfg, chunk, seed))
             .collect::<Result<Vec<_>>>()?;
-        let m = ids.len() as i64;
-        let cat = |f: fn(&WindowTensors) -> &Vec<f32>| {
-            let mut v = Vec::with_capacity(parts.iter().map(|p| f(p).len()).sum());
-            for p in &parts {
-                v.extend_from_slice(f(p));
-            }
-            Tensor::from_slice(&v)
-        };
-        let (ft, fw, fm) = (
-            cfg.track_features.len() as i64,
-            cfg.tower_features.len() as i64,
-            cfg.met_features.len() as i64,
-        );
+        let [tracks, towers, met] = self.object_tensors(&parts, &[ids.len() as i64], device);
         let slot_of = |p: usize| positions.binary_search(&p).expect("collected above") as i64;
         let slots: Vec<i64> = rows
             .iter()
-            .flat_map(|&r| (self.rows[r].start..self.rows[r].start + w).map(slot_of))
+            .flat_map(|&r| self.window_positions(r).map(slot_of))
             .collect();
-        let event_class = ids
-            .iter()
-            .map(|&id| self.store.class_of(id).map(i64::from))
-            .collect::<Result<Vec<i64>>>()?;
-        let b = rows.len() as i64;
+        let event_class: Vec<i64> = positions.iter().map(|&p| self.position_class[p]).collect();
+        let (target, class) = self.labels(rows, device);
+        Ok(EventBatch {
+            tracks,
+            towers,
+            met,
+            event_class: Tensor::from_slice(&event_class).to_device(device),
+            slots: Tensor::from_slice(&slots)
+                .view([rows.len() as i64, self.cfg.window as i64])
+                .to_device(device),
+            positions,
+            target,
+            class,
+            rows: rows.to_vec(),
+        })
+    }
+
+    /// Positions (in the shuffled order) of the events of window row `r`.
+    fn window_positions(&self, r: usize) -> std::ops::Range<usize> {
+        let start = self.rows[r].start;
+        start..start + self.cfg.window
+    }
+
+    /// The assembled `parts` concatenated into tracks `[lead.., n_tracks,
+    /// F_track]`, towers `[lead.., n_towers, F_tower]` and met `[lead..,
+    /// F_met]` on `device`.
+    fn object_tensors(&self, parts: &[WindowTensors], lead: &[i64], device: Device) -> [Tensor; 3] {
+        let cfg = &self.cfg;
+        let tensor = |f: fn(&WindowTensors) -> &Vec<f32>, tail: &[i64]| {
+            let mut v = Vec::with_capacity(parts.iter().map(|p| f(p).len()).sum());
+            for p in parts {
+                v.extend_from_slice(f(p));
+            }
+            let shape: Vec<i64> = lead.iter().chain(tail).copied().collect();
+            Tensor::from_slice(&v)
+                .view(shape.as_slice())
+                .to_device(device)
+        };
+        [
+            tensor(
+                |p| &p.tracks,
+                &[cfg.n_tracks as i64, cfg.track_features.len() as i64],
+            ),
+            tensor(
+                |p| &p.towers,
+                &[cfg.n_towers as i64, cfg.tower_features.len() as i64],
+            ),
+            tensor(|p| &p.met, &[cfg.met_features.len() as i64]),
+        ]
+    }
+
+    /// Soft labels `[B, classes]` and argmax classes `[B]` of the windows `rows`.
+    fn labels(&self, rows: &[usize], device: Device) -> (Tensor, Tensor) {
         let target: Vec<f32> = rows
             .iter()
             .flat_map(|&r| self.rows[r].target.iter().copied())
             .collect();
         let class: Vec<i64> = rows.iter().map(|&r| self.rows[r].class).collect();
-        Ok(EventBatch {
-            tracks: cat(|p| &p.tracks)
-                .view([m, cfg.n_tracks as i64, ft])
+        (
+            Tensor::from_slice(&target)
+                .view([rows.len() as i64, self.cfg.n_classes as i64])
                 .to_device(device),
-            towers: cat(|p| &p.towers)
-                .view([m, cfg.n_towers as i64, fw])
-                .to_device(device),
-            met: cat(|p| &p.met).view([m, fm]).to_device(device),
-            event_class: Tensor::from_slice(&event_class).to_device(device),
-            positions,
-            slots: Tensor::from_slice(&slots)
-                .view([b, w as i64])
-                .to_device(device),
-            target: Tensor::from_slice(&target)
-                .view([b, cfg.n_classes as i64])
-                .to_device(device),
-            class: Tensor::from_slice(&class).to_device(device),
-            rows: rows.to_vec(),
-        })
+            Tensor::from_slice(&class).to_device(device),
+        )
     }
 
     /// The batch of `rows` in mode `encode` (`seed`: the event draws of the

@@ -224,24 +224,34 @@ impl EventStore {
 
     /// Standardizes every real object in place, so padding stays exactly zero.
     pub fn standardize(&mut self, stats: &FeatureStats) {
-        let apply = |values: &mut [f32], mean: &[f32], std: &[f32]| {
-            if mean.is_empty() {
-                return;
+        self.map_objects(|kind, obj| {
+            let (mean, std) = match kind {
+                ObjectKind::Track => (&stats.track_mean, &stats.track_std),
+                ObjectKind::Tower => (&stats.tower_mean, &stats.tower_std),
+                ObjectKind::Met => (&stats.met_mean, &stats.met_std),
+            };
+            for ((v, m), s) in obj.iter_mut().zip(mean).zip(std) {
+                *v = (*v - m) / s;
             }
-            for obj in values.chunks_exact_mut(mean.len()) {
-                for ((v, m), s) in obj.iter_mut().zip(mean).zip(std) {
-                    *v = (*v - m) / s;
-                }
+        });
+    }
+
+    /// Calls `f` on the features of every real object (each track, tower
+    /// and MET row), in place.
+    fn map_objects(&mut self, mut f: impl FnMut(ObjectKind, &mut [f32])) {
+        let sets = [
+            (ObjectKind::Track, self.n_track_features, &mut self.tracks),
+            (ObjectKind::Tower, self.n_tower_features, &mut self.towers),
+        ];
+        for (kind, width, set) in sets {
+            for o in set.iter_mut().filter(|_| width > 0) {
+                o.values
+                    .chunks_exact_mut(width)
+                    .for_each(|obj| f(kind, obj));
             }
-        };
-        for o in &mut self.tracks {
-            apply(&mut o.values, &stats.track_mean, &stats.track_std);
         }
-        for o in &mut self.towers {
-            apply(&mut o.values, &stats.tower_mean, &stats.tower_std);
-        }
-        for m in &mut self.met {
-            apply(m, &stats.met_mean, &stats.met_std);
+        for met in self.met.iter_mut().filter(|m| !m.is_empty()) {
+            f(ObjectKind::Met, met);
         }
     }
 
@@ -335,31 +345,30 @@ impl EventStore {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let apply = |values: &mut [f32], f: usize, cols: &[usize]| {
-            if f == 0 {
-                return;
-            }
-            for obj in values.chunks_exact_mut(f) {
-                for &j in cols {
-                    obj[j] = obj[j].signum() * obj[j].abs().ln_1p();
-                }
-            }
-        };
-        let (t, w, m) = (
+        let (tracks, towers, met) = (
             columns(&cfg.track_features),
             columns(&cfg.tower_features),
             columns(&cfg.met_features),
         );
-        for o in &mut self.tracks {
-            apply(&mut o.values, self.n_track_features, &t);
-        }
-        for o in &mut self.towers {
-            apply(&mut o.values, self.n_tower_features, &w);
-        }
-        for v in &mut self.met {
-            apply(v, cfg.met_features.len(), &m);
-        }
+        self.map_objects(|kind, obj| {
+            let cols = match kind {
+                ObjectKind::Track => &tracks,
+                ObjectKind::Tower => &towers,
+                ObjectKind::Met => &met,
+            };
+            for &j in cols {
+                obj[j] = obj[j].signum() * obj[j].abs().ln_1p();
+            }
+        });
     }
+}
+
+/// The three kinds of object rows of an event.
+#[derive(Clone, Copy)]
+enum ObjectKind {
+    Track,
+    Tower,
+    Met,
 }
 
 /// Where the object draws of an assembly come from.

@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor, nn};
+use tch::{Device, Kind, Tensor, nn};
 
 use crate::error::{Result, StageError};
 use crate::input::require_column;
@@ -153,35 +153,24 @@ impl RollingEmbeddings {
         }
         let device = batch.tracks.device();
         let index = |v: &[i64]| Tensor::from_slice(v).to_device(device);
-        let events = if kept.is_empty() {
-            model.encode(&batch.tracks, &batch.towers, &batch.met, false)
-        } else {
-            let previous = self
-                .events
-                .as_ref()
-                .expect("positions come with embeddings");
-            let mut events = previous
-                .new_zeros(
-                    [batch.positions.len() as i64, 3, previous.size()[2]],
-                    (previous.kind(), device),
-                )
-                .index_copy(
-                    0,
-                    &index(&kept),
-                    &previous.index_select(0, &index(&kept_from)),
-                );
-            if !fresh.is_empty() {
-                let f = index(&fresh);
-                let new = model.encode(
-                    &batch.tracks.index_select(0, &f),
-                    &batch.towers.index_select(0, &f),
-                    &batch.met.index_select(0, &f),
-                    false,
-                );
-                events = events.index_copy(0, &f, &new);
-            }
-            events
-        };
+        let mut events = Tensor::zeros(
+            [batch.positions.len() as i64, 3, model.arch.embed],
+            (Kind::Float, device),
+        );
+        if !fresh.is_empty() {
+            let f = index(&fresh);
+            let new = model.encode(
+                &batch.tracks.index_select(0, &f),
+                &batch.towers.index_select(0, &f),
+                &batch.met.index_select(0, &f),
+                false,
+            );
+            events = events.index_copy(0, &f, &new);
+        }
+        if let Some(previous) = self.events.as_ref().filter(|_| !kept.is_empty()) {
+            let from = previous.index_select(0, &index(&kept_from));
+            events = events.index_copy(0, &index(&kept), &from);
+        }
         self.positions = batch.positions.clone();
         self.events = Some(events.shallow_clone());
         (events, fresh.len())
@@ -367,7 +356,11 @@ impl Stage for MedicInfer {
                     |b| {
                         for (f, fold) in folds.iter().enumerate() {
                             let (events, fresh) = buffers[f].embed(&fold.model, &b);
-                            let p = fold.model.classify(&b.windows_of(&events), false).exp();
+                            let p = fold
+                                .model
+                                .score_windows(&events, &b.slots, false)
+                                .windows
+                                .exp();
                             probs[f].extend(to_vec_f32(&p));
                             if f == 0 {
                                 encoded += fresh;

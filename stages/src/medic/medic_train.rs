@@ -438,7 +438,7 @@ impl MedicTrain {
     /// The training batches of one epoch: shuffled windows (`encode:
     /// window`), or shuffled runs of `contiguous_windows` consecutive
     /// windows (`encode: event`), so events are shared within a batch.
-    fn epoch_batches(
+    pub fn epoch_batches(
         &self,
         data: &WindowData,
         rows: &[usize],
@@ -533,9 +533,10 @@ impl MedicTrain {
                 let out = b.forward(&model, true);
                 let kl =
                     kl_per_window(b.target(), &out.log_probs) * weights.index_select(0, b.class());
-                let events = model
-                    .event_log_probs(&out.events)
-                    .map(|p| (p, out.event_class.shallow_clone(), self.event_loss_weight));
+                let events = (self.event_loss_weight > 0.0)
+                    .then_some(out.per_event)
+                    .flatten()
+                    .map(|p| (p, out.event_class, self.event_loss_weight));
                 opt.backward_step(&training_loss(&kl, events.as_ref()));
                 let sum = kl.detach().sum(Kind::Float).double_value(&[]);
                 if !sum.is_finite() {
@@ -554,8 +555,8 @@ impl MedicTrain {
                         .sum(Kind::Float)
                         .double_value(&[]);
                     vtally.add(&b, &out.log_probs, sum);
-                    if let Some(p) = model.event_log_probs(&out.events) {
-                        vtally.add_events(&p, &out.event_class);
+                    if let Some(p) = &out.per_event {
+                        vtally.add_events(p, &out.event_class);
                     }
                     Ok(())
                 })

@@ -60,6 +60,14 @@ pub enum WindowHead {
     EventMean,
 }
 
+impl MedicArch {
+    /// Whether the network has the per-event head: asked for, or needed by
+    /// the event-mean window head.
+    pub fn has_event_head(&self) -> bool {
+        self.event_head || self.window_head == WindowHead::EventMean
+    }
+}
+
 impl Default for MedicArch {
     fn default() -> Self {
         Self {
@@ -177,7 +185,8 @@ impl Medic {
                 .add(nn::linear(p / "fc3", 64, arch.classes, Default::default()))
         };
         let window = (arch.window_head == WindowHead::Cnn).then(|| (cnn(), head()));
-        let event_head = (arch.event_head || arch.window_head == WindowHead::EventMean)
+        let event_head = arch
+            .has_event_head()
             .then(|| nn::linear(p / "event_head", 3 * e, arch.classes, Default::default()));
         Self {
             tracks: SetEncoder::new(p / "tracks", arch.track_features, &arch),
@@ -194,29 +203,24 @@ impl Medic {
     /// towers [B,W,Nw,Fw], met [B,W,Fm]. Every event of every window is
     /// encoded (the paper's per-window mode).
     pub fn forward(&self, tracks: &Tensor, towers: &Tensor, met: &Tensor, train: bool) -> Tensor {
-        self.forward_with_events(tracks, towers, met, train).0
+        let (b, w) = (tracks.size()[0], tracks.size()[1]);
+        let events = self.encode_windows(tracks, towers, met, train);
+        self.score_windows(&events, &consecutive_slots(b, w, events.device()), train)
+            .windows
     }
 
-    /// [`Self::forward`] and the events' embeddings `[B, W, 3, E]`.
-    pub fn forward_with_events(
+    /// Embeddings `[B·W, 3, E]` of the events of B windows given as
+    /// tracks [B,W,Nt,Ft], towers [B,W,Nw,Fw], met [B,W,Fm], window after
+    /// window (their slots: [`consecutive_slots`]).
+    pub fn encode_windows(
         &self,
         tracks: &Tensor,
         towers: &Tensor,
         met: &Tensor,
         train: bool,
-    ) -> (Tensor, Tensor) {
-        let (b, w, nt, ft) = tracks.size4().expect("[batch, window, tracks, features]");
-        let (_, _, nw, fw) = towers.size4().expect("[batch, window, towers, features]");
-        let fm = met.size().last().copied().unwrap_or(0);
-        let events = self
-            .encode(
-                &tracks.view([b * w, nt, ft]),
-                &towers.view([b * w, nw, fw]),
-                &met.view([b * w, fm]),
-                train,
-            )
-            .view([b, w, 3, self.arch.embed]);
-        (self.classify(&events, train), events)
+    ) -> Tensor {
+        let events = |x: &Tensor| x.flatten(0, 1);
+        self.encode(&events(tracks), &events(towers), &events(met), train)
     }
 
     /// Embeddings `[M, 3, E]` (tracks, towers, MET) of M single events:
@@ -230,40 +234,60 @@ impl Medic {
         Tensor::stack(&[t, w, m], 1)
     }
 
-    /// Log-probabilities [B, classes] of windows given their events'
-    /// embeddings `[B, W, 3, E]`: the CNN over (object type x window) and the head.
-    pub fn classify(&self, events: &Tensor, train: bool) -> Tensor {
-        match &self.window {
+    /// The windows made of encoded events: `events` `[M, 3, E]`, window
+    /// b's slot w holding event `slots[b, w]` (`[B, W]`, Int64). The CNN
+    /// head reads each window's `[E, 3, W]` block; the event-mean head
+    /// averages the per-event probabilities of the window's slots. Also the
+    /// per-event log-probabilities of the M events, with an event head.
+    pub fn score_windows(&self, events: &Tensor, slots: &Tensor, train: bool) -> Scores {
+        let (b, w) = slots.size2().expect("slots: [B, W]");
+        let windows = events
+            .index_select(0, &slots.view([-1]))
+            .view([b, w, 3, self.arch.embed]);
+        let event_log_probs = |x: &Tensor| {
+            self.event_head.as_ref().map(|head| {
+                head.forward(&x.flatten(-2, -1))
+                    .log_softmax(-1, Kind::Float)
+            })
+        };
+        let scores = match &self.window {
             Some((cnn, head)) => {
                 // [B, W, 3, E] -> [B, E, 3, W]: embedding dimensions become channels.
-                let x = events.permute([0, 3, 2, 1]);
-                let features = cnn.forward_t(&x, train);
-                head.forward_t(&features, train)
+                let x = windows.permute([0, 3, 2, 1]);
+                head.forward_t(&cnn.forward_t(&x, train), train)
                     .log_softmax(-1, Kind::Float)
             }
+            // ln of the mean over W of the slots' probabilities. The head
+            // runs per slot rather than per distinct event: the same
+            // values, in the floating-point order every recorded figure
+            // was trained with (BENCHMARKS.md).
             None => {
-                let per_event = self
-                    .event_log_probs(events)
-                    .expect("an event-mean window head has an event head");
-                // ln of the mean over W of the events' probabilities.
-                let w = events.size()[1] as f64;
-                per_event.logsumexp([1], false) - w.ln()
+                event_log_probs(&windows)
+                    .expect("an event-mean window head comes with an event head")
+                    .logsumexp([1], false)
+                    - (w as f64).ln()
             }
+        };
+        Scores {
+            windows: scores,
+            per_event: event_log_probs(events),
         }
     }
+}
 
-    /// Log-probabilities `[..., classes]` of each event's own configuration
-    /// from its embeddings `[..., 3, E]`; `None` without an event head.
-    pub fn event_log_probs(&self, events: &Tensor) -> Option<Tensor> {
-        let head = self.event_head.as_ref()?;
-        let mut shape = events.size();
-        shape.truncate(shape.len() - 2);
-        shape.push(3 * self.arch.embed);
-        Some(
-            head.forward(&events.reshape(&shape))
-                .log_softmax(-1, Kind::Float),
-        )
-    }
+/// What [`Medic::score_windows`] gives.
+pub struct Scores {
+    /// `[B, classes]` log-probabilities of the windows.
+    pub windows: Tensor,
+    /// `[M, classes]` log-probabilities of each event's own class, with an
+    /// event head.
+    pub per_event: Option<Tensor>,
+}
+
+/// Slots `[B, W]` of B windows of W events laid out one window after the
+/// other (event b·W + w in slot (b, w)).
+pub fn consecutive_slots(b: i64, w: i64, device: tch::Device) -> Tensor {
+    Tensor::arange(b * w, (Kind::Int64, device)).view([b, w])
 }
 
 /// Per-window KL(target || prediction), summed over classes: the MEDIC loss
@@ -385,10 +409,10 @@ mod tests {
         });
         // Encoders 201,602 + MET 17,024 + event head 384·4 + 4.
         assert_eq!(parameter_count(&vs), 100_737 + 100_865 + 17_024 + 1_540);
-        let events = Tensor::randn([2, 5, 3, 128], (Kind::Float, Device::Cpu));
-        let window = m.classify(&events, false).exp();
-        let per_event = m.event_log_probs(&events).unwrap().exp();
-        assert_eq!(per_event.size(), [2, 5, 4]);
+        let events = Tensor::randn([10, 3, 128], (Kind::Float, Device::Cpu));
+        let scores = m.score_windows(&events, &consecutive_slots(2, 5, Device::Cpu), false);
+        let window = scores.windows.exp();
+        let per_event = scores.per_event.unwrap().exp().view([2, 5, 4]);
         let mean = per_event.mean_dim([1].as_slice(), false, Kind::Float);
         assert!(window.allclose(&mean, 1e-6, 1e-6, false));
     }
