@@ -24,6 +24,7 @@ pub mod stats;
 
 // Stage families, and stages of no family.
 pub mod dinamo;
+pub mod hcal;
 pub mod medic;
 pub mod read_parquet;
 pub mod union;

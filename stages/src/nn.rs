@@ -167,6 +167,53 @@ impl SelfAttention {
     }
 }
 
+/// Copies safetensors `bytes` into the variables of `vs`: every variable
+/// must be present with its shape.
+pub fn load_weights(vs: &tnn::VarStore, bytes: &[u8], at: &str) -> Result<()> {
+    load_weights_where(vs, bytes, at, |_| true).map(|_| ())
+}
+
+/// Copies the variables of `vs` whose name passes `wanted` from safetensors
+/// `bytes` (transfer learning copies some blocks only); each must be present
+/// with its shape. Returns how many were copied.
+pub fn load_weights_where(
+    vs: &tnn::VarStore,
+    bytes: &[u8],
+    at: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+        StageError::data(format!("{at}: weights are not a safetensors file: {e:?}"))
+    })?;
+    let mut copied = 0;
+    tch::no_grad(|| {
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, mut var) in variables {
+            if !wanted(&name) {
+                continue;
+            }
+            let view = st.tensor(&name).map_err(|_| {
+                StageError::data(format!(
+                    "{at}: weights have no tensor `{name}` (trained with another architecture?)"
+                ))
+            })?;
+            let t = Tensor::try_from(view)
+                .map_err(|e| StageError::data(format!("{at}: tensor `{name}`: {e}")))?;
+            if t.size() != var.size() {
+                return Err(StageError::data(format!(
+                    "{at}: tensor `{name}` has shape {:?}, the model needs {:?}",
+                    t.size(),
+                    var.size()
+                )));
+            }
+            var.copy_(&t.to_device(var.device()));
+            copied += 1;
+        }
+        Ok(copied)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use tch::nn::{self, Module, OptimizerConfig};

@@ -121,6 +121,14 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::medic::medic_baseline::MedicBaseline>(),
         kind::<crate::medic::medic_metrics::MedicMetrics>(),
         kind::<crate::medic::alerts::Alerts>(),
+        kind::<crate::hcal::hcal_rates::HcalRates>(),
+        kind::<crate::hcal::lumi_maps::LumiMaps>(),
+        kind::<crate::hcal::inject_anomalies::InjectAnomalies>(),
+        kind::<crate::hcal::renormalize_occupancy::RenormalizeOccupancy>(),
+        kind::<crate::hcal::graphstad_train::GraphstadTrain>(),
+        kind::<crate::hcal::graphstad_score::GraphstadScore>(),
+        kind::<crate::hcal::channel_metrics::ChannelMetrics>(),
+        kind::<crate::hcal::transfer_compare::TransferCompare>(),
         kind::<crate::union::Union>(),
     ]
 }

@@ -22,7 +22,7 @@ use crate::medic::tables::{
     Blocks, ModelCard, ModelSpec, WindowSpec, carried_metadata, example_models_schema,
     example_window_inputs, predictions_schema,
 };
-use crate::nn::DeviceChoice;
+use crate::nn::{DeviceChoice, load_weights};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::doc_field;
 
@@ -245,34 +245,6 @@ pub fn load_models(
         )));
     }
     Ok(folds)
-}
-
-/// Copies safetensors `bytes` into the variables of `vs`: every variable
-/// must be present with its shape.
-pub fn load_weights(vs: &nn::VarStore, bytes: &[u8], at: &str) -> Result<()> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
-        StageError::data(format!("{at}: weights are not a safetensors file: {e:?}"))
-    })?;
-    tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
-            let view = st.tensor(&name).map_err(|_| {
-                StageError::data(format!(
-                    "{at}: weights have no tensor `{name}` (trained with another architecture?)"
-                ))
-            })?;
-            let t = Tensor::try_from(view)
-                .map_err(|e| StageError::data(format!("{at}: tensor `{name}`: {e}")))?;
-            if t.size() != var.size() {
-                return Err(StageError::data(format!(
-                    "{at}: tensor `{name}` has shape {:?}, the model needs {:?}",
-                    t.size(),
-                    var.size()
-                )));
-            }
-            var.copy_(&t.to_device(var.device()));
-        }
-        Ok(())
-    })
 }
 
 impl Stage for MedicInfer {

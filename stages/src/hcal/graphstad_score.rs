@@ -1,0 +1,204 @@
+//! `graphstad_score`: per-channel anomaly scores of every LS map (paper
+//! Eqs. 5-6). Each fill (and anomaly case) is reconstructed window by window
+//! with the LSTM states carried as in training; the reconstruction is mapped
+//! back to γ/ξ; e_i,MAE is the mean absolute error over the window of T LS
+//! ending at the LS, and a_i = e_i,MAE / σ_i with σ_i from the training maps.
+//! The reference-map rule (training mean of the renormalized occupancy × the
+//! LS's own row medians) is scored the same way beside it.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Int64Array, ListBuilder, RecordBatch,
+    StringArray,
+};
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::arrow_util::f64_lists;
+use crate::error::{Result, StageError, bad_param};
+use crate::hcal::errors::{fill_errors, reference_errors, windowed_mae};
+use crate::hcal::model::load_model;
+use crate::hcal::tables::{
+    GraphStadCard, MapGeometry, MapRow, ModelSpec, check_maps, check_renormalized,
+    example_maps_schema, for_each_fill, models_schema, read_model, renormalized_fields,
+    scores_schema, with_fields,
+};
+use crate::nn::{DeviceChoice, exclusive};
+use crate::params::AutoOr;
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
+
+/// Scores every channel of every map with a trained model.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphstadScore {
+    /// Decision threshold α on a_i (the `flagged` count; `channel_metrics`
+    /// also scans thresholds); `auto`: the model card's, a quantile of a_i
+    /// on the validation maps (`graphstad_train` `alpha_quantile`).
+    pub alpha: AutoOr<f64>,
+    /// Where to run: auto (CUDA if available), cpu or cuda.
+    pub device: DeviceChoice,
+}
+
+impl Default for GraphstadScore {
+    fn default() -> Self {
+        Self {
+            alpha: AutoOr::Auto,
+            device: DeviceChoice::Auto,
+        }
+    }
+}
+
+impl StageConfig for GraphstadScore {
+    const KIND: &'static str = "graphstad_score";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Renormalized LS maps + GraphSTAD model -> per-channel anomaly scores a_i = windowed MAE / σ_i, beside the reference-map rule";
+    const INPUTS: (usize, usize) = (2, 2);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        let geometry = MapGeometry::of(crate::hcal::geometry::Subdetector::Barrel);
+        vec![
+            with_fields(&example_maps_schema(), renormalized_fields()),
+            models_schema(&ModelSpec {
+                arch: Default::default(),
+                geometry,
+                window: 5,
+            }),
+        ]
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let AutoOr::Value(a) = self.alpha
+            && !(a > 0.0)
+        {
+            return bad_param("alpha", "must be > 0 or `auto`");
+        }
+        Ok(())
+    }
+}
+
+/// The scores of one fill as a batch.
+fn scores_batch(
+    schema: &SchemaRef,
+    rows: &[MapRow],
+    mse: &[f64],
+    score: &[Vec<f64>],
+    reference: &[Vec<f64>],
+    (alpha, reference_alpha): (f64, f64),
+) -> Result<RecordBatch> {
+    let m = rows[0].occupancy.len();
+    let mut injected = ListBuilder::new(BooleanBuilder::new()).with_field(Arc::new(Field::new(
+        "item",
+        DataType::Boolean,
+        false,
+    )));
+    for r in rows {
+        match &r.injected {
+            Some(mask) => injected.values().append_slice(mask),
+            None => injected.values().append_n(m, false),
+        }
+        injected.append(true);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter()
+                .map(|r| r.case.clone().unwrap_or_else(|| "none".into())),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.fill))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.ls))),
+        Arc::new(BooleanArray::from(
+            rows.iter()
+                .map(|r| r.target.unwrap_or(false))
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(injected.finish()),
+        Arc::new(Float64Array::from(mse.to_vec())),
+        Arc::new(f64_lists(score.iter().map(Vec::as_slice))),
+        Arc::new(f64_lists(reference.iter().map(Vec::as_slice))),
+        Arc::new(Float64Array::from(vec![alpha; rows.len()])),
+        Arc::new(Float64Array::from(vec![reference_alpha; rows.len()])),
+        Arc::new(Int64Array::from_iter_values(
+            score
+                .iter()
+                .map(|s| s.iter().filter(|&&a| a > alpha).count() as i64),
+        )),
+    ];
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// a_i = e_i / σ_i for every LS.
+fn standardized(mae: Vec<Vec<f64>>, sigma: &[f32]) -> Vec<Vec<f64>> {
+    mae.into_iter()
+        .map(|e| {
+            e.iter()
+                .zip(sigma)
+                .map(|(v, &s)| v / f64::from(s))
+                .collect()
+        })
+        .collect()
+}
+
+impl Stage for GraphstadScore {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        if inputs.len() != 2 {
+            return Err(StageError::InputCount {
+                expected: "2 (maps, models)".into(),
+                found: inputs.len(),
+            });
+        }
+        let geometry = check_maps(&inputs[0], "maps")?;
+        check_renormalized(&inputs[0], "maps")?;
+        let spec = ModelSpec::from_schema(&inputs[1], "models")?;
+        spec.geometry.check(&geometry, "input `maps`")?;
+        Ok(vec![OutputSpec {
+            name: "main",
+            schema: scores_schema(geometry),
+        }])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let maps = &ctx.inputs[0];
+        let geometry = check_maps(&maps.schema, &maps.name)?;
+        check_renormalized(&maps.schema, &maps.name)?;
+        let (card, weights): (GraphStadCard, Vec<u8>) = read_model(&ctx.inputs[1])?;
+        card.spec.geometry.check(&geometry, "input `maps`")?;
+        let device = self.device.resolve()?;
+        let _torch = exclusive();
+        let (_vs, model) = load_model(&card, &weights, device, "input `models`")?;
+        let scaling = crate::hcal::errors::Scaling {
+            min: card.min.clone(),
+            max: card.max.clone(),
+        };
+        let schema = scores_schema(geometry);
+        let window = card.spec.window;
+        let alphas = match self.alpha {
+            AutoOr::Auto => (card.alpha, card.reference_alpha),
+            AutoOr::Value(a) => (a, a),
+        };
+        let (mut n_maps, mut flagged) = (0usize, 0usize);
+        let output = &mut *ctx.output;
+        for_each_fill(maps, &geometry, |fill| {
+            let errors = fill_errors(&model, &scaling, &fill, window, card.carry_state, device)?;
+            let score = standardized(windowed_mae(&errors.abs, window), &card.sigma);
+            let reference = standardized(
+                windowed_mae(&reference_errors(&card.reference, &fill, &geometry), window),
+                &card.sigma_reference,
+            );
+            n_maps += fill.len();
+            flagged += score
+                .iter()
+                .map(|s| s.iter().filter(|&&a| a > alphas.0).count())
+                .sum::<usize>();
+            output.write(
+                "main",
+                scores_batch(&schema, &fill, &errors.mse, &score, &reference, alphas)?,
+            )
+        })?;
+        ctx.reporter.info(&format!(
+            "{n_maps} maps scored; {flagged} channel flags at α = {:.2}",
+            alphas.0
+        ));
+        Ok(())
+    }
+}

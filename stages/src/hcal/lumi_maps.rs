@@ -1,0 +1,369 @@
+//! `lumi_maps`: digi-occupancy maps per lumisection (LS), generated from the
+//! per-channel hit rates measured on real Delphes events.
+//!
+//! A fill starts at a peak luminosity that varies from fill to fill and
+//! decays exponentially; occasional spikes multiply one LS's luminosity
+//! (paper Fig. 4 shows why: γ/ξ alone does not remove them). The events
+//! recorded per LS, ξ_s, follow the luminosity. Every recorded event
+//! overlays pile-up interactions whose number follows the luminosity too, so
+//! a channel's hit probability per event is p_i(s) = 1 − (1 − r_i)^m_s with
+//! m_s = 1 + pileup · β_s · pileup_hit_fraction: γ/ξ itself drifts with β
+//! (the non-linearity the renormalization and the model have to absorb).
+//! Counts are drawn γ_i ~ Binomial(ξ_s, p_i(s)) (or Poisson). The pile-up
+//! model is ours: the Delphes sample has no pile-up, and a pile-up
+//! interaction hits fewer channels than a dijet event (`pileup_hit_fraction`).
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Binomial, Distribution, Poisson, StandardNormal};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StageError, bad_param};
+use crate::hcal::geometry::Subdetector;
+use crate::hcal::tables::{MapGeometry, MapRow, maps_schema, rates_schema, write_rows};
+use crate::input::require_column;
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+
+/// How channel counts are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CountSampling {
+    /// Binomial(ξ_s, p): a channel fires at most once per event, γ ≤ ξ.
+    Binomial,
+    /// Poisson(ξ_s p), clipped to ξ_s.
+    Poisson,
+}
+
+/// Generates fills of LS occupancy maps of one subdetector.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LumiMaps {
+    /// Which channels: `barrel` (HB), `endcap` (HE) or `forward` (HF).
+    pub subdetector: Subdetector,
+    /// Number of fills.
+    pub fills: usize,
+    /// Number of the first fill; the others follow. Give train and test
+    /// sets different numbers (and seeds) so no map is in both.
+    pub first_fill: i64,
+    /// LS per fill, drawn uniformly in `[min, max]`.
+    pub ls_per_fill: [usize; 2],
+    /// Events per LS at the fill's peak luminosity, drawn per fill uniformly
+    /// in `[min, max]` (the paper's maps hold up to 2250 events).
+    pub peak_events: [u64; 2],
+    /// Luminosity lifetime in LS: β_s = exp(−s / lifetime) along the fill.
+    pub lumi_lifetime: f64,
+    /// Mean pile-up at the fill's peak luminosity (CMS 2018: about 30-35).
+    pub pileup: f64,
+    /// Hit probability of one pile-up interaction relative to one of the
+    /// Delphes dijet events the rates come from (ours; 0 switches pile-up off).
+    pub pileup_hit_fraction: f64,
+    /// Probability per LS of a luminosity spike.
+    pub spike_probability: f64,
+    /// A spike multiplies the LS's luminosity by a factor uniform in `[1, max]`.
+    pub spike_max: f64,
+    /// Channel-to-channel response spread: each channel's rate is scaled
+    /// by a fixed factor exp(spread · N(0, 1)) (ours: real channels differ
+    /// in gain and threshold; φ-symmetric rates alone would make them equal).
+    pub channel_spread: f64,
+    /// Seed of the channel response factors: the detector, so keep it the
+    /// same for the training and test maps of one detector.
+    pub detector_seed: u64,
+    /// How counts are drawn.
+    pub sampling: CountSampling,
+    /// Seed of every other random choice (fills, luminosity, counts).
+    pub seed: u64,
+}
+
+impl Default for LumiMaps {
+    fn default() -> Self {
+        Self {
+            subdetector: Subdetector::Barrel,
+            fills: 4,
+            first_fill: 1,
+            ls_per_fill: [120, 160],
+            peak_events: [1800, 2250],
+            lumi_lifetime: 300.0,
+            pileup: 32.0,
+            pileup_hit_fraction: 0.1,
+            spike_probability: 0.02,
+            spike_max: 1.5,
+            channel_spread: 0.1,
+            detector_seed: 1,
+            sampling: CountSampling::Binomial,
+            seed: 1,
+        }
+    }
+}
+
+impl StageConfig for LumiMaps {
+    const KIND: &'static str = "lumi_maps";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Channel hit rates -> occupancy maps per lumisection along LHC fills (luminosity decay, spikes, pile-up, binomial counts), seeded";
+    const INPUTS: (usize, usize) = (1, 1);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        vec![rates_schema()]
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.fills == 0 {
+            return bad_param("fills", "must be ≥ 1");
+        }
+        let [a, b] = self.ls_per_fill;
+        if a == 0 || a > b {
+            return bad_param("ls_per_fill", "need 1 ≤ min ≤ max");
+        }
+        let [a, b] = self.peak_events;
+        if a == 0 || a > b {
+            return bad_param("peak_events", "need 1 ≤ min ≤ max");
+        }
+        if !(self.lumi_lifetime > 0.0) {
+            return bad_param("lumi_lifetime", "must be > 0");
+        }
+        if !(self.pileup >= 0.0) || !(self.pileup_hit_fraction >= 0.0) {
+            return bad_param("pileup", "pileup and pileup_hit_fraction must be ≥ 0");
+        }
+        if !(0.0..=1.0).contains(&self.spike_probability) {
+            return bad_param("spike_probability", "must be in [0, 1]");
+        }
+        if !(self.channel_spread >= 0.0) {
+            return bad_param("channel_spread", "must be ≥ 0");
+        }
+        if !(self.spike_max >= 1.0) {
+            return bad_param("spike_max", "must be ≥ 1");
+        }
+        Ok(())
+    }
+}
+
+/// Salt of the channel response factors.
+const DETECTOR_SALT: u64 = 0x4445_5445_4354_4f52;
+/// Salt of a fill's random stream, so fills are independent of each other.
+const FILL_SALT: u64 = 0x4843_414c_4649_4c4c;
+
+impl LumiMaps {
+    /// The hit rates of this subdetector's channels, in channel order.
+    fn rates(&self, ctx: &RunContext<'_>) -> Result<Vec<f64>> {
+        let input = &ctx.inputs[0];
+        let geometry = self.subdetector.geometry();
+        let mut rates = vec![f64::NAN; geometry.n_channels()];
+        for batch in input.batches() {
+            let batch = batch?;
+            let col = |n: &str| batch.column(batch.schema().index_of(n).expect("planned"));
+            let sub = col("subdetector").as_string::<i32>();
+            let channel = col("channel").as_primitive::<Int64Type>();
+            let rate = col("rate").as_primitive::<Float64Type>();
+            for i in 0..batch.num_rows() {
+                if sub.value(i) != self.subdetector.name() {
+                    continue;
+                }
+                let c = channel.value(i);
+                let r = rate.value(i);
+                if c < 0 || c as usize >= rates.len() {
+                    return Err(StageError::data(format!(
+                        "input `{}`: {} channel {c} does not exist (0..{})",
+                        input.name,
+                        self.subdetector.name(),
+                        rates.len()
+                    )));
+                }
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(StageError::data(format!(
+                        "input `{}`: {} channel {c} has rate {r}, not a probability",
+                        input.name,
+                        self.subdetector.name()
+                    )));
+                }
+                rates[c as usize] = r;
+            }
+        }
+        if let Some(c) = rates.iter().position(|r| r.is_nan()) {
+            return Err(StageError::data(format!(
+                "input `{}` has no rate for {} channel {c}",
+                input.name,
+                self.subdetector.name()
+            )));
+        }
+        let mut detector = ChaCha8Rng::seed_from_u64(self.detector_seed ^ DETECTOR_SALT);
+        for r in &mut rates {
+            let z: f64 = detector.sample(StandardNormal);
+            *r = (*r * (self.channel_spread * z).exp()).min(1.0);
+        }
+        Ok(rates)
+    }
+
+    /// The maps of fill number `k` (0-based).
+    pub fn fill(&self, rates: &[f64], k: usize) -> Vec<MapRow> {
+        let fill = self.first_fill + k as i64;
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ FILL_SALT ^ (fill as u64).rotate_left(20));
+        let n_ls = rng.random_range(self.ls_per_fill[0]..=self.ls_per_fill[1]);
+        let peak = rng.random_range(self.peak_events[0]..=self.peak_events[1]) as f64;
+        let mut rows = Vec::with_capacity(n_ls);
+        for s in 0..n_ls {
+            let mut beta = (-(s as f64) / self.lumi_lifetime).exp();
+            if rng.random::<f64>() < self.spike_probability {
+                beta *= rng.random_range(1.0..=self.spike_max);
+            }
+            let events = (peak * beta).round().max(1.0) as u64;
+            let m = 1.0 + self.pileup * beta * self.pileup_hit_fraction;
+            let occupancy = rates
+                .iter()
+                .map(|&r| {
+                    let p = 1.0 - (1.0 - r).powf(m);
+                    match self.sampling {
+                        CountSampling::Binomial => Binomial::new(events, p)
+                            .expect("p is a probability")
+                            .sample(&mut rng)
+                            as f64,
+                        CountSampling::Poisson if p > 0.0 => Poisson::new(events as f64 * p)
+                            .expect("positive mean")
+                            .sample(&mut rng)
+                            .min(events as f64),
+                        CountSampling::Poisson => 0.0,
+                    }
+                })
+                .collect();
+            rows.push(MapRow {
+                case: None,
+                fill,
+                ls: s as i64 + 1,
+                lumi: beta,
+                events: events as i64,
+                occupancy,
+                target: None,
+                injected: None,
+                norm: None,
+                median: None,
+            });
+        }
+        rows
+    }
+}
+
+impl Stage for LumiMaps {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        expect_inputs(inputs.len(), 1)?;
+        let why = "a rates table (`hcal_rates`)";
+        require_column(&inputs[0], "rates", "subdetector", why, "Utf8", |t| {
+            t == &DataType::Utf8
+        })?;
+        require_column(&inputs[0], "rates", "channel", why, "Int64", |t| {
+            t == &DataType::Int64
+        })?;
+        require_column(&inputs[0], "rates", "rate", why, "Float64", |t| {
+            t == &DataType::Float64
+        })?;
+        Ok(vec![OutputSpec {
+            name: "main",
+            schema: maps_schema(MapGeometry::of(self.subdetector)),
+        }])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let rates = self.rates(ctx)?;
+        let schema = maps_schema(MapGeometry::of(self.subdetector));
+        let progress = ctx.reporter.progress(self.fills as u64, "fills");
+        let mut n_ls = 0;
+        for k in 0..self.fills {
+            let rows = self.fill(&rates, k);
+            n_ls += rows.len();
+            ctx.output.write("main", write_rows(&schema, &rows)?)?;
+            progress.inc(1);
+        }
+        ctx.reporter.info(&format!(
+            "{n_ls} LS maps of {} {} channels in {} fills",
+            rates.len(),
+            self.subdetector.name(),
+            self.fills
+        ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hcal::tables::read_all_rows;
+    use crate::hcal::test_support::flat_rates;
+    use crate::in_memory::{input_from_batch, run_in_memory};
+
+    fn generate(stage: &LumiMaps, rate: f64) -> Vec<MapRow> {
+        let dir = tempfile::tempdir().unwrap();
+        let input =
+            input_from_batch("rates", &flat_rates(rate), &dir.path().join("r.parquet")).unwrap();
+        let out = run_in_memory(stage, &[input]).unwrap().table("main");
+        let maps = input_from_batch("maps", &out, &dir.path().join("m.parquet")).unwrap();
+        let geometry = MapGeometry::from_schema(&maps.schema, "maps").unwrap();
+        assert_eq!(geometry, MapGeometry::of(stage.subdetector));
+        read_all_rows(&maps, &geometry).unwrap()
+    }
+
+    #[test]
+    fn fills_decay_and_counts_follow_the_binomial_mean() {
+        let stage = LumiMaps {
+            fills: 2,
+            spike_probability: 0.0,
+            channel_spread: 0.0,
+            ..Default::default()
+        };
+        let rows = generate(&stage, 0.01);
+        let fills: Vec<i64> = rows.iter().map(|r| r.fill).collect();
+        assert_eq!(fills.first(), Some(&1));
+        assert_eq!(fills.last(), Some(&2));
+        for r in &rows {
+            assert_eq!(r.occupancy.len(), 2736);
+            assert!(
+                r.occupancy
+                    .iter()
+                    .all(|&g| g >= 0.0 && g <= r.events as f64)
+            );
+            let beta = (-((r.ls - 1) as f64) / stage.lumi_lifetime).exp();
+            assert!((r.lumi - beta).abs() < 1e-12);
+            let m = 1.0 + 32.0 * beta * 0.1;
+            let p = 1.0 - 0.99f64.powf(m);
+            let mean = r.occupancy.iter().sum::<f64>() / 2736.0;
+            let expect = r.events as f64 * p;
+            // The mean of 2736 binomials: within 5 standard errors.
+            let se = (expect * (1.0 - p) / 2736.0).sqrt();
+            assert!(
+                (mean - expect).abs() < 5.0 * se,
+                "LS {}: {mean} vs {expect}",
+                r.ls
+            );
+        }
+        let first = rows.iter().find(|r| r.ls == 1).unwrap();
+        let late = rows.iter().find(|r| r.ls == 100).unwrap();
+        assert!(
+            late.events < first.events,
+            "ξ follows the decaying luminosity"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_maps_other_seed_other_maps() {
+        let stage = LumiMaps {
+            fills: 1,
+            ls_per_fill: [5, 5],
+            ..Default::default()
+        };
+        let a = generate(&stage, 0.02);
+        assert_eq!(a, generate(&stage, 0.02));
+        let b = generate(&LumiMaps { seed: 2, ..stage }, 0.02);
+        assert_ne!(a[0].occupancy, b[0].occupancy);
+    }
+
+    #[test]
+    fn bad_rates_are_refused_with_the_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let rates = flat_rates(1.5);
+        let input = input_from_batch("rates", &rates, &dir.path().join("r.parquet")).unwrap();
+        let err = run_in_memory(&LumiMaps::default(), &[input])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("barrel channel 0 has rate 1.5"), "{err}");
+    }
+}

@@ -1,0 +1,495 @@
+//! The GraphSTAD autoencoder (paper Fig. 5) in libtorch.
+//!
+//! Per LS, a CNN (two Conv3D + batch norm + ReLU + max pooling over (iη, iφ))
+//! and a GCN over the RBX graph extract spatial features; an LSTM runs over
+//! the window's LS; a variational layer gives each LS a latent μ, log σ².
+//! The decoder mirrors it: LSTM, a dense layer back to the pooled map, two
+//! transposed Conv3D and an output convolution. The paper gives the blocks,
+//! not every size: ours are [`GraphStadArch`] parameters.
+//!
+//! The GCN uses the symmetric-normalized adjacency Â = D^-1/2 (A + I) D^-1/2
+//! of the RBX graph. Because every RBX is a clique, Â = Bᵀ B with B the
+//! RBX-membership matrix scaled by 1/√(RBX size), so Â X costs two thin
+//! products instead of one M × M one ([`Rbx`]).
+//!
+//! Variables live under one path per block, the units of transfer learning:
+//! `enc_cnn`, `enc_gcn`, `enc_rnn`, `dec_rnn`, `dec_cnn` (shape-independent:
+//! they move between the endcap and the barrel) and `enc_fc`, `vae`,
+//! `dec_fc` (sized by the map, never transferred; `dec_fc` also holds our
+//! per-channel output offset).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, ModuleT, RNN};
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+use crate::hcal::tables::{GraphStadCard, MapGeometry};
+use crate::nn::load_weights;
+
+/// Layer sizes of the autoencoder (not all given in the paper: ours).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphStadArch {
+    /// Channels of the encoder's two convolutions (the decoder mirrors them).
+    pub conv_channels: [i64; 2],
+    /// GCN features per channel.
+    pub gcn_features: i64,
+    /// Size of each LS's spatial embedding, the LSTM input.
+    pub embed: i64,
+    /// Hidden size of the encoder and decoder LSTMs.
+    pub lstm_hidden: i64,
+    /// Latent size per LS (the variational layer).
+    pub latent: i64,
+}
+
+impl Default for GraphStadArch {
+    fn default() -> Self {
+        Self {
+            conv_channels: [8, 16],
+            gcn_features: 4,
+            embed: 64,
+            lstm_hidden: 64,
+            latent: 16,
+        }
+    }
+}
+
+/// A network block, the unit of transfer learning (paper Table 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Block {
+    /// The encoder's convolutions and batch norms.
+    EncoderCnn,
+    /// The encoder's graph convolution.
+    EncoderGcn,
+    /// The encoder's LSTM.
+    EncoderRnn,
+    /// The decoder's LSTM.
+    DecoderRnn,
+    /// The decoder's transposed convolutions, batch norms and output convolution.
+    DecoderCnn,
+}
+
+impl Block {
+    pub const ALL: [Block; 5] = [
+        Block::EncoderCnn,
+        Block::EncoderGcn,
+        Block::EncoderRnn,
+        Block::DecoderRnn,
+        Block::DecoderCnn,
+    ];
+
+    /// The var-store path prefix of the block.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Block::EncoderCnn => "enc_cnn",
+            Block::EncoderGcn => "enc_gcn",
+            Block::EncoderRnn => "enc_rnn",
+            Block::DecoderRnn => "dec_rnn",
+            Block::DecoderCnn => "dec_cnn",
+        }
+    }
+
+    /// The block a variable belongs to, if any.
+    pub fn of(name: &str) -> Option<Block> {
+        Block::ALL
+            .into_iter()
+            .find(|b| name.starts_with(&format!("{}.", b.prefix())))
+    }
+}
+
+/// The RBX graph as the two thin matrices of Â = Bᵀ B.
+pub struct Rbx {
+    /// Bᵀ: (M, n_rbx), 1/√|r| where channel i is in RBX r.
+    b_t: Tensor,
+    /// Mean over an RBX's members: (M, n_rbx), 1/|r|.
+    pool_t: Tensor,
+    pub n_rbx: i64,
+}
+
+impl Rbx {
+    pub fn new(geometry: &MapGeometry, device: tch::Device) -> Self {
+        let g = geometry.geometry();
+        let rbx = g.rbx_map();
+        let (m, n_rbx) = (rbx.len(), g.n_rbx());
+        let mut size = vec![0.0f32; n_rbx];
+        for &r in &rbx {
+            size[r] += 1.0;
+        }
+        let mut b_t = vec![0.0f32; m * n_rbx];
+        let mut pool_t = vec![0.0f32; m * n_rbx];
+        for (i, &r) in rbx.iter().enumerate() {
+            b_t[i * n_rbx + r] = 1.0 / size[r].sqrt();
+            pool_t[i * n_rbx + r] = 1.0 / size[r];
+        }
+        let shape = [m as i64, n_rbx as i64];
+        Self {
+            b_t: Tensor::from_slice(&b_t).view(shape).to_device(device),
+            pool_t: Tensor::from_slice(&pool_t).view(shape).to_device(device),
+            n_rbx: n_rbx as i64,
+        }
+    }
+
+    /// Â X for X of shape (N, M).
+    pub fn propagate(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.b_t).matmul(&self.b_t.tr())
+    }
+}
+
+/// A transposed Conv3D with a (2, 2, 1) kernel and stride: doubles iη and iφ.
+struct Upsample {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Upsample {
+    fn new(p: &nn::Path, input: i64, output: i64) -> Self {
+        Self {
+            weight: p.kaiming_uniform("weight", &[input, output, 2, 2, 1]),
+            bias: p.zeros("bias", &[output]),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv_transpose3d(
+            &self.weight,
+            Some(&self.bias),
+            [2, 2, 1],
+            [0, 0, 0],
+            [0, 0, 0],
+            1,
+            [1, 1, 1],
+        )
+    }
+}
+
+/// LSTM states of the encoder and decoder, carried across windows.
+pub struct States {
+    pub encoder: nn::LSTMState,
+    pub decoder: nn::LSTMState,
+}
+
+impl States {
+    /// The same states cut from the graph (truncated back-propagation).
+    pub fn detached(&self) -> States {
+        let d = |s: &nn::LSTMState| nn::LSTMState((s.0.0.detach(), s.0.1.detach()));
+        States {
+            encoder: d(&self.encoder),
+            decoder: d(&self.decoder),
+        }
+    }
+}
+
+/// What one forward pass gives.
+pub struct Forward {
+    /// Reconstruction, (B, T, M), in the model's input scale.
+    pub recon: Tensor,
+    pub mu: Tensor,
+    pub logvar: Tensor,
+    pub states: States,
+}
+
+/// The autoencoder.
+pub struct GraphStad {
+    pub arch: GraphStadArch,
+    pub geometry: MapGeometry,
+    rbx: Rbx,
+    conv1: nn::Conv<[i64; 3]>,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv<[i64; 3]>,
+    bn2: nn::BatchNorm,
+    gcn: nn::Linear,
+    enc_fc: nn::Linear,
+    enc_rnn: nn::LSTM,
+    mu: nn::Linear,
+    logvar: nn::Linear,
+    dec_rnn: nn::LSTM,
+    dec_fc: nn::Linear,
+    up1: Upsample,
+    dbn1: nn::BatchNorm,
+    up2: Upsample,
+    dbn2: nn::BatchNorm,
+    out: nn::Conv<[i64; 3]>,
+    /// A learned offset per channel added to the output (ours): the
+    /// convolutions then model departures from each channel's own level.
+    map_bias: Tensor,
+    /// Padded (iη, iφ): multiples of 4 so two poolings and two upsamplings
+    /// give the shape back.
+    padded: [i64; 2],
+}
+
+fn conv3(p: nn::Path, input: i64, output: i64) -> nn::Conv<[i64; 3]> {
+    nn::conv(
+        p,
+        input,
+        output,
+        [3, 3, 1],
+        nn::ConvConfigND {
+            stride: [1, 1, 1],
+            padding: [1, 1, 0],
+            dilation: [1, 1, 1],
+            groups: 1,
+            bias: true,
+            ws_init: nn::init::DEFAULT_KAIMING_UNIFORM,
+            bs_init: nn::Init::Const(0.0),
+            padding_mode: nn::PaddingMode::Zeros,
+        },
+    )
+}
+
+impl GraphStad {
+    pub fn new(root: &nn::Path, arch: GraphStadArch, geometry: MapGeometry) -> Self {
+        let [n_ieta, n_iphi, _] = geometry.shape;
+        let up4 = |n: usize| n.div_ceil(4) as i64 * 4;
+        let padded = [up4(n_ieta), up4(n_iphi)];
+        let [c1, c2] = arch.conv_channels;
+        let depth = geometry.shape[2] as i64;
+        let pooled = c2 * (padded[0] / 4) * (padded[1] / 4) * depth;
+        let rbx = Rbx::new(&geometry, root.device());
+        let bn = nn::BatchNormConfig::default();
+        let lstm = nn::RNNConfig {
+            batch_first: true,
+            ..Default::default()
+        };
+        let cnn = root / "enc_cnn";
+        let dec = root / "dec_cnn";
+        Self {
+            conv1: conv3(&cnn / "conv1", 1, c1),
+            bn1: nn::batch_norm3d(&cnn / "bn1", c1, bn),
+            conv2: conv3(&cnn / "conv2", c1, c2),
+            bn2: nn::batch_norm3d(&cnn / "bn2", c2, bn),
+            gcn: nn::linear(
+                root / "enc_gcn" / "layer",
+                1,
+                arch.gcn_features,
+                Default::default(),
+            ),
+            enc_fc: nn::linear(
+                root / "enc_fc",
+                pooled + rbx.n_rbx * arch.gcn_features,
+                arch.embed,
+                Default::default(),
+            ),
+            enc_rnn: nn::lstm(root / "enc_rnn", arch.embed, arch.lstm_hidden, lstm),
+            mu: nn::linear(
+                root / "vae" / "mu",
+                arch.lstm_hidden,
+                arch.latent,
+                Default::default(),
+            ),
+            logvar: nn::linear(
+                root / "vae" / "logvar",
+                arch.lstm_hidden,
+                arch.latent,
+                Default::default(),
+            ),
+            dec_rnn: nn::lstm(root / "dec_rnn", arch.latent, arch.lstm_hidden, lstm),
+            dec_fc: nn::linear(
+                root / "dec_fc",
+                arch.lstm_hidden,
+                pooled,
+                Default::default(),
+            ),
+            up1: Upsample::new(&(&dec / "up1"), c2, c1),
+            dbn1: nn::batch_norm3d(&dec / "bn1", c1, bn),
+            up2: Upsample::new(&(&dec / "up2"), c1, c1),
+            dbn2: nn::batch_norm3d(&dec / "bn2", c1, bn),
+            out: conv3(&dec / "out", c1, 1),
+            map_bias: (root / "dec_fc").zeros("map_bias", &[geometry.n_channels() as i64]),
+            rbx,
+            arch,
+            geometry,
+            padded,
+        }
+    }
+
+    /// Zero LSTM states for `batch` parallel sequences.
+    pub fn zero_states(&self, batch: i64) -> States {
+        States {
+            encoder: self.enc_rnn.zero_state(batch),
+            decoder: self.dec_rnn.zero_state(batch),
+        }
+    }
+
+    /// Reconstructs `x` (B, T, M) starting from `states`. `train` draws the
+    /// latent and updates batch-norm statistics, except in the CNN blocks
+    /// listed in `frozen` (their running statistics stay those transferred).
+    pub fn forward(&self, x: &Tensor, states: &States, train: bool, frozen: &[Block]) -> Forward {
+        let (b, t, m) = x.size3().expect("(B, T, M)");
+        let [n_ieta, n_iphi, depth] = self.geometry.shape.map(|v| v as i64);
+        let [ph, pw] = self.padded;
+        let n = b * t;
+        let bn_train = |block| train && !frozen.contains(&block);
+        let flat = x.reshape([n, m]);
+        // CNN over (iη, iφ, depth).
+        let img = flat.view([n, 1, n_ieta, n_iphi, depth]).constant_pad_nd([
+            0,
+            0,
+            0,
+            pw - n_iphi,
+            0,
+            ph - n_ieta,
+        ]);
+        let cnn_train = bn_train(Block::EncoderCnn);
+        let pool = |x: Tensor| x.max_pool3d([2, 2, 1], [2, 2, 1], [0, 0, 0], [1, 1, 1], false);
+        let h = pool(
+            self.bn1
+                .forward_t(&self.conv1.forward(&img), cnn_train)
+                .relu(),
+        );
+        let h = pool(
+            self.bn2
+                .forward_t(&self.conv2.forward(&h), cnn_train)
+                .relu(),
+        );
+        let cnn_features = h.reshape([n, -1]);
+        // GCN over the RBX graph, then pooled per RBX.
+        let propagated = self.rbx.propagate(&flat).unsqueeze(-1);
+        let g = self.gcn.forward(&propagated).relu(); // (N, M, F)
+        let per_rbx = g.transpose(1, 2).matmul(&self.rbx.pool_t); // (N, F, n_rbx)
+        let gcn_features = per_rbx.reshape([n, -1]);
+        let embed = self
+            .enc_fc
+            .forward(&Tensor::cat(&[cnn_features, gcn_features], 1))
+            .relu()
+            .view([b, t, -1]);
+        let (enc_out, enc_state) = self.enc_rnn.seq_init(&embed, &states.encoder);
+        let mu = self.mu.forward(&enc_out);
+        let logvar = self.logvar.forward(&enc_out);
+        let z = if train {
+            &mu + (&logvar * 0.5).exp() * mu.randn_like()
+        } else {
+            mu.shallow_clone()
+        };
+        let (dec_out, dec_state) = self.dec_rnn.seq_init(&z, &states.decoder);
+        let c2 = self.arch.conv_channels[1];
+        let d = self.dec_fc.forward(&dec_out.reshape([n, -1])).relu().view([
+            n,
+            c2,
+            ph / 4,
+            pw / 4,
+            depth,
+        ]);
+        let dec_train = bn_train(Block::DecoderCnn);
+        let d = self.dbn1.forward_t(&self.up1.forward(&d), dec_train).relu();
+        let d = self.dbn2.forward_t(&self.up2.forward(&d), dec_train).relu();
+        let recon = self
+            .out
+            .forward(&d)
+            .narrow(2, 0, n_ieta)
+            .narrow(3, 0, n_iphi)
+            .reshape([b, t, m])
+            + &self.map_bias;
+        Forward {
+            recon,
+            mu,
+            logvar,
+            states: States {
+                encoder: enc_state,
+                decoder: dec_state,
+            },
+        }
+    }
+}
+
+/// Builds the network of `card` on `device` and loads `weights` into it.
+pub fn load_model(
+    card: &GraphStadCard,
+    weights: &[u8],
+    device: tch::Device,
+    at: &str,
+) -> Result<(nn::VarStore, GraphStad)> {
+    let vs = nn::VarStore::new(device);
+    let model = GraphStad::new(&vs.root(), card.spec.arch.clone(), card.spec.geometry);
+    load_weights(&vs, weights, at)?;
+    Ok((vs, model))
+}
+
+/// The paper's loss (Eq. 8): MSE + λ·KL(N(μ, σ) ‖ N(0, I)) + ρ·‖W‖², the KL
+/// summed over latent dimensions and averaged over LS, ‖W‖² over `trainable`.
+pub fn loss(
+    out: &Forward,
+    target: &Tensor,
+    lambda: f64,
+    rho: f64,
+    trainable: &[Tensor],
+) -> (Tensor, Tensor) {
+    let mse = out.recon.mse_loss(target, tch::Reduction::Mean);
+    let kl = ((&out.logvar + 1.0 - out.mu.square() - out.logvar.exp()).sum_dim_intlist(
+        -1,
+        false,
+        Kind::Float,
+    ) * -0.5)
+        .mean(Kind::Float);
+    let mut total = &mse + kl * lambda;
+    if rho > 0.0 && !trainable.is_empty() {
+        let l2 = Tensor::stack(
+            &trainable
+                .iter()
+                .map(|w| w.square().sum(Kind::Float))
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .sum(Kind::Float);
+        total += l2 * rho;
+    }
+    (total, mse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hcal::geometry::Subdetector;
+
+    #[test]
+    fn rbx_propagation_equals_the_dense_normalized_adjacency() {
+        let geometry = MapGeometry::of(Subdetector::Endcap);
+        let rbx = Rbx::new(&geometry, tch::Device::Cpu);
+        let m = geometry.n_channels();
+        let mut dense = vec![0.0f32; m * m];
+        for (i, j, w) in geometry.geometry().gcn_adjacency() {
+            dense[i * m + j] = w as f32;
+        }
+        let a = Tensor::from_slice(&dense).view([m as i64, m as i64]);
+        tch::manual_seed(0);
+        let x = Tensor::rand([3, m as i64], (Kind::Float, tch::Device::Cpu));
+        let diff = (rbx.propagate(&x) - x.matmul(&a.tr()))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn reconstructs_the_map_shape_for_every_subdetector() {
+        for sub in Subdetector::ALL {
+            let geometry = MapGeometry::of(sub);
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let model = GraphStad::new(&vs.root(), GraphStadArch::default(), geometry);
+            let m = geometry.n_channels() as i64;
+            let x = Tensor::rand([2, 5, m], (Kind::Float, tch::Device::Cpu));
+            let out = model.forward(&x, &model.zero_states(2), true, &[]);
+            assert_eq!(out.recon.size(), [2, 5, m], "{sub:?}");
+            assert_eq!(out.mu.size(), [2, 5, 16]);
+            let (total, mse) = loss(&out, &x, 0.003, 1e-7, &vs.trainable_variables());
+            assert!(total.double_value(&[]) > mse.double_value(&[]));
+        }
+    }
+
+    #[test]
+    fn every_variable_but_the_map_sized_ones_is_in_a_transfer_block() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _model = GraphStad::new(
+            &vs.root(),
+            GraphStadArch::default(),
+            MapGeometry::of(Subdetector::Barrel),
+        );
+        for name in vs.variables().keys() {
+            let free = ["enc_fc.", "vae.", "dec_fc."]
+                .iter()
+                .any(|p| name.starts_with(p));
+            assert_eq!(Block::of(name).is_some(), !free, "{name}");
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! `transfer_compare`: the paper's Tables 3 and 5 in one table. Inputs come
+//! in pairs, (models, scores) per training mode, the first pair being the
+//! reference (trained from scratch, T_init = RANDOM): per mode, the blocks
+//! initialized and frozen, the trainable parameters and their change ΔW, the
+//! validation MSE and the test MSE on healthy maps (never seen in training)
+//! with a 95 % interval over fills, and its change ΔMSE w.r.t. the reference.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StageError};
+use crate::hcal::geometry::Subdetector;
+use crate::hcal::model::Block;
+use crate::hcal::tables::{MapGeometry, ModelSpec, models_schema, read_model, scores_schema};
+use crate::input::require_column;
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
+use dqm_schemas::doc_field;
+
+/// Compares training modes (inputs: models_1, scores_1, models_2, scores_2, …).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferCompare {}
+
+impl StageConfig for TransferCompare {
+    const KIND: &'static str = "transfer_compare";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "(models, healthy-map scores) per training mode -> Tables 3/5: blocks transferred and frozen, trainable parameters ΔW, test MSE with interval and ΔMSE vs the first mode";
+    const INPUTS: (usize, usize) = (2, 64);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        let geometry = MapGeometry::of(Subdetector::Barrel);
+        let models = models_schema(&ModelSpec {
+            arch: Default::default(),
+            geometry,
+            window: 5,
+        });
+        vec![models, scores_schema(geometry)]
+    }
+}
+
+fn compare_schema() -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    Arc::new(Schema::new(vec![
+        f(
+            "mode",
+            DataType::Utf8,
+            "The training stage (its models input)",
+        ),
+        f(
+            "init_blocks",
+            DataType::Utf8,
+            "Blocks initialized from the source and fine-tuned (T_init)",
+        ),
+        f(
+            "frozen_blocks",
+            DataType::Utf8,
+            "Blocks copied from the source and frozen (T_train)",
+        ),
+        f("trainable_params", DataType::Int64, "Parameters trained"),
+        f(
+            "delta_params",
+            DataType::Float64,
+            "ΔW: relative change of the trainable parameters w.r.t. the first mode",
+        ),
+        f(
+            "best_epoch",
+            DataType::Int64,
+            "Epoch kept (lowest validation MSE)",
+        ),
+        f("val_mse", DataType::Float64, "Validation MSE at best_epoch"),
+        f("test_maps", DataType::Int64, "Healthy test maps scored"),
+        f(
+            "test_mse",
+            DataType::Float64,
+            "Mean reconstruction MSE on the healthy test maps (Eq. 7)",
+        ),
+        f(
+            "test_mse_lo",
+            DataType::Float64,
+            "95 % interval of test_mse over fills, lower",
+        ),
+        f(
+            "test_mse_hi",
+            DataType::Float64,
+            "95 % interval of test_mse over fills, upper",
+        ),
+        f(
+            "delta_mse",
+            DataType::Float64,
+            "ΔMSE: relative change of test_mse w.r.t. the first mode",
+        ),
+        f(
+            "delta_mse_lo",
+            DataType::Float64,
+            "95 % interval of ΔMSE from the per-fill ratios to the first mode (paired), lower",
+        ),
+        f("delta_mse_hi", DataType::Float64, "Same, upper"),
+    ]))
+}
+
+fn names(blocks: &[Block]) -> String {
+    blocks
+        .iter()
+        .map(|b| b.prefix())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Mean and 95 % interval of the per-fill ratios of `mode` to `base` minus
+/// one: a paired comparison (both scored the same fills).
+fn paired_delta(
+    mode: &BTreeMap<i64, (f64, usize)>,
+    base: &BTreeMap<i64, (f64, usize)>,
+) -> (f64, f64) {
+    let ratios: Vec<f64> = mode
+        .iter()
+        .filter_map(|(fill, (s, c))| {
+            base.get(fill)
+                .map(|(bs, bc)| (s / *c as f64) / (bs / *bc as f64) - 1.0)
+        })
+        .collect();
+    let k = ratios.len() as f64;
+    if ratios.len() < 2 {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = ratios.iter().sum::<f64>() / k;
+    let se = (ratios.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (k - 1.0) / k).sqrt();
+    (m - 1.96 * se, m + 1.96 * se)
+}
+
+/// Mean, and a 95 % interval from the spread of per-fill means.
+fn mean_over_fills(per_fill: &BTreeMap<i64, (f64, usize)>) -> (f64, f64, f64, usize) {
+    let n: usize = per_fill.values().map(|v| v.1).sum();
+    let mean = per_fill.values().map(|v| v.0).sum::<f64>() / n as f64;
+    let means: Vec<f64> = per_fill.values().map(|(s, c)| s / *c as f64).collect();
+    let k = means.len() as f64;
+    let m = means.iter().sum::<f64>() / k;
+    let se = if means.len() > 1 {
+        (means.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (k - 1.0) / k).sqrt()
+    } else {
+        f64::NAN
+    };
+    (mean, mean - 1.96 * se, mean + 1.96 * se, n)
+}
+
+impl Stage for TransferCompare {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        if inputs.len() < 2 || !inputs.len().is_multiple_of(2) {
+            return Err(StageError::InputCount {
+                expected: "pairs of (models, scores)".into(),
+                found: inputs.len(),
+            });
+        }
+        for (k, pair) in inputs.chunks(2).enumerate() {
+            ModelSpec::from_schema(&pair[0], &format!("input {}", 2 * k + 1))?;
+            for c in ["case", "fill", "mse"] {
+                require_column(
+                    &pair[1],
+                    &format!("input {}", 2 * k + 2),
+                    c,
+                    "a scores table (`graphstad_score`)",
+                    "its type",
+                    |_| true,
+                )?;
+            }
+        }
+        Ok(vec![OutputSpec {
+            name: "main",
+            schema: compare_schema(),
+        }])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let mut rows = Vec::new();
+        for pair in ctx.inputs.chunks(2) {
+            let (card, _) = read_model(&pair[0])?;
+            let mut per_fill: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+            for batch in pair[1].batches() {
+                let batch = batch?;
+                let col = |n: &str| {
+                    batch
+                        .column(batch.schema().index_of(n).expect("planned"))
+                        .clone()
+                };
+                let case = col("case");
+                let fill = col("fill");
+                let mse = col("mse");
+                let (case, fill, mse) = (
+                    case.as_string::<i32>(),
+                    fill.as_primitive::<Int64Type>(),
+                    mse.as_primitive::<Float64Type>(),
+                );
+                for i in 0..batch.num_rows() {
+                    if case.value(i) == "none" {
+                        let e = per_fill.entry(fill.value(i)).or_default();
+                        e.0 += mse.value(i);
+                        e.1 += 1;
+                    }
+                }
+            }
+            if per_fill.is_empty() {
+                return Err(StageError::data(format!(
+                    "input `{}` has no healthy map (case `none`): score maps without injected anomalies",
+                    pair[1].name
+                )));
+            }
+            rows.push((
+                pair[0].name.clone(),
+                card,
+                mean_over_fills(&per_fill),
+                per_fill,
+            ));
+        }
+        let deltas: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| paired_delta(&r.3, &rows[0].3))
+            .collect();
+        let (base_params, base_mse) = (rows[0].1.trainable_params as f64, rows[0].2.0);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.0.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| names(&r.1.init_blocks)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| names(&r.1.frozen_blocks)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.trainable_params),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter()
+                    .map(|r| r.1.trainable_params as f64 / base_params - 1.0),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1.best_epoch as i64),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.1.val_mse),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.2.3 as i64),
+            )),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.0))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.1))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.2))),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.2.0 / base_mse - 1.0),
+            )),
+            Arc::new(Float64Array::from_iter_values(deltas.iter().map(|d| d.0))),
+            Arc::new(Float64Array::from_iter_values(deltas.iter().map(|d| d.1))),
+        ];
+        for ((name, card, (mse, lo, hi, _), _), (dlo, dhi)) in rows.iter().zip(&deltas) {
+            ctx.reporter.info(&format!(
+                "{name:<14} trainable {:>7} ({:+.1} %) test MSE {mse:.4e} [{lo:.4e}, {hi:.4e}] ΔMSE {:+.1} % [{:+.1}, {:+.1}]",
+                card.trainable_params,
+                100.0 * (card.trainable_params as f64 / base_params - 1.0),
+                100.0 * (mse / base_mse - 1.0),
+                100.0 * dlo,
+                100.0 * dhi
+            ));
+        }
+        ctx.output
+            .write("main", RecordBatch::try_new(compare_schema(), columns)?)
+    }
+}
