@@ -52,6 +52,8 @@ pub struct StageReport {
 
 /// Provenance written into the manifest and every Parquet footer.
 const PROVENANCE_KEY: &str = "dqm.provenance";
+/// A row group is closed once its buffered data reach this size.
+const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// Writes a stage's tables into its staging directory, checking every batch
 /// against the declared schema.
@@ -181,12 +183,19 @@ impl OutputWriter for ParquetOutputs {
         let table = self.tables.get_mut(output).expect("exists");
         table.rows += batch.num_rows() as u64;
         let path = self.dir.join(output);
-        table
-            .writer
-            .as_mut()
-            .expect("opened")
+        let writer = table.writer.as_mut().expect("opened");
+        writer
             .write(&batch)
-            .map_err(|e| StageError::parquet(path, e))
+            .map_err(|e| StageError::parquet(&path, e))?;
+        // The writer holds a row group in memory until it closes it, by
+        // default after a million rows. Close row groups by size too, so a
+        // stage's memory stays bounded in its rows and readers of tables of
+        // per-channel lists (HCAL maps, ~50 kB a row) get row groups of a
+        // sensible size.
+        if writer.in_progress_size() > ROW_GROUP_BYTES {
+            writer.flush().map_err(|e| StageError::parquet(&path, e))?;
+        }
+        Ok(())
     }
 }
 

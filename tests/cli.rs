@@ -572,7 +572,7 @@ const QUICK_MEDIC: [&str; 8] = [
 
 /// A shipped MEDIC pipeline whose `pattern` points at the repository's
 /// bundled Delphes files, so it runs from a sandbox directory.
-fn bundled_medic_pipeline(name: &str) -> String {
+fn bundled_pipeline(name: &str) -> String {
     let repo = env!("CARGO_MANIFEST_DIR");
     fs::read_to_string(format!("{repo}/pipelines/{name}"))
         .unwrap()
@@ -580,6 +580,7 @@ fn bundled_medic_pipeline(name: &str) -> String {
             "pattern: data/delphes",
             &format!("pattern: {repo}/data/delphes"),
         )
+        .replace("path: data/delphes", &format!("path: {repo}/data/delphes"))
 }
 
 /// A model trained by one pipeline scores events it never saw in another
@@ -587,8 +588,8 @@ fn bundled_medic_pipeline(name: &str) -> String {
 #[test]
 fn a_trained_medic_model_is_applied_to_unseen_entries() {
     let sb = Sandbox::new();
-    sb.write("w30.yaml", &bundled_medic_pipeline("medic_w30.yaml"));
-    sb.write("apply.yaml", &bundled_medic_pipeline("medic_apply.yaml"));
+    sb.write("w30.yaml", &bundled_pipeline("medic_w30.yaml"));
+    sb.write("apply.yaml", &bundled_pipeline("medic_apply.yaml"));
     let w5 = ["--set", "windows.window=5"];
     let mut train = vec!["run", "w30.yaml", "--until", "model"];
     train.extend(QUICK_MEDIC);
@@ -651,7 +652,7 @@ fn a_trained_medic_model_is_applied_to_unseen_entries() {
 #[test]
 fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     let sb = Sandbox::new();
-    let yaml = bundled_medic_pipeline("medic_w30.yaml");
+    let yaml = bundled_pipeline("medic_w30.yaml");
     sb.write("w30.yaml", &yaml);
     let mut quick = QUICK_MEDIC.to_vec();
     quick.extend(["--set", "predictions.device=cpu"]);
@@ -733,7 +734,7 @@ fn medic_w30_pipeline_trains_predicts_and_scores_end_to_end() {
     }
 
     // The window-size scan plans: nine ensembles gathered by one union.
-    sb.write("wscan.yaml", &bundled_medic_pipeline("medic_wscan.yaml"));
+    sb.write("wscan.yaml", &bundled_pipeline("medic_wscan.yaml"));
     let plan = sb.ok(&["plan", "wscan.yaml"]);
     assert_eq!(plan.matches("[medic_train]").count(), 9, "{plan}");
     assert!(
@@ -916,4 +917,150 @@ fn dinamo_s_study_pipeline_keeps_every_metric_without_per_run_vectors() {
          sum(CASE WHEN jaccard > 0 AND jaccard < 1 THEN 1 ELSE 0 END) FROM metrics",
     );
     assert_eq!(metrics.lines().nth(1).unwrap(), "12,12,12,12");
+}
+
+/// A GraphSTAD network small enough to train in seconds.
+const SMALL_ARCH: &str =
+    "{conv_channels: [4, 8], gcn_features: 2, embed: 16, lstm_hidden: 16, latent: 4}";
+
+fn sets(pairs: &[(&str, &str)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+/// The HCAL occupancy pipeline, shrunk with `--set`: Delphes events -> rates
+/// -> generated fills -> renormalization -> autoencoder -> injected
+/// anomalies on unseen fills -> Table 7; real glitch maps -> their table.
+/// Maps of another subdetector than the model's are refused at `plan`.
+#[test]
+fn hcal_occupancy_pipeline_trains_scores_and_reports_table7() {
+    let sb = Sandbox::new();
+    sb.write("hcal.yaml", &bundled_pipeline("hcal_occupancy.yaml"));
+    let quick = sets(&[
+        ("train_maps.fills", "2"),
+        ("train_maps.ls_per_fill", "[40, 40]"),
+        ("test_maps.fills", "2"),
+        ("test_maps.ls_per_fill", "[40, 40]"),
+        ("injected.targets_per_fill", "2"),
+        ("model.epochs", "2"),
+        ("model.streams", "2"),
+        ("model.arch", SMALL_ARCH),
+        ("real_train_maps.fills", "2"),
+        ("real_train_maps.ls_per_fill", "[30, 30]"),
+        ("real_model.epochs", "1"),
+        ("real_model.streams", "2"),
+        ("real_model.arch", SMALL_ARCH),
+    ]);
+    let mut args = vec!["run", "hcal.yaml"];
+    args.extend(quick.iter().map(String::as_str));
+    let out = sb.ok(&args);
+    assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
+    let query = |sql: &str| {
+        let mut q = vec!["query", "hcal.yaml", sql, "--format", "csv"];
+        q.extend(quick.iter().map(String::as_str));
+        sb.ok(&q)
+            .lines()
+            .skip(1)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // 7 cases x 2 methods, each on 2 fills x 2 target windows.
+    assert_eq!(
+        query("SELECT count(*), min(target_maps), max(target_maps) FROM table7"),
+        ["14,4,4"]
+    );
+    // The rule separates dead channels (~45 expected hits, 0 seen) perfectly;
+    // every AUC is a probability with an interval around it.
+    assert_eq!(
+        query("SELECT auc > 0.99 FROM table7 WHERE method = 'reference' AND \"case\" = 'dead'"),
+        ["true"]
+    );
+    assert_eq!(
+        query(
+            "SELECT bool_and(auc BETWEEN auc_lo AND auc_hi AND auc_lo >= 0 AND auc_hi <= 1) FROM table7"
+        ),
+        ["true"]
+    );
+    // Real glitches: the barrel-off maps light up the barrel, normal does not.
+    let real = query(
+        "SELECT \"case\", detection_at_alpha > 0.5, fpr_at_alpha < 0.05 FROM real_table WHERE method = 'reference' ORDER BY \"case\"",
+    );
+    assert_eq!(real[0], "hcal_barrel_off,true,");
+    assert_eq!(real[3], "normal,,true");
+    let png = sb
+        .path()
+        .join("dqm-work/pipelines/hcal_occupancy/scores/artifacts/map_dead.png");
+    assert!(fs::metadata(&png).unwrap().len() > 1000, "{png:?}");
+    // Endcap maps scored by a barrel model: refused before anything runs.
+    let mut bad = bundled_pipeline("hcal_occupancy.yaml");
+    bad = bad.replace(
+        "params: { subdetector: barrel, fills: 4, first_fill: 101, seed: 12 }",
+        "params: { subdetector: endcap, fills: 4, first_fill: 101, seed: 12 }",
+    );
+    sb.write("bad.yaml", &bad);
+    let err = sb.fails(&["plan", "bad.yaml"]);
+    assert!(
+        err.contains("scores") && err.contains("endcap maps") && err.contains("trained on barrel"),
+        "{err}"
+    );
+}
+
+/// Transfer learning endcap -> barrel, shrunk: every mode trains, the
+/// frozen blocks cut the trainable parameters in the paper's order, and the
+/// comparison table has one row per mode.
+#[test]
+fn hcal_transfer_pipeline_compares_modes() {
+    let sb = Sandbox::new();
+    sb.write("tl.yaml", &bundled_pipeline("hcal_transfer.yaml"));
+    let mut pairs = vec![
+        ("endcap_maps.fills", "2"),
+        ("endcap_maps.ls_per_fill", "[30, 30]"),
+        ("barrel_maps.ls_per_fill", "[30, 30]"),
+        ("barrel_test_maps.fills", "2"),
+        ("barrel_test_maps.ls_per_fill", "[20, 20]"),
+    ];
+    let models = ["source", "scratch", "tl4", "tl4_tl3", "tl7_tl5", "tl7_tl6"];
+    let keys: Vec<(String, String)> = models
+        .iter()
+        .flat_map(|m| {
+            [
+                (format!("{m}.epochs"), "1".to_string()),
+                (format!("{m}.streams"), "2".to_string()),
+                (format!("{m}.arch"), SMALL_ARCH.to_string()),
+            ]
+        })
+        .collect();
+    pairs.extend(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let quick = sets(&pairs);
+    let mut args = vec!["run", "tl.yaml"];
+    args.extend(quick.iter().map(String::as_str));
+    sb.ok(&args);
+    let mut q = vec![
+        "query",
+        "tl.yaml",
+        "SELECT mode, frozen_blocks, trainable_params, delta_params, test_mse > 0 FROM table5",
+        "--format",
+        "csv",
+    ];
+    q.extend(quick.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = sb
+        .ok(&q)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    let modes: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(modes, ["scratch", "tl4", "tl4_tl3", "tl7_tl5", "tl7_tl6"]);
+    let params: Vec<i64> = rows
+        .iter()
+        .map(|r| r[r.len() - 3].parse().unwrap())
+        .collect();
+    assert_eq!(params[0], params[1], "TL-4 / No-TL freezes nothing");
+    assert!(
+        params[1] > params[2] && params[2] > params[3] && params[3] > params[4],
+        "{params:?}"
+    );
+    assert!(rows.iter().all(|r| r.last().unwrap() == "true"));
 }

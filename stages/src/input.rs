@@ -34,8 +34,39 @@ pub fn parquet_schema(path: &Path) -> Result<SchemaRef> {
 }
 
 /// A reader of one Parquet file: all its row groups, or only `row_groups`.
+/// Rows per batch read: 8192, fewer for wide rows so a decoded batch holds
+/// about [`BATCH_BYTES`] (a row of per-channel lists is tens of kB). The
+/// decoded size is estimated from the values each column chunk holds (the
+/// encoded sizes say little: lists of small counts compress to a few bytes).
+fn batch_rows(meta: &parquet::file::metadata::ParquetMetaData) -> usize {
+    use parquet::basic::Type;
+    let rows = meta.file_metadata().num_rows().max(1) as usize;
+    let mut bytes = 0usize;
+    for group in meta.row_groups() {
+        for column in group.columns() {
+            let values = column.num_values().max(0) as usize;
+            bytes += match column.column_type() {
+                Type::BOOLEAN => values.div_ceil(8),
+                Type::INT32 | Type::FLOAT => 4 * values,
+                Type::INT64 | Type::DOUBLE => 8 * values,
+                Type::INT96 => 12 * values,
+                Type::BYTE_ARRAY | Type::FIXED_LEN_BYTE_ARRAY => {
+                    column.uncompressed_size().max(0) as usize
+                }
+            };
+        }
+    }
+    let per_row = (bytes / rows).max(1);
+    (BATCH_BYTES / per_row).clamp(16, 8192)
+}
+
+/// Target uncompressed size of one batch read from Parquet.
+const BATCH_BYTES: usize = 32 << 20;
+
 fn open_parquet(path: &Path, row_groups: Option<Vec<usize>>) -> Result<ParquetRecordBatchReader> {
-    let builder = parquet_builder(path)?.with_batch_size(8192);
+    let builder = parquet_builder(path)?;
+    let rows = batch_rows(builder.metadata());
+    let builder = builder.with_batch_size(rows);
     match row_groups {
         Some(groups) => builder.with_row_groups(groups),
         None => builder,

@@ -202,6 +202,86 @@ pub fn confusion(path: &Path, title: &str, labels: &[String], counts: &[Vec<u64>
     Ok(())
 }
 
+/// One panel of [`heatmaps`]: `values` row-major over `rows` × `cols` cells,
+/// cells with `outline` set drawn with a black frame.
+pub struct Heatmap {
+    pub title: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<f64>,
+    pub outline: Vec<bool>,
+}
+
+/// Panels of colour maps side by side (the HCAL paper's Figure 10: input,
+/// reconstruction and anomaly score, injected channels outlined). Each panel
+/// has its own colour scale, white (its minimum) to dark red (its maximum);
+/// x is the column (iφ), y the row (iη).
+pub fn heatmaps(path: &Path, title: &str, panels: &[Heatmap]) -> Result<()> {
+    register_font();
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    let width = 520 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    for (area, panel) in root
+        .split_evenly((1, panels.len().max(1)))
+        .iter()
+        .zip(panels)
+    {
+        let (lo, hi) = panel
+            .values
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{} [{lo:.3e}, {hi:.3e}]", panel.title),
+                ("sans-serif", 15),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0..panel.cols as i32, 0..panel.rows as i32)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("iφ")
+            .y_desc("iη")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let cells = panel.values.iter().enumerate().map(|(i, &v)| {
+            let (r, c) = ((i / panel.cols) as i32, (i % panel.cols) as i32);
+            let f = if v.is_finite() {
+                ((v - lo) / span).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            let shade = (255.0 * (1.0 - f)) as u8;
+            Rectangle::new(
+                [(c, r), (c + 1, r + 1)],
+                RGBColor(255 - (f * 120.0) as u8, shade, shade).filled(),
+            )
+        });
+        chart.draw_series(cells).map_err(|e| err(&e))?;
+        let frames = panel
+            .outline
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| **o)
+            .map(|(i, _)| {
+                let (r, c) = ((i / panel.cols) as i32, (i % panel.cols) as i32);
+                Rectangle::new([(c, r), (c + 1, r + 1)], BLACK.stroke_width(1))
+            });
+        chart.draw_series(frames).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
 /// Overlaid histograms of several samples on common bins, each with a dashed
 /// line at its median (the DINAMO paper's Figures 8-10).
 pub fn histograms(

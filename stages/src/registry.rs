@@ -123,6 +123,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::medic::alerts::Alerts>(),
         kind::<crate::hcal::hcal_rates::HcalRates>(),
         kind::<crate::hcal::lumi_maps::LumiMaps>(),
+        kind::<crate::hcal::delphes_maps::DelphesMaps>(),
         kind::<crate::hcal::inject_anomalies::InjectAnomalies>(),
         kind::<crate::hcal::renormalize_occupancy::RenormalizeOccupancy>(),
         kind::<crate::hcal::graphstad_train::GraphstadTrain>(),

@@ -69,6 +69,8 @@ pub fn occupancy_per_event(row: &MapRow) -> Vec<f64> {
 /// channel and the MSE in the model's scale.
 pub struct FillErrors {
     pub abs: Vec<Vec<f64>>,
+    /// The reconstruction in γ/ξ.
+    pub predicted: Vec<Vec<f64>>,
     pub mse: Vec<f64>,
 }
 
@@ -86,6 +88,7 @@ pub fn fill_errors(
     let geometry: &MapGeometry = &model.geometry;
     let m = geometry.n_channels();
     let mut abs = Vec::with_capacity(rows.len());
+    let mut predicted_all = Vec::with_capacity(rows.len());
     let mut mse = Vec::with_capacity(rows.len());
     let mut states = model.zero_states(1);
     for chunk in rows.chunks(window) {
@@ -126,9 +129,14 @@ pub fn fill_errors(
                     .map(|(a, p)| (a - p).abs())
                     .collect(),
             );
+            predicted_all.push(predicted);
         }
     }
-    Ok(FillErrors { abs, mse })
+    Ok(FillErrors {
+        abs,
+        predicted: predicted_all,
+        mse,
+    })
 }
 
 /// |γ/ξ − reference × row median| per channel of every map of a fill: the

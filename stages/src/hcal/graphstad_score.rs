@@ -4,7 +4,9 @@
 //! back to γ/ξ; e_i,MAE is the mean absolute error over the window of T LS
 //! ending at the LS, and a_i = e_i,MAE / σ_i with σ_i from the training maps.
 //! The reference-map rule (training mean of the renormalized occupancy × the
-//! LS's own row medians) is scored the same way beside it.
+//! LS's own row medians) is scored the same way beside it. Artifacts: per
+//! anomaly case, `map_<case>.png` (the paper's Fig. 10) for its first
+//! target LS.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use crate::hcal::tables::{
 };
 use crate::nn::{DeviceChoice, exclusive};
 use crate::params::AutoOr;
+use crate::plots::{Heatmap, heatmaps};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Scores every channel of every map with a trained model.
@@ -127,6 +130,42 @@ fn scores_batch(
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
+/// The paper's Figure 10 for one LS: γ/ξ, its reconstruction and a_i, the
+/// injected channels outlined.
+fn figure(
+    path: &std::path::Path,
+    geometry: &MapGeometry,
+    row: &MapRow,
+    predicted: &[f64],
+    score: &[f64],
+) -> Result<()> {
+    let [rows, cols, _] = geometry.shape;
+    let outline = row.injected.clone().unwrap_or_default();
+    let panel = |title: &str, values: Vec<f64>| Heatmap {
+        title: title.into(),
+        rows,
+        cols,
+        values,
+        outline: outline.clone(),
+    };
+    let xi = row.events.max(1) as f64;
+    heatmaps(
+        path,
+        &format!(
+            "{} {}, fill {} LS {} (injected channels outlined)",
+            geometry.subdetector.name(),
+            row.case.as_deref().unwrap_or("none"),
+            row.fill,
+            row.ls
+        ),
+        &[
+            panel("γ/ξ", row.occupancy.iter().map(|g| g / xi).collect()),
+            panel("reconstruction", predicted.to_vec()),
+            panel("a_i", score.to_vec()),
+        ],
+    )
+}
+
 /// a_i = e_i / σ_i for every LS.
 fn standardized(mae: Vec<Vec<f64>>, sigma: &[f32]) -> Vec<Vec<f64>> {
     mae.into_iter()
@@ -177,6 +216,8 @@ impl Stage for GraphstadScore {
             AutoOr::Value(a) => (a, a),
         };
         let (mut n_maps, mut flagged) = (0usize, 0usize);
+        let mut plotted: Vec<String> = Vec::new();
+        let artifacts = ctx.artifacts;
         let output = &mut *ctx.output;
         for_each_fill(maps, &geometry, |fill| {
             let errors = fill_errors(&model, &scaling, &fill, window, card.carry_state, device)?;
@@ -185,6 +226,19 @@ impl Stage for GraphstadScore {
                 windowed_mae(&reference_errors(&card.reference, &fill, &geometry), window),
                 &card.sigma_reference,
             );
+            if let Some(s) = fill.iter().position(|r| r.target == Some(true))
+                && let Some(case) = fill[s].case.clone()
+                && !plotted.contains(&case)
+            {
+                figure(
+                    &artifacts.join(format!("map_{case}.png")),
+                    &geometry,
+                    &fill[s],
+                    &errors.predicted[s],
+                    &score[s],
+                )?;
+                plotted.push(case);
+            }
             n_maps += fill.len();
             flagged += score
                 .iter()

@@ -528,6 +528,7 @@ impl Stage for GraphstadTrain {
             frozen_blocks: freeze,
             best_epoch,
             val_mse: best,
+            val_curve: log.iter().map(|e| e.val_mse).collect(),
             train_maps: train_rows.len(),
             val_maps: val_rows.len(),
         };

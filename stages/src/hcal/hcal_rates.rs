@@ -4,16 +4,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Float32Type, SchemaRef};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::SchemaRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::arrow_util::{cast_column, is_numeric_list};
 use crate::error::{Result, StageError, bad_param};
 use crate::hcal::geometry::{Geometry, Subdetector};
 use crate::hcal::tables::rates_schema;
-use crate::input::require_column;
+use crate::hcal::towers::{check_events, example_events_schema, for_each_event};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
 
 /// Counts, per channel, the events with an HCAL tower in it.
@@ -50,11 +49,7 @@ impl StageConfig for HcalRates {
     const INPUTS: (usize, usize) = (1, 1);
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        vec![dqm_schemas::events::schema(
-            &[],
-            &["Eta".into(), "Phi".into(), "Ehad".into()],
-            &[],
-        )]
+        vec![example_events_schema()]
     }
 
     fn validate(&self) -> Result<()> {
@@ -64,8 +59,6 @@ impl StageConfig for HcalRates {
         Ok(())
     }
 }
-
-const TOWER_COLUMNS: [&str; 3] = ["tower_eta", "tower_phi", "tower_ehad"];
 
 /// Hits per channel of each subdetector, and what could not be placed.
 #[derive(Debug, Clone)]
@@ -128,50 +121,16 @@ impl HcalRates {
     fn count(&self, ctx: &RunContext<'_>) -> Result<RateCount> {
         let input = &ctx.inputs[0];
         let mut count = RateCount::new();
-        let f32_list = dqm_schemas::events::f32_list();
-        for batch in input.batches() {
-            let batch = batch?;
-            let schema = batch.schema();
-            let lists: Vec<ArrayRef> = TOWER_COLUMNS
-                .iter()
-                .map(|c| {
-                    let i = schema.index_of(c).map_err(|_| {
-                        StageError::data(format!("input `{}` has no column `{c}`", input.name))
-                    })?;
-                    cast_column(batch.column(i), &f32_list, &input.name, c)
-                })
-                .collect::<Result<_>>()?;
-            let labels = match &self.label {
-                Some(_) => Some(cast_column(
-                    batch.column(schema.index_of("label").map_err(|_| {
-                        StageError::data(format!("input `{}` has no column `label`", input.name))
-                    })?),
-                    &DataType::Utf8,
-                    &input.name,
-                    "label",
-                )?),
-                None => None,
-            };
-            let [eta, phi, ehad] = [&lists[0], &lists[1], &lists[2]].map(|l| l.as_list::<i32>());
-            for row in 0..batch.num_rows() {
-                if let (Some(want), Some(labels)) = (&self.label, &labels)
-                    && labels.as_string::<i32>().value(row) != want
-                {
-                    continue;
-                }
-                let values = |l: &arrow::array::ListArray| {
-                    l.value(row).as_primitive::<Float32Type>().values().to_vec()
-                };
-                let (eta, phi, ehad) = (values(eta), values(phi), values(ehad));
-                if eta.len() != phi.len() || eta.len() != ehad.len() {
-                    return Err(StageError::data(format!(
-                        "input `{}`, row {row}: tower_eta, tower_phi and tower_ehad differ in length",
-                        input.name
-                    )));
-                }
-                count.add_event(&eta, &phi, &ehad, self.ehad_min);
+        for_each_event(input, self.label.is_some(), |towers| {
+            if self
+                .label
+                .as_deref()
+                .is_none_or(|want| towers.label == Some(want))
+            {
+                count.add_event(towers.eta, towers.phi, towers.ehad, self.ehad_min);
             }
-        }
+            Ok(())
+        })?;
         if count.events == 0 {
             return Err(StageError::data(format!(
                 "input `{}` has no event{}",
@@ -228,27 +187,7 @@ pub fn rates_batch(count: &RateCount, phi_symmetric: bool) -> Result<RecordBatch
 impl Stage for HcalRates {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 1)?;
-        let why = "HCAL towers of a `delphes_convert` events table";
-        for c in TOWER_COLUMNS {
-            require_column(
-                &inputs[0],
-                "events",
-                c,
-                why,
-                "a numeric list",
-                is_numeric_list,
-            )?;
-        }
-        if self.label.is_some() {
-            require_column(
-                &inputs[0],
-                "events",
-                "label",
-                "`label` filter",
-                "Utf8",
-                |t| t == &DataType::Utf8,
-            )?;
-        }
+        check_events(&inputs[0], self.label.is_some())?;
         Ok(vec![OutputSpec {
             name: "main",
             schema: rates_schema(),
@@ -284,6 +223,7 @@ mod tests {
     use super::*;
     use crate::hcal::test_support::bundled_events;
     use crate::in_memory::run_in_memory;
+    use arrow::array::AsArray;
 
     /// Counts the bundled file of `label` with every tower's channel checked.
     fn count_of(label: &str) -> RateCount {
@@ -313,31 +253,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = bundled_events(dir.path(), &["normal"]);
         let mut towers = 0;
-        for batch in input.batches() {
-            let batch = batch.unwrap();
-            let col = |n: &str| batch.column(batch.schema().index_of(n).unwrap()).clone();
-            let (eta, phi, ehad) = (col("tower_eta"), col("tower_phi"), col("tower_ehad"));
-            for row in 0..batch.num_rows() {
-                let v = |a: &ArrayRef| {
-                    a.as_list::<i32>()
-                        .value(row)
-                        .as_primitive::<Float32Type>()
-                        .values()
-                        .to_vec()
-                };
-                for ((e, p), h) in v(&eta).into_iter().zip(v(&phi)).zip(v(&ehad)) {
-                    if h > 0.0 {
-                        towers += 1;
-                        let homes = count
-                            .geometries
-                            .iter()
-                            .filter(|g| g.locate(e.into(), p.into()).is_some())
-                            .count();
-                        assert_eq!(homes, 1, "tower at η {e} φ {p}");
-                    }
-                }
+        crate::hcal::towers::for_each_event(&input, false, |event| {
+            for (e, p) in event.hcal(0.0) {
+                towers += 1;
+                let homes = count
+                    .geometries
+                    .iter()
+                    .filter(|g| g.locate(e, p).is_some())
+                    .count();
+                assert_eq!(homes, 1, "tower at η {e} φ {p}");
             }
-        }
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(towers, count.towers);
         // One Delphes tower per channel per event: hits equal towers.
         let hits: u64 = count.hits.iter().flatten().sum();

@@ -263,12 +263,18 @@ impl Stage for LumiMaps {
         }])
     }
 
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let rates = self.rates(ctx)?;
         let schema = maps_schema(MapGeometry::of(self.subdetector));
-        let progress = ctx.reporter.progress(self.fills as u64, "fills");
+        // Fills are independent streams: a shard makes its block of them.
+        let fills = ctx.shard.range(self.fills);
+        let progress = ctx.reporter.progress(fills.len() as u64, "fills");
         let mut n_ls = 0;
-        for k in 0..self.fills {
+        for k in fills.clone() {
             let rows = self.fill(&rates, k);
             n_ls += rows.len();
             ctx.output.write("main", write_rows(&schema, &rows)?)?;
@@ -278,7 +284,7 @@ impl Stage for LumiMaps {
             "{n_ls} LS maps of {} {} channels in {} fills",
             rates.len(),
             self.subdetector.name(),
-            self.fills
+            fills.len()
         ));
         Ok(())
     }
@@ -354,6 +360,36 @@ mod tests {
         assert_eq!(a, generate(&stage, 0.02));
         let b = generate(&LumiMaps { seed: 2, ..stage }, 0.02);
         assert_ne!(a[0].occupancy, b[0].occupancy);
+    }
+
+    #[test]
+    fn shards_concatenate_to_the_whole() {
+        use crate::in_memory::run_shard_in_memory;
+        use crate::stage::Shard;
+        let dir = tempfile::tempdir().unwrap();
+        let input =
+            input_from_batch("rates", &flat_rates(0.01), &dir.path().join("r.parquet")).unwrap();
+        let stage = LumiMaps {
+            fills: 3,
+            ls_per_fill: [4, 6],
+            ..Default::default()
+        };
+        let whole = run_in_memory(&stage, std::slice::from_ref(&input))
+            .unwrap()
+            .table("main");
+        let parts: Vec<_> = (0..2)
+            .map(|index| {
+                run_shard_in_memory(
+                    &stage,
+                    std::slice::from_ref(&input),
+                    Shard { index, count: 2 },
+                )
+                .unwrap()
+                .table("main")
+            })
+            .collect();
+        let joined = arrow::compute::concat_batches(&whole.schema(), &parts).unwrap();
+        assert_eq!(joined, whole);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! spatio-temporal autoencoder with transfer learning.
 
 pub mod channel_metrics;
+pub mod delphes_maps;
 pub mod errors;
 pub mod geometry;
 pub mod graphstad_score;
@@ -15,6 +16,7 @@ pub mod lumi_maps;
 pub mod model;
 pub mod renormalize_occupancy;
 pub mod tables;
+pub mod towers;
 pub mod transfer_compare;
 
 /// The bundled Delphes sample as an events table, for this family's tests.

@@ -567,6 +567,9 @@ pub struct GraphStadCard {
     pub frozen_blocks: Vec<Block>,
     pub best_epoch: usize,
     pub val_mse: f64,
+    /// Validation MSE of every epoch (the MSE-vs-epoch comparison of
+    /// transfer modes).
+    pub val_curve: Vec<f64>,
     pub train_maps: usize,
     pub val_maps: usize,
 }

@@ -3,7 +3,9 @@
 //! reference (trained from scratch, T_init = RANDOM): per mode, the blocks
 //! initialized and frozen, the trainable parameters and their change ΔW, the
 //! validation MSE and the test MSE on healthy maps (never seen in training)
-//! with a 95 % interval over fills, and its change ΔMSE w.r.t. the reference.
+//! with a 95 % interval over fills, and its change ΔMSE w.r.t. the reference
+//! (paired per fill). Artifact: `val_mse_by_mode.png`, validation MSE per
+//! epoch of every mode.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::hcal::geometry::Subdetector;
 use crate::hcal::model::Block;
 use crate::hcal::tables::{MapGeometry, ModelSpec, models_schema, read_model, scores_schema};
 use crate::input::require_column;
+use crate::plots::{Series, lines};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::doc_field;
 
@@ -266,6 +269,26 @@ impl Stage for TransferCompare {
                 100.0 * dhi
             ));
         }
+        let curves: Vec<Series> = rows
+            .iter()
+            .map(|(name, card, _, _)| Series {
+                name: name.clone(),
+                points: card
+                    .val_curve
+                    .iter()
+                    .enumerate()
+                    .map(|(e, v)| ((e + 1) as f64, v.log10()))
+                    .collect(),
+            })
+            .collect();
+        lines(
+            &ctx.artifacts.join("val_mse_by_mode.png"),
+            "Validation MSE per epoch, from scratch and with transfer",
+            "epoch",
+            "log10 validation MSE",
+            &curves,
+            false,
+        )?;
         ctx.output
             .write("main", RecordBatch::try_new(compare_schema(), columns)?)
     }
