@@ -544,6 +544,18 @@ pub mod events {
 
     /// The schema for the given feature lists.
     pub fn schema(track: &[String], tower: &[String], met: &[String]) -> SchemaRef {
+        schema_with_jets(track, tower, met, &[], false)
+    }
+
+    /// The schema with jets (`n_jets` and one `jet_<feature>` list per
+    /// feature, when `jets` is not empty) and `scalar_ht` after the MET.
+    pub fn schema_with_jets(
+        track: &[String],
+        tower: &[String],
+        met: &[String],
+        jets: &[String],
+        scalar_ht: bool,
+    ) -> SchemaRef {
         let mut fields = vec![
             doc_field(
                 "event_id",
@@ -617,6 +629,30 @@ pub mod events {
                 DataType::Float32,
                 false,
                 &format!("MissingET.{f} (one per event)"),
+            ));
+        }
+        if !jets.is_empty() {
+            fields.push(doc_field(
+                "n_jets",
+                DataType::Int32,
+                false,
+                "Number of jets (Jet_size)",
+            ));
+        }
+        for f in jets {
+            fields.push(doc_field(
+                &column("Jet", f),
+                f32_list(),
+                false,
+                &format!("Jet.{f} of every jet of the event"),
+            ));
+        }
+        if scalar_ht {
+            fields.push(doc_field(
+                "scalar_ht",
+                DataType::Float32,
+                false,
+                "ScalarHT.HT: scalar sum of the transverse momenta of the event's objects (one per event)",
             ));
         }
         Arc::new(Schema::new(fields))

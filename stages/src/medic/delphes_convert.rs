@@ -55,6 +55,13 @@ pub struct DelphesConvert {
     pub tower_features: Vec<String>,
     /// MissingET features (leaves of the `MissingET` branch, one entry per event).
     pub met_features: Vec<String>,
+    /// Jet features (leaves of the `Jet` branch, e.g. PT, Eta, Phi); empty:
+    /// no jet columns. With features, `n_jets` comes too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jet_features: Vec<String>,
+    /// Read `ScalarHT.HT` into a `scalar_ht` column (one per event).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scalar_ht: bool,
     /// Events per output batch: files are read in entry ranges of this size,
     /// so memory stays bounded for files of any size.
     pub entries_per_batch: usize,
@@ -75,6 +82,8 @@ impl Default for DelphesConvert {
             track_features: strings(&TRACK_FEATURES),
             tower_features: strings(&TOWER_FEATURES),
             met_features: strings(&MET_FEATURES),
+            jet_features: Vec::new(),
+            scalar_ht: false,
             entries_per_batch: 10_000,
             entries: None,
         }
@@ -270,10 +279,12 @@ impl DelphesConvert {
 
     /// The `events` schema for this stage's feature lists.
     pub fn events_schema(&self) -> SchemaRef {
-        events::schema(
+        events::schema_with_jets(
             &self.track_features,
             &self.tower_features,
             &self.met_features,
+            &self.jet_features,
+            self.scalar_ht,
         )
     }
 
@@ -302,7 +313,16 @@ impl DelphesConvert {
         let entries = tree.entries();
         let track_sizes = read_sizes(path, &tree, "Track")?;
         let tower_sizes = read_sizes(path, &tree, "Tower")?;
-        for (name, sizes) in [("Track_size", &track_sizes), ("Tower_size", &tower_sizes)] {
+        let jet_sizes = if self.jet_features.is_empty() {
+            vec![0; entries.max(0) as usize]
+        } else {
+            read_sizes(path, &tree, "Jet")?
+        };
+        for (name, sizes) in [
+            ("Track_size", &track_sizes),
+            ("Tower_size", &tower_sizes),
+            ("Jet_size", &jet_sizes),
+        ] {
             if sizes.len() as i64 != entries {
                 return Err(StageError::data(format!(
                     "{}: branch `{name}` has {} entries, the tree has {entries}",
@@ -313,10 +333,17 @@ impl DelphesConvert {
         }
         // One streaming reader per branch, all advanced together.
         let mut readers = Vec::new();
+        let ht = if self.scalar_ht {
+            vec!["HT".to_string()]
+        } else {
+            Vec::new()
+        };
         for (collection, features) in [
             ("Track", &self.track_features),
             ("Tower", &self.tower_features),
             ("MissingET", &self.met_features),
+            ("Jet", &self.jet_features),
+            ("ScalarHT", &ht),
         ] {
             for feature in features {
                 let branch = format!("{collection}.{feature}");
@@ -344,7 +371,14 @@ impl DelphesConvert {
                 Arc::new(Int32Array::from(track_sizes[range.clone()].to_vec())),
                 Arc::new(Int32Array::from(tower_sizes[range.clone()].to_vec())),
             ];
+            let mut jets_counted = false;
             for (collection, branch, iter) in readers.iter_mut() {
+                if *collection == "Jet" && !jets_counted {
+                    columns.push(Arc::new(Int32Array::from(
+                        jet_sizes[range.clone()].to_vec(),
+                    )));
+                    jets_counted = true;
+                }
                 let rows: Vec<Vec<f32>> =
                     guarded(path, branch, || Ok(iter.by_ref().take(n).collect()))?;
                 if rows.len() != n {
@@ -357,6 +391,7 @@ impl DelphesConvert {
                 let expected = |e: usize| match *collection {
                     "Track" => track_sizes[start as usize + e] as usize,
                     "Tower" => tower_sizes[start as usize + e] as usize,
+                    "Jet" => jet_sizes[start as usize + e] as usize,
                     _ => 1,
                 };
                 if let Some(e) = (0..n).find(|&e| rows[e].len() != expected(e)) {
@@ -365,7 +400,7 @@ impl DelphesConvert {
                         path.display(),
                         rows[e].len(),
                         start as usize + e,
-                        if *collection == "MissingET" {
+                        if matches!(*collection, "MissingET" | "ScalarHT") {
                             "one per event".to_string()
                         } else {
                             format!("{collection}_size")
@@ -373,7 +408,7 @@ impl DelphesConvert {
                         expected(e)
                     )));
                 }
-                if *collection == "MissingET" {
+                if matches!(*collection, "MissingET" | "ScalarHT") {
                     columns.push(Arc::new(Float32Array::from_iter_values(
                         rows.iter().map(|r| r[0]),
                     )));
@@ -505,6 +540,41 @@ mod tests {
 
     fn col<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
         batch.column(batch.schema().index_of(name).unwrap())
+    }
+
+    #[test]
+    fn reads_jets_and_scalar_ht_and_leaves_default_params_unchanged() {
+        let mut s = stage(&[(&data("dijet13_normal_tiny.root"), "normal")]);
+        // Off by default, and absent from the canonical parameters, so the
+        // cache keys of existing pipelines do not change.
+        let params = serde_json::to_value(&s).unwrap();
+        assert!(params.get("jet_features").is_none() && params.get("scalar_ht").is_none());
+        s.jet_features = vec!["PT".into(), "Eta".into(), "Phi".into()];
+        s.scalar_ht = true;
+        let table = run_in_memory(&s, &[]).unwrap().table("main");
+        assert_eq!(table.schema(), s.events_schema());
+        let n_jets = col(&table, "n_jets").as_primitive::<Int32Type>();
+        let pt = col(&table, "jet_pt").as_list::<i32>();
+        let eta = col(&table, "jet_eta").as_list::<i32>();
+        let ht = col(&table, "scalar_ht").as_primitive::<Float32Type>();
+        let mut jets = 0;
+        for i in 0..table.num_rows() {
+            let pts = pt.value(i);
+            let pts = pts.as_primitive::<Float32Type>();
+            assert_eq!(pts.len(), n_jets.value(i) as usize, "row {i}");
+            assert_eq!(eta.value(i).len(), pts.len());
+            jets += pts.len();
+            // HT sums the transverse momenta of the jets and the other
+            // objects of the event: never less than the jets' sum.
+            let sum: f32 = pts.values().iter().sum();
+            assert!(
+                ht.value(i) >= sum * (1.0 - 1e-5),
+                "row {i}: HT {} < {sum}",
+                ht.value(i)
+            );
+        }
+        // Dijet events (pT-hat > 50 GeV): about two jets per event or more.
+        assert!(jets >= 2 * table.num_rows(), "{jets} jets");
     }
 
     #[test]
