@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, ListArray, ListBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, ListArray, ListBuilder, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type};
 
 use crate::error::{Result, StageError};
@@ -21,6 +21,15 @@ pub fn f64_lists<'a>(rows: impl ExactSizeIterator<Item = &'a [f64]>) -> ListArra
 }
 
 /// Casts a column to `to`, naming the input and column when it cannot.
+/// Column `name` of `batch` cast to `to` (the name must exist: checked at `plan`).
+pub fn column_as(batch: &RecordBatch, name: &str, to: &DataType, input: &str) -> Result<ArrayRef> {
+    let index = batch
+        .schema()
+        .index_of(name)
+        .map_err(|_| StageError::data(format!("input `{input}` has no column `{name}`")))?;
+    cast_column(batch.column(index), to, input, name)
+}
+
 pub fn cast_column(array: &ArrayRef, to: &DataType, input: &str, column: &str) -> Result<ArrayRef> {
     if array.data_type() == to {
         return Ok(array.clone());

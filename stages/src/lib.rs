@@ -21,10 +21,13 @@ pub mod parallel;
 pub mod params;
 pub mod plots;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod test_data;
 
 // Stage families, and stages of no family.
 pub mod dinamo;
 pub mod hcal;
+pub mod lumi;
 pub mod medic;
 pub mod read_parquet;
 pub mod union;

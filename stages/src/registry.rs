@@ -130,6 +130,8 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::hcal::graphstad_score::GraphstadScore>(),
         kind::<crate::hcal::channel_metrics::ChannelMetrics>(),
         kind::<crate::hcal::transfer_compare::TransferCompare>(),
+        kind::<crate::lumi::lumi_runs::LumiRuns>(),
+        kind::<crate::lumi::ls_histograms::LsHistograms>(),
         kind::<crate::union::Union>(),
     ]
 }

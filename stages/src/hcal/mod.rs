@@ -24,27 +24,15 @@ pub mod transfer_compare;
 pub(crate) mod test_support {
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
-    use crate::medic::delphes_convert::{DelphesConvert, FileGroup};
 
-    /// Converts the bundled `dijet13_<label>_tiny.root` files of `labels`.
+    /// Converts the bundled `dijet13_<label>_tiny.root` files of `labels`
+    /// with the tower features this family reads.
     pub fn bundled_events(dir: &std::path::Path, labels: &[&str]) -> Input {
-        let files = labels
-            .iter()
-            .map(|l| FileGroup {
-                path: format!(
-                    "{}/../data/delphes/dijet13_{l}_tiny.root",
-                    env!("CARGO_MANIFEST_DIR")
-                ),
-                label: l.to_string(),
-            })
-            .collect();
-        let stage = DelphesConvert {
-            files,
+        let stage = crate::medic::delphes_convert::DelphesConvert {
             tower_features: vec!["Eta".into(), "Phi".into(), "Ehad".into()],
-            ..Default::default()
+            ..crate::test_data::bundled_convert(labels)
         };
-        let batch = run_in_memory(&stage, &[]).unwrap().table("main");
-        input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
+        crate::test_data::converted(dir, &stage)
     }
 
     /// A rates table of constant `rate` for every channel.

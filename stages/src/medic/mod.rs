@@ -19,36 +19,11 @@ pub mod tables;
 pub(crate) mod test_support {
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
-    use crate::medic::delphes_convert::{DelphesConvert, FileGroup};
     use crate::medic::tables::WindowSpec;
-
-    /// Path of a bundled file, `dijet13_<label>_tiny.root`.
-    pub fn bundled(label: &str) -> String {
-        format!(
-            "{}/../data/delphes/dijet13_{label}_tiny.root",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    }
 
     /// Converts the bundled files of `labels` and writes them to `dir`.
     pub fn bundled_events(dir: &std::path::Path, labels: &[&str]) -> Input {
-        let files = labels
-            .iter()
-            .map(|l| FileGroup {
-                path: bundled(l),
-                label: l.to_string(),
-            })
-            .collect();
-        let batch = run_in_memory(
-            &DelphesConvert {
-                files,
-                ..Default::default()
-            },
-            &[],
-        )
-        .unwrap()
-        .table("main");
-        input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
+        crate::test_data::converted(dir, &crate::test_data::bundled_convert(labels))
     }
 
     /// The three inputs of a MEDIC model stage (windows, order, events) for
