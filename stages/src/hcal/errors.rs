@@ -181,6 +181,46 @@ pub fn windowed_mae(abs: &[Vec<f64>], window: usize) -> Vec<Vec<f64>> {
     out
 }
 
+/// What one fill gives the scores: the model's errors (with its
+/// reconstruction) and e_i,MAE of the model and of the reference-map rule.
+pub struct FillScores {
+    pub errors: FillErrors,
+    pub model_mae: Vec<Vec<f64>>,
+    pub reference_mae: Vec<Vec<f64>>,
+}
+
+/// Reconstructs one fill and takes the windowed MAE of the model and of the
+/// reference-map rule: the one path of training (σ_i, α) and scoring.
+pub fn fill_scores(
+    model: &GraphStad,
+    scaling: &Scaling,
+    reference: &[f32],
+    rows: &[MapRow],
+    (window, carry_state): (usize, bool),
+    device: Device,
+) -> Result<FillScores> {
+    let errors = fill_errors(model, scaling, rows, window, carry_state, device)?;
+    let model_mae = windowed_mae(&errors.abs, window);
+    let reference_mae = windowed_mae(&reference_errors(reference, rows, &model.geometry), window);
+    Ok(FillScores {
+        errors,
+        model_mae,
+        reference_mae,
+    })
+}
+
+/// a_i = e_i / σ_i for every LS (Eq. 6).
+pub fn standardized(mae: Vec<Vec<f64>>, sigma: &[f32]) -> Vec<Vec<f64>> {
+    mae.into_iter()
+        .map(|e| {
+            e.iter()
+                .zip(sigma)
+                .map(|(v, &s)| v / f64::from(s))
+                .collect()
+        })
+        .collect()
+}
+
 /// σ_i of per-channel values over many LS (population standard deviation),
 /// floored so a channel that never varies cannot divide by zero.
 pub fn channel_sigma(values: &[Vec<f64>]) -> Vec<f32> {

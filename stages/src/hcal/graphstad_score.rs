@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arrow_util::f64_lists;
 use crate::error::{Result, StageError, bad_param};
-use crate::hcal::errors::{fill_errors, reference_errors, windowed_mae};
+use crate::hcal::errors::{FillScores, fill_scores, standardized};
 use crate::hcal::model::load_model;
 use crate::hcal::tables::{
     GraphStadCard, MapGeometry, MapRow, ModelSpec, check_maps, check_renormalized,
@@ -166,18 +166,6 @@ fn figure(
     )
 }
 
-/// a_i = e_i / σ_i for every LS.
-fn standardized(mae: Vec<Vec<f64>>, sigma: &[f32]) -> Vec<Vec<f64>> {
-    mae.into_iter()
-        .map(|e| {
-            e.iter()
-                .zip(sigma)
-                .map(|(v, &s)| v / f64::from(s))
-                .collect()
-        })
-        .collect()
-}
-
 impl Stage for GraphstadScore {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         if inputs.len() != 2 {
@@ -220,12 +208,20 @@ impl Stage for GraphstadScore {
         let artifacts = ctx.artifacts;
         let output = &mut *ctx.output;
         for_each_fill(maps, &geometry, |fill| {
-            let errors = fill_errors(&model, &scaling, &fill, window, card.carry_state, device)?;
-            let score = standardized(windowed_mae(&errors.abs, window), &card.sigma);
-            let reference = standardized(
-                windowed_mae(&reference_errors(&card.reference, &fill, &geometry), window),
-                &card.sigma_reference,
-            );
+            let FillScores {
+                errors,
+                model_mae,
+                reference_mae,
+            } = fill_scores(
+                &model,
+                &scaling,
+                &card.reference,
+                &fill,
+                (window, card.carry_state),
+                device,
+            )?;
+            let score = standardized(model_mae, &card.sigma);
+            let reference = standardized(reference_mae, &card.sigma_reference);
             if let Some(s) = fill.iter().position(|r| r.target == Some(true))
                 && let Some(case) = fill[s].case.clone()
                 && !plotted.contains(&case)

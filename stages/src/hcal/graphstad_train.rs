@@ -30,7 +30,7 @@ use tch::nn::{self, OptimizerConfig};
 
 use crate::error::{Result, StageError, bad_param};
 use crate::hcal::errors::{
-    FillErrors, Scaling, channel_sigma, fill_errors, norm, reference_errors, windowed_mae,
+    FillErrors, Scaling, channel_sigma, fill_errors, fill_scores, norm, standardized,
 };
 use crate::hcal::model::{Block, GraphStad, GraphStadArch, loss};
 use crate::hcal::tables::{
@@ -168,6 +168,9 @@ impl StageConfig for GraphstadTrain {
         Ok(())
     }
 }
+
+/// Per-channel values of every LS.
+type PerLs = Vec<Vec<f64>>;
 
 /// Salt of the training draws, so they differ from the initialization's.
 const DRAW_SALT: u64 = 0x0047_5354_4144;
@@ -459,8 +462,6 @@ impl Stage for GraphstadTrain {
         vs.load(&path)
             .map_err(|e| StageError::data(format!("cannot reload {}: {e}", path.display())))?;
         // σ_i of Eq. 6 on the training maps, for the model and the rule.
-        let mut model_mae = Vec::new();
-        let mut reference_mae = Vec::new();
         let m = geometry.n_channels();
         let mut reference = vec![0.0f64; m];
         for r in train_rows {
@@ -469,45 +470,30 @@ impl Stage for GraphstadTrain {
             }
         }
         let reference: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
-        for fill in fills(train_rows) {
-            let errors = fill_errors(
-                &model,
-                &scaling,
-                fill,
-                self.window,
-                self.carry_state,
-                device,
-            )?;
-            model_mae.extend(windowed_mae(&errors.abs, self.window));
-            reference_mae.extend(windowed_mae(
-                &reference_errors(&reference, fill, &geometry),
-                self.window,
-            ));
-        }
+        let mae = |fills: &[&[MapRow]]| -> Result<(PerLs, PerLs)> {
+            let (mut model_mae, mut reference_mae) = (Vec::new(), Vec::new());
+            for fill in fills {
+                let f = fill_scores(
+                    &model,
+                    &scaling,
+                    &reference,
+                    fill,
+                    (self.window, self.carry_state),
+                    device,
+                )?;
+                model_mae.extend(f.model_mae);
+                reference_mae.extend(f.reference_mae);
+            }
+            Ok((model_mae, reference_mae))
+        };
+        let (model_mae, reference_mae) = mae(&fills(train_rows))?;
         let sigma = channel_sigma(&model_mae);
         let sigma_reference = channel_sigma(&reference_mae);
         // α: a quantile of a_i = e_i / σ_i over the validation maps.
-        let (mut a_model, mut a_reference) = (Vec::new(), Vec::new());
-        for fill in &val_fills {
-            let errors = fill_errors(
-                &model,
-                &scaling,
-                fill,
-                self.window,
-                self.carry_state,
-                device,
-            )?;
-            for e in windowed_mae(&errors.abs, self.window) {
-                a_model.extend(e.iter().zip(&sigma).map(|(v, &s)| v / f64::from(s)));
-            }
-            for e in windowed_mae(&reference_errors(&reference, fill, &geometry), self.window) {
-                a_reference.extend(
-                    e.iter()
-                        .zip(&sigma_reference)
-                        .map(|(v, &s)| v / f64::from(s)),
-                );
-            }
-        }
+        let (val_model, val_reference) = mae(&val_fills)?;
+        let flat = |a: Vec<Vec<f64>>| a.into_iter().flatten().collect::<Vec<f64>>();
+        let a_model = flat(standardized(val_model, &sigma));
+        let a_reference = flat(standardized(val_reference, &sigma_reference));
         let alpha_of = |mut v: Vec<f64>| {
             v.sort_unstable_by(f64::total_cmp);
             quantile(&v, self.alpha_quantile).unwrap_or(f64::INFINITY)
