@@ -1065,12 +1065,21 @@ fn hcal_transfer_pipeline_compares_modes() {
     assert!(rows.iter().all(|r| r.last().unwrap() == "true"));
 }
 
-/// Per-lumisection data: Delphes events with jets and HT -> runs of LS
-/// with bad stretches from the glitch files -> per-LS histograms, queryable.
+/// Per-lumisection certification end to end: Delphes events with jets and
+/// HT -> runs of LS with bad stretches from the glitch files, events split
+/// into disjoint parts -> per-LS histograms -> autoencoders and χ² -> scores
+/// with calibration thresholds -> certificate, all queryable.
 #[test]
-fn lumi_data_pipeline_builds_runs_and_per_ls_histograms() {
+fn lumi_certification_pipeline_certifies_the_test_runs() {
     let sb = Sandbox::new();
-    sb.write("lumi.yaml", &bundled_pipeline("lumi_data.yaml"));
+    sb.write("lumi.yaml", &bundled_pipeline("lumi_certification.yaml"));
+    // A bad combination is refused before anything runs.
+    let err = sb.fails(&["run", "lumi.yaml", "--set", "certify.min_mes=0"]);
+    assert!(err.contains("certify") && err.contains("min_mes"), "{err}");
+    assert!(
+        !sb.path().join("dqm-work/pipelines").exists(),
+        "nothing ran"
+    );
     sb.ok(&["run", "lumi.yaml"]);
     let query = |sql: &str| {
         sb.ok(&["query", "lumi.yaml", sql, "--format", "csv"])
@@ -1080,27 +1089,94 @@ fn lumi_data_pipeline_builds_runs_and_per_ls_histograms() {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        query("SELECT run, truth, count(*) FROM runs WHERE bad GROUP BY run, truth ORDER BY run"),
+        query(
+            "SELECT run, part, truth, count(*) FROM runs WHERE bad GROUP BY run, part, truth ORDER BY run, truth"
+        ),
         [
-            "2,hcal_barrel_off,4",
-            "3,hcal_endcap_off,10",
-            "4,hcal_forward_off,10",
-            "5,hcal_barrel_off,5"
+            "102,test,hcal_barrel_off,29",
+            "103,test,hcal_endcap_off,43",
+            "104,test,hcal_forward_off,40",
+            "105,test,hcal_barrel_off,10",
+            "105,test,hcal_endcap_off,5",
+            "201,calibration,hcal_barrel_off,13",
+            "201,calibration,hcal_endcap_off,3",
+            "202,calibration,hcal_barrel_off,10",
+            "202,calibration,hcal_endcap_off,10",
+            "202,calibration,hcal_forward_off,10"
         ]
     );
     // 6 MEs per LS, each a unit-area shape.
     assert_eq!(
         query("SELECT count(*), count(DISTINCT me) FROM histograms"),
-        ["6600,6"]
+        ["15000,6"]
     );
     assert_eq!(
         query("SELECT bool_and(abs(array_sum(counts) - 1.0) < 1e-9) FROM histograms"),
         ["true"]
     );
-    // The barrel glitch moves MET: fewer LS-events below 45 GeV than in good LS.
-    let low = query(
-        "SELECT bad, avg(array_sum(counts[1:10])) FROM histograms WHERE me = 'met' AND run = 2 GROUP BY bad ORDER BY bad",
+    // One autoencoder per ME, trained on the good run, with its log.
+    assert_eq!(
+        query("SELECT count(*), bool_and(val_mse > 0 AND best_epoch >= 1) FROM ae"),
+        ["6,true"]
     );
-    let frac = |row: &str| row.split(',').nth(1).unwrap().parse::<f64>().unwrap();
-    assert!(frac(&low[1]) < frac(&low[0]) - 0.1, "{low:?}");
+    // Both methods score every LS of every ME.
+    assert_eq!(
+        query(
+            "SELECT method, count(*) FROM ae_scores GROUP BY method UNION ALL SELECT method, count(*) FROM chi2_scores GROUP BY method ORDER BY method"
+        ),
+        ["ae,15000", "chi2,15000"]
+    );
+    // Barrel and endcap stretches found in the test runs, few false alarms.
+    let pr = query(
+        "SELECT method, sum(true_positive), sum(flagged), sum(bad_ls) FROM certify WHERE run IN (102, 103) GROUP BY method ORDER BY method",
+    );
+    for row in &pr {
+        let v: Vec<f64> = row.split(',').skip(1).map(|x| x.parse().unwrap()).collect();
+        assert!(
+            v[0] / v[1] >= 0.9 && v[0] / v[2] >= 0.9,
+            "precision, recall: {row}"
+        );
+    }
+    assert_eq!(
+        query(
+            "SELECT count(*) FROM certify_stretches WHERE length >= 3 AND truth <> 'hcal_forward_off' AND run IN (102, 103) AND NOT found"
+        ),
+        ["0"]
+    );
+    // The certificate keeps most of what rejecting whole runs throws away.
+    let rec = query("SELECT method, recovered_fraction FROM certify_totals ORDER BY method");
+    for row in &rec {
+        let f: f64 = row.split(',').nth(1).unwrap().parse().unwrap();
+        assert!(f >= 0.9, "{row}");
+    }
+    // Certificate ranges cover exactly the kept LS.
+    assert_eq!(
+        query(
+            "SELECT c.method, sum(c.last_ls - c.first_ls + 1) = t.ls - t.flagged FROM certify_certificate c JOIN certify_totals t ON c.method = t.method GROUP BY c.method, t.ls, t.flagged ORDER BY c.method"
+        ),
+        ["ae,true", "chi2,true"]
+    );
+    let golden = sb
+        .path()
+        .join("dqm-work/pipelines/lumi_certification/certify/artifacts/golden_ae.json");
+    for png in [
+        "ae_scores/artifacts/run_102.png",
+        "ae_scores/artifacts/worst_ls.png",
+        "chi2_scores/artifacts/run_103.png",
+    ] {
+        let path = sb
+            .path()
+            .join("dqm-work/pipelines/lumi_certification")
+            .join(png);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 10_000),
+            "{png}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&golden).unwrap()).unwrap();
+    assert!(
+        json["101"].as_array().is_some_and(|r| !r.is_empty()),
+        "{json}"
+    );
 }

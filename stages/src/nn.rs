@@ -51,6 +51,25 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     TORCH.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Held while a small model (layers of ~100 units) trains or scores:
+/// libtorch's intra-op thread pool costs more than it saves on such layers,
+/// and two processes each spinning a pool on a 2-core machine slow each
+/// other down by an order of magnitude. Sets one thread; the previous count
+/// comes back on drop. Take it after [`exclusive`] (the count is global).
+pub struct OneThread(i32);
+
+pub fn one_thread() -> OneThread {
+    let previous = tch::get_num_threads();
+    tch::set_num_threads(1);
+    OneThread(previous)
+}
+
+impl Drop for OneThread {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
 /// A linear layer initialised as PyTorch's `nn.Linear`: weight and bias
 /// uniform in ±1/sqrt(fan_in) (tch's default draws the weight from a
 /// Kaiming-uniform √6 times wider), for networks that must start where

@@ -63,50 +63,31 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Draws line series on common axes.
-pub fn lines(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
+/// The padded x and y ranges of the finite points of `series` (and of `extra_y`).
+fn series_ranges(
     series: &[Series],
-    diagonal: bool,
-) -> Result<()> {
-    register_font();
-    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
-    let all = || series.iter().flat_map(|s| s.points.iter());
-    let finite = |v: f64| if v.is_finite() { Some(v) } else { None };
+    extra_y: Option<f64>,
+) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in all() {
-        if let (Some(x), Some(y)) = (finite(x), finite(y)) {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y);
-            y1 = y1.max(y);
+    for &(x, y) in series.iter().flat_map(|s| s.points.iter()) {
+        if x.is_finite() && y.is_finite() {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
         }
     }
     if x0 > x1 {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
+    if let Some(y) = extra_y.filter(|y| y.is_finite()) {
+        (y0, y1) = (y0.min(y), y1.max(y));
+    }
     let pad = |lo: f64, hi: f64| if hi > lo { (hi - lo) * 0.02 } else { 0.5 };
     let (px, py) = (pad(x0, x1), pad(y0, y1));
-    let root = BitMapBackend::new(path, (900, 650)).into_drawing_area();
-    let mut chart = axes(
-        &root,
-        path,
-        title,
-        (x_label, y_label),
-        x0 - px..x1 + px,
-        y0 - py..y1 + py,
-    )?;
-    if diagonal {
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, 0.0), (1.0, 1.0)],
-                BLACK.mix(0.3).stroke_width(1),
-            ))
-            .map_err(|e| err(&e))?;
-    }
+    (x0 - px..x1 + px, y0 - py..y1 + py)
+}
+
+/// Draws each series in its palette colour, with a legend entry.
+fn draw_lines(chart: &mut Axes<'_, '_>, path: &Path, series: &[Series]) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let points: Vec<(f64, f64)> = s
@@ -123,6 +104,32 @@ pub fn lines(
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
+    Ok(())
+}
+
+/// Draws line series on common axes.
+pub fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    diagonal: bool,
+) -> Result<()> {
+    register_font();
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    let (x, y) = series_ranges(series, None);
+    let root = BitMapBackend::new(path, (900, 650)).into_drawing_area();
+    let mut chart = axes(&root, path, title, (x_label, y_label), x, y)?;
+    if diagonal {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                BLACK.mix(0.3).stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?;
+    }
+    draw_lines(&mut chart, path, series)?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
@@ -130,6 +137,79 @@ pub fn lines(
         .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// One panel of [`line_panels`].
+pub struct LinePanel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// x intervals shaded red (e.g. the truly bad lumisections).
+    pub shaded: Vec<(f64, f64)>,
+    /// A dashed horizontal line (e.g. the threshold).
+    pub hline: Option<f64>,
+}
+
+/// Line panels in a grid of `columns` (the poster's MSE-versus-LS and
+/// input-versus-reconstruction figures, one panel per monitored element).
+pub fn line_panels(path: &Path, title: &str, panels: &[LinePanel], columns: usize) -> Result<()> {
+    register_font();
+    let err = |e: &dyn std::fmt::Display| plot_err(path, e);
+    let columns = columns.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(columns).max(1);
+    let root = BitMapBackend::new(path, (560 * columns as u32, 400 * rows as u32 + 40))
+        .into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
+        let (x, y) = series_ranges(&panel.series, panel.hline);
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x.clone(), y.clone())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(panel.x_label.as_str())
+            .y_desc(panel.y_label.as_str())
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(panel.shaded.iter().map(|&(a, b)| {
+                Rectangle::new(
+                    [(a, y.start), (b, y.end)],
+                    RGBColor(230, 60, 60).mix(0.25).filled(),
+                )
+            }))
+            .map_err(|e| err(&e))?;
+        if let Some(h) = panel.hline {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(x.start, h), (x.end, h)],
+                    8,
+                    5,
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(|e| err(&e))?;
+        }
+        draw_lines(&mut chart, path, &panel.series)?;
+        if panel.series.len() > 1 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+    }
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

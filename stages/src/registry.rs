@@ -132,6 +132,10 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::hcal::transfer_compare::TransferCompare>(),
         kind::<crate::lumi::lumi_runs::LumiRuns>(),
         kind::<crate::lumi::ls_histograms::LsHistograms>(),
+        kind::<crate::lumi::lumi_ae_train::LumiAeTrain>(),
+        kind::<crate::lumi::lumi_ae_score::LumiAeScore>(),
+        kind::<crate::lumi::lumi_chi2_score::LumiChi2Score>(),
+        kind::<crate::lumi::certify::Certify>(),
         kind::<crate::union::Union>(),
     ]
 }

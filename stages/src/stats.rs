@@ -144,9 +144,34 @@ pub fn median_and_95(values: &mut Vec<f64>) -> [Option<f64>; 3] {
     ]
 }
 
+/// Wilson score 95 % interval of a binomial proportion k / n; `None` if n = 0.
+pub fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.959_963_985);
+    let p = k / n;
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wilson_by_hand() {
+        // 8 of 10: the textbook interval [0.490, 0.943].
+        let (lo, hi) = wilson(8, 10).unwrap();
+        assert!(
+            (lo - 0.4902).abs() < 1e-4 && (hi - 0.9433).abs() < 1e-4,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = wilson(10, 10).unwrap();
+        assert!(hi == 1.0 && (lo - 0.7225).abs() < 1e-4, "{lo}");
+        assert_eq!(wilson(0, 0), None);
+    }
 
     #[test]
     fn median_and_95_ignores_non_finite_values() {

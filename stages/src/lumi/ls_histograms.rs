@@ -282,9 +282,10 @@ impl Stage for LsHistograms {
                     .column(batch.schema().index_of(n).expect("planned"))
                     .clone()
             };
-            let (run, ls, nev, lumi, truth, bad, ids) = (
+            let (run, ls, part, nev, lumi, truth, bad, ids) = (
                 col("run"),
                 col("ls"),
+                col("part"),
                 col("events"),
                 col("lumi"),
                 col("truth"),
@@ -333,6 +334,7 @@ impl Stage for LsHistograms {
             let columns: Vec<ArrayRef> = vec![
                 take(&run)?,
                 take(&ls)?,
+                take(&part)?,
                 take(&nev)?,
                 take(&lumi)?,
                 take(&truth)?,
@@ -414,6 +416,7 @@ mod tests {
                     pool: "hcal_barrel_off".into(),
                     fraction: 1.0,
                 }],
+                part: "test".into(),
             }],
             events_per_ls: 40,
             ..Default::default()

@@ -4,6 +4,13 @@
 //! glitch configuration's pool (or a mixture with the good one). Events are
 //! drawn without reuse while a pool lasts (a shuffled pass through it), then
 //! the pool is reshuffled and reused: the log says how often.
+//!
+//! The physics events are first split into disjoint parts (`train`,
+//! `calibration`, `test` by default) by their `group_by` column, so the
+//! copies of one generated event under every detector configuration land in
+//! one part; a run draws only from its part. No event, nor a copy of one,
+//! is both in a run a model trains or calibrates on and in a run it is
+//! tested on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +63,13 @@ pub struct RunSpec {
     /// Bad stretches (none: a good run).
     #[serde(default)]
     pub bad: Vec<BadStretch>,
+    /// Part of the events the run draws from (a key of `parts`).
+    #[serde(default = "test_part")]
+    pub part: String,
+}
+
+fn test_part() -> String {
+    "test".into()
 }
 
 /// Builds runs of LS from the events of each configuration.
@@ -72,7 +86,12 @@ pub struct LumiRuns {
     pub lumi_lifetime: f64,
     /// Integrated luminosity per recorded event (pb⁻¹).
     pub lumi_per_event: f64,
-    /// Seed of the draws.
+    /// Disjoint parts of the events and their fractions (summing to 1).
+    pub parts: BTreeMap<String, f64>,
+    /// Events-table column (integer) equal for the copies of one event
+    /// under different configurations (Delphes: `entry`).
+    pub group_by: String,
+    /// Seed of the parts and of the draws.
     pub seed: u64,
 }
 
@@ -83,11 +102,18 @@ impl Default for LumiRuns {
                 run: 1,
                 n_ls: 100,
                 bad: Vec::new(),
+                part: test_part(),
             }],
             good: "normal".into(),
             events_per_ls: 50,
             lumi_lifetime: 500.0,
             lumi_per_event: 0.002,
+            parts: BTreeMap::from([
+                ("train".into(), 0.4),
+                ("calibration".into(), 0.2),
+                ("test".into(), 0.4),
+            ]),
+            group_by: "entry".into(),
             seed: 1,
         }
     }
@@ -95,7 +121,7 @@ impl Default for LumiRuns {
 
 impl StageConfig for LumiRuns {
     const KIND: &'static str = "lumi_runs";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Delphes events -> runs of lumisections (events drawn per LS, bad stretches from glitch configurations), truth and luminosity per LS";
     const INPUTS: (usize, usize) = (1, 1);
 
@@ -120,8 +146,25 @@ impl StageConfig for LumiRuns {
                 "lumi_lifetime and lumi_per_event must be > 0",
             );
         }
+        let total: f64 = self.parts.values().sum();
+        if self.parts.values().any(|&f| !(f > 0.0)) || (total - 1.0).abs() > 1e-9 {
+            return bad_param(
+                "parts",
+                format!("fractions must be > 0 and sum to 1 (they sum to {total})"),
+            );
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, r) in self.runs.iter().enumerate() {
+            if !self.parts.contains_key(&r.part) {
+                return bad_param(
+                    &format!("runs[{i}].part"),
+                    format!(
+                        "`{}` is not one of parts {:?}",
+                        r.part,
+                        self.parts.keys().collect::<Vec<_>>()
+                    ),
+                );
+            }
             if !seen.insert(r.run) {
                 return bad_param(
                     &format!("runs[{i}].run"),
@@ -169,58 +212,105 @@ impl Pool {
 pub struct LsDraw {
     pub run: i64,
     pub ls: i64,
+    pub part: String,
     pub lumi: f64,
     pub truth: String,
     pub event_ids: Vec<i64>,
 }
 
 impl LumiRuns {
-    /// Event ids per label, in input order.
-    fn pools(&self, ctx: &RunContext<'_>) -> Result<BTreeMap<String, Vec<i64>>> {
+    /// (event id, group) per label, in input order.
+    fn pools(&self, ctx: &RunContext<'_>) -> Result<BTreeMap<String, Vec<(i64, i64)>>> {
         let input = &ctx.inputs[0];
-        let mut pools: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        let mut pools: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
         for batch in input.batches() {
             let batch = batch?;
             let ids = column_as(&batch, "event_id", &DataType::Int64, &input.name)?;
+            let groups = column_as(&batch, &self.group_by, &DataType::Int64, &input.name)?;
             let labels = column_as(&batch, "label", &DataType::Utf8, &input.name)?;
-            let (ids, labels) = (ids.as_primitive::<Int64Type>(), labels.as_string::<i32>());
+            let (ids, groups, labels) = (
+                ids.as_primitive::<Int64Type>(),
+                groups.as_primitive::<Int64Type>(),
+                labels.as_string::<i32>(),
+            );
             for i in 0..batch.num_rows() {
                 pools
                     .entry(labels.value(i).to_string())
                     .or_default()
-                    .push(ids.value(i));
+                    .push((ids.value(i), groups.value(i)));
             }
         }
         Ok(pools)
+    }
+
+    /// The part of every group: the distinct groups, sorted then shuffled,
+    /// cut by the fractions of `parts`.
+    pub fn part_of_groups(&self, groups: impl Iterator<Item = i64>) -> BTreeMap<i64, String> {
+        let mut groups: Vec<i64> = groups
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        groups.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed_9a27));
+        let n = groups.len() as f64;
+        let mut parts = BTreeMap::new();
+        let (mut start, mut cumulative) = (0, 0.0);
+        let last = self.parts.len() - 1;
+        for (k, (name, fraction)) in self.parts.iter().enumerate() {
+            cumulative += fraction;
+            let end = if k == last {
+                groups.len()
+            } else {
+                ((cumulative * n).round() as usize).min(groups.len())
+            };
+            for &g in &groups[start..end.max(start)] {
+                parts.insert(g, name.clone());
+            }
+            start = end.max(start);
+        }
+        parts
     }
 
     /// Draws every LS of every run; returns them and, per pool, how many
     /// passes through it the draws took.
     pub fn draw(
         &self,
-        pools: BTreeMap<String, Vec<i64>>,
+        labelled: BTreeMap<String, Vec<(i64, i64)>>,
     ) -> Result<(Vec<LsDraw>, BTreeMap<String, usize>)> {
-        let mut needed: Vec<&str> = vec![&self.good];
-        needed.extend(
-            self.runs
-                .iter()
-                .flat_map(|r| r.bad.iter().map(|b| b.pool.as_str())),
-        );
-        for label in needed {
-            if pools.get(label).is_none_or(Vec::is_empty) {
-                return Err(StageError::data(format!(
-                    "input `events` has no event labelled `{label}` (labels: {:?})",
-                    pools.keys().collect::<Vec<_>>()
-                )));
+        let part_of = self.part_of_groups(labelled.values().flatten().map(|e| e.1));
+        // Pools by "label/part", ids in input order.
+        let mut by_part: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (label, events) in &labelled {
+            for &(id, group) in events {
+                by_part
+                    .entry(format!("{label}/{}", part_of[&group]))
+                    .or_default()
+                    .push(id);
+            }
+        }
+        for run in &self.runs {
+            let labels = std::iter::once(&self.good).chain(run.bad.iter().map(|b| &b.pool));
+            for label in labels {
+                if labelled.get(label).is_none_or(Vec::is_empty) {
+                    return Err(StageError::data(format!(
+                        "input `events` has no event labelled `{label}` (labels: {:?})",
+                        labelled.keys().collect::<Vec<_>>()
+                    )));
+                }
+                if !by_part.contains_key(&format!("{label}/{}", run.part)) {
+                    return Err(StageError::data(format!(
+                        "run {}: no `{label}` event falls in part `{}` (too few events for parts {:?})",
+                        run.run, run.part, self.parts
+                    )));
+                }
             }
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let mut pools: BTreeMap<String, Pool> = pools
+        let mut pools: BTreeMap<String, Pool> = by_part
             .into_iter()
-            .map(|(label, mut ids)| {
+            .map(|(key, mut ids)| {
                 ids.shuffle(&mut rng);
                 (
-                    label,
+                    key,
                     Pool {
                         ids,
                         next: 0,
@@ -245,12 +335,15 @@ impl LumiRuns {
                         }
                         _ => self.good.as_str(),
                     };
-                    let pool = pools.get_mut(label).expect("checked");
+                    let pool = pools
+                        .get_mut(&format!("{label}/{}", run.part))
+                        .expect("checked");
                     event_ids.push(pool.draw(&mut rng));
                 }
                 draws.push(LsDraw {
                     run: run.run,
                     ls: ls as i64,
+                    part: run.part.clone(),
                     lumi: xi as f64 * self.lumi_per_event,
                     truth: stretch.map_or_else(|| "good".to_string(), |b| b.pool.clone()),
                     event_ids,
@@ -280,6 +373,9 @@ pub fn runs_batch(draws: &[LsDraw]) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(draws.iter().map(|d| d.run))),
         Arc::new(Int64Array::from_iter_values(draws.iter().map(|d| d.ls))),
+        Arc::new(StringArray::from_iter_values(
+            draws.iter().map(|d| d.part.as_str()),
+        )),
         Arc::new(Int64Array::from_iter_values(
             draws.iter().map(|d| d.event_ids.len() as i64),
         )),
@@ -305,6 +401,14 @@ impl Stage for LumiRuns {
         require_column(&inputs[0], "events", "label", why, "Utf8", |t| {
             t == &DataType::Utf8
         })?;
+        require_column(
+            &inputs[0],
+            "events",
+            &self.group_by,
+            "`group_by`: copies of one event share it",
+            "Int64",
+            |t| t == &DataType::Int64,
+        )?;
         Ok(vec![OutputSpec {
             name: "main",
             schema: runs_schema(),
@@ -313,8 +417,15 @@ impl Stage for LumiRuns {
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let pools = self.pools(ctx)?;
-        let sizes: BTreeMap<String, usize> =
-            pools.iter().map(|(l, p)| (l.clone(), p.len())).collect();
+        let part_of = self.part_of_groups(pools.values().flatten().map(|e| e.1));
+        let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+        for (label, events) in &pools {
+            for e in events {
+                *sizes
+                    .entry(format!("{label}/{}", part_of[&e.1]))
+                    .or_default() += 1;
+            }
+        }
         let (draws, passes) = self.draw(pools)?;
         ctx.reporter.info(&format!(
             "{} LS in {} runs; passes through each pool (1: no event reused): {}",
@@ -334,12 +445,13 @@ impl Stage for LumiRuns {
 mod tests {
     use super::*;
 
-    fn pools(n: i64) -> BTreeMap<String, Vec<i64>> {
+    /// `n` events per configuration; the copies of event g share group g.
+    fn pools(n: i64) -> BTreeMap<String, Vec<(i64, i64)>> {
         BTreeMap::from([
-            ("normal".to_string(), (0..n).collect()),
+            ("normal".to_string(), (0..n).map(|g| (g, g)).collect()),
             (
                 "hcal_barrel_off".to_string(),
-                (1_000_000..1_000_000 + n).collect(),
+                (0..n).map(|g| (1_000_000 + g, g)).collect(),
             ),
         ])
     }
@@ -351,6 +463,7 @@ mod tests {
                     run: 1,
                     n_ls: 10,
                     bad: vec![],
+                    part: "train".into(),
                 },
                 RunSpec {
                     run: 2,
@@ -361,8 +474,10 @@ mod tests {
                         pool: "hcal_barrel_off".into(),
                         fraction: 1.0,
                     }],
+                    part: "test".into(),
                 },
             ],
+            parts: BTreeMap::from([("train".into(), 0.5), ("test".into(), 0.5)]),
             events_per_ls: 5,
             lumi_lifetime: 1e9,
             ..Default::default()
@@ -390,10 +505,32 @@ mod tests {
                 assert!(seen.insert(id), "event {id} reused");
             }
         }
-        assert_eq!(passes["normal"], 1);
-        // A pool smaller than the draws is reused, pass by pass.
-        let (_, passes) = stage().draw(pools(20)).unwrap();
-        assert_eq!(passes["normal"], 5, "85 draws from 20 events: 5 passes");
+        assert_eq!(passes["normal/test"], 1);
+        // The two runs' parts share no event, nor a copy of one.
+        let groups = |run: i64| -> std::collections::HashSet<i64> {
+            draws
+                .iter()
+                .filter(|d| d.run == run)
+                .flat_map(|d| d.event_ids.iter().map(|id| id % 1_000_000))
+                .collect()
+        };
+        assert!(groups(1).is_disjoint(&groups(2)));
+        assert!(
+            draws
+                .iter()
+                .all(|d| d.part == if d.run == 1 { "train" } else { "test" })
+        );
+        // A pool smaller than the draws is reused, pass by pass: 40 events,
+        // 20 per part; run 2 draws 35 normal events from its 20.
+        let (_, passes) = stage().draw(pools(40)).unwrap();
+        assert_eq!(
+            passes["normal/test"], 2,
+            "35 draws from 20 events: 2 passes"
+        );
+        assert_eq!(
+            passes["normal/train"], 3,
+            "50 draws from 20 events: 3 passes"
+        );
         assert_eq!(stage().draw(pools(500)).unwrap().0, draws, "seeded");
     }
 
@@ -432,5 +569,16 @@ mod tests {
         s.runs[1].bad[0].pool = "hcal_endcap_off".into();
         let err = s.draw(pools(50)).unwrap_err().to_string();
         assert!(err.contains("no event labelled `hcal_endcap_off`"), "{err}");
+        let mut s = stage();
+        s.runs[0].part = "validation".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("runs[0].part") && err.contains("validation"),
+            "{err}"
+        );
+        let mut s = stage();
+        s.parts.insert("spare".into(), 0.2);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("sum to 1"), "{err}");
     }
 }

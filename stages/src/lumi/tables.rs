@@ -1,16 +1,30 @@
 //! The tables between the lumisection stages: LS of runs (with the events
-//! drawn for each) and per-LS histograms of monitored elements.
+//! drawn for each), per-LS histograms of monitored elements, and per-LS
+//! scores of a method (autoencoder, χ²) with their thresholds; readers and
+//! writers of the last two.
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use dqm_schemas::{doc_field, f64_list};
+
+use crate::arrow_util::column_as;
+use crate::error::{Result, StageError};
+use crate::input::{Input, require_column};
 
 fn ls_fields() -> Vec<Field> {
     let f = |name, t, doc| doc_field(name, t, false, doc);
     vec![
         f("run", DataType::Int64, "Run number"),
         f("ls", DataType::Int64, "Lumisection within the run, from 1"),
+        f(
+            "part",
+            DataType::Utf8,
+            "Disjoint part of the events the run draws from (`train`, `calibration`, `test`)",
+        ),
         f("events", DataType::Int64, "Events recorded in the LS"),
         f(
             "lumi",
@@ -60,4 +74,241 @@ pub fn histograms_schema() -> SchemaRef {
         "Values filled (before normalization)",
     ));
     Arc::new(Schema::new(fields))
+}
+
+/// The LS columns every lumisection table starts with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LsKey {
+    pub run: i64,
+    pub ls: i64,
+    pub part: String,
+    pub events: i64,
+    pub lumi: f64,
+    pub truth: String,
+    pub bad: bool,
+}
+
+/// One row of `ls_histograms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LsHistogram {
+    pub key: LsKey,
+    pub me: String,
+    pub counts: Vec<f64>,
+    pub entries: i64,
+}
+
+/// Checks at `plan` that `schema` (input `input` of a stage) has the LS
+/// columns and those of `extra`, with their types.
+pub fn require_ls_columns(
+    schema: &SchemaRef,
+    input: &str,
+    why: &str,
+    extra: &[(&str, DataType)],
+) -> Result<()> {
+    let ls = ls_fields();
+    let wanted = ls
+        .iter()
+        .map(|f| (f.name().as_str(), f.data_type().clone()))
+        .chain(extra.iter().map(|(n, t)| (*n, t.clone())));
+    for (name, t) in wanted {
+        require_column(schema, input, name, why, &t.to_string(), |f| f == &t)?;
+    }
+    Ok(())
+}
+
+fn ls_keys(batch: &RecordBatch, input: &str) -> Result<Vec<LsKey>> {
+    let col = |n: &str, t: &DataType| column_as(batch, n, t, input);
+    let (run, ls, part, events, lumi, truth, bad) = (
+        col("run", &DataType::Int64)?,
+        col("ls", &DataType::Int64)?,
+        col("part", &DataType::Utf8)?,
+        col("events", &DataType::Int64)?,
+        col("lumi", &DataType::Float64)?,
+        col("truth", &DataType::Utf8)?,
+        col("bad", &DataType::Boolean)?,
+    );
+    let (run, ls, part, events, lumi, truth, bad) = (
+        run.as_primitive::<Int64Type>(),
+        ls.as_primitive::<Int64Type>(),
+        part.as_string::<i32>(),
+        events.as_primitive::<Int64Type>(),
+        lumi.as_primitive::<Float64Type>(),
+        truth.as_string::<i32>(),
+        bad.as_boolean(),
+    );
+    Ok((0..batch.num_rows())
+        .map(|i| LsKey {
+            run: run.value(i),
+            ls: ls.value(i),
+            part: part.value(i).to_string(),
+            events: events.value(i),
+            lumi: lumi.value(i),
+            truth: truth.value(i).to_string(),
+            bad: bad.value(i),
+        })
+        .collect())
+}
+
+/// Every row of an `ls_histograms` table; refuses non-finite or negative
+/// bin contents, naming the run, LS and ME.
+pub fn read_histograms(input: &Input) -> Result<Vec<LsHistogram>> {
+    let mut rows = Vec::new();
+    for batch in input.batches() {
+        let batch = batch?;
+        let keys = ls_keys(&batch, &input.name)?;
+        let me = column_as(&batch, "me", &DataType::Utf8, &input.name)?;
+        let entries = column_as(&batch, "entries", &DataType::Int64, &input.name)?;
+        let counts = crate::arrow_util::list_rows(
+            batch.column(batch.schema().index_of("counts").expect("planned")),
+            &input.name,
+            "counts",
+        )?;
+        let (me, entries) = (me.as_string::<i32>(), entries.as_primitive::<Int64Type>());
+        for (i, (key, counts)) in keys.into_iter().zip(counts).enumerate() {
+            if let Some(c) = counts.iter().find(|c| !(c.is_finite() && **c >= 0.0)) {
+                return Err(StageError::data(format!(
+                    "input `{}`, column `counts`: run {} LS {} ME `{}` has a bin of {c} (counts must be finite and ≥ 0)",
+                    input.name,
+                    key.run,
+                    key.ls,
+                    me.value(i)
+                )));
+            }
+            rows.push(LsHistogram {
+                key,
+                me: me.value(i).to_string(),
+                counts,
+                entries: entries.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Scores of one method: one row per LS and ME.
+pub fn scores_schema() -> SchemaRef {
+    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
+    let mut fields = ls_fields();
+    fields.extend([
+        f("me", DataType::Utf8, false, "Monitored element"),
+        f(
+            "method",
+            DataType::Utf8,
+            false,
+            "Scoring method (`ae`: autoencoder MSE; `chi2`: χ²/ndf against the reference shape)",
+        ),
+        f(
+            "raw_score",
+            DataType::Float64,
+            true,
+            "The method's score of this LS alone (null: the LS has no entries in the ME)",
+        ),
+        f(
+            "score",
+            DataType::Float64,
+            true,
+            "raw_score after the moving average over neighbouring LS (what is thresholded)",
+        ),
+        f(
+            "threshold",
+            DataType::Float64,
+            false,
+            "Threshold of this ME (and run, for thresholds taken from the run itself)",
+        ),
+        f(
+            "over",
+            DataType::Boolean,
+            false,
+            "score > threshold, or the LS is empty in this ME (an LS without data is not certified)",
+        ),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// One row of a scores table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LsScore {
+    pub key: LsKey,
+    pub me: String,
+    pub method: String,
+    pub raw_score: Option<f64>,
+    pub score: Option<f64>,
+    pub threshold: f64,
+    pub over: bool,
+}
+
+pub fn scores_batch(rows: &[LsScore]) -> Result<RecordBatch> {
+    let keys = || rows.iter().map(|r| &r.key);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(keys().map(|k| k.run))),
+        Arc::new(Int64Array::from_iter_values(keys().map(|k| k.ls))),
+        Arc::new(StringArray::from_iter_values(
+            keys().map(|k| k.part.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(keys().map(|k| k.events))),
+        Arc::new(Float64Array::from_iter_values(keys().map(|k| k.lumi))),
+        Arc::new(StringArray::from_iter_values(
+            keys().map(|k| k.truth.as_str()),
+        )),
+        Arc::new(BooleanArray::from(
+            keys().map(|k| k.bad).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.me.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.method.as_str()),
+        )),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.raw_score))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.score))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.threshold),
+        )),
+        Arc::new(BooleanArray::from(
+            rows.iter().map(|r| r.over).collect::<Vec<_>>(),
+        )),
+    ];
+    Ok(RecordBatch::try_new(scores_schema(), columns)?)
+}
+
+/// Every row of a scores table.
+pub fn read_scores(input: &Input) -> Result<Vec<LsScore>> {
+    let mut rows = Vec::new();
+    for batch in input.batches() {
+        let batch = batch?;
+        let keys = ls_keys(&batch, &input.name)?;
+        let col = |n: &str, t: &DataType| column_as(&batch, n, t, &input.name);
+        let (me, method, raw, score, threshold, over) = (
+            col("me", &DataType::Utf8)?,
+            col("method", &DataType::Utf8)?,
+            col("raw_score", &DataType::Float64)?,
+            col("score", &DataType::Float64)?,
+            col("threshold", &DataType::Float64)?,
+            col("over", &DataType::Boolean)?,
+        );
+        let (me, method, raw, score, threshold, over) = (
+            me.as_string::<i32>(),
+            method.as_string::<i32>(),
+            raw.as_primitive::<Float64Type>(),
+            score.as_primitive::<Float64Type>(),
+            threshold.as_primitive::<Float64Type>(),
+            over.as_boolean(),
+        );
+        let opt = |a: &arrow::array::Float64Array, i: usize| {
+            use arrow::array::Array;
+            a.is_valid(i).then(|| a.value(i))
+        };
+        for (i, key) in keys.into_iter().enumerate() {
+            rows.push(LsScore {
+                key,
+                me: me.value(i).to_string(),
+                method: method.value(i).to_string(),
+                raw_score: opt(raw, i),
+                score: opt(score, i),
+                threshold: threshold.value(i),
+                over: over.value(i),
+            });
+        }
+    }
+    Ok(rows)
 }

@@ -1,0 +1,743 @@
+//! `certify`: from flagged LS to a certificate. The LS of the certified runs
+//! that no chosen ME flags are kept, written as Golden-JSON-style ranges
+//! `{"run": [[first_ls, last_ls], ...]}` (one file per scoring method), and
+//! the certificate is judged against the truth: LS precision and recall,
+//! per ME and per bad stretch, and the poster's figure of merit — the
+//! luminosity of good LS that rejecting whole runs (any bad LS → run out)
+//! throws away and the certificate keeps — beside the bad luminosity it lets
+//! through.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StageError, bad_param};
+use crate::lumi::tables::{LsKey, LsScore, read_scores, require_ls_columns, scores_schema};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
+use crate::stats::wilson;
+use dqm_schemas::doc_field;
+
+/// Certifies LS from the flags of one or more scoring methods.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Certify {
+    /// MEs whose flags reject an LS; empty: every ME.
+    pub mes: Vec<String>,
+    /// An LS is rejected when at least this many of those MEs are over (1:
+    /// any). A detector problem moves several MEs at once, statistical
+    /// noise rarely does. An LS empty in an ME is always rejected.
+    pub min_mes: usize,
+    /// Parts of the events (`lumi_runs` `parts`) whose runs are certified
+    /// and judged: runs a model was trained or calibrated on are left out.
+    pub parts: Vec<String>,
+}
+
+impl Default for Certify {
+    fn default() -> Self {
+        Self {
+            mes: Vec::new(),
+            min_mes: 1,
+            parts: vec!["test".into()],
+        }
+    }
+}
+
+impl StageConfig for Certify {
+    const KIND: &'static str = "certify";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Per-LS flags of scoring methods -> Golden-JSON certificate per method, LS precision/recall per run, ME and bad stretch, luminosity recovered against run-level rejection";
+    const INPUTS: (usize, usize) = (1, 8);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        vec![scores_schema()]
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.min_mes == 0 || (!self.mes.is_empty() && self.min_mes > self.mes.len()) {
+            return bad_param(
+                "min_mes",
+                format!("{}: must be between 1 and the number of MEs", self.min_mes),
+            );
+        }
+        if self.parts.is_empty() {
+            return bad_param("parts", "name at least one part to certify (e.g. test)");
+        }
+        Ok(())
+    }
+}
+
+/// Ranges of consecutive kept LS of one run, from (LS, kept) in LS order;
+/// a missing LS number breaks a range.
+pub fn kept_ranges(ls: &[(i64, bool)]) -> Vec<[i64; 2]> {
+    let mut ranges: Vec<[i64; 2]> = Vec::new();
+    for &(l, _) in ls.iter().filter(|x| x.1) {
+        match ranges.last_mut() {
+            Some(r) if r[1] + 1 == l => r[1] = l,
+            _ => ranges.push([l, l]),
+        }
+    }
+    ranges
+}
+
+/// One certified LS of one method.
+#[derive(Debug, Clone)]
+struct Decision {
+    key: LsKey,
+    rejected: bool,
+}
+
+/// Counts and luminosities of a set of LS (one run, or all).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    pub ls: u64,
+    pub bad: u64,
+    pub flagged: u64,
+    pub true_positive: u64,
+    pub lumi: f64,
+    pub lumi_good: f64,
+    pub lumi_kept: f64,
+    pub lumi_bad_kept: f64,
+    /// Kept by run-level certification (every LS of a run without bad LS).
+    pub lumi_run_level: f64,
+    /// Good luminosity of runs with a bad LS (what run-level rejection throws away).
+    pub lumi_thrown: f64,
+    /// Of that, what the certificate keeps.
+    pub lumi_recovered: f64,
+}
+
+impl Tally {
+    /// The tally of one run's decisions.
+    fn of_run(run: &[&Decision]) -> Tally {
+        let mut t = Tally::default();
+        let run_has_bad = run.iter().any(|d| d.key.bad);
+        for d in run {
+            let (bad, lumi) = (d.key.bad, d.key.lumi);
+            t.ls += 1;
+            t.bad += u64::from(bad);
+            t.flagged += u64::from(d.rejected);
+            t.true_positive += u64::from(bad && d.rejected);
+            t.lumi += lumi;
+            if !bad {
+                t.lumi_good += lumi;
+            }
+            if !d.rejected {
+                t.lumi_kept += lumi;
+                if bad {
+                    t.lumi_bad_kept += lumi;
+                }
+            }
+            if !run_has_bad {
+                t.lumi_run_level += lumi;
+            } else if !bad {
+                t.lumi_thrown += lumi;
+                if !d.rejected {
+                    t.lumi_recovered += lumi;
+                }
+            }
+        }
+        t
+    }
+
+    fn add(&mut self, o: &Tally) {
+        self.ls += o.ls;
+        self.bad += o.bad;
+        self.flagged += o.flagged;
+        self.true_positive += o.true_positive;
+        self.lumi += o.lumi;
+        self.lumi_good += o.lumi_good;
+        self.lumi_kept += o.lumi_kept;
+        self.lumi_bad_kept += o.lumi_bad_kept;
+        self.lumi_run_level += o.lumi_run_level;
+        self.lumi_thrown += o.lumi_thrown;
+        self.lumi_recovered += o.lumi_recovered;
+    }
+
+    fn precision(&self) -> Option<f64> {
+        (self.flagged > 0).then(|| self.true_positive as f64 / self.flagged as f64)
+    }
+
+    fn recall(&self) -> Option<f64> {
+        (self.bad > 0).then(|| self.true_positive as f64 / self.bad as f64)
+    }
+
+    fn recovered_fraction(&self) -> Option<f64> {
+        (self.lumi_thrown > 0.0).then(|| self.lumi_recovered / self.lumi_thrown)
+    }
+}
+
+fn tally_fields(with_intervals: bool) -> Vec<arrow::datatypes::Field> {
+    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
+    let mut fields = vec![
+        f("ls", DataType::Int64, false, "LS certified"),
+        f("bad_ls", DataType::Int64, false, "Truly bad LS"),
+        f("flagged", DataType::Int64, false, "LS rejected"),
+        f("true_positive", DataType::Int64, false, "Bad LS rejected"),
+        f("false_positive", DataType::Int64, false, "Good LS rejected"),
+        f("false_negative", DataType::Int64, false, "Bad LS kept"),
+        f(
+            "precision",
+            DataType::Float64,
+            true,
+            "true_positive / flagged (null: nothing flagged)",
+        ),
+        f(
+            "recall",
+            DataType::Float64,
+            true,
+            "true_positive / bad_ls (null: no bad LS)",
+        ),
+    ];
+    if with_intervals {
+        fields.extend([
+            f(
+                "precision_lo",
+                DataType::Float64,
+                true,
+                "Wilson 95 % interval of precision, low",
+            ),
+            f("precision_hi", DataType::Float64, true, "… high"),
+            f(
+                "recall_lo",
+                DataType::Float64,
+                true,
+                "Wilson 95 % interval of recall, low",
+            ),
+            f("recall_hi", DataType::Float64, true, "… high"),
+        ]);
+    }
+    fields.extend([
+        f(
+            "lumi",
+            DataType::Float64,
+            false,
+            "Luminosity of the LS (pb⁻¹)",
+        ),
+        f(
+            "lumi_good",
+            DataType::Float64,
+            false,
+            "Luminosity of the good LS",
+        ),
+        f(
+            "lumi_kept",
+            DataType::Float64,
+            false,
+            "Luminosity the certificate keeps",
+        ),
+        f(
+            "lumi_bad_kept",
+            DataType::Float64,
+            false,
+            "Luminosity of bad LS the certificate lets through",
+        ),
+        f(
+            "lumi_run_level",
+            DataType::Float64,
+            false,
+            "Luminosity run-level certification keeps (runs without a bad LS)",
+        ),
+        f(
+            "lumi_thrown",
+            DataType::Float64,
+            false,
+            "Good luminosity run-level rejection throws away (good LS of runs with a bad LS)",
+        ),
+        f(
+            "lumi_recovered",
+            DataType::Float64,
+            false,
+            "Of lumi_thrown, what the certificate keeps",
+        ),
+        f(
+            "recovered_fraction",
+            DataType::Float64,
+            true,
+            "lumi_recovered / lumi_thrown (the poster's figure of merit)",
+        ),
+    ]);
+    fields
+}
+
+fn runs_schema() -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    let mut fields = vec![
+        f("method", DataType::Utf8, "Scoring method"),
+        f("run", DataType::Int64, "Run"),
+        f(
+            "bad_kinds",
+            DataType::Utf8,
+            "Truth of the run's bad LS (`good`: none)",
+        ),
+    ];
+    fields.extend(tally_fields(false));
+    Arc::new(Schema::new(fields))
+}
+
+fn totals_schema() -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    let mut fields = vec![
+        f("method", DataType::Utf8, "Scoring method"),
+        f("runs", DataType::Int64, "Runs certified"),
+    ];
+    fields.extend(tally_fields(true));
+    Arc::new(Schema::new(fields))
+}
+
+fn per_me_schema() -> SchemaRef {
+    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
+    Arc::new(Schema::new(vec![
+        f("method", DataType::Utf8, false, "Scoring method"),
+        f("me", DataType::Utf8, false, "Monitored element"),
+        f(
+            "truth",
+            DataType::Utf8,
+            false,
+            "Kind of LS (`good` or the glitch)",
+        ),
+        f("ls", DataType::Int64, false, "LS of that kind"),
+        f("over", DataType::Int64, false, "LS this ME alone flags"),
+        f(
+            "fraction",
+            DataType::Float64,
+            false,
+            "over / ls (recall for bad kinds, false-alarm rate for good)",
+        ),
+        f(
+            "fraction_lo",
+            DataType::Float64,
+            true,
+            "Wilson 95 % interval, low",
+        ),
+        f(
+            "fraction_hi",
+            DataType::Float64,
+            true,
+            "Wilson 95 % interval, high",
+        ),
+    ]))
+}
+
+fn stretches_schema() -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    Arc::new(Schema::new(vec![
+        f("method", DataType::Utf8, "Scoring method"),
+        f("run", DataType::Int64, "Run"),
+        f(
+            "first_ls",
+            DataType::Int64,
+            "First LS of the truly bad stretch",
+        ),
+        f("last_ls", DataType::Int64, "Last LS"),
+        f("length", DataType::Int64, "LS in the stretch"),
+        f("truth", DataType::Utf8, "Glitch"),
+        f("flagged", DataType::Int64, "LS of the stretch rejected"),
+        f(
+            "found",
+            DataType::Boolean,
+            "At least one LS of the stretch rejected",
+        ),
+    ]))
+}
+
+fn certificate_schema() -> SchemaRef {
+    let f = |name, t, doc| doc_field(name, t, false, doc);
+    Arc::new(Schema::new(vec![
+        f("method", DataType::Utf8, "Scoring method"),
+        f("run", DataType::Int64, "Run"),
+        f("first_ls", DataType::Int64, "First LS of a kept range"),
+        f(
+            "last_ls",
+            DataType::Int64,
+            "Last LS of the range (inclusive)",
+        ),
+    ]))
+}
+
+fn opt_f64(v: impl Iterator<Item = Option<f64>>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter(v))
+}
+
+fn tally_columns(tallies: &[&Tally], with_intervals: bool) -> Vec<ArrayRef> {
+    let int = |f: &dyn Fn(&Tally) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            tallies.iter().map(|t| f(t) as i64),
+        ))
+    };
+    let float = |f: &dyn Fn(&Tally) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(tallies.iter().map(|t| f(t))))
+    };
+    let mut columns = vec![
+        int(&|t| t.ls),
+        int(&|t| t.bad),
+        int(&|t| t.flagged),
+        int(&|t| t.true_positive),
+        int(&|t| t.flagged - t.true_positive),
+        int(&|t| t.bad - t.true_positive),
+        opt_f64(tallies.iter().map(|t| t.precision())),
+        opt_f64(tallies.iter().map(|t| t.recall())),
+    ];
+    if with_intervals {
+        let p = |t: &Tally| wilson(t.true_positive, t.flagged);
+        let r = |t: &Tally| wilson(t.true_positive, t.bad);
+        columns.extend([
+            opt_f64(tallies.iter().map(|t| p(t).map(|i| i.0))),
+            opt_f64(tallies.iter().map(|t| p(t).map(|i| i.1))),
+            opt_f64(tallies.iter().map(|t| r(t).map(|i| i.0))),
+            opt_f64(tallies.iter().map(|t| r(t).map(|i| i.1))),
+        ]);
+    }
+    columns.extend([
+        float(&|t| t.lumi),
+        float(&|t| t.lumi_good),
+        float(&|t| t.lumi_kept),
+        float(&|t| t.lumi_bad_kept),
+        float(&|t| t.lumi_run_level),
+        float(&|t| t.lumi_thrown),
+        float(&|t| t.lumi_recovered),
+        opt_f64(tallies.iter().map(|t| t.recovered_fraction())),
+    ]);
+    columns
+}
+
+/// Everything certify writes, built row by row.
+#[derive(Default)]
+struct Tables {
+    runs: Vec<(String, i64, String, Tally)>,
+    totals: Vec<(String, i64, Tally)>,
+    per_me: Vec<(String, String, String, u64, u64)>,
+    stretches: Vec<(String, i64, i64, i64, String, i64)>,
+    certificate: Vec<(String, i64, [i64; 2])>,
+}
+
+impl Certify {
+    /// The scores of every input, by method.
+    fn methods(&self, ctx: &RunContext<'_>) -> Result<BTreeMap<String, Vec<LsScore>>> {
+        let mut methods: BTreeMap<String, Vec<LsScore>> = BTreeMap::new();
+        let mut from: BTreeMap<String, String> = BTreeMap::new();
+        for input in ctx.inputs {
+            for row in read_scores(input)? {
+                if let Some(other) = from.insert(row.method.clone(), input.name.clone())
+                    && other != input.name
+                {
+                    return Err(StageError::data(format!(
+                        "inputs `{other}` and `{}` both hold scores of method `{}`",
+                        input.name, row.method
+                    )));
+                }
+                if self.parts.contains(&row.key.part) {
+                    methods.entry(row.method.clone()).or_default().push(row);
+                }
+            }
+        }
+        if methods.is_empty() {
+            return Err(StageError::data(format!(
+                "no scored LS of parts {:?} in the inputs",
+                self.parts
+            )));
+        }
+        Ok(methods)
+    }
+
+    fn certify(&self, method: &str, scores: &[LsScore], tables: &mut Tables) -> Result<String> {
+        let present: BTreeSet<&str> = scores.iter().map(|r| r.me.as_str()).collect();
+        if let Some(me) = self.mes.iter().find(|m| !present.contains(m.as_str())) {
+            return Err(StageError::param(
+                "mes",
+                format!("method `{method}` has no scores of ME `{me}` (MEs: {present:?})"),
+            ));
+        }
+        let chosen = |me: &str| self.mes.is_empty() || self.mes.iter().any(|m| m == me);
+        // One decision per LS: rejected when at least `min_mes` chosen MEs
+        // are over, or one is empty.
+        let mut over: BTreeMap<(i64, i64), (usize, bool)> = BTreeMap::new();
+        let mut by_ls: BTreeMap<(i64, i64), Decision> = BTreeMap::new();
+        let mut per_me: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for r in scores {
+            let d = by_ls
+                .entry((r.key.run, r.key.ls))
+                .or_insert_with(|| Decision {
+                    key: r.key.clone(),
+                    rejected: false,
+                });
+            if chosen(&r.me) {
+                let o = over.entry((r.key.run, r.key.ls)).or_default();
+                o.0 += usize::from(r.over);
+                o.1 |= r.score.is_none();
+                d.rejected = o.0 >= self.min_mes || o.1;
+            }
+            let c = per_me
+                .entry((r.me.clone(), r.key.truth.clone()))
+                .or_default();
+            c.0 += 1;
+            c.1 += u64::from(r.over);
+        }
+        for ((me, truth), (n, over)) in per_me {
+            tables.per_me.push((method.to_string(), me, truth, n, over));
+        }
+        let mut total = Tally::default();
+        let mut golden: BTreeMap<String, Vec<[i64; 2]>> = BTreeMap::new();
+        let decisions: Vec<&Decision> = by_ls.values().collect();
+        let mut n_runs = 0;
+        for run in decisions.chunk_by(|a, b| a.key.run == b.key.run) {
+            n_runs += 1;
+            let number = run[0].key.run;
+            let t = Tally::of_run(run);
+            total.add(&t);
+            let kinds: BTreeSet<&str> = run
+                .iter()
+                .filter(|d| d.key.bad)
+                .map(|d| d.key.truth.as_str())
+                .collect();
+            let kinds = if kinds.is_empty() {
+                "good".to_string()
+            } else {
+                kinds.into_iter().collect::<Vec<_>>().join("+")
+            };
+            tables.runs.push((method.to_string(), number, kinds, t));
+            let ls: Vec<(i64, bool)> = run.iter().map(|d| (d.key.ls, !d.rejected)).collect();
+            let ranges = kept_ranges(&ls);
+            for r in &ranges {
+                tables.certificate.push((method.to_string(), number, *r));
+            }
+            golden.insert(number.to_string(), ranges);
+            // Truly bad stretches and how much of each was rejected.
+            for stretch in run.chunk_by(|a, b| a.key.bad == b.key.bad && a.key.ls + 1 == b.key.ls) {
+                if stretch[0].key.bad {
+                    tables.stretches.push((
+                        method.to_string(),
+                        number,
+                        stretch[0].key.ls,
+                        stretch[stretch.len() - 1].key.ls,
+                        stretch[0].key.truth.clone(),
+                        stretch.iter().filter(|d| d.rejected).count() as i64,
+                    ));
+                }
+            }
+        }
+        tables.totals.push((method.to_string(), n_runs, total));
+        Ok(serde_json::to_string_pretty(&golden).expect("plain data serializes"))
+    }
+}
+
+impl Stage for Certify {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        for (i, schema) in inputs.iter().enumerate() {
+            require_ls_columns(
+                schema,
+                &format!("scores #{}", i + 1),
+                "a scores table (`lumi_ae_score`, `lumi_chi2_score`)",
+                &[
+                    ("me", DataType::Utf8),
+                    ("method", DataType::Utf8),
+                    ("over", DataType::Boolean),
+                ],
+            )?;
+        }
+        Ok(vec![
+            OutputSpec {
+                name: "main",
+                schema: runs_schema(),
+            },
+            OutputSpec {
+                name: "totals",
+                schema: totals_schema(),
+            },
+            OutputSpec {
+                name: "per_me",
+                schema: per_me_schema(),
+            },
+            OutputSpec {
+                name: "stretches",
+                schema: stretches_schema(),
+            },
+            OutputSpec {
+                name: "certificate",
+                schema: certificate_schema(),
+            },
+        ])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let methods = self.methods(ctx)?;
+        let mut tables = Tables::default();
+        for (method, scores) in &methods {
+            let json = self.certify(method, scores, &mut tables)?;
+            let path = ctx.artifacts.join(format!("golden_{method}.json"));
+            std::fs::write(&path, json).map_err(|e| StageError::io(&path, e))?;
+        }
+        for (method, _, t) in &tables.totals {
+            ctx.reporter.info(&format!(
+                "{method}: {} LS, {} bad, {} flagged, precision {}, recall {}; recovered {:.3} of {:.3} pb⁻¹ run-level rejection throws away; bad let through {:.3} pb⁻¹",
+                t.ls,
+                t.bad,
+                t.flagged,
+                t.precision().map_or("-".into(), |p| format!("{p:.3}")),
+                t.recall().map_or("-".into(), |r| format!("{r:.3}")),
+                t.lumi_recovered,
+                t.lumi_thrown,
+                t.lumi_bad_kept
+            ));
+        }
+        let strs = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from_iter_values(v)) };
+        let ints = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from_iter_values(v)) };
+
+        let r = &tables.runs;
+        let mut columns = vec![
+            strs(r.iter().map(|x| x.0.as_str()).collect()),
+            ints(r.iter().map(|x| x.1).collect()),
+            strs(r.iter().map(|x| x.2.as_str()).collect()),
+        ];
+        columns.extend(tally_columns(
+            &r.iter().map(|x| &x.3).collect::<Vec<_>>(),
+            false,
+        ));
+        ctx.output
+            .write("main", RecordBatch::try_new(runs_schema(), columns)?)?;
+
+        let t = &tables.totals;
+        let mut columns = vec![
+            strs(t.iter().map(|x| x.0.as_str()).collect()),
+            ints(t.iter().map(|x| x.1).collect()),
+        ];
+        columns.extend(tally_columns(
+            &t.iter().map(|x| &x.2).collect::<Vec<_>>(),
+            true,
+        ));
+        ctx.output
+            .write("totals", RecordBatch::try_new(totals_schema(), columns)?)?;
+
+        let m = &tables.per_me;
+        let interval = |x: &(String, String, String, u64, u64)| wilson(x.4, x.3);
+        let columns = vec![
+            strs(m.iter().map(|x| x.0.as_str()).collect()),
+            strs(m.iter().map(|x| x.1.as_str()).collect()),
+            strs(m.iter().map(|x| x.2.as_str()).collect()),
+            ints(m.iter().map(|x| x.3 as i64).collect()),
+            ints(m.iter().map(|x| x.4 as i64).collect()),
+            Arc::new(Float64Array::from_iter_values(
+                m.iter().map(|x| x.4 as f64 / x.3 as f64),
+            )) as ArrayRef,
+            opt_f64(m.iter().map(|x| interval(x).map(|i| i.0))),
+            opt_f64(m.iter().map(|x| interval(x).map(|i| i.1))),
+        ];
+        ctx.output
+            .write("per_me", RecordBatch::try_new(per_me_schema(), columns)?)?;
+
+        let s = &tables.stretches;
+        let columns = vec![
+            strs(s.iter().map(|x| x.0.as_str()).collect()),
+            ints(s.iter().map(|x| x.1).collect()),
+            ints(s.iter().map(|x| x.2).collect()),
+            ints(s.iter().map(|x| x.3).collect()),
+            ints(s.iter().map(|x| x.3 - x.2 + 1).collect()),
+            strs(s.iter().map(|x| x.4.as_str()).collect()),
+            ints(s.iter().map(|x| x.5).collect()),
+            Arc::new(BooleanArray::from(
+                s.iter().map(|x| x.5 > 0).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ];
+        ctx.output.write(
+            "stretches",
+            RecordBatch::try_new(stretches_schema(), columns)?,
+        )?;
+
+        let c = &tables.certificate;
+        let columns = vec![
+            strs(c.iter().map(|x| x.0.as_str()).collect()),
+            ints(c.iter().map(|x| x.1).collect()),
+            ints(c.iter().map(|x| x.2[0]).collect()),
+            ints(c.iter().map(|x| x.2[1]).collect()),
+        ];
+        ctx.output.write(
+            "certificate",
+            RecordBatch::try_new(certificate_schema(), columns)?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_ranges_merge_consecutive_good_ls_exactly() {
+        let ls = [
+            (1, true),
+            (2, true),
+            (3, false),
+            (4, true),
+            (6, true),
+            (7, true),
+            (8, false),
+        ];
+        assert_eq!(
+            kept_ranges(&ls),
+            [[1, 2], [4, 4], [6, 7]],
+            "LS 5 missing breaks the range"
+        );
+        assert_eq!(kept_ranges(&[(1, false)]), Vec::<[i64; 2]>::new());
+    }
+
+    fn decision(run: i64, ls: i64, bad: bool, rejected: bool, lumi: f64) -> Decision {
+        Decision {
+            key: LsKey {
+                run,
+                ls,
+                part: "test".into(),
+                events: 1,
+                lumi,
+                truth: if bad { "hcal_barrel_off" } else { "good" }.into(),
+                bad,
+            },
+            rejected,
+        }
+    }
+
+    #[test]
+    fn recovered_luminosity_by_hand() {
+        // Run with a bad LS: LS 1 good kept (1.0), LS 2 bad rejected (2.0),
+        // LS 3 good rejected (4.0), LS 4 bad kept (8.0).
+        let run = [
+            decision(5, 1, false, false, 1.0),
+            decision(5, 2, true, true, 2.0),
+            decision(5, 3, false, true, 4.0),
+            decision(5, 4, true, false, 8.0),
+        ];
+        let t = Tally::of_run(&run.iter().collect::<Vec<_>>());
+        assert_eq!((t.ls, t.bad, t.flagged, t.true_positive), (4, 2, 2, 1));
+        assert_eq!((t.precision(), t.recall()), (Some(0.5), Some(0.5)));
+        assert_eq!(
+            (t.lumi, t.lumi_good, t.lumi_kept, t.lumi_bad_kept),
+            (15.0, 5.0, 9.0, 8.0)
+        );
+        assert_eq!(
+            (t.lumi_run_level, t.lumi_thrown, t.lumi_recovered),
+            (0.0, 5.0, 1.0)
+        );
+        assert_eq!(t.recovered_fraction(), Some(0.2));
+        // A good run: run-level keeps it all, nothing thrown, a false alarm costs 1.0.
+        let good = [
+            decision(6, 1, false, true, 1.0),
+            decision(6, 2, false, false, 3.0),
+        ];
+        let g = Tally::of_run(&good.iter().collect::<Vec<_>>());
+        assert_eq!(
+            (g.lumi_run_level, g.lumi_thrown, g.lumi_kept),
+            (4.0, 0.0, 3.0)
+        );
+        assert_eq!(
+            (g.precision(), g.recall(), g.recovered_fraction()),
+            (Some(0.0), None, None)
+        );
+        let mut all = t.clone();
+        all.add(&g);
+        assert_eq!(
+            (all.lumi_thrown, all.lumi_recovered, all.flagged),
+            (5.0, 1.0, 3)
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! `lumi_ae_score`: the poster's per-LS reconstruction error. Each LS's
+//! histogram of each ME goes through that ME's autoencoder; the score is the
+//! MSE over the n bins, 1/n Σ (y − ŷ)², in the min-max scale the network was
+//! trained in (as lumisaver computes it). Thresholds per ME (by default from
+//! good calibration runs) flag the LS; plots: MSE versus LS per run with the
+//! truly bad LS shaded (poster Figs. 3, 5), and input versus reconstruction
+//! of the worst LS of each ME (Fig. 6).
+
+use std::collections::BTreeMap;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::{Result, StageError};
+use crate::lumi::model::{LumiAe, read_models};
+use crate::lumi::scoring::{ScoreOptions, finish, validate_options};
+use crate::lumi::tables::{LsHistogram, histograms_schema, read_histograms, require_ls_columns};
+use crate::lumi::threshold::{RawScores, Threshold};
+use crate::nn::{DeviceChoice, exclusive, load_weights, one_thread};
+use crate::plots::{LinePanel, Series, line_panels};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
+use dqm_schemas::f64_list;
+
+/// Scores every LS of every ME with the ME's autoencoder.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LumiAeScore {
+    /// How each ME's threshold is set (`from: calibration` with `runs`,
+    /// `false_alarm_rate`, `fit`; `fixed` with `values`; `run_quantile`
+    /// with `quantile`; `run_mad` with `k`).
+    pub threshold: Threshold,
+    /// LS in the centred moving average taken before the threshold (odd;
+    /// 1: none; lumisaver offers 5).
+    pub moving_average: usize,
+    /// Runs plotted (MSE versus LS); empty: every run but the calibration ones.
+    pub plot_runs: Vec<i64>,
+    /// Where to run the networks: auto, cpu or cuda.
+    pub device: DeviceChoice,
+}
+
+impl Default for LumiAeScore {
+    fn default() -> Self {
+        Self {
+            threshold: Threshold::default(),
+            moving_average: 1,
+            plot_runs: Vec::new(),
+            device: DeviceChoice::Auto,
+        }
+    }
+}
+
+impl StageConfig for LumiAeScore {
+    const KIND: &'static str = "lumi_ae_score";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Autoencoders + per-LS histograms -> reconstruction MSE per LS and ME, thresholds, flags, MSE-vs-LS plots";
+    const INPUTS: (usize, usize) = (2, 2);
+
+    fn doc_inputs() -> Vec<SchemaRef> {
+        vec![crate::lumi::model::models_schema(), histograms_schema()]
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_options(&self.threshold, self.moving_average)
+    }
+}
+
+/// (raw scores, reconstruction per (run, ls, me) of the worst LS per ME).
+struct Scored {
+    raw: RawScores,
+    worst: BTreeMap<String, (LsHistogram, Vec<f64>, f64)>,
+}
+
+impl LumiAeScore {
+    fn score(&self, ctx: &RunContext<'_>) -> Result<Scored> {
+        let models = read_models(&ctx.inputs[0])?;
+        let hist = read_histograms(&ctx.inputs[1])?;
+        let mut by_me: BTreeMap<&str, Vec<&LsHistogram>> = BTreeMap::new();
+        for h in &hist {
+            by_me.entry(h.me.as_str()).or_default().push(h);
+        }
+        if by_me.is_empty() {
+            return Err(StageError::data(format!(
+                "input `{}` has no histogram",
+                ctx.inputs[1].name
+            )));
+        }
+        let device = self.device.resolve()?;
+        let skip = self.threshold.calibration_runs();
+        let mut scored = Scored {
+            raw: BTreeMap::new(),
+            worst: BTreeMap::new(),
+        };
+        for (me, rows) in by_me {
+            let (card, weights) = models.get(me).ok_or_else(|| {
+                StageError::data(format!(
+                    "input `{}` has histograms of ME `{me}` but input `{}` has no model of it (models of {:?})",
+                    ctx.inputs[1].name,
+                    ctx.inputs[0].name,
+                    models.keys().collect::<Vec<_>>()
+                ))
+            })?;
+            if let Some(h) = rows.iter().find(|h| h.counts.len() != card.bins) {
+                return Err(StageError::data(format!(
+                    "input `{}`, column `counts`: ME `{me}` run {} LS {} has {} bins, its model {} (histograms binned otherwise than the training ones)",
+                    ctx.inputs[1].name,
+                    h.key.run,
+                    h.key.ls,
+                    h.counts.len(),
+                    card.bins
+                )));
+            }
+            let vs = tch::nn::VarStore::new(device);
+            let model = LumiAe::new(&vs.root(), card.bins as i64, &card.arch);
+            load_weights(
+                &vs,
+                weights,
+                &format!("input `{}`, ME `{me}`", ctx.inputs[0].name),
+            )?;
+            let x: Vec<f32> = rows.iter().flat_map(|h| card.scale(&h.counts)).collect();
+            let x = Tensor::from_slice(&x)
+                .view([rows.len() as i64, card.bins as i64])
+                .to_device(device);
+            let recon = tch::no_grad(|| model.forward(&x).0);
+            let mse = Vec::<f64>::try_from(
+                (&recon - &x)
+                    .square()
+                    .mean_dim(1, false, Kind::Double)
+                    .to_device(tch::Device::Cpu),
+            )
+            .map_err(anyhow::Error::from)?;
+            let raw: Vec<_> = rows
+                .iter()
+                .zip(&mse)
+                .map(|(h, &m)| (h.key.clone(), (h.entries > 0).then_some(m)))
+                .collect();
+            // The worst LS among those certified, for Fig. 6.
+            if let Some((i, &m)) = rows
+                .iter()
+                .zip(&mse)
+                .enumerate()
+                .filter(|(_, (h, _))| h.entries > 0 && !skip.contains(&h.key.run))
+                .map(|(i, (_, m))| (i, m))
+                .max_by(|a, b| a.1.total_cmp(b.1))
+            {
+                let r = Vec::<f32>::try_from(recon.get(i as i64).to_device(tch::Device::Cpu))
+                    .map_err(anyhow::Error::from)?;
+                scored
+                    .worst
+                    .insert(me.to_string(), (rows[i].clone(), card.unscale(&r), m));
+            }
+            scored.raw.insert(me.to_string(), raw);
+        }
+        Ok(scored)
+    }
+}
+
+fn plot_worst(
+    path: &std::path::Path,
+    worst: &BTreeMap<String, (LsHistogram, Vec<f64>, f64)>,
+) -> Result<()> {
+    let panels: Vec<LinePanel> = worst
+        .iter()
+        .map(|(me, (h, recon, mse))| {
+            let bins = |v: &[f64]| v.iter().enumerate().map(|(b, &c)| (b as f64, c)).collect();
+            LinePanel {
+                title: format!(
+                    "{me}: run {} LS {} ({}), MSE {mse:.3e}",
+                    h.key.run, h.key.ls, h.key.truth
+                ),
+                x_label: "bin (0: underflow)".into(),
+                y_label: "fraction".into(),
+                series: vec![
+                    Series {
+                        name: "input".into(),
+                        points: bins(&h.counts),
+                    },
+                    Series {
+                        name: "reconstruction".into(),
+                        points: bins(recon),
+                    },
+                ],
+                shaded: Vec::new(),
+                hline: None,
+            }
+        })
+        .collect();
+    line_panels(
+        path,
+        "Worst LS of each ME: input and reconstruction",
+        &panels,
+        3,
+    )
+}
+
+impl Stage for LumiAeScore {
+    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
+        if inputs.len() != 2 {
+            return Err(StageError::InputCount {
+                expected: "2 (models, histograms)".into(),
+                found: inputs.len(),
+            });
+        }
+        let why = "the models table of `lumi_ae_train`";
+        for (c, t) in [
+            ("me", DataType::Utf8),
+            ("card", DataType::Utf8),
+            ("weights", DataType::Binary),
+        ] {
+            crate::input::require_column(&inputs[0], "models", c, why, &t.to_string(), |f| {
+                f == &t
+            })?;
+        }
+        require_ls_columns(
+            &inputs[1],
+            "histograms",
+            "per-LS histograms (`ls_histograms`)",
+            &[
+                ("me", DataType::Utf8),
+                ("counts", f64_list()),
+                ("entries", DataType::Int64),
+            ],
+        )?;
+        Ok(vec![OutputSpec {
+            name: "main",
+            schema: crate::lumi::tables::scores_schema(),
+        }])
+    }
+
+    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+        let scored = {
+            let _torch = exclusive();
+            let _threads = one_thread();
+            self.score(ctx)?
+        };
+        if !scored.worst.is_empty() {
+            plot_worst(&ctx.artifacts.join("worst_ls.png"), &scored.worst)?;
+        }
+        let options = ScoreOptions {
+            method: "ae",
+            score_name: "MSE",
+            threshold: &self.threshold,
+            moving_average: self.moving_average,
+            plot_runs: &self.plot_runs,
+        };
+        finish(scored.raw, &options, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::in_memory::{input_from_batch, run_in_memory};
+    use crate::lumi::lumi_ae_train::LumiAeTrain;
+    use crate::lumi::model::LumiAeArch;
+    use crate::lumi::tables::read_scores;
+    use crate::test_data::lumi_shapes;
+
+    #[test]
+    fn shifted_ls_score_high_and_foreign_histograms_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let hist = lumi_shapes(dir.path(), &["a", "b"], 22);
+        let train = LumiAeTrain {
+            epochs: 60,
+            patience: 60,
+            learning_rate: 3e-3,
+            arch: LumiAeArch {
+                hidden: vec![16, 4, 16],
+                activity_l2: 1e-7,
+            },
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        };
+        let models = run_in_memory(&train, std::slice::from_ref(&hist))
+            .unwrap()
+            .table("main");
+        let models = input_from_batch("ae", &models, &dir.path().join("m.parquet")).unwrap();
+        // Thresholds from run 1's LS: the shifted run 9 is over in both MEs.
+        let score = LumiAeScore {
+            threshold: Threshold::Calibration {
+                runs: vec![1],
+                false_alarm_rate: 0.01,
+                fit: crate::lumi::threshold::Fit::Empirical,
+            },
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        };
+        let out = run_in_memory(&score, &[models.clone(), hist]).unwrap();
+        let table = out.table("main");
+        let scores =
+            read_scores(&input_from_batch("s", &table, &dir.path().join("s.parquet")).unwrap())
+                .unwrap();
+        assert_eq!(scores.len(), 130 * 2);
+        let run9: Vec<_> = scores.iter().filter(|r| r.key.run == 9).collect();
+        assert!(run9.iter().all(|r| r.over), "shifted LS flagged");
+        let good_over = scores.iter().filter(|r| r.key.run == 1 && r.over).count();
+        assert!(good_over <= 4, "{good_over} good LS over");
+        // A ME without a model, and histograms binned otherwise, are refused.
+        let other = lumi_shapes(dir.path(), &["a", "c"], 22);
+        let err = run_in_memory(&score, &[models.clone(), other])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ME `c`") && err.contains("no model"), "{err}");
+        let rebinned = lumi_shapes(dir.path(), &["a"], 20);
+        let err = run_in_memory(&score, &[models, rebinned])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("20 bins, its model 22"), "{err}");
+    }
+}
