@@ -16,12 +16,13 @@ use tch::{Kind, Tensor};
 use crate::error::{Result, StageError};
 use crate::lumi::model::{LumiAe, read_models};
 use crate::lumi::scoring::{ScoreOptions, finish, validate_options};
-use crate::lumi::tables::{LsHistogram, histograms_schema, read_histograms, require_ls_columns};
+use crate::lumi::tables::{
+    LsHistogram, by_me, histograms_schema, read_histograms, require_histograms,
+};
 use crate::lumi::threshold::{RawScores, Threshold};
 use crate::nn::{DeviceChoice, exclusive, load_weights, one_thread};
 use crate::plots::{LinePanel, Series, line_panels};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use dqm_schemas::f64_list;
 
 /// Scores every LS of every ME with the ME's autoencoder.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -76,16 +77,7 @@ impl LumiAeScore {
     fn score(&self, ctx: &RunContext<'_>) -> Result<Scored> {
         let models = read_models(&ctx.inputs[0])?;
         let hist = read_histograms(&ctx.inputs[1])?;
-        let mut by_me: BTreeMap<&str, Vec<&LsHistogram>> = BTreeMap::new();
-        for h in &hist {
-            by_me.entry(h.me.as_str()).or_default().push(h);
-        }
-        if by_me.is_empty() {
-            return Err(StageError::data(format!(
-                "input `{}` has no histogram",
-                ctx.inputs[1].name
-            )));
-        }
+        let by_me = by_me(&hist, &ctx.inputs[1].name)?;
         let device = self.device.resolve()?;
         let skip = self.threshold.calibration_runs();
         let mut scored = Scored {
@@ -212,16 +204,7 @@ impl Stage for LumiAeScore {
                 f == &t
             })?;
         }
-        require_ls_columns(
-            &inputs[1],
-            "histograms",
-            "per-LS histograms (`ls_histograms`)",
-            &[
-                ("me", DataType::Utf8),
-                ("counts", f64_list()),
-                ("entries", DataType::Int64),
-            ],
-        )?;
+        require_histograms(&inputs[1], "histograms")?;
         Ok(vec![OutputSpec {
             name: "main",
             schema: crate::lumi::tables::scores_schema(),

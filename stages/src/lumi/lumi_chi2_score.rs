@@ -8,16 +8,17 @@
 
 use std::collections::BTreeMap;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError, bad_param};
 use crate::lumi::scoring::{ScoreOptions, finish, validate_options};
-use crate::lumi::tables::{LsHistogram, histograms_schema, read_histograms, require_ls_columns};
+use crate::lumi::tables::{
+    LsHistogram, by_me, histograms_schema, read_histograms, require_histograms,
+};
 use crate::lumi::threshold::{RawScores, Threshold};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
-use dqm_schemas::f64_list;
 
 /// Scores every LS of every ME with a χ² test against a reference shape.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -119,16 +120,7 @@ impl Reference {
 impl Stage for LumiChi2Score {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 1)?;
-        require_ls_columns(
-            &inputs[0],
-            "histograms",
-            "per-LS histograms (`ls_histograms`)",
-            &[
-                ("me", DataType::Utf8),
-                ("counts", f64_list()),
-                ("entries", DataType::Int64),
-            ],
-        )?;
+        require_histograms(&inputs[0], "histograms")?;
         Ok(vec![OutputSpec {
             name: "main",
             schema: crate::lumi::tables::scores_schema(),
@@ -138,22 +130,8 @@ impl Stage for LumiChi2Score {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let input = &ctx.inputs[0];
         let hist = read_histograms(input)?;
-        let mut by_me: BTreeMap<&str, Vec<&LsHistogram>> = BTreeMap::new();
-        for h in &hist {
-            by_me.entry(h.me.as_str()).or_default().push(h);
-        }
         let mut raw: RawScores = BTreeMap::new();
-        for (me, rows) in by_me {
-            let bins = rows[0].counts.len();
-            if let Some(h) = rows.iter().find(|h| h.counts.len() != bins) {
-                return Err(StageError::data(format!(
-                    "input `{}`, column `counts`: ME `{me}` has histograms of {bins} and {} bins (run {} LS {})",
-                    input.name,
-                    h.counts.len(),
-                    h.key.run,
-                    h.key.ls
-                )));
-            }
+        for (me, rows) in by_me(&hist, &input.name)? {
             let good: Vec<&LsHistogram> = rows
                 .iter()
                 .filter(|h| self.reference_runs.contains(&h.key.run) && !h.key.bad)

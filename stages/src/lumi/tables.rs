@@ -185,6 +185,49 @@ pub fn read_histograms(input: &Input) -> Result<Vec<LsHistogram>> {
     Ok(rows)
 }
 
+/// Checks at `plan` that input `input` is a per-LS histograms table.
+pub fn require_histograms(schema: &SchemaRef, input: &str) -> Result<()> {
+    require_ls_columns(
+        schema,
+        input,
+        "per-LS histograms (`ls_histograms`)",
+        &[
+            ("me", DataType::Utf8),
+            ("counts", f64_list()),
+            ("entries", DataType::Int64),
+        ],
+    )
+}
+
+/// Histograms grouped by ME, refusing an empty table and a ME whose
+/// histograms have different numbers of bins.
+pub fn by_me<'a>(
+    histograms: &'a [LsHistogram],
+    input: &str,
+) -> Result<std::collections::BTreeMap<&'a str, Vec<&'a LsHistogram>>> {
+    let mut by_me: std::collections::BTreeMap<&str, Vec<&LsHistogram>> = Default::default();
+    for h in histograms {
+        by_me.entry(h.me.as_str()).or_default().push(h);
+    }
+    if by_me.is_empty() {
+        return Err(StageError::data(format!(
+            "input `{input}` has no histogram"
+        )));
+    }
+    for (me, rows) in &by_me {
+        let bins = rows[0].counts.len();
+        if let Some(h) = rows.iter().find(|h| h.counts.len() != bins) {
+            return Err(StageError::data(format!(
+                "input `{input}`, column `counts`: ME `{me}` has histograms of {bins} and {} bins (run {} LS {})",
+                h.counts.len(),
+                h.key.run,
+                h.key.ls
+            )));
+        }
+    }
+    Ok(by_me)
+}
+
 /// Scores of one method: one row per LS and ME.
 pub fn scores_schema() -> SchemaRef {
     let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
