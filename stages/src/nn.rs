@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self as tnn, Module};
 use tch::{Device, Kind, Tensor};
 
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+
 use crate::error::{Result, StageError};
+use crate::input::{Input, require_column};
 
 /// The device models run on: CUDA when libtorch sees a GPU, else the CPU.
 pub fn device() -> Device {
@@ -68,6 +72,94 @@ impl Drop for OneThread {
     fn drop(&mut self) {
         tch::set_num_threads(self.0);
     }
+}
+
+/// The best parameters of a training run so far, kept on disk: saved each
+/// time the validation loss improves, with the epochs waited since (for
+/// early stopping or a plateau schedule, which stay with each stage).
+pub struct Checkpoint {
+    path: std::path::PathBuf,
+    /// Lowest validation loss seen (∞ before the first epoch).
+    pub best: f64,
+    /// Its epoch (0 before the first).
+    pub best_epoch: usize,
+    /// Epochs since it.
+    pub waited: usize,
+}
+
+impl Checkpoint {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        Self {
+            path,
+            best: f64::INFINITY,
+            best_epoch: 0,
+            waited: 0,
+        }
+    }
+
+    /// Saves `vs` when `loss` is the lowest so far; returns whether it was.
+    pub fn observe(&mut self, epoch: usize, loss: f64, vs: &tnn::VarStore) -> Result<bool> {
+        if !(loss < self.best) {
+            self.waited += 1;
+            return Ok(false);
+        }
+        (self.best, self.best_epoch, self.waited) = (loss, epoch, 0);
+        vs.save(&self.path)
+            .map_err(|e| StageError::data(format!("cannot save {}: {e}", self.path.display())))?;
+        Ok(true)
+    }
+
+    /// Puts the best parameters back into `vs`.
+    pub fn restore(&self, vs: &mut tnn::VarStore) -> Result<()> {
+        vs.load(&self.path)
+            .map_err(|e| StageError::data(format!("cannot reload {}: {e}", self.path.display())))
+    }
+
+    /// The best parameters as a safetensors file's bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>> {
+        std::fs::read(&self.path).map_err(|e| StageError::io(&self.path, e))
+    }
+}
+
+/// Reads a models table — a `card` column (JSON) and a `weights` column
+/// (safetensors), as every training stage writes them. `each` gets the
+/// row's batch and index (for key columns such as `fold`), its parsed card
+/// and its weights. Returns the number of rows; a table without one is an
+/// error.
+pub fn each_model_row<C: serde::de::DeserializeOwned>(
+    input: &Input,
+    why: &str,
+    mut each: impl FnMut(&RecordBatch, usize, C, &[u8]) -> Result<()>,
+) -> Result<usize> {
+    let card_idx = require_column(&input.schema, &input.name, "card", why, "Utf8", |t| {
+        t == &DataType::Utf8
+    })?;
+    let weights_idx = require_column(&input.schema, &input.name, "weights", why, "Binary", |t| {
+        t == &DataType::Binary
+    })?;
+    let mut rows = 0;
+    for batch in input.batches() {
+        let batch = batch?;
+        let cards = batch.column(card_idx).as_string::<i32>();
+        let weights = batch.column(weights_idx).as_binary::<i32>();
+        for i in 0..batch.num_rows() {
+            rows += 1;
+            let card = serde_json::from_str(cards.value(i)).map_err(|e| {
+                StageError::data(format!(
+                    "input `{}`, model row {rows}: unreadable model card: {e}",
+                    input.name
+                ))
+            })?;
+            each(&batch, i, card, weights.value(i))?;
+        }
+    }
+    if rows == 0 {
+        return Err(StageError::data(format!(
+            "input `{}` has no model row",
+            input.name
+        )));
+    }
+    Ok(rows)
 }
 
 /// A linear layer initialised as PyTorch's `nn.Linear`: weight and bias

@@ -85,6 +85,22 @@ fn series_ranges(
     (x0 - px..x1 + px, y0 - py..y1 + py)
 }
 
+/// The legend box every plot here uses: the series' labels on a light
+/// background at `position`.
+fn legend<'a, 'b: 'a>(
+    chart: &mut Axes<'a, 'b>,
+    path: &Path,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(|e| plot_err(path, e))
+}
+
 /// Draws each series in its palette colour, with a legend entry.
 fn draw_lines(chart: &mut Axes<'_, '_>, path: &Path, series: &[Series]) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| plot_err(path, e);
@@ -130,13 +146,7 @@ pub fn lines(
             .map_err(|e| err(&e))?;
     }
     draw_lines(&mut chart, path, series)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| err(&e))?;
+    legend(&mut chart, path, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -201,13 +211,7 @@ pub fn line_panels(path: &Path, title: &str, panels: &[LinePanel], columns: usiz
         }
         draw_lines(&mut chart, path, &panel.series)?;
         if panel.series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(|e| err(&e))?;
+            legend(&mut chart, path, SeriesLabelPosition::UpperRight)?;
         }
     }
     root.present().map_err(|e| err(&e))?;
@@ -431,13 +435,7 @@ pub fn histograms(
                 .map_err(|e| err(&e))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| err(&e))?;
+    legend(&mut chart, path, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -512,13 +510,7 @@ pub fn score_vs_run(
             .label("end of historical regime")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(&e))?;
+    legend(&mut chart, path, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

@@ -86,3 +86,19 @@ pub fn lumi_shapes(dir: &std::path::Path, mes: &[&str], bins: usize) -> Input {
     let batch = RecordBatch::try_new(crate::lumi::tables::histograms_schema(), columns).unwrap();
     input_from_batch("histograms", &batch, &dir.join(format!("h_{bins}.parquet"))).unwrap()
 }
+
+/// A small autoencoder trainer for [`lumi_shapes`]: hidden [16, 4, 16], CPU,
+/// no early stop before `epochs`.
+pub fn small_lumi_ae(epochs: usize) -> crate::lumi::lumi_ae_train::LumiAeTrain {
+    crate::lumi::lumi_ae_train::LumiAeTrain {
+        epochs,
+        patience: epochs,
+        learning_rate: 3e-3,
+        arch: crate::lumi::model::LumiAeArch {
+            hidden: vec![16, 4, 16],
+            activity_l2: 1e-7,
+        },
+        device: crate::nn::DeviceChoice::Cpu,
+        ..Default::default()
+    }
+}

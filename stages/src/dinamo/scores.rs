@@ -121,7 +121,8 @@ impl DatasetRuns {
             |msg: String| StageError::data(format!("input `{input}`, dataset {dataset}: {msg}"));
         let col = |name: &str| {
             batch
-                .column(batch.schema().index_of(name).expect("checked by outputs()"))
+                .column_by_name(name)
+                .expect("checked by outputs()")
                 .clone()
         };
         let runs = cast_column(&col("run"), &DataType::Int64, input, "run")?;

@@ -201,11 +201,7 @@ impl Stage for ChannelMetrics {
         let mut pools: BTreeMap<(usize, String), Pool> = BTreeMap::new();
         for batch in input.batches() {
             let batch = batch?;
-            let col = |n: &str| {
-                batch
-                    .column(batch.schema().index_of(n).expect("planned"))
-                    .clone()
-            };
+            let col = |n: &str| batch.column_by_name(n).expect("planned");
             let case = col("case");
             let case = case.as_string::<i32>();
             let target = col("target");
@@ -327,7 +323,8 @@ impl Stage for ChannelMetrics {
         for (i, row) in rows.iter().enumerate() {
             let get = |c: &str| {
                 let a = batch
-                    .column(batch.schema().index_of(c).unwrap())
+                    .column_by_name(c)
+                    .unwrap()
                     .as_primitive::<Float64Type>();
                 if a.is_null(i) { f64::NAN } else { a.value(i) }
             };

@@ -38,7 +38,7 @@ use crate::hcal::tables::{
     example_maps_schema, models_schema, read_all_rows, read_model, renormalized_fields,
     with_fields,
 };
-use crate::nn::{DeviceChoice, exclusive, load_weights_where};
+use crate::nn::{Checkpoint, DeviceChoice, exclusive, load_weights_where};
 use crate::plots::{Series, lines};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::quantile;
@@ -383,7 +383,7 @@ impl Stage for GraphstadTrain {
         let val_fills = fills(val_rows);
         let progress = ctx.reporter.progress(self.epochs as u64, "epochs");
         let mut log = Vec::new();
-        let (mut best, mut best_epoch, mut waited) = (f64::INFINITY, 0, 0);
+        let mut best = Checkpoint::new(path);
         let mut lr = self.learning_rate;
         tch::manual_seed((self.seed ^ DRAW_SALT) as i64);
         for epoch in 1..=self.epochs {
@@ -426,20 +426,14 @@ impl Stage for GraphstadTrain {
                 val_n += mse.len();
             }
             let val_mse = val_sum / val_n as f64;
-            let improved = val_mse < best;
-            if improved {
-                best = val_mse;
-                best_epoch = epoch;
-                waited = 0;
-                vs.save(&path).map_err(|e| {
-                    StageError::data(format!("cannot save {}: {e}", path.display()))
-                })?;
-            } else {
-                waited += 1;
-                if self.plateau_patience.is_some_and(|p| waited >= p.max(1)) {
-                    lr *= self.plateau_factor;
-                    waited = 0;
-                }
+            let improved = best.observe(epoch, val_mse, &vs)?;
+            if !improved
+                && self
+                    .plateau_patience
+                    .is_some_and(|p| best.waited >= p.max(1))
+            {
+                lr *= self.plateau_factor;
+                best.waited = 0;
             }
             let entry = EpochLog {
                 epoch,
@@ -459,8 +453,7 @@ impl Stage for GraphstadTrain {
             log.push(entry);
             progress.inc(1);
         }
-        vs.load(&path)
-            .map_err(|e| StageError::data(format!("cannot reload {}: {e}", path.display())))?;
+        best.restore(&mut vs)?;
         // σ_i of Eq. 6 on the training maps, for the model and the rule.
         let m = geometry.n_channels();
         let mut reference = vec![0.0f64; m];
@@ -512,17 +505,17 @@ impl Stage for GraphstadTrain {
             total_params,
             init_blocks: init,
             frozen_blocks: freeze,
-            best_epoch,
-            val_mse: best,
+            best_epoch: best.best_epoch,
+            val_mse: best.best,
             val_curve: log.iter().map(|e| e.val_mse).collect(),
             train_maps: train_rows.len(),
             val_maps: val_rows.len(),
         };
         ctx.reporter.info(&format!(
-            "best epoch {best_epoch}: val MSE {best:.3e}; {trainable_params} of {total_params} parameters trained; α = {:.2} (reference rule {:.2}) at the {} quantile of validation a_i",
-            card.alpha, card.reference_alpha, self.alpha_quantile
+            "best epoch {}: val MSE {:.3e}; {trainable_params} of {total_params} parameters trained; α = {:.2} (reference rule {:.2}) at the {} quantile of validation a_i",
+            card.best_epoch, card.val_mse, card.alpha, card.reference_alpha, self.alpha_quantile
         ));
-        self.write(ctx, &card, &path, &log)
+        self.write(ctx, &card, best.bytes()?, &log)
     }
 }
 
@@ -531,13 +524,12 @@ impl GraphstadTrain {
         &self,
         ctx: &mut RunContext<'_>,
         card: &GraphStadCard,
-        path: &std::path::Path,
+        weights: Vec<u8>,
         log: &[EpochLog],
     ) -> Result<()> {
         let card_json = serde_json::to_string(card).expect("plain data serializes");
         let card_path = ctx.artifacts.join("model.json");
         std::fs::write(&card_path, &card_json).map_err(|e| StageError::io(&card_path, e))?;
-        let weights = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![
                 card.spec.geometry.subdetector.name(),
@@ -653,7 +645,8 @@ mod tests {
         let models = out.table("main");
         assert_eq!(out.table("log").num_rows(), stage.epochs);
         let weights = models
-            .column(models.schema().index_of("weights").unwrap())
+            .column_by_name("weights")
+            .unwrap()
             .as_binary::<i32>()
             .value(0)
             .to_vec();
@@ -747,7 +740,8 @@ mod tests {
         let out = run_in_memory(&stage, &[target_maps.clone(), source.clone()]).unwrap();
         let models = out.table("main");
         let weights = models
-            .column(models.schema().index_of("weights").unwrap())
+            .column_by_name("weights")
+            .unwrap()
             .as_binary::<i32>()
             .value(0)
             .to_vec();
@@ -769,7 +763,8 @@ mod tests {
         }
         let col = |n: &str| {
             models
-                .column(models.schema().index_of(n).unwrap())
+                .column_by_name(n)
+                .unwrap()
                 .as_primitive::<arrow::datatypes::Int64Type>()
                 .value(0)
         };

@@ -310,10 +310,12 @@ mod tests {
         assert_eq!(out.num_rows(), 2736 + 1368 + 72);
         let rate = crate::hcal::tables::f64_column(&out, "rate");
         let hits = out
-            .column(out.schema().index_of("hits").unwrap())
+            .column_by_name("hits")
+            .unwrap()
             .as_primitive::<arrow::datatypes::Int64Type>();
         let events = out
-            .column(out.schema().index_of("events").unwrap())
+            .column_by_name("events")
+            .unwrap()
             .as_primitive::<arrow::datatypes::Int64Type>();
         // The label filter kept the 500 normal events only.
         assert!(events.values().iter().all(|&e| e == 500));

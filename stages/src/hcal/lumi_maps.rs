@@ -152,7 +152,7 @@ impl LumiMaps {
         let mut rates = vec![f64::NAN; geometry.n_channels()];
         for batch in input.batches() {
             let batch = batch?;
-            let col = |n: &str| batch.column(batch.schema().index_of(n).expect("planned"));
+            let col = |n: &str| batch.column_by_name(n).expect("planned");
             let sub = col("subdetector").as_string::<i32>();
             let channel = col("channel").as_primitive::<Int64Type>();
             let rate = col("rate").as_primitive::<Float64Type>();

@@ -624,41 +624,22 @@ pub fn models_schema(spec: &ModelSpec) -> SchemaRef {
 
 /// The one model of a models table: its card and weights.
 pub fn read_model(input: &Input) -> Result<(GraphStadCard, Vec<u8>)> {
-    let why = "the models table of `graphstad_train`";
-    let card_idx = require_column(&input.schema, &input.name, "card", why, "Utf8", |t| {
-        t == &DataType::Utf8
-    })?;
-    let weights_idx = require_column(&input.schema, &input.name, "weights", why, "Binary", |t| {
-        t == &DataType::Binary
-    })?;
     let mut found = None;
-    for batch in input.batches() {
-        let batch = batch?;
-        for i in 0..batch.num_rows() {
-            if found.is_some() {
-                return Err(StageError::data(format!(
-                    "input `{}` holds more than one model",
-                    input.name
-                )));
-            }
-            let card: GraphStadCard = serde_json::from_str(
-                batch.column(card_idx).as_string::<i32>().value(i),
-            )
-            .map_err(|e| {
-                StageError::data(format!(
-                    "input `{}`: unreadable model card: {e}",
-                    input.name
-                ))
-            })?;
-            let weights = batch
-                .column(weights_idx)
-                .as_binary::<i32>()
-                .value(i)
-                .to_vec();
-            found = Some((card, weights));
-        }
+    let rows = crate::nn::each_model_row(
+        input,
+        "the models table of `graphstad_train`",
+        |_, _, card, weights| {
+            found = Some((card, weights.to_vec()));
+            Ok(())
+        },
+    )?;
+    if rows > 1 {
+        return Err(StageError::data(format!(
+            "input `{}` holds more than one model",
+            input.name
+        )));
     }
-    found.ok_or_else(|| StageError::data(format!("input `{}` has no model row", input.name)))
+    Ok(found.expect("one row read"))
 }
 
 // ---- The scores table (`graphstad_score`; input of `channel_metrics`) ----

@@ -185,11 +185,7 @@ impl Stage for TransferCompare {
             let mut per_fill: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
             for batch in pair[1].batches() {
                 let batch = batch?;
-                let col = |n: &str| {
-                    batch
-                        .column(batch.schema().index_of(n).expect("planned"))
-                        .clone()
-                };
+                let col = |n: &str| batch.column_by_name(n).expect("planned");
                 let case = col("case");
                 let fill = col("fill");
                 let mse = col("mse");

@@ -277,11 +277,7 @@ impl Stage for LsHistograms {
         let mut n = 0;
         for batch in runs.batches() {
             let batch = batch?;
-            let col = |n: &str| {
-                batch
-                    .column(batch.schema().index_of(n).expect("planned"))
-                    .clone()
-            };
+            let col = |n: &str| batch.column_by_name(n).expect("planned");
             let (run, ls, part, nev, lumi, truth, bad, ids) = (
                 col("run"),
                 col("ls"),
@@ -332,13 +328,13 @@ impl Stage for LsHistograms {
                 Ok(arrow::compute::take(a.as_ref(), &idx, None)?)
             };
             let columns: Vec<ArrayRef> = vec![
-                take(&run)?,
-                take(&ls)?,
-                take(&part)?,
-                take(&nev)?,
-                take(&lumi)?,
-                take(&truth)?,
-                take(&bad)?,
+                take(run)?,
+                take(ls)?,
+                take(part)?,
+                take(nev)?,
+                take(lumi)?,
+                take(truth)?,
+                take(bad)?,
                 Arc::new(StringArray::from_iter_values(
                     rows.iter().map(|r| r.1.as_str()),
                 )),
@@ -430,7 +426,7 @@ mod tests {
             .unwrap()
             .table("main");
         assert_eq!(h.num_rows(), 12 * 6);
-        let col = |n: &str| h.column(h.schema().index_of(n).unwrap()).clone();
+        let col = |n: &str| h.column_by_name(n).unwrap().clone();
         let (me_col, counts, bad) = (col("me"), col("counts"), col("bad"));
         let (me_col, counts, bad) = (
             me_col.as_string::<i32>(),

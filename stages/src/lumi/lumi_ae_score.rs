@@ -67,7 +67,8 @@ impl StageConfig for LumiAeScore {
     }
 }
 
-/// (raw scores, reconstruction per (run, ls, me) of the worst LS per ME).
+/// Raw scores per ME, and per ME its worst certified LS with the
+/// reconstruction (histogram units) and MSE.
 struct Scored {
     raw: RawScores,
     worst: BTreeMap<String, (LsHistogram, Vec<f64>, f64)>,
@@ -235,8 +236,6 @@ impl Stage for LumiAeScore {
 mod tests {
     use super::*;
     use crate::in_memory::{input_from_batch, run_in_memory};
-    use crate::lumi::lumi_ae_train::LumiAeTrain;
-    use crate::lumi::model::LumiAeArch;
     use crate::lumi::tables::read_scores;
     use crate::test_data::lumi_shapes;
 
@@ -244,17 +243,7 @@ mod tests {
     fn shifted_ls_score_high_and_foreign_histograms_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let hist = lumi_shapes(dir.path(), &["a", "b"], 22);
-        let train = LumiAeTrain {
-            epochs: 60,
-            patience: 60,
-            learning_rate: 3e-3,
-            arch: LumiAeArch {
-                hidden: vec![16, 4, 16],
-                activity_l2: 1e-7,
-            },
-            device: DeviceChoice::Cpu,
-            ..Default::default()
-        };
+        let train = crate::test_data::small_lumi_ae(60);
         let models = run_in_memory(&train, std::slice::from_ref(&hist))
             .unwrap()
             .table("main");

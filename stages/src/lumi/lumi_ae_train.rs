@@ -13,10 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
-    StringArray,
+    ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
-use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -26,12 +25,11 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, StageError, bad_param};
-use crate::input::require_column;
 use crate::lumi::model::{LumiAe, LumiAeArch, LumiAeCard, models_schema};
-use crate::lumi::tables::histograms_schema;
-use crate::nn::{DeviceChoice, exclusive, one_thread};
+use crate::lumi::tables::{by_me, histograms_schema, read_histograms, require_histograms};
+use crate::nn::{Checkpoint, DeviceChoice, exclusive, one_thread};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
-use dqm_schemas::{doc_field, f64_list};
+use dqm_schemas::doc_field;
 
 /// Trains one autoencoder per ME on the LS of good runs.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -123,33 +121,16 @@ fn training_histograms(
     input: &crate::input::Input,
     runs: &[i64],
 ) -> Result<BTreeMap<String, Vec<Vec<f64>>>> {
-    let mut per_me: BTreeMap<String, Vec<(i64, i64, Vec<f64>)>> = BTreeMap::new();
-    for batch in input.batches() {
-        let batch = batch?;
-        let col = |n: &str| {
-            batch
-                .column(batch.schema().index_of(n).expect("planned"))
-                .clone()
-        };
-        let (run, ls, bad, me, counts) =
-            (col("run"), col("ls"), col("bad"), col("me"), col("counts"));
-        let (run, ls, bad, me, counts) = (
-            run.as_primitive::<Int64Type>(),
-            ls.as_primitive::<Int64Type>(),
-            bad.as_boolean(),
-            me.as_string::<i32>(),
-            counts.as_list::<i32>(),
-        );
-        for i in 0..batch.num_rows() {
-            if bad.value(i) || !runs.contains(&run.value(i)) {
-                continue;
-            }
-            let c = counts.value(i);
-            let c = c.as_primitive::<Float64Type>().values().to_vec();
-            per_me
-                .entry(me.value(i).to_string())
-                .or_default()
-                .push((run.value(i), ls.value(i), c));
+    let histograms = read_histograms(input)?;
+    let mut per_me = BTreeMap::new();
+    for (me, mut rows) in by_me(&histograms, &input.name)? {
+        rows.retain(|h| runs.contains(&h.key.run) && !h.key.bad);
+        rows.sort_by_key(|h| (h.key.run, h.key.ls));
+        if !rows.is_empty() {
+            per_me.insert(
+                me.to_string(),
+                rows.iter().map(|h| h.counts.clone()).collect(),
+            );
         }
     }
     if per_me.is_empty() {
@@ -158,13 +139,7 @@ fn training_histograms(
             input.name
         )));
     }
-    Ok(per_me
-        .into_iter()
-        .map(|(me, mut rows)| {
-            rows.sort_by_key(|r| (r.0, r.1));
-            (me, rows.into_iter().map(|r| r.2).collect())
-        })
-        .collect())
+    Ok(per_me)
 }
 
 /// One epoch: (epoch, training MSE, validation MSE, improved).
@@ -178,13 +153,7 @@ struct Trained {
 
 impl LumiAeTrain {
     fn train_me(&self, me: &str, rows: &[Vec<f64>], dir: &std::path::Path) -> Result<Trained> {
-        let bins = rows[0].len();
-        if let Some(r) = rows.iter().find(|r| r.len() != bins) {
-            return Err(StageError::data(format!(
-                "ME `{me}`: histograms of {} and {bins} bins",
-                r.len()
-            )));
-        }
+        let bins = rows[0].len(); // equal for every LS: checked by `by_me`
         let n_val = ((rows.len() as f64) * self.validation_fraction).round() as usize;
         if n_val == 0 || n_val >= rows.len() {
             return Err(StageError::data(format!(
@@ -221,15 +190,15 @@ impl LumiAeTrain {
         };
         let (x_train, x_val) = (tensor(train), tensor(val));
         tch::manual_seed(self.seed as i64);
-        let mut vs = nn::VarStore::new(device);
+        let vs = nn::VarStore::new(device);
         let model = LumiAe::new(&vs.root(), bins as i64, &self.arch);
         let mut opt = nn::Adam::default()
             .build(&vs, self.learning_rate)
             .map_err(anyhow::Error::from)?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let mut order: Vec<i64> = (0..train.len() as i64).collect();
-        let path = dir.join(format!("{me}.safetensors"));
-        let (mut log, mut waited) = (Vec::new(), 0);
+        let mut best = Checkpoint::new(dir.join(format!("{me}.safetensors")));
+        let mut log = Vec::new();
         for epoch in 1..=self.epochs {
             order.shuffle(&mut rng);
             let mut sum = 0.0;
@@ -250,25 +219,14 @@ impl LumiAeTrain {
                     .mse_loss(&x_val, tch::Reduction::Mean)
             })
             .double_value(&[]);
-            let improved = val_mse < card.val_mse;
-            if improved {
-                card.val_mse = val_mse;
-                card.best_epoch = epoch;
-                waited = 0;
-                vs.save(&path).map_err(|e| {
-                    StageError::data(format!("cannot save {}: {e}", path.display()))
-                })?;
-            } else {
-                waited += 1;
-            }
+            let improved = best.observe(epoch, val_mse, &vs)?;
             log.push((epoch, sum / train.len() as f64, val_mse, improved));
-            if waited >= self.patience {
+            if best.waited >= self.patience {
                 break;
             }
         }
-        vs.load(&path)
-            .map_err(|e| StageError::data(format!("cannot reload {}: {e}", path.display())))?;
-        let weights = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
+        (card.val_mse, card.best_epoch) = (best.best, best.best_epoch);
+        let weights = best.bytes()?;
         Ok(Trained { card, weights, log })
     }
 }
@@ -276,18 +234,7 @@ impl LumiAeTrain {
 impl Stage for LumiAeTrain {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         expect_inputs(inputs.len(), 1)?;
-        let why = "per-LS histograms (`ls_histograms`)";
-        for (c, t) in [
-            ("run", DataType::Int64),
-            ("ls", DataType::Int64),
-            ("bad", DataType::Boolean),
-            ("me", DataType::Utf8),
-            ("counts", f64_list()),
-        ] {
-            require_column(&inputs[0], "histograms", c, why, &t.to_string(), |f| {
-                f == &t
-            })?;
-        }
+        require_histograms(&inputs[0], "histograms")?;
         Ok(vec![
             OutputSpec {
                 name: "main",
@@ -363,22 +310,13 @@ impl Stage for LumiAeTrain {
 mod tests {
     use super::*;
     use crate::in_memory::run_in_memory;
+    use arrow::array::AsArray;
 
     #[test]
     fn learns_the_good_shapes_and_not_the_shifted_ones_reproducibly() {
         let dir = tempfile::tempdir().unwrap();
         let input = crate::test_data::lumi_shapes(dir.path(), &["a", "b"], 22);
-        let stage = LumiAeTrain {
-            epochs: 150,
-            patience: 150,
-            learning_rate: 3e-3,
-            arch: LumiAeArch {
-                hidden: vec![16, 4, 16],
-                activity_l2: 1e-7,
-            },
-            device: DeviceChoice::Cpu,
-            ..Default::default()
-        };
+        let stage = crate::test_data::small_lumi_ae(150);
         let out = run_in_memory(&stage, std::slice::from_ref(&input)).unwrap();
         let models = out.table("main");
         assert_eq!(models.num_rows(), 2, "one model per ME");

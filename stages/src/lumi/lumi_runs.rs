@@ -188,6 +188,15 @@ impl StageConfig for LumiRuns {
     }
 }
 
+/// How a pool (`label/part`) was used by the draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Passes through it (1: no event reused).
+    pub passes: usize,
+    /// Events in it.
+    pub events: usize,
+}
+
 /// A pool of event ids, drawn in shuffled passes.
 struct Pool {
     ids: Vec<i64>,
@@ -270,12 +279,12 @@ impl LumiRuns {
         parts
     }
 
-    /// Draws every LS of every run; returns them and, per pool, how many
-    /// passes through it the draws took.
+    /// Draws every LS of every run; returns them and the use of every pool
+    /// drawn from, by `label/part`.
     pub fn draw(
         &self,
         labelled: BTreeMap<String, Vec<(i64, i64)>>,
-    ) -> Result<(Vec<LsDraw>, BTreeMap<String, usize>)> {
+    ) -> Result<(Vec<LsDraw>, BTreeMap<String, PoolUsage>)> {
         let part_of = self.part_of_groups(labelled.values().flatten().map(|e| e.1));
         // Pools by "label/part", ids in input order.
         let mut by_part: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -353,7 +362,13 @@ impl LumiRuns {
         let passes = pools
             .into_iter()
             .filter(|(_, p)| p.passes > 1 || p.next > 0)
-            .map(|(l, p)| (l, p.passes))
+            .map(|(l, p)| {
+                let usage = PoolUsage {
+                    passes: p.passes,
+                    events: p.ids.len(),
+                };
+                (l, usage)
+            })
             .collect();
         Ok((draws, passes))
     }
@@ -417,15 +432,6 @@ impl Stage for LumiRuns {
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let pools = self.pools(ctx)?;
-        let part_of = self.part_of_groups(pools.values().flatten().map(|e| e.1));
-        let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
-        for (label, events) in &pools {
-            for e in events {
-                *sizes
-                    .entry(format!("{label}/{}", part_of[&e.1]))
-                    .or_default() += 1;
-            }
-        }
         let (draws, passes) = self.draw(pools)?;
         ctx.reporter.info(&format!(
             "{} LS in {} runs; passes through each pool (1: no event reused): {}",
@@ -433,7 +439,7 @@ impl Stage for LumiRuns {
             self.runs.len(),
             passes
                 .iter()
-                .map(|(l, p)| format!("{l} {p} ({} events)", sizes[l]))
+                .map(|(l, p)| format!("{l} {} ({} events)", p.passes, p.events))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
@@ -505,7 +511,7 @@ mod tests {
                 assert!(seen.insert(id), "event {id} reused");
             }
         }
-        assert_eq!(passes["normal/test"], 1);
+        assert_eq!(passes["normal/test"].passes, 1);
         // The two runs' parts share no event, nor a copy of one.
         let groups = |run: i64| -> std::collections::HashSet<i64> {
             draws
@@ -524,11 +530,11 @@ mod tests {
         // 20 per part; run 2 draws 35 normal events from its 20.
         let (_, passes) = stage().draw(pools(40)).unwrap();
         assert_eq!(
-            passes["normal/test"], 2,
+            passes["normal/test"].passes, 2,
             "35 draws from 20 events: 2 passes"
         );
         assert_eq!(
-            passes["normal/train"], 3,
+            passes["normal/train"].passes, 3,
             "50 draws from 20 events: 3 passes"
         );
         assert_eq!(stage().draw(pools(500)).unwrap().0, draws, "seeded");

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,7 +12,7 @@ use tch::Tensor;
 use tch::nn::{self, Module};
 
 use crate::error::{Result, StageError};
-use crate::input::{Input, require_column};
+use crate::input::Input;
 use dqm_schemas::doc_field;
 
 /// Layer widths and the activity regularizer.
@@ -139,44 +138,20 @@ pub fn models_schema() -> SchemaRef {
 
 /// The models of a `lumi_ae_train` table, by ME: card and safetensors bytes.
 pub fn read_models(input: &Input) -> Result<BTreeMap<String, (LumiAeCard, Vec<u8>)>> {
-    let why = "the models table of `lumi_ae_train`";
-    let card_idx = require_column(&input.schema, &input.name, "card", why, "Utf8", |t| {
-        t == &DataType::Utf8
-    })?;
-    let weights_idx = require_column(&input.schema, &input.name, "weights", why, "Binary", |t| {
-        t == &DataType::Binary
-    })?;
     let mut models = BTreeMap::new();
-    for batch in input.batches() {
-        let batch = batch?;
-        for i in 0..batch.num_rows() {
-            let card: LumiAeCard = serde_json::from_str(
-                batch.column(card_idx).as_string::<i32>().value(i),
-            )
-            .map_err(|e| {
-                StageError::data(format!(
-                    "input `{}`: unreadable model card: {e}",
-                    input.name
-                ))
-            })?;
-            let weights = batch
-                .column(weights_idx)
-                .as_binary::<i32>()
-                .value(i)
-                .to_vec();
-            if models.insert(card.me.clone(), (card, weights)).is_some() {
+    crate::nn::each_model_row(
+        input,
+        "the models table of `lumi_ae_train`",
+        |_, _, card: LumiAeCard, weights| {
+            let me = card.me.clone();
+            if models.insert(me, (card, weights.to_vec())).is_some() {
                 return Err(StageError::data(format!(
                     "input `{}` holds two models of one ME",
                     input.name
                 )));
             }
-        }
-    }
-    if models.is_empty() {
-        return Err(StageError::data(format!(
-            "input `{}` has no model row",
-            input.name
-        )));
-    }
+            Ok(())
+        },
+    )?;
     Ok(models)
 }

@@ -159,7 +159,7 @@ pub fn read_histograms(input: &Input) -> Result<Vec<LsHistogram>> {
         let me = column_as(&batch, "me", &DataType::Utf8, &input.name)?;
         let entries = column_as(&batch, "entries", &DataType::Int64, &input.name)?;
         let counts = crate::arrow_util::list_rows(
-            batch.column(batch.schema().index_of("counts").expect("planned")),
+            batch.column_by_name("counts").expect("planned"),
             &input.name,
             "counts",
         )?;

@@ -198,11 +198,7 @@ fn read(input: &Input) -> Result<Vec<Sequence>> {
     let mut rows: Vec<(String, i64, i64, f64, i64)> = Vec::new();
     for batch in input.batches() {
         let batch = batch?;
-        let col = |n: &str| {
-            batch
-                .column(batch.schema().index_of(n).expect("checked"))
-                .clone()
-        };
+        let col = |n: &str| batch.column_by_name(n).expect("checked").clone();
         let (block, id, start, score, class) = (
             col("block"),
             col("window_id"),

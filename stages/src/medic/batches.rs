@@ -240,7 +240,7 @@ impl WindowData {
         let mut n_train_events = 0;
         for batch in order_input.batches() {
             let batch = batch?;
-            let col = |n: &str| batch.column(batch.schema().index_of(n).expect("checked"));
+            let col = |n: &str| batch.column_by_name(n).expect("checked");
             let pos = col("position").as_primitive::<Int64Type>().clone();
             let ids = col("event_id").as_primitive::<Int64Type>().clone();
             let block = col("block").as_string::<i32>().clone();
@@ -261,7 +261,7 @@ impl WindowData {
         let mut rows = Vec::new();
         for batch in windows.batches() {
             let batch = batch?;
-            let col = |n: &str| batch.column(batch.schema().index_of(n).expect("checked"));
+            let col = |n: &str| batch.column_by_name(n).expect("checked");
             let ids = col("window_id").as_primitive::<Int64Type>().clone();
             let starts = col("start").as_primitive::<Int64Type>().clone();
             let seeds = col("sample_seed").as_primitive::<UInt64Type>().clone();

@@ -130,7 +130,7 @@ impl EventStore {
         spec.check_events_schema(&input.schema, &input.name)?;
         let batch = arrow::compute::concat_batches(&input.schema, &input.read_all()?)?;
         let n = batch.num_rows();
-        let col = |name: &str| batch.column(batch.schema().index_of(name).expect("checked"));
+        let col = |name: &str| batch.column_by_name(name).expect("checked");
         let event_ids = col("event_id")
             .as_primitive::<Int64Type>()
             .values()

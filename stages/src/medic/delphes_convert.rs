@@ -539,7 +539,7 @@ mod tests {
     }
 
     fn col<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
-        batch.column(batch.schema().index_of(name).unwrap())
+        batch.column_by_name(name).unwrap()
     }
 
     #[test]

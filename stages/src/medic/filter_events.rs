@@ -147,10 +147,12 @@ mod tests {
         let all =
             arrow::compute::concat_batches(&input.schema, &input.read_all().unwrap()).unwrap();
         let n_tracks = all
-            .column(all.schema().index_of("n_tracks").unwrap())
+            .column_by_name("n_tracks")
+            .unwrap()
             .as_primitive::<Int32Type>();
         let n_towers = all
-            .column(all.schema().index_of("n_towers").unwrap())
+            .column_by_name("n_towers")
+            .unwrap()
             .as_primitive::<Int32Type>();
         let expected = (0..all.num_rows())
             .filter(|&i| n_tracks.value(i) >= 40 && n_towers.value(i) >= 10)

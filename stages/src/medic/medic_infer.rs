@@ -196,41 +196,22 @@ pub fn load_models(
     let fold_idx = require_column(&input.schema, &input.name, "fold", why, "Int32", |t| {
         t == &DataType::Int32
     })?;
-    let card_idx = require_column(&input.schema, &input.name, "card", why, "Utf8", |t| {
-        t == &DataType::Utf8
-    })?;
-    let weights_idx = require_column(&input.schema, &input.name, "weights", why, "Binary", |t| {
-        t == &DataType::Binary
-    })?;
     let mut folds = Vec::new();
-    for batch in input.batches() {
-        let batch = batch?;
-        let fold_col = batch.column(fold_idx).as_primitive::<Int32Type>();
-        let cards = batch.column(card_idx).as_string::<i32>();
-        let weights = batch.column(weights_idx).as_binary::<i32>();
-        for i in 0..batch.num_rows() {
-            let fold = fold_col.value(i);
-            let at = format!("input `{}`, fold {fold}", input.name);
-            let card: ModelCard = serde_json::from_str(cards.value(i))
-                .map_err(|e| StageError::data(format!("{at}: unreadable model card: {e}")))?;
-            card.spec.check_windows(windows, &at)?;
-            let vs = nn::VarStore::new(device);
-            let model = Medic::new(&vs.root(), card.spec.arch.clone());
-            load_weights(&vs, weights.value(i), &at)?;
-            folds.push(LoadedFold {
-                fold,
-                card,
-                model,
-                _vs: vs,
-            });
-        }
-    }
-    if folds.is_empty() {
-        return Err(StageError::data(format!(
-            "input `{}` has no model (no fold rows)",
-            input.name
-        )));
-    }
+    crate::nn::each_model_row(input, why, |batch, i, card: ModelCard, weights| {
+        let fold = batch.column(fold_idx).as_primitive::<Int32Type>().value(i);
+        let at = format!("input `{}`, fold {fold}", input.name);
+        card.spec.check_windows(windows, &at)?;
+        let vs = nn::VarStore::new(device);
+        let model = Medic::new(&vs.root(), card.spec.arch.clone());
+        load_weights(&vs, weights, &at)?;
+        folds.push(LoadedFold {
+            fold,
+            card,
+            model,
+            _vs: vs,
+        });
+        Ok(())
+    })?;
     let first = (
         folds[0].card.normalization.clone(),
         folds[0].card.spec.log_energies,
@@ -494,7 +475,7 @@ mod tests {
             })
             .sum::<usize>();
         assert_eq!(p.num_rows(), n_test);
-        let col = |name: &str| p.column(p.schema().index_of(name).unwrap()).clone();
+        let col = |name: &str| p.column_by_name(name).unwrap().clone();
         for i in 0..p.num_rows() {
             let total: f64 = (0..4)
                 .map(|c| {

@@ -270,11 +270,7 @@ impl Predictions {
         };
         for batch in input.batches() {
             let batch = batch?;
-            let col = |n: &str| {
-                batch
-                    .column(batch.schema().index_of(n).expect("checked"))
-                    .clone()
-            };
+            let col = |n: &str| batch.column_by_name(n).expect("checked").clone();
             for c in 0..nc {
                 p.truth[c].extend(
                     col(&format!("p_{c}"))
@@ -560,11 +556,7 @@ impl MedicMetrics {
         let mut series: Vec<Series> = Vec::new();
         for batch in log.batches() {
             let batch = batch?;
-            let col = |n: &str| {
-                batch
-                    .column(batch.schema().index_of(n).expect("checked"))
-                    .clone()
-            };
+            let col = |n: &str| batch.column_by_name(n).expect("checked").clone();
             let (fold, epoch) = (col("fold"), col("epoch"));
             let (fold, epoch) = (
                 fold.as_primitive::<Int32Type>(),

@@ -35,7 +35,7 @@ use crate::medic::model::{Medic, WindowHead, kl_per_window};
 use crate::medic::tables::{
     FeatureStats, ModelCard, ModelSpec, Split, WindowSpec, example_window_inputs, models_schema,
 };
-use crate::nn::DeviceChoice;
+use crate::nn::{Checkpoint, DeviceChoice};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::doc_field;
 
@@ -497,14 +497,15 @@ impl MedicTrain {
             .to_kind(Kind::Float)
             .to_device(device);
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ BATCH_ORDER_SALT ^ fold as u64);
-        let path = ctx.artifacts.join(format!("fold_{fold}.safetensors"));
+        let mut checkpoint =
+            Checkpoint::new(ctx.artifacts.join(format!("fold_{fold}.safetensors")));
         let mut best = Figures {
             kl: f64::INFINITY,
             accuracy: 0.0,
             brier: 0.0,
             event_accuracy: None,
         };
-        let (mut best_epoch, mut epochs, mut waited) = (0, 0, 0);
+        let mut epochs = 0;
         let mut val_rows = val.to_vec();
         val_rows.sort_by_key(|&r| data.rows[r].start);
         let draws = self.seed ^ DRAW_SALT ^ fold as u64;
@@ -562,16 +563,9 @@ impl MedicTrain {
                 })
             })?;
             let (train_figures, val_figures) = (tally.mean(), vtally.mean());
-            let improved = val_figures.kl < best.kl;
+            let improved = checkpoint.observe(epoch, val_figures.kl, &vs)?;
             if improved {
                 best = val_figures;
-                best_epoch = epoch;
-                waited = 0;
-                vs.save(&path).map_err(|e| {
-                    StageError::data(format!("cannot save {}: {e}", path.display()))
-                })?;
-            } else {
-                waited += 1;
             }
             epochs = epoch;
             log.push(EpochLog {
@@ -596,7 +590,7 @@ impl MedicTrain {
                 if improved { " *" } else { "" }
             ));
             progress.inc(1);
-            if waited >= self.patience.max(1) && epoch < self.max_epochs {
+            if checkpoint.waited >= self.patience.max(1) && epoch < self.max_epochs {
                 progress.inc((self.max_epochs - epoch) as u64);
                 break;
             }
@@ -609,9 +603,9 @@ impl MedicTrain {
         let card_path = ctx.artifacts.join(format!("fold_{fold}.json"));
         let card_json = serde_json::to_string_pretty(&card).expect("plain data serializes");
         std::fs::write(&card_path, &card_json).map_err(|e| StageError::io(card_path, e))?;
-        let weights = std::fs::read(&path).map_err(|e| StageError::io(path.clone(), e))?;
+        let weights = checkpoint.bytes()?;
         Ok(FoldResult {
-            best_epoch,
+            best_epoch: checkpoint.best_epoch,
             epochs,
             best,
             train_windows: train.len(),
