@@ -403,13 +403,35 @@ fn tally_columns(tallies: &[&Tally], with_intervals: bool) -> Vec<ArrayRef> {
     columns
 }
 
+/// A row of `per_me`: how often one ME alone flags one kind of LS.
+struct MeRow {
+    method: String,
+    me: String,
+    truth: String,
+    ls: u64,
+    over: u64,
+}
+
+/// A row of `stretches`: one truly bad stretch and its LS rejected.
+struct StretchRow {
+    method: String,
+    run: i64,
+    first: i64,
+    last: i64,
+    truth: String,
+    flagged: i64,
+}
+
 /// Everything certify writes, built row by row.
 #[derive(Default)]
 struct Tables {
+    /// (method, run, bad kinds, tally)
     runs: Vec<(String, i64, String, Tally)>,
+    /// (method, runs, tally)
     totals: Vec<(String, i64, Tally)>,
-    per_me: Vec<(String, String, String, u64, u64)>,
-    stretches: Vec<(String, i64, i64, i64, String, i64)>,
+    per_me: Vec<MeRow>,
+    stretches: Vec<StretchRow>,
+    /// (method, run, kept range)
     certificate: Vec<(String, i64, [i64; 2])>,
 }
 
@@ -475,8 +497,14 @@ impl Certify {
             c.0 += 1;
             c.1 += u64::from(r.over);
         }
-        for ((me, truth), (n, over)) in per_me {
-            tables.per_me.push((method.to_string(), me, truth, n, over));
+        for ((me, truth), (ls, over)) in per_me {
+            tables.per_me.push(MeRow {
+                method: method.to_string(),
+                me,
+                truth,
+                ls,
+                over,
+            });
         }
         let mut total = Tally::default();
         let mut golden: BTreeMap<String, Vec<[i64; 2]>> = BTreeMap::new();
@@ -507,14 +535,14 @@ impl Certify {
             // Truly bad stretches and how much of each was rejected.
             for stretch in run.chunk_by(|a, b| a.key.bad == b.key.bad && a.key.ls + 1 == b.key.ls) {
                 if stretch[0].key.bad {
-                    tables.stretches.push((
-                        method.to_string(),
-                        number,
-                        stretch[0].key.ls,
-                        stretch[stretch.len() - 1].key.ls,
-                        stretch[0].key.truth.clone(),
-                        stretch.iter().filter(|d| d.rejected).count() as i64,
-                    ));
+                    tables.stretches.push(StretchRow {
+                        method: method.to_string(),
+                        run: number,
+                        first: stretch[0].key.ls,
+                        last: stretch[stretch.len() - 1].key.ls,
+                        truth: stretch[0].key.truth.clone(),
+                        flagged: stretch.iter().filter(|d| d.rejected).count() as i64,
+                    });
                 }
             }
         }
@@ -611,15 +639,15 @@ impl Stage for Certify {
             .write("totals", RecordBatch::try_new(totals_schema(), columns)?)?;
 
         let m = &tables.per_me;
-        let interval = |x: &(String, String, String, u64, u64)| wilson(x.4, x.3);
+        let interval = |x: &MeRow| wilson(x.over, x.ls);
         let columns = vec![
-            strs(m.iter().map(|x| x.0.as_str()).collect()),
-            strs(m.iter().map(|x| x.1.as_str()).collect()),
-            strs(m.iter().map(|x| x.2.as_str()).collect()),
-            ints(m.iter().map(|x| x.3 as i64).collect()),
-            ints(m.iter().map(|x| x.4 as i64).collect()),
+            strs(m.iter().map(|x| x.method.as_str()).collect()),
+            strs(m.iter().map(|x| x.me.as_str()).collect()),
+            strs(m.iter().map(|x| x.truth.as_str()).collect()),
+            ints(m.iter().map(|x| x.ls as i64).collect()),
+            ints(m.iter().map(|x| x.over as i64).collect()),
             Arc::new(Float64Array::from_iter_values(
-                m.iter().map(|x| x.4 as f64 / x.3 as f64),
+                m.iter().map(|x| x.over as f64 / x.ls as f64),
             )) as ArrayRef,
             opt_f64(m.iter().map(|x| interval(x).map(|i| i.0))),
             opt_f64(m.iter().map(|x| interval(x).map(|i| i.1))),
@@ -629,15 +657,15 @@ impl Stage for Certify {
 
         let s = &tables.stretches;
         let columns = vec![
-            strs(s.iter().map(|x| x.0.as_str()).collect()),
-            ints(s.iter().map(|x| x.1).collect()),
-            ints(s.iter().map(|x| x.2).collect()),
-            ints(s.iter().map(|x| x.3).collect()),
-            ints(s.iter().map(|x| x.3 - x.2 + 1).collect()),
-            strs(s.iter().map(|x| x.4.as_str()).collect()),
-            ints(s.iter().map(|x| x.5).collect()),
+            strs(s.iter().map(|x| x.method.as_str()).collect()),
+            ints(s.iter().map(|x| x.run).collect()),
+            ints(s.iter().map(|x| x.first).collect()),
+            ints(s.iter().map(|x| x.last).collect()),
+            ints(s.iter().map(|x| x.last - x.first + 1).collect()),
+            strs(s.iter().map(|x| x.truth.as_str()).collect()),
+            ints(s.iter().map(|x| x.flagged).collect()),
             Arc::new(BooleanArray::from(
-                s.iter().map(|x| x.5 > 0).collect::<Vec<_>>(),
+                s.iter().map(|x| x.flagged > 0).collect::<Vec<_>>(),
             )) as ArrayRef,
         ];
         ctx.output.write(
