@@ -38,7 +38,8 @@ struct PipelineArgs {
     /// Where stage outputs are cached (default: $DQM_WORKDIR or ./dqm-work).
     #[arg(long)]
     workdir: Option<PathBuf>,
-    /// Override a parameter: STAGE.PARAM=VALUE (VALUE is YAML). Repeatable.
+    /// Override a parameter: STAGE.PARAM=VALUE (VALUE is YAML; PARAM may be
+    /// a dotted path into a nested parameter, e.g. `agent.ppo.clip=0.1`). Repeatable.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     set: Vec<String>,
 }

@@ -123,7 +123,8 @@ impl PipelineSpec {
     }
 
     /// Applies `stage.param=value` overrides; the value is read as YAML, so
-    /// `runs.seeds=[1,2]` and `train.max_epochs=5` keep their types.
+    /// `runs.seeds=[1,2]` and `train.max_epochs=5` keep their types, and
+    /// `train.ppo.clip=0.1` sets one field of a nested parameter.
     pub fn apply_overrides(&mut self, overrides: &[String]) -> Result<()> {
         for item in overrides {
             let (target, value) = item
@@ -140,10 +141,20 @@ impl PipelineSpec {
             })?;
             let value: Value = serde_saphyr::from_str(value)
                 .map_err(|e| anyhow::anyhow!("--set {item}: value is not YAML: {e}"))?;
-            spec.params
-                .as_object_mut()
-                .expect("params are a mapping")
-                .insert(param.to_string(), value);
+            // `env.rewards.shifter_call=1` sets one field of a nested
+            // parameter and keeps its siblings.
+            let mut keys: Vec<&str> = param.split('.').collect();
+            let last = keys.pop().expect("split yields one item");
+            let mut map = spec.params.as_object_mut().expect("params are a mapping");
+            for key in keys {
+                let entry = map
+                    .entry(key.to_string())
+                    .or_insert_with(|| Value::Object(Default::default()));
+                map = entry.as_object_mut().with_context(|| {
+                    format!("--set {item}: `{key}` is not a mapping of parameters")
+                })?;
+            }
+            map.insert(last.to_string(), value);
         }
         Ok(())
     }
@@ -216,5 +227,23 @@ mod tests {
             serde_json::json!("auto")
         );
         assert!(spec.apply_overrides(&["nope.x=1".into()]).is_err());
+        // Nested: one field set, its siblings kept; a scalar is no mapping.
+        spec.apply_overrides(&["reference.env={a: 1, b: 2}".into()])
+            .unwrap();
+        spec.apply_overrides(&["reference.env.b=3".into(), "reference.new.c=4".into()])
+            .unwrap();
+        assert_eq!(
+            spec.stages["reference"].params["env"],
+            serde_json::json!({"a": 1, "b": 3})
+        );
+        assert_eq!(
+            spec.stages["reference"].params["new"],
+            serde_json::json!({"c": 4})
+        );
+        let err = spec
+            .apply_overrides(&["reference.alpha.x=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`alpha` is not a mapping"), "{err}");
     }
 }

@@ -1180,3 +1180,99 @@ fn lumi_certification_pipeline_certifies_the_test_runs() {
         "{json}"
     );
 }
+
+#[test]
+fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
+    let sb = Sandbox::new();
+    sb.write("rl.yaml", &bundled_pipeline("rl_dqm.yaml"));
+    // Bad input is refused before anything runs: a negative cost, an
+    // unknown policy name.
+    let err = sb.fails(&[
+        "run",
+        "rl.yaml",
+        "--set",
+        "offline_agent.env.rewards.shifter_call=-1",
+    ]);
+    assert!(
+        err.contains("offline_agent") && err.contains("rewards.shifter_call"),
+        "{err}"
+    );
+    let err = sb.fails(&[
+        "run",
+        "rl.yaml",
+        "--set",
+        "offline.policies=[agent, ask_always]",
+    ]);
+    assert!(
+        err.contains("`offline`") && err.contains("ask_always") && err.contains("always_call"),
+        "{err}"
+    );
+    assert!(
+        !sb.path().join("dqm-work/pipelines").exists(),
+        "nothing ran"
+    );
+    sb.ok(&["run", "rl.yaml"]);
+    let query = |sql: &str| {
+        sb.ok(&["query", "rl.yaml", sql, "--format", "csv"])
+            .lines()
+            .skip(1)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let floats = |sql: &str| -> Vec<f64> {
+        query(sql)[0]
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect()
+    };
+    // 160 datasets x 1700 runs after the warm-up, twice, offline; online
+    // the datasets' own bad runs are left out.
+    assert_eq!(
+        query("SELECT max(steps), count(*) FROM offline_agent"),
+        ["544000,266"]
+    );
+    for agent in ["offline_agent", "online_agent"] {
+        // Learned: the last 20 updates earn more per run than the first 20.
+        let v = floats(&format!(
+            "SELECT avg(CASE WHEN update <= 20 THEN reward_per_run END), avg(CASE WHEN update > (SELECT max(update) - 20 FROM {agent}) THEN reward_per_run END) FROM {agent}"
+        ));
+        assert!(v[1] > v[0] + 0.05, "{agent}: {v:?}");
+        let png = sb.path().join(format!(
+            "dqm-work/pipelines/rl_dqm/{agent}/artifacts/learning_curves.png"
+        ));
+        assert!(
+            std::fs::metadata(&png).is_ok_and(|m| m.len() > 10_000),
+            "{agent}"
+        );
+    }
+    for eval in ["offline", "online"] {
+        // Every policy on the 20 held-out datasets.
+        assert_eq!(
+            query(&format!(
+                "SELECT count(DISTINCT dataset), min(dataset) FROM {eval}_episodes"
+            )),
+            ["20,1000"]
+        );
+        // The frozen agent earns more per run than every baseline.
+        let v = floats(&format!(
+            "SELECT max(CASE WHEN policy = 'agent' THEN reward_per_run END), max(CASE WHEN policy <> 'agent' THEN reward_per_run END) FROM {eval}"
+        ));
+        assert!(v[0] > v[1], "{eval}: {v:?}");
+        let png = sb.path().join(format!(
+            "dqm-work/pipelines/rl_dqm/{eval}/artifacts/effort.png"
+        ));
+        assert!(
+            std::fs::metadata(&png).is_ok_and(|m| m.len() > 10_000),
+            "{eval}"
+        );
+    }
+    // Offline goal: no more bad runs accepted than DINAMO-S's rule, and at
+    // least 30 % fewer shifter calls (upper ends of the paired intervals).
+    let v = floats("SELECT calls_ratio_hi, missed_bad_diff_hi FROM offline WHERE policy = 'agent'");
+    assert!(v[0] <= 0.7 && v[1] <= 0.0, "{v:?}");
+    // Online goal: more good data than any threshold rule calling as rarely.
+    let v = floats(
+        "SELECT good_efficiency_lo, threshold_efficiency_at_same_calls FROM online WHERE policy = 'agent'",
+    );
+    assert!(v[0] > v[1], "{v:?}");
+}

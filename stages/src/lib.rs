@@ -30,6 +30,7 @@ pub mod hcal;
 pub mod lumi;
 pub mod medic;
 pub mod read_parquet;
+pub mod rl;
 pub mod union;
 
 // The one list of stage kinds: imports every stage, imported by none.

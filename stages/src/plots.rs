@@ -101,7 +101,8 @@ fn legend<'a, 'b: 'a>(
         .map_err(|e| plot_err(path, e))
 }
 
-/// Draws each series in its palette colour, with a legend entry.
+/// Draws each series in its palette colour, with a legend entry; series of
+/// up to 50 points get a marker at each point.
 fn draw_lines(chart: &mut Axes<'_, '_>, path: &Path, series: &[Series]) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| plot_err(path, e);
     for (i, s) in series.iter().enumerate() {
@@ -112,8 +113,11 @@ fn draw_lines(chart: &mut Axes<'_, '_>, path: &Path, series: &[Series]) -> Resul
             .copied()
             .filter(|(x, y)| x.is_finite() && y.is_finite())
             .collect();
+        // Short series (scans, single operating points) get markers, so
+        // a one-point series shows.
+        let marker = if points.len() <= 50 { 3 } else { 0 };
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .draw_series(LineSeries::new(points, color.stroke_width(2)).point_size(marker))
             .map_err(|e| err(&e))?
             .label(s.name.clone())
             .legend(move |(x, y)| {

@@ -136,6 +136,8 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::lumi::lumi_ae_score::LumiAeScore>(),
         kind::<crate::lumi::lumi_chi2_score::LumiChi2Score>(),
         kind::<crate::lumi::certify::Certify>(),
+        kind::<crate::rl::rl_train::RlTrain>(),
+        kind::<crate::rl::rl_evaluate::RlEvaluate>(),
         kind::<crate::union::Union>(),
     ]
 }

@@ -235,20 +235,14 @@ impl DinamoS {
             .collect()
     }
 
-    /// Scores one dataset and builds its output batches.
-    fn score_dataset(
-        &self,
-        dataset: i64,
-        batch: &RecordBatch,
-        schema: &SchemaRef,
-        input: &str,
-    ) -> Result<ScoreBatches> {
-        let data = DatasetRuns::parse(dataset, batch, input, self.epsilon)?;
+    /// Alpha for one dataset: the parameter itself, or (auto) the grid value
+    /// that maximises the ROC AUC of the score on its first `historical`
+    /// runs (also what environments built on DINAMO-S tune with).
+    pub fn alpha_for(&self, data: &DatasetRuns, historical: usize) -> Result<f64> {
         let (norm, good) = (&data.norm, &data.good);
-        let historical = self.historical_runs.min(data.len());
         let bad_hist = data.bad_among_first(historical);
-        let alpha = match self.alpha {
-            AutoOr::Value(a) => a,
+        match self.alpha {
+            AutoOr::Value(a) => Ok(a),
             AutoOr::Auto => {
                 let mut best: Option<(f64, f64)> = None;
                 for a in self.alpha_grid() {
@@ -264,9 +258,23 @@ impl DinamoS {
                     }
                 }
                 best.map(|(_, a)| a)
-                    .ok_or_else(|| data.cannot_tune("alpha", historical))?
+                    .ok_or_else(|| data.cannot_tune("alpha", historical))
             }
-        };
+        }
+    }
+
+    /// Scores one dataset and builds its output batches.
+    fn score_dataset(
+        &self,
+        dataset: i64,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        input: &str,
+    ) -> Result<ScoreBatches> {
+        let data = DatasetRuns::parse(dataset, batch, input, self.epsilon)?;
+        let (norm, good) = (&data.norm, &data.good);
+        let historical = self.historical_runs.min(data.len());
+        let alpha = self.alpha_for(&data, historical)?;
         let full = pass(self, norm, good, alpha, true);
         let scores: Vec<f64> = full.chi2.iter().map(|&c| score_of(c)).collect();
         let threshold = data.threshold(self.threshold, &scores, historical)?;

@@ -102,11 +102,11 @@ pub struct DatasetRuns {
 
 /// Per-run truth of a generated dataset: the Gaussian's (mu, sigma) and the
 /// histogram range.
-struct Truth {
-    mu: Vec<f64>,
-    sigma: Vec<f64>,
-    lo: f64,
-    hi: f64,
+pub struct Truth {
+    pub mu: Vec<f64>,
+    pub sigma: Vec<f64>,
+    pub lo: f64,
+    pub hi: f64,
 }
 
 /// The truth columns the Jaccard bands need.
@@ -227,6 +227,16 @@ impl DatasetRuns {
 
     pub fn len(&self) -> usize {
         self.runs.len()
+    }
+
+    /// Raw counts, in run order.
+    pub fn counts(&self) -> &[Vec<f64>] {
+        &self.counts
+    }
+
+    /// The generator's truth (mu, sigma, range), when the input has it.
+    pub fn truth(&self) -> Option<&Truth> {
+        self.truth.as_ref()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -400,11 +410,10 @@ impl Scored {
     }
 }
 
-/// The output schema of a reference method given its input schema: keys,
-/// scores, per-bin columns (with `vectors`: pulls, references and the
-/// input's counts), then the input's truth columns that are present.
-pub fn score_schema(input: &SchemaRef, name: &str, vectors: bool) -> Result<SchemaRef> {
-    let why = "a DINAMO reference scores histograms per run";
+/// Plan-time check of a runs table: the columns [`DatasetRuns::parse`]
+/// reads (`run`, `label`, `counts`, and `dataset` when present); `why`
+/// says who needs them.
+pub fn require_run_columns(input: &SchemaRef, name: &str, why: &str) -> Result<()> {
     require_column(input, name, "run", why, "an integer", is_integer)?;
     require_column(
         input,
@@ -425,6 +434,14 @@ pub fn score_schema(input: &SchemaRef, name: &str, vectors: bool) -> Result<Sche
     if input.index_of("dataset").is_ok() {
         require_column(input, name, "dataset", why, "an integer", is_integer)?;
     }
+    Ok(())
+}
+
+/// The output schema of a reference method given its input schema: keys,
+/// scores, per-bin columns (with `vectors`: pulls, references and the
+/// input's counts), then the input's truth columns that are present.
+pub fn score_schema(input: &SchemaRef, name: &str, vectors: bool) -> Result<SchemaRef> {
+    require_run_columns(input, name, "a DINAMO reference scores histograms per run")?;
     let mut fields = key_fields();
     fields.extend(dqm_schemas::scores::score_fields(vectors));
     if vectors {

@@ -361,30 +361,7 @@ impl SynthRuns {
                 }
             }
             let n_events = rng.random_range(self.events[0]..self.events[1]);
-            let mut counts = match self.sampling {
-                Sampling::Multinomial => {
-                    sample_multinomial(&mut rng, n_events, &self.bin_probabilities(mu, sigma))
-                }
-                Sampling::Events => {
-                    sample_events(&mut rng, n_events, mu, sigma, self.n_bins, self.range)
-                }
-            };
-            let run_sign = sign(&mut rng);
-            for c in &mut counts[self.n_bins / 2..] {
-                if *c > 0.0 {
-                    let s = match self.binomial_sign {
-                        SignPer::Run => run_sign,
-                        SignPer::Bin => sign(&mut rng),
-                    };
-                    let delta = Binomial::new(*c as u64, self.p_binomial)
-                        .expect("valid p")
-                        .sample(&mut rng);
-                    *c = (*c + s * delta as f64).max(0.0);
-                }
-            }
-            for &j in &dead {
-                counts[j] = 0.0;
-            }
+            let counts = self.sample_counts(&mut rng, n_events, mu, sigma, &dead);
             runs.push(SynthRun {
                 label: i8::from(bad),
                 counts,
@@ -395,6 +372,44 @@ impl SynthRuns {
             });
         }
         runs
+    }
+
+    /// One run's bin contents: `n_events` from the Gaussian (mu, sigma), the
+    /// binomial systematic on the upper half, then the `dead` bins zeroed —
+    /// the generator's draws in its order, shared with environments that
+    /// distort a run the way the generator's anomalies do.
+    pub fn sample_counts(
+        &self,
+        rng: &mut ChaCha8Rng,
+        n_events: u64,
+        mu: f64,
+        sigma: f64,
+        dead: &[usize],
+    ) -> Vec<f64> {
+        let sign = |rng: &mut ChaCha8Rng| if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+        let mut counts = match self.sampling {
+            Sampling::Multinomial => {
+                sample_multinomial(rng, n_events, &self.bin_probabilities(mu, sigma))
+            }
+            Sampling::Events => sample_events(rng, n_events, mu, sigma, self.n_bins, self.range),
+        };
+        let run_sign = sign(rng);
+        for c in &mut counts[self.n_bins / 2..] {
+            if *c > 0.0 {
+                let s = match self.binomial_sign {
+                    SignPer::Run => run_sign,
+                    SignPer::Bin => sign(rng),
+                };
+                let delta = Binomial::new(*c as u64, self.p_binomial)
+                    .expect("valid p")
+                    .sample(rng);
+                *c = (*c + s * delta as f64).max(0.0);
+            }
+        }
+        for &j in dead {
+            counts[j] = 0.0;
+        }
+        counts
     }
 
     /// Probability of each bin, plus a last entry for events outside the range.
