@@ -270,8 +270,41 @@ impl Workdir {
         if !shared {
             file.set_len(0)?;
             write!(file, "pid {}", std::process::id())?;
+            // Nobody else writes this workdir now: what a killed run left
+            // half-made can go.
+            self.sweep();
         }
         Ok(WorkdirLock { _file: file })
+    }
+
+    /// Removes what an interrupted run (kill -9, power loss) leaves behind:
+    /// staging directories and entries moved aside under `tmp/`, and
+    /// half-made stage links under `pipelines/`. Never a cache entry, a
+    /// finished shard or a link in place. Only under the exclusive lock.
+    fn sweep(&self) {
+        if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+            }
+        }
+        let Ok(pipelines) = fs::read_dir(self.root.join("pipelines")) else {
+            return;
+        };
+        for dir in pipelines.flatten() {
+            let Ok(links) = fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for link in links.flatten() {
+                if link.file_name().to_string_lossy().starts_with('.') {
+                    let _ = fs::remove_file(link.path());
+                }
+            }
+        }
     }
 }
 
@@ -334,4 +367,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exclusive_lock_sweeps_what_a_killed_run_left_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let wd = Workdir::new(root);
+        // A killed run's staging directory, an entry moved aside, a
+        // half-made link; and a finished entry with its link.
+        for d in [
+            "tmp/synth_runs-abc-123-9f",
+            "tmp/replaced-x-1",
+            "cache/synth_runs-abc",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(
+            root.join("tmp/synth_runs-abc-123-9f/part-00000.parquet"),
+            b"half",
+        )
+        .unwrap();
+        fs::write(root.join("cache/synth_runs-abc/manifest.json"), b"{}").unwrap();
+        fs::create_dir_all(root.join("pipelines/p")).unwrap();
+        for name in ["runs", ".runs.9f1"] {
+            std::os::unix::fs::symlink(
+                "../../cache/synth_runs-abc",
+                root.join("pipelines/p").join(name),
+            )
+            .unwrap();
+        }
+        // A batch job's shared lock leaves everything (other jobs may be staging).
+        drop(wd.lock_shared().unwrap());
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 2);
+        let _lock = wd.lock().unwrap();
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        assert!(root.join("cache/synth_runs-abc/manifest.json").is_file());
+        assert!(root.join("pipelines/p/runs").exists());
+        assert!(fs::symlink_metadata(root.join("pipelines/p/.runs.9f1")).is_err());
+    }
 }

@@ -59,7 +59,6 @@ const ROW_GROUP_BYTES: usize = 64 << 20;
 /// against the declared schema.
 struct ParquetOutputs {
     dir: PathBuf,
-    stage: String,
     provenance: String,
     tables: BTreeMap<String, TableWriter>,
 }
@@ -97,7 +96,6 @@ impl ParquetOutputs {
             .collect();
         Self {
             dir: dir.to_path_buf(),
-            stage: stage.id.clone(),
             provenance,
             tables,
         }
@@ -123,7 +121,7 @@ impl ParquetOutputs {
 
     /// Closes every table (an output never written becomes an empty table)
     /// and returns the row counts.
-    fn finish(mut self, wall_seconds: f64) -> Result<BTreeMap<String, (u64, String)>> {
+    fn finish(mut self) -> Result<BTreeMap<String, (u64, String)>> {
         let mut rows = BTreeMap::new();
         let names: Vec<String> = self.tables.keys().cloned().collect();
         for name in names {
@@ -134,13 +132,16 @@ impl ParquetOutputs {
             }
             let table = self.tables.get_mut(&name).expect("exists");
             let mut writer = table.writer.take().expect("opened");
+            // Rows only: the wall time is in the manifest, so a rerun of a
+            // deterministic stage writes byte-identical files.
             writer.append_key_value_metadata(KeyValue::new(
                 "dqm.run".to_string(),
-                json!({"rows": table.rows, "wall_seconds": wall_seconds}).to_string(),
+                json!({"rows": table.rows}).to_string(),
             ));
-            writer.close().with_context(|| {
-                format!("stage `{}`: cannot finish output `{name}`", self.stage)
-            })?;
+            let path = self.dir.join(&name).join(&table.file);
+            writer
+                .close()
+                .with_context(|| format!("cannot finish output `{name}` ({})", path.display()))?;
             rows.insert(name, (table.rows, table.file.clone()));
         }
         Ok(rows)
@@ -182,7 +183,7 @@ impl OutputWriter for ParquetOutputs {
         }
         let table = self.tables.get_mut(output).expect("exists");
         table.rows += batch.num_rows() as u64;
-        let path = self.dir.join(output);
+        let path = self.dir.join(output).join(&table.file);
         let writer = table.writer.as_mut().expect("opened");
         writer
             .write(&batch)
@@ -289,7 +290,7 @@ fn execute(
         }
     }
     let wall_seconds = started.elapsed().as_secs_f64();
-    let rows = outputs.finish(wall_seconds).with_context(|| at.clone())?;
+    let rows = outputs.finish().with_context(|| at.clone())?;
     if std::fs::read_dir(&artifacts)?.next().is_none() {
         std::fs::remove_dir(&artifacts)?;
     }
@@ -516,7 +517,7 @@ pub fn assemble(
             .recombine(&tables, &mut outputs)
             .map_err(|e| anyhow!("{at} failed combining its shards: {e}"))?;
         wall_seconds += started.elapsed().as_secs_f64();
-        for (name, (rows, file)) in outputs.finish(wall_seconds)? {
+        for (name, (rows, file)) in outputs.finish()? {
             files.insert(name, (rows, vec![file]));
         }
     }

@@ -267,9 +267,23 @@ pub fn plan(spec: PipelineSpec) -> Result<Plan> {
                 kind.name
             );
         }
-        let outputs = stage
-            .outputs(&input_schemas)
-            .map_err(|e| anyhow::anyhow!("{at}: stage `{id}` ({}): {e}", kind.name))?;
+        // A stage names its inputs by role (`input`, `models`, ...): say
+        // which upstream outputs filled them.
+        let outputs = stage.outputs(&input_schemas).map_err(|e| {
+            let given: Vec<String> = inputs
+                .iter()
+                .map(|r| format!("`{}.{}`", r.stage, r.output))
+                .collect();
+            if given.is_empty() {
+                anyhow::anyhow!("{at}: stage `{id}` ({}): {e}", kind.name)
+            } else {
+                anyhow::anyhow!(
+                    "{at}: stage `{id}` ({}): {e} (its inputs, in order: {})",
+                    kind.name,
+                    given.join(", ")
+                )
+            }
+        })?;
         let external = stage
             .external_fingerprint()
             .map_err(|e| anyhow::anyhow!("{at}: stage `{id}` ({}): {e}", kind.name))?;

@@ -169,6 +169,50 @@ fn second_run_is_cached_and_a_parameter_change_reruns_only_downstream() {
     assert!(sb.staging_is_empty());
 }
 
+/// Every file of every stage output but the manifests, by path under the
+/// workdir's `pipelines/<name>/`.
+fn output_files(root: &Path, pipeline: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let dir = root.join("dqm-work/pipelines").join(pipeline);
+    let mut stages: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    stages.sort();
+    for stage in stages {
+        let mut todo = vec![stage.canonicalize().unwrap()];
+        while let Some(d) = todo.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.file_name().unwrap() != "manifest.json" {
+                    out.push((p.display().to_string(), fs::read(&p).unwrap()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_forced_rerun_writes_byte_identical_files_and_sweeps_a_killed_runs_staging() {
+    let sb = Sandbox::new();
+    sb.write("p.yaml", SMALL);
+    sb.ok(&["run", "p.yaml"]);
+    let before = output_files(sb.path(), "small");
+    // runs; the reference's scores and bands; the metrics and their summary.
+    assert_eq!(before.len(), 5);
+    // What a kill -9 leaves: a staging directory and a half-made link.
+    let stale = sb.path().join("dqm-work/tmp/dinamo_s-0123-99-ff");
+    fs::create_dir_all(&stale).unwrap();
+    fs::write(stale.join("part-00000.parquet"), b"half").unwrap();
+    sb.ok(&["run", "p.yaml", "--force", "runs"]);
+    assert!(!stale.exists(), "the next run swept it");
+    assert_eq!(output_files(sb.path(), "small"), before);
+}
+
 #[test]
 fn query_returns_correct_aggregates_in_every_format() {
     let sb = Sandbox::new();
@@ -306,7 +350,11 @@ fn validation_errors_exit_nonzero_naming_stage_and_line() {
                 "kind: dqm_metrics\n    inputs: [reference]",
                 "kind: dqm_metrics\n    inputs: [runs]",
             ),
-            vec!["stage `metrics`", "flagged"],
+            vec![
+                "stage `metrics`",
+                "flagged",
+                "its inputs, in order: `runs.main`",
+            ],
         ),
     ];
     for (yaml, needles) in cases {

@@ -119,7 +119,7 @@ impl Default for GraphstadTrain {
 
 impl StageConfig for GraphstadTrain {
     const KIND: &'static str = "graphstad_train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Renormalized healthy LS maps -> GraphSTAD autoencoder (CNN + RBX-graph GCN + LSTM, variational), optional transfer of blocks from a source model";
     const INPUTS: (usize, usize) = (1, 2);
 
@@ -199,7 +199,6 @@ fn log_schema() -> SchemaRef {
             DataType::Float64,
             "Learning rate used in the epoch",
         ),
-        f("seconds", DataType::Float64, "Wall time of the epoch"),
         f(
             "improved",
             DataType::Boolean,
@@ -214,7 +213,6 @@ struct EpochLog {
     train_loss: f64,
     val_mse: f64,
     learning_rate: f64,
-    seconds: f64,
     improved: bool,
 }
 
@@ -441,13 +439,13 @@ impl Stage for GraphstadTrain {
                 train_loss: loss_sum / steps as f64,
                 val_mse,
                 learning_rate: used_lr,
-                seconds: started.elapsed().as_secs_f64(),
                 improved,
             };
             ctx.reporter.info(&format!(
-                "epoch {epoch}: train MSE {:.3e} | val MSE {:.3e}{}",
+                "epoch {epoch}: train MSE {:.3e} | val MSE {:.3e} ({:.1} s){}",
                 entry.train_mse,
                 val_mse,
+                started.elapsed().as_secs_f64(),
                 if improved { " *" } else { "" }
             ));
             log.push(entry);
@@ -557,7 +555,6 @@ impl GraphstadTrain {
             float(|e| e.train_loss),
             float(|e| e.val_mse),
             float(|e| e.learning_rate),
-            float(|e| e.seconds),
             Arc::new(BooleanArray::from(
                 log.iter().map(|e| e.improved).collect::<Vec<_>>(),
             )),

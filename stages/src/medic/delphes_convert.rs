@@ -166,7 +166,7 @@ fn guarded<T>(
         Err(panic) => {
             let msg = crate::error::panic_message(panic.as_ref());
             Err(StageError::data(format!(
-                "{}: branch `{branch}`: the ROOT reader failed: {msg}",
+                "{}: branch `{branch}`: the file is corrupt or not a ROOT layout the reader knows (the reader stopped with: {msg})",
                 path.display()
             )))
         }

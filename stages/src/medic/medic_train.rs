@@ -152,7 +152,7 @@ impl Default for MedicTrain {
 
 impl StageConfig for MedicTrain {
     const KIND: &'static str = "medic_train";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "MEDIC k-fold ensemble training (Adam, class-weighted KL, early stopping on validation KL): models table + per-epoch log";
     const INPUTS: (usize, usize) = (3, 3);
 
@@ -230,7 +230,6 @@ fn log_schema() -> SchemaRef {
             true,
             "Accuracy of the per-event head on the validation events (null without one)",
         ),
-        f("seconds", DataType::Float64, "Wall time of the epoch"),
         f(
             "improved",
             DataType::Boolean,
@@ -394,7 +393,6 @@ struct EpochLog {
     epoch: usize,
     train: Figures,
     val: Figures,
-    seconds: f64,
     improved: bool,
 }
 
@@ -573,11 +571,10 @@ impl MedicTrain {
                 epoch,
                 train: train_figures,
                 val: val_figures,
-                seconds: started.elapsed().as_secs_f64(),
                 improved,
             });
             ctx.reporter.info(&format!(
-                "fold {fold}/{} epoch {epoch}: train KL {:.4} acc {:.3} | val KL {:.4} acc {:.3} Brier {:.4}{}{}",
+                "fold {fold}/{} epoch {epoch}: train KL {:.4} acc {:.3} | val KL {:.4} acc {:.3} Brier {:.4}{} ({:.1} s){}",
                 spec.folds,
                 train_figures.kl,
                 train_figures.accuracy,
@@ -587,6 +584,7 @@ impl MedicTrain {
                 val_figures
                     .event_accuracy
                     .map_or(String::new(), |a| format!(" event acc {a:.3}")),
+                started.elapsed().as_secs_f64(),
                 if improved { " *" } else { "" }
             ));
             progress.inc(1);
@@ -719,7 +717,6 @@ impl Stage for MedicTrain {
                     Arc::new(Float64Array::from_iter(
                         log.iter().map(|r| r.val.event_accuracy),
                     )),
-                    Arc::new(float(|r| r.seconds)),
                     Arc::new(BooleanArray::from_iter(
                         log.iter().map(|r| Some(r.improved)),
                     )),

@@ -60,7 +60,14 @@ impl StageConfig for RlTrain {
     }
 
     fn validate(&self) -> Result<()> {
-        self.env.validate()?;
+        // The environment's parameters sit under `env:` in the YAML.
+        self.env.validate().map_err(|e| match e {
+            StageError::Param { param, why } => StageError::Param {
+                param: format!("env.{param}"),
+                why,
+            },
+            other => other,
+        })?;
         self.ppo.validate()?;
         if self.passes == 0 {
             return bad_param("passes", "must be at least 1");

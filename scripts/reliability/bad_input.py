@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""The bad-input suite as a table: each case is a pipeline (and input files)
+that must fail with a clear message — naming the stage, and the file or
+field at fault — a non-zero exit, and nothing written for the failing stage.
+
+Every case runs in a fresh directory; "written" counts cache entries and
+staging directories of the failing stage (an upstream stage that is fine
+may legitimately be cached). Prints a Markdown table and the number of
+cases whose error is unclear or that wrote something.
+
+Usage: scripts/reliability/bad_input.py [--base DIR]
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kill9 import ROOT, print_table, pipeline_bin  # noqa: E402
+
+DELPHES = ROOT / "data/delphes/dijet13_normal_tiny.root"
+
+
+def convert(path, extra=""):
+    return f"""name: bad
+stages:
+  events:
+    kind: delphes_convert
+    params:
+      files: [{{ path: {path}, label: normal }}]{extra}
+"""
+
+
+def cases(d: Path):
+    """(name, yaml, what the message must name) for every case; the first
+    name is the failing stage."""
+    data = d / "data"
+    data.mkdir()
+    raw = DELPHES.read_bytes()
+    (data / "truncated.root").write_bytes(raw[: len(raw) // 3])
+    (data / "header.root").write_bytes(raw[:4] + bytes(b ^ 0xFF for b in raw[4:64]) + raw[64:])
+    middle = bytearray(raw)
+    for i in range(len(raw) // 2, len(raw) // 2 + 4096):
+        middle[i] ^= 0x5A
+    (data / "baskets.root").write_bytes(bytes(middle))
+    (data / "empty.root").write_bytes(b"")
+    (data / "text.root").write_text("this is not a ROOT file\n")
+    shutil.copy(DELPHES, data / "good.root")
+    synth = "  runs:\n    kind: synth_runs\n    params: { seeds: [1], n_runs: 50, n_bad: 5 }\n"
+    return [
+        ("truncated ROOT file", convert(data / "truncated.root"), ["events", "truncated.root"]),
+        ("ROOT header bytes flipped", convert(data / "header.root"), ["events", "header.root"]),
+        ("ROOT baskets corrupted", convert(data / "baskets.root"), ["events", "baskets.root"]),
+        ("empty file", convert(data / "empty.root"), ["events", "empty.root"]),
+        ("text file named .root", convert(data / "text.root"), ["events", "text.root"]),
+        ("missing file", convert(data / "nope.root"), ["events", "nope.root"]),
+        ("missing branch", convert(data / "good.root", "\n      met_features: [NOPE]"), ["events", "NOPE"]),
+        ("YAML typo in a parameter", f"name: bad\nstages:\n{synth.replace('n_runs', 'n_rns')}", ["runs", "n_rns"]),
+        ("unknown stage kind", "name: bad\nstages:\n  runs:\n    kind: synth_rusn\n", ["runs", "synth_rusn"]),
+        ("cycle", "name: bad\nstages:\n  a:\n    kind: union\n    inputs: [b]\n  b:\n    kind: union\n    inputs: [a]\n", ["a", "cycle"]),
+        ("missing input", "name: bad\nstages:\n  s:\n    kind: dinamo_s\n    inputs: [nothing]\n", ["s", "nothing"]),
+        ("wrong input table for a stage", f"name: bad\nstages:\n{synth}  w:\n    kind: sliding_windows\n    inputs: [runs]\n", ["w", "event_id", "runs.main"]),
+        ("schema mismatch in union", f"name: bad\nstages:\n{synth}  m:\n    kind: dqm_metrics\n    inputs: [s]\n  s:\n    kind: dinamo_s\n    inputs: [runs]\n    params: {{ historical_runs: 20 }}\n  u:\n    kind: union\n    inputs: [runs, m]\n", ["u"]),
+        ("window larger than a block", f"name: bad\nstages:\n  events:\n    kind: delphes_convert\n    params:\n      files: [{{ path: {data / 'good.root'}, label: normal }}]\n  w:\n    kind: sliding_windows\n    inputs: [events]\n    params: {{ window: 100000 }}\n", ["w", "window"]),
+        ("negative reward cost", f"name: bad\nstages:\n{synth}  a:\n    kind: rl_train\n    inputs: [runs]\n    params: {{ env: {{ rewards: {{ shifter_call: -1 }} }} }}\n", ["a", "shifter_call"]),
+        ("unknown policy name", f"name: bad\nstages:\n{synth}  a:\n    kind: rl_train\n    inputs: [runs]\n  e:\n    kind: rl_evaluate\n    inputs: [a.models, runs]\n    params: {{ policies: [agent, ask_always] }}\n", ["e", "ask_always"]),
+        ("threshold not a number", f"name: bad\nstages:\n{synth}  s:\n    kind: dinamo_s\n    inputs: [runs]\n    params: {{ threshold: high }}\n", ["s", "threshold"]),
+        ("a runs table where a models table goes", f"name: bad\nstages:\n{synth}  e:\n    kind: rl_evaluate\n    inputs: [runs, runs]\n", ["e", "card", "runs.main"]),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="/tmp/dqm-bad-input")
+    args = ap.parse_args()
+    base = Path(args.base)
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    binary = pipeline_bin()
+    rows, bad = [], 0
+    for i, (name, yaml, must_name) in enumerate(cases(base)):
+        d = base / f"case{i:02d}"
+        d.mkdir()
+        (d / "p.yaml").write_text(yaml)
+        out = subprocess.run([binary, "run", "p.yaml", "--workdir", "w"], cwd=d,
+                             capture_output=True, text=True, timeout=600)
+        err = out.stderr.strip()
+        message = next((l for l in err.splitlines() if l.startswith("error")), err.splitlines()[-1] if err else "")
+        full = err.replace("\n", " ")
+        named = all(n in full for n in must_name)
+        # Nothing of the failing stage may exist: no cache entry, no staging.
+        failing = must_name[0]
+        written = [m for m in (d / "w/cache").glob("*/manifest.json")
+                   if json.loads(m.read_text())["stage"] == failing]
+        tmp = d / "w/tmp"
+        staging = list(tmp.iterdir()) if tmp.is_dir() else []
+        ok = out.returncode != 0 and named and not written and not staging
+        bad += not ok
+        rows.append((name, out.returncode, message[:220], "yes" if named else "NO",
+                     len(written) + len(staging)))
+    print_table(["case", "exit", "message (first line)", "names stage and file/field", "written"], rows)
+    print(f"\nunclear or partial: {bad} of {len(rows)}")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
