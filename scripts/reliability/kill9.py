@@ -206,19 +206,17 @@ def main():
             # "<stage> [<kind>] cached" for the finished ones.
             pending = [s for s in stages if not re.search(
                 rf"^{re.escape(s)} \[\w+\] cached", plan, re.M)]
-            # All finished: force a stage (and what depends on it) to run
-            # again, so the kill also lands while a cached entry is replaced.
-            force = [] if pending else ["--force"]
-            # Prefer the stage kinds killed least so far (every kind gets
-            # its kills, not just the long stages).
-            candidates = pending or list(stages)
-            fewest = min(kinds_killed.get(stages[c][0], 0) for c in candidates)
-            stage = rng.choice([c for c in candidates
-                                if kinds_killed.get(stages[c][0], 0) == fewest])
+            # Aim at the stage kinds killed least so far (every kind gets its
+            # kills, not just the long stages); a finished stage is forced to
+            # run again (with what depends on it), so kills also land while a
+            # cached entry is being replaced.
+            fewest = min(kinds_killed.get(k, 0) for k, _, _ in stages.values())
+            stage = rng.choice([c for c, (k, _, _) in stages.items()
+                                if kinds_killed.get(k, 0) == fewest])
+            force = [] if stage in pending else ["--force", stage]
             kind, _, duration = stages[stage]
             delay = rng.uniform(0, max(duration, 0.05) * 0.9)
-            running = kill_during(binary, file, sets, work, stage, delay,
-                                  extra=force + [stage] if force else [])
+            running = kill_during(binary, file, sets, work, stage, delay, extra=force)
             problems = check_entries(work)
             if running is None:
                 misses += 1
