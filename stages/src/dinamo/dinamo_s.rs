@@ -189,6 +189,8 @@ struct Pass {
     pulls: Vec<Vec<f64>>,
     ref_mu: Vec<Vec<f64>>,
     ref_sigma: Vec<Vec<f64>>,
+    /// The reference after the last run.
+    last: Reference,
 }
 
 /// Runs DINAMO-S over `runs` (in order); keeps the references if `keep`,
@@ -202,6 +204,7 @@ fn pass(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64, keep: bool) 
         pulls: Vec::with_capacity(cap),
         ref_mu: Vec::with_capacity(cap),
         ref_sigma: Vec::with_capacity(cap),
+        last: reference.clone(),
     };
     for (run, &is_good) in runs.iter().zip(good) {
         out.chi2.push(reference.chi2(run));
@@ -217,6 +220,7 @@ fn pass(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64, keep: bool) 
             reference.update(run);
         }
     }
+    out.last = reference;
     out
 }
 
@@ -224,6 +228,13 @@ fn pass(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64, keep: bool) 
 /// updated on good runs: DINAMO-S's core loop, exposed for benchmarks.
 pub fn chi2_sequence(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64) -> Vec<f64> {
     pass(cfg, runs, good, alpha, false).chi2
+}
+
+/// The same pass, returning also the reference it ends with (what a run
+/// after `runs` is scored against).
+pub fn evolve(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64) -> (Reference, Vec<f64>) {
+    let p = pass(cfg, runs, good, alpha, false);
+    (p.last, p.chi2)
 }
 
 impl DinamoS {

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::dinamo::dinamo_s::{DinamoS, Reference};
+use crate::dinamo::dinamo_s::{DinamoS, Reference, evolve};
 use crate::dinamo::scores::{DatasetRuns, NormRun, score_of};
 use crate::dinamo::synth_runs::SynthRuns;
 use crate::error::{Result, StageError, bad_param};
@@ -296,11 +296,13 @@ pub struct Tally {
     pub reference_updates: u64,
 }
 
-/// DINAMO-S's alpha and threshold for one dataset, from its warm-up runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// DINAMO-S's alpha and threshold for one dataset, from its warm-up runs,
+/// and the reference those runs built.
+#[derive(Debug, Clone)]
 pub struct Warmup {
     pub alpha: f64,
     pub threshold: f64,
+    reference: Reference,
 }
 
 impl Warmup {
@@ -322,21 +324,14 @@ impl Warmup {
             ..Default::default()
         };
         let alpha = dinamo.alpha_for(data, warm)?;
-        let mut reference = Reference::uniform(
-            data.n_bins(),
-            alpha,
-            dinamo.epsilon,
-            dinamo.prior_events_per_bin,
-        );
-        let mut scores = Vec::with_capacity(warm);
-        for k in 0..warm {
-            scores.push(score_of(reference.chi2(&data.norm[k])));
-            if data.good[k] && data.norm[k].integral > 0.0 {
-                reference.update(&data.norm[k]);
-            }
-        }
+        let (reference, chi2) = evolve(&dinamo, &data.norm[..warm], &data.good[..warm], alpha);
+        let scores: Vec<f64> = chi2.into_iter().map(score_of).collect();
         let threshold = data.threshold(cfg.threshold, &scores, warm)?;
-        Ok(Self { alpha, threshold })
+        Ok(Self {
+            alpha,
+            threshold,
+            reference,
+        })
     }
 }
 
@@ -443,30 +438,17 @@ impl<'a> Env<'a> {
         warmup: Warmup,
     ) -> Result<Self> {
         let warm = cfg.warmup_runs;
-        let Warmup { alpha, threshold } = warmup;
-        let dinamo = DinamoS::default();
-        let mut reference = Reference::uniform(
-            data.n_bins(),
+        let Warmup {
             alpha,
-            dinamo.epsilon,
-            dinamo.prior_events_per_bin,
-        );
-        for k in 0..warm {
-            if data.good[k] && data.norm[k].integral > 0.0 {
-                reference.update(&data.norm[k]);
-            }
-        }
-        let mut shadow = Reference::uniform(
-            data.n_bins(),
+            threshold,
+            reference,
+        } = warmup;
+        let (shadow, _) = evolve(
+            &DinamoS::default(),
+            &data.norm[..warm],
+            &data.good[..warm],
             cfg.shadow_alpha,
-            dinamo.epsilon,
-            dinamo.prior_events_per_bin,
         );
-        for k in 0..warm {
-            if data.good[k] && data.norm[k].integral > 0.0 {
-                shadow.update(&data.norm[k]);
-            }
-        }
         let integrals: Vec<f64> = (0..warm)
             .filter(|&k| data.good[k] && data.norm[k].integral > 0.0)
             .map(|k| data.norm[k].integral.ln())
@@ -545,7 +527,7 @@ impl<'a> Env<'a> {
             detector: Detector::Working,
             faults,
             generator,
-            epsilon: dinamo.epsilon,
+            epsilon: DinamoS::default().epsilon,
             tally: Tally::default(),
         };
         env.present();

@@ -229,7 +229,7 @@ impl RlEvaluate {
             // DINAMO-S is tuned on the warm-up once; every policy starts from it.
             let warmup = Warmup::tune(env_cfg, &data)?;
             for &run in &runs {
-                let mut env = Env::start(env_cfg, data.clone(), self.seed, warmup)?;
+                let mut env = Env::start(env_cfg, data.clone(), self.seed, warmup.clone())?;
                 let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ data.dataset as u64);
                 let mut streak = 0;
                 while env.remaining() > 0 {
@@ -406,13 +406,18 @@ fn summary(
     let resamples: Vec<Vec<usize>> = (0..bootstrap)
         .map(|_| (0..n_data).map(|_| rng.random_range(0..n_data)).collect())
         .collect();
+    // Each policy's totals, and the baseline's on each resample, once.
+    let totals: Vec<Sums> = (0..keys.len()).map(|k| sums_of(k, &all)).collect();
+    let base_total = base.map(|b| totals[b]);
+    let base_boot: Option<Vec<Sums>> =
+        base.map(|b| resamples.iter().map(|pick| sums_of(b, pick)).collect());
     // The threshold rules' (calls per 1000, missed-bad rate, efficiency).
     let scan: Vec<[f64; 3]> = keys
         .iter()
         .enumerate()
         .filter(|(_, r)| r.policy == PolicyName::Threshold)
         .filter_map(|(k, _)| {
-            let s = sums_of(k, &all);
+            let s = totals[k];
             Some([
                 s.calls_per_1000()?,
                 s.missed_rate().unwrap_or(0.0),
@@ -421,11 +426,11 @@ fn summary(
         })
         .collect();
     let mut cols: Vec<Vec<Option<f64>>> = vec![Vec::new(); 6 * 3 + 3];
-    for k in 0..keys.len() {
-        let point = metrics(&sums_of(k, &all), base.map(|b| sums_of(b, &all)).as_ref());
+    for (k, total) in totals.iter().enumerate() {
+        let point = metrics(total, base_total.as_ref());
         let mut boot: Vec<Vec<f64>> = vec![Vec::new(); 6];
-        for pick in &resamples {
-            let m = metrics(&sums_of(k, pick), base.map(|b| sums_of(b, pick)).as_ref());
+        for (r, pick) in resamples.iter().enumerate() {
+            let m = metrics(&sums_of(k, pick), base_boot.as_ref().map(|b| &b[r]));
             for (v, b) in m.iter().zip(boot.iter_mut()) {
                 if let Some(v) = v {
                     b.push(*v);
@@ -445,7 +450,7 @@ fn summary(
         }
         cols[18].push(point[1].and_then(|c| best_efficiency(&scan, c)));
         cols[19].push(point[2].and_then(|m| fewest_calls(&scan, m)));
-        let s = sums_of(k, &all);
+        let s = total;
         cols[20].push(
             (regime == Regime::Online && s.true_alarms > 0.0).then(|| s.delay / s.true_alarms),
         );
@@ -462,7 +467,7 @@ fn summary(
         Arc::new(StringArray::from(vec![regime.name(); n])),
         Arc::new(Int64Array::from(vec![n_data as i64; n])),
         Arc::new(Int64Array::from_iter_values(
-            (0..n).map(|k| sums_of(k, &all).runs as i64),
+            totals.iter().map(|s| s.runs as i64),
         )),
     ];
     let lines: Vec<String> = keys
