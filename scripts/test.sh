@@ -5,11 +5,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DQM_BUILD=none scripts/setup.sh
+# The report test (tests/cli.rs) opens pages in a real headless browser.
+if [ -z "${DQM_CHROMIUM:-}" ] && ! command -v chromium > /dev/null; then
+  echo "test: installing Debian's chromium for the report test" >&2
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo -n)
+  export DEBIAN_FRONTEND=noninteractive
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" apt-get install -y -qq --no-install-recommends chromium > /dev/null
+fi
 source scripts/env.sh
 # The vendored oxyroot keeps its upstream formatting (its rustfmt.toml) and
 # lints; its unit tests run with everything else below.
 cargo fmt --all -- --check
-cargo clippy --workspace --exclude oxyroot --all-targets --locked -- -D warnings
+# `--features fuzz` lints the fuzz harness (src/bin/fuzz/) too, so it keeps
+# compiling without being linked here.
+cargo clippy --workspace --exclude oxyroot --all-targets --features dqm-pipeline/fuzz --locked -- -D warnings
 # Same profile, features and target directory as `scripts/setup.sh`: the
 # dependencies it built are reused, only the test targets are compiled.
 cargo test --workspace --locked "$@"

@@ -1,23 +1,15 @@
 //! `pipeline`: runs data-quality-monitoring pipelines declared in YAML.
 
-mod cache;
-mod describe;
-mod exec;
-mod plan;
-mod progress;
-mod query;
-mod slurm;
-mod spec;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::cache::Workdir;
-use crate::exec::{RunOptions, Status};
-use crate::spec::PipelineSpec;
+use dqm_pipeline::cache::Workdir;
+use dqm_pipeline::exec::{self, RunOptions, Status};
+use dqm_pipeline::spec::PipelineSpec;
+use dqm_pipeline::{describe, plan, progress, query, report, slurm};
 
 #[derive(Parser)]
 #[command(
@@ -91,6 +83,15 @@ enum Command {
     },
     /// List every stage kind with its parameters and output schema.
     Stages,
+    /// Write one self-contained HTML page of a pipeline's run: the DAG with
+    /// each stage's state, rows, time and cache key, small tables, plots.
+    Report {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Folder for `<pipeline name>.html` (default: WORKDIR/reports).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run exactly one stage whose inputs are cached (what a batch job runs).
     RunStage {
         #[command(flatten)]
@@ -205,6 +206,13 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Stages => print!("{}", describe::describe_all()),
+        Command::Report { pipeline, out } => {
+            let plan = pipeline.plan()?;
+            let workdir = pipeline.workdir();
+            let out = out.unwrap_or_else(|| workdir.root.join("reports"));
+            let path = report::write_report(&plan, &workdir, &pipeline.set, &out)?;
+            println!("report: {}", path.display());
+        }
         Command::RunStage {
             pipeline,
             stage,

@@ -15,6 +15,12 @@ pub struct Console {
     start: Instant,
 }
 
+impl Default for Console {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Console {
     pub fn new() -> Self {
         let bars = std::io::stderr()

@@ -276,6 +276,10 @@ pub fn submit(
     if !options.dry_run {
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
+        // If no job (nor a local run) is writing the workdir right now, the
+        // exclusive lock is free: taking it sweeps what a killed job left in
+        // `tmp/`. Busy: nothing to sweep now, the jobs go on.
+        drop(workdir.lock());
     }
     let mut jobs = load_jobs(workdir, plan)?;
     // Stage id -> job id its dependents wait on, for stages not cached.

@@ -1117,6 +1117,95 @@ fn hcal_transfer_pipeline_compares_modes() {
 /// HT -> runs of LS with bad stretches from the glitch files, events split
 /// into disjoint parts -> per-LS histograms -> autoencoders and χ² -> scores
 /// with calibration thresholds -> certificate, all queryable.
+/// Runs a headless Chromium (Debian's `chromium`, or `$DQM_CHROMIUM`) on
+/// `file`, killed after two minutes; returns its stdout.
+fn chromium(args: &[String], file: &Path) -> String {
+    let binary = std::env::var("DQM_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(&binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(format!("file://{}", file.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the report test opens the page in a real browser and needs Chromium \
+                 (`{binary}`: {e}); scripts/test.sh installs Debian's `chromium`"
+            )
+        });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        text
+    });
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("chromium {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    reader.join().unwrap()
+}
+
+/// `pipeline report` after a full run, loaded in headless Chromium: every
+/// embedded image decoded, the named tables present, every stage done, and
+/// a screenshot kept in the test output (`target/tmp/report-<name>.png`).
+fn report_checked_in_chromium(sb: &Sandbox, file: &str, name: &str, tables: &[&str]) {
+    let page = sb.path().join(format!("out/{name}.html"));
+    sb.ok(&["report", file, "--out", "out"]);
+    let html = fs::read_to_string(&page).unwrap();
+    assert!(html.contains("stages are done"), "every stage done");
+    assert!(!html.contains("src=\"http"), "nothing fetched at view time");
+    let embedded = html.matches("<figure><img").count();
+    assert!(embedded >= 3, "{embedded} images embedded");
+    let dom = chromium(&["--dump-dom".into()], &page);
+    let attr = |key: &str| -> usize {
+        let at = dom
+            .find(&format!("{key}=\""))
+            .unwrap_or_else(|| panic!("no {key} on <body>: the page script did not run"));
+        let rest = &dom[at + key.len() + 2..];
+        rest[..rest.find('"').unwrap()].parse().unwrap()
+    };
+    assert_eq!(attr("data-images-ok"), embedded, "every image decoded");
+    assert_eq!(attr("data-images-broken"), 0);
+    for table in tables {
+        assert!(
+            dom.contains(&format!("data-table=\"{table}\"")),
+            "table {table}"
+        );
+    }
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("report-{name}.png"));
+    let _ = fs::remove_file(&shot);
+    chromium(
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1280,2400".into(),
+        ],
+        &page,
+    );
+    let png = fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "screenshot"
+    );
+    eprintln!("report screenshot: {}", shot.display());
+}
+
 #[test]
 fn lumi_certification_pipeline_certifies_the_test_runs() {
     let sb = Sandbox::new();
@@ -1128,7 +1217,22 @@ fn lumi_certification_pipeline_certifies_the_test_runs() {
         !sb.path().join("dqm-work/pipelines").exists(),
         "nothing ran"
     );
+    // A report before anything ran names every missing stage instead of failing.
+    let out = sb.ok(&["report", "lumi.yaml"]);
+    let page = sb.path().join("dqm-work/reports/lumi_certification.html");
+    assert!(
+        out.contains("dqm-work/reports/lumi_certification.html"),
+        "{out}"
+    );
+    let html = fs::read_to_string(&page).unwrap();
+    assert!(html.contains("8 of 8 stages have no output yet"), "{html}");
     sb.ok(&["run", "lumi.yaml"]);
+    report_checked_in_chromium(
+        &sb,
+        "lumi.yaml",
+        "lumi_certification",
+        &["certify_totals", "certify", "ae"],
+    );
     let query = |sql: &str| {
         sb.ok(&["query", "lumi.yaml", sql, "--format", "csv"])
             .lines()

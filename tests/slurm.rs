@@ -237,3 +237,112 @@ fn a_failed_stage_cancels_its_dependents_and_a_resubmission_runs_only_what_is_mi
     let rows = wait_for(dir, &args, Duration::from_secs(120), all_cached);
     assert!(rows.iter().all(|r| r.1 == "cached"), "{rows:?}");
 }
+
+/// Long enough shards (a few seconds each) that a kill lands mid-shard.
+const KILLED: &str = "name: killed
+stages:
+  runs:
+    kind: synth_runs
+    shards: 2
+    params: { seed_range: [0, 80], n_runs: 5000, n_bad: 500 }
+  reference:
+    kind: dinamo_s
+    inputs: [runs]
+    params: { alpha: 0.5, threshold: 1.0, historical_runs: 100 }
+";
+
+/// The `run-stage` process of shard `shard` of this workdir's job, once it runs.
+fn shard_process(workdir: &Path, shard: usize, limit: Duration) -> String {
+    // The batch script's command: `pipeline run-stage FILE STAGE --workdir W --shard N`.
+    let pattern = format!(
+        "run-stage .*--workdir {} --shard {shard}",
+        workdir.display()
+    );
+    let start = Instant::now();
+    loop {
+        let out = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .unwrap();
+        let pids = String::from_utf8(out.stdout).unwrap();
+        if let Some(pid) = pids.split_whitespace().next() {
+            return pid.to_string();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no process matching `{pattern}` within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs a running Slurm cluster: scripts/test-slurm.sh"]
+fn a_shard_job_killed_mid_shard_leaves_nothing_partial_and_a_resubmission_matches_a_local_run() {
+    let sandbox = tempfile::tempdir().unwrap();
+    let dir = sandbox.path();
+    std::fs::write(dir.join("p.yaml"), KILLED).unwrap();
+    ok(dir, &["submit", "p.yaml", "--workdir", "w"]);
+    let workdir = std::fs::canonicalize(dir.join("w")).unwrap();
+    // SIGKILL to the job's process half a second into its shard: what the
+    // OOM killer or a node failure does (no handler, no clean-up).
+    let pid = shard_process(&workdir, 0, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Command::new("kill").args(["-9", &pid]).status().unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+    let rows = wait_for(
+        dir,
+        &["p.yaml", "--workdir", "w"],
+        Duration::from_secs(180),
+        |rows| rows[0].1 == "failed" && rows[1].1 == "cancelled",
+    );
+    assert!(rows[1].3.contains("input stage failed"), "{rows:?}");
+    // Nothing partial is visible: no cache entry, no part of the killed shard.
+    assert!(entries(&workdir.join("cache")).is_empty(), "{rows:?}");
+    let parts: Vec<PathBuf> = entries(&workdir.join("parts"))
+        .into_iter()
+        .flat_map(|stage| entries(&stage))
+        .collect();
+    assert!(
+        parts
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with("00000")),
+        "the killed shard left a part: {parts:?}"
+    );
+    // Resubmitted once the other shard's job is done (a running job keeps
+    // the workdir busy, and the sweep waits for a quiet moment): finishes,
+    // the killed job's staging is gone, and the tables equal a local run's.
+    let start = Instant::now();
+    let pattern = format!("run-stage .*{}", workdir.display());
+    while Command::new("pgrep")
+        .args(["-f", &pattern])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "jobs still running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(dir, &["submit", "p.yaml", "--workdir", "w"]);
+    let rows = wait_for(
+        dir,
+        &["p.yaml", "--workdir", "w"],
+        Duration::from_secs(240),
+        all_cached,
+    );
+    assert!(rows.iter().all(|r| r.1 == "cached"), "{rows:?}");
+    // The resubmission swept the killed job's staging.
+    assert!(entries(&workdir.join("tmp")).is_empty());
+    ok(dir, &["run", "p.yaml", "--workdir", "local"]);
+    for sql in [
+        "SELECT count(*), sum(label), sum(array_sum(counts)) FROM runs",
+        "SELECT dataset, run, chi2, flagged FROM reference ORDER BY dataset, run",
+    ] {
+        let cluster = query(dir, "w", sql);
+        assert!(cluster.len() > 20, "{sql}: {cluster}");
+        assert_eq!(cluster, query(dir, "local", sql), "{sql}");
+    }
+}

@@ -8,7 +8,7 @@ staging directories of the failing stage (an upstream stage that is fine
 may legitimately be cached). Prints a Markdown table and the number of
 cases whose error is unclear or that wrote something.
 
-Usage: scripts/reliability/bad_input.py [--base DIR]
+Usage: scripts/reliability/bad_input.py [--base DIR]   (needs pyarrow for the Parquet cases)
 """
 
 import argparse
@@ -34,6 +34,68 @@ stages:
 """
 
 
+def user_runs(path: Path, bad_value=None, counts_type="float64", run_type="int64"):
+    """A user's runs table (run, counts) for `read_parquet`: 40 runs of 10
+    bins; `bad_value` goes into bin 3 of run 25."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts = [[100.0 + (i * 7 + j * 3) % 11 for j in range(10)] for i in range(40)]
+    if bad_value is not None:
+        counts[25][3] = bad_value
+    if counts_type == "string":
+        counts = [[str(v) for v in row] for row in counts]
+    runs = list(range(40)) if run_type == "int64" else [f"run{i}" for i in range(40)]
+    pq.write_table(pa.table({
+        "run": pa.array(runs, type=getattr(pa, run_type)()),
+        "label": pa.array([int(i % 10 == 9) for i in range(40)], type=pa.int8()),
+        "counts": pa.array(counts, type=pa.list_(getattr(pa, counts_type)())),
+    }), path)
+
+
+USER = """name: bad
+stages:
+  hists:
+    kind: read_parquet
+    params: {{ path: {path} }}
+  reference:
+    kind: dinamo_s
+    inputs: [hists]
+    params: {{ alpha: 0.5, threshold: 1.0, historical_runs: 10 }}
+"""
+
+SYNTH = "  runs:\n    kind: synth_runs\n    params: { seeds: [1], n_runs: 300, n_bad: 30 }\n"
+AGENT = SYNTH + """  agent:
+    kind: rl_train
+    inputs: [runs]
+    params: { env: { warmup_runs: 100 }, ppo: { rollout_steps: 64, envs: 1, hidden: [16] } }
+"""
+
+
+def other_architecture_models(d: Path) -> Path:
+    """A real `rl_train` models table whose card then claims another network
+    (two hidden layers of 32 where the weights hold one of 16): a model
+    file from another architecture than the one it is used as."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    work = d / "train"
+    work.mkdir()
+    (work / "p.yaml").write_text("name: train\nstages:\n" + AGENT)
+    subprocess.run([pipeline_bin(), "run", "p.yaml", "--workdir", "w"], cwd=work, check=True,
+                   capture_output=True, timeout=600)
+    table = pq.read_table(next((work / "w/pipelines/train/agent/models").glob("*.parquet")))
+    cards = []
+    for text in table.column("card").to_pylist():
+        card = json.loads(text)
+        card["ppo"]["hidden"] = [32, 32]
+        cards.append(json.dumps(card))
+    table = table.set_column(table.schema.get_field_index("card"), "card", pa.array(cards))
+    path = d / "other_architecture.parquet"
+    pq.write_table(table, path)
+    return path
+
+
 def cases(d: Path):
     """(name, yaml, what the message must name) for every case; the first
     name is the failing stage."""
@@ -50,6 +112,12 @@ def cases(d: Path):
     (data / "text.root").write_text("this is not a ROOT file\n")
     shutil.copy(DELPHES, data / "good.root")
     synth = "  runs:\n    kind: synth_runs\n    params: { seeds: [1], n_runs: 50, n_bad: 5 }\n"
+    user_runs(data / "nan.parquet", bad_value=float("nan"))
+    user_runs(data / "inf.parquet", bad_value=float("inf"))
+    user_runs(data / "negative.parquet", bad_value=-5.0)
+    user_runs(data / "string_counts.parquet", counts_type="string")
+    user_runs(data / "string_runs.parquet", run_type="string")
+    models = other_architecture_models(d)
     return [
         ("truncated ROOT file", convert(data / "truncated.root"), ["events", "truncated.root"]),
         ("ROOT header bytes flipped", convert(data / "header.root"), ["events", "header.root"]),
@@ -68,6 +136,12 @@ def cases(d: Path):
         ("negative reward cost", f"name: bad\nstages:\n{synth}  a:\n    kind: rl_train\n    inputs: [runs]\n    params: {{ env: {{ rewards: {{ shifter_call: -1 }} }} }}\n", ["a", "shifter_call"]),
         ("unknown policy name", f"name: bad\nstages:\n{synth}  a:\n    kind: rl_train\n    inputs: [runs]\n  e:\n    kind: rl_evaluate\n    inputs: [a.models, runs]\n    params: {{ policies: [agent, ask_always] }}\n", ["e", "ask_always"]),
         ("threshold not a number", f"name: bad\nstages:\n{synth}  s:\n    kind: dinamo_s\n    inputs: [runs]\n    params: {{ threshold: high }}\n", ["s", "threshold"]),
+        ("NaN in a user's histogram counts", USER.format(path=data / "nan.parquet"), ["reference", "run 25", "NaN"]),
+        ("inf in a user's histogram counts", USER.format(path=data / "inf.parquet"), ["reference", "run 25"]),
+        ("negative histogram count", USER.format(path=data / "negative.parquet"), ["reference", "run 25"]),
+        ("counts of the wrong type in Parquet (strings)", USER.format(path=data / "string_counts.parquet"), ["reference", "counts"]),
+        ("run numbers of the wrong type in Parquet (strings)", USER.format(path=data / "string_runs.parquet"), ["reference", "run"]),
+        ("model of another architecture", f"name: bad\nstages:\n{SYNTH}  models:\n    kind: read_parquet\n    params: {{ path: {models} }}\n  e:\n    kind: rl_evaluate\n    inputs: [models, runs]\n", ["e", "models", "shape"]),
         ("a runs table where a models table goes", f"name: bad\nstages:\n{synth}  e:\n    kind: rl_evaluate\n    inputs: [runs, runs]\n", ["e", "card", "runs.main"]),
     ]
 

@@ -59,7 +59,49 @@ SUITE = [
     ("hcal_occupancy", "pipelines/hcal_occupancy.yaml",
      ["model.epochs=6", "real_model.epochs=3"]),
     ("hcal_transfer", "pipelines/hcal_transfer.yaml", []),
+    # The two kinds no shipped pipeline runs on its own inputs: `union` (the
+    # W scan's last stage, after hours of training) and `read_parquet` (the
+    # apply pipeline reads another pipeline's model). Written by `mini()`.
+    ("kill9_mini", "MINI", []),
 ]
+
+MINI = """name: kill9_mini
+stages:
+  user:
+    kind: read_parquet
+    params: {{ path: {user} }}
+  user_reference:
+    kind: dinamo_s
+    inputs: [user]
+    params: {{ alpha: 0.5, threshold: 1.0, historical_runs: 10 }}
+  runs_a:
+    kind: synth_runs
+    params: {{ seeds: [1, 2, 3], n_runs: 3000, n_bad: 300 }}
+  runs_b:
+    kind: synth_runs
+    params: {{ seeds: [4, 5, 6], n_runs: 3000, n_bad: 300 }}
+  all_runs:
+    kind: union
+    inputs: [runs_a, runs_b]
+"""
+
+
+def mini(base: Path) -> str:
+    """Writes the mini pipeline and its user table (a fixed runs table, via
+    pyarrow); returns the pipeline's path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base.mkdir(parents=True, exist_ok=True)
+    counts = [[100.0 + (i * 7 + j * 3) % 11 for j in range(20)] for i in range(2000)]
+    pq.write_table(pa.table({
+        "run": pa.array(range(2000), type=pa.int64()),
+        "label": pa.array([int(i % 10 == 9) for i in range(2000)], type=pa.int8()),
+        "counts": pa.array(counts, type=pa.list_(pa.float64())),
+    }), base / "user_runs.parquet")
+    path = base / "kill9_mini.yaml"
+    path.write_text(MINI.format(user=base / "user_runs.parquet"))
+    return str(path)
 
 RUNNING = re.compile(r"^\[\s*([0-9.]+)s\] (\S+)(?: \[shard \d+/\d+\])?: running \((\w+)\)")
 DONE = re.compile(r"^\[\s*([0-9.]+)s\] (\S+): done")
@@ -193,6 +235,8 @@ def main():
     for name, file, sets in SUITE:
         if args.only and name not in args.only:
             continue
+        if file == "MINI":
+            file = mini(base / "mini")
         ref, work = base / f"{name}-ref", base / f"{name}-killed"
         t0 = time.time()
         stages = reference_run(binary, file, sets, ref)

@@ -165,6 +165,10 @@ fn guarded<T>(
         ))),
         Err(panic) => {
             let msg = crate::error::panic_message(panic.as_ref());
+            // oxyroot's iterators unwrap the errors of the baskets they read.
+            let msg = msg
+                .strip_prefix("called `Result::unwrap()` on an `Err` value: ")
+                .unwrap_or(&msg);
             Err(StageError::data(format!(
                 "{}: branch `{branch}`: the file is corrupt or not a ROOT layout the reader knows (the reader stopped with: {msg})",
                 path.display()

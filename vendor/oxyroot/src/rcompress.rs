@@ -107,6 +107,38 @@ pub fn decompress(dst: &mut [u8], src: &[u8]) -> Result<usize> {
     Ok(dst_pos)
 }
 
+/// Checks, before anything is allocated, that the chunk headers of a
+/// compressed record add up to `objlen` bytes within `src`.
+///
+/// dqm-pipeline fix 5: ObjLen comes from the key header; a corrupt one sized
+/// the output buffer (up to 2 GiB) before any chunk was looked at.
+pub fn check_chunks(objlen: usize, src: &[u8]) -> Result<()> {
+    let bad = |msg: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+    let mut src_pos = 0usize;
+    let mut declared = 0usize;
+    while declared < objlen {
+        if src.len() < src_pos + HEADER_SIZE {
+            return Err(bad(format!(
+                "its compressed chunks declare {declared} bytes, the key declares {objlen} (ObjLen)"
+            )));
+        }
+        let hdr = &src[src_pos..src_pos + HEADER_SIZE];
+        let srcsz = hdr[3] as usize | (hdr[4] as usize) << 8 | (hdr[5] as usize) << 16;
+        let tgtsz = hdr[6] as usize | (hdr[7] as usize) << 8 | (hdr[8] as usize) << 16;
+        if tgtsz == 0 || src.len() < src_pos + HEADER_SIZE + srcsz {
+            return Err(bad(format!("compressed chunk at byte {src_pos} overruns its record or is empty")));
+        }
+        declared += tgtsz;
+        src_pos += HEADER_SIZE + srcsz;
+    }
+    if declared != objlen {
+        return Err(bad(format!(
+            "its compressed chunks declare {declared} bytes, the key declares {objlen} (ObjLen)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod dqm_tests {
     use super::*;
@@ -139,6 +171,20 @@ mod dqm_tests {
         let mut dst = vec![0u8; 10];
         assert!(decompress(&mut dst, &chunk(b"QQ", 0, &[1, 2, 3], 10)).is_err());
         assert!(decompress(&mut dst, &[b'Z', b'S', 1]).is_err());
+    }
+
+    #[test]
+    fn chunk_headers_must_add_up_to_objlen_before_anything_is_allocated() {
+        let two = [chunk(b"ZS", 1, &[0; 5], 100), chunk(b"ZS", 1, &[0; 7], 50)].concat();
+        assert!(check_chunks(150, &two).is_ok());
+        // A corrupt ObjLen (fuzzing found 2^31 - 1) no longer sizes a buffer.
+        let err = check_chunks(i32::MAX as usize, &two).unwrap_err();
+        let Error::Io(e) = err;
+        assert!(e.to_string().contains("declare 150 bytes"), "{e}");
+        assert!(check_chunks(120, &two).is_err(), "ObjLen ends inside a chunk");
+        // A chunk running past the record, or declaring nothing.
+        assert!(check_chunks(100, &two[..10]).is_err());
+        assert!(check_chunks(10, &chunk(b"ZS", 1, &[], 0)).is_err());
     }
 }
 

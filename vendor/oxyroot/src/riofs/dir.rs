@@ -140,7 +140,9 @@ impl TDirectoryFile {
             begin + nbytes
         );
 
-        if (nbytes + begin) > (file.end() as u64) {
+        // dqm-pipeline fix 5: fNbytesName and fBEGIN come from the header;
+        // a negative one wrapped and the sum overflowed.
+        if nbytesname < 0 || begin > i64::MAX as u64 || nbytes.checked_add(begin).is_none_or(|e| e > file.end() as u64) {
             return Err(crate::riofs::error::Error::FileHasAnIncorrectHeaderLength);
         }
 

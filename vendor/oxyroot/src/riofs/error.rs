@@ -46,7 +46,14 @@ pub enum Error {
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "IO/Root Error: {:?}", self)
+        // dqm-pipeline fix 5: I/O and decompression errors carry a sentence
+        // (a corrupt length, a truncated file): print it, not its Debug form.
+        match self {
+            Error::Io(e) | Error::RCompress(crate::rcompress::Error::Io(e)) => {
+                write!(f, "IO/Root Error: {e}")
+            }
+            _ => write!(f, "IO/Root Error: {:?}", self),
+        }
     }
 }
 

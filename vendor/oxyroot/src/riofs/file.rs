@@ -85,10 +85,18 @@ impl RootFileReader {
     }
 
     pub(crate) fn read_at(&mut self, start: u64, len: u64) -> Result<Vec<u8>> {
-        self.reader
-            .as_mut()
-            .expect("ERROR")
-            .seek(SeekFrom::Start(start))?;
+        let reader = self.reader.as_mut().expect("ERROR");
+        // dqm-pipeline fix 5: `len` comes from the file (a key's byte count,
+        // a header's seek): refuse a range past the end before allocating
+        // it, so a corrupt length cannot ask for gigabytes.
+        let size = reader.get_ref().metadata()?.len();
+        if start.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("bytes {start}..{} are past the end of the file ({size} bytes): a length or seek in the file is corrupt", start as u128 + len as u128),
+            )));
+        }
+        reader.seek(SeekFrom::Start(start))?;
         let mut buf = vec![0; len as usize];
         self.reader.as_mut().expect("ERROR").read_exact(&mut buf)?;
         Ok(buf)

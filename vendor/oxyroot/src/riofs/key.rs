@@ -28,6 +28,10 @@ impl fmt::Debug for objects::Object {
     }
 }
 
+/// dqm-pipeline fix 5: the largest object a key may declare (1 GiB; ROOT's
+/// own buffers stop below 2 GiB, and a Delphes basket is a few MB).
+pub const MAX_OBJECT_BYTES: u64 = 1 << 30;
+
 #[derive(Debug, Clone)]
 pub struct Key {
     rvers: i16,
@@ -398,17 +402,40 @@ impl Key {
     }
 
     fn load(&self, file: &mut RootFileReader) -> Result<Vec<u8>> {
+        // dqm-pipeline fix 5: the key's lengths come from the file. Negative
+        // ones wrapped to huge reads (or overflowed), and ObjLen sized the
+        // output buffer before anything checked it: now the lengths must be
+        // consistent, the object at most MAX_OBJECT_BYTES, and a compressed
+        // object's chunk headers must add up to ObjLen before it is allocated.
+        let corrupt = |what: String| {
+            riofs::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, what))
+        };
+        if self.seek_key < 0 || self.key_len < 0 || self.obj_len < 0 || self.n_bytes < self.key_len {
+            return Err(corrupt(format!(
+                "key `{}` at byte {} has inconsistent lengths (Nbytes {}, KeyLen {}, ObjLen {})",
+                self.name, self.seek_key, self.n_bytes, self.key_len, self.obj_len
+            )));
+        }
+        if self.obj_len as u64 > MAX_OBJECT_BYTES {
+            return Err(corrupt(format!(
+                "key `{}` at byte {} declares an object of {} bytes, more than the reader's limit of {MAX_OBJECT_BYTES}",
+                self.name, self.seek_key, self.obj_len
+            )));
+        }
+        let start = self.seek_key as u64 + self.key_len as u64;
         if self.is_compressed() {
+            let sr = file.read_at(start, (self.n_bytes - self.key_len) as u64)?;
+            rcompress::check_chunks(self.obj_len as usize, &sr).map_err(|e| {
+                let rcompress::Error::Io(e) = e;
+                corrupt(format!("key `{}` at byte {}: {e}", self.name, self.seek_key))
+            })?;
             let mut buf = vec![0; self.obj_len as usize];
-            let start = self.seek_key as u64 + self.key_len as u64;
-            let sr = file.read_at(start, (self.n_bytes as u64) - (self.key_len as u64))?;
 
             rcompress::decompress(&mut buf, &sr)?;
 
             return Ok(buf);
         }
 
-        let start = self.seek_key as u64 + self.key_len as u64;
 
         let buf = file.read_at(start, self.obj_len as u64)?;
         Ok(buf)

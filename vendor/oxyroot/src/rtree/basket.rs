@@ -186,8 +186,12 @@ impl Unmarshaler for Basket {
         self.buf_size = r.read_i32()?;
         self.nev_size = r.read_i32()?;
 
+        // dqm-pipeline fix 5: corrupt basket headers are errors, not panics.
         if self.nev_size < 0 {
-            unimplemented!();
+            return Err(Error::Misc(format!(
+                "basket header: negative fNevBufSize {}",
+                self.nev_size
+            )));
         }
 
         self.nev_buf = r.read_i32()?;
@@ -229,21 +233,24 @@ impl Unmarshaler for Basket {
         if !must_gen_offsets && flag != 0 && (flag % 10 != 2) {
             if self.nev_buf > 0 {
                 let n = r.read_i32()?;
-                self.offsets.reserve(n as usize);
+                // dqm-pipeline fix 5: `n` is read from the file; reserve no
+                // more than the buffer can hold (4 bytes per offset).
+                self.offsets
+                    .reserve((n.max(0) as usize).min(r.len().max(0) as usize / 4));
                 for _ in 0..n {
                     self.offsets.push(r.read_i32()?);
                 }
                 if 20 < flag && flag < 40 {
-                    unimplemented!();
+                    return Err(Error::Misc(format!("basket header: unsupported flag {flag}")));
                 }
             }
             if flag > 40 {
-                unimplemented!();
+                return Err(Error::Misc(format!("basket header: unsupported flag {flag}")));
             }
         } else if must_gen_offsets {
             self.offsets.clear();
             if flag <= 40 {
-                panic!(";Basket.unmarshal.{}.flag: {} <= 40", _beg, flag);
+                return Err(Error::Misc(format!("basket header: unsupported flag {}", flag + 80)));
             }
         }
 
