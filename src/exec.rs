@@ -13,8 +13,9 @@ use arrow::datatypes::SchemaRef;
 use dqm_stages::error::StageError;
 use dqm_stages::input::Input;
 use dqm_stages::stage::{OutputSpec, OutputWriter, RunContext, Shard};
+use parquet::arrow::ArrowSchemaConverter;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, Type as PhysicalType, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde_json::json;
@@ -106,15 +107,35 @@ impl ParquetOutputs {
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(dir.clone(), e))?;
         let path = dir.join(&self.tables[name].file);
         let file = File::create(&path).map_err(|e| StageError::io(path.clone(), e))?;
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(1).expect("valid level"),
             ))
             .set_key_value_metadata(Some(vec![KeyValue::new(
                 PROVENANCE_KEY.to_string(),
                 self.provenance.clone(),
-            )]))
-            .build();
+            )]));
+        // Dictionary encoding pays for strings (labels, file names) and
+        // costs for numbers: float features and ids are nearly all distinct,
+        // so the writer hashed every value only to fall back to plain
+        // encoding (28% of `delphes_convert`'s time, BENCHMARKS.md). Numbers
+        // are written plain, floats byte-stream-split (zstd then finds the
+        // repeated exponent bytes).
+        if let Ok(columns) = ArrowSchemaConverter::new().convert(schema) {
+            for column in columns.columns() {
+                let path = column.path().clone();
+                match column.physical_type() {
+                    PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY => {}
+                    PhysicalType::FLOAT | PhysicalType::DOUBLE => {
+                        props = props
+                            .set_column_dictionary_enabled(path.clone(), false)
+                            .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+                    }
+                    _ => props = props.set_column_dictionary_enabled(path, false),
+                }
+            }
+        }
+        let props = props.build();
         ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| StageError::parquet(path, e))
     }
