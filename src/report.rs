@@ -429,6 +429,21 @@ fn cell(col: &dyn Array, row: usize, formatter: Option<&ArrayFormatter>) -> Stri
     if let Some(v) = float {
         return short_float(v);
     }
+    // Model weights and other blobs: their size, not megabytes of hex.
+    let blob = match col.data_type() {
+        DataType::Binary => col
+            .as_any()
+            .downcast_ref::<arrow::array::BinaryArray>()
+            .map(|a| a.value(row).len()),
+        DataType::LargeBinary => col
+            .as_any()
+            .downcast_ref::<arrow::array::LargeBinaryArray>()
+            .map(|a| a.value(row).len()),
+        _ => None,
+    };
+    if let Some(n) = blob {
+        return format!("<{n} bytes>");
+    }
     let text = formatter.map_or_else(|| "?".into(), |f| f.value(row).to_string());
     if text.chars().count() > CELL_CHARS {
         let cut: String = text.chars().take(CELL_CHARS).collect();
@@ -759,6 +774,18 @@ mod tests {
         assert_eq!(short_float(-3.5e7), "-3.500e7");
         assert_eq!(short_float(f64::NAN), "NaN");
         assert_eq!(short_float(0.0), "0");
+    }
+
+    #[test]
+    fn blobs_show_their_size_and_long_text_is_cut() {
+        let weights = arrow::array::BinaryArray::from(vec![&[0u8; 3000][..]]);
+        assert_eq!(cell(&weights, 0, None), "<3000 bytes>");
+        let text = arrow::array::StringArray::from(vec!["x".repeat(100)]);
+        let options = FormatOptions::default();
+        let f = ArrayFormatter::try_new(&text, &options).unwrap();
+        let shown = cell(&text, 0, Some(&f));
+        assert_eq!(shown.chars().count(), CELL_CHARS + 1);
+        assert!(shown.ends_with('…'));
     }
 
     #[test]

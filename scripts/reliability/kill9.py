@@ -59,9 +59,10 @@ SUITE = [
     ("hcal_occupancy", "pipelines/hcal_occupancy.yaml",
      ["model.epochs=6", "real_model.epochs=3"]),
     ("hcal_transfer", "pipelines/hcal_transfer.yaml", []),
-    # The two kinds no shipped pipeline runs on its own inputs: `union` (the
-    # W scan's last stage, after hours of training) and `read_parquet` (the
-    # apply pipeline reads another pipeline's model). Written by `mini()`.
+    # `union` (the W scan's last stage, after hours of training),
+    # `read_parquet` (the apply pipeline reads another pipeline's model) and
+    # `alerts` (milliseconds on the sample's predictions) on inputs large
+    # enough to be killed during. Written by `mini()`.
     ("kill9_mini", "MINI", []),
 ]
 
@@ -83,6 +84,12 @@ stages:
   all_runs:
     kind: union
     inputs: [runs_a, runs_b]
+  predictions:
+    kind: read_parquet
+    params: {{ path: {predictions} }}
+  alerts:
+    kind: alerts
+    inputs: [predictions]
 """
 
 
@@ -99,8 +106,20 @@ def mini(base: Path) -> str:
         "label": pa.array([int(i % 10 == 9) for i in range(2000)], type=pa.int8()),
         "counts": pa.array(counts, type=pa.list_(pa.float64())),
     }), base / "user_runs.parquet")
+    # Two million windows of `medic_infer`-like predictions (the columns
+    # `alerts` reads), so reading them and scanning them for alerts take
+    # long enough for a kill to land inside.
+    n = 2_000_000
+    pq.write_table(pa.table({
+        "window_id": pa.array(range(n), type=pa.int64()),
+        "block": pa.array(["test"] * n),
+        "start": pa.array(range(n), type=pa.int64()),
+        "anomaly_score": pa.array([((i * 7919) % 1000) / 1000 for i in range(n)], type=pa.float64()),
+        "argmax_class": pa.array([(i // 5000) % 4 for i in range(n)], type=pa.int8()),
+    }), base / "predictions.parquet")
     path = base / "kill9_mini.yaml"
-    path.write_text(MINI.format(user=base / "user_runs.parquet"))
+    path.write_text(MINI.format(user=base / "user_runs.parquet",
+                                predictions=base / "predictions.parquet"))
     return str(path)
 
 RUNNING = re.compile(r"^\[\s*([0-9.]+)s\] (\S+)(?: \[shard \d+/\d+\])?: running \((\w+)\)")
