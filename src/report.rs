@@ -206,7 +206,7 @@ fn overview_table(h: &mut String, plan: &Plan, views: &[StageView]) {
             h,
             "<tr class=\"{}\"><td><a href=\"#stage-{1}\">{1}</a></td><td>{2}</td><td>{3}</td>\
              <td class=\"num\">{rows}</td><td class=\"num\">{seconds}</td>\
-             <td><code title=\"{4}\">{5}</code></td><td>{6}</td></tr>",
+             <td><code title=\"{4}\">{5}</code></td><td class=\"wrap\">{6}</td></tr>",
             state_class(&v.state),
             esc(v.id),
             esc(v.kind),
@@ -699,6 +699,7 @@ table.data{border-collapse:collapse;font-size:.85em}
 table.data th,table.data td{border:1px solid #ddd;padding:2px 6px;white-space:nowrap}
 table.data th{background:#f0f0f0;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.data td.wrap{white-space:normal}
 div.scroll{max-height:32em;overflow:auto;margin-bottom:.5em}
 .banner{padding:.5em .8em;border-radius:4px}
 .banner.ok{background:#e3f4e3}.banner.missing{background:#fff3cd}
