@@ -60,8 +60,12 @@ pub fn write_report(
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let path = out_dir.join(format!("{}.html", plan.spec.name));
     if path.exists() {
-        let old = std::fs::read(&path).unwrap_or_default();
-        if !String::from_utf8_lossy(&old[..old.len().min(4096)]).contains(GENERATOR) {
+        // The marker sits in the page's head: its first 4 kB decide.
+        let mut head = Vec::new();
+        if let Ok(file) = File::open(&path) {
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(file, 4096), &mut head);
+        }
+        if !String::from_utf8_lossy(&head).contains(GENERATOR) {
             bail!(
                 "{} exists and is not a page `pipeline report` wrote: not overwriting it (give another --out)",
                 path.display()
@@ -80,16 +84,13 @@ pub fn write_report(
 
 /// The page.
 pub fn render(plan: &Plan, workdir: &Workdir, overrides: &[String]) -> Result<String> {
-    let states: BTreeMap<String, slurm::StageStatus> = slurm::status(plan, workdir)?
-        .into_iter()
-        .map(|s| (s.stage.clone(), s))
-        .collect();
     let layers = layers(plan);
+    // `status` lists the plan's stages in order, each with its manifest.
     let views: Vec<StageView> = plan
         .stages
         .iter()
-        .map(|stage| {
-            let status = &states[&stage.id];
+        .zip(slurm::status(plan, workdir)?)
+        .map(|(stage, status)| {
             let state = match status.state.as_str() {
                 "cached" => "done",
                 "not submitted" => "not run",
@@ -102,10 +103,10 @@ pub fn render(plan: &Plan, workdir: &Workdir, overrides: &[String]) -> Result<St
                 detail: if state == "done" {
                     String::new()
                 } else {
-                    status.detail.clone()
+                    status.detail
                 },
                 state,
-                manifest: workdir.cached(stage),
+                manifest: status.manifest,
                 layer: layers[&stage.id],
             }
         })

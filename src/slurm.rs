@@ -377,6 +377,8 @@ pub struct StageStatus {
     pub state: String,
     pub job_id: Option<String>,
     pub detail: String,
+    /// The cached output's manifest, when the state is `cached`.
+    pub manifest: Option<crate::cache::Manifest>,
 }
 
 /// What each stage of the plan is doing: cached, queued, running, failed
@@ -391,7 +393,8 @@ pub fn status(plan: &Plan, workdir: &Workdir) -> Result<Vec<StageStatus>> {
         } else {
             String::new()
         };
-        let (state, detail) = if let Some(m) = workdir.cached(stage) {
+        let manifest = workdir.cached(stage);
+        let (state, detail) = if let Some(m) = &manifest {
             (
                 "cached".to_string(),
                 format!(
@@ -439,6 +442,7 @@ pub fn status(plan: &Plan, workdir: &Workdir) -> Result<Vec<StageStatus>> {
             state,
             job_id: record.map(|r| r.job_id.clone()),
             detail,
+            manifest,
         });
     }
     Ok(out)

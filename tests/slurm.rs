@@ -251,6 +251,16 @@ stages:
     params: { alpha: 0.5, threshold: 1.0, historical_runs: 100 }
 ";
 
+/// The first process whose command line matches `pattern` (`pgrep -f`).
+fn pgrep(pattern: &str) -> Option<String> {
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8(out.stdout).unwrap();
+    pids.split_whitespace().next().map(str::to_string)
+}
+
 /// The `run-stage` process of shard `shard` of this workdir's job, once it runs.
 fn shard_process(workdir: &Path, shard: usize, limit: Duration) -> String {
     // The batch script's command: `pipeline run-stage FILE STAGE --workdir W --shard N`.
@@ -260,13 +270,8 @@ fn shard_process(workdir: &Path, shard: usize, limit: Duration) -> String {
     );
     let start = Instant::now();
     loop {
-        let out = Command::new("pgrep")
-            .args(["-f", &pattern])
-            .output()
-            .unwrap();
-        let pids = String::from_utf8(out.stdout).unwrap();
-        if let Some(pid) = pids.split_whitespace().next() {
-            return pid.to_string();
+        if let Some(pid) = pgrep(&pattern) {
+            return pid;
         }
         assert!(
             start.elapsed() < limit,
@@ -314,12 +319,7 @@ fn a_shard_job_killed_mid_shard_leaves_nothing_partial_and_a_resubmission_matche
     // the killed job's staging is gone, and the tables equal a local run's.
     let start = Instant::now();
     let pattern = format!("run-stage .*{}", workdir.display());
-    while Command::new("pgrep")
-        .args(["-f", &pattern])
-        .status()
-        .unwrap()
-        .success()
-    {
+    while pgrep(&pattern).is_some() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "jobs still running"

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kill9 import ROOT, print_table, pipeline_bin  # noqa: E402
+from kill9 import ROOT, print_table, pipeline_bin, write_user_runs  # noqa: E402
 
 DELPHES = ROOT / "data/delphes/dijet13_normal_tiny.root"
 
@@ -32,25 +32,6 @@ stages:
     params:
       files: [{{ path: {path}, label: normal }}]{extra}
 """
-
-
-def user_runs(path: Path, bad_value=None, counts_type="float64", run_type="int64"):
-    """A user's runs table (run, counts) for `read_parquet`: 40 runs of 10
-    bins; `bad_value` goes into bin 3 of run 25."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    counts = [[100.0 + (i * 7 + j * 3) % 11 for j in range(10)] for i in range(40)]
-    if bad_value is not None:
-        counts[25][3] = bad_value
-    if counts_type == "string":
-        counts = [[str(v) for v in row] for row in counts]
-    runs = list(range(40)) if run_type == "int64" else [f"run{i}" for i in range(40)]
-    pq.write_table(pa.table({
-        "run": pa.array(runs, type=getattr(pa, run_type)()),
-        "label": pa.array([int(i % 10 == 9) for i in range(40)], type=pa.int8()),
-        "counts": pa.array(counts, type=pa.list_(getattr(pa, counts_type)())),
-    }), path)
 
 
 USER = """name: bad
@@ -112,11 +93,11 @@ def cases(d: Path):
     (data / "text.root").write_text("this is not a ROOT file\n")
     shutil.copy(DELPHES, data / "good.root")
     synth = "  runs:\n    kind: synth_runs\n    params: { seeds: [1], n_runs: 50, n_bad: 5 }\n"
-    user_runs(data / "nan.parquet", bad_value=float("nan"))
-    user_runs(data / "inf.parquet", bad_value=float("inf"))
-    user_runs(data / "negative.parquet", bad_value=-5.0)
-    user_runs(data / "string_counts.parquet", counts_type="string")
-    user_runs(data / "string_runs.parquet", run_type="string")
+    write_user_runs(data / "nan.parquet", bad_value=float("nan"))
+    write_user_runs(data / "inf.parquet", bad_value=float("inf"))
+    write_user_runs(data / "negative.parquet", bad_value=-5.0)
+    write_user_runs(data / "string_counts.parquet", counts_type="string")
+    write_user_runs(data / "string_runs.parquet", run_type="string")
     models = other_architecture_models(d)
     return [
         ("truncated ROOT file", convert(data / "truncated.root"), ["events", "truncated.root"]),

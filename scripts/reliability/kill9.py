@@ -93,19 +93,35 @@ stages:
 """
 
 
+def write_user_runs(path: Path, n_runs=40, n_bins=10, bad_value=None,
+                    counts_type="float64", run_type="int64"):
+    """A user's runs table (run, label, counts) as `read_parquet` brings it
+    in for a DINAMO reference: fixed counts, every tenth run bad;
+    `bad_value` goes into bin 3 of run 25; the column types can be wrong."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    counts = [[100.0 + (i * 7 + j * 3) % 11 for j in range(n_bins)] for i in range(n_runs)]
+    if bad_value is not None:
+        counts[25][3] = bad_value
+    if counts_type == "string":
+        counts = [[str(v) for v in row] for row in counts]
+    runs = list(range(n_runs)) if run_type == "int64" else [f"run{i}" for i in range(n_runs)]
+    pq.write_table(pa.table({
+        "run": pa.array(runs, type=getattr(pa, run_type)()),
+        "label": pa.array([int(i % 10 == 9) for i in range(n_runs)], type=pa.int8()),
+        "counts": pa.array(counts, type=pa.list_(getattr(pa, counts_type)())),
+    }), path)
+
+
 def mini(base: Path) -> str:
-    """Writes the mini pipeline and its user table (a fixed runs table, via
-    pyarrow); returns the pipeline's path."""
+    """Writes the mini pipeline and its user tables (via pyarrow); returns
+    the pipeline's path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     base.mkdir(parents=True, exist_ok=True)
-    counts = [[100.0 + (i * 7 + j * 3) % 11 for j in range(20)] for i in range(2000)]
-    pq.write_table(pa.table({
-        "run": pa.array(range(2000), type=pa.int64()),
-        "label": pa.array([int(i % 10 == 9) for i in range(2000)], type=pa.int8()),
-        "counts": pa.array(counts, type=pa.list_(pa.float64())),
-    }), base / "user_runs.parquet")
+    write_user_runs(base / "user_runs.parquet", n_runs=2000, n_bins=20)
     # Two million windows of `medic_infer`-like predictions (the columns
     # `alerts` reads), so reading them and scanning them for alerts take
     # long enough for a kill to land inside.

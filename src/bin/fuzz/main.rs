@@ -142,8 +142,9 @@ impl Corpus {
         Ok(Self { files })
     }
 
-    /// Input `iteration`, a pure function of (seed, iteration).
-    fn recipe(&self, target: Target, seed: u64, iteration: u64) -> Recipe {
+    /// Input `iteration`, a pure function of (seed, iteration), with the
+    /// bytes of the corpus file it is made from.
+    fn recipe(&self, target: Target, seed: u64, iteration: u64) -> (Recipe, &[u8]) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(iteration);
         let (base, bytes, layout) = &self.files[rng.random_range(0..self.files.len())];
@@ -170,18 +171,17 @@ impl Corpus {
                 recipe.text = Some(text);
             }
         }
-        recipe
+        (recipe, bytes)
     }
 }
 
-/// Writes the input a recipe describes to `dir/current.{root,yaml}`.
-fn materialize(recipe: &Recipe, dir: &Path) -> Result<PathBuf> {
+/// Writes the input a recipe describes (`base`: its corpus file's bytes)
+/// to `dir/current.{root,yaml}`.
+fn materialize(recipe: &Recipe, base: &[u8], dir: &Path) -> Result<PathBuf> {
     let (path, bytes) = match recipe.target {
         Target::Root => {
-            let base = std::fs::read(&recipe.base)
-                .with_context(|| format!("base {}", recipe.base.display()))?;
             let patch = recipe.patch.as_ref().context("a ROOT recipe has a patch")?;
-            (dir.join("current.root"), patch.apply(&base))
+            (dir.join("current.root"), patch.apply(base))
         }
         Target::Yaml => (
             dir.join("current.yaml"),
@@ -243,12 +243,12 @@ fn worker(args: &Args, from: u64) -> Result<()> {
     let corpus = Corpus::load(args.target, &args.corpus)?;
     let mut stdout = std::io::stdout().lock();
     for iteration in from.. {
-        let recipe = corpus.recipe(args.target, args.seed, iteration);
+        let (recipe, base) = corpus.recipe(args.target, args.seed, iteration);
         std::fs::write(
             args.out.join("current.json"),
             serde_json::to_vec_pretty(&recipe)?,
         )?;
-        let input = materialize(&recipe, &args.out)?;
+        let input = materialize(&recipe, base, &args.out)?;
         let line = match run_target(&recipe, &input) {
             Outcome::Ok(n) => format!("R {iteration} ok {n}"),
             Outcome::Error(e) => format!("R {iteration} error {}", e.replace('\n', " | ")),
@@ -265,7 +265,9 @@ fn replay(path: &Path, out: &Path) -> Result<()> {
     let recipe: Recipe = serde_json::from_value(finding["recipe"].clone())
         .with_context(|| format!("{}: no `recipe`", path.display()))?;
     std::fs::create_dir_all(out)?;
-    let input = materialize(&recipe, out)?;
+    let base =
+        std::fs::read(&recipe.base).with_context(|| format!("base {}", recipe.base.display()))?;
+    let input = materialize(&recipe, &base, out)?;
     println!(
         "replaying {}: {}",
         path.display(),

@@ -4,7 +4,9 @@ use crate::rtree::tree::reader::ReaderTree;
 use crate::utils::is_cxx_builtin;
 use std::fmt::{Debug, Display, Formatter};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::ptr::addr_of;
 use std::rc::Rc;
@@ -57,10 +59,15 @@ impl RootFileHeader {
     }
 }
 
+/// dqm-pipeline fix 5: one open file shared by every clone (0.1.25 reopened
+/// the file by path for every clone, i.e. for every basket read), its size
+/// read once, and positioned reads (`pread`), so clones never disturb each
+/// other's position.
 #[derive(Default, Debug)]
 pub(crate) struct RootFileReader {
     path: PathBuf,
-    reader: Option<BufReader<File>>,
+    file: Option<Arc<File>>,
+    size: u64,
 }
 
 impl Display for RootFileReader {
@@ -76,36 +83,38 @@ impl RootFileReader {
         P: AsRef<Path>,
     {
         let f = File::open(path.as_ref())?;
-        let buf_reader = BufReader::new(f);
-        let reader = Self {
+        let size = f.metadata()?.len();
+        Ok(Self {
             path: path.as_ref().to_path_buf(),
-            reader: Some(buf_reader),
-        };
-        Ok(reader)
+            file: Some(Arc::new(f)),
+            size,
+        })
     }
 
     pub(crate) fn read_at(&mut self, start: u64, len: u64) -> Result<Vec<u8>> {
-        let reader = self.reader.as_mut().expect("ERROR");
         // dqm-pipeline fix 5: `len` comes from the file (a key's byte count,
         // a header's seek): refuse a range past the end before allocating
         // it, so a corrupt length cannot ask for gigabytes.
-        let size = reader.get_ref().metadata()?.len();
+        let size = self.size;
         if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 format!("bytes {start}..{} are past the end of the file ({size} bytes): a length or seek in the file is corrupt", start as u128 + len as u128),
             )));
         }
-        reader.seek(SeekFrom::Start(start))?;
         let mut buf = vec![0; len as usize];
-        self.reader.as_mut().expect("ERROR").read_exact(&mut buf)?;
+        self.file.as_ref().expect("ERROR").read_exact_at(&mut buf, start)?;
         Ok(buf)
     }
 }
 
 impl Clone for RootFileReader {
     fn clone(&self) -> Self {
-        RootFileReader::new(&self.path).unwrap()
+        Self {
+            path: self.path.clone(),
+            file: self.file.clone(),
+            size: self.size,
+        }
     }
 }
 
