@@ -101,13 +101,16 @@ fn describe_schema(out: &mut String, schema: &Schema) {
 pub fn describe_kind(kind: &StageKind) -> String {
     let mut out = String::new();
     let (min, max) = kind.inputs;
-    let inputs = if max == 0 {
+    let mut inputs = if max == 0 {
         "no input".to_string()
     } else if min == max {
-        format!("{min} input")
+        format!("{min} input{}", if min == 1 { "" } else { "s" })
     } else {
         format!("{min}-{max} inputs")
     };
+    if !kind.input_roles.is_empty() {
+        inputs = format!("{inputs}: {}", kind.input_roles);
+    }
     let _ = writeln!(
         out,
         "{} (v{}, {inputs})\n  {}",
@@ -136,7 +139,7 @@ pub fn describe_kind(kind: &StageKind) -> String {
         }
     }
     match (kind.describe_outputs)() {
-        Ok(outputs) => {
+        Ok(Some(outputs)) => {
             for (i, o) in outputs.iter().enumerate() {
                 let table = if i == 0 {
                     "<stage>".to_string()
@@ -147,8 +150,13 @@ pub fn describe_kind(kind: &StageKind) -> String {
                 describe_schema(&mut out, &o.schema);
             }
         }
-        Err(_) => {
+        Ok(None) => {
             let _ = writeln!(out, "  output `main`: the columns of the files it reads");
+        }
+        // A kind whose documented example does not plan: say so rather than
+        // print nothing (the layout test keeps every shipped kind out of here).
+        Err(e) => {
+            let _ = writeln!(out, "  outputs: not derivable from the example inputs: {e}");
         }
     }
     out

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::{Result, bail};
 use arrow::datatypes::SchemaRef;
 use dqm_stages::registry;
-use dqm_stages::stage::{OutputSpec, Stage};
+use dqm_stages::stage::{OutputSpec, Stage, check_input_count};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -219,19 +219,8 @@ pub fn plan(spec: PipelineSpec) -> Result<Plan> {
             )
         })?;
         let at = spec.location(&id, None);
-        let (min, max) = kind.inputs;
-        if decl.inputs.len() < min || decl.inputs.len() > max {
-            let expected = if min == max {
-                format!("{min}")
-            } else {
-                format!("{min} to {max}")
-            };
-            bail!(
-                "{at}: stage `{id}` ({}) takes {expected} input(s), got {}",
-                kind.name,
-                decl.inputs.len()
-            );
-        }
+        check_input_count(kind.inputs, kind.input_roles, decl.inputs.len())
+            .map_err(|e| anyhow::anyhow!("{at}: stage `{id}` ({}) {e}", kind.name))?;
         let mut inputs = Vec::new();
         let mut input_schemas: Vec<SchemaRef> = Vec::new();
         let mut input_keys = Vec::new();
@@ -419,7 +408,12 @@ mod tests {
         );
 
         let arity = error_of(&BASE.replace("inputs: [reference]", "inputs: []"));
-        assert!(arity.contains("takes 1 to 2 input(s), got 0"), "{arity}");
+        assert!(
+            arity.contains(
+                "(dqm_metrics) takes 1 to 2 inputs (scores, optional bands), got 0 input table(s)"
+            ),
+            "{arity}"
+        );
     }
 
     #[test]

@@ -23,6 +23,23 @@ pub fn doc_field(name: &str, data_type: DataType, nullable: bool, doc: &str) -> 
         .with_metadata(HashMap::from([(DOC_KEY.to_string(), doc.to_string())]))
 }
 
+/// A column that is never null, with its description: the schema builder
+/// every table's schema function uses.
+pub fn column(name: &str, data_type: DataType, doc: &str) -> Field {
+    doc_field(name, data_type, false, doc)
+}
+
+/// A column that may be null (a figure undefined for some rows), with its
+/// description.
+pub fn nullable(name: &str, data_type: DataType, doc: &str) -> Field {
+    doc_field(name, data_type, true, doc)
+}
+
+/// A schema of described columns, in order.
+pub fn schema_of(fields: impl IntoIterator<Item = Field>) -> SchemaRef {
+    Arc::new(Schema::new(fields.into_iter().collect::<Vec<_>>()))
+}
+
 /// `List<Float64>` with a non-null item, the type of every per-bin column.
 pub fn f64_list() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Float64, false)))

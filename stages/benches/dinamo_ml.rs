@@ -15,9 +15,10 @@
 use std::time::Instant;
 
 use dqm_stages::dinamo::dinamo_ml::{DinamoMl, OnlineReference};
-use dqm_stages::dinamo::scores::DatasetRuns;
-use dqm_stages::dinamo::scores::NormRun;
+use dqm_stages::dinamo::generator::{RunGenerator, SynthRun};
+use dqm_stages::dinamo::reference::NormRun;
 use dqm_stages::dinamo::synth_runs::SynthRuns;
+use dqm_stages::dinamo::tables::DatasetRuns;
 use dqm_stages::in_memory::run_in_memory;
 use dqm_stages::stage::{Reporter, Silent};
 
@@ -30,12 +31,12 @@ fn main() {
         Ok("cpu") => tch::Device::Cpu,
         _ => tch::Device::cuda_if_available(),
     };
-    let synth = SynthRuns {
+    let synth = SynthRuns(RunGenerator {
         seeds: Some(vec![70]),
         n_runs,
         n_bad: n_runs / 10,
         ..Default::default()
-    };
+    });
     let runs = synth.generate(70);
     let norm: Vec<NormRun> = runs.iter().map(|r| NormRun::new(&r.counts, 1e-9)).collect();
     let cfg = DinamoMl::default();
@@ -57,7 +58,7 @@ fn main() {
 
 fn single(
     cfg: &DinamoMl,
-    runs: &[dqm_stages::dinamo::synth_runs::SynthRun],
+    runs: &[SynthRun],
     norm: &[NormRun],
     device: tch::Device,
     all_threads: i32,
@@ -107,12 +108,12 @@ fn batched(cfg: &DinamoMl, device: tch::Device) {
         .filter_map(|v| v.trim().parse().ok())
         .collect();
     for d in ds {
-        let synth = SynthRuns {
+        let synth = SynthRuns(RunGenerator {
             seed_range: Some([0, d as u64]),
             n_runs,
             n_bad: n_runs / 10,
             ..Default::default()
-        };
+        });
         let table = run_in_memory(&synth, &[]).unwrap().table("main");
         let group: Vec<DatasetRuns> = (0..d)
             .map(|i| {

@@ -6,8 +6,9 @@
 
 use std::time::Instant;
 
-use dqm_stages::dinamo::dinamo_s::{DinamoS, chi2_sequence};
-use dqm_stages::dinamo::scores::NormRun;
+use dqm_stages::dinamo::dinamo_s::DinamoS;
+use dqm_stages::dinamo::generator::RunGenerator;
+use dqm_stages::dinamo::reference::{Constants, NormRun, chi2_sequence};
 use dqm_stages::dinamo::synth_runs::SynthRuns;
 use dqm_stages::in_memory::{input_from_batch, run_in_memory};
 
@@ -16,10 +17,10 @@ fn main() {
         .num_threads(1)
         .build_global()
         .unwrap();
-    let synth = SynthRuns {
+    let synth = SynthRuns(RunGenerator {
         seeds: Some(vec![70]),
         ..Default::default()
-    };
+    });
     let runs = synth.generate(70);
     let counts: Vec<Vec<f64>> = runs.iter().map(|r| r.counts.clone()).collect();
     let good: Vec<bool> = runs.iter().map(|r| r.label == 0).collect();
@@ -32,7 +33,7 @@ fn main() {
         let runs: Vec<NormRun> = counts.iter().map(|c| NormRun::new(c, 1e-9)).collect();
         normalize += start.elapsed().as_secs_f64();
         let start = Instant::now();
-        sink += chi2_sequence(&DinamoS::default(), &runs, &good, 0.76)
+        sink += chi2_sequence(Constants::default(), &runs, &good, 0.76)
             .iter()
             .sum::<f64>();
         score += start.elapsed().as_secs_f64();

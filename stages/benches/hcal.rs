@@ -9,11 +9,11 @@
 
 use std::time::Instant;
 
+use dqm_stages::hcal::geometry::MapGeometry;
 use dqm_stages::hcal::geometry::Subdetector;
 use dqm_stages::hcal::lumi_maps::LumiMaps;
 use dqm_stages::hcal::model::{Block, GraphStad, GraphStadArch, loss};
-use dqm_stages::hcal::renormalize_occupancy::renormalize;
-use dqm_stages::hcal::tables::MapGeometry;
+use dqm_stages::hcal::renormalization::renormalize;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 

@@ -23,7 +23,7 @@ pub enum StageError {
         found: DataType,
         expected: String,
     },
-    #[error("expected {expected} input table(s), got {found}")]
+    #[error("takes {expected}, got {found} input table(s)")]
     InputCount { expected: String, found: usize },
     #[error("invalid parameter `{param}`: {why}")]
     Param { param: String, why: String },
@@ -69,6 +69,59 @@ impl StageError {
         }
     }
 
+    /// A wrong number of input tables; `expected` names what the stage
+    /// takes ("2 inputs (models, histograms)", "pairs of inputs (models,
+    /// scores)").
+    pub fn input_count(expected: impl Into<String>, found: usize) -> Self {
+        Self::InputCount {
+            expected: expected.into(),
+            found,
+        }
+    }
+
+    /// An input table without a column the stage needs; `why` says what for.
+    pub fn missing_column(input: &str, column: &str, why: &str) -> Self {
+        Self::MissingColumn {
+            input: input.to_string(),
+            column: column.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    /// An input column whose type the stage cannot read.
+    pub fn wrong_type(input: &str, column: &str, found: &DataType, expected: &str) -> Self {
+        Self::WrongType {
+            input: input.to_string(),
+            column: column.to_string(),
+            found: found.clone(),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// The one way a nested parameter block reports its path: the block's
+    /// `validate` names its parameters relative to itself (`shifter_call`),
+    /// and whoever holds the block puts the block's YAML key in front
+    /// (`rewards.shifter_call`, then `env.rewards.shifter_call`). Errors
+    /// other than a parameter's pass unchanged.
+    pub fn under(self, block: &str) -> Self {
+        match self {
+            Self::Param { param, why } => Self::Param {
+                param: format!("{block}.{param}"),
+                why,
+            },
+            other => other,
+        }
+    }
+
+    /// The parameter's path and what is wrong with it, when this error is
+    /// about a parameter.
+    pub fn as_param(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Param { param, why } => Some((param, why)),
+            _ => None,
+        }
+    }
+
     /// A Parquet error while reading or writing `path`.
     pub fn parquet(path: impl AsRef<Path>, source: parquet::errors::ParquetError) -> Self {
         Self::Parquet {
@@ -82,6 +135,12 @@ impl StageError {
     pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
         Self::Data(panic_message(payload))
     }
+}
+
+/// `result` of a nested parameter block's `validate`, its parameter paths
+/// put under `block` ([`StageError::under`]).
+pub fn within<T>(block: &str, result: Result<T>) -> Result<T> {
+    result.map_err(|e| e.under(block))
 }
 
 /// `Err(StageError::param(..))`: the one-liner of `validate` methods.
@@ -116,6 +175,20 @@ mod tests {
         assert!(e.to_string().starts_with("/no/such/file.parquet: "), "{e}");
         let e = bad_param::<()>("window", "must be at least 1").unwrap_err();
         assert!(matches!(e, StageError::Param { ref param, .. } if param == "window"));
+        let rewards = bad_param::<()>("shifter_call", "must be >= 0");
+        let nested = within("env", within("rewards", rewards));
+        assert_eq!(
+            nested.unwrap_err().as_param(),
+            Some(("env.rewards.shifter_call", "must be >= 0"))
+        );
+        let data = StageError::data("no rows").under("env");
+        assert!(data.as_param().is_none());
+        assert_eq!(data.to_string(), "no rows");
+        let e = StageError::input_count("2 inputs (models, histograms)", 3);
+        assert_eq!(
+            e.to_string(),
+            "takes 2 inputs (models, histograms), got 3 input table(s)"
+        );
         let caught = std::panic::catch_unwind(|| panic!("tree `Delphes` is broken")).unwrap_err();
         assert_eq!(
             StageError::from_panic(caught.as_ref()).to_string(),

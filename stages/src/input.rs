@@ -221,19 +221,10 @@ pub fn require_column(
 ) -> Result<usize> {
     let idx = schema
         .index_of(column)
-        .map_err(|_| StageError::MissingColumn {
-            input: input.to_string(),
-            column: column.to_string(),
-            why: why.to_string(),
-        })?;
+        .map_err(|_| StageError::missing_column(input, column, why))?;
     let found = schema.field(idx).data_type();
     if !accept(found) {
-        return Err(StageError::WrongType {
-            input: input.to_string(),
-            column: column.to_string(),
-            found: found.clone(),
-            expected: expected.to_string(),
-        });
+        return Err(StageError::wrong_type(input, column, found, expected));
     }
     Ok(idx)
 }

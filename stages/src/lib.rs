@@ -21,8 +21,6 @@ pub mod parallel;
 pub mod params;
 pub mod plots;
 pub mod stats;
-#[cfg(test)]
-pub(crate) mod test_data;
 
 // Stage families, and stages of no family.
 pub mod dinamo;

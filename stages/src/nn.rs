@@ -8,7 +8,7 @@ use tch::nn::{self as tnn, Module};
 use tch::{Device, Kind, Tensor};
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
 
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
@@ -121,6 +121,19 @@ impl Checkpoint {
     }
 }
 
+/// Plan-time check of a models table: a `card` column (JSON, Utf8) and a
+/// `weights` column (safetensors, Binary), as every training stage writes
+/// them; `why` says who reads it. Key columns (`fold`, `me`) are the
+/// reader's to check.
+pub fn require_models(schema: &SchemaRef, input: &str, why: &str) -> Result<()> {
+    for (column, data_type) in [("card", DataType::Utf8), ("weights", DataType::Binary)] {
+        require_column(schema, input, column, why, &data_type.to_string(), |t| {
+            t == &data_type
+        })?;
+    }
+    Ok(())
+}
+
 /// Reads a models table — a `card` column (JSON) and a `weights` column
 /// (safetensors), as every training stage writes them. `each` gets the
 /// row's batch and index (for key columns such as `fold`), its parsed card
@@ -131,12 +144,9 @@ pub fn each_model_row<C: serde::de::DeserializeOwned>(
     why: &str,
     mut each: impl FnMut(&RecordBatch, usize, C, &[u8]) -> Result<()>,
 ) -> Result<usize> {
-    let card_idx = require_column(&input.schema, &input.name, "card", why, "Utf8", |t| {
-        t == &DataType::Utf8
-    })?;
-    let weights_idx = require_column(&input.schema, &input.name, "weights", why, "Binary", |t| {
-        t == &DataType::Binary
-    })?;
+    require_models(&input.schema, &input.name, why)?;
+    let card_idx = input.schema.index_of("card")?;
+    let weights_idx = input.schema.index_of("weights")?;
     let mut rows = 0;
     for batch in input.batches() {
         let batch = batch?;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
 use crate::input::Input;
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Reads every Parquet file matching a glob as one table.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -27,6 +27,7 @@ impl StageConfig for ReadParquet {
     const SUMMARY: &'static str =
         "Brings external Parquet files (one table, same schema) into the pipeline";
     const INPUTS: (usize, usize) = (0, 0);
+    const OUTPUT_FROM_FILES: bool = true;
 }
 
 impl ReadParquet {
@@ -52,8 +53,7 @@ impl ReadParquet {
 }
 
 impl Stage for ReadParquet {
-    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 0)?;
+    fn outputs(&self, _inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         Ok(vec![OutputSpec {
             name: "main",
             schema: self.input()?.schema,

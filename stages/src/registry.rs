@@ -3,8 +3,7 @@
 
 use serde_json::Value;
 
-use crate::error::StageError;
-use crate::stage::{Stage, StageConfig};
+use crate::stage::{OutputSpec, Stage, StageConfig, check_input_count};
 
 /// A configured stage plus its canonical parameters (defaults filled in), the
 /// form that enters the cache key so `{}` and spelled-out defaults agree.
@@ -37,12 +36,16 @@ pub struct StageKind {
     pub version: u32,
     pub summary: &'static str,
     pub inputs: (usize, usize),
+    /// What the inputs are, in order ([`StageConfig::INPUT_ROLES`]).
+    pub input_roles: &'static str,
     /// Parses YAML parameters (as JSON) into a configured stage.
     pub configure: fn(Value) -> Result<Configured, ParamError>,
     /// JSON Schema of the parameters, with doc comments as descriptions.
     pub params_schema: fn() -> Value,
-    /// The output tables for the documented example inputs (`pipeline stages`).
-    pub describe_outputs: fn() -> Result<Vec<crate::stage::OutputSpec>, String>,
+    /// The output tables for the documented example inputs (`pipeline
+    /// stages`); `None` when they are the columns of the files the stage
+    /// reads ([`StageConfig::OUTPUT_FROM_FILES`]).
+    pub describe_outputs: fn() -> Result<Option<Vec<OutputSpec>>, String>,
 }
 
 fn parse<C: StageConfig>(params: Value) -> Result<C, ParamError> {
@@ -59,14 +62,14 @@ fn parse<C: StageConfig>(params: Value) -> Result<C, ParamError> {
 
 fn configure<C: StageConfig>(params: Value) -> Result<Configured, ParamError> {
     let config: C = parse(params)?;
-    config.validate().map_err(|e| match e {
-        StageError::Param { param, why } => ParamError {
-            path: param,
-            message: why,
+    config.validate().map_err(|e| match e.as_param() {
+        Some((param, why)) => ParamError {
+            path: param.to_string(),
+            message: why.to_string(),
         },
-        other => ParamError {
+        None => ParamError {
             path: String::new(),
-            message: other.to_string(),
+            message: e.to_string(),
         },
     })?;
     let canonical = serde_json::to_value(&config).map_err(|e| ParamError {
@@ -79,9 +82,18 @@ fn configure<C: StageConfig>(params: Value) -> Result<Configured, ParamError> {
     })
 }
 
-fn describe_outputs<C: StageConfig>() -> Result<Vec<crate::stage::OutputSpec>, String> {
+/// The outputs of the stage with default parameters on its documented
+/// example inputs, counted as the engine counts them.
+fn describe_outputs<C: StageConfig>() -> Result<Option<Vec<OutputSpec>>, String> {
+    if C::OUTPUT_FROM_FILES {
+        return Ok(None);
+    }
     let config: C = parse(Value::Null).map_err(|e| e.to_string())?;
-    config.outputs(&C::doc_inputs()).map_err(|e| e.to_string())
+    let inputs = C::doc_inputs();
+    check_input_count(C::INPUTS, C::INPUT_ROLES, inputs.len())
+        .and_then(|()| config.outputs(&inputs))
+        .map(Some)
+        .map_err(|e| format!("the example inputs of `{}`: {e}", C::KIND))
 }
 
 fn params_schema<C: StageConfig>() -> Value {
@@ -98,6 +110,7 @@ pub fn kind<C: StageConfig>() -> StageKind {
         version: C::VERSION,
         summary: C::SUMMARY,
         inputs: C::INPUTS,
+        input_roles: C::INPUT_ROLES,
         configure: configure::<C>,
         params_schema: params_schema::<C>,
         describe_outputs: describe_outputs::<C>,

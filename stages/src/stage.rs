@@ -28,6 +28,8 @@ pub trait Stage: Send + Sync {
     /// The tables this stage will write, derived from its input schemas.
     /// Called by `plan` before anything runs, so it must reject inputs the
     /// stage cannot use (missing or mistyped columns) with a clear error.
+    /// `inputs` holds as many schemas as [`StageConfig::INPUTS`] allows:
+    /// the engine counted them.
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>>;
 
     /// A fingerprint of files outside the pipeline the stage reads, so the
@@ -78,8 +80,17 @@ pub trait StageConfig:
     const VERSION: u32;
     /// One line on what the stage does, shown by `pipeline stages`.
     const SUMMARY: &'static str;
-    /// How many input tables it takes, as (min, max).
+    /// How many input tables it takes, as (min, max). The engine checks it
+    /// before calling [`Stage::outputs`] ([`check_input_count`]).
     const INPUTS: (usize, usize);
+    /// What the inputs are, in order, as error messages and `pipeline
+    /// stages` name them (`windows, windows.order, events, models`); empty
+    /// for a stage without inputs.
+    const INPUT_ROLES: &'static str = "";
+    /// The output's columns are those of the files the parameters name
+    /// (`read_parquet`): `pipeline stages` says so instead of deriving a
+    /// schema from [`StageConfig::doc_inputs`].
+    const OUTPUT_FROM_FILES: bool = false;
 
     /// Example input schemas, used only to document the output schema in
     /// `pipeline stages`.
@@ -168,13 +179,41 @@ impl Shard {
     }
 }
 
-/// Checks the number of inputs a stage got.
-pub fn expect_inputs(inputs: usize, expected: usize) -> Result<()> {
-    if inputs != expected {
-        return Err(StageError::InputCount {
-            expected: expected.to_string(),
-            found: inputs,
-        });
+/// The one check of how many input tables a stage got, against its
+/// [`StageConfig::INPUTS`] bounds, naming its [`StageConfig::INPUT_ROLES`].
+/// The engine runs it at plan time, before [`Stage::outputs`], so stages do
+/// not count their inputs again.
+pub fn check_input_count((min, max): (usize, usize), roles: &str, found: usize) -> Result<()> {
+    if (min..=max).contains(&found) {
+        return Ok(());
     }
-    Ok(())
+    let count = if min == max {
+        format!("{min}")
+    } else {
+        format!("{min} to {max}")
+    };
+    let plural = if max == 1 { "input" } else { "inputs" };
+    let expected = if roles.is_empty() {
+        format!("{count} {plural}")
+    } else {
+        format!("{count} {plural} ({roles})")
+    };
+    Err(StageError::input_count(expected, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_counts_are_checked_against_the_bounds_and_name_the_roles() {
+        assert!(check_input_count((1, 2), "scores, optional bands", 2).is_ok());
+        let e = check_input_count((1, 2), "scores, optional bands", 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "takes 1 to 2 inputs (scores, optional bands), got 3 input table(s)"
+        );
+        let e = check_input_count((1, 1), "", 0).unwrap_err();
+        assert_eq!(e.to_string(), "takes 1 input, got 0 input table(s)");
+    }
 }

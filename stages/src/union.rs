@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use dqm_schemas::doc_field;
+use dqm_schemas::column;
 
 /// Concatenates its input tables (same column names and types).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -25,6 +25,7 @@ impl StageConfig for Union {
     const SUMMARY: &'static str =
         "Rows of several tables with the same columns, plus the stage each row came from";
     const INPUTS: (usize, usize) = (1, 1024);
+    const INPUT_ROLES: &'static str = "tables of one schema";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         // E.g. the summary tables of several DINAMO studies.
@@ -33,10 +34,9 @@ impl StageConfig for Union {
 }
 
 fn union_schema(first: &SchemaRef) -> SchemaRef {
-    let mut fields = vec![Arc::new(doc_field(
+    let mut fields = vec![Arc::new(column(
         "source",
         DataType::Utf8,
-        false,
         "The upstream stage (input) of this row",
     ))];
     fields.extend(first.fields().iter().cloned());
@@ -46,10 +46,7 @@ fn union_schema(first: &SchemaRef) -> SchemaRef {
 
 impl Stage for Union {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        let first = inputs.first().ok_or(StageError::InputCount {
-            expected: "at least 1".into(),
-            found: 0,
-        })?;
+        let first = &inputs[0];
         if first.index_of("source").is_ok() {
             return Err(StageError::data("input 1 already has a `source` column"));
         }

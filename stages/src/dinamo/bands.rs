@@ -13,14 +13,9 @@
 //! 1 − Σ max(min(upper) − max(lower), 0) / Σ (max(upper) − min(lower)).
 //!
 //! Both bands are a few numbers per bin, so a reference stage writes them
-//! (its `bands` output) and `dqm_metrics` reads them, or `dqm_metrics`
-//! builds them from per-run vectors; either way one function does the sums.
-
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
-
-use crate::error::Result;
+//! (its `bands` output, [`super::tables::bands_batch`]) and `dqm_metrics`
+//! reads them, or `dqm_metrics` builds them from per-run vectors; either way
+//! one function does the sums.
 
 /// The two 1σ bands of one regime of one dataset, per bin (on the bin centres).
 #[derive(Debug, Clone, PartialEq)]
@@ -230,38 +225,6 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// The regimes, in the order `dqm_metrics` writes them.
-pub const REGIMES: [&str; 2] = ["historical", "continual"];
-
-/// One dataset's bands as rows of `dqm_schemas::bands::schema()`; regimes without good
-/// runs have no rows.
-pub fn bands_batch(dataset: i64, regimes: &[Option<RegimeBands>; 2]) -> Result<RecordBatch> {
-    let (mut ds, mut regime, mut bin) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut tm, mut ts, mut rm, mut rs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (name, bands) in REGIMES.iter().zip(regimes) {
-        let Some(b) = bands else { continue };
-        for j in 0..b.true_median.len() {
-            ds.push(dataset);
-            regime.push(*name);
-            bin.push(j as i32);
-            tm.push(b.true_median[j]);
-            ts.push(b.true_std[j]);
-            rm.push(b.ref_median[j]);
-            rs.push(b.ref_sigma[j]);
-        }
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(ds)),
-        Arc::new(StringArray::from(regime)),
-        Arc::new(Int32Array::from(bin)),
-        Arc::new(Float64Array::from(tm)),
-        Arc::new(Float64Array::from(ts)),
-        Arc::new(Float64Array::from(rm)),
-        Arc::new(Float64Array::from(rs)),
-    ];
-    Ok(RecordBatch::try_new(dqm_schemas::bands::schema(), columns)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,18 +316,5 @@ mod tests {
         assert_eq!(d, 1.0);
         let half = jaccard_distance(&[0.0], &[2.0], &[1.0], &[2.0]);
         assert_eq!(half, 0.5);
-    }
-
-    #[test]
-    fn batch_has_a_row_per_regime_and_bin() {
-        let b = RegimeBands {
-            true_median: vec![1.0, 2.0],
-            true_std: vec![0.1, 0.2],
-            ref_median: vec![1.0, 2.0],
-            ref_sigma: vec![0.1, 0.2],
-        };
-        let batch = bands_batch(7, &[None, Some(b)]).unwrap();
-        assert_eq!(batch.num_rows(), 2);
-        assert_eq!(batch.schema(), dqm_schemas::bands::schema());
     }
 }

@@ -17,17 +17,17 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use super::DatasetGroups;
 use super::batched_reference::{BatchedReferenceNet, TrainBatch};
+use super::reference::{NormRun, score_of};
 use super::reference_net::{
     Activation, EarlyStop, MlArch, ReferenceNet, UpdateStats, build_context, context_batch,
     gaussian_nll,
 };
-use super::scores::{DatasetRuns, NormRun, Scored, score_of, score_outputs, score_schema};
+use super::tables::{DatasetGroups, DatasetRuns, Scored, score_outputs, score_schema};
 use crate::error::{Result, StageError, bad_param};
 use crate::nn::DeviceChoice;
 use crate::params::AutoOr;
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Scores every run against a transformer-predicted reference trained online
 /// on the good runs seen so far.
@@ -112,6 +112,7 @@ impl StageConfig for DinamoMl {
     const VERSION: u32 = 2;
     const SUMMARY: &'static str = "DINAMO-ML: transformer reference from the last M good runs, trained online; reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "runs";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![dqm_schemas::runs::schema()]
@@ -436,7 +437,6 @@ impl Stage for DinamoMl {
     }
 
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         let mut outputs = score_outputs(&inputs[0], "input", self.per_run_vectors)?;
         outputs.push(OutputSpec {
             name: "updates",
@@ -499,6 +499,8 @@ impl Stage for DinamoMl {
 mod tests {
     use super::*;
     use crate::arrow_util::f64_lists;
+    use crate::dinamo::generator::RunGenerator;
+    use crate::dinamo::test_support::generated_runs;
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
     use arrow::array::{AsArray, Int8Array};
@@ -719,14 +721,13 @@ mod tests {
     /// updates, at 1e-4 they agree to ~1e-7.)
     #[test]
     fn batched_datasets_equal_separate_runs() {
-        let synth = super::super::synth_runs::SynthRuns {
+        let runs = generated_runs(RunGenerator {
             seed_range: Some([0, 3]),
             n_runs: 40,
             n_bad: 4,
             n_bins: 20,
             ..Default::default()
-        };
-        let runs = run_in_memory(&synth, &[]).unwrap().table("main");
+        });
         // Datasets of different lengths: the third stops early.
         let keep: Vec<u32> = (0..80 + 25).collect();
         let runs = arrow::compute::take_record_batch(&runs, &arrow::array::UInt32Array::from(keep))
@@ -780,7 +781,7 @@ mod tests {
     /// optimum is), not on zero or on the padding.
     #[test]
     fn learned_reference_matches_the_runs_mean_and_spread() {
-        let synth = super::super::synth_runs::SynthRuns {
+        let runs = generated_runs(RunGenerator {
             seeds: Some(vec![5]),
             n_runs: 60,
             n_bad: 0,
@@ -790,8 +791,7 @@ mod tests {
             // Without the systematic: one shape with Poisson noise.
             p_binomial: 0.0,
             ..Default::default()
-        };
-        let runs = run_in_memory(&synth, &[]).unwrap().table("main");
+        });
         let dir = tempfile::tempdir().unwrap();
         let input = input_from_batch("runs", &runs, &dir.path().join("runs.parquet")).unwrap();
         let cfg = DinamoMl {

@@ -1,20 +1,24 @@
 //! `dinamo_s`: DINAMO-S (paper section 2.1, Algorithm 2), an EWMA reference
-//! with per-bin Poisson weights, scored by the reduced chi-square.
+//! with per-bin Poisson weights, scored by the reduced chi-square: alpha and
+//! the threshold tuned per dataset on its historical runs, every run scored
+//! against the reference of the runs before it. The reference itself is
+//! [`super::reference`].
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::DatasetGroups;
-use super::scores::{
-    DatasetRuns, NormRun, ScoreBatches, Scored, score_of, score_outputs, score_schema,
+use super::reference::{
+    ALPHA_STEP, Constants, EPSILON, Keep, PRIOR_EVENTS_PER_BIN, pass, score_of,
+};
+use super::tables::{
+    DatasetGroups, DatasetRuns, ScoreBatches, Scored, score_outputs, score_schema,
 };
 use crate::error::{Result, StageError};
 use crate::parallel::{overlapped, par_map_counted};
 use crate::params::AutoOr;
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
-use crate::stats::roc_auc;
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Scores every run against an EWMA reference built from earlier good runs.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -52,9 +56,9 @@ impl Default for DinamoS {
             alpha: AutoOr::Auto,
             threshold: AutoOr::Auto,
             historical_runs: 1000,
-            alpha_step: 0.01,
-            epsilon: 1e-9,
-            prior_events_per_bin: 100.0,
+            alpha_step: ALPHA_STEP,
+            epsilon: EPSILON,
+            prior_events_per_bin: PRIOR_EVENTS_PER_BIN,
             per_run_vectors: true,
         }
     }
@@ -65,6 +69,7 @@ impl StageConfig for DinamoS {
     const VERSION: u32 = 3;
     const SUMMARY: &'static str = "DINAMO-S: EWMA reference with Poisson weights, reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "runs";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![dqm_schemas::runs::schema()]
@@ -100,177 +105,12 @@ impl StageConfig for DinamoS {
     }
 }
 
-/// The evolving DINAMO-S reference and its EWMA accumulators. The
-/// uncertainty is kept squared (`var_mu`); `sigma()` takes the root only
-/// when a reference is reported.
-#[derive(Debug, Clone)]
-pub struct Reference {
-    pub mu: Vec<f64>,
-    pub var_mu: Vec<f64>,
-    w: Vec<f64>,
-    s_mu: Vec<f64>,
-    s_sigma: Vec<f64>,
-    alpha: f64,
-}
-
-impl Reference {
-    /// The starting reference: uniform, mu0 = 1/N_b, with the Poisson
-    /// uncertainty of an integral I = `events_per_bin` x N_b, and the EWMA
-    /// accumulators seeded with it as one earlier run (weight 1 - alpha).
-    pub fn uniform(n_bins: usize, alpha: f64, epsilon: f64, events_per_bin: f64) -> Self {
-        let integral = events_per_bin * n_bins as f64;
-        let mu0 = 1.0 / n_bins as f64;
-        let var0 = mu0 / integral - mu0 * mu0 / integral;
-        let omega0 = 1.0 / (var0 + epsilon);
-        Self {
-            mu: vec![mu0; n_bins],
-            var_mu: vec![var0; n_bins],
-            w: vec![(1.0 - alpha) * omega0; n_bins],
-            s_mu: vec![(1.0 - alpha) * omega0 * mu0; n_bins],
-            s_sigma: vec![(1.0 - alpha) * omega0 * var0; n_bins],
-            alpha,
-        }
-    }
-
-    /// Per-bin uncertainty sigma_mu.
-    pub fn sigma(&self) -> Vec<f64> {
-        self.var_mu.iter().map(|v| v.sqrt()).collect()
-    }
-
-    /// Reduced chi-square of `run` against this reference.
-    pub fn chi2(&self, run: &NormRun) -> f64 {
-        // Four partial sums let the compiler vectorize the loop.
-        let mut acc = [0.0f64; 4];
-        let n = self.mu.len();
-        let (x, v, m, vm) = (&run.x[..n], &run.var[..n], &self.mu[..n], &self.var_mu[..n]);
-        for j in 0..n {
-            let d = x[j] - m[j];
-            acc[j % 4] += d * d / (v[j] + vm[j]).max(f64::MIN_POSITIVE);
-        }
-        (acc[0] + acc[1] + acc[2] + acc[3]) / n as f64
-    }
-
-    /// Per-bin pulls of `run` against this reference.
-    pub fn pulls(&self, run: &NormRun) -> Vec<f64> {
-        (0..self.mu.len())
-            .map(|j| {
-                (run.x[j] - self.mu[j])
-                    / (run.var[j] + self.var_mu[j]).max(f64::MIN_POSITIVE).sqrt()
-            })
-            .collect()
-    }
-
-    /// Folds a good, non-empty run into the reference.
-    pub fn update(&mut self, run: &NormRun) {
-        let (a, b) = (self.alpha, 1.0 - self.alpha);
-        let n = self.mu.len();
-        let (x, omega) = (&run.x[..n], &run.omega[..n]);
-        let (w, s_mu, s_sigma) = (
-            &mut self.w[..n],
-            &mut self.s_mu[..n],
-            &mut self.s_sigma[..n],
-        );
-        let (mu, var_mu) = (&mut self.mu[..n], &mut self.var_mu[..n]);
-        for j in 0..n {
-            let d = x[j] - mu[j];
-            w[j] = a * w[j] + b * omega[j];
-            s_mu[j] = a * s_mu[j] + b * omega[j] * x[j];
-            s_sigma[j] = a * s_sigma[j] + b * omega[j] * d * d;
-            let inv = 1.0 / w[j];
-            mu[j] = s_mu[j] * inv;
-            var_mu[j] = s_sigma[j] * inv;
-        }
-    }
-}
-
-/// Per-run results of one pass over a dataset.
-struct Pass {
-    chi2: Vec<f64>,
-    pulls: Vec<Vec<f64>>,
-    ref_mu: Vec<Vec<f64>>,
-    ref_sigma: Vec<Vec<f64>>,
-    /// The reference after the last run.
-    last: Reference,
-}
-
-/// Runs DINAMO-S over `runs` (in order); keeps the references if `keep`,
-/// and the pulls too if they are written (`per_run_vectors`).
-fn pass(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64, keep: bool) -> Pass {
-    let n_bins = runs.first().map_or(0, |r| r.x.len());
-    let mut reference = Reference::uniform(n_bins, alpha, cfg.epsilon, cfg.prior_events_per_bin);
-    let cap = if keep { runs.len() } else { 0 };
-    let mut out = Pass {
-        chi2: Vec::with_capacity(runs.len()),
-        pulls: Vec::with_capacity(cap),
-        ref_mu: Vec::with_capacity(cap),
-        ref_sigma: Vec::with_capacity(cap),
-        last: reference.clone(),
-    };
-    for (run, &is_good) in runs.iter().zip(good) {
-        out.chi2.push(reference.chi2(run));
-        if keep {
-            // Pulls are only ever written out; the bands need the references.
-            if cfg.per_run_vectors {
-                out.pulls.push(reference.pulls(run));
-            }
-            out.ref_mu.push(reference.mu.clone());
-            out.ref_sigma.push(reference.sigma());
-        }
-        if is_good && run.integral > 0.0 {
-            reference.update(run);
-        }
-    }
-    out.last = reference;
-    out
-}
-
-/// Reduced chi-square of every run (in order) against the evolving reference,
-/// updated on good runs: DINAMO-S's core loop, exposed for benchmarks.
-pub fn chi2_sequence(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64) -> Vec<f64> {
-    pass(cfg, runs, good, alpha, false).chi2
-}
-
-/// The same pass, returning also the reference it ends with (what a run
-/// after `runs` is scored against).
-pub fn evolve(cfg: &DinamoS, runs: &[NormRun], good: &[bool], alpha: f64) -> (Reference, Vec<f64>) {
-    let p = pass(cfg, runs, good, alpha, false);
-    (p.last, p.chi2)
-}
-
 impl DinamoS {
-    fn alpha_grid(&self) -> Vec<f64> {
-        let n = (1.0 / self.alpha_step).round() as usize;
-        (0..n)
-            .map(|k| k as f64 * self.alpha_step)
-            .filter(|&a| a < 1.0)
-            .collect()
-    }
-
-    /// Alpha for one dataset: the parameter itself, or (auto) the grid value
-    /// that maximises the ROC AUC of the score on its first `historical`
-    /// runs (also what environments built on DINAMO-S tune with).
-    pub fn alpha_for(&self, data: &DatasetRuns, historical: usize) -> Result<f64> {
-        let (norm, good) = (&data.norm, &data.good);
-        let bad_hist = data.bad_among_first(historical);
-        match self.alpha {
-            AutoOr::Value(a) => Ok(a),
-            AutoOr::Auto => {
-                let mut best: Option<(f64, f64)> = None;
-                for a in self.alpha_grid() {
-                    let p = pass(self, &norm[..historical], &good[..historical], a, false);
-                    // The AUC only needs the order of the scores, and
-                    // ln(max(chi2, MIN_POSITIVE)) keeps that of max(chi2, MIN_POSITIVE).
-                    let ranked: Vec<f64> =
-                        p.chi2.iter().map(|c| c.max(f64::MIN_POSITIVE)).collect();
-                    let auc = roc_auc(&ranked, &bad_hist)
-                        .ok_or_else(|| data.cannot_tune("alpha", historical))?;
-                    if best.is_none_or(|(b, _)| auc > b) {
-                        best = Some((auc, a));
-                    }
-                }
-                best.map(|(_, a)| a)
-                    .ok_or_else(|| data.cannot_tune("alpha", historical))
-            }
+    /// The reference's constants besides alpha.
+    fn constants(&self) -> Constants {
+        Constants {
+            epsilon: self.epsilon,
+            prior_events_per_bin: self.prior_events_per_bin,
         }
     }
 
@@ -282,11 +122,17 @@ impl DinamoS {
         schema: &SchemaRef,
         input: &str,
     ) -> Result<ScoreBatches> {
+        let constants = self.constants();
         let data = DatasetRuns::parse(dataset, batch, input, self.epsilon)?;
         let (norm, good) = (&data.norm, &data.good);
         let historical = self.historical_runs.min(data.len());
-        let alpha = self.alpha_for(&data, historical)?;
-        let full = pass(self, norm, good, alpha, true);
+        let alpha = data.alpha_for(self.alpha, self.alpha_step, constants, historical)?;
+        let keep = if self.per_run_vectors {
+            Keep::ReferencesAndPulls
+        } else {
+            Keep::References
+        };
+        let full = pass(constants, norm, good, alpha, keep);
         let scores: Vec<f64> = full.chi2.iter().map(|&c| score_of(c)).collect();
         let threshold = data.threshold(self.threshold, &scores, historical)?;
         data.batches(
@@ -311,7 +157,6 @@ impl Stage for DinamoS {
     }
 
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         score_outputs(&inputs[0], "input", self.per_run_vectors)
     }
 
@@ -350,87 +195,77 @@ impl Stage for DinamoS {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dinamo::dqm_metrics;
+    use crate::dinamo::generator::RunGenerator;
+    use crate::dinamo::test_support::runs_input;
+    use crate::in_memory::{input_from_batch, run_in_memory};
+    use arrow::array::{Array, AsArray};
 
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-12 * (1.0 + a.abs().max(b.abs()))
-    }
-
-    /// A 3-bin example worked by hand.
+    /// The Jaccard distance is the same whether `dqm_metrics` builds the
+    /// bands from the per-run vectors or reads a reference stage's `bands`
+    /// table, and a score table without per-run vectors (the study's) gives
+    /// every metric of the full one.
     #[test]
-    fn three_bin_chi2_and_update_by_hand() {
-        let alpha = 0.5;
-        let eps = 1e-9;
-        let mut r = Reference::uniform(3, alpha, eps, 100.0);
-        // mu0 = 1/3 standing for I = 100 x 3 events:
-        // var0 = (1/3)/300 - (1/9)/300 = 2/2700.
-        let var0: f64 = 2.0 / 2700.0;
-        assert!(close(r.mu[0], 1.0 / 3.0));
-        assert!(close(r.sigma()[0], var0.sqrt()));
-
-        // Run x = [2, 1, 1]: I = 4, x~ = [1/2, 1/4, 1/4], var = x~/4 - x~^2/4.
-        let run = NormRun::new(&[2.0, 1.0, 1.0], eps);
-        let var_x = [
-            0.5 / 4.0 - 0.25 / 4.0,
-            0.25 / 4.0 - 0.0625 / 4.0,
-            0.25 / 4.0 - 0.0625 / 4.0,
-        ];
-        for (v, expected) in run.var.iter().zip(var_x) {
-            assert!(close(*v, expected));
-        }
-        let expected_chi2 = ((0.5 - 1.0 / 3.0_f64).powi(2) / (var_x[0] + var0)
-            + 2.0 * (0.25 - 1.0 / 3.0_f64).powi(2) / (var_x[1] + var0))
-            / 3.0;
-        assert!(close(r.chi2(&run), expected_chi2));
-        let pull = r.pulls(&run);
-        assert!(close(pull[0], (0.5 - 1.0 / 3.0) / (var_x[0] + var0).sqrt()));
-
-        // Update: W1 = a W0 + (1-a) w, S_mu, S_sigma with (x~ - mu_before)^2.
-        let omega0 = 1.0 / (var0 + eps);
-        let omega = 1.0 / (var_x[0] + eps);
-        let w1 = alpha * (1.0 - alpha) * omega0 + (1.0 - alpha) * omega;
-        let s_mu = alpha * (1.0 - alpha) * omega0 / 3.0 + (1.0 - alpha) * omega * 0.5;
-        let s_sig = alpha * (1.0 - alpha) * omega0 * var0
-            + (1.0 - alpha) * omega * (0.5 - 1.0 / 3.0_f64).powi(2);
-        r.update(&run);
-        assert!(close(r.mu[0], s_mu / w1));
-        assert!(close(r.sigma()[0], (s_sig / w1).sqrt()));
-    }
-
-    #[test]
-    fn empty_bin_uses_one_over_integral() {
-        let run = NormRun::new(&[4.0, 0.0, 6.0], 1e-9);
-        assert!(close(run.var[1], 1.0 / 100.0));
-        assert!(run.var[0] > 0.0);
-    }
-
-    #[test]
-    fn zero_integral_run_gives_a_finite_score_and_no_update() {
-        let r = Reference::uniform(4, 0.3, 1e-9, 100.0);
-        let empty = NormRun::new(&[0.0; 4], 1e-9);
-        assert_eq!(empty.integral, 0.0);
-        let chi2 = r.chi2(&empty);
-        assert!(chi2.is_finite() && chi2 > 0.0);
-        // mu0^2 / sigma0^2 per bin, I = 400: (1/16) / ((1/4)/400 - (1/16)/400) = 400/3.
-        assert!(close(chi2, 400.0 / 3.0));
-        let before = r.mu.clone();
-        let out = pass(&DinamoS::default(), &[empty], &[true], 0.3, true);
-        assert!(out.chi2[0].is_finite());
-        r.chi2(&NormRun::new(&[1.0; 4], 1e-9));
-        assert_eq!(r.mu, before);
-    }
-
-    #[test]
-    fn reference_tracks_good_runs_not_bad_ones() {
-        let good_shape = [10.0, 30.0, 60.0];
-        let bad_shape = [60.0, 30.0, 10.0];
-        let runs: Vec<NormRun> = (0..50)
-            .map(|i| NormRun::new(if i % 5 == 4 { &bad_shape } else { &good_shape }, 1e-9))
-            .collect();
-        let good: Vec<bool> = (0..50).map(|i| i % 5 != 4).collect();
-        let out = pass(&DinamoS::default(), &runs, &good, 0.5, true);
-        let last = out.ref_mu.last().unwrap();
-        assert!((last[2] - 0.6).abs() < 1e-6, "{last:?}");
-        // Bad runs score far above good ones once the reference has converged.
-        assert!(out.chi2[49] > 100.0 * out.chi2[48]);
+    fn bands_table_gives_the_same_metrics_as_per_run_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let generator = RunGenerator {
+            seed_range: Some([0, 3]),
+            n_runs: 300,
+            n_bad: 30,
+            ..Default::default()
+        };
+        let runs = runs_input(generator, dir.path(), "runs");
+        let metrics = |s: &DinamoS, with_bands: bool, tag: &str| {
+            let out = run_in_memory(s, std::slice::from_ref(&runs)).unwrap();
+            let scores = input_from_batch(
+                "scores",
+                &out.table("main"),
+                &dir.path().join(format!("{tag}.parquet")),
+            )
+            .unwrap();
+            let bands = input_from_batch(
+                "bands",
+                &out.table("bands"),
+                &dir.path().join(format!("{tag}_bands.parquet")),
+            )
+            .unwrap();
+            assert_eq!(out.table("bands").num_rows(), 3 * 2 * 100);
+            let inputs = if with_bands {
+                vec![scores, bands]
+            } else {
+                vec![scores]
+            };
+            run_in_memory(&dqm_metrics::DqmMetrics::default(), &inputs)
+                .unwrap()
+                .table("main")
+        };
+        let full = DinamoS {
+            historical_runs: 100,
+            ..Default::default()
+        };
+        let from_vectors = metrics(&full, false, "a");
+        let from_table = metrics(&full, true, "b");
+        assert_eq!(from_vectors, from_table);
+        let jaccard = from_vectors
+            .column_by_name("jaccard")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
+        assert_eq!(jaccard.null_count(), 0);
+        assert!(jaccard.values().iter().all(|j| (0.0..1.0).contains(j)));
+        let compact = DinamoS {
+            per_run_vectors: false,
+            ..full.clone()
+        };
+        let out = run_in_memory(&compact, std::slice::from_ref(&runs)).unwrap();
+        assert!(out.table("main").column_by_name("ref_mu").is_none());
+        assert_eq!(metrics(&compact, true, "c"), from_vectors);
+        // Without vectors or a bands input the distance is unknown, not made up.
+        let scores =
+            input_from_batch("s", &out.table("main"), &dir.path().join("d.parquet")).unwrap();
+        let no_bands = run_in_memory(&dqm_metrics::DqmMetrics::default(), &[scores])
+            .unwrap()
+            .table("main");
+        assert_eq!(no_bands.column_by_name("jaccard").unwrap().null_count(), 6);
     }
 }

@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::DatasetGroups;
+use super::tables::DatasetGroups;
 use crate::arrow_util::{cast_column, is_integer, list_rows};
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
@@ -43,6 +43,7 @@ impl StageConfig for DqmCompare {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Several methods' dqm_metrics side by side: medians and 95% intervals, paired per-dataset differences, plots (score vs run, reference examples, metric distributions)";
     const INPUTS: (usize, usize) = (1, 64);
+    const INPUT_ROLES: &'static str = "metrics tables, then optionally score tables";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![dqm_schemas::metrics::per_dataset()]

@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use super::DatasetGroups;
-use super::bands::{BandBuilder, REGIMES, RegimeBands};
+use super::bands::{BandBuilder, RegimeBands};
+use super::tables::{DatasetGroups, REGIMES};
 use crate::arrow_util::{cast_column, is_integer, list_rows};
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
 use crate::parallel::par_map_counted;
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::{median_and_95, rates};
 use dqm_schemas::metrics::{METRICS, per_dataset, summary};
 
@@ -64,10 +64,11 @@ impl StageConfig for DqmMetrics {
     const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Balanced accuracy, sensitivity, specificity, adaptation time and Jaccard distance per dataset and regime, plus medians and 95% intervals";
     const INPUTS: (usize, usize) = (1, 2);
+    const INPUT_ROLES: &'static str = "scores, optional bands";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![
-            super::scores::score_schema(&dqm_schemas::runs::schema(), "runs", true)
+            super::tables::score_schema(&dqm_schemas::runs::schema(), "runs", true)
                 .expect("runs schema is valid"),
             dqm_schemas::bands::schema(),
         ]
@@ -440,9 +441,6 @@ fn check_input(schema: &SchemaRef, name: &str) -> Result<()> {
 
 impl Stage for DqmMetrics {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        if !(1..=2).contains(&inputs.len()) {
-            expect_inputs(inputs.len(), 1)?;
-        }
         check_input(&inputs[0], "input")?;
         if inputs.len() == 2 && self.jaccard == JaccardBands::Grid {
             return Err(StageError::param(

@@ -16,12 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::arrow_util::f64_lists;
 use crate::error::{Result, StageError, bad_param};
-use crate::hcal::tables::{MapGeometry, scores_schema};
-use crate::input::require_column;
+use crate::hcal::geometry::MapGeometry;
+use crate::hcal::tables::scores_schema;
+use crate::input::{Input, require_column};
 use crate::params::AutoOr;
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::roc_auc;
-use dqm_schemas::{doc_field, f64_list};
+use dqm_schemas::{column, f64_list, nullable};
 
 /// Table-7 metrics of channel scores.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -48,6 +49,7 @@ impl StageConfig for ChannelMetrics {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Channel scores with injected truth -> Table 7: FPR at 90/95/99 % detection, AUC with interval, detection, FPR and localisation at α, per case and method";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "scores";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![scores_schema(MapGeometry::of(
@@ -69,26 +71,25 @@ impl StageConfig for ChannelMetrics {
 }
 
 fn metrics_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
-    let n = |name, doc| doc_field(name, DataType::Float64, true, doc);
+    let n = |name, doc| nullable(name, DataType::Float64, doc);
     Arc::new(Schema::new(vec![
-        f(
+        column(
             "method",
             DataType::Utf8,
             "graphstad (the model) or reference (training mean map × row medians)",
         ),
-        f("case", DataType::Utf8, "Anomaly case"),
-        f(
+        column("case", DataType::Utf8, "Anomaly case"),
+        column(
             "target_maps",
             DataType::Int64,
             "LS ending an anomalous window (where the metrics are computed)",
         ),
-        f(
+        column(
             "anomalous",
             DataType::Int64,
             "Injected channels on those LS (positives)",
         ),
-        f(
+        column(
             "healthy",
             DataType::Int64,
             "Other channels on those LS (negatives)",
@@ -111,12 +112,12 @@ fn metrics_schema() -> SchemaRef {
             "localisation",
             "Of the channels flagged at α, the fraction inside the injected region",
         ),
-        f(
+        column(
             "alpha",
             DataType::Float64,
             "α of the method (the last seen when target maps disagree)",
         ),
-        f(
+        column(
             "detection_levels",
             f64_list(),
             "The detection levels of fpr_90 / fpr_95 / fpr_99",
@@ -160,7 +161,6 @@ struct Pool {
 
 impl Stage for ChannelMetrics {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         let why = "a scores table (`graphstad_score`)";
         require_column(&inputs[0], "scores", "case", why, "Utf8", |t| {
             t == &DataType::Utf8
@@ -194,10 +194,52 @@ impl Stage for ChannelMetrics {
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let input = &ctx.inputs[0];
-        let methods = [
-            ("graphstad", "score", "alpha"),
-            ("reference", "reference_score", "reference_alpha"),
-        ];
+        let pools = self.pools(input)?;
+        if pools.is_empty() {
+            return Err(StageError::data(format!(
+                "input `{}` has no target LS (no injected anomaly windows): run `inject_anomalies` on the maps first",
+                input.name
+            )));
+        }
+        let mut rows: Vec<(String, String, Pool)> = pools
+            .into_iter()
+            .map(|((k, case), pool)| (METHODS[k].0.to_string(), case, pool))
+            .collect();
+        let batch = self.metrics_batch(&mut rows)?;
+        for (i, row) in rows.iter().enumerate() {
+            let get = |c: &str| {
+                let a = batch
+                    .column_by_name(c)
+                    .unwrap()
+                    .as_primitive::<Float64Type>();
+                if a.is_null(i) { f64::NAN } else { a.value(i) }
+            };
+            ctx.reporter.info(&format!(
+                "{:>9} {:<16} AUC {:.4} FPR@99% {:.2e} detection@α={:.2} {:.3} FPR@α {:.1e} localisation {:.3}",
+                row.0,
+                row.1,
+                get("auc"),
+                get("fpr_99"),
+                row.2.alpha,
+                get("detection_at_alpha"),
+                get("fpr_at_alpha"),
+                get("localisation")
+            ));
+        }
+        ctx.output.write("main", batch)
+    }
+}
+
+/// The scores compared, each with its threshold column: (method, score
+/// column, α column).
+const METHODS: [(&str, &str, &str); 2] = [
+    ("graphstad", "score", "alpha"),
+    ("reference", "reference_score", "reference_alpha"),
+];
+
+impl ChannelMetrics {
+    /// The channel scores of the target LS, pooled per (method, case).
+    fn pools(&self, input: &Input) -> Result<BTreeMap<(usize, String), Pool>> {
         let mut pools: BTreeMap<(usize, String), Pool> = BTreeMap::new();
         for batch in input.batches() {
             let batch = batch?;
@@ -208,7 +250,7 @@ impl Stage for ChannelMetrics {
             let target = target.as_boolean();
             let injected = col("injected");
             let injected = injected.as_list::<i32>();
-            for (k, (_, column, alpha_column)) in methods.iter().enumerate() {
+            for (k, (_, column, alpha_column)) in METHODS.iter().enumerate() {
                 let scores = col(column);
                 let scores = scores.as_list::<i32>();
                 let alphas = col(alpha_column);
@@ -249,20 +291,16 @@ impl Stage for ChannelMetrics {
                 }
             }
         }
-        if pools.is_empty() {
-            return Err(StageError::data(format!(
-                "input `{}` has no target LS (no injected anomaly windows): run `inject_anomalies` on the maps first",
-                input.name
-            )));
-        }
-        let mut rows: Vec<(String, String, Pool)> = pools
-            .into_iter()
-            .map(|((k, case), pool)| (methods[k].0.to_string(), case, pool))
-            .collect();
+        Ok(pools)
+    }
+
+    /// One row per (method, case): FPR at each detection level, AUC with its
+    /// interval, detection, FPR and localisation at α.
+    fn metrics_batch(&self, rows: &mut [(String, String, Pool)]) -> Result<RecordBatch> {
         let mut fpr: [Vec<Option<f64>>; 3] = Default::default();
         let (mut auc, mut lo, mut hi, mut det, mut fpa, mut loc) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (_, _, p) in &mut rows {
+        for (_, _, p) in rows.iter_mut() {
             for (l, level) in self.detection.iter().enumerate() {
                 fpr[l].push(fpr_at_detection(&mut p.positives, &p.negatives, *level));
             }
@@ -319,28 +357,7 @@ impl Stage for ChannelMetrics {
             )),
             Arc::new(f64_lists(std::iter::repeat_n(&self.detection[..], n))),
         ];
-        let batch = RecordBatch::try_new(metrics_schema(), columns)?;
-        for (i, row) in rows.iter().enumerate() {
-            let get = |c: &str| {
-                let a = batch
-                    .column_by_name(c)
-                    .unwrap()
-                    .as_primitive::<Float64Type>();
-                if a.is_null(i) { f64::NAN } else { a.value(i) }
-            };
-            ctx.reporter.info(&format!(
-                "{:>9} {:<16} AUC {:.4} FPR@99% {:.2e} detection@α={:.2} {:.3} FPR@α {:.1e} localisation {:.3}",
-                row.0,
-                row.1,
-                get("auc"),
-                get("fpr_99"),
-                row.2.alpha,
-                get("detection_at_alpha"),
-                get("fpr_at_alpha"),
-                get("localisation")
-            ));
-        }
-        ctx.output.write("main", batch)
+        Ok(RecordBatch::try_new(metrics_schema(), columns)?)
     }
 }
 

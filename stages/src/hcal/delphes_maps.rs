@@ -29,12 +29,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError, bad_param};
+use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
-use crate::hcal::tables::{
-    MapGeometry, MapRow, injection_fields, maps_schema, with_fields, write_rows,
-};
+use crate::hcal::tables::{MapRow, injection_fields, maps_schema, with_fields, write_rows};
 use crate::hcal::towers::{check_events, example_events_schema, for_each_event};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Builds LS maps of one subdetector from the events of every configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -85,6 +84,7 @@ impl StageConfig for DelphesMaps {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Delphes events of each configuration -> LS occupancy maps (overlaid events, drawn with replacement), glitch regions as truth: real large-region anomalies for validation";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![example_events_schema()]
@@ -190,7 +190,6 @@ impl DelphesMaps {
 
 impl Stage for DelphesMaps {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         check_events(&inputs[0], true)?;
         Ok(vec![OutputSpec {
             name: "main",

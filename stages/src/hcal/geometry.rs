@@ -25,6 +25,8 @@ use std::f64::consts::PI;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Result, StageError};
+
 /// Upper ring edges of the card's 5° towers (the barrel); the lowest ring's
 /// lower edge, −1.653, is the last 10° edge.
 const BARREL_EDGES: [f64; 39] = [
@@ -208,6 +210,46 @@ impl Geometry {
             }
         }
         edges
+    }
+}
+
+/// Which channels a maps table holds (stored in its schema metadata,
+/// [`crate::hcal::tables::read_geometry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapGeometry {
+    pub subdetector: Subdetector,
+    /// (iη, iφ, depth).
+    pub shape: [usize; 3],
+}
+
+impl MapGeometry {
+    pub fn of(subdetector: Subdetector) -> Self {
+        Self {
+            subdetector,
+            shape: subdetector.geometry().shape(),
+        }
+    }
+
+    pub fn n_channels(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.subdetector.geometry()
+    }
+
+    /// Refuses maps of another geometry than `self` (a model's).
+    pub fn check(&self, maps: &MapGeometry, what: &str) -> Result<()> {
+        if self != maps {
+            return Err(StageError::data(format!(
+                "{what}: the maps are {} maps of shape {:?}, the model was trained on {} maps of shape {:?}",
+                maps.subdetector.name(),
+                maps.shape,
+                self.subdetector.name(),
+                self.shape
+            )));
+        }
+        Ok(())
     }
 }
 

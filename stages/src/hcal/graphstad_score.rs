@@ -19,13 +19,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::arrow_util::f64_lists;
-use crate::error::{Result, StageError, bad_param};
-use crate::hcal::errors::{FillScores, fill_scores, standardized};
-use crate::hcal::model::load_model;
+use crate::error::{Result, bad_param};
+use crate::hcal::geometry::MapGeometry;
+use crate::hcal::scoring::{FillScores, fill_scores, standardized};
 use crate::hcal::tables::{
-    GraphStadCard, MapGeometry, MapRow, ModelSpec, check_maps, check_renormalized,
-    example_maps_schema, for_each_fill, models_schema, read_model, renormalized_fields,
-    scores_schema, with_fields,
+    GraphStadCard, MapRow, ModelSpec, check_maps, check_renormalized, example_maps_schema,
+    for_each_fill, load_model, models_schema, read_model, renormalized_fields, scores_schema,
+    with_fields,
 };
 use crate::nn::{DeviceChoice, exclusive};
 use crate::params::AutoOr;
@@ -58,6 +58,7 @@ impl StageConfig for GraphstadScore {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Renormalized LS maps + GraphSTAD model -> per-channel anomaly scores a_i = windowed MAE / σ_i, beside the reference-map rule";
     const INPUTS: (usize, usize) = (2, 2);
+    const INPUT_ROLES: &'static str = "renormalized maps, models";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         let geometry = MapGeometry::of(crate::hcal::geometry::Subdetector::Barrel);
@@ -168,12 +169,6 @@ fn figure(
 
 impl Stage for GraphstadScore {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        if inputs.len() != 2 {
-            return Err(StageError::InputCount {
-                expected: "2 (maps, models)".into(),
-                found: inputs.len(),
-            });
-        }
         let geometry = check_maps(&inputs[0], "maps")?;
         check_renormalized(&inputs[0], "maps")?;
         let spec = ModelSpec::from_schema(&inputs[1], "models")?;
@@ -193,7 +188,7 @@ impl Stage for GraphstadScore {
         let device = self.device.resolve()?;
         let _torch = exclusive();
         let (_vs, model) = load_model(&card, &weights, device, "input `models`")?;
-        let scaling = crate::hcal::errors::Scaling {
+        let scaling = crate::hcal::scoring::Scaling {
             min: card.min.clone(),
             max: card.max.clone(),
         };

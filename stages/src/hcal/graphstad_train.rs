@@ -29,20 +29,18 @@ use tch::Tensor;
 use tch::nn::{self, OptimizerConfig};
 
 use crate::error::{Result, StageError, bad_param};
-use crate::hcal::errors::{
-    FillErrors, Scaling, channel_sigma, fill_errors, fill_scores, norm, standardized,
-};
+use crate::hcal::geometry::MapGeometry;
 use crate::hcal::model::{Block, GraphStad, GraphStadArch, loss};
+use crate::hcal::scoring::{FillErrors, Scaling, calibrate, fill_errors, fills, norm};
 use crate::hcal::tables::{
-    GraphStadCard, MapGeometry, MapRow, ModelSpec, check_maps, check_renormalized,
-    example_maps_schema, models_schema, read_all_rows, read_model, renormalized_fields,
-    with_fields,
+    GraphStadCard, MapRow, ModelSpec, check_maps, check_renormalized, example_maps_schema,
+    models_schema, read_all_rows, read_model, renormalized_fields, with_fields,
 };
+use crate::input::Input;
 use crate::nn::{Checkpoint, DeviceChoice, exclusive, load_weights_where};
 use crate::plots::{Series, lines};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use crate::stats::quantile;
-use dqm_schemas::doc_field;
+use dqm_schemas::column;
 
 /// Transfer learning from a source model (the stage's second input).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -122,6 +120,7 @@ impl StageConfig for GraphstadTrain {
     const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Renormalized healthy LS maps -> GraphSTAD autoencoder (CNN + RBX-graph GCN + LSTM, variational), optional transfer of blocks from a source model";
     const INPUTS: (usize, usize) = (1, 2);
+    const INPUT_ROLES: &'static str = "renormalized healthy maps, optional source model";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![with_fields(&example_maps_schema(), renormalized_fields())]
@@ -169,37 +168,33 @@ impl StageConfig for GraphstadTrain {
     }
 }
 
-/// Per-channel values of every LS.
-type PerLs = Vec<Vec<f64>>;
-
 /// Salt of the training draws, so they differ from the initialization's.
 const DRAW_SALT: u64 = 0x0047_5354_4144;
 
 fn log_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new(vec![
-        f("epoch", DataType::Int64, "Epoch, from 1"),
-        f(
+        column("epoch", DataType::Int64, "Epoch, from 1"),
+        column(
             "train_mse",
             DataType::Float64,
             "Mean training MSE over the epoch's windows (model input scale)",
         ),
-        f(
+        column(
             "train_loss",
             DataType::Float64,
             "Mean training loss MSE + λ·KL + ρ·‖W‖²",
         ),
-        f(
+        column(
             "val_mse",
             DataType::Float64,
             "Validation MSE, states carried over the validation sequence",
         ),
-        f(
+        column(
             "learning_rate",
             DataType::Float64,
             "Learning rate used in the epoch",
         ),
-        f(
+        column(
             "improved",
             DataType::Boolean,
             "Best validation MSE so far (these parameters are kept)",
@@ -277,12 +272,6 @@ fn stream_tensor(
     Ok(Tensor::from_slice(&x).view([streams as i64, len as i64, m]))
 }
 
-/// Consecutive maps of the same fill, as slices of `rows`.
-fn fills(rows: &[MapRow]) -> Vec<&[MapRow]> {
-    rows.chunk_by(|a, b| a.fill == b.fill && a.case == b.case)
-        .collect()
-}
-
 impl Stage for GraphstadTrain {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         let geometry = check_maps(&inputs[0], "maps")?;
@@ -317,7 +306,77 @@ impl Stage for GraphstadTrain {
         let input = &ctx.inputs[0];
         let geometry = check_maps(&input.schema, &input.name)?;
         check_renormalized(&input.schema, &input.name)?;
-        let rows = read_all_rows(input, &geometry)?;
+        let rows = self.healthy_maps(input, &geometry)?;
+        let n_val = ((rows.len() as f64) * self.validation_fraction).round() as usize;
+        let (train_rows, val_rows) = rows.split_at(rows.len() - n_val);
+        let train_refs: Vec<&MapRow> = train_rows.iter().collect();
+        let scaling = Scaling::fit(&train_refs);
+        let device = self.device.resolve()?;
+        let _torch = exclusive();
+        let mut net = self.network(ctx, geometry, device)?;
+        let val_fills = fills(val_rows);
+        let (best, log) = self.train(ctx, &net, &train_refs, &scaling, &val_fills, device)?;
+        best.restore(&mut net.vs)?;
+        let cal = calibrate(
+            &net.model,
+            &scaling,
+            (train_rows, &val_fills),
+            (self.window, self.carry_state),
+            self.alpha_quantile,
+            device,
+        )?;
+        let card = GraphStadCard {
+            spec: self.spec(geometry),
+            carry_state: self.carry_state,
+            min: scaling.min.clone(),
+            max: scaling.max.clone(),
+            sigma: cal.sigma,
+            reference: cal.reference,
+            sigma_reference: cal.sigma_reference,
+            alpha: cal.alpha,
+            reference_alpha: cal.reference_alpha,
+            trainable_params: net.trainable_params,
+            total_params: net.total_params,
+            init_blocks: net.init,
+            frozen_blocks: net.freeze,
+            best_epoch: best.best_epoch,
+            val_mse: best.best,
+            val_curve: log.iter().map(|e| e.val_mse).collect(),
+            train_maps: train_rows.len(),
+            val_maps: val_rows.len(),
+        };
+        ctx.reporter.info(&format!(
+            "best epoch {}: val MSE {:.3e}; {} of {} parameters trained; α = {:.2} (reference rule {:.2}) at the {} quantile of validation a_i",
+            card.best_epoch,
+            card.val_mse,
+            card.trainable_params,
+            card.total_params,
+            card.alpha,
+            card.reference_alpha,
+            self.alpha_quantile
+        ));
+        self.write(ctx, &card, best.bytes()?, &log)
+    }
+}
+
+/// The network being trained, with what transfer learning set on it.
+struct Network {
+    vs: nn::VarStore,
+    model: GraphStad,
+    /// Blocks initialized from the source, and frozen at it.
+    init: Vec<Block>,
+    freeze: Vec<Block>,
+    /// The parameters the optimizer updates (frozen blocks excluded).
+    trainable: Vec<Tensor>,
+    trainable_params: i64,
+    total_params: i64,
+}
+
+impl GraphstadTrain {
+    /// The input's maps, all healthy, enough for a window in both the
+    /// training and the validation part.
+    fn healthy_maps(&self, input: &Input, geometry: &MapGeometry) -> Result<Vec<MapRow>> {
+        let rows = read_all_rows(input, geometry)?;
         if rows
             .iter()
             .any(|r| r.case.as_deref().is_some_and(|c| c != "none"))
@@ -336,13 +395,20 @@ impl Stage for GraphstadTrain {
                 self.window
             )));
         }
-        let (train_rows, val_rows) = rows.split_at(rows.len() - n_val);
-        let train_refs: Vec<&MapRow> = train_rows.iter().collect();
-        let scaling = Scaling::fit(&train_refs);
-        let device = self.device.resolve()?;
-        let _torch = exclusive();
+        Ok(rows)
+    }
+
+    /// The network, initialized from `seed`, with the transferred blocks
+    /// copied from the source model (second input) and the frozen ones
+    /// taken out of training.
+    fn network(
+        &self,
+        ctx: &RunContext<'_>,
+        geometry: MapGeometry,
+        device: tch::Device,
+    ) -> Result<Network> {
         tch::manual_seed(self.seed as i64);
-        let mut vs = nn::VarStore::new(device);
+        let vs = nn::VarStore::new(device);
         let model = GraphStad::new(&vs.root(), self.arch.clone(), geometry);
         let (init, freeze) = self.transferred();
         if let Some(source) = ctx.inputs.get(1) {
@@ -370,15 +436,35 @@ impl Stage for GraphstadTrain {
         let count = |v: &[Tensor]| v.iter().map(|t| t.numel() as i64).sum::<i64>();
         let trainable_params = count(&trainable);
         let total_params = count(&vs.trainable_variables());
+        Ok(Network {
+            vs,
+            model,
+            init,
+            freeze,
+            trainable,
+            trainable_params,
+            total_params,
+        })
+    }
+
+    /// The epochs: streams walked window by window, the validation MSE
+    /// after each, the best parameters kept, the learning rate cut on a
+    /// plateau. Returns the best checkpoint and the per-epoch log.
+    fn train(
+        &self,
+        ctx: &RunContext<'_>,
+        net: &Network,
+        train_refs: &[&MapRow],
+        scaling: &Scaling,
+        val_fills: &[&[MapRow]],
+        device: tch::Device,
+    ) -> Result<(Checkpoint, Vec<EpochLog>)> {
         let mut opt = nn::Adam::default()
-            .build(&vs, self.learning_rate)
+            .build(&net.vs, self.learning_rate)
             .map_err(anyhow::Error::from)?;
         let x_train =
-            stream_tensor(&train_refs, &scaling, self.streams, self.window)?.to_device(device);
-        let steps = x_train.size()[1] / self.window as i64;
-        let t = self.window as i64;
+            stream_tensor(train_refs, scaling, self.streams, self.window)?.to_device(device);
         let path = ctx.artifacts.join("model.safetensors");
-        let val_fills = fills(val_rows);
         let progress = ctx.reporter.progress(self.epochs as u64, "epochs");
         let mut log = Vec::new();
         let mut best = Checkpoint::new(path);
@@ -388,33 +474,13 @@ impl Stage for GraphstadTrain {
             let started = Instant::now();
             let used_lr = lr;
             opt.set_lr(lr);
-            let mut states = model.zero_states(self.streams as i64);
-            let (mut mse_sum, mut loss_sum) = (0.0, 0.0);
-            for k in 0..steps {
-                let x = x_train.narrow(1, k * t, t);
-                let out = model.forward(&x, &states, true, &freeze);
-                let (total, mse) = loss(&out, &x, self.kl_weight, self.l2_weight, &trainable);
-                opt.backward_step(&total);
-                let l = total.double_value(&[]);
-                if !l.is_finite() {
-                    return Err(StageError::data(format!(
-                        "epoch {epoch}: the training loss is not finite (lower `learning_rate`?)"
-                    )));
-                }
-                loss_sum += l;
-                mse_sum += mse.double_value(&[]);
-                states = if self.carry_state {
-                    out.states.detached()
-                } else {
-                    model.zero_states(self.streams as i64)
-                };
-            }
+            let (train_mse, train_loss) = self.epoch(net, &mut opt, &x_train, epoch)?;
             let mut val_sum = 0.0;
             let mut val_n = 0usize;
-            for fill in &val_fills {
+            for fill in val_fills {
                 let FillErrors { mse, .. } = fill_errors(
-                    &model,
-                    &scaling,
+                    &net.model,
+                    scaling,
                     fill,
                     self.window,
                     self.carry_state,
@@ -424,7 +490,7 @@ impl Stage for GraphstadTrain {
                 val_n += mse.len();
             }
             let val_mse = val_sum / val_n as f64;
-            let improved = best.observe(epoch, val_mse, &vs)?;
+            let improved = best.observe(epoch, val_mse, &net.vs)?;
             if !improved
                 && self
                     .plateau_patience
@@ -435,8 +501,8 @@ impl Stage for GraphstadTrain {
             }
             let entry = EpochLog {
                 epoch,
-                train_mse: mse_sum / steps as f64,
-                train_loss: loss_sum / steps as f64,
+                train_mse,
+                train_loss,
                 val_mse,
                 learning_rate: used_lr,
                 improved,
@@ -451,69 +517,42 @@ impl Stage for GraphstadTrain {
             log.push(entry);
             progress.inc(1);
         }
-        best.restore(&mut vs)?;
-        // σ_i of Eq. 6 on the training maps, for the model and the rule.
-        let m = geometry.n_channels();
-        let mut reference = vec![0.0f64; m];
-        for r in train_rows {
-            for (acc, v) in reference.iter_mut().zip(norm(r)) {
-                *acc += v / train_rows.len() as f64;
+        Ok((best, log))
+    }
+
+    /// One pass over the training streams, window by window with the LSTM
+    /// states carried (or not); returns the mean MSE and loss per window.
+    fn epoch(
+        &self,
+        net: &Network,
+        opt: &mut nn::Optimizer,
+        x_train: &Tensor,
+        epoch: usize,
+    ) -> Result<(f64, f64)> {
+        let t = self.window as i64;
+        let steps = x_train.size()[1] / t;
+        let mut states = net.model.zero_states(self.streams as i64);
+        let (mut mse_sum, mut loss_sum) = (0.0, 0.0);
+        for k in 0..steps {
+            let x = x_train.narrow(1, k * t, t);
+            let out = net.model.forward(&x, &states, true, &net.freeze);
+            let (total, mse) = loss(&out, &x, self.kl_weight, self.l2_weight, &net.trainable);
+            opt.backward_step(&total);
+            let l = total.double_value(&[]);
+            if !l.is_finite() {
+                return Err(StageError::data(format!(
+                    "epoch {epoch}: the training loss is not finite (lower `learning_rate`?)"
+                )));
             }
+            loss_sum += l;
+            mse_sum += mse.double_value(&[]);
+            states = if self.carry_state {
+                out.states.detached()
+            } else {
+                net.model.zero_states(self.streams as i64)
+            };
         }
-        let reference: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
-        let mae = |fills: &[&[MapRow]]| -> Result<(PerLs, PerLs)> {
-            let (mut model_mae, mut reference_mae) = (Vec::new(), Vec::new());
-            for fill in fills {
-                let f = fill_scores(
-                    &model,
-                    &scaling,
-                    &reference,
-                    fill,
-                    (self.window, self.carry_state),
-                    device,
-                )?;
-                model_mae.extend(f.model_mae);
-                reference_mae.extend(f.reference_mae);
-            }
-            Ok((model_mae, reference_mae))
-        };
-        let (model_mae, reference_mae) = mae(&fills(train_rows))?;
-        let sigma = channel_sigma(&model_mae);
-        let sigma_reference = channel_sigma(&reference_mae);
-        // α: a quantile of a_i = e_i / σ_i over the validation maps.
-        let (val_model, val_reference) = mae(&val_fills)?;
-        let flat = |a: Vec<Vec<f64>>| a.into_iter().flatten().collect::<Vec<f64>>();
-        let a_model = flat(standardized(val_model, &sigma));
-        let a_reference = flat(standardized(val_reference, &sigma_reference));
-        let alpha_of = |mut v: Vec<f64>| {
-            v.sort_unstable_by(f64::total_cmp);
-            quantile(&v, self.alpha_quantile).unwrap_or(f64::INFINITY)
-        };
-        let card = GraphStadCard {
-            spec: self.spec(geometry),
-            carry_state: self.carry_state,
-            min: scaling.min.clone(),
-            max: scaling.max.clone(),
-            sigma,
-            reference,
-            sigma_reference,
-            alpha: alpha_of(a_model),
-            reference_alpha: alpha_of(a_reference),
-            trainable_params,
-            total_params,
-            init_blocks: init,
-            frozen_blocks: freeze,
-            best_epoch: best.best_epoch,
-            val_mse: best.best,
-            val_curve: log.iter().map(|e| e.val_mse).collect(),
-            train_maps: train_rows.len(),
-            val_maps: val_rows.len(),
-        };
-        ctx.reporter.info(&format!(
-            "best epoch {}: val MSE {:.3e}; {trainable_params} of {total_params} parameters trained; α = {:.2} (reference rule {:.2}) at the {} quantile of validation a_i",
-            card.best_epoch, card.val_mse, card.alpha, card.reference_alpha, self.alpha_quantile
-        ));
-        self.write(ctx, &card, best.bytes()?, &log)
+        Ok((mse_sum / steps as f64, loss_sum / steps as f64))
     }
 }
 

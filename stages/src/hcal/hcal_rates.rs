@@ -13,7 +13,7 @@ use crate::error::{Result, StageError, bad_param};
 use crate::hcal::geometry::{Geometry, Subdetector};
 use crate::hcal::tables::rates_schema;
 use crate::hcal::towers::{check_events, example_events_schema, for_each_event};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Counts, per channel, the events with an HCAL tower in it.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -47,6 +47,7 @@ impl StageConfig for HcalRates {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Delphes events -> hit probability per event of every HCAL channel (barrel, endcap, forward)";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![example_events_schema()]
@@ -186,7 +187,6 @@ pub fn rates_batch(count: &RateCount, phi_symmetric: bool) -> Result<RecordBatch
 
 impl Stage for HcalRates {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         check_events(&inputs[0], self.label.is_some())?;
         Ok(vec![OutputSpec {
             name: "main",

@@ -23,12 +23,13 @@ use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StageError, bad_param};
+use crate::error::{Result, StageError, bad_param, within};
+use crate::hcal::geometry::MapGeometry;
 use crate::hcal::tables::{
-    MapGeometry, MapRow, check_maps, example_maps_schema, for_each_fill, injection_fields,
-    with_fields, write_rows,
+    MapRow, check_maps, example_maps_schema, for_each_fill, injection_fields, with_fields,
+    write_rows,
 };
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// One anomaly type.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -45,6 +46,22 @@ pub enum Anomaly {
 }
 
 impl Anomaly {
+    /// Checks the factor; errors name their key in the case's block.
+    pub fn validate(&self) -> Result<()> {
+        let ok = match *self {
+            Anomaly::Degraded { factor } => factor > 0.0 && factor < 1.0,
+            Anomaly::NoisyHot { factor } => factor > 1.0 && factor.is_finite(),
+            _ => true,
+        };
+        if !ok {
+            return bad_param(
+                "factor",
+                "degraded needs 0 < factor < 1, noisy_hot factor > 1",
+            );
+        }
+        Ok(())
+    }
+
     /// The case name written in the `case` column.
     pub fn name(&self) -> String {
         match self {
@@ -115,6 +132,7 @@ impl StageConfig for InjectAnomalies {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Healthy LS maps -> one copy per anomaly case (dead, degraded, noisy hot, fully hot) on chosen windows, channels and RBXes, with the truth mask";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "maps";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![example_maps_schema()]
@@ -125,17 +143,7 @@ impl StageConfig for InjectAnomalies {
             return bad_param("cases", "give at least one case");
         }
         for (i, c) in self.cases.iter().enumerate() {
-            let ok = match *c {
-                Anomaly::Degraded { factor } => factor > 0.0 && factor < 1.0,
-                Anomaly::NoisyHot { factor } => factor > 1.0 && factor.is_finite(),
-                _ => true,
-            };
-            if !ok {
-                return bad_param(
-                    &format!("cases[{i}].factor"),
-                    "degraded needs 0 < factor < 1, noisy_hot factor > 1",
-                );
-            }
+            within(&format!("cases[{i}]"), c.validate())?;
         }
         let mut names: Vec<String> = self.cases.iter().map(Anomaly::name).collect();
         names.sort();
@@ -226,7 +234,6 @@ impl InjectAnomalies {
 
 impl Stage for InjectAnomalies {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         check_maps(&inputs[0], "maps")?;
         if inputs[0].index_of("case").is_ok() || inputs[0].index_of("norm").is_ok() {
             return Err(StageError::data(

@@ -22,10 +22,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError, bad_param};
+use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
-use crate::hcal::tables::{MapGeometry, MapRow, maps_schema, rates_schema, write_rows};
+use crate::hcal::tables::{MapRow, maps_schema, rates_schema, write_rows};
 use crate::input::require_column;
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// How channel counts are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -103,6 +104,7 @@ impl StageConfig for LumiMaps {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Channel hit rates -> occupancy maps per lumisection along LHC fills (luminosity decay, spikes, pile-up, binomial counts), seeded";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "rates";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![rates_schema()]
@@ -246,7 +248,6 @@ impl LumiMaps {
 
 impl Stage for LumiMaps {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         let why = "a rates table (`hcal_rates`)";
         require_column(&inputs[0], "rates", "subdetector", why, "Utf8", |t| {
             t == &DataType::Utf8
@@ -303,7 +304,7 @@ mod tests {
             input_from_batch("rates", &flat_rates(rate), &dir.path().join("r.parquet")).unwrap();
         let out = run_in_memory(stage, &[input]).unwrap().table("main");
         let maps = input_from_batch("maps", &out, &dir.path().join("m.parquet")).unwrap();
-        let geometry = MapGeometry::from_schema(&maps.schema, "maps").unwrap();
+        let geometry = crate::hcal::tables::read_geometry(&maps.schema, "maps").unwrap();
         assert_eq!(geometry, MapGeometry::of(stage.subdetector));
         read_all_rows(&maps, &geometry).unwrap()
     }

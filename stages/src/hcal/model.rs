@@ -23,9 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, ModuleT, RNN};
 use tch::{Kind, Tensor};
 
-use crate::error::Result;
-use crate::hcal::tables::{GraphStadCard, MapGeometry};
-use crate::nn::load_weights;
+use crate::hcal::geometry::MapGeometry;
 
 /// Layer sizes of the autoencoder (not all given in the paper: ours).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -391,19 +389,6 @@ impl GraphStad {
             },
         }
     }
-}
-
-/// Builds the network of `card` on `device` and loads `weights` into it.
-pub fn load_model(
-    card: &GraphStadCard,
-    weights: &[u8],
-    device: tch::Device,
-    at: &str,
-) -> Result<(nn::VarStore, GraphStad)> {
-    let vs = nn::VarStore::new(device);
-    let model = GraphStad::new(&vs.root(), card.spec.arch.clone(), card.spec.geometry);
-    load_weights(&vs, weights, at)?;
-    Ok((vs, model))
 }
 
 /// The paper's loss (Eq. 8): MSE + λ·KL(N(μ, σ) ‖ N(0, I)) + ρ·‖W‖², the KL

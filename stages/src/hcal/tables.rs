@@ -18,111 +18,72 @@ use serde::{Deserialize, Serialize};
 
 use crate::arrow_util::f64_lists;
 use crate::error::{Result, StageError};
-use crate::hcal::geometry::{Geometry, Subdetector};
-use crate::hcal::model::{Block, GraphStadArch};
+use crate::hcal::geometry::{MapGeometry, Subdetector};
+use crate::hcal::model::{Block, GraphStad, GraphStadArch};
 use crate::input::{Input, require_column};
-use dqm_schemas::{doc_field, f64_list};
+use dqm_schemas::{column, f64_list};
 
 /// Schema-metadata key of a maps table: its [`MapGeometry`] as JSON.
 pub const GEOMETRY_KEY: &str = "dqm.hcal.geometry";
 
-/// Which channels a maps table holds, stored in its schema metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapGeometry {
-    pub subdetector: Subdetector,
-    /// (iη, iφ, depth).
-    pub shape: [usize; 3],
+/// The [`MapGeometry`] stored in a maps table's schema metadata.
+pub fn read_geometry(schema: &SchemaRef, input: &str) -> Result<MapGeometry> {
+    let json = schema.metadata().get(GEOMETRY_KEY).ok_or_else(|| {
+        StageError::data(format!(
+            "input `{input}` is not an HCAL maps table (from `lumi_maps`): its schema has no `{GEOMETRY_KEY}` metadata"
+        ))
+    })?;
+    serde_json::from_str(json)
+        .map_err(|e| StageError::data(format!("input `{input}`: unreadable `{GEOMETRY_KEY}`: {e}")))
 }
 
-impl MapGeometry {
-    pub fn of(subdetector: Subdetector) -> Self {
-        Self {
-            subdetector,
-            shape: subdetector.geometry().shape(),
-        }
-    }
-
-    pub fn n_channels(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    pub fn geometry(&self) -> Geometry {
-        self.subdetector.geometry()
-    }
-
-    pub fn from_schema(schema: &SchemaRef, input: &str) -> Result<Self> {
-        let json = schema.metadata().get(GEOMETRY_KEY).ok_or_else(|| {
-            StageError::data(format!(
-                "input `{input}` is not an HCAL maps table (from `lumi_maps`): its schema has no `{GEOMETRY_KEY}` metadata"
-            ))
-        })?;
-        serde_json::from_str(json).map_err(|e| {
-            StageError::data(format!("input `{input}`: unreadable `{GEOMETRY_KEY}`: {e}"))
-        })
-    }
-
-    pub fn metadata(&self) -> HashMap<String, String> {
-        HashMap::from([(
-            GEOMETRY_KEY.to_string(),
-            serde_json::to_string(self).expect("plain data serializes"),
-        )])
-    }
-
-    /// Refuses maps of another geometry than `self` (a model's).
-    pub fn check(&self, maps: &MapGeometry, what: &str) -> Result<()> {
-        if self != maps {
-            return Err(StageError::data(format!(
-                "{what}: the maps are {} maps of shape {:?}, the model was trained on {} maps of shape {:?}",
-                maps.subdetector.name(),
-                maps.shape,
-                self.subdetector.name(),
-                self.shape
-            )));
-        }
-        Ok(())
-    }
+/// The schema metadata of a maps table of `geometry`.
+pub fn geometry_metadata(geometry: &MapGeometry) -> HashMap<String, String> {
+    HashMap::from([(
+        GEOMETRY_KEY.to_string(),
+        serde_json::to_string(geometry).expect("plain data serializes"),
+    )])
 }
 
 // ---- The rates table (`hcal_rates`) ----
 
 pub fn rates_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new(vec![
-        f("subdetector", DataType::Utf8, "barrel, endcap or forward"),
-        f(
+        column("subdetector", DataType::Utf8, "barrel, endcap or forward"),
+        column(
             "channel",
             DataType::Int64,
             "Channel index within the subdetector: (ieta * n_iphi + iphi) * n_depth + depth",
         ),
-        f(
+        column(
             "ieta",
             DataType::Int64,
             "Ring index, 0 at the lowest η of the subdetector",
         ),
-        f("iphi", DataType::Int64, "φ bin, 0 at φ = −π"),
-        f(
+        column("iphi", DataType::Int64, "φ bin, 0 at φ = −π"),
+        column(
             "depth",
             DataType::Int64,
             "Depth segment (always 0: Delphes has one)",
         ),
-        f(
+        column(
             "rbx",
             DataType::Int64,
             "Readout box: side (0 η<0, 1 η>0) × 18 + 20° φ sector",
         ),
-        f(
+        column(
             "eta_lo",
             DataType::Float64,
             "Lower η edge of the ring (Delphes card)",
         ),
-        f("eta_hi", DataType::Float64, "Upper η edge of the ring"),
-        f(
+        column("eta_hi", DataType::Float64, "Upper η edge of the ring"),
+        column(
             "hits",
             DataType::Int64,
             "Events with a tower in this channel above `ehad_min`",
         ),
-        f("events", DataType::Int64, "Events counted"),
-        f(
+        column("events", DataType::Int64, "Events counted"),
+        column(
             "rate",
             DataType::Float64,
             "hits / events: the channel's hit probability per event",
@@ -133,42 +94,37 @@ pub fn rates_schema() -> SchemaRef {
 // ---- The maps table (`lumi_maps`, `inject_anomalies`, `renormalize_occupancy`) ----
 
 pub fn fill_field() -> Field {
-    doc_field(
+    column(
         "fill",
         DataType::Int64,
-        false,
         "LHC fill number (maps of one fill are consecutive)",
     )
 }
 pub fn ls_field() -> Field {
-    doc_field(
+    column(
         "ls",
         DataType::Int64,
-        false,
         "Lumisection number within the fill, from 1",
     )
 }
 pub fn lumi_field() -> Field {
-    doc_field(
+    column(
         "lumi",
         DataType::Float64,
-        false,
         "Luminosity received in the LS relative to the fill's peak (β_s, truth of the generator)",
     )
 }
 pub fn events_field() -> Field {
-    doc_field(
+    column(
         "events",
         DataType::Int64,
-        false,
         "Events recorded in the LS (ξ_s): every channel's occupancy is in [0, ξ_s]",
     )
 }
 pub fn occupancy_field() -> Field {
-    doc_field(
+    column(
         "occupancy",
         f64_list(),
-        false,
         "Digi-occupancy γ_s: hits per channel in the LS, channel order of the rates table",
     )
 }
@@ -183,29 +139,26 @@ pub fn maps_schema(geometry: MapGeometry) -> SchemaRef {
             events_field(),
             occupancy_field(),
         ],
-        geometry.metadata(),
+        geometry_metadata(&geometry),
     ))
 }
 
 /// The columns `inject_anomalies` adds.
 pub fn injection_fields() -> Vec<Field> {
     vec![
-        doc_field(
+        column(
             "case",
             DataType::Utf8,
-            false,
             "Injected anomaly case (e.g. dead, degraded_0.6, noisy_hot, fully_hot): one copy of the maps per case",
         ),
-        doc_field(
+        column(
             "target",
             DataType::Boolean,
-            false,
             "This LS ends an anomalous time window: the anomaly persisted on the window's every LS; metrics are computed here",
         ),
-        doc_field(
+        column(
             "injected",
             DataType::List(Arc::new(Field::new("item", DataType::Boolean, false))),
-            false,
             "Per channel: the anomaly was injected on this LS",
         ),
     ]
@@ -214,16 +167,14 @@ pub fn injection_fields() -> Vec<Field> {
 /// The columns `renormalize_occupancy` adds.
 pub fn renormalized_fields() -> Vec<Field> {
     vec![
-        doc_field(
+        column(
             "norm",
             f64_list(),
-            false,
             "Renormalized occupancy (γ/ξ) / median_iφ(γ/ξ) per channel: the model's input before min-max scaling",
         ),
-        doc_field(
+        column(
             "median",
             f64_list(),
-            false,
             "Divisor of each (iη, depth) row: the median of γ/ξ along iφ (1 where that median is 0); γ = norm × median × ξ",
         ),
     ]
@@ -259,7 +210,7 @@ pub struct MapRow {
 
 /// Checks the columns every maps table has; returns its geometry.
 pub fn check_maps(schema: &SchemaRef, input: &str) -> Result<MapGeometry> {
-    let geometry = MapGeometry::from_schema(schema, input)?;
+    let geometry = read_geometry(schema, input)?;
     let why = "an HCAL maps table";
     for (column, expected, ok) in [
         (
@@ -575,41 +526,40 @@ pub struct GraphStadCard {
 }
 
 pub fn models_schema(spec: &ModelSpec) -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new_with_metadata(
         vec![
-            f(
+            column(
                 "subdetector",
                 DataType::Utf8,
                 "Subdetector of the training maps",
             ),
-            f(
+            column(
                 "best_epoch",
                 DataType::Int64,
                 "Epoch whose parameters were kept (lowest validation MSE)",
             ),
-            f("epochs", DataType::Int64, "Epochs run"),
-            f(
+            column("epochs", DataType::Int64, "Epochs run"),
+            column(
                 "val_mse",
                 DataType::Float64,
                 "Validation MSE (Eq. 7, model input scale) at best_epoch",
             ),
-            f(
+            column(
                 "trainable_params",
                 DataType::Int64,
                 "Parameters trained by this stage (frozen blocks excluded)",
             ),
-            f(
+            column(
                 "total_params",
                 DataType::Int64,
                 "All parameters of the network",
             ),
-            f(
+            column(
                 "card",
                 DataType::Utf8,
                 "Model card JSON: architecture, geometry, scaling, σ_i, transfer",
             ),
-            f(
+            column(
                 "weights",
                 DataType::Binary,
                 "Parameters and batch-norm statistics as a safetensors file",
@@ -642,57 +592,69 @@ pub fn read_model(input: &Input) -> Result<(GraphStadCard, Vec<u8>)> {
     Ok(found.expect("one row read"))
 }
 
+/// Builds the network of `card` on `device` and loads `weights` into it.
+pub fn load_model(
+    card: &GraphStadCard,
+    weights: &[u8],
+    device: tch::Device,
+    at: &str,
+) -> Result<(tch::nn::VarStore, GraphStad)> {
+    let vs = tch::nn::VarStore::new(device);
+    let model = GraphStad::new(&vs.root(), card.spec.arch.clone(), card.spec.geometry);
+    crate::nn::load_weights(&vs, weights, at)?;
+    Ok((vs, model))
+}
+
 // ---- The scores table (`graphstad_score`; input of `channel_metrics`) ----
 
 pub fn scores_schema(geometry: MapGeometry) -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     let bools = DataType::List(Arc::new(Field::new("item", DataType::Boolean, false)));
     Arc::new(Schema::new_with_metadata(
         vec![
-            f(
+            column(
                 "case",
                 DataType::Utf8,
                 "Anomaly case of the maps (`none` for maps without injection)",
             ),
             fill_field(),
             ls_field(),
-            f(
+            column(
                 "target",
                 DataType::Boolean,
                 "The LS ends an anomalous window (false without injection)",
             ),
-            f(
+            column(
                 "injected",
                 bools,
                 "Per channel: anomaly injected on this LS (all false without injection)",
             ),
-            f(
+            column(
                 "mse",
                 DataType::Float64,
                 "Reconstruction MSE of this LS in the model's input scale (Eq. 7)",
             ),
-            f(
+            column(
                 "score",
                 f64_list(),
                 "Per channel a_i = e_i,MAE / σ_i: MAE in γ/ξ over the window ending here (Eqs. 5-6)",
             ),
-            f(
+            column(
                 "reference_score",
                 f64_list(),
                 "The same for the reference-map rule (training mean × this LS's row medians)",
             ),
-            f(
+            column(
                 "alpha",
                 DataType::Float64,
                 "Decision threshold α of the model's a_i",
             ),
-            f(
+            column(
                 "reference_alpha",
                 DataType::Float64,
                 "Decision threshold of the reference rule's a_i",
             ),
-            f("flagged", DataType::Int64, "Channels with a_i > alpha"),
+            column("flagged", DataType::Int64, "Channels with a_i > alpha"),
         ],
-        geometry.metadata(),
+        geometry_metadata(&geometry),
     ))
 }

@@ -16,13 +16,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
+use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
 use crate::hcal::model::Block;
-use crate::hcal::tables::{MapGeometry, ModelSpec, models_schema, read_model, scores_schema};
+use crate::hcal::tables::{ModelSpec, models_schema, read_model, scores_schema};
 use crate::input::require_column;
 use crate::plots::{Series, lines};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use dqm_schemas::doc_field;
+use dqm_schemas::column;
 
 /// Compares training modes (inputs: models_1, scores_1, models_2, scores_2, …).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -34,6 +35,7 @@ impl StageConfig for TransferCompare {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "(models, healthy-map scores) per training mode -> Tables 3/5: blocks transferred and frozen, trainable parameters ΔW, test MSE with interval and ΔMSE vs the first mode";
     const INPUTS: (usize, usize) = (2, 64);
+    const INPUT_ROLES: &'static str = "pairs of models, scores";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         let geometry = MapGeometry::of(Subdetector::Barrel);
@@ -47,62 +49,61 @@ impl StageConfig for TransferCompare {
 }
 
 fn compare_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new(vec![
-        f(
+        column(
             "mode",
             DataType::Utf8,
             "The training stage (its models input)",
         ),
-        f(
+        column(
             "init_blocks",
             DataType::Utf8,
             "Blocks initialized from the source and fine-tuned (T_init)",
         ),
-        f(
+        column(
             "frozen_blocks",
             DataType::Utf8,
             "Blocks copied from the source and frozen (T_train)",
         ),
-        f("trainable_params", DataType::Int64, "Parameters trained"),
-        f(
+        column("trainable_params", DataType::Int64, "Parameters trained"),
+        column(
             "delta_params",
             DataType::Float64,
             "ΔW: relative change of the trainable parameters w.r.t. the first mode",
         ),
-        f(
+        column(
             "best_epoch",
             DataType::Int64,
             "Epoch kept (lowest validation MSE)",
         ),
-        f("val_mse", DataType::Float64, "Validation MSE at best_epoch"),
-        f("test_maps", DataType::Int64, "Healthy test maps scored"),
-        f(
+        column("val_mse", DataType::Float64, "Validation MSE at best_epoch"),
+        column("test_maps", DataType::Int64, "Healthy test maps scored"),
+        column(
             "test_mse",
             DataType::Float64,
             "Mean reconstruction MSE on the healthy test maps (Eq. 7)",
         ),
-        f(
+        column(
             "test_mse_lo",
             DataType::Float64,
             "95 % interval of test_mse over fills, lower",
         ),
-        f(
+        column(
             "test_mse_hi",
             DataType::Float64,
             "95 % interval of test_mse over fills, upper",
         ),
-        f(
+        column(
             "delta_mse",
             DataType::Float64,
             "ΔMSE: relative change of test_mse w.r.t. the first mode",
         ),
-        f(
+        column(
             "delta_mse_lo",
             DataType::Float64,
             "95 % interval of ΔMSE from the per-fill ratios to the first mode (paired), lower",
         ),
-        f("delta_mse_hi", DataType::Float64, "Same, upper"),
+        column("delta_mse_hi", DataType::Float64, "Same, upper"),
     ]))
 }
 
@@ -154,10 +155,10 @@ fn mean_over_fills(per_fill: &BTreeMap<i64, (f64, usize)>) -> (f64, f64, f64, us
 impl Stage for TransferCompare {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         if inputs.len() < 2 || !inputs.len().is_multiple_of(2) {
-            return Err(StageError::InputCount {
-                expected: "pairs of (models, scores)".into(),
-                found: inputs.len(),
-            });
+            return Err(StageError::input_count(
+                "pairs of inputs (models, scores)",
+                inputs.len(),
+            ));
         }
         for (k, pair) in inputs.chunks(2).enumerate() {
             ModelSpec::from_schema(&pair[0], &format!("input {}", 2 * k + 1))?;

@@ -19,7 +19,7 @@ use crate::error::{Result, StageError, bad_param};
 use crate::lumi::tables::{LsKey, LsScore, read_scores, require_ls_columns, scores_schema};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::wilson;
-use dqm_schemas::doc_field;
+use dqm_schemas::{column, nullable};
 
 /// Certifies LS from the flags of one or more scoring methods.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +51,7 @@ impl StageConfig for Certify {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Per-LS flags of scoring methods -> Golden-JSON certificate per method, LS precision/recall per run, ME and bad stretch, luminosity recovered against run-level rejection";
     const INPUTS: (usize, usize) = (1, 8);
+    const INPUT_ROLES: &'static str = "scores tables";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![scores_schema()]
@@ -170,92 +171,71 @@ impl Tally {
 }
 
 fn tally_fields(with_intervals: bool) -> Vec<arrow::datatypes::Field> {
-    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
     let mut fields = vec![
-        f("ls", DataType::Int64, false, "LS certified"),
-        f("bad_ls", DataType::Int64, false, "Truly bad LS"),
-        f("flagged", DataType::Int64, false, "LS rejected"),
-        f("true_positive", DataType::Int64, false, "Bad LS rejected"),
-        f("false_positive", DataType::Int64, false, "Good LS rejected"),
-        f("false_negative", DataType::Int64, false, "Bad LS kept"),
-        f(
+        column("ls", DataType::Int64, "LS certified"),
+        column("bad_ls", DataType::Int64, "Truly bad LS"),
+        column("flagged", DataType::Int64, "LS rejected"),
+        column("true_positive", DataType::Int64, "Bad LS rejected"),
+        column("false_positive", DataType::Int64, "Good LS rejected"),
+        column("false_negative", DataType::Int64, "Bad LS kept"),
+        nullable(
             "precision",
             DataType::Float64,
-            true,
             "true_positive / flagged (null: nothing flagged)",
         ),
-        f(
+        nullable(
             "recall",
             DataType::Float64,
-            true,
             "true_positive / bad_ls (null: no bad LS)",
         ),
     ];
     if with_intervals {
         fields.extend([
-            f(
+            nullable(
                 "precision_lo",
                 DataType::Float64,
-                true,
                 "Wilson 95 % interval of precision, low",
             ),
-            f("precision_hi", DataType::Float64, true, "… high"),
-            f(
+            nullable("precision_hi", DataType::Float64, "… high"),
+            nullable(
                 "recall_lo",
                 DataType::Float64,
-                true,
                 "Wilson 95 % interval of recall, low",
             ),
-            f("recall_hi", DataType::Float64, true, "… high"),
+            nullable("recall_hi", DataType::Float64, "… high"),
         ]);
     }
     fields.extend([
-        f(
-            "lumi",
-            DataType::Float64,
-            false,
-            "Luminosity of the LS (pb⁻¹)",
-        ),
-        f(
-            "lumi_good",
-            DataType::Float64,
-            false,
-            "Luminosity of the good LS",
-        ),
-        f(
+        column("lumi", DataType::Float64, "Luminosity of the LS (pb⁻¹)"),
+        column("lumi_good", DataType::Float64, "Luminosity of the good LS"),
+        column(
             "lumi_kept",
             DataType::Float64,
-            false,
             "Luminosity the certificate keeps",
         ),
-        f(
+        column(
             "lumi_bad_kept",
             DataType::Float64,
-            false,
             "Luminosity of bad LS the certificate lets through",
         ),
-        f(
+        column(
             "lumi_run_level",
             DataType::Float64,
-            false,
             "Luminosity run-level certification keeps (runs without a bad LS)",
         ),
-        f(
+        column(
             "lumi_thrown",
             DataType::Float64,
-            false,
             "Good luminosity run-level rejection throws away (good LS of runs with a bad LS)",
         ),
-        f(
+        column(
             "lumi_recovered",
             DataType::Float64,
-            false,
             "Of lumi_thrown, what the certificate keeps",
         ),
-        f(
+        nullable(
             "recovered_fraction",
             DataType::Float64,
-            true,
             "lumi_recovered / lumi_thrown (the poster's figure of merit)",
         ),
     ]);
@@ -263,11 +243,10 @@ fn tally_fields(with_intervals: bool) -> Vec<arrow::datatypes::Field> {
 }
 
 fn runs_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     let mut fields = vec![
-        f("method", DataType::Utf8, "Scoring method"),
-        f("run", DataType::Int64, "Run"),
-        f(
+        column("method", DataType::Utf8, "Scoring method"),
+        column("run", DataType::Int64, "Run"),
+        column(
             "bad_kinds",
             DataType::Utf8,
             "Truth of the run's bad LS (`good`: none)",
@@ -278,64 +257,53 @@ fn runs_schema() -> SchemaRef {
 }
 
 fn totals_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     let mut fields = vec![
-        f("method", DataType::Utf8, "Scoring method"),
-        f("runs", DataType::Int64, "Runs certified"),
+        column("method", DataType::Utf8, "Scoring method"),
+        column("runs", DataType::Int64, "Runs certified"),
     ];
     fields.extend(tally_fields(true));
     Arc::new(Schema::new(fields))
 }
 
 fn per_me_schema() -> SchemaRef {
-    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
     Arc::new(Schema::new(vec![
-        f("method", DataType::Utf8, false, "Scoring method"),
-        f("me", DataType::Utf8, false, "Monitored element"),
-        f(
-            "truth",
-            DataType::Utf8,
-            false,
-            "Kind of LS (`good` or the glitch)",
-        ),
-        f("ls", DataType::Int64, false, "LS of that kind"),
-        f("over", DataType::Int64, false, "LS this ME alone flags"),
-        f(
+        column("method", DataType::Utf8, "Scoring method"),
+        column("me", DataType::Utf8, "Monitored element"),
+        column("truth", DataType::Utf8, "Kind of LS (`good` or the glitch)"),
+        column("ls", DataType::Int64, "LS of that kind"),
+        column("over", DataType::Int64, "LS this ME alone flags"),
+        column(
             "fraction",
             DataType::Float64,
-            false,
             "over / ls (recall for bad kinds, false-alarm rate for good)",
         ),
-        f(
+        nullable(
             "fraction_lo",
             DataType::Float64,
-            true,
             "Wilson 95 % interval, low",
         ),
-        f(
+        nullable(
             "fraction_hi",
             DataType::Float64,
-            true,
             "Wilson 95 % interval, high",
         ),
     ]))
 }
 
 fn stretches_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new(vec![
-        f("method", DataType::Utf8, "Scoring method"),
-        f("run", DataType::Int64, "Run"),
-        f(
+        column("method", DataType::Utf8, "Scoring method"),
+        column("run", DataType::Int64, "Run"),
+        column(
             "first_ls",
             DataType::Int64,
             "First LS of the truly bad stretch",
         ),
-        f("last_ls", DataType::Int64, "Last LS"),
-        f("length", DataType::Int64, "LS in the stretch"),
-        f("truth", DataType::Utf8, "Glitch"),
-        f("flagged", DataType::Int64, "LS of the stretch rejected"),
-        f(
+        column("last_ls", DataType::Int64, "Last LS"),
+        column("length", DataType::Int64, "LS in the stretch"),
+        column("truth", DataType::Utf8, "Glitch"),
+        column("flagged", DataType::Int64, "LS of the stretch rejected"),
+        column(
             "found",
             DataType::Boolean,
             "At least one LS of the stretch rejected",
@@ -344,12 +312,11 @@ fn stretches_schema() -> SchemaRef {
 }
 
 fn certificate_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new(vec![
-        f("method", DataType::Utf8, "Scoring method"),
-        f("run", DataType::Int64, "Run"),
-        f("first_ls", DataType::Int64, "First LS of a kept range"),
-        f(
+        column("method", DataType::Utf8, "Scoring method"),
+        column("run", DataType::Int64, "Run"),
+        column("first_ls", DataType::Int64, "First LS of a kept range"),
+        column(
             "last_ls",
             DataType::Int64,
             "Last LS of the range (inclusive)",

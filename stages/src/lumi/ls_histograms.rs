@@ -100,6 +100,7 @@ impl StageConfig for LsHistograms {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "LS of runs + Delphes events -> per-LS histograms of monitored elements (MET, MET significance, jets), under/overflow kept";
     const INPUTS: (usize, usize) = (2, 2);
+    const INPUT_ROLES: &'static str = "runs, events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![
@@ -228,12 +229,6 @@ fn load_events(input: &Input) -> Result<HashMap<i64, EventFeatures>> {
 
 impl Stage for LsHistograms {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        if inputs.len() != 2 {
-            return Err(StageError::InputCount {
-                expected: "2 (runs, events)".into(),
-                found: inputs.len(),
-            });
-        }
         for f in runs_schema().fields() {
             require_column(
                 &inputs[0],
@@ -394,7 +389,7 @@ mod tests {
         use crate::in_memory::{input_from_batch, run_in_memory};
         use crate::lumi::lumi_runs::{BadStretch, LumiRuns, RunSpec};
         use crate::medic::delphes_convert::DelphesConvert;
-        use crate::test_data::{bundled_convert, converted};
+        use crate::medic::test_support::{bundled_convert, converted};
         let dir = tempfile::tempdir().unwrap();
         let convert = DelphesConvert {
             jet_features: vec!["PT".into(), "Eta".into(), "Phi".into()],

@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, StageError};
-use crate::lumi::model::{LumiAe, read_models};
+use crate::lumi::model::LumiAe;
 use crate::lumi::scoring::{ScoreOptions, finish, validate_options};
 use crate::lumi::tables::{
-    LsHistogram, by_me, histograms_schema, read_histograms, require_histograms,
+    LsHistogram, by_me, histograms_schema, read_histograms, read_models, require_histograms,
 };
 use crate::lumi::threshold::{RawScores, Threshold};
-use crate::nn::{DeviceChoice, exclusive, load_weights, one_thread};
+use crate::nn::{DeviceChoice, exclusive, load_weights, one_thread, require_models};
 use crate::plots::{LinePanel, Series, line_panels};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
@@ -57,9 +57,10 @@ impl StageConfig for LumiAeScore {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Autoencoders + per-LS histograms -> reconstruction MSE per LS and ME, thresholds, flags, MSE-vs-LS plots";
     const INPUTS: (usize, usize) = (2, 2);
+    const INPUT_ROLES: &'static str = "models, histograms";
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        vec![crate::lumi::model::models_schema(), histograms_schema()]
+        vec![crate::lumi::tables::models_schema(), histograms_schema()]
     }
 
     fn validate(&self) -> Result<()> {
@@ -189,22 +190,11 @@ fn plot_worst(
 
 impl Stage for LumiAeScore {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        if inputs.len() != 2 {
-            return Err(StageError::InputCount {
-                expected: "2 (models, histograms)".into(),
-                found: inputs.len(),
-            });
-        }
         let why = "the models table of `lumi_ae_train`";
-        for (c, t) in [
-            ("me", DataType::Utf8),
-            ("card", DataType::Utf8),
-            ("weights", DataType::Binary),
-        ] {
-            crate::input::require_column(&inputs[0], "models", c, why, &t.to_string(), |f| {
-                f == &t
-            })?;
-        }
+        crate::input::require_column(&inputs[0], "models", "me", why, "Utf8", |t| {
+            t == &DataType::Utf8
+        })?;
+        require_models(&inputs[0], "models", why)?;
         require_histograms(&inputs[1], "histograms")?;
         Ok(vec![OutputSpec {
             name: "main",
@@ -237,13 +227,13 @@ mod tests {
     use super::*;
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::lumi::tables::read_scores;
-    use crate::test_data::lumi_shapes;
+    use crate::lumi::test_support::lumi_shapes;
 
     #[test]
     fn shifted_ls_score_high_and_foreign_histograms_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let hist = lumi_shapes(dir.path(), &["a", "b"], 22);
-        let train = crate::test_data::small_lumi_ae(60);
+        let train = crate::lumi::test_support::small_lumi_ae(60);
         let models = run_in_memory(&train, std::slice::from_ref(&hist))
             .unwrap()
             .table("main");

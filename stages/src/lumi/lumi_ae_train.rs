@@ -24,12 +24,14 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
 
-use crate::error::{Result, StageError, bad_param};
-use crate::lumi::model::{LumiAe, LumiAeArch, LumiAeCard, models_schema};
-use crate::lumi::tables::{by_me, histograms_schema, read_histograms, require_histograms};
+use crate::error::{Result, StageError, bad_param, within};
+use crate::lumi::model::{LumiAe, LumiAeArch};
+use crate::lumi::tables::{
+    LumiAeCard, by_me, histograms_schema, models_schema, read_histograms, require_histograms,
+};
 use crate::nn::{Checkpoint, DeviceChoice, exclusive, one_thread};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
-use dqm_schemas::doc_field;
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
+use dqm_schemas::column;
 
 /// Trains one autoencoder per ME on the LS of good runs.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -76,6 +78,7 @@ impl StageConfig for LumiAeTrain {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Per-LS histograms of good runs -> one dense autoencoder per monitored element (lumisaver's layers), early stopping";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "histograms";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![histograms_schema()]
@@ -94,25 +97,21 @@ impl StageConfig for LumiAeTrain {
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             return bad_param("validation_fraction", "must be in (0, 1)");
         }
-        if self.arch.hidden.is_empty() || self.arch.hidden.iter().any(|&w| w < 1) {
-            return bad_param("arch.hidden", "give at least one width, each ≥ 1");
-        }
-        Ok(())
+        within("arch", self.arch.validate())
     }
 }
 
 fn log_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new(vec![
-        f("me", DataType::Utf8, "Monitored element"),
-        f("epoch", DataType::Int64, "Epoch, from 1"),
-        f(
+        column("me", DataType::Utf8, "Monitored element"),
+        column("epoch", DataType::Int64, "Epoch, from 1"),
+        column(
             "train_mse",
             DataType::Float64,
             "Mean training MSE of the epoch",
         ),
-        f("val_mse", DataType::Float64, "Validation MSE"),
-        f("improved", DataType::Boolean, "Best validation MSE so far"),
+        column("val_mse", DataType::Float64, "Validation MSE"),
+        column("improved", DataType::Boolean, "Best validation MSE so far"),
     ]))
 }
 
@@ -233,7 +232,6 @@ impl LumiAeTrain {
 
 impl Stage for LumiAeTrain {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         require_histograms(&inputs[0], "histograms")?;
         Ok(vec![
             OutputSpec {
@@ -315,8 +313,8 @@ mod tests {
     #[test]
     fn learns_the_good_shapes_and_not_the_shifted_ones_reproducibly() {
         let dir = tempfile::tempdir().unwrap();
-        let input = crate::test_data::lumi_shapes(dir.path(), &["a", "b"], 22);
-        let stage = crate::test_data::small_lumi_ae(150);
+        let input = crate::lumi::test_support::lumi_shapes(dir.path(), &["a", "b"], 22);
+        let stage = crate::lumi::test_support::small_lumi_ae(150);
         let out = run_in_memory(&stage, std::slice::from_ref(&input)).unwrap();
         let models = out.table("main");
         assert_eq!(models.num_rows(), 2, "one model per ME");

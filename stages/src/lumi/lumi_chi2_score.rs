@@ -18,7 +18,7 @@ use crate::lumi::tables::{
     LsHistogram, by_me, histograms_schema, read_histograms, require_histograms,
 };
 use crate::lumi::threshold::{RawScores, Threshold};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Scores every LS of every ME with a χ² test against a reference shape.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +51,7 @@ impl StageConfig for LumiChi2Score {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Per-LS histograms -> χ²/ndf per LS and ME against the good runs' mean shape (the classical baseline), thresholds, flags, plots";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "histograms";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![histograms_schema()]
@@ -119,7 +120,6 @@ impl Reference {
 
 impl Stage for LumiChi2Score {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         require_histograms(&inputs[0], "histograms")?;
         Ok(vec![OutputSpec {
             name: "main",

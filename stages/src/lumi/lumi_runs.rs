@@ -27,10 +27,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::arrow_util::column_as;
-use crate::error::{Result, StageError, bad_param};
+use crate::error::{Result, StageError, bad_param, within};
 use crate::input::require_column;
 use crate::lumi::tables::runs_schema;
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// A stretch of bad LS in a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -66,6 +66,36 @@ pub struct RunSpec {
     /// Part of the events the run draws from (a key of `parts`).
     #[serde(default = "test_part")]
     pub part: String,
+}
+
+impl RunSpec {
+    /// Checks the run's own keys and its bad stretches.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_ls == 0 {
+            return bad_param("n_ls", "must be ≥ 1");
+        }
+        for (j, b) in self.bad.iter().enumerate() {
+            within(&format!("bad[{j}]"), b.validate(self.n_ls))?;
+        }
+        Ok(())
+    }
+}
+
+impl BadStretch {
+    /// Checks the stretch against a run of `n_ls` LS.
+    pub fn validate(&self, n_ls: usize) -> Result<()> {
+        let why = format!("need 1 ≤ first ≤ last ≤ n_ls = {n_ls}");
+        if self.first == 0 || self.first > self.last {
+            return bad_param("first", why);
+        }
+        if self.last > n_ls {
+            return bad_param("last", why);
+        }
+        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
+            return bad_param("fraction", "must be in (0, 1]");
+        }
+        Ok(())
+    }
 }
 
 fn test_part() -> String {
@@ -124,6 +154,7 @@ impl StageConfig for LumiRuns {
     const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Delphes events -> runs of lumisections (events drawn per LS, bad stretches from glitch configurations), truth and luminosity per LS";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![dqm_schemas::events::schema(
@@ -155,34 +186,17 @@ impl StageConfig for LumiRuns {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, r) in self.runs.iter().enumerate() {
+            let at = format!("runs[{i}]");
             if !self.parts.contains_key(&r.part) {
-                return bad_param(
-                    &format!("runs[{i}].part"),
-                    format!(
-                        "`{}` is not one of parts {:?}",
-                        r.part,
-                        self.parts.keys().collect::<Vec<_>>()
-                    ),
-                );
+                let parts: Vec<&String> = self.parts.keys().collect();
+                let why = format!("`{}` is not one of parts {parts:?}", r.part);
+                return within(&at, bad_param("part", why));
             }
             if !seen.insert(r.run) {
-                return bad_param(
-                    &format!("runs[{i}].run"),
-                    format!("run {} is listed twice", r.run),
-                );
+                let why = format!("run {} is listed twice", r.run);
+                return within(&at, bad_param("run", why));
             }
-            if r.n_ls == 0 {
-                return bad_param(&format!("runs[{i}].n_ls"), "must be ≥ 1");
-            }
-            for (j, b) in r.bad.iter().enumerate() {
-                let at = format!("runs[{i}].bad[{j}]");
-                if b.first == 0 || b.first > b.last || b.last > r.n_ls {
-                    return bad_param(&at, format!("need 1 ≤ first ≤ last ≤ n_ls = {}", r.n_ls));
-                }
-                if !(b.fraction > 0.0 && b.fraction <= 1.0) {
-                    return bad_param(&format!("{at}.fraction"), "must be in (0, 1]");
-                }
-            }
+            within(&at, r.validate())?;
         }
         Ok(())
     }
@@ -408,7 +422,6 @@ pub fn runs_batch(draws: &[LsDraw]) -> Result<RecordBatch> {
 
 impl Stage for LumiRuns {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         let why = "a `delphes_convert` events table";
         require_column(&inputs[0], "events", "event_id", why, "an integer", |t| {
             t.is_integer()

@@ -4,13 +4,24 @@
 //! MSE and the classical χ² baseline) with thresholds, and the certificate
 //! with the luminosity it recovers.
 
+// Formats shared by the family's files.
+pub mod tables;
+
+// Library: the autoencoder.
+pub mod model;
+
+// Shared by the scoring stages: thresholds and flags, the scores table.
+pub mod scoring;
+pub mod threshold;
+
+// Stages, one per kind.
 pub mod certify;
 pub mod ls_histograms;
 pub mod lumi_ae_score;
 pub mod lumi_ae_train;
 pub mod lumi_chi2_score;
 pub mod lumi_runs;
-pub mod model;
-pub mod scoring;
-pub mod tables;
-pub mod threshold;
+
+// Fixtures of the family's tests.
+#[cfg(test)]
+pub(crate) mod test_support;

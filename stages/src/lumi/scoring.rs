@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::error::{Result, bad_param};
+use crate::error::{Result, bad_param, within};
 use crate::lumi::tables::{LsScore, scores_batch};
 use crate::lumi::threshold::{RawScores, Threshold, apply};
 use crate::plots::{LinePanel, Series, line_panels};
@@ -22,7 +22,7 @@ pub struct ScoreOptions<'a> {
 }
 
 pub fn validate_options(threshold: &Threshold, moving_average: usize) -> Result<()> {
-    threshold.validate()?;
+    within("threshold", threshold.validate())?;
     if moving_average == 0 || moving_average.is_multiple_of(2) {
         return bad_param(
             "moving_average",
@@ -99,12 +99,13 @@ fn plot_runs(rows: &[LsScore], options: &ScoreOptions<'_>, ctx: &RunContext<'_>)
 
 /// Thresholds, flags, log, plots, and the `main` table.
 pub fn finish(raw: RawScores, options: &ScoreOptions<'_>, ctx: &mut RunContext<'_>) -> Result<()> {
-    let (rows, log) = apply(
+    let applied = apply(
         raw,
         options.method,
         options.threshold,
         options.moving_average,
-    )?;
+    );
+    let (rows, log) = within("threshold", applied)?;
     for line in &log {
         ctx.reporter.info(line);
     }

@@ -3,50 +3,52 @@
 //! scores of a method (autoencoder, χ²) with their thresholds; readers and
 //! writers of the last two.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
-use dqm_schemas::{doc_field, f64_list};
+use dqm_schemas::{column, f64_list, nullable};
+
+use serde::{Deserialize, Serialize};
 
 use crate::arrow_util::column_as;
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
+use crate::lumi::model::LumiAeArch;
 
 fn ls_fields() -> Vec<Field> {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     vec![
-        f("run", DataType::Int64, "Run number"),
-        f("ls", DataType::Int64, "Lumisection within the run, from 1"),
-        f(
+        column("run", DataType::Int64, "Run number"),
+        column("ls", DataType::Int64, "Lumisection within the run, from 1"),
+        column(
             "part",
             DataType::Utf8,
             "Disjoint part of the events the run draws from (`train`, `calibration`, `test`)",
         ),
-        f("events", DataType::Int64, "Events recorded in the LS"),
-        f(
+        column("events", DataType::Int64, "Events recorded in the LS"),
+        column(
             "lumi",
             DataType::Float64,
             "Integrated luminosity of the LS (pb⁻¹)",
         ),
-        f(
+        column(
             "truth",
             DataType::Utf8,
             "`good`, or the configuration the LS's bad events come from",
         ),
-        f("bad", DataType::Boolean, "Truth: the LS is bad"),
+        column("bad", DataType::Boolean, "Truth: the LS is bad"),
     ]
 }
 
 /// `lumi_runs`: one row per LS with the ids of its events.
 pub fn runs_schema() -> SchemaRef {
     let mut fields = ls_fields();
-    fields.push(doc_field(
+    fields.push(column(
         "event_ids",
         DataType::List(Arc::new(Field::new("item", DataType::Int64, false))),
-        false,
         "`event_id`s (events table) drawn for the LS",
     ));
     Arc::new(Schema::new(fields))
@@ -55,22 +57,19 @@ pub fn runs_schema() -> SchemaRef {
 /// `ls_histograms`: one row per LS and monitored element.
 pub fn histograms_schema() -> SchemaRef {
     let mut fields = ls_fields();
-    fields.push(doc_field(
+    fields.push(column(
         "me",
         DataType::Utf8,
-        false,
         "Monitored element (histogram name)",
     ));
-    fields.push(doc_field(
+    fields.push(column(
         "counts",
         f64_list(),
-        false,
         "Bin contents: underflow, the ME's bins, overflow (unit area when normalized)",
     ));
-    fields.push(doc_field(
+    fields.push(column(
         "entries",
         DataType::Int64,
-        false,
         "Values filled (before normalization)",
     ));
     Arc::new(Schema::new(fields))
@@ -230,40 +229,29 @@ pub fn by_me<'a>(
 
 /// Scores of one method: one row per LS and ME.
 pub fn scores_schema() -> SchemaRef {
-    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
     let mut fields = ls_fields();
     fields.extend([
-        f("me", DataType::Utf8, false, "Monitored element"),
-        f(
+        column("me", DataType::Utf8, "Monitored element"),
+        column(
             "method",
             DataType::Utf8,
-            false,
-            "Scoring method (`ae`: autoencoder MSE; `chi2`: χ²/ndf against the reference shape)",
-        ),
-        f(
+            "Scoring method (`ae`: autoencoder MSE; `chi2`: χ²/ndf against the reference shape)"),
+        nullable(
             "raw_score",
             DataType::Float64,
-            true,
-            "The method's score of this LS alone (null: the LS has no entries in the ME)",
-        ),
-        f(
+            "The method's score of this LS alone (null: the LS has no entries in the ME)"),
+        nullable(
             "score",
             DataType::Float64,
-            true,
-            "raw_score after the moving average over neighbouring LS (what is thresholded)",
-        ),
-        f(
+            "raw_score after the moving average over neighbouring LS (what is thresholded)"),
+        column(
             "threshold",
             DataType::Float64,
-            false,
-            "Threshold of this ME (and run, for thresholds taken from the run itself)",
-        ),
-        f(
+            "Threshold of this ME (and run, for thresholds taken from the run itself)"),
+        column(
             "over",
             DataType::Boolean,
-            false,
-            "score > threshold, or the LS is empty in this ME (an LS without data is not certified)",
-        ),
+            "score > threshold, or the LS is empty in this ME (an LS without data is not certified)"),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -354,4 +342,98 @@ pub fn read_scores(input: &Input) -> Result<Vec<LsScore>> {
         }
     }
     Ok(rows)
+}
+
+// ---- The models table (`lumi_ae_train`; read by `lumi_ae_score`) ----
+
+/// What scoring needs besides the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LumiAeCard {
+    pub me: String,
+    pub arch: LumiAeArch,
+    pub bins: usize,
+    /// Per-bin min and max of the training histograms (min-max scaling).
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+    pub best_epoch: usize,
+    pub val_mse: f64,
+    pub train_ls: usize,
+    pub val_ls: usize,
+}
+
+impl LumiAeCard {
+    /// A histogram in the network's scale.
+    pub fn scale(&self, counts: &[f64]) -> Vec<f32> {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| {
+                let range = self.max[b] - self.min[b];
+                (if range > 0.0 {
+                    (c - self.min[b]) / range
+                } else {
+                    c - self.min[b]
+                }) as f32
+            })
+            .collect()
+    }
+
+    /// A network output (scaled bins) back in the histogram's units.
+    pub fn unscale(&self, scaled: &[f32]) -> Vec<f64> {
+        scaled
+            .iter()
+            .enumerate()
+            .map(|(b, &v)| {
+                let range = self.max[b] - self.min[b];
+                f64::from(v) * if range > 0.0 { range } else { 1.0 } + self.min[b]
+            })
+            .collect()
+    }
+}
+
+/// The models table: one row per ME.
+pub fn models_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        column("me", DataType::Utf8, "Monitored element"),
+        column(
+            "best_epoch",
+            DataType::Int64,
+            "Epoch kept (lowest validation MSE)",
+        ),
+        column(
+            "val_mse",
+            DataType::Float64,
+            "Validation MSE (scaled bins) at best_epoch",
+        ),
+        column(
+            "card",
+            DataType::Utf8,
+            "Model card JSON: ME, layers, bins, per-bin min-max scaling",
+        ),
+        column(
+            "weights",
+            DataType::Binary,
+            "Parameters as a safetensors file",
+        ),
+    ]))
+}
+
+/// The models of a `lumi_ae_train` table, by ME: card and safetensors bytes.
+pub fn read_models(input: &Input) -> Result<BTreeMap<String, (LumiAeCard, Vec<u8>)>> {
+    let mut models = BTreeMap::new();
+    crate::nn::each_model_row(
+        input,
+        "the models table of `lumi_ae_train`",
+        |_, _, card: LumiAeCard, weights| {
+            let me = card.me.clone();
+            if models.insert(me, (card, weights.to_vec())).is_some() {
+                return Err(StageError::data(format!(
+                    "input `{}` holds two models of one ME",
+                    input.name
+                )));
+            }
+            Ok(())
+        },
+    )?;
+    Ok(models)
 }

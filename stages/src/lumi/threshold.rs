@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StageError, bad_param};
+use crate::error::{Result, StageError, bad_param, within};
 use crate::lumi::tables::{LsKey, LsScore};
 use crate::stats::quantile;
 
@@ -79,6 +79,7 @@ impl Default for Threshold {
 }
 
 impl Threshold {
+    /// Checks the threshold; errors name their key in `threshold:`.
     pub fn validate(&self) -> Result<()> {
         match self {
             Threshold::Calibration {
@@ -87,28 +88,26 @@ impl Threshold {
                 ..
             } => {
                 if runs.is_empty() {
-                    return bad_param("threshold.runs", "name at least one good calibration run");
+                    return bad_param("runs", "name at least one good calibration run");
                 }
                 if !(*false_alarm_rate > 0.0 && *false_alarm_rate < 1.0) {
-                    return bad_param("threshold.false_alarm_rate", "must be in (0, 1)");
+                    return bad_param("false_alarm_rate", "must be in (0, 1)");
                 }
             }
             Threshold::Fixed { values } => {
                 if let Some((me, v)) = values.iter().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
-                    return bad_param(
-                        &format!("threshold.values.{me}"),
-                        format!("{v} is not a finite score ≥ 0"),
-                    );
+                    let why = format!("{v} is not a finite score ≥ 0");
+                    return within("values", bad_param(me, why));
                 }
             }
             Threshold::RunQuantile { quantile } => {
                 if !(*quantile > 0.0 && *quantile < 1.0) {
-                    return bad_param("threshold.quantile", "must be in (0, 1)");
+                    return bad_param("quantile", "must be in (0, 1)");
                 }
             }
             Threshold::RunMad { k } => {
                 if !(*k > 0.0) {
-                    return bad_param("threshold.k", "must be > 0");
+                    return bad_param("k", "must be > 0");
                 }
             }
         }
@@ -258,7 +257,7 @@ pub fn apply(
             }
             Threshold::Fixed { values } => Some(*values.get(&me).ok_or_else(|| {
                 StageError::param(
-                    "threshold.values",
+                    "values",
                     format!(
                         "no threshold for ME `{me}` (given for {:?})",
                         values.keys().collect::<Vec<_>>()
@@ -419,6 +418,6 @@ mod tests {
         let err = Threshold::RunQuantile { quantile: 1.0 }
             .validate()
             .unwrap_err();
-        assert!(err.to_string().contains("threshold.quantile"));
+        assert!(err.to_string().contains("quantile"));
     }
 }

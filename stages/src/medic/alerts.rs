@@ -17,7 +17,7 @@ use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::quantile;
-use dqm_schemas::doc_field;
+use dqm_schemas::{column, nullable};
 
 /// Turns per-window anomaly scores into alerts.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -53,6 +53,7 @@ impl StageConfig for Alerts {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Alerts when N consecutive windows score above a threshold, with false-alert rate and detection delay versus N and threshold";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "predictions";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![crate::medic::tables::example_predictions_schema()]
@@ -73,35 +74,34 @@ impl StageConfig for Alerts {
 }
 
 fn alerts_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     Arc::new(Schema::new(vec![
-        f(
+        column(
             "block",
             DataType::Utf8,
             "Block of the windows (sequences never span blocks)",
         ),
-        f(
+        column(
             "window_id",
             DataType::Int64,
             "The window that completed N consecutive windows above the threshold",
         ),
-        f("start", DataType::Int64, "Its position in time order"),
-        f(
+        column("start", DataType::Int64, "Its position in time order"),
+        column(
             "streak_start",
             DataType::Int64,
             "Position of the first window of the streak",
         ),
-        f(
+        column(
             "anomaly_score",
             DataType::Float64,
             "Anomaly score of the alerting window",
         ),
-        f(
+        column(
             "true_anomaly",
             DataType::Boolean,
             "Whether the alerting window is truly anomalous (a false alert otherwise)",
         ),
-        f(
+        column(
             "true_class",
             DataType::Int64,
             "Argmax class of the alerting window's soft label",
@@ -110,63 +110,41 @@ fn alerts_schema() -> SchemaRef {
 }
 
 fn scan_schema() -> SchemaRef {
-    let f = |name, t, nullable, doc| doc_field(name, t, nullable, doc);
     Arc::new(Schema::new(vec![
-        f("consecutive", DataType::Int64, false, "N"),
-        f(
-            "threshold",
-            DataType::Float64,
-            false,
-            "Anomaly-score threshold",
-        ),
-        f(
+        column("consecutive", DataType::Int64, "N"),
+        column("threshold", DataType::Float64, "Anomaly-score threshold"),
+        column(
             "alerts",
             DataType::Int64,
-            false,
             "Alerts raised (one per streak of at least N windows)",
         ),
-        f(
+        column(
             "false_alerts",
             DataType::Int64,
-            false,
             "Alerts raised on a truly normal window",
         ),
-        f(
-            "normal_windows",
-            DataType::Int64,
-            false,
-            "Truly normal windows",
-        ),
-        f(
+        column("normal_windows", DataType::Int64, "Truly normal windows"),
+        nullable(
             "false_alert_rate",
             DataType::Float64,
-            true,
             "False alerts per truly normal window",
         ),
-        f(
+        column(
             "episodes",
             DataType::Int64,
-            false,
             "Glitch episodes: maximal runs of consecutive truly anomalous windows",
         ),
-        f(
+        column(
             "detected",
             DataType::Int64,
-            false,
             "Episodes with an alert raised inside them",
         ),
-        f(
+        nullable(
             "mean_delay",
             DataType::Float64,
-            true,
             "Mean windows from an episode's start to its first alert (detected episodes)",
         ),
-        f(
-            "median_delay",
-            DataType::Float64,
-            true,
-            "Median of the same",
-        ),
+        nullable("median_delay", DataType::Float64, "Median of the same"),
     ]))
 }
 
@@ -296,7 +274,6 @@ pub fn detection(anomalous: &[bool], alerts: &[usize]) -> (usize, usize, Vec<f64
 
 impl Stage for Alerts {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        crate::stage::expect_inputs(inputs.len(), 1)?;
         let s = &inputs[0];
         let why = "alerts read the predictions of `medic_infer`";
         require_column(s, "predictions", "block", why, "Utf8", |t| {

@@ -44,12 +44,6 @@ pub struct WindowRow {
 /// Checks at plan time that `schemas` are a window table, its order table and
 /// an events table, and returns the window parameters.
 pub fn check_inputs(schemas: &[SchemaRef]) -> Result<WindowSpec> {
-    if schemas.len() != 3 {
-        return Err(StageError::InputCount {
-            expected: "3 (windows, windows.order, events)".into(),
-            found: schemas.len(),
-        });
-    }
     let cfg = WindowSpec::from_schema(&schemas[0], "windows")?;
     let why = "a MEDIC model reads the window table";
     let int64 = |t: &DataType| t == &DataType::Int64;

@@ -61,11 +61,7 @@ fn objects(
             let idx = batch
                 .schema()
                 .index_of(c)
-                .map_err(|_| StageError::MissingColumn {
-                    input: input.into(),
-                    column: c.clone(),
-                    why: "a window tensor feature".into(),
-                })?;
+                .map_err(|_| StageError::missing_column(input, c, "a window tensor feature"))?;
             Ok(batch.column(idx).as_list::<i32>().clone())
         })
         .collect::<Result<_>>()?;

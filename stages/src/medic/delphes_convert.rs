@@ -20,9 +20,9 @@ use oxyroot::{RootFile, Slice};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StageError, bad_param};
+use crate::error::{Result, StageError, bad_param, within};
 use crate::medic::tables::{CLASSES, MET_FEATURES, TOWER_FEATURES, TRACK_FEATURES, strings};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::events;
 
 /// One group of input files and the detector configuration they hold.
@@ -122,13 +122,11 @@ impl StageConfig for DelphesConvert {
         }
         for (i, group) in self.files.iter().enumerate() {
             if !self.classes.contains(&group.label) {
-                return bad_param(
-                    &format!("files[{i}].label"),
-                    format!(
-                        "`{}` is not one of the classes {:?}",
-                        group.label, self.classes
-                    ),
+                let why = format!(
+                    "`{}` is not one of the classes {:?}",
+                    group.label, self.classes
                 );
+                return within(&format!("files[{i}]"), bad_param("label", why));
             }
         }
         for (name, list) in [
@@ -435,8 +433,7 @@ impl DelphesConvert {
 }
 
 impl Stage for DelphesConvert {
-    fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 0)?;
+    fn outputs(&self, _inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         if !self.files.is_empty() || self.pattern.is_some() {
             self.sources()?;
         }

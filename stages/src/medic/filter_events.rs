@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Keeps input rows for which a SQL boolean expression is true.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -34,6 +34,7 @@ impl StageConfig for FilterEvents {
     const SUMMARY: &'static str =
         "Keeps rows matching a SQL predicate (DataFusion), streaming; logs kept/dropped counts";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![crate::medic::tables::example_events_schema()]
@@ -66,7 +67,6 @@ impl FilterEvents {
 
 impl Stage for FilterEvents {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         // Plan the filter against an empty table of the input's schema, so a
         // bad column or a non-boolean predicate fails before anything runs.
         let ctx = context();

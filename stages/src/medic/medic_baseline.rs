@@ -24,7 +24,7 @@ use crate::medic::tables::{
     Blocks, WindowSpec, carried_metadata, example_window_inputs, predictions_schema,
 };
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use dqm_schemas::doc_field;
+use dqm_schemas::column;
 
 /// Which towers of an event the rule looks at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -75,6 +75,7 @@ impl StageConfig for MedicBaseline {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "MEDIC baseline: which HCAL regions (barrel/endcap/forward) have a hadronic tower, most frequent class per pattern on the train block, counted over each window; a predictions table for medic_metrics";
     const INPUTS: (usize, usize) = (3, 3);
+    const INPUT_ROLES: &'static str = "windows, windows.order, events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         example_window_inputs()
@@ -139,43 +140,37 @@ pub fn decide(counts: &[Vec<u64>]) -> Vec<usize> {
 
 fn rule_schema(n_classes: usize) -> SchemaRef {
     let mut fields = vec![
-        doc_field(
+        column(
             "pattern",
             DataType::Int32,
-            false,
             "Bits: 1 barrel, 2 endcap, 4 forward HCAL region with a hadronic tower",
         ),
-        doc_field(
+        column(
             "barrel",
             DataType::Boolean,
-            false,
             "A hadronic tower with |η| < eta_edges[0]",
         ),
-        doc_field(
+        column(
             "endcap",
             DataType::Boolean,
-            false,
             "A hadronic tower with eta_edges[0] ≤ |η| < eta_edges[1]",
         ),
-        doc_field(
+        column(
             "forward",
             DataType::Boolean,
-            false,
             "A hadronic tower with |η| ≥ eta_edges[1]",
         ),
     ];
     for c in 0..n_classes {
-        fields.push(doc_field(
+        fields.push(column(
             &format!("events_{c}"),
             DataType::Int64,
-            false,
             &format!("Train-block events of class {c} with this pattern"),
         ));
     }
-    fields.push(doc_field(
+    fields.push(column(
         "class",
         DataType::Int8,
-        false,
         "The class the rule calls for this pattern",
     ));
     Arc::new(Schema::new(fields))
@@ -342,7 +337,8 @@ impl Stage for MedicBaseline {
 mod tests {
     use super::*;
     use crate::in_memory::run_in_memory;
-    use crate::medic::medic_metrics::{Predictions, figures};
+    use crate::medic::metrics::figures;
+    use crate::medic::tables::read_predictions;
     use crate::medic::test_support::model_inputs_with;
     use arrow::array::AsArray;
     use arrow::datatypes::Int8Type;
@@ -405,7 +401,7 @@ mod tests {
                 &dir2.path().join("p.parquet"),
             )
             .unwrap();
-            let p = Predictions::read(&input).unwrap();
+            let p = read_predictions(&input).unwrap();
             let f = figures(&p, 0);
             assert!(f.accuracy > least, "{view:?}: {}", f.accuracy);
             assert!(f.binary_auc.unwrap() > 0.9, "{view:?}: {:?}", f.binary_auc);

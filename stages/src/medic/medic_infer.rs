@@ -23,8 +23,8 @@ use crate::medic::tables::{
     example_window_inputs, predictions_schema,
 };
 use crate::nn::{DeviceChoice, load_weights};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use dqm_schemas::doc_field;
+use crate::stage::{OutputSpec, Progress, RunContext, Stage, StageConfig};
+use dqm_schemas::column;
 
 /// Scores windows with every fold of a trained MEDIC ensemble.
 ///
@@ -71,6 +71,7 @@ impl StageConfig for MedicInfer {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "MEDIC ensemble inference: per-fold probabilities, ensemble mean, majority vote and anomaly score per window";
     const INPUTS: (usize, usize) = (4, 4);
+    const INPUT_ROLES: &'static str = "windows, windows.order, events, models";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         let mut inputs = example_window_inputs();
@@ -88,21 +89,19 @@ impl StageConfig for MedicInfer {
 
 fn fold_schema(n_classes: usize) -> SchemaRef {
     let mut fields = vec![
-        doc_field("window_id", DataType::Int64, false, "Window id"),
-        doc_field("fold", DataType::Int32, false, "Fold of the model, 1 to k"),
+        column("window_id", DataType::Int64, "Window id"),
+        column("fold", DataType::Int32, "Fold of the model, 1 to k"),
     ];
     for c in 0..n_classes {
-        fields.push(doc_field(
+        fields.push(column(
             &format!("prob_{c}"),
             DataType::Float64,
-            false,
             &format!("This fold's predicted probability of class {c}"),
         ));
     }
-    fields.push(doc_field(
+    fields.push(column(
         "predicted",
         DataType::Int8,
-        false,
         "This fold's argmax class",
     ));
     Arc::new(Schema::new(fields))
@@ -230,12 +229,6 @@ pub fn load_models(
 
 impl Stage for MedicInfer {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        if inputs.len() != 4 {
-            return Err(StageError::InputCount {
-                expected: "4 (windows, windows.order, events, models)".into(),
-                found: inputs.len(),
-            });
-        }
         let windows = batches::check_inputs(&inputs[..3])?;
         let spec = ModelSpec::from_schema(&inputs[3], "models")?;
         spec.check_windows(&windows, "windows")?;
@@ -277,13 +270,56 @@ impl Stage for MedicInfer {
         }
         let k = folds.len();
         let nc = data.cfg.n_classes;
+        let progress = ctx.reporter.progress(rows.len() as u64, "windows");
+        let started = Instant::now();
+        let (probs, encoded) =
+            self.probabilities(&data, &folds, &rows, device, progress.as_ref())?;
+        let seconds = started.elapsed().as_secs_f64();
+        ctx.reporter.info(&format!(
+            "{} windows x {k} folds in {seconds:.2} s (encode: {}): {:.0} windows/s, {encoded} events encoded per model ({:.0}/s)",
+            rows.len(),
+            match self.encode {
+                Encode::Event => "event, streaming",
+                Encode::Window => "window",
+            },
+            rows.len() as f64 / seconds,
+            encoded as f64 / seconds
+        ));
+
+        let (mean, vote, share) = ensemble(&probs, rows.len(), nc);
+        let schema = predictions_schema(
+            nc,
+            carried_metadata(&ctx.inputs[0].schema, &ctx.inputs[3].schema),
+        );
+        let batch = data.predictions(schema, &rows, &mean, (vote, share), self.normal_class)?;
+        ctx.output.write("main", batch)?;
+
+        for (f, fold) in folds.iter().enumerate() {
+            let batch = fold_batch(&data, &rows, fold.fold, &probs[f], nc)?;
+            ctx.output.write("folds", batch)?;
+        }
+        Ok(())
+    }
+}
+
+impl MedicInfer {
+    /// Every fold's class probabilities of `rows` (row-major, `n_classes`
+    /// per row), and the events each model encoded.
+    fn probabilities(
+        &self,
+        data: &WindowData,
+        folds: &[LoadedFold],
+        rows: &[usize],
+        device: tch::Device,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<Vec<f32>>, usize)> {
+        let k = folds.len();
+        let nc = data.cfg.n_classes;
         let mut probs: Vec<Vec<f32>> = vec![Vec::with_capacity(rows.len() * nc); k];
         let batches: Vec<Vec<usize>> = rows
             .chunks(self.batch_size)
             .map(<[usize]>::to_vec)
             .collect();
-        let progress = ctx.reporter.progress(rows.len() as u64, "windows");
-        let started = Instant::now();
         let mut encoded = 0usize;
         tch::no_grad(|| match self.encode {
             Encode::Window => data.for_each_batch(&batches, device, self.prefetch, |b| {
@@ -325,65 +361,59 @@ impl Stage for MedicInfer {
                 )
             }
         })?;
-        let seconds = started.elapsed().as_secs_f64();
-        ctx.reporter.info(&format!(
-            "{} windows x {k} folds in {seconds:.2} s (encode: {}): {:.0} windows/s, {encoded} events encoded per model ({:.0}/s)",
-            rows.len(),
-            match self.encode {
-                Encode::Event => "event, streaming",
-                Encode::Window => "window",
-            },
-            rows.len() as f64 / seconds,
-            encoded as f64 / seconds
-        ));
-
-        let n = rows.len();
-        let mut mean = vec![0f32; n * nc];
-        for p in &probs {
-            for (m, v) in mean.iter_mut().zip(p) {
-                *m += v / k as f32;
-            }
-        }
-        let mut vote = Vec::with_capacity(n);
-        let mut share = Vec::with_capacity(n);
-        for i in 0..n {
-            let votes: Vec<usize> = probs
-                .iter()
-                .map(|p| argmax(&p[i * nc..(i + 1) * nc]))
-                .collect();
-            let (v, s) = majority_vote(&votes, &mean[i * nc..(i + 1) * nc]);
-            vote.push(v as i8);
-            share.push(s);
-        }
-        let schema = predictions_schema(
-            nc,
-            carried_metadata(&ctx.inputs[0].schema, &ctx.inputs[3].schema),
-        );
-        let mean: Vec<f64> = mean.iter().map(|&m| m as f64).collect();
-        let batch = data.predictions(schema, &rows, &mean, (vote, share), self.normal_class)?;
-        ctx.output.write("main", batch)?;
-
-        for (f, fold) in folds.iter().enumerate() {
-            let p = &probs[f];
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(Int64Array::from_iter_values(
-                    rows.iter().map(|&r| data.rows[r].window_id),
-                )),
-                Arc::new(Int32Array::from(vec![fold.fold; n])),
-            ];
-            for c in 0..nc {
-                columns.push(Arc::new(Float64Array::from_iter_values(
-                    (0..n).map(|i| p[i * nc + c] as f64),
-                )));
-            }
-            columns.push(Arc::new(Int8Array::from_iter_values(
-                (0..n).map(|i| argmax(&p[i * nc..(i + 1) * nc]) as i8),
-            )));
-            ctx.output
-                .write("folds", RecordBatch::try_new(fold_schema(nc), columns)?)?;
-        }
-        Ok(())
+        Ok((probs, encoded))
     }
+}
+
+/// The ensemble over folds of `n` rows: mean probabilities, and the
+/// majority vote with the share of folds behind it.
+fn ensemble(probs: &[Vec<f32>], n: usize, nc: usize) -> (Vec<f64>, Vec<i8>, Vec<f64>) {
+    let k = probs.len();
+    let mut mean = vec![0f32; n * nc];
+    for p in probs {
+        for (m, v) in mean.iter_mut().zip(p) {
+            *m += v / k as f32;
+        }
+    }
+    let mut vote = Vec::with_capacity(n);
+    let mut share = Vec::with_capacity(n);
+    for i in 0..n {
+        let votes: Vec<usize> = probs
+            .iter()
+            .map(|p| argmax(&p[i * nc..(i + 1) * nc]))
+            .collect();
+        let (v, s) = majority_vote(&votes, &mean[i * nc..(i + 1) * nc]);
+        vote.push(v as i8);
+        share.push(s);
+    }
+    let mean: Vec<f64> = mean.iter().map(|&m| m as f64).collect();
+    (mean, vote, share)
+}
+
+/// One fold's rows of the `folds` table.
+fn fold_batch(
+    data: &WindowData,
+    rows: &[usize],
+    fold: i32,
+    p: &[f32],
+    nc: usize,
+) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|&r| data.rows[r].window_id),
+        )),
+        Arc::new(Int32Array::from(vec![fold; n])),
+    ];
+    for c in 0..nc {
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| p[i * nc + c] as f64),
+        )));
+    }
+    columns.push(Arc::new(Int8Array::from_iter_values(
+        (0..n).map(|i| argmax(&p[i * nc..(i + 1) * nc]) as i8),
+    )));
+    Ok(RecordBatch::try_new(fold_schema(nc), columns)?)
 }
 
 #[cfg(test)]

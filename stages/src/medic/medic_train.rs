@@ -19,7 +19,7 @@ use arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
     StringArray,
 };
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -31,13 +31,14 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Result, StageError, bad_param};
 use crate::medic::batches::{self, Encode, ModelBatch, WindowData, prefetched};
 use crate::medic::data::event_draw_seed;
+use crate::medic::folds::{contiguous_folds, stratified_folds};
 use crate::medic::model::{Medic, WindowHead, kl_per_window};
 use crate::medic::tables::{
-    FeatureStats, ModelCard, ModelSpec, Split, WindowSpec, example_window_inputs, models_schema,
+    FeatureStats, ModelCard, ModelSpec, Split, WindowSpec, example_window_inputs, folds_schema,
+    log_schema, models_schema,
 };
 use crate::nn::{Checkpoint, DeviceChoice};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use dqm_schemas::doc_field;
 
 /// Salt of the batch-order shuffle, so it is not the stream the fold
 /// assignment draws from the same `seed`.
@@ -155,6 +156,7 @@ impl StageConfig for MedicTrain {
     const VERSION: u32 = 3;
     const SUMMARY: &'static str = "MEDIC k-fold ensemble training (Adam, class-weighted KL, early stopping on validation KL): models table + per-epoch log";
     const INPUTS: (usize, usize) = (3, 3);
+    const INPUT_ROLES: &'static str = "windows, windows.order, events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         example_window_inputs()
@@ -187,67 +189,6 @@ impl StageConfig for MedicTrain {
         }
         Ok(())
     }
-}
-
-fn log_schema() -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
-    Arc::new(Schema::new(vec![
-        f("fold", DataType::Int32, "Fold number, 1 to k"),
-        f("epoch", DataType::Int32, "Epoch, from 1"),
-        f(
-            "train_kl",
-            DataType::Float64,
-            "Mean class-weighted KL over the training part (the loss minimized)",
-        ),
-        f(
-            "train_accuracy",
-            DataType::Float64,
-            "Accuracy on the training part, in training mode (dropout on)",
-        ),
-        f(
-            "train_brier",
-            DataType::Float64,
-            "Brier score on the training part",
-        ),
-        f(
-            "val_kl",
-            DataType::Float64,
-            "Mean KL over the validation part",
-        ),
-        f(
-            "val_accuracy",
-            DataType::Float64,
-            "Accuracy on the validation part",
-        ),
-        f(
-            "val_brier",
-            DataType::Float64,
-            "Brier score on the validation part",
-        ),
-        doc_field(
-            "val_event_accuracy",
-            DataType::Float64,
-            true,
-            "Accuracy of the per-event head on the validation events (null without one)",
-        ),
-        f(
-            "improved",
-            DataType::Boolean,
-            "Whether this epoch lowered the best validation KL (its parameters were kept)",
-        ),
-    ]))
-}
-
-fn folds_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        doc_field("window_id", DataType::Int64, false, "A train-block window"),
-        doc_field(
-            "fold",
-            DataType::Int32,
-            false,
-            "The fold whose model validates on this window (all other folds train on it)",
-        ),
-    ]))
 }
 
 /// Sums over the windows of one pass, turned into means by [`Tally::mean`].
@@ -297,50 +238,6 @@ impl Tally {
             event_accuracy: (self.events > 0.0).then(|| self.events_correct / self.events),
         }
     }
-}
-
-/// Fold (0-based) of each train-block row of a `split: blocks` table: the
-/// train sub-block the window lies in, so validation windows share no event
-/// (nor a detector copy of one) with the fold's training windows.
-fn contiguous_folds(
-    data: &WindowData,
-    rows: &[usize],
-    k: usize,
-    input: &str,
-) -> Result<Vec<usize>> {
-    rows.iter()
-        .map(|&r| {
-            let row = &data.rows[r];
-            match row.fold {
-                Some(f) if (1..=k).contains(&f) => Ok(f - 1),
-                other => Err(StageError::data(format!(
-                    "input `{input}`: train window {} has fold {other:?}, expected 1..={k}",
-                    row.window_id
-                ))),
-            }
-        })
-        .collect()
-}
-
-/// Fold (0-based) of each train-block row of a `split: windows` table (the
-/// paper's protocol): rows of each argmax class are shuffled and dealt
-/// round-robin, so every fold gets the class mix.
-fn stratified_folds(data: &WindowData, rows: &[usize], k: usize, seed: u64) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); data.cfg.n_classes];
-    for (i, &r) in rows.iter().enumerate() {
-        by_class[data.rows[r].class as usize].push(i);
-    }
-    let mut fold = vec![0; rows.len()];
-    let mut dealt = 0;
-    for members in &mut by_class {
-        members.shuffle(&mut rng);
-        for &i in members.iter() {
-            fold[i] = dealt % k;
-            dealt += 1;
-        }
-    }
-    fold
 }
 
 /// Class weights ∝ 1/count over `rows`, normalized to sum to the number of
@@ -661,20 +558,8 @@ impl Stage for MedicTrain {
             Split::Blocks => contiguous_folds(&data, &rows, k, &ctx.inputs[0].name)?,
             Split::Windows => stratified_folds(&data, &rows, k, self.seed),
         };
-        ctx.output.write(
-            "folds",
-            RecordBatch::try_new(
-                folds_schema(),
-                vec![
-                    Arc::new(Int64Array::from_iter_values(
-                        rows.iter().map(|&r| data.rows[r].window_id),
-                    )),
-                    Arc::new(Int32Array::from_iter_values(
-                        fold_of.iter().map(|&f| f as i32 + 1),
-                    )),
-                ],
-            )?,
-        )?;
+        ctx.output
+            .write("folds", folds_batch(&data, &rows, &fold_of)?)?;
         ctx.reporter.info(&format!(
             "training {k} folds on {} train-block windows (W={}) on {device:?}",
             rows.len(),
@@ -697,68 +582,88 @@ impl Stage for MedicTrain {
             results.push(self.train_fold(ctx, &job, fold, (&train, &val), &mut log)?);
         }
 
-        let float = |f: fn(&EpochLog) -> f64| Float64Array::from_iter_values(log.iter().map(f));
-        let int = |f: fn(&EpochLog) -> usize| {
-            Int32Array::from_iter_values(log.iter().map(|r| f(r) as i32))
-        };
-        ctx.output.write(
-            "log",
-            RecordBatch::try_new(
-                log_schema(),
-                vec![
-                    Arc::new(int(|r| r.fold)),
-                    Arc::new(int(|r| r.epoch)),
-                    Arc::new(float(|r| r.train.kl)),
-                    Arc::new(float(|r| r.train.accuracy)),
-                    Arc::new(float(|r| r.train.brier)),
-                    Arc::new(float(|r| r.val.kl)),
-                    Arc::new(float(|r| r.val.accuracy)),
-                    Arc::new(float(|r| r.val.brier)),
-                    Arc::new(Float64Array::from_iter(
-                        log.iter().map(|r| r.val.event_accuracy),
-                    )),
-                    Arc::new(BooleanArray::from_iter(
-                        log.iter().map(|r| Some(r.improved)),
-                    )),
-                ],
-            )?,
-        )?;
-        let cards: Vec<String> = results
-            .iter()
-            .map(|r| serde_json::to_string(&r.card).expect("plain data serializes"))
-            .collect();
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from_iter_values(1..=k as i32)),
-            Arc::new(Int32Array::from_iter_values(
-                results.iter().map(|r| r.best_epoch as i32),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                results.iter().map(|r| r.epochs as i32),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                results.iter().map(|r| r.best.kl),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                results.iter().map(|r| r.best.accuracy),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                results.iter().map(|r| r.best.brier),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                results.iter().map(|r| r.train_windows as i64),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                results.iter().map(|r| r.val_windows as i64),
-            )),
-            Arc::new(StringArray::from(cards)),
-            Arc::new(BinaryArray::from_iter_values(
-                results.iter().map(|r| r.weights.as_slice()),
-            )),
-        ];
-        ctx.output
-            .write("main", RecordBatch::try_new(models_schema(&spec), columns)?)?;
+        ctx.output.write("log", log_batch(&log)?)?;
+        ctx.output.write("main", models_batch(&spec, &results)?)?;
         Ok(())
     }
+}
+
+/// The `folds` table: the fold (from 1) that validates each train window.
+fn folds_batch(data: &WindowData, rows: &[usize], fold_of: &[usize]) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        folds_schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|&r| data.rows[r].window_id),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                fold_of.iter().map(|&f| f as i32 + 1),
+            )),
+        ],
+    )?)
+}
+
+/// The `log` table: every fold's epochs.
+fn log_batch(log: &[EpochLog]) -> Result<RecordBatch> {
+    let float = |f: fn(&EpochLog) -> f64| Float64Array::from_iter_values(log.iter().map(f));
+    let int =
+        |f: fn(&EpochLog) -> usize| Int32Array::from_iter_values(log.iter().map(|r| f(r) as i32));
+    Ok(RecordBatch::try_new(
+        log_schema(),
+        vec![
+            Arc::new(int(|r| r.fold)),
+            Arc::new(int(|r| r.epoch)),
+            Arc::new(float(|r| r.train.kl)),
+            Arc::new(float(|r| r.train.accuracy)),
+            Arc::new(float(|r| r.train.brier)),
+            Arc::new(float(|r| r.val.kl)),
+            Arc::new(float(|r| r.val.accuracy)),
+            Arc::new(float(|r| r.val.brier)),
+            Arc::new(Float64Array::from_iter(
+                log.iter().map(|r| r.val.event_accuracy),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                log.iter().map(|r| Some(r.improved)),
+            )),
+        ],
+    )?)
+}
+
+/// The `main` table: one row per fold's model, card and weights.
+fn models_batch(spec: &ModelSpec, results: &[FoldResult]) -> Result<RecordBatch> {
+    let cards: Vec<String> = results
+        .iter()
+        .map(|r| serde_json::to_string(&r.card).expect("plain data serializes"))
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from_iter_values(1..=results.len() as i32)),
+        Arc::new(Int32Array::from_iter_values(
+            results.iter().map(|r| r.best_epoch as i32),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            results.iter().map(|r| r.epochs as i32),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            results.iter().map(|r| r.best.kl),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            results.iter().map(|r| r.best.accuracy),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            results.iter().map(|r| r.best.brier),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            results.iter().map(|r| r.train_windows as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            results.iter().map(|r| r.val_windows as i64),
+        )),
+        Arc::new(StringArray::from(cards)),
+        Arc::new(BinaryArray::from_iter_values(
+            results.iter().map(|r| r.weights.as_slice()),
+        )),
+    ];
+    Ok(RecordBatch::try_new(models_schema(spec), columns)?)
 }
 
 #[cfg(test)]
@@ -927,9 +832,12 @@ mod tests {
             err.contains("input `order` has no column `position`"),
             "{err}"
         );
-        let err = stage.outputs(&inputs[..2]).unwrap_err().to_string();
+        // Too few inputs: the engine's count check, before `outputs`.
+        let err = crate::stage::check_input_count(MedicTrain::INPUTS, MedicTrain::INPUT_ROLES, 2)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("expected 3 (windows, windows.order, events)"),
+            err.contains("takes 3 inputs (windows, windows.order, events), got 2"),
             "{err}"
         );
     }

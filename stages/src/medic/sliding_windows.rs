@@ -31,7 +31,7 @@ use crate::medic::data::EventStore;
 use crate::medic::tables::{
     Split, WindowSpec, example_events_schema, order_schema, windows_schema,
 };
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Salt of the window shuffle of `split: windows`, so it differs from the
 /// event shuffle drawn from the same `seed`.
@@ -57,6 +57,7 @@ impl StageConfig for SlidingWindows {
     const VERSION: u32 = 3;
     const SUMMARY: &'static str = "MEDIC windows of W shuffled events (stride 1) with class fractions; physics events split into leak-free test and validation blocks; tensors assembled on the fly";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "events";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![example_events_schema()]
@@ -180,7 +181,6 @@ impl SlidingWindows {
 
 impl Stage for SlidingWindows {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         self.check_events_schema(&inputs[0], "input")?;
         Ok(vec![
             OutputSpec {
@@ -203,8 +203,51 @@ impl Stage for SlidingWindows {
                 store.event_ids.len()
             )));
         }
-        // (start, block, fold) of every window, in window-id order.
-        let mut windows: Vec<(usize, &str, Option<i32>)> = Vec::new();
+        let (layout, windows) = self.layout(&store)?;
+        ctx.output.write("order", order_batch(&layout)?)?;
+        let order = &layout.order;
+        let class_of: Vec<i8> = order
+            .iter()
+            .map(|&id| store.class_of(id))
+            .collect::<Result<_>>()?;
+        let schema = windows_schema(self);
+        let mut window_id = 0i64;
+        let progress = ctx.reporter.progress(0, "windows");
+        // Windows in chunks, so memory stays bounded when materializing.
+        for chunk in windows.chunks(4096) {
+            let batch = self.window_batch(&store, order, &class_of, chunk, window_id, &schema)?;
+            ctx.output.write("main", batch)?;
+            progress.inc(chunk.len() as u64);
+            window_id += chunk.len() as i64;
+        }
+        Ok(())
+    }
+}
+
+/// A window: (position of its first event, block, fold).
+type Span = (usize, &'static str, Option<i32>);
+
+/// The `order` table: every event's position, block and fold.
+fn order_batch(layout: &Layout) -> Result<RecordBatch> {
+    let order = &layout.order;
+    let block_of = |p: usize| if p < layout.n_train { "train" } else { "test" };
+    Ok(RecordBatch::try_new(
+        order_schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..order.len() as i64)),
+            Arc::new(Int64Array::from(order.clone())),
+            Arc::new(StringArray::from_iter_values(
+                (0..order.len()).map(block_of),
+            )),
+            Arc::new(Int32Array::from(layout.fold_of_positions())),
+        ],
+    )?)
+}
+
+impl SlidingWindows {
+    /// The event order with its blocks, and every window in window-id order.
+    fn layout(&self, store: &EventStore) -> Result<(Layout, Vec<Span>)> {
+        let mut windows: Vec<Span> = Vec::new();
         let layout = match self.split {
             Split::Blocks => {
                 let layout = self.blocks(&store.event_ids, &store.groups);
@@ -248,92 +291,74 @@ impl Stage for SlidingWindows {
                 }
             }
         };
-        let order = &layout.order;
-        let block_of = |p: usize| if p < layout.n_train { "train" } else { "test" };
-        ctx.output.write(
-            "order",
-            RecordBatch::try_new(
-                order_schema(),
-                vec![
-                    Arc::new(Int64Array::from_iter_values(0..order.len() as i64)),
-                    Arc::new(Int64Array::from(order.clone())),
-                    Arc::new(StringArray::from_iter_values(
-                        (0..order.len()).map(block_of),
-                    )),
-                    Arc::new(Int32Array::from(layout.fold_of_positions())),
-                ],
-            )?,
-        )?;
-        let class_of: Vec<i8> = order
-            .iter()
-            .map(|&id| store.class_of(id))
-            .collect::<Result<_>>()?;
-        let schema = windows_schema(self);
-        let mut window_id = 0i64;
-        let progress = ctx.reporter.progress(0, "windows");
-        // Windows in chunks, so memory stays bounded when materializing.
-        for chunk in windows.chunks(4096) {
-            {
-                let n = chunk.len();
-                let ids: Vec<i64> = (window_id..window_id + n as i64).collect();
-                let mut p = vec![Vec::with_capacity(n); self.n_classes];
-                let mut argmax = Vec::with_capacity(n);
-                for &(s, _, _) in chunk {
-                    let mut counts = vec![0usize; self.n_classes];
-                    for &c in &class_of[s..s + self.window] {
-                        counts[c as usize] += 1;
-                    }
-                    let best = (0..self.n_classes)
-                        .max_by_key(|&c| (counts[c], std::cmp::Reverse(c)))
-                        .unwrap_or(0);
-                    argmax.push(best as i8);
-                    for (c, col) in p.iter_mut().enumerate() {
-                        col.push(counts[c] as f64 / self.window as f64);
-                    }
-                }
-                let seeds: Vec<u64> = ids.iter().map(|&id| self.sample_seed(id)).collect();
-                let mut columns: Vec<ArrayRef> = vec![
-                    Arc::new(Int64Array::from(ids.clone())),
-                    Arc::new(StringArray::from_iter_values(chunk.iter().map(|w| w.1))),
-                    Arc::new(Int64Array::from_iter_values(
-                        chunk.iter().map(|&(s, _, _)| s as i64),
-                    )),
-                    Arc::new(Int32Array::from_iter(chunk.iter().map(|w| w.2))),
-                ];
-                for col in p {
-                    columns.push(Arc::new(Float64Array::from(col)));
-                }
-                columns.push(Arc::new(Int8Array::from(argmax)));
-                columns.push(Arc::new(UInt64Array::from(seeds.clone())));
-                if self.materialize {
-                    let (mut tr, mut tw, mut me) = (Vec::new(), Vec::new(), Vec::new());
-                    for (&(s, _, _), &seed) in chunk.iter().zip(&seeds) {
-                        let t = store.assemble(self, &order[s..s + self.window], seed)?;
-                        tr.extend(t.tracks);
-                        tw.extend(t.towers);
-                        me.extend(t.met);
-                    }
-                    for (values, field) in [(tr, "tracks"), (tw, "towers"), (me, "met")] {
-                        let DataType::FixedSizeList(item, size) =
-                            schema.field_with_name(field)?.data_type().clone()
-                        else {
-                            unreachable!("declared above")
-                        };
-                        columns.push(Arc::new(FixedSizeListArray::try_new(
-                            item,
-                            size,
-                            Arc::new(Float32Array::from(values)),
-                            None,
-                        )?));
-                    }
-                }
-                ctx.output
-                    .write("main", RecordBatch::try_new(schema.clone(), columns)?)?;
-                progress.inc(n as u64);
-                window_id += n as i64;
+        Ok((layout, windows))
+    }
+
+    /// The rows of the windows `chunk`, ids from `first_id`: soft labels,
+    /// argmax class, seeds and (materialized) tensors.
+    fn window_batch(
+        &self,
+        store: &EventStore,
+        order: &[i64],
+        class_of: &[i8],
+        chunk: &[Span],
+        first_id: i64,
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch> {
+        let n = chunk.len();
+        let ids: Vec<i64> = (first_id..first_id + n as i64).collect();
+        let mut p = vec![Vec::with_capacity(n); self.n_classes];
+        let mut argmax = Vec::with_capacity(n);
+        for &(s, _, _) in chunk {
+            let mut counts = vec![0usize; self.n_classes];
+            for &c in &class_of[s..s + self.window] {
+                counts[c as usize] += 1;
+            }
+            let best = (0..self.n_classes)
+                .max_by_key(|&c| (counts[c], std::cmp::Reverse(c)))
+                .unwrap_or(0);
+            argmax.push(best as i8);
+            for (c, col) in p.iter_mut().enumerate() {
+                col.push(counts[c] as f64 / self.window as f64);
             }
         }
-        Ok(())
+        let seeds: Vec<u64> = ids.iter().map(|&id| self.sample_seed(id)).collect();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(ids.clone())),
+            Arc::new(StringArray::from_iter_values(chunk.iter().map(|w| w.1))),
+            Arc::new(Int64Array::from_iter_values(
+                chunk.iter().map(|&(s, _, _)| s as i64),
+            )),
+            Arc::new(Int32Array::from_iter(chunk.iter().map(|w| w.2))),
+        ];
+        for col in p {
+            columns.push(Arc::new(Float64Array::from(col)));
+        }
+        columns.push(Arc::new(Int8Array::from(argmax)));
+        columns.push(Arc::new(UInt64Array::from(seeds.clone())));
+        if self.materialize {
+            let (mut tr, mut tw, mut me) = (Vec::new(), Vec::new(), Vec::new());
+            for (&(s, _, _), &seed) in chunk.iter().zip(&seeds) {
+                let t = store.assemble(self, &order[s..s + self.window], seed)?;
+                tr.extend(t.tracks);
+                tw.extend(t.towers);
+                me.extend(t.met);
+            }
+            for (values, field) in [(tr, "tracks"), (tw, "towers"), (me, "met")] {
+                let DataType::FixedSizeList(item, size) =
+                    schema.field_with_name(field)?.data_type().clone()
+                else {
+                    unreachable!("declared above")
+                };
+                columns.push(Arc::new(FixedSizeListArray::try_new(
+                    item,
+                    size,
+                    Arc::new(Float32Array::from(values)),
+                    None,
+                )?));
+            }
+        }
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
 }
 

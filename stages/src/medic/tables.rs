@@ -7,14 +7,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::AsArray;
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int8Type, Int32Type, Int64Type, Schema, SchemaRef,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
-use crate::input::require_column;
+use crate::input::{Input, require_column};
+use crate::medic::metrics::Predictions;
 use crate::medic::model::MedicArch;
-use dqm_schemas::{doc_field, events};
+use dqm_schemas::{column, events, nullable};
 
 /// The detector configurations of the Delphes samples, in class-index order.
 pub const CLASSES: [&str; 4] = [
@@ -188,49 +192,42 @@ impl WindowSpec {
 /// The `windows` table's columns.
 pub fn windows_schema(cfg: &WindowSpec) -> SchemaRef {
     let mut fields = vec![
-        doc_field(
+        column(
             "window_id",
             DataType::Int64,
-            false,
             "Window id, unique over both blocks",
         ),
-        doc_field(
+        column(
             "block",
             DataType::Utf8,
-            false,
             "train or test: the contiguous block of the shuffled sequence the window lies in",
         ),
-        doc_field(
+        column(
             "start",
             DataType::Int64,
-            false,
             "Position of the window's first event in the shuffled order (table `<stage>_order`)",
         ),
-        doc_field(
+        nullable(
             "fold",
             DataType::Int32,
-            true,
             "split: blocks: the train sub-block (1..folds) the window lies in, whose model validates on it; null for test windows and for split: windows",
         ),
     ];
     for c in 0..cfg.n_classes {
-        fields.push(doc_field(
+        fields.push(column(
             &format!("p_{c}"),
             DataType::Float64,
-            false,
             &format!("Fraction of the window's events of class {c}"),
         ));
     }
-    fields.push(doc_field(
+    fields.push(column(
         "argmax_class",
         DataType::Int8,
-        false,
         "Class with the largest fraction (lowest index on ties)",
     ));
-    fields.push(doc_field(
+    fields.push(column(
         "sample_seed",
         DataType::UInt64,
-        false,
         "Seed of this window's object re-sampling",
     ));
     if cfg.materialize {
@@ -246,22 +243,19 @@ pub fn windows_schema(cfg: &WindowSpec) -> SchemaRef {
             cfg.tower_features.len(),
             cfg.met_features.len(),
         );
-        fields.push(doc_field(
+        fields.push(column(
             "tracks",
             fsl(w * cfg.n_tracks * ft),
-            false,
             "Track tensor [W, n_tracks, F_track], row-major",
         ));
-        fields.push(doc_field(
+        fields.push(column(
             "towers",
             fsl(w * cfg.n_towers * fw),
-            false,
             "Tower tensor [W, n_towers, F_tower], row-major",
         ));
-        fields.push(doc_field(
+        fields.push(column(
             "met",
             fsl(w * fm),
-            false,
             "MET tensor [W, F_met], row-major",
         ));
     }
@@ -277,23 +271,16 @@ pub const WINDOWS_KEY: &str = "dqm.medic.windows";
 /// The `order` table: the shuffled event sequence and its blocks.
 pub fn order_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        doc_field(
+        column(
             "position",
             DataType::Int64,
-            false,
             "Position in the shuffled event sequence",
         ),
-        doc_field(
-            "event_id",
-            DataType::Int64,
-            false,
-            "The event at this position",
-        ),
-        doc_field("block", DataType::Utf8, false, "train or test"),
-        doc_field(
+        column("event_id", DataType::Int64, "The event at this position"),
+        column("block", DataType::Utf8, "train or test"),
+        nullable(
             "fold",
             DataType::Int32,
-            true,
             "split: blocks: the train sub-block (1..folds) of the position; null in the test block and for split: windows",
         ),
     ]))
@@ -418,36 +405,35 @@ impl ModelSpec {
 
 /// The models table of `medic_train`: one row per fold, card and weights.
 pub fn models_schema(spec: &ModelSpec) -> SchemaRef {
-    let f = |name, t, doc| doc_field(name, t, false, doc);
     let meta = serde_json::to_string(spec).expect("plain data serializes");
     Arc::new(
         Schema::new(vec![
-            f("fold", DataType::Int32, "Fold number, 1 to k"),
-            f(
+            column("fold", DataType::Int32, "Fold number, 1 to k"),
+            column(
                 "best_epoch",
                 DataType::Int32,
                 "Epoch whose parameters were kept (lowest validation KL)",
             ),
-            f("epochs", DataType::Int32, "Epochs run before stopping"),
-            f("val_kl", DataType::Float64, "Validation KL at best_epoch"),
-            f(
+            column("epochs", DataType::Int32, "Epochs run before stopping"),
+            column("val_kl", DataType::Float64, "Validation KL at best_epoch"),
+            column(
                 "val_accuracy",
                 DataType::Float64,
                 "Validation accuracy (argmax vs argmax of the soft label) at best_epoch",
             ),
-            f(
+            column(
                 "val_brier",
                 DataType::Float64,
                 "Validation Brier score (eq. 3.3: sum over classes, mean over windows) at best_epoch",
             ),
-            f("train_windows", DataType::Int64, "Windows the fold trained on"),
-            f("val_windows", DataType::Int64, "Windows of the fold's validation part"),
-            f(
+            column("train_windows", DataType::Int64, "Windows the fold trained on"),
+            column("val_windows", DataType::Int64, "Windows of the fold's validation part"),
+            column(
                 "card",
                 DataType::Utf8,
                 "Model card JSON: architecture, window parameters, input standardization",
             ),
-            f(
+            column(
                 "weights",
                 DataType::Binary,
                 "The fold's parameters and batch-norm statistics as a safetensors file",
@@ -475,63 +461,248 @@ pub enum Blocks {
 /// The predictions table: the window's truth, the ensemble mean and vote.
 pub fn predictions_schema(n_classes: usize, metadata: HashMap<String, String>) -> SchemaRef {
     let mut fields = vec![
-        doc_field(
-            "window_id",
-            DataType::Int64,
-            false,
-            "Window id (window table)",
-        ),
-        doc_field("block", DataType::Utf8, false, "train or test"),
-        doc_field(
+        column("window_id", DataType::Int64, "Window id (window table)"),
+        column("block", DataType::Utf8, "train or test"),
+        column(
             "start",
             DataType::Int64,
-            false,
             "Position of the window's first event in the shuffled order: windows in time order",
         ),
     ];
     for c in 0..n_classes {
-        fields.push(doc_field(
+        fields.push(column(
             &format!("p_{c}"),
             DataType::Float64,
-            false,
             &format!("True fraction of class {c} in the window (soft label)"),
         ));
     }
-    fields.push(doc_field(
+    fields.push(column(
         "argmax_class",
         DataType::Int8,
-        false,
         "True class: argmax of the soft label (lowest index on ties)",
     ));
     for c in 0..n_classes {
-        fields.push(doc_field(
+        fields.push(column(
             &format!("prob_{c}"),
             DataType::Float64,
-            false,
             &format!("Ensemble-mean predicted probability of class {c} (eq. 3.6)"),
         ));
     }
     fields.extend([
-        doc_field(
+        column(
             "vote",
             DataType::Int8,
-            false,
-            "Majority vote of the folds' argmax classes (eq. 3.4); ties go to the larger ensemble-mean probability",
-        ),
-        doc_field(
+            "Majority vote of the folds' argmax classes (eq. 3.4); ties go to the larger ensemble-mean probability"),
+        column(
             "vote_share",
             DataType::Float64,
-            false,
-            "Fraction of folds voting for `vote`",
-        ),
-        doc_field(
+            "Fraction of folds voting for `vote`"),
+        column(
             "anomaly_score",
             DataType::Float64,
-            false,
-            "1 − ensemble-mean probability of the normal class",
-        ),
+            "1 − ensemble-mean probability of the normal class"),
     ]);
     Arc::new(Schema::new(fields).with_metadata(metadata))
+}
+/// Classes of a predictions table: its `prob_<c>` columns.
+fn n_classes(schema: &SchemaRef) -> usize {
+    (0..)
+        .take_while(|c| schema.index_of(&format!("prob_{c}")).is_ok())
+        .count()
+}
+
+/// Plan-time check of a predictions table (`medic_infer`,
+/// `medic_baseline`); returns its number of classes.
+pub fn check_predictions(schema: &SchemaRef, input: &str) -> Result<usize> {
+    let why = "medic_metrics reads the predictions of `medic_infer`";
+    let nc = n_classes(schema);
+    if nc < 2 {
+        return Err(StageError::missing_column(
+            input,
+            "prob_0, prob_1, ...",
+            why,
+        ));
+    }
+    let f64_ = |t: &DataType| t == &DataType::Float64;
+    for c in 0..nc {
+        require_column(schema, input, &format!("p_{c}"), why, "Float64", f64_)?;
+        require_column(schema, input, &format!("prob_{c}"), why, "Float64", f64_)?;
+    }
+    for c in ["argmax_class", "vote"] {
+        require_column(schema, input, c, why, "Int8", |t| t == &DataType::Int8)?;
+    }
+    require_column(schema, input, "start", why, "Int64", |t| {
+        t == &DataType::Int64
+    })?;
+    Ok(nc)
+}
+
+/// A predictions table, read into memory.
+pub fn read_predictions(input: &Input) -> Result<Predictions> {
+    let nc = check_predictions(&input.schema, &input.name)?;
+    let mut p = Predictions {
+        truth: vec![Vec::new(); nc],
+        argmax: Vec::new(),
+        prob: vec![Vec::new(); nc],
+        vote: Vec::new(),
+        start: Vec::new(),
+    };
+    for batch in input.batches() {
+        let batch = batch?;
+        let col = |n: &str| batch.column_by_name(n).expect("checked").clone();
+        for c in 0..nc {
+            p.truth[c].extend(
+                col(&format!("p_{c}"))
+                    .as_primitive::<Float64Type>()
+                    .values(),
+            );
+            p.prob[c].extend(
+                col(&format!("prob_{c}"))
+                    .as_primitive::<Float64Type>()
+                    .values(),
+            );
+        }
+        p.argmax.extend(
+            col("argmax_class")
+                .as_primitive::<Int8Type>()
+                .values()
+                .iter()
+                .map(|&v| v as usize),
+        );
+        p.start
+            .extend(col("start").as_primitive::<Int64Type>().values());
+        p.vote.extend(
+            col("vote")
+                .as_primitive::<Int8Type>()
+                .values()
+                .iter()
+                .map(|&v| v as usize),
+        );
+    }
+    if p.vote.is_empty() {
+        return Err(StageError::data(format!(
+            "input `{}` has no predictions",
+            input.name
+        )));
+    }
+    if let Some(i) = (0..p.vote.len()).find(|&i| p.argmax[i] >= nc || p.vote[i] >= nc) {
+        return Err(StageError::data(format!(
+            "input `{}`: row {i} has a class outside 0..{nc}",
+            input.name
+        )));
+    }
+    Ok(p)
+}
+
+/// One point of a training curve: a fold's epoch in the training log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurvePoint {
+    pub fold: i32,
+    pub epoch: i32,
+    pub train_kl: f64,
+    pub val_kl: f64,
+}
+
+/// The training and validation KL of every fold and epoch of a training
+/// log ([`log_schema`]), in table order.
+pub fn read_training_curves(log: &Input) -> Result<Vec<CurvePoint>> {
+    let why = "the training log of `medic_train` (for the training-curve plot)";
+    for c in ["fold", "epoch"] {
+        require_column(&log.schema, &log.name, c, why, "Int32", |t| {
+            t == &DataType::Int32
+        })?;
+    }
+    for c in ["train_kl", "val_kl"] {
+        require_column(&log.schema, &log.name, c, why, "Float64", |t| {
+            t == &DataType::Float64
+        })?;
+    }
+    let mut points = Vec::new();
+    for batch in log.batches() {
+        let batch = batch?;
+        let col = |n: &str| batch.column_by_name(n).expect("checked").clone();
+        let (fold, epoch, train, val) = (col("fold"), col("epoch"), col("train_kl"), col("val_kl"));
+        let (fold, epoch) = (
+            fold.as_primitive::<Int32Type>(),
+            epoch.as_primitive::<Int32Type>(),
+        );
+        let (train, val) = (
+            train.as_primitive::<Float64Type>(),
+            val.as_primitive::<Float64Type>(),
+        );
+        for i in 0..batch.num_rows() {
+            points.push(CurvePoint {
+                fold: fold.value(i),
+                epoch: epoch.value(i),
+                train_kl: train.value(i),
+                val_kl: val.value(i),
+            });
+        }
+    }
+    Ok(points)
+}
+
+// ---- The training log and folds (`medic_train`) ----
+
+/// `medic_train`'s training log (its `log` output; `medic_metrics` plots
+/// it): one row per fold and epoch.
+pub fn log_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        column("fold", DataType::Int32, "Fold number, 1 to k"),
+        column("epoch", DataType::Int32, "Epoch, from 1"),
+        column(
+            "train_kl",
+            DataType::Float64,
+            "Mean class-weighted KL over the training part (the loss minimized)",
+        ),
+        column(
+            "train_accuracy",
+            DataType::Float64,
+            "Accuracy on the training part, in training mode (dropout on)",
+        ),
+        column(
+            "train_brier",
+            DataType::Float64,
+            "Brier score on the training part",
+        ),
+        column(
+            "val_kl",
+            DataType::Float64,
+            "Mean KL over the validation part",
+        ),
+        column(
+            "val_accuracy",
+            DataType::Float64,
+            "Accuracy on the validation part",
+        ),
+        column(
+            "val_brier",
+            DataType::Float64,
+            "Brier score on the validation part",
+        ),
+        nullable(
+            "val_event_accuracy",
+            DataType::Float64,
+            "Accuracy of the per-event head on the validation events (null without one)",
+        ),
+        column(
+            "improved",
+            DataType::Boolean,
+            "Whether this epoch lowered the best validation KL (its parameters were kept)",
+        ),
+    ]))
+}
+
+/// `medic_train`'s `folds` output: which fold validates each train window.
+pub fn folds_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        column("window_id", DataType::Int64, "A train-block window"),
+        column(
+            "fold",
+            DataType::Int32,
+            "The fold whose model validates on this window (all other folds train on it)",
+        ),
+    ]))
 }
 
 /// The window and model parameters the predictions carry on (schema

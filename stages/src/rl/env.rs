@@ -12,256 +12,14 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
-use crate::dinamo::dinamo_s::{DinamoS, Reference, evolve};
-use crate::dinamo::scores::{DatasetRuns, NormRun, score_of};
-use crate::dinamo::synth_runs::SynthRuns;
-use crate::error::{Result, StageError, bad_param};
-use crate::params::AutoOr;
-
-/// The two regimes of the abstract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Regime {
-    /// Classify collected runs: accept, reject or ask the shifter.
-    Offline,
-    /// While data are taken: continue, or raise an alarm that gets a
-    /// faulty detector fixed.
-    Online,
-}
-
-impl Regime {
-    /// Action names, in the policy's output order.
-    pub fn actions(self) -> &'static [&'static str] {
-        match self {
-            Regime::Offline => &["accept", "reject", "ask"],
-            Regime::Online => &["continue", "alarm"],
-        }
-    }
-
-    /// The action that calls the shifter (ask, alarm).
-    pub fn call(self) -> usize {
-        match self {
-            Regime::Offline => ASK,
-            Regime::Online => ALARM,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Regime::Offline => "offline",
-            Regime::Online => "online",
-        }
-    }
-}
-
-pub const ACCEPT: usize = 0;
-pub const REJECT: usize = 1;
-pub const ASK: usize = 2;
-pub const CONTINUE: usize = 0;
-pub const ALARM: usize = 1;
-
-/// Reward weights, all non-negative; the sign of each is in its name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct Rewards {
-    /// Gain per good run kept (offline: accepted, or confirmed by the
-    /// shifter; online: taken while the detector works).
-    pub good_kept: f64,
-    /// Cost per bad run accepted (offline).
-    pub bad_accepted: f64,
-    /// Cost per good run rejected (offline), on top of the gain it loses.
-    pub good_rejected: f64,
-    /// Cost per shifter call (an ask offline, an alarm online): c_h, the
-    /// human effort.
-    pub shifter_call: f64,
-    /// Extra cost per false alarm (online): shifter time spent on a
-    /// detector that works.
-    pub false_alarm: f64,
-}
-
-impl Default for Rewards {
-    fn default() -> Self {
-        Self {
-            good_kept: 1.0,
-            bad_accepted: 10.0,
-            good_rejected: 1.0,
-            shifter_call: 0.5,
-            false_alarm: 0.5,
-        }
-    }
-}
-
-/// Kinds of detector fault (online), the generator's anomalies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    /// The Gaussian's mean moves (synth_runs' `anomaly_mu_shift`).
-    MeanShift,
-    /// Its width changes (`anomaly_sigma_shift`).
-    WidthShift,
-    /// Some bins read zero (`dead_bins`).
-    DeadBins,
-}
-
-/// The online regime's detector faults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct Faults {
-    /// Probability per run that a working detector develops a fault; it
-    /// persists until an alarm gets it fixed.
-    pub p_start: f64,
-    /// Runs still taken with the fault after a true alarm (the repair).
-    pub fix_delay: usize,
-    /// Kinds a fault is drawn from, uniformly.
-    pub kinds: Vec<FaultKind>,
-    /// Range `[min, max)` of a mean shift (random sign).
-    pub mean_shift: [f64; 2],
-    /// Range `[min, max)` of a width shift (random sign).
-    pub width_shift: [f64; 2],
-    /// Number of dead bins, uniform in `[min, max]`.
-    pub dead_bins: [usize; 2],
-    /// The binomial systematic of the runs a fault redraws: set it to the
-    /// generator's `p_binomial`.
-    pub p_binomial: f64,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Self {
-            p_start: 0.01,
-            fix_delay: 2,
-            kinds: vec![
-                FaultKind::MeanShift,
-                FaultKind::WidthShift,
-                FaultKind::DeadBins,
-            ],
-            mean_shift: [0.25, 0.75],
-            width_shift: [0.05, 0.2],
-            dead_bins: [1, 19],
-            p_binomial: 0.4,
-        }
-    }
-}
-
-/// The environment, as the YAML declares it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct EnvConfig {
-    /// `offline` (accept / reject / ask per collected run) or `online`
-    /// (continue / alarm while data are taken).
-    pub regime: Regime,
-    /// The first runs of each dataset have known labels (DINAMO's
-    /// historical regime): they tune alpha and the threshold and build the
-    /// reference. The agent acts on the rest.
-    pub warmup_runs: usize,
-    /// DINAMO-S alpha, or `auto` (tuned on the warm-up runs).
-    pub alpha: AutoOr<f64>,
-    /// DINAMO-S threshold on ln chi2_nu, or `auto` (best balanced accuracy
-    /// on the warm-up runs): the baseline's flag and the observation's zero.
-    pub threshold: AutoOr<f64>,
-    /// Runs after which a run that was accepted (offline) or taken without
-    /// an alarm (online) gets its label from the offline certification; the
-    /// good ones then update the reference. `null`: never, only the
-    /// shifter's confirmations do.
-    pub confirm_delay: Option<usize>,
-    /// Runs of history the observation summarises.
-    pub history: usize,
-    /// EWMA alpha of the shadow reference: every run the policy kept,
-    /// confirmed or not (its score against the run is an observation, so
-    /// the agent can tell a slow drift its recent runs share from a lone
-    /// excursion; it never replaces the DINAMO-S reference).
-    pub shadow_alpha: f64,
-    pub rewards: Rewards,
-    /// Faults (online regime only).
-    pub faults: Faults,
-}
-
-impl Default for EnvConfig {
-    fn default() -> Self {
-        Self {
-            regime: Regime::Offline,
-            warmup_runs: 300,
-            alpha: AutoOr::Auto,
-            threshold: AutoOr::Auto,
-            confirm_delay: Some(20),
-            history: 10,
-            shadow_alpha: 0.5,
-            rewards: Rewards::default(),
-            faults: Faults::default(),
-        }
-    }
-}
-
-impl EnvConfig {
-    pub fn validate(&self) -> Result<()> {
-        let r = &self.rewards;
-        for (name, w) in [
-            ("rewards.good_kept", r.good_kept),
-            ("rewards.bad_accepted", r.bad_accepted),
-            ("rewards.good_rejected", r.good_rejected),
-            ("rewards.shifter_call", r.shifter_call),
-            ("rewards.false_alarm", r.false_alarm),
-        ] {
-            if !(w >= 0.0 && w.is_finite()) {
-                return bad_param(
-                    name,
-                    format!("{w} is not a non-negative number (its sign is in its name)"),
-                );
-            }
-        }
-        if self.warmup_runs < 2 {
-            return bad_param("warmup_runs", "needs at least 2 runs with known labels");
-        }
-        if self.history == 0 {
-            return bad_param("history", "must be at least 1 run");
-        }
-        if let AutoOr::Value(a) = self.alpha
-            && !(0.0..1.0).contains(&a)
-        {
-            return bad_param("alpha", format!("{a} is not in [0, 1)"));
-        }
-        if !(0.0..1.0).contains(&self.shadow_alpha) {
-            return bad_param(
-                "shadow_alpha",
-                format!("{} is not in [0, 1)", self.shadow_alpha),
-            );
-        }
-        let f = &self.faults;
-        if !(0.0..=1.0).contains(&f.p_start) {
-            return bad_param(
-                "faults.p_start",
-                format!("{} is not a probability", f.p_start),
-            );
-        }
-        if !(0.0..=1.0).contains(&f.p_binomial) {
-            return bad_param(
-                "faults.p_binomial",
-                format!("{} is not a probability", f.p_binomial),
-            );
-        }
-        if self.regime == Regime::Online && f.kinds.is_empty() {
-            return bad_param("faults.kinds", "the online regime needs at least one kind");
-        }
-        for (name, r) in [
-            ("faults.mean_shift", f.mean_shift),
-            ("faults.width_shift", f.width_shift),
-        ] {
-            if !(0.0 <= r[0] && r[0] <= r[1]) {
-                return bad_param(name, format!("{r:?} is not a non-negative range"));
-            }
-        }
-        if f.dead_bins[0] > f.dead_bins[1] {
-            return bad_param(
-                "faults.dead_bins",
-                format!("{:?} is not a range", f.dead_bins),
-            );
-        }
-        Ok(())
-    }
-}
+use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, EnvConfig, FaultKind, REJECT, Regime};
+use crate::dinamo::generator::RunGenerator;
+use crate::dinamo::reference::{
+    ALPHA_STEP, Constants, EPSILON, NormRun, Reference, evolve, score_of,
+};
+use crate::dinamo::tables::DatasetRuns;
+use crate::error::{Result, StageError};
 
 /// Observation features (see [`Env::observation`]).
 pub const N_OBS: usize = 13;
@@ -317,14 +75,10 @@ impl Warmup {
                 data.len()
             )));
         }
-        let dinamo = DinamoS {
-            alpha: cfg.alpha,
-            threshold: cfg.threshold,
-            historical_runs: warm,
-            ..Default::default()
-        };
-        let alpha = dinamo.alpha_for(data, warm)?;
-        let (reference, chi2) = evolve(&dinamo, &data.norm[..warm], &data.good[..warm], alpha);
+        // DINAMO-S with its defaults besides alpha and the threshold.
+        let constants = Constants::default();
+        let alpha = data.alpha_for(cfg.alpha, ALPHA_STEP, constants, warm)?;
+        let (reference, chi2) = evolve(constants, &data.norm[..warm], &data.good[..warm], alpha);
         let scores: Vec<f64> = chi2.into_iter().map(score_of).collect();
         let threshold = data.threshold(cfg.threshold, &scores, warm)?;
         Ok(Self {
@@ -415,7 +169,7 @@ pub struct Env<'a> {
     detector: Detector,
     faults: Vec<FaultDraw>,
     /// The redraw of a run under a fault: (generator, seed per run).
-    generator: Option<(SynthRuns, Vec<u64>)>,
+    generator: Option<(RunGenerator, Vec<u64>)>,
     epsilon: f64,
     pub tally: Tally,
 }
@@ -444,7 +198,7 @@ impl<'a> Env<'a> {
             reference,
         } = warmup;
         let (shadow, _) = evolve(
-            &DinamoS::default(),
+            Constants::default(),
             &data.norm[..warm],
             &data.good[..warm],
             cfg.shadow_alpha,
@@ -498,7 +252,7 @@ impl<'a> Env<'a> {
                 });
                 seeds.push(rng.random::<u64>());
             }
-            let generator = SynthRuns {
+            let generator = RunGenerator {
                 n_bins,
                 range: [truth.lo, truth.hi],
                 p_binomial: f.p_binomial,
@@ -527,7 +281,7 @@ impl<'a> Env<'a> {
             detector: Detector::Working,
             faults,
             generator,
-            epsilon: DinamoS::default().epsilon,
+            epsilon: EPSILON,
             tally: Tally::default(),
         };
         env.present();
@@ -839,17 +593,18 @@ impl<'a> Env<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::in_memory::run_in_memory;
+    use crate::dinamo::test_support::generated_runs;
+    use crate::params::AutoOr;
+    use crate::rl::env_config::Faults;
 
     /// A generated dataset of good runs; tests set the truth they need.
     pub(crate) fn dataset(n_runs: usize, seed: u64) -> DatasetRuns {
-        let synth = SynthRuns {
+        let batch = generated_runs(RunGenerator {
             seeds: Some(vec![seed]),
             n_runs,
             n_bad: 0,
             ..Default::default()
-        };
-        let batch = run_in_memory(&synth, &[]).unwrap().table("main");
+        });
         DatasetRuns::parse(seed as i64, &batch, "runs", 1e-9).unwrap()
     }
 

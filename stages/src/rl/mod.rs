@@ -8,10 +8,23 @@
 //! retraining, by RL with human feedback. Everything else here is this
 //! project's design: the environment on DINAMO's run stream with a live
 //! DINAMO-S reference that learns only from confirmed runs
-//! ([`env`]), PPO ([`ppo`]), and the rule baselines ([`rl_evaluate`]).
+//! ([`env`], configured by [`env_config`]), PPO ([`ppo`]), and the rule
+//! baselines ([`rl_evaluate`]).
 
-pub mod env;
+// Formats shared by the family's files.
+pub mod tables;
+
+// Library: the environment's configuration and the learning algorithm.
+pub mod env_config;
 pub mod ppo;
+
+// Shared by the stages: the environment, which plays a DINAMO runs table.
+pub mod env;
+
+// Stages, one per kind.
 pub mod rl_evaluate;
 pub mod rl_train;
-pub mod tables;
+
+// Fixtures of the family's tests.
+#[cfg(test)]
+pub(crate) mod test_support;

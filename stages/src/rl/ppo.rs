@@ -69,38 +69,35 @@ impl Default for PpoConfig {
 impl PpoConfig {
     pub fn validate(&self) -> Result<()> {
         if self.hidden.is_empty() || self.hidden.iter().any(|&h| h < 1) {
-            return bad_param("ppo.hidden", "needs at least one layer of >= 1 unit");
+            return bad_param("hidden", "needs at least one layer of >= 1 unit");
         }
-        for (name, v) in [
-            ("ppo.gamma", self.gamma),
-            ("ppo.gae_lambda", self.gae_lambda),
-        ] {
+        for (name, v) in [("gamma", self.gamma), ("gae_lambda", self.gae_lambda)] {
             if !(0.0..=1.0).contains(&v) {
                 return bad_param(name, format!("{v} is not in [0, 1]"));
             }
         }
         for (name, v) in [
-            ("ppo.learning_rate", self.learning_rate),
-            ("ppo.clip", self.clip),
-            ("ppo.max_grad_norm", self.max_grad_norm),
+            ("learning_rate", self.learning_rate),
+            ("clip", self.clip),
+            ("max_grad_norm", self.max_grad_norm),
         ] {
             if !(v > 0.0 && v.is_finite()) {
                 return bad_param(name, format!("{v} must be positive"));
             }
         }
         for (name, v) in [
-            ("ppo.value_coef", self.value_coef),
-            ("ppo.entropy_coef", self.entropy_coef),
+            ("value_coef", self.value_coef),
+            ("entropy_coef", self.entropy_coef),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return bad_param(name, format!("{v} must be non-negative"));
             }
         }
         for (name, v) in [
-            ("ppo.epochs", self.epochs),
-            ("ppo.minibatch", self.minibatch),
-            ("ppo.rollout_steps", self.rollout_steps),
-            ("ppo.envs", self.envs),
+            ("epochs", self.epochs),
+            ("minibatch", self.minibatch),
+            ("rollout_steps", self.rollout_steps),
+            ("envs", self.envs),
         ] {
             if v == 0 {
                 return bad_param(name, "must be at least 1");

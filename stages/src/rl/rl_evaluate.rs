@@ -6,19 +6,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::env::{ACCEPT, ALARM, ASK, CONTINUE, Env, N_OBS, REJECT, Regime, Tally, Warmup};
+use super::env::{Env, N_OBS, Tally, Warmup};
+use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, REJECT, Regime};
 use super::ppo::{ActorCritic, greedy, sample};
 use super::tables::{AgentCard, Datasets, episodes_schema, require_runs, summary_schema};
 use crate::error::{Result, StageError, bad_param};
-use crate::input::require_column;
-use crate::nn::{each_model_row, exclusive, load_weights, one_thread};
+use crate::nn::{each_model_row, exclusive, load_weights, one_thread, require_models};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::quantile;
 
@@ -99,6 +99,7 @@ impl StageConfig for RlEvaluate {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "Frozen RL agent vs DINAMO-S threshold, always-call and never-call baselines on unseen datasets, with bootstrap intervals";
     const INPUTS: (usize, usize) = (2, 2);
+    const INPUT_ROLES: &'static str = "the agent's models table, runs";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![super::tables::models_schema(), dqm_schemas::runs::schema()]
@@ -604,16 +605,7 @@ fn episodes_batch(regime: Regime, episodes: &[Episode]) -> Result<RecordBatch> {
 
 impl Stage for RlEvaluate {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        if inputs.len() != 2 {
-            return Err(StageError::InputCount {
-                expected: "2 (the agent's models table, runs)".into(),
-                found: inputs.len(),
-            });
-        }
-        let why = "the models table of `rl_train`";
-        for (c, t) in [("card", DataType::Utf8), ("weights", DataType::Binary)] {
-            require_column(&inputs[0], "models", c, why, &t.to_string(), |f| f == &t)?;
-        }
+        require_models(&inputs[0], "models", "the models table of `rl_train`")?;
         // The regime is in the agent's card: the online columns are checked
         // when the card is read.
         require_runs(&inputs[1], "runs", Regime::Offline)?;
@@ -650,7 +642,7 @@ impl Stage for RlEvaluate {
 mod tests {
     use super::*;
     use crate::in_memory::{input_from_batch, run_in_memory};
-    use crate::rl::rl_train::tests::{runs_input, small};
+    use crate::rl::test_support::{runs_input, small};
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type};
 

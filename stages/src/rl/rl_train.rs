@@ -14,14 +14,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::env::{Env, EnvConfig, N_OBS};
+use super::env::{Env, N_OBS};
+use super::env_config::EnvConfig;
 use super::ppo::{Ppo, PpoConfig, Rollout, UpdateStats, gae, sample};
 use super::tables::{AgentCard, Datasets, curve_schema, models_schema, require_runs};
-use crate::dinamo::scores::DatasetRuns;
-use crate::error::{Result, StageError, bad_param};
+use crate::dinamo::tables::DatasetRuns;
+use crate::error::{Result, StageError, bad_param, within};
 use crate::nn::{exclusive, one_thread};
 use crate::plots::{LinePanel, Series, line_panels};
-use crate::stage::{OutputSpec, RunContext, Stage, StageConfig, expect_inputs};
+use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Trains a PPO agent that decides, run by run, whether to call the shifter.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -54,21 +55,15 @@ impl StageConfig for RlTrain {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "PPO agent (tch) that accepts, rejects or asks the shifter (offline) or raises alarms (online) on a DINAMO run stream";
     const INPUTS: (usize, usize) = (1, 1);
+    const INPUT_ROLES: &'static str = "runs";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![dqm_schemas::runs::schema()]
     }
 
     fn validate(&self) -> Result<()> {
-        // The environment's parameters sit under `env:` in the YAML.
-        self.env.validate().map_err(|e| match e {
-            StageError::Param { param, why } => StageError::Param {
-                param: format!("env.{param}"),
-                why,
-            },
-            other => other,
-        })?;
-        self.ppo.validate()?;
+        within("env", self.env.validate())?;
+        within("ppo", self.ppo.validate())?;
         if self.passes == 0 {
             return bad_param("passes", "must be at least 1");
         }
@@ -348,7 +343,6 @@ impl RlTrain {
 
 impl Stage for RlTrain {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        expect_inputs(inputs.len(), 1)?;
         require_runs(&inputs[0], "runs", self.env.regime)?;
         Ok(vec![
             OutputSpec {
@@ -398,44 +392,11 @@ impl Stage for RlTrain {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::dinamo::synth_runs::SynthRuns;
-    use crate::in_memory::{MemoryOutput, input_from_batch, run_in_memory};
-    use crate::input::Input;
-
-    /// Generated runs of `seeds` (150 runs, 15 bad) as a stage input.
-    pub(crate) fn runs_input(seeds: Vec<u64>, dir: &std::path::Path, name: &str) -> Input {
-        let synth = SynthRuns {
-            seeds: Some(seeds),
-            n_runs: 150,
-            n_bad: 15,
-            ..Default::default()
-        };
-        let batch = run_in_memory(&synth, &[]).unwrap().table("main");
-        input_from_batch(name, &batch, &dir.join(format!("{name}.parquet"))).unwrap()
-    }
-
-    /// A small, quick training configuration.
-    pub(crate) fn small(regime: super::super::env::Regime, seed: u64) -> RlTrain {
-        RlTrain {
-            seed,
-            passes: 2,
-            env: EnvConfig {
-                regime,
-                warmup_runs: 50,
-                ..Default::default()
-            },
-            ppo: PpoConfig {
-                hidden: vec![16],
-                envs: 2,
-                rollout_steps: 32,
-                minibatch: 32,
-                epochs: 2,
-                ..Default::default()
-            },
-        }
-    }
+    use crate::in_memory::{MemoryOutput, run_in_memory};
+    use crate::rl::env_config::Regime;
+    use crate::rl::test_support::{runs_input, small};
 
     #[test]
     fn training_is_seeded_and_reproducible() {
@@ -444,10 +405,7 @@ pub(crate) mod tests {
         let train = |stage: &RlTrain| -> MemoryOutput {
             run_in_memory(stage, std::slice::from_ref(&runs)).unwrap()
         };
-        for regime in [
-            super::super::env::Regime::Offline,
-            super::super::env::Regime::Online,
-        ] {
+        for regime in [Regime::Offline, Regime::Online] {
             let a = train(&small(regime, 5));
             let b = train(&small(regime, 5));
             assert_eq!(a.table("main"), b.table("main"));
@@ -464,7 +422,7 @@ pub(crate) mod tests {
                 .unwrap()
                 .clone();
             let last = steps.value(steps.len() - 1);
-            if regime == super::super::env::Regime::Offline {
+            if regime == Regime::Offline {
                 assert_eq!((last, curve.num_rows()), (600, 10));
             } else {
                 assert!((500..600).contains(&last), "{last}");
@@ -480,10 +438,10 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        let mut t = small(super::super::env::Regime::Offline, 0);
+        let mut t = small(Regime::Offline, 0);
         t.ppo.clip = 0.0;
         assert!(t.validate().unwrap_err().to_string().contains("ppo.clip"));
-        let mut t = small(super::super::env::Regime::Offline, 0);
+        let mut t = small(Regime::Offline, 0);
         t.env.rewards.bad_accepted = -10.0;
         assert!(
             t.validate()
@@ -491,7 +449,7 @@ pub(crate) mod tests {
                 .to_string()
                 .contains("rewards.bad_accepted")
         );
-        let t = small(super::super::env::Regime::Online, 0);
+        let t = small(Regime::Online, 0);
         let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
             dqm_schemas::runs::run(),
             dqm_schemas::runs::label(),

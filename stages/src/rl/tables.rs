@@ -7,16 +7,13 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use super::env::{EnvConfig, Regime};
+use super::env_config::{EnvConfig, Regime};
 use super::ppo::PpoConfig;
-use crate::dinamo::DatasetGroups;
-use crate::dinamo::scores::{DatasetRuns, require_run_columns};
+use crate::dinamo::reference::EPSILON;
+use crate::dinamo::tables::{DatasetGroups, DatasetRuns, require_run_columns};
 use crate::error::Result;
 use crate::input::{Input, require_column};
-use dqm_schemas::doc_field;
-
-/// DINAMO-S's epsilon, as the reference stage's default.
-const EPSILON: f64 = 1e-9;
+use dqm_schemas::{column, nullable, schema_of};
 
 /// Plan-time check of a runs table (synth_runs' schema): the columns an
 /// environment of `regime` reads.
@@ -83,30 +80,19 @@ pub struct AgentCard {
     pub datasets: Vec<i64>,
 }
 
-fn schema(fields: &[(&str, DataType, bool, &str)]) -> SchemaRef {
-    Arc::new(Schema::new(
-        fields
-            .iter()
-            .map(|(n, t, null, doc)| doc_field(n, t.clone(), *null, doc))
-            .collect::<Vec<Field>>(),
-    ))
-}
-
 /// `rl_train`'s models table: one row, the final policy.
 pub fn models_schema() -> SchemaRef {
-    schema(&[
-        ("regime", DataType::Utf8, false, "offline or online"),
-        ("steps", DataType::Int64, false, "Runs acted on in training"),
-        (
+    schema_of([
+        column("regime", DataType::Utf8, "offline or online"),
+        column("steps", DataType::Int64, "Runs acted on in training"),
+        column(
             "card",
             DataType::Utf8,
-            false,
             "Agent card JSON: environment, PPO hyperparameters, observation size, actions, seed",
         ),
-        (
+        column(
             "weights",
             DataType::Binary,
-            false,
             "Policy and value networks as a safetensors file",
         ),
     ])
@@ -114,67 +100,53 @@ pub fn models_schema() -> SchemaRef {
 
 /// `rl_train`'s learning curve: one row per PPO update.
 pub fn curve_schema() -> SchemaRef {
-    schema(&[
-        ("update", DataType::Int64, false, "PPO update, from 1"),
-        (
+    schema_of([
+        column("update", DataType::Int64, "PPO update, from 1"),
+        column(
             "steps",
             DataType::Int64,
-            false,
             "Runs acted on so far, all environments",
         ),
-        (
-            "runs",
-            DataType::Int64,
-            false,
-            "Runs in this update's rollout",
-        ),
-        (
+        column("runs", DataType::Int64, "Runs in this update's rollout"),
+        column(
             "reward_per_run",
             DataType::Float64,
-            false,
             "Mean reward per run in the rollout",
         ),
-        (
+        column(
             "calls_per_1000",
             DataType::Float64,
-            false,
             "Shifter calls (asks or alarms) per 1000 runs",
         ),
-        (
+        nullable(
             "missed_bad_rate",
             DataType::Float64,
-            true,
             "Bad runs let through without a call / bad runs (offline: accepted; online: faulty runs before the alarm); null without bad runs",
         ),
-        (
+        column(
             "good_efficiency",
             DataType::Float64,
-            false,
             "Good runs kept / runs",
         ),
-        (
+        column(
             "policy_loss",
             DataType::Float64,
-            false,
             "Clipped surrogate loss, mean over gradient steps",
         ),
-        (
+        column(
             "value_loss",
             DataType::Float64,
-            false,
             "Value MSE, mean over gradient steps",
         ),
-        ("entropy", DataType::Float64, false, "Policy entropy (nats)"),
-        (
+        column("entropy", DataType::Float64, "Policy entropy (nats)"),
+        column(
             "approx_kl",
             DataType::Float64,
-            false,
             "mean(old log p - new log p)",
         ),
-        (
+        column(
             "clip_fraction",
             DataType::Float64,
-            false,
             "Fraction of samples with a clipped ratio",
         ),
     ])
@@ -182,106 +154,82 @@ pub fn curve_schema() -> SchemaRef {
 
 /// The counts of one policy on one dataset, as `rl_evaluate` writes them.
 pub fn episodes_schema() -> SchemaRef {
-    schema(&[
-        (
+    schema_of([
+        column(
             "policy",
             DataType::Utf8,
-            false,
             "agent, threshold, always_call or never_call",
         ),
-        (
+        nullable(
             "offset",
             DataType::Float64,
-            true,
             "threshold: flag when ln chi2_nu > DINAMO-S threshold + offset; null for the others",
         ),
-        (
+        nullable(
             "consecutive",
             DataType::Int64,
-            true,
             "threshold: call when this many runs in a row are flagged; null for the others",
         ),
-        ("regime", DataType::Utf8, false, "offline or online"),
-        ("dataset", DataType::Int64, false, "Dataset (seed)"),
-        (
-            "runs",
-            DataType::Int64,
-            false,
-            "Runs acted on (after the warm-up)",
-        ),
-        ("good_runs", DataType::Int64, false, "Good runs among them"),
-        (
+        column("regime", DataType::Utf8, "offline or online"),
+        column("dataset", DataType::Int64, "Dataset (seed)"),
+        column("runs", DataType::Int64, "Runs acted on (after the warm-up)"),
+        column("good_runs", DataType::Int64, "Good runs among them"),
+        column(
             "bad_runs",
             DataType::Int64,
-            false,
             "Bad runs among them (online: taken with a faulty detector)",
         ),
-        ("reward", DataType::Float64, false, "Total reward"),
-        (
+        column("reward", DataType::Float64, "Total reward"),
+        column(
             "calls",
             DataType::Int64,
-            false,
             "Shifter calls: asks (offline) or alarms (online)",
         ),
-        ("good_kept", DataType::Int64, false, "Good runs kept"),
-        (
+        column("good_kept", DataType::Int64, "Good runs kept"),
+        column(
             "good_rejected",
             DataType::Int64,
-            false,
             "Offline: good runs rejected",
         ),
-        (
+        column(
             "missed_bad",
             DataType::Int64,
-            false,
             "Offline: bad runs accepted; online: faulty runs taken before an alarm",
         ),
-        (
-            "faults",
-            DataType::Int64,
-            false,
-            "Online: faults that started",
-        ),
-        (
+        column("faults", DataType::Int64, "Online: faults that started"),
+        column(
             "true_alarms",
             DataType::Int64,
-            false,
             "Online: alarms on a faulty detector",
         ),
-        (
+        column(
             "false_alarms",
             DataType::Int64,
-            false,
             "Online: alarms on a working detector",
         ),
-        (
+        column(
             "redundant_calls",
             DataType::Int64,
-            false,
             "Online: alarms during a repair",
         ),
-        (
+        column(
             "detection_delay",
             DataType::Int64,
-            false,
             "Online: runs from each fault's start to its alarm, summed",
         ),
-        (
+        column(
             "reference_updates",
             DataType::Int64,
-            false,
             "Confirmed good runs folded into the DINAMO-S reference",
         ),
-        (
+        column(
             "alpha",
             DataType::Float64,
-            false,
             "DINAMO-S alpha (tuned on the warm-up)",
         ),
-        (
+        column(
             "threshold",
             DataType::Float64,
-            false,
             "DINAMO-S threshold on ln chi2_nu (tuned on the warm-up)",
         ),
     ])
@@ -291,28 +239,21 @@ pub fn episodes_schema() -> SchemaRef {
 /// with 95 % intervals from a bootstrap over datasets, and the paired
 /// comparison with the DINAMO-S threshold baseline (offset 0).
 pub fn summary_schema() -> SchemaRef {
-    let mut f: Vec<(&str, DataType, bool, &str)> = vec![
-        ("policy", DataType::Utf8, false, "Policy"),
-        (
+    let mut fields: Vec<Field> = vec![
+        column("policy", DataType::Utf8, "Policy"),
+        nullable(
             "offset",
             DataType::Float64,
-            true,
             "Threshold offset (threshold policy)",
         ),
-        (
+        nullable(
             "consecutive",
             DataType::Int64,
-            true,
             "Flagged runs in a row before a call (threshold policy)",
         ),
-        ("regime", DataType::Utf8, false, "offline or online"),
-        ("datasets", DataType::Int64, false, "Datasets evaluated"),
-        (
-            "runs",
-            DataType::Int64,
-            false,
-            "Runs acted on, all datasets",
-        ),
+        column("regime", DataType::Utf8, "offline or online"),
+        column("datasets", DataType::Int64, "Datasets evaluated"),
+        column("runs", DataType::Int64, "Runs acted on, all datasets"),
     ];
     for (name, doc) in [
         ("reward_per_run", "Mean reward per run"),
@@ -331,7 +272,7 @@ pub fn summary_schema() -> SchemaRef {
             "Missed-bad rate minus the threshold baseline's, same datasets",
         ),
     ] {
-        f.push((name, DataType::Float64, true, doc));
+        fields.push(nullable(name, DataType::Float64, doc));
     }
     let bounds: Vec<(String, String)> = [
         "reward_per_run",
@@ -355,32 +296,22 @@ pub fn summary_schema() -> SchemaRef {
         ]
     })
     .collect();
-    let mut fields: Vec<Field> = f
-        .iter()
-        .map(|(n, t, null, doc)| doc_field(n, t.clone(), *null, doc))
-        .collect();
     fields.extend(
         bounds
             .iter()
-            .map(|(n, doc)| doc_field(n, DataType::Float64, true, doc)),
+            .map(|(n, doc)| nullable(n, DataType::Float64, doc)),
     );
-    fields.push(doc_field(
+    fields.push(nullable(
         "threshold_efficiency_at_same_calls",
         DataType::Float64,
-        true,
-        "The highest good efficiency of the threshold rules (every offset and streak) calling at most this policy's calls per 1000 (null: none does)",
-    ));
-    fields.push(doc_field(
+        "The highest good efficiency of the threshold rules (every offset and streak) calling at most this policy's calls per 1000 (null: none does)"));
+    fields.push(nullable(
         "threshold_calls_at_same_missed",
         DataType::Float64,
-        true,
-        "The fewest calls per 1000 of the threshold rules missing at most this policy's missed-bad rate (null: none does)",
-    ));
-    fields.push(doc_field(
+        "The fewest calls per 1000 of the threshold rules missing at most this policy's missed-bad rate (null: none does)"));
+    fields.push(nullable(
         "mean_detection_delay",
         DataType::Float64,
-        true,
-        "Online: mean runs from a fault's start to its alarm (null offline or without a true alarm)",
-    ));
+        "Online: mean runs from a fault's start to its alarm (null offline or without a true alarm)"));
     Arc::new(Schema::new(fields))
 }

@@ -6,9 +6,11 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, StageError};
+use crate::hcal::geometry::MapGeometry;
 use crate::hcal::model::{Block, GraphStad};
-use crate::hcal::renormalize_occupancy::denormalize;
-use crate::hcal::tables::{MapGeometry, MapRow};
+use crate::hcal::renormalization::denormalize;
+use crate::hcal::tables::MapRow;
+use crate::stats::quantile;
 
 /// Per-channel min-max scaling of the renormalized occupancy (the paper
 /// scales every channel into [0, 1] on the training maps).
@@ -233,6 +235,83 @@ pub fn channel_sigma(values: &[Vec<f64>]) -> Vec<f32> {
             var.sqrt().max(1e-6) as f32
         })
         .collect()
+}
+
+/// Per-channel values of every LS.
+type PerLs = Vec<Vec<f64>>;
+
+/// Consecutive maps of the same fill, as slices of `rows`.
+pub fn fills(rows: &[MapRow]) -> Vec<&[MapRow]> {
+    rows.chunk_by(|a, b| a.fill == b.fill && a.case == b.case)
+        .collect()
+}
+
+/// What the trained model is calibrated with on the training and
+/// validation maps.
+pub struct Calibration {
+    /// The reference-map rule: mean renormalized occupancy per channel.
+    pub reference: Vec<f32>,
+    /// σ_i of Eq. 6, for the model and for the rule.
+    pub sigma: Vec<f32>,
+    pub sigma_reference: Vec<f32>,
+    /// The `alpha_quantile` of the validation a_i, for the model and the rule.
+    pub alpha: f64,
+    pub reference_alpha: f64,
+}
+
+/// σ_i of Eq. 6 on the training maps (`window` LS, LSTM states carried
+/// or not), for the model and the reference-map rule, and α: a quantile of a_i = e_i / σ_i over the
+/// validation maps.
+pub fn calibrate(
+    model: &GraphStad,
+    scaling: &Scaling,
+    (train_rows, val_fills): (&[MapRow], &[&[MapRow]]),
+    (window, carry_state): (usize, bool),
+    alpha_quantile: f64,
+    device: Device,
+) -> Result<Calibration> {
+    let m = model.geometry.n_channels();
+    let mut reference = vec![0.0f64; m];
+    for r in train_rows {
+        for (acc, v) in reference.iter_mut().zip(norm(r)) {
+            *acc += v / train_rows.len() as f64;
+        }
+    }
+    let reference: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
+    let mae = |fills: &[&[MapRow]]| -> Result<(PerLs, PerLs)> {
+        let (mut model_mae, mut reference_mae) = (Vec::new(), Vec::new());
+        for fill in fills {
+            let f = fill_scores(
+                model,
+                scaling,
+                &reference,
+                fill,
+                (window, carry_state),
+                device,
+            )?;
+            model_mae.extend(f.model_mae);
+            reference_mae.extend(f.reference_mae);
+        }
+        Ok((model_mae, reference_mae))
+    };
+    let (model_mae, reference_mae) = mae(&fills(train_rows))?;
+    let sigma = channel_sigma(&model_mae);
+    let sigma_reference = channel_sigma(&reference_mae);
+    let (val_model, val_reference) = mae(val_fills)?;
+    let flat = |a: Vec<Vec<f64>>| a.into_iter().flatten().collect::<Vec<f64>>();
+    let a_model = flat(standardized(val_model, &sigma));
+    let a_reference = flat(standardized(val_reference, &sigma_reference));
+    let alpha_of = |mut v: Vec<f64>| {
+        v.sort_unstable_by(f64::total_cmp);
+        quantile(&v, alpha_quantile).unwrap_or(f64::INFINITY)
+    };
+    Ok(Calibration {
+        reference,
+        sigma,
+        sigma_reference,
+        alpha: alpha_of(a_model),
+        reference_alpha: alpha_of(a_reference),
+    })
 }
 
 #[cfg(test)]

@@ -1,76 +1,27 @@
-//! The score table every DINAMO reference writes (DINAMO-S, DINAMO-ML): one
-//! dataset's runs parsed and normalised, what a reference computed per run,
-//! and the output schema and batch, so both references produce the same
-//! columns and `dqm_metrics`, SQL and plots read either.
+//! The formats of the DINAMO family: a runs table read dataset by dataset
+//! ([`DatasetGroups`]) and parsed into normalised runs ([`DatasetRuns`]),
+//! and the score and bands tables every reference writes (DINAMO-S,
+//! DINAMO-ML), so both produce the same columns and `dqm_metrics`, SQL and
+//! plots read either. The table columns themselves are documented in
+//! `dqm_schemas` (`runs`, `scores`, `bands`).
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, UInt32Array,
+    ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int8Type, Int64Type, Schema, SchemaRef};
 
-use super::bands::{BandBuilder, RegimeBands, bands_batch};
+use super::bands::{BandBuilder, RegimeBands};
+use super::reference::{Constants, NormRun, alpha_grid, best_alpha, score_of};
 use crate::arrow_util::{cast_column, f64_lists, is_integer, is_numeric_list, list_rows};
 use crate::error::{Result, StageError};
-use crate::input::require_column;
+use crate::input::{Input, require_column};
 use crate::params::AutoOr;
-use crate::stage::OutputSpec;
+use crate::stage::{OutputSpec, Shard};
 use crate::stats::best_threshold;
-
-/// A run normalised to unit integral with its per-bin Poisson variance and
-/// the update weight derived from it (computed once per run, reused by every
-/// pass of the alpha scan).
-#[derive(Debug, Clone)]
-pub struct NormRun {
-    pub integral: f64,
-    pub x: Vec<f64>,
-    pub var: Vec<f64>,
-    /// omega = 1/(var + epsilon), the bin's weight in a reference update.
-    pub omega: Vec<f64>,
-}
-
-impl NormRun {
-    /// x~ = x/I and sigma^2 = x~/I - x~^2/I, with sigma = 1/I for empty bins.
-    /// An empty run (I = 0) has x~ = 0 and no statistical uncertainty.
-    pub fn new(counts: &[f64], epsilon: f64) -> Self {
-        let integral: f64 = counts.iter().sum();
-        let n = counts.len();
-        if integral <= 0.0 {
-            return Self {
-                integral: 0.0,
-                x: vec![0.0; n],
-                var: vec![0.0; n],
-                omega: vec![1.0 / epsilon; n],
-            };
-        }
-        // The reference code's operations in its order, so that scores
-        // agree with it to the last bit, not just to rounding.
-        let x: Vec<f64> = counts.iter().map(|c| c / integral).collect();
-        let var: Vec<f64> = x
-            .iter()
-            .map(|&p| {
-                if p > 0.0 {
-                    p / integral - p * p / integral
-                } else {
-                    1.0 / (integral * integral)
-                }
-            })
-            .collect();
-        let omega = var.iter().map(|v| 1.0 / (v + epsilon)).collect();
-        Self {
-            integral,
-            x,
-            var,
-            omega,
-        }
-    }
-}
-
-/// ln(chi2), finite even for a perfect match.
-pub fn score_of(chi2: f64) -> f64 {
-    chi2.max(f64::MIN_POSITIVE).ln()
-}
 
 /// The `dataset, run, label` columns every reference method writes first.
 fn key_fields() -> Vec<Field> {
@@ -267,6 +218,30 @@ impl DatasetRuns {
         ))
     }
 
+    /// Alpha: `alpha` itself, or (auto) the value on the grid of `step`
+    /// whose DINAMO-S pass over the first `historical` runs gives the score
+    /// the highest ROC AUC (how `dinamo_s` tunes it, and environments built
+    /// on DINAMO-S with it).
+    pub fn alpha_for(
+        &self,
+        alpha: AutoOr<f64>,
+        step: f64,
+        constants: Constants,
+        historical: usize,
+    ) -> Result<f64> {
+        match alpha {
+            AutoOr::Value(a) => Ok(a),
+            AutoOr::Auto => best_alpha(
+                constants,
+                &alpha_grid(step),
+                &self.norm[..historical],
+                &self.good[..historical],
+                &self.bad_among_first(historical),
+            )
+            .ok_or_else(|| self.cannot_tune("alpha", historical)),
+        }
+    }
+
     /// The threshold: `threshold` itself, or (auto) the one that maximises
     /// balanced accuracy on the first `historical` runs' scores.
     pub fn threshold(
@@ -453,4 +428,255 @@ pub fn score_schema(input: &SchemaRef, name: &str, vectors: bool) -> Result<Sche
         }
     }
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The regimes, in the order `dqm_metrics` writes them.
+pub const REGIMES: [&str; 2] = ["historical", "continual"];
+
+/// One dataset's bands as rows of `dqm_schemas::bands::schema()`; regimes without good
+/// runs have no rows.
+pub fn bands_batch(dataset: i64, regimes: &[Option<RegimeBands>; 2]) -> Result<RecordBatch> {
+    let (mut ds, mut regime, mut bin) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tm, mut ts, mut rm, mut rs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (name, bands) in REGIMES.iter().zip(regimes) {
+        let Some(b) = bands else { continue };
+        for j in 0..b.true_median.len() {
+            ds.push(dataset);
+            regime.push(*name);
+            bin.push(j as i32);
+            tm.push(b.true_median[j]);
+            ts.push(b.true_std[j]);
+            rm.push(b.ref_median[j]);
+            rs.push(b.ref_sigma[j]);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ds)),
+        Arc::new(StringArray::from(regime)),
+        Arc::new(Int32Array::from(bin)),
+        Arc::new(Float64Array::from(tm)),
+        Arc::new(Float64Array::from(ts)),
+        Arc::new(Float64Array::from(rm)),
+        Arc::new(Float64Array::from(rs)),
+    ];
+    Ok(RecordBatch::try_new(dqm_schemas::bands::schema(), columns)?)
+}
+
+/// Splits a table into its datasets while streaming it, so a stage holds one
+/// chunk of datasets in memory, not the whole table.
+///
+/// Rows of one dataset must be contiguous (as every stage here writes them);
+/// a dataset id that reappears after another is an error asking the user to
+/// sort the table. Without a `dataset` column the table is dataset 0.
+pub struct DatasetGroups<'a> {
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send + 'a>,
+    input: String,
+    dataset_column: Option<usize>,
+    /// The datasets of this shard (all when `None`).
+    keep: Option<HashSet<i64>>,
+    current: Option<i64>,
+    pending: Vec<RecordBatch>,
+    seen: HashSet<i64>,
+    ready: VecDeque<(i64, RecordBatch)>,
+    done: bool,
+}
+
+impl<'a> DatasetGroups<'a> {
+    pub fn new(input: &'a Input) -> Self {
+        Self {
+            batches: Box::new(input.batches()),
+            input: input.name.clone(),
+            dataset_column: input.schema.index_of("dataset").ok(),
+            keep: None,
+            current: None,
+            pending: Vec::new(),
+            seen: HashSet::new(),
+            ready: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The datasets of one shard: the input's datasets (in input order) are
+    /// split into `shard.count` contiguous blocks and only the row groups
+    /// holding block `shard.index` are read.
+    pub fn for_shard(input: &'a Input, shard: Shard) -> Result<Self> {
+        if shard == Shard::WHOLE || input.schema.index_of("dataset").is_err() {
+            // Without a dataset column the table is one dataset: shard 0 has it.
+            let mut groups = Self::new(input);
+            if shard.index > 0 {
+                groups.done = true;
+            }
+            return Ok(groups);
+        }
+        let keys = input.row_group_keys("dataset")?;
+        let mut order: Vec<i64> = Vec::new();
+        for k in keys.iter().flatten().flatten() {
+            if order.last() != Some(k) {
+                order.push(*k);
+            }
+        }
+        let mine: HashSet<i64> = order[shard.range(order.len())].iter().copied().collect();
+        let selection: Vec<Vec<usize>> = keys
+            .iter()
+            .map(|groups| {
+                (0..groups.len())
+                    .filter(|&g| groups[g].iter().any(|k| mine.contains(k)))
+                    .collect()
+            })
+            .collect();
+        let mut groups = Self::new(input);
+        groups.batches = Box::new(input.batches_in(selection));
+        groups.keep = Some(mine);
+        Ok(groups)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(id) = self.current.take() {
+            if self.keep.as_ref().is_some_and(|keep| !keep.contains(&id)) {
+                // Another shard's dataset sharing a row group with ours.
+                self.pending.clear();
+                return Ok(());
+            }
+            let schema = self.pending[0].schema();
+            let batch = arrow::compute::concat_batches(&schema, &self.pending)?;
+            self.pending.clear();
+            self.ready.push_back((id, batch));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        let Some(col) = self.dataset_column else {
+            self.current.get_or_insert(0);
+            self.pending.push(batch);
+            return Ok(());
+        };
+        let ids = cast_column(batch.column(col), &DataType::Int64, &self.input, "dataset")?;
+        if ids.null_count() > 0 {
+            return Err(StageError::data(format!(
+                "input `{}`: null in column `dataset`",
+                self.input
+            )));
+        }
+        let ids = ids.as_primitive::<Int64Type>().values();
+        let mut start = 0;
+        while start < ids.len() {
+            let id = ids[start];
+            let mut end = start + 1;
+            while end < ids.len() && ids[end] == id {
+                end += 1;
+            }
+            if self.current != Some(id) {
+                self.flush()?;
+                if !self.seen.insert(id) {
+                    return Err(StageError::data(format!(
+                        "input `{}`: rows of dataset {id} are not contiguous; sort the table by dataset",
+                        self.input
+                    )));
+                }
+                self.current = Some(id);
+            }
+            self.pending.push(batch.slice(start, end - start));
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Up to `n` complete datasets, in input order; empty at the end.
+    pub fn next_chunk(&mut self, n: usize) -> Result<Vec<(i64, RecordBatch)>> {
+        while self.ready.len() < n && !self.done {
+            match self.batches.next() {
+                Some(batch) => self.push(batch?)?,
+                None => {
+                    self.done = true;
+                    self.flush()?;
+                }
+            }
+        }
+        let take = n.min(self.ready.len());
+        Ok(self.ready.drain(..take).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dinamo::generator::RunGenerator;
+    use crate::dinamo::{dinamo_s, dqm_metrics, synth_runs};
+    use crate::in_memory::{input_from_batch, run_in_memory, run_shard_in_memory};
+    use crate::stage::Stage;
+
+    /// Runs `stage` whole and as `count` shards; returns (whole, concatenated parts) of `output`.
+    fn whole_and_sharded(
+        stage: &dyn Stage,
+        inputs: &[Input],
+        output: &str,
+        count: usize,
+    ) -> (RecordBatch, RecordBatch) {
+        let whole = run_in_memory(stage, inputs).unwrap().table(output);
+        let parts: Vec<RecordBatch> = (0..count)
+            .flat_map(|index| {
+                let out = run_shard_in_memory(stage, inputs, Shard { index, count }).unwrap();
+                out.tables.get(output).cloned().unwrap_or_default()
+            })
+            .collect();
+        let joined = arrow::compute::concat_batches(&whole.schema(), &parts).unwrap();
+        (whole, joined)
+    }
+
+    #[test]
+    fn shards_concatenated_in_order_are_the_whole_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let synth = synth_runs::SynthRuns(RunGenerator {
+            seed_range: Some([0, 5]),
+            n_runs: 120,
+            n_bad: 12,
+            ..Default::default()
+        });
+        let (whole, parts) = whole_and_sharded(&synth, &[], "main", 3);
+        assert_eq!(whole, parts);
+        // Two files, as two upstream shards would leave them.
+        let a = input_from_batch("a", &whole.slice(0, 240), &dir.path().join("a.parquet")).unwrap();
+        let b =
+            input_from_batch("b", &whole.slice(240, 360), &dir.path().join("b.parquet")).unwrap();
+        let runs = Input {
+            name: "runs".into(),
+            schema: a.schema.clone(),
+            files: vec![a.files[0].clone(), b.files[0].clone()],
+        };
+        let s = dinamo_s::DinamoS {
+            historical_runs: 40,
+            ..Default::default()
+        };
+        let (whole, parts) = whole_and_sharded(&s, std::slice::from_ref(&runs), "main", 4);
+        assert_eq!(whole.num_rows(), 600);
+        assert_eq!(whole, parts);
+        let scores = input_from_batch("scores", &whole, &dir.path().join("s.parquet")).unwrap();
+        let m = dqm_metrics::DqmMetrics::default();
+        let (whole, parts) = whole_and_sharded(&m, std::slice::from_ref(&scores), "main", 2);
+        assert_eq!(whole, parts);
+        // The summary is recombined from the concatenated per-dataset rows.
+        let main = input_from_batch("main", &parts, &dir.path().join("m.parquet")).unwrap();
+        let mut recombined = crate::in_memory::MemoryOutput::default();
+        m.recombine(
+            &std::collections::BTreeMap::from([("main".to_string(), main)]),
+            &mut recombined,
+        )
+        .unwrap();
+        let summary = run_in_memory(&m, &[scores]).unwrap().table("summary");
+        assert_eq!(recombined.table("summary"), summary);
+    }
+
+    #[test]
+    fn batch_has_a_row_per_regime_and_bin() {
+        let b = RegimeBands {
+            true_median: vec![1.0, 2.0],
+            true_std: vec![0.1, 0.2],
+            ref_median: vec![1.0, 2.0],
+            ref_sigma: vec![0.1, 0.2],
+        };
+        let batch = bands_batch(7, &[None, Some(b)]).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), dqm_schemas::bands::schema());
+    }
 }

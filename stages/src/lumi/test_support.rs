@@ -1,38 +1,11 @@
-//! Test inputs shared by several stages: the bundled Delphes sample
-//! (`data/delphes/`) for every family that reads Delphes events, and
-//! synthetic per-LS histograms for the lumisection family.
+//! The lumisection family's test fixtures: synthetic per-LS histograms with
+//! a good and a bad run, and a small autoencoder trainer for them.
 
-use crate::in_memory::{input_from_batch, run_in_memory};
+use crate::in_memory::input_from_batch;
 use crate::input::Input;
-use crate::medic::delphes_convert::{DelphesConvert, FileGroup};
-
-/// Path of a bundled file, `dijet13_<label>_tiny.root`.
-pub fn bundled(label: &str) -> String {
-    format!(
-        "{}/../data/delphes/dijet13_{label}_tiny.root",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// A converter of the bundled files of `labels`, default features.
-pub fn bundled_convert(labels: &[&str]) -> DelphesConvert {
-    DelphesConvert {
-        files: labels
-            .iter()
-            .map(|l| FileGroup {
-                path: bundled(l),
-                label: l.to_string(),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-/// Runs `convert` and writes its events table to `dir`.
-pub fn converted(dir: &std::path::Path, convert: &DelphesConvert) -> Input {
-    let batch = run_in_memory(convert, &[]).unwrap().table("main");
-    input_from_batch("events", &batch, &dir.join("events.parquet")).unwrap()
-}
+use crate::lumi::lumi_ae_train::LumiAeTrain;
+use crate::lumi::model::LumiAeArch;
+use crate::lumi::tables::histograms_schema;
 
 /// Per-LS histograms of `mes` with `bins` bins: Gaussian-ish unit-area
 /// shapes whose centre wanders a little from LS to LS (good run 1, 120 LS,
@@ -83,18 +56,18 @@ pub fn lumi_shapes(dir: &std::path::Path, mes: &[&str], bins: usize) -> Input {
         )),
         Arc::new(Int64Array::from(vec![50; n])),
     ];
-    let batch = RecordBatch::try_new(crate::lumi::tables::histograms_schema(), columns).unwrap();
+    let batch = RecordBatch::try_new(histograms_schema(), columns).unwrap();
     input_from_batch("histograms", &batch, &dir.join(format!("h_{bins}.parquet"))).unwrap()
 }
 
 /// A small autoencoder trainer for [`lumi_shapes`]: hidden [16, 4, 16], CPU,
 /// no early stop before `epochs`.
-pub fn small_lumi_ae(epochs: usize) -> crate::lumi::lumi_ae_train::LumiAeTrain {
-    crate::lumi::lumi_ae_train::LumiAeTrain {
+pub fn small_lumi_ae(epochs: usize) -> LumiAeTrain {
+    LumiAeTrain {
         epochs,
         patience: epochs,
         learning_rate: 3e-3,
-        arch: crate::lumi::model::LumiAeArch {
+        arch: LumiAeArch {
             hidden: vec![16, 4, 16],
             activity_l2: 1e-7,
         },

@@ -1,0 +1,263 @@
+//! The RL environment as the YAML declares it (`env:` of `rl_train`):
+//! the regime and its actions, the reward weights, the feedback and the
+//! online regime's detector faults, with their checks. The environment
+//! that plays a dataset with it is [`super::env`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, bad_param, within};
+use crate::params::AutoOr;
+
+/// The two regimes of the abstract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Regime {
+    /// Classify collected runs: accept, reject or ask the shifter.
+    Offline,
+    /// While data are taken: continue, or raise an alarm that gets a
+    /// faulty detector fixed.
+    Online,
+}
+
+impl Regime {
+    /// Action names, in the policy's output order.
+    pub fn actions(self) -> &'static [&'static str] {
+        match self {
+            Regime::Offline => &["accept", "reject", "ask"],
+            Regime::Online => &["continue", "alarm"],
+        }
+    }
+
+    /// The action that calls the shifter (ask, alarm).
+    pub fn call(self) -> usize {
+        match self {
+            Regime::Offline => ASK,
+            Regime::Online => ALARM,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Regime::Offline => "offline",
+            Regime::Online => "online",
+        }
+    }
+}
+
+pub const ACCEPT: usize = 0;
+pub const REJECT: usize = 1;
+pub const ASK: usize = 2;
+pub const CONTINUE: usize = 0;
+pub const ALARM: usize = 1;
+
+/// Reward weights, all non-negative; the sign of each is in its name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rewards {
+    /// Gain per good run kept (offline: accepted, or confirmed by the
+    /// shifter; online: taken while the detector works).
+    pub good_kept: f64,
+    /// Cost per bad run accepted (offline).
+    pub bad_accepted: f64,
+    /// Cost per good run rejected (offline), on top of the gain it loses.
+    pub good_rejected: f64,
+    /// Cost per shifter call (an ask offline, an alarm online): c_h, the
+    /// human effort.
+    pub shifter_call: f64,
+    /// Extra cost per false alarm (online): shifter time spent on a
+    /// detector that works.
+    pub false_alarm: f64,
+}
+
+impl Default for Rewards {
+    fn default() -> Self {
+        Self {
+            good_kept: 1.0,
+            bad_accepted: 10.0,
+            good_rejected: 1.0,
+            shifter_call: 0.5,
+            false_alarm: 0.5,
+        }
+    }
+}
+
+/// Kinds of detector fault (online), the generator's anomalies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The Gaussian's mean moves (synth_runs' `anomaly_mu_shift`).
+    MeanShift,
+    /// Its width changes (`anomaly_sigma_shift`).
+    WidthShift,
+    /// Some bins read zero (`dead_bins`).
+    DeadBins,
+}
+
+/// The online regime's detector faults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Probability per run that a working detector develops a fault; it
+    /// persists until an alarm gets it fixed.
+    pub p_start: f64,
+    /// Runs still taken with the fault after a true alarm (the repair).
+    pub fix_delay: usize,
+    /// Kinds a fault is drawn from, uniformly.
+    pub kinds: Vec<FaultKind>,
+    /// Range `[min, max)` of a mean shift (random sign).
+    pub mean_shift: [f64; 2],
+    /// Range `[min, max)` of a width shift (random sign).
+    pub width_shift: [f64; 2],
+    /// Number of dead bins, uniform in `[min, max]`.
+    pub dead_bins: [usize; 2],
+    /// The binomial systematic of the runs a fault redraws: set it to the
+    /// generator's `p_binomial`.
+    pub p_binomial: f64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            p_start: 0.01,
+            fix_delay: 2,
+            kinds: vec![
+                FaultKind::MeanShift,
+                FaultKind::WidthShift,
+                FaultKind::DeadBins,
+            ],
+            mean_shift: [0.25, 0.75],
+            width_shift: [0.05, 0.2],
+            dead_bins: [1, 19],
+            p_binomial: 0.4,
+        }
+    }
+}
+
+/// The environment, as the YAML declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// `offline` (accept / reject / ask per collected run) or `online`
+    /// (continue / alarm while data are taken).
+    pub regime: Regime,
+    /// The first runs of each dataset have known labels (DINAMO's
+    /// historical regime): they tune alpha and the threshold and build the
+    /// reference. The agent acts on the rest.
+    pub warmup_runs: usize,
+    /// DINAMO-S alpha, or `auto` (tuned on the warm-up runs).
+    pub alpha: AutoOr<f64>,
+    /// DINAMO-S threshold on ln chi2_nu, or `auto` (best balanced accuracy
+    /// on the warm-up runs): the baseline's flag and the observation's zero.
+    pub threshold: AutoOr<f64>,
+    /// Runs after which a run that was accepted (offline) or taken without
+    /// an alarm (online) gets its label from the offline certification; the
+    /// good ones then update the reference. `null`: never, only the
+    /// shifter's confirmations do.
+    pub confirm_delay: Option<usize>,
+    /// Runs of history the observation summarises.
+    pub history: usize,
+    /// EWMA alpha of the shadow reference: every run the policy kept,
+    /// confirmed or not (its score against the run is an observation, so
+    /// the agent can tell a slow drift its recent runs share from a lone
+    /// excursion; it never replaces the DINAMO-S reference).
+    pub shadow_alpha: f64,
+    /// Reward weights.
+    pub rewards: Rewards,
+    /// Faults (online regime only).
+    pub faults: Faults,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self {
+            regime: Regime::Offline,
+            warmup_runs: 300,
+            alpha: AutoOr::Auto,
+            threshold: AutoOr::Auto,
+            confirm_delay: Some(20),
+            history: 10,
+            shadow_alpha: 0.5,
+            rewards: Rewards::default(),
+            faults: Faults::default(),
+        }
+    }
+}
+
+impl Rewards {
+    /// Checks the weights; each error names its key in `rewards:`.
+    pub fn validate(&self) -> Result<()> {
+        for (name, w) in [
+            ("good_kept", self.good_kept),
+            ("bad_accepted", self.bad_accepted),
+            ("good_rejected", self.good_rejected),
+            ("shifter_call", self.shifter_call),
+            ("false_alarm", self.false_alarm),
+        ] {
+            if !(w >= 0.0 && w.is_finite()) {
+                return bad_param(
+                    name,
+                    format!("{w} is not a non-negative number (its sign is in its name)"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Faults {
+    /// Checks the faults of an environment of `regime`; each error names
+    /// its key in `faults:`.
+    pub fn validate(&self, regime: Regime) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.p_start) {
+            return bad_param("p_start", format!("{} is not a probability", self.p_start));
+        }
+        if !(0.0..=1.0).contains(&self.p_binomial) {
+            return bad_param(
+                "p_binomial",
+                format!("{} is not a probability", self.p_binomial),
+            );
+        }
+        if regime == Regime::Online && self.kinds.is_empty() {
+            return bad_param("kinds", "the online regime needs at least one kind");
+        }
+        for (name, r) in [
+            ("mean_shift", self.mean_shift),
+            ("width_shift", self.width_shift),
+        ] {
+            if !(0.0 <= r[0] && r[0] <= r[1]) {
+                return bad_param(name, format!("{r:?} is not a non-negative range"));
+            }
+        }
+        if self.dead_bins[0] > self.dead_bins[1] {
+            return bad_param("dead_bins", format!("{:?} is not a range", self.dead_bins));
+        }
+        Ok(())
+    }
+}
+
+impl EnvConfig {
+    /// Checks the environment; each error names its key in the
+    /// environment's block (`rewards.shifter_call`, `warmup_runs`).
+    pub fn validate(&self) -> Result<()> {
+        within("rewards", self.rewards.validate())?;
+        if self.warmup_runs < 2 {
+            return bad_param("warmup_runs", "needs at least 2 runs with known labels");
+        }
+        if self.history == 0 {
+            return bad_param("history", "must be at least 1 run");
+        }
+        if let AutoOr::Value(a) = self.alpha
+            && !(0.0..1.0).contains(&a)
+        {
+            return bad_param("alpha", format!("{a} is not in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&self.shadow_alpha) {
+            return bad_param(
+                "shadow_alpha",
+                format!("{} is not in [0, 1)", self.shadow_alpha),
+            );
+        }
+        within("faults", self.faults.validate(self.regime))
+    }
+}
