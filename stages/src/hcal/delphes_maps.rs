@@ -31,8 +31,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StageError, bad_param};
 use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
-use crate::hcal::tables::{MapRow, injection_fields, maps_schema, with_fields, write_rows};
-use crate::hcal::towers::{check_events, example_events_schema, for_each_event};
+use crate::hcal::tables::{
+    MapRow, check_events, example_events_schema, for_each_event, injection_fields, maps_schema,
+    with_fields, write_rows,
+};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Builds LS maps of one subdetector from the events of every configuration.

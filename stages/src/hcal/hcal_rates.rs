@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError, bad_param};
 use crate::hcal::geometry::{Geometry, Subdetector};
-use crate::hcal::tables::rates_schema;
-use crate::hcal::towers::{check_events, example_events_schema, for_each_event};
+use crate::hcal::tables::{check_events, example_events_schema, for_each_event, rates_schema};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Counts, per channel, the events with an HCAL tower in it.
@@ -253,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = bundled_events(dir.path(), &["normal"]);
         let mut towers = 0;
-        crate::hcal::towers::for_each_event(&input, false, |event| {
+        crate::hcal::tables::for_each_event(&input, false, |event| {
             for (e, p) in event.hcal(0.0) {
                 towers += 1;
                 let homes = count

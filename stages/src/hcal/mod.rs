@@ -12,9 +12,8 @@ pub mod geometry;
 pub mod model;
 pub mod renormalization;
 
-// Shared by the stages: reading events, scoring maps with a model.
+// Shared by the stages: scoring maps with a model (errors, σ_i, α).
 pub mod scoring;
-pub mod towers;
 
 // Stages, one per kind.
 pub mod channel_metrics;

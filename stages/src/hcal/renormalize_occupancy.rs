@@ -72,3 +72,68 @@ impl Stage for RenormalizeOccupancy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hcal::geometry::Subdetector;
+    use crate::hcal::lumi_maps::LumiMaps;
+    use crate::hcal::renormalization::denormalize;
+    use crate::hcal::tables::read_all_rows;
+    use crate::hcal::test_support::flat_rates;
+    use crate::in_memory::{input_from_batch, run_in_memory};
+    use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
+    use std::sync::Arc;
+
+    #[test]
+    fn every_map_gets_its_reversible_renormalization_and_an_empty_ls_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(format!("{name}.parquet"));
+        let rates = input_from_batch("rates", &flat_rates(0.02), &path("rates")).unwrap();
+        let maps = LumiMaps {
+            subdetector: Subdetector::Forward,
+            fills: 2,
+            ls_per_fill: [4, 6],
+            ..Default::default()
+        };
+        let raw = run_in_memory(&maps, &[rates]).unwrap().table("main");
+        let input = input_from_batch("maps", &raw, &path("raw")).unwrap();
+        let stage = RenormalizeOccupancy::default();
+        let out = run_in_memory(&stage, std::slice::from_ref(&input))
+            .unwrap()
+            .table("main");
+        assert_eq!(out.num_rows(), raw.num_rows());
+        assert_eq!(
+            out.schema(),
+            stage.outputs(&[input.schema.clone()]).unwrap()[0].schema
+        );
+        // The divisors bring every channel back to its γ (ξ × γ/ξ).
+        let norm = input_from_batch("norm", &out, &path("norm")).unwrap();
+        let geometry = check_maps(&norm.schema, "norm").unwrap();
+        for row in read_all_rows(&norm, &geometry).unwrap() {
+            let (n, d) = (row.norm.as_ref().unwrap(), row.median.as_ref().unwrap());
+            for (back, gamma) in denormalize(n, d, &geometry).iter().zip(&row.occupancy) {
+                assert!((back * row.events as f64 - gamma).abs() <= 1e-9 * gamma.max(1.0));
+            }
+        }
+        // An LS without events has no γ/ξ: refused, naming its fill and LS.
+        let at = raw.schema().index_of("events").unwrap();
+        let mut columns: Vec<ArrayRef> = raw.columns().to_vec();
+        let mut events: Vec<i64> = (0..raw.num_rows())
+            .map(|i| {
+                raw.column(at)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .value(i)
+            })
+            .collect();
+        events[2] = 0;
+        columns[at] = Arc::new(Int64Array::from(events));
+        let empty = RecordBatch::try_new(raw.schema(), columns).unwrap();
+        let input = input_from_batch("maps", &empty, &path("empty")).unwrap();
+        let err = run_in_memory(&stage, &[input]).unwrap_err().to_string();
+        assert!(
+            err.contains("input `maps`, fill 1 LS 3: no events"),
+            "{err}"
+        );
+    }
+}
