@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(out.num_rows(), raw.num_rows());
         assert_eq!(
             out.schema(),
-            stage.outputs(&[input.schema.clone()]).unwrap()[0].schema
+            stage.outputs(std::slice::from_ref(&input.schema)).unwrap()[0].schema
         );
         // The divisors bring every channel back to its γ (ξ × γ/ξ).
         let norm = input_from_batch("norm", &out, &path("norm")).unwrap();
