@@ -24,6 +24,7 @@ pub mod stats;
 
 // Stage families, and stages of no family.
 pub mod dinamo;
+pub mod dqm;
 pub mod hcal;
 pub mod lumi;
 pub mod medic;

@@ -151,6 +151,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::lumi::certify::Certify>(),
         kind::<crate::rl::rl_train::RlTrain>(),
         kind::<crate::rl::rl_evaluate::RlEvaluate>(),
+        kind::<crate::dqm::dqm_root::DqmRoot>(),
         kind::<crate::union::Union>(),
     ]
 }

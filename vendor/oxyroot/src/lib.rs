@@ -188,7 +188,10 @@ pub mod rbase;
 
 mod rbytes;
 mod rcolors;
-mod rcompress;
+// dqm-pipeline fix 6: public, so the project's histogram reader
+// (stages/src/dqm/root_file.rs) decompresses objects with the same
+// checked code as the tree reader.
+pub mod rcompress;
 pub mod rcont;
 mod rdict;
 mod riofs;

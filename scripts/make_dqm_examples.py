@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""DQM-layout ROOT files written by an independent writer (uproot), for the
+`dqm_root` reader's tests and the example pipelines.
+
+Writes `data/dqm/reader/`: DQM GUI harvested files
+(`DQM_V0001_R000<run>__<dataset>__DQMIO.root`, folders
+`DQMData/Run <run>/<Subsystem>/Run summary/...`) holding every histogram
+class the reader supports (TH1C/S/I/F/D, TH2*, TH3*, TProfile), uniform and
+variable bins, weighted histograms with fSumw2, one ZLIB, LZMA, LZ4, ZSTD and
+uncompressed file each, a file outside the DQM layout (run from the file
+name) and a TObjString beside the histograms (as DQM files hold); and
+`data/dqm/reader/expected.json`: for every histogram its class, axes,
+entries, sum of weights, and SHA-256 digests of the values written (every
+bin in ROOT's order: under/overflow, x fastest), after checking that uproot
+reads back exactly those values, so the tests compare the reader with what
+was written, bin by bin, without uproot installed.
+
+Seeded: the same files every time. Needs `pip install uproot numpy`.
+Usage: scripts/make_dqm_examples.py [--out data/dqm]
+"""
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import uproot
+import uproot.writing.identify as ident
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def axis(name, bins, low, high, edges=None):
+    return ident.to_TAxis(
+        fName=name,
+        fTitle="",
+        fNbins=bins,
+        fXmin=low,
+        fXmax=high,
+        fXbins=None if edges is None else np.asarray(edges, dtype=">f8"),
+    )
+
+
+def axis_json(bins, low, high, edges=None):
+    return {
+        "bins": bins,
+        "low": low,
+        "high": high,
+        "edges": None if edges is None else [float(e) for e in edges],
+    }
+
+
+class Writer:
+    """Histograms written to one file, and what was written."""
+
+    def __init__(self, path, compression):
+        self.file = uproot.recreate(path, compression=compression)
+        self.written = {}
+
+    def close(self):
+        self.file.close()
+
+    def put(self, key, hist, record):
+        self.file[key] = hist
+        self.written[key] = record
+
+    def th(self, key, dtype, axes, rng, weighted=False):
+        """A TH1/TH2/TH3 of `dtype` with random integer-valued contents."""
+        dims = len(axes)
+        shape = [a[0] + 2 for a in axes]
+        n = int(np.prod(shape))
+        data = rng.integers(0, 50, size=n).astype(dtype)
+        if weighted:
+            data = (rng.random(n) * 20).astype(dtype)
+        sumw2 = (data.astype(np.float64) * 1.5) if weighted else None
+        entries = float(data.sum()) + 3.0
+        sum_w = float(data.sum())
+        ax = [axis(["xaxis", "yaxis", "zaxis"][k], *axes[k]) for k in range(dims)]
+        common = dict(
+            fName=None,
+            fTitle=key.rsplit("/", 1)[-1],
+            data=data,
+            fEntries=entries,
+            fTsumw=sum_w,
+            fTsumw2=sum_w,
+            fTsumwx=0.0,
+            fTsumwx2=0.0,
+            fSumw2=sumw2,
+        )
+        if dims == 1:
+            hist = ident.to_TH1x(fXaxis=ax[0], **common)
+        elif dims == 2:
+            hist = ident.to_TH2x(
+                fTsumwy=0.0, fTsumwy2=0.0, fTsumwxy=0.0, fXaxis=ax[0], fYaxis=ax[1], **common
+            )
+        else:
+            hist = ident.to_TH3x(
+                fTsumwy=0.0,
+                fTsumwy2=0.0,
+                fTsumwxy=0.0,
+                fTsumwz=0.0,
+                fTsumwz2=0.0,
+                fTsumwxz=0.0,
+                fTsumwyz=0.0,
+                fXaxis=ax[0],
+                fYaxis=ax[1],
+                fZaxis=ax[2],
+                **common,
+            )
+        self.put(
+            key,
+            hist,
+            {
+                "class": hist.classname,
+                "axes": [axis_json(*a) for a in axes],
+                "contents": [float(v) for v in data],
+                "entries": entries,
+                "sum_w": sum_w,
+                "sumw2": [] if sumw2 is None else [float(v) for v in sumw2],
+                "bin_entries": None,
+            },
+        )
+
+    def profile(self, key, bins, low, high, rng):
+        n = bins + 2
+        w = rng.integers(0, 20, size=n).astype(np.float64)
+        y = rng.normal(5.0, 1.0, size=n)
+        sums = w * y
+        sums2 = w * y * y
+        hist = ident.to_TProfile(
+            fName=None,
+            fTitle=key.rsplit("/", 1)[-1],
+            data=sums,
+            fEntries=float(w.sum()),
+            fTsumw=float(w.sum()),
+            fTsumw2=float(w.sum()),
+            fTsumwx=0.0,
+            fTsumwx2=0.0,
+            fTsumwy=float(sums.sum()),
+            fTsumwy2=float(sums2.sum()),
+            fSumw2=sums2,
+            fBinEntries=w,
+            fBinSumw2=w,
+            fXaxis=axis("xaxis", bins, low, high),
+        )
+        self.put(
+            key,
+            hist,
+            {
+                "class": "TProfile",
+                "axes": [axis_json(bins, low, high)],
+                "contents": [float(v) for v in sums],
+                "entries": float(w.sum()),
+                "sum_w": float(w.sum()),
+                "sumw2": [float(v) for v in sums2],
+                "bin_entries": [float(v) for v in w],
+            },
+        )
+
+
+def digest(values):
+    """SHA-256 of the values as little-endian f64: equal exactly when every
+    bin is equal, at a few bytes per histogram in the fixture."""
+    return hashlib.sha256(np.asarray(values, dtype="<f8").tobytes()).hexdigest()
+
+
+def read_back(path, written):
+    """Checks that uproot reads back every bin that was written (raw contents
+    in ROOT's order) and returns the fixture records: the written values'
+    summary and digests."""
+    out = {}
+    with uproot.open(path) as f:
+        for key, record in written.items():
+            h = f[key]
+            if record["class"] == "TProfile":
+                # The raw Σ w·y of the TH1D inside (values() gives means).
+                contents = np.asarray(h.bases[0].bases[-1])
+            else:
+                # uproot gives [x][y][z]; ROOT's global bin runs x fastest.
+                contents = np.transpose(np.asarray(h.values(flow=True))).ravel()
+            assert h.classname == record["class"], (path, key)
+            assert contents.tolist() == record["contents"], (path, key, "contents")
+            assert float(h.member("fEntries")) == record["entries"], (path, key)
+            out[key] = {
+                "class": record["class"],
+                "axes": record["axes"],
+                "entries": record["entries"],
+                "sum_w": record["sum_w"],
+                "cells": len(record["contents"]),
+                "sum": float(np.sum(record["contents"])),
+                "contents_sha256": digest(record["contents"]),
+                "sumw2_sha256": digest(record["sumw2"]),
+                "bin_entries_sha256": None
+                if record["bin_entries"] is None
+                else digest(record["bin_entries"]),
+            }
+    return out
+
+
+def reader_files(out):
+    rng = np.random.default_rng(28)
+    hcal_eta = (83, -41.5, 41.5)
+    hcal_phi = (72, 0.5, 72.5)
+    files = {}
+    compressions = [
+        ("ZeroBias__Run2022C-Example", uproot.ZLIB(4)),
+        ("ZeroBias__Run2022D-Example", uproot.LZMA(6)),
+        ("JetMET__Run2022E-Example", uproot.LZ4(4)),
+        ("JetMET__Run2022F-Example", uproot.ZSTD(5)),
+        ("Muon__Run2022G-Example", None),
+    ]
+    for k, (dataset, compression) in enumerate(compressions):
+        run = 355100 + 7 * k
+        name = f"DQM_V0001_R000{run}__{dataset}__DQMIO.root"
+        w = Writer(out / name, compression)
+        base = f"DQMData/Run {run}"
+        for depth in (1, 2):
+            w.th(
+                f"{base}/Hcal/Run summary/DigiTask/Occupancy/depth/depth{depth}",
+                np.float32,
+                [hcal_eta, hcal_phi],
+                rng,
+            )
+        w.th(
+            f"{base}/Hcal/Run summary/DigiTask/Occupancy/Occupancy3D",
+            np.float32 if k % 2 == 0 else np.float64,
+            [(13, -6.5, 6.5), (18, 0.5, 72.5), (4, 0.5, 4.5)],
+            rng,
+        )
+        w.th(f"{base}/JetMET/Run summary/Jet/AK4/Pt", np.float32, [(50, 0.0, 500.0)], rng)
+        w.th(f"{base}/JetMET/Run summary/Jet/AK4/Eta", np.float64, [(40, -5.0, 5.0)], rng)
+        w.th(f"{base}/JetMET/Run summary/MET/MET", np.float64, [(30, 0.0, 300.0)], rng, weighted=True)
+        edges = [0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
+        w.th(
+            f"{base}/JetMET/Run summary/MET/SumET_variable",
+            np.float64,
+            [(len(edges) - 1, edges[0], edges[-1], edges)],
+            rng,
+        )
+        w.th(f"{base}/L1T/Run summary/Counts/I", np.int32, [(10, 0.0, 10.0)], rng)
+        w.th(f"{base}/L1T/Run summary/Counts/S", np.int16, [(10, 0.0, 10.0)], rng)
+        w.th(f"{base}/L1T/Run summary/Counts/C", np.int8, [(10, 0.0, 10.0)], rng)
+        w.th(f"{base}/L1T/Run summary/Map/I2", np.int32, [(5, 0.0, 5.0), (3, 0.0, 3.0)], rng)
+        w.profile(f"{base}/Pixel/Run summary/Charge/profile_vs_ls", 20, 0.5, 20.5, rng)
+        w.file[f"{base}/Hcal/Run summary/EventInfo/reportSummaryText"] = "good"
+        w.close()
+        files[name] = read_back(out / name, w.written)
+    # A file outside the DQM layout: the run comes from its name.
+    name = "histograms_R355200.root"
+    w = Writer(out / name, uproot.ZLIB(1))
+    w.th("Hcal/occupancy_depth1", np.float32, [hcal_eta, hcal_phi], rng)
+    w.th("summary/pt", np.float64, [(12, 0.0, 120.0)], rng)
+    w.close()
+    files[name] = read_back(out / name, w.written)
+    (out / "expected.json").write_text(json.dumps(files, indent=1) + "\n")
+    return files
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "data" / "dqm"))
+    args = parser.parse_args()
+    out = Path(args.out) / "reader"
+    out.mkdir(parents=True, exist_ok=True)
+    files = reader_files(out)
+    n = sum(len(f) for f in files.values())
+    print(f"{out}: {len(files)} files, {n} histograms (uproot {uproot.__version__})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+//! The formats of the DQM family: the long histograms table every reader
+//! of real DQM data writes (`dqm_root` from ROOT files, `dqm_dataframe`
+//! from per-LS DataFrames), one row per (run, LS, ME), so no family stage
+//! needs to know where a histogram came from.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch,
+    StringArray,
+};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
+use dqm_schemas::{column, f64_list, nullable, schema_of};
+
+use crate::arrow_util::f64_lists;
+use crate::dqm::histogram::{Axis, Histogram};
+use crate::error::{Result, StageError};
+use crate::input::require_column;
+
+/// One histogram of one run (and LS) with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramRow {
+    /// The file (or table) it was read from.
+    pub file: String,
+    pub run: i64,
+    /// The lumisection, for per-LS MEs; `None` for a run's histogram.
+    pub ls: Option<i64>,
+    /// The monitoring element's DQM path (`Hcal/DigiTask/Occupancy/depth1`).
+    pub me: String,
+    pub histogram: Histogram,
+}
+
+const AXES: [&str; 3] = ["x", "y", "z"];
+
+/// `dqm_root`'s and `dqm_dataframe`'s output: one row per (run, LS, ME).
+pub fn histograms_schema() -> SchemaRef {
+    let mut fields = vec![
+        column(
+            "file",
+            DataType::Utf8,
+            "File (or table) the histogram was read from",
+        ),
+        column("run", DataType::Int64, "Run number"),
+        nullable(
+            "ls",
+            DataType::Int64,
+            "Lumisection, for per-LS MEs (null: the run's histogram)",
+        ),
+        column(
+            "me",
+            DataType::Utf8,
+            "Monitoring element: its DQM path without `DQMData/Run <n>/` and `Run summary/` (`Hcal/DigiTask/Occupancy/depth1`)",
+        ),
+        column(
+            "class",
+            DataType::Utf8,
+            "ROOT class (TH1F, TH2D, TH3F, TProfile, ...)",
+        ),
+        column("dim", DataType::Int32, "Dimension: 1, 2 or 3"),
+    ];
+    for (k, axis) in AXES.iter().enumerate() {
+        let field = |name: &str, t: DataType, doc: String| {
+            if k == 0 {
+                column(&format!("{axis}_{name}"), t, &doc)
+            } else {
+                nullable(
+                    &format!("{axis}_{name}"),
+                    t,
+                    &format!("{doc} (null below {} dimensions)", k + 1),
+                )
+            }
+        };
+        fields.push(field(
+            "bins",
+            DataType::Int32,
+            format!("Bins along {axis}, under/overflow not counted"),
+        ));
+        fields.push(field(
+            "low",
+            DataType::Float64,
+            format!("Low edge of the first {axis} bin"),
+        ));
+        fields.push(field(
+            "high",
+            DataType::Float64,
+            format!("High edge of the last {axis} bin"),
+        ));
+        fields.push(nullable(
+            &format!("{axis}_edges"),
+            f64_list(),
+            &format!("The {axis} bin edges (bins + 1) when not uniform; null for uniform bins"),
+        ));
+    }
+    fields.extend([
+        column(
+            "contents",
+            f64_list(),
+            "Every bin with under- and overflow, x fastest (ROOT's order): ∏(bins + 2) values; a TProfile's Σ w·y per bin",
+        ),
+        column("entries", DataType::Float64, "Values filled (fEntries)"),
+        column(
+            "sum_w",
+            DataType::Float64,
+            "Sum of weights inside the axes' ranges (fTsumw)",
+        ),
+        column(
+            "sumw2",
+            f64_list(),
+            "Per-bin Σ w² (a TProfile's Σ w·y²) in the order of `contents`; empty when not stored",
+        ),
+        nullable(
+            "bin_entries",
+            f64_list(),
+            "TProfile: per-bin Σ w (fBinEntries); null for other classes",
+        ),
+    ]);
+    schema_of(fields)
+}
+
+/// `rows` as a batch of [`histograms_schema`].
+pub fn histograms_batch(rows: &[HistogramRow]) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.file.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.run))),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.ls))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.me.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.histogram.class.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            rows.iter().map(|r| r.histogram.dimension() as i32),
+        )),
+    ];
+    for k in 0..AXES.len() {
+        let axis = |r: &HistogramRow| r.histogram.axes.get(k).cloned();
+        let axes: Vec<Option<Axis>> = rows.iter().map(axis).collect();
+        columns.push(Arc::new(Int32Array::from_iter(
+            axes.iter().map(|a| a.as_ref().map(|a| a.bins as i32)),
+        )));
+        columns.push(Arc::new(Float64Array::from_iter(
+            axes.iter().map(|a| a.as_ref().map(|a| a.low)),
+        )));
+        columns.push(Arc::new(Float64Array::from_iter(
+            axes.iter().map(|a| a.as_ref().map(|a| a.high)),
+        )));
+        columns.push(Arc::new(optional_lists(
+            axes.iter()
+                .map(|a| a.as_ref().and_then(|a| a.edges.as_deref())),
+        )));
+    }
+    columns.extend([
+        Arc::new(f64_lists(
+            rows.iter().map(|r| r.histogram.contents.as_slice()),
+        )) as ArrayRef,
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.histogram.entries),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.histogram.sum_w),
+        )),
+        Arc::new(f64_lists(rows.iter().map(|r| r.histogram.sumw2.as_slice()))),
+        Arc::new(optional_lists(
+            rows.iter().map(|r| r.histogram.bin_entries.as_deref()),
+        )),
+    ]);
+    Ok(RecordBatch::try_new(histograms_schema(), columns)?)
+}
+
+/// A list column of f64 with nulls where `None`.
+fn optional_lists<'a>(values: impl Iterator<Item = Option<&'a [f64]>>) -> ListArray {
+    let mut builder =
+        arrow::array::ListBuilder::new(arrow::array::Float64Builder::new()).with_field(Arc::new(
+            arrow::datatypes::Field::new("item", DataType::Float64, false),
+        ));
+    for v in values {
+        match v {
+            Some(v) => {
+                builder.values().append_slice(v);
+                builder.append(true);
+            }
+            None => builder.append(false),
+        }
+    }
+    builder.finish()
+}
+
+/// Checks at plan time that `schema` is a histograms table; `why` says who
+/// reads it.
+pub fn require_histograms(schema: &SchemaRef, input: &str, why: &str) -> Result<()> {
+    for field in histograms_schema().fields() {
+        let t = field.data_type().clone();
+        require_column(schema, input, field.name(), why, &t.to_string(), |f| {
+            f == &t
+        })?;
+    }
+    Ok(())
+}
+
+/// The rows of a histograms-table batch.
+pub fn read_histograms(batch: &RecordBatch, input: &str) -> Result<Vec<HistogramRow>> {
+    let col = |name: &str| -> Result<&ArrayRef> {
+        batch.column_by_name(name).ok_or_else(|| {
+            StageError::missing_column(input, name, "a histograms table (`dqm_root`)")
+        })
+    };
+    let strings = |name: &str| -> Result<&StringArray> { Ok(col(name)?.as_string::<i32>()) };
+    let (file, me, class) = (strings("file")?, strings("me")?, strings("class")?);
+    let run = col("run")?.as_primitive::<Int64Type>();
+    let ls = col("ls")?.as_primitive::<Int64Type>();
+    let dim = col("dim")?.as_primitive::<Int32Type>();
+    let list = |name: &str| -> Result<&ListArray> { Ok(col(name)?.as_list::<i32>()) };
+    let values = |l: &ListArray, i: usize| -> Vec<f64> {
+        l.value(i).as_primitive::<Float64Type>().values().to_vec()
+    };
+    let mut axis_columns = Vec::new();
+    for axis in AXES {
+        axis_columns.push((
+            col(&format!("{axis}_bins"))?.as_primitive::<Int32Type>(),
+            col(&format!("{axis}_low"))?.as_primitive::<Float64Type>(),
+            col(&format!("{axis}_high"))?.as_primitive::<Float64Type>(),
+            list(&format!("{axis}_edges"))?,
+        ));
+    }
+    let (contents, sumw2, bin_entries) = (list("contents")?, list("sumw2")?, list("bin_entries")?);
+    let entries = col("entries")?.as_primitive::<Float64Type>();
+    let sum_w = col("sum_w")?.as_primitive::<Float64Type>();
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let d = dim.value(i);
+        if !(1..=3).contains(&d) {
+            return Err(StageError::data(format!(
+                "input `{input}`, ME `{}` run {}: dimension {d}",
+                me.value(i),
+                run.value(i)
+            )));
+        }
+        let axes = axis_columns[..d as usize]
+            .iter()
+            .map(|(bins, low, high, edges)| Axis {
+                bins: bins.value(i).max(0) as usize,
+                low: low.value(i),
+                high: high.value(i),
+                edges: (!edges.is_null(i)).then(|| values(edges, i)),
+            })
+            .collect();
+        rows.push(HistogramRow {
+            file: file.value(i).to_string(),
+            run: run.value(i),
+            ls: (!ls.is_null(i)).then(|| ls.value(i)),
+            me: me.value(i).to_string(),
+            histogram: Histogram {
+                class: class.value(i).to_string(),
+                axes,
+                contents: values(contents, i),
+                entries: entries.value(i),
+                sum_w: sum_w.value(i),
+                sumw2: values(sumw2, i),
+                bin_entries: (!bin_entries.is_null(i)).then(|| values(bin_entries, i)),
+            },
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_the_table_both_ways() {
+        let h = |class: &str, axes: Vec<Axis>, profile: bool| {
+            let n: usize = axes.iter().map(|a| a.bins + 2).product();
+            Histogram {
+                class: class.into(),
+                axes,
+                contents: (0..n).map(|v| v as f64 * 0.5).collect(),
+                entries: 42.0,
+                sum_w: 40.0,
+                sumw2: if profile { vec![1.0; n] } else { Vec::new() },
+                bin_entries: profile.then(|| vec![2.0; n]),
+            }
+        };
+        let uniform = |bins| Axis {
+            bins,
+            low: -1.0,
+            high: 1.0,
+            edges: None,
+        };
+        let rows = vec![
+            HistogramRow {
+                file: "a.root".into(),
+                run: 1,
+                ls: None,
+                me: "A/h1".into(),
+                histogram: h("TH1F", vec![uniform(3)], false),
+            },
+            HistogramRow {
+                file: "a.root".into(),
+                run: 1,
+                ls: Some(7),
+                me: "A/map".into(),
+                histogram: h(
+                    "TH2D",
+                    vec![
+                        uniform(2),
+                        Axis {
+                            bins: 2,
+                            low: 0.0,
+                            high: 3.0,
+                            edges: Some(vec![0.0, 1.0, 3.0]),
+                        },
+                    ],
+                    false,
+                ),
+            },
+            HistogramRow {
+                file: "b.root".into(),
+                run: 2,
+                ls: None,
+                me: "B/p".into(),
+                histogram: h("TProfile", vec![uniform(4)], true),
+            },
+        ];
+        let batch = histograms_batch(&rows).unwrap();
+        require_histograms(&batch.schema(), "h", "test").unwrap();
+        assert_eq!(read_histograms(&batch, "h").unwrap(), rows);
+        assert!(batch.column_by_name("z_bins").unwrap().is_null(0));
+    }
+}
