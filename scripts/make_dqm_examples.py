@@ -210,6 +210,7 @@ def reader_files(out):
         ("JetMET__Run2022F-Example", uproot.ZSTD(5)),
         ("Muon__Run2022G-Example", None),
     ]
+    written_by_file = {}
     for k, (dataset, compression) in enumerate(compressions):
         run = 355100 + 7 * k
         name = f"DQM_V0001_R000{run}__{dataset}__DQMIO.root"
@@ -246,6 +247,7 @@ def reader_files(out):
         w.file[f"{base}/Hcal/Run summary/EventInfo/reportSummaryText"] = "good"
         w.close()
         files[name] = read_back(out / name, w.written)
+        written_by_file[name] = w.written
     # A file outside the DQM layout: the run comes from its name.
     name = "histograms_R355200.root"
     w = Writer(out / name, uproot.ZLIB(1))
@@ -254,7 +256,58 @@ def reader_files(out):
     w.close()
     files[name] = read_back(out / name, w.written)
     (out / "expected.json").write_text(json.dumps(files, indent=1) + "\n")
+    dataframes(out, written_by_file)
     return files
+
+
+DQMIO_CODE = {"TH1F": 3, "TH1S": 4, "TH1D": 5, "TH2F": 6, "TH2S": 7, "TH2D": 8, "TH1I": 12, "TH2I": 13}
+
+
+def dataframes(out, written_by_file):
+    """The 1-D and 2-D histograms of the DQM-layout files as a per-LS table
+    in CMS's export layout (fromrun, fromlumi, hname, metype, histo, entries,
+    Xmin, Xmax, Xbins, Ymin, Ymax, Ybins): `histo` a bracketed string of
+    every bin (under/overflow, x fastest) in the CSV, a list in the Parquet
+    file. Each run's MEs are given LS 1, and the TH1F MEs a copy at LS 2
+    with every bin doubled."""
+    import pandas as pd
+
+    rows = []
+    for name, written in written_by_file.items():
+        if not name.startswith("DQM_"):
+            continue
+        for key, r in written.items():
+            if r["class"] not in DQMIO_CODE:
+                continue
+            parts = key.split("/")
+            run = int(parts[1].split()[1])
+            me = "/".join(p for p in parts[2:] if p != "Run summary")
+            axes = r["axes"] + [{"bins": 0, "low": 0.0, "high": 0.0}]
+            copies = [(1, 1.0)] + ([(2, 2.0)] if r["class"] == "TH1F" else [])
+            for ls, factor in copies:
+                values = [v * factor for v in r["contents"]]
+                rows.append(
+                    {
+                        "fromrun": run,
+                        "fromlumi": ls,
+                        "hname": me,
+                        "metype": DQMIO_CODE[r["class"]],
+                        "histo": values,
+                        "entries": r["entries"] * factor,
+                        "Xmin": axes[0]["low"],
+                        "Xmax": axes[0]["high"],
+                        "Xbins": axes[0]["bins"],
+                        "Ymin": axes[1]["low"],
+                        "Ymax": axes[1]["high"],
+                        "Ybins": axes[1]["bins"],
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(out / "perls.parquet", index=False)
+    text = frame.copy()
+    text["histo"] = text["histo"].map(lambda v: "[" + ", ".join(repr(x) for x in v) + "]")
+    text.to_csv(out / "perls.csv", index=False)
+    return len(rows)
 
 
 def main():

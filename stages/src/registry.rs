@@ -152,6 +152,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::rl::rl_train::RlTrain>(),
         kind::<crate::rl::rl_evaluate::RlEvaluate>(),
         kind::<crate::dqm::dqm_root::DqmRoot>(),
+        kind::<crate::dqm::dqm_dataframe::DqmDataframe>(),
         kind::<crate::union::Union>(),
     ]
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dqm::histogram::{SUPPORTED, decode, is_supported};
 use crate::dqm::root_file::{Key, RootFile};
-use crate::dqm::tables::{HistogramRow, histograms_batch, histograms_schema};
+use crate::dqm::tables::{Consistency, HistogramRow, histograms_batch, histograms_schema};
 use crate::error::{Result, StageError, bad_param};
 use crate::files::{fingerprint, resolve_glob};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
@@ -55,7 +55,9 @@ pub struct DqmRoot {
     /// `..._R000<run>__...`).
     pub run_pattern: String,
     /// Regular expression on the ME name whose first group is the
-    /// lumisection, for files with per-LS folders; `null`: run histograms.
+    /// lumisection, for files with per-LS folders (`LS (\d+)/`); the part it
+    /// matches leaves the ME name, so an ME keeps one name across LS.
+    /// `null`: run histograms.
     pub ls_pattern: Option<String>,
     /// An object the patterns select whose class is not a known histogram.
     pub other_classes: OtherClasses,
@@ -137,6 +139,16 @@ pub fn dqm_name(path: &str) -> (Option<i64>, String) {
         return (Some(run), rest.join("/"));
     }
     (None, path.to_string())
+}
+
+/// `me` without the part `re` matched (the LS folder of a per-LS ME), so
+/// one ME keeps one name across LS: `JetMET/LS 17/MET` -> `JetMET/MET`.
+fn without_match(re: &Regex, me: &str) -> String {
+    let cut = re.replace(me, "");
+    cut.split('/')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The number in the first group of `re` on `text`.
@@ -222,15 +234,18 @@ impl DqmRoot {
                     self.run_pattern
                 ))
             })?;
-            let ls = match &sel.ls {
-                Some(re) => Some(number(re, &me).ok_or_else(|| {
-                    StageError::data(format!(
-                        "{}: ME `{me}` does not match ls_pattern `{}`",
-                        path.display(),
-                        re.as_str()
-                    ))
-                })?),
-                None => None,
+            let (ls, me) = match &sel.ls {
+                Some(re) => {
+                    let ls = number(re, &me).ok_or_else(|| {
+                        StageError::data(format!(
+                            "{}: ME `{me}` does not match ls_pattern `{}`",
+                            path.display(),
+                            re.as_str()
+                        ))
+                    })?;
+                    (Some(ls), without_match(re, &me))
+                }
+                None => (None, me),
             };
             out.push(Work {
                 file: file.clone(),
@@ -266,6 +281,20 @@ fn decode_all(work: &[Work]) -> Result<Vec<HistogramRow>> {
         .collect()
 }
 
+/// Checks `rows` against the rows before them and writes them.
+fn write(
+    ctx: &mut RunContext<'_>,
+    rows: &[HistogramRow],
+    consistency: &mut Consistency,
+) -> Result<()> {
+    for r in rows {
+        consistency
+            .check(r)
+            .map_err(|e| StageError::data(format!("{}: ME `{}`: {e}", r.file, r.me)))?;
+    }
+    ctx.output.write("main", histograms_batch(rows)?)
+}
+
 /// Files open at once while their keys wait to be decoded.
 const OPEN_FILES: usize = 64;
 
@@ -287,6 +316,7 @@ impl Stage for DqmRoot {
         let progress = ctx.reporter.progress(files.len() as u64, "files");
         let (mut pending, mut open, mut written, mut skipped) =
             (Vec::new(), 0usize, 0usize, 0usize);
+        let mut consistency = Consistency::default();
         for path in &files {
             let work = self.select(path, &sel, &mut skipped)?;
             if work.is_empty() {
@@ -301,16 +331,14 @@ impl Stage for DqmRoot {
             while pending.len() >= self.batch_size || (open >= OPEN_FILES && !pending.is_empty()) {
                 let n = pending.len().min(self.batch_size);
                 let batch: Vec<Work> = pending.drain(..n).collect();
-                ctx.output
-                    .write("main", histograms_batch(&decode_all(&batch)?)?)?;
+                write(ctx, &decode_all(&batch)?, &mut consistency)?;
                 written += n;
                 open = usize::from(!pending.is_empty());
             }
             progress.inc(1);
         }
         if !pending.is_empty() {
-            ctx.output
-                .write("main", histograms_batch(&decode_all(&pending)?)?)?;
+            write(ctx, &decode_all(&pending)?, &mut consistency)?;
             written += pending.len();
         }
         ctx.reporter.info(&format!(
@@ -341,6 +369,9 @@ mod tests {
             dqm_name("DQMData/Run x/h"),
             (None, "DQMData/Run x/h".into())
         );
+        let ls = regex_with_group("ls_pattern", r"LS (\d+)/").unwrap();
+        assert_eq!(number(&ls, "JetMET/LS 17/MET"), Some(17));
+        assert_eq!(without_match(&ls, "JetMET/LS 17/MET"), "JetMET/MET");
         let re = regex_with_group("run_pattern", r"_R0*(\d+)").unwrap();
         assert_eq!(
             number(&re, "DQM_V0001_R000355100__ZeroBias__Run2022__DQMIO.root"),

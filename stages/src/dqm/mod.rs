@@ -11,4 +11,5 @@ pub mod histogram;
 pub mod root_file;
 
 // Stages, one per kind.
+pub mod dqm_dataframe;
 pub mod dqm_root;

@@ -266,6 +266,55 @@ pub fn read_histograms(batch: &RecordBatch, input: &str) -> Result<Vec<Histogram
     Ok(rows)
 }
 
+/// What a reader checks across the rows it writes: every ME keeps one
+/// binning, and each (run, LS, ME) appears once (the families index
+/// histograms by them).
+#[derive(Debug, Default)]
+pub struct Consistency {
+    binnings: std::collections::HashMap<String, Vec<Axis>>,
+    seen: std::collections::HashSet<(i64, Option<i64>, String)>,
+}
+
+impl Consistency {
+    /// Records `row`; an error (a sentence) when it breaks either rule.
+    pub fn check(&mut self, row: &HistogramRow) -> std::result::Result<(), String> {
+        let axes = &row.histogram.axes;
+        match self.binnings.get(&row.me) {
+            Some(first) if first != axes => {
+                return Err(format!(
+                    "binning {} differs from {} of the same ME in an earlier row (an ME keeps one binning)",
+                    describe(axes),
+                    describe(first)
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.binnings.insert(row.me.clone(), axes.clone());
+            }
+        }
+        if !self.seen.insert((row.run, row.ls, row.me.clone())) {
+            return Err(format!(
+                "run {}{} holds this ME twice",
+                row.run,
+                row.ls.map_or(String::new(), |ls| format!(" LS {ls}"))
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[10 in (0, 5); 3 in (-1, 1)]`.
+fn describe(axes: &[Axis]) -> String {
+    let parts: Vec<String> = axes
+        .iter()
+        .map(|a| match &a.edges {
+            None => format!("{} in ({}, {})", a.bins, a.low, a.high),
+            Some(e) => format!("{} with edges {e:?}", a.bins),
+        })
+        .collect();
+    format!("[{}]", parts.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +378,40 @@ mod tests {
         require_histograms(&batch.schema(), "h", "test").unwrap();
         assert_eq!(read_histograms(&batch, "h").unwrap(), rows);
         assert!(batch.column_by_name("z_bins").unwrap().is_null(0));
+    }
+
+    #[test]
+    fn one_binning_per_me_and_each_run_ls_me_once() {
+        let row = |run, ls, bins| HistogramRow {
+            file: "f".into(),
+            run,
+            ls,
+            me: "A/h".into(),
+            histogram: Histogram {
+                class: "TH1F".into(),
+                axes: vec![Axis {
+                    bins,
+                    low: 0.0,
+                    high: 1.0,
+                    edges: None,
+                }],
+                contents: vec![0.0; bins + 2],
+                entries: 0.0,
+                sum_w: 0.0,
+                sumw2: Vec::new(),
+                bin_entries: None,
+            },
+        };
+        let mut c = Consistency::default();
+        c.check(&row(1, Some(1), 4)).unwrap();
+        c.check(&row(1, Some(2), 4)).unwrap();
+        c.check(&row(2, None, 4)).unwrap();
+        let twice = c.check(&row(1, Some(2), 4)).unwrap_err();
+        assert!(twice.contains("run 1 LS 2 holds this ME twice"), "{twice}");
+        let binning = c.check(&row(3, Some(1), 5)).unwrap_err();
+        assert!(
+            binning.contains("[5 in (0, 1)] differs from [4 in (0, 1)]"),
+            "{binning}"
+        );
     }
 }
