@@ -15,8 +15,17 @@ bin in ROOT's order: under/overflow, x fastest), after checking that uproot
 reads back exactly those values, so the tests compare the reader with what
 was written, bin by bin, without uproot installed.
 
-Seeded: the same files every time. Needs `pip install uproot numpy`.
+With `--from-lumi HISTOGRAMS --out DIR`, writes instead the project's own
+per-LS histograms (an `ls_histograms` table made with `normalize: false`)
+in every real format: DQM-layout ROOT files with per-LS folders, the CMS
+per-LS CSV and Parquet layout, a Golden JSON of the good LS, a DCS-only
+JSON and the luminosity tool's CSV, for `pipelines/lumi_from_dqm.yaml` and the round-trip
+test (native histograms and the same read back give one certificate).
+
+Seeded: the same content every time. Needs `pip install uproot numpy pandas
+pyarrow`.
 Usage: scripts/make_dqm_examples.py [--out data/dqm]
+       scripts/make_dqm_examples.py --from-lumi TABLE --out DIR [--formats root,csv,parquet]
 """
 
 import argparse
@@ -310,10 +319,126 @@ def dataframes(out, written_by_file):
     return len(rows)
 
 
+# The binning of `ls_histograms`' default MEs, and their DQM paths.
+LUMI_MES = {
+    "met": (40, 0.0, 200.0),
+    "met_significance": (40, 0.0, 8.0),
+    "leading_jet_pt": (40, 0.0, 800.0),
+    "jet_eta": (40, -5.0, 5.0),
+    "jet_phi": (36, -np.pi, np.pi),
+    "n_jets": (20, 0.0, 20.0),
+}
+
+
+def lumi_examples(histograms, out, formats):
+    """The project's own per-LS histograms (an `ls_histograms` table with
+    `normalize: false`, read from `histograms`, a Parquet file or folder)
+    written as a certifier receives real data: per-LS MEs in DQM-layout ROOT
+    files (`DQMData/Run <run>/JetMET/Run summary/LS <ls>/<me>`, one TH1D each,
+    written by uproot), the CMS per-LS CSV and Parquet layout, the Golden
+    JSON of the good LS, a DCS-only JSON (every LS but the first two of each
+    run) and the luminosity tool's per-LS CSV (in /pb)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(histograms).to_pandas()
+    table = table.sort_values(["run", "ls", "me"], kind="stable")
+    out.mkdir(parents=True, exist_ok=True)
+    if "root" in formats:
+        for run, rows in table.groupby("run", sort=True):
+            path = out / f"DQM_V0001_R{run:09d}__ZeroBias__LumiExample__DQMIO.root"
+            with uproot.recreate(path, compression=uproot.ZLIB(4)) as f:
+                for r in rows.itertuples():
+                    bins, low, high = LUMI_MES[r.me]
+                    counts = np.asarray(r.counts, dtype=np.float64)
+                    assert len(counts) == bins + 2, (run, r.ls, r.me)
+                    f[f"DQMData/Run {run}/JetMET/Run summary/LS {r.ls}/{r.me}"] = ident.to_TH1x(
+                        fName=None,
+                        fTitle=r.me,
+                        data=counts,
+                        fEntries=float(r.entries),
+                        fTsumw=float(counts[1:-1].sum()),
+                        fTsumw2=float(counts[1:-1].sum()),
+                        fTsumwx=0.0,
+                        fTsumwx2=0.0,
+                        fSumw2=None,
+                        fXaxis=axis("xaxis", bins, low, high),
+                    )
+    frame = table.assign(
+        fromrun=table["run"],
+        fromlumi=table["ls"],
+        hname="JetMET/" + table["me"],
+        metype=5,
+        histo=table["counts"].map(lambda c: [float(v) for v in c]),
+        Xmin=table["me"].map(lambda m: LUMI_MES[m][1]),
+        Xmax=table["me"].map(lambda m: LUMI_MES[m][2]),
+        Xbins=table["me"].map(lambda m: LUMI_MES[m][0]),
+        Ymin=0.0,
+        Ymax=0.0,
+        Ybins=0,
+    )[["fromrun", "fromlumi", "hname", "metype", "histo", "entries", "Xmin", "Xmax", "Xbins", "Ymin", "Ymax", "Ybins"]]
+    if "parquet" in formats:
+        frame.to_parquet(out / "perls.parquet", index=False, compression="zstd")
+    if "csv" in formats:
+        text = frame.copy()
+        text["histo"] = text["histo"].map(lambda v: "[" + ", ".join(repr(x) for x in v) + "]")
+        text.to_csv(out / "perls.csv", index=False)
+    # One row per LS: the LS columns are the same for every ME.
+    per_ls = table.drop_duplicates(["run", "ls"]).sort_values(["run", "ls"])
+    golden = {}
+    for r in per_ls.itertuples():
+        if not r.bad:
+            ranges = golden.setdefault(str(r.run), [])
+            if ranges and ranges[-1][1] == r.ls - 1:
+                ranges[-1][1] = int(r.ls)
+            else:
+                ranges.append([int(r.ls), int(r.ls)])
+    (out / "golden.json").write_text(
+        "{\n" + ",\n".join(f'  "{k}": {json.dumps(v)}' for k, v in golden.items()) + "\n}\n"
+    )
+    # DCS-only: every LS with the detector on; here the first two LS of each
+    # run are taken as the ramp-up, with a subdetector still off.
+    dcs = {}
+    for r in per_ls.itertuples():
+        if r.ls > 2:
+            ranges = dcs.setdefault(str(r.run), [])
+            if ranges and ranges[-1][1] == r.ls - 1:
+                ranges[-1][1] = int(r.ls)
+            else:
+                ranges.append([int(r.ls), int(r.ls)])
+    (out / "dcs.json").write_text(
+        "{\n" + ",\n".join(f'  "{k}": {json.dumps(v)}' for k, v in dcs.items()) + "\n}\n"
+    )
+    lines = [
+        "#Data tag : example , Norm tag: None",
+        "#run:fill,ls,time,beamstatus,E(GeV),delivered(/pb),recorded(/pb),avgpu,source",
+    ]
+    for r in per_ls.itertuples():
+        lines.append(
+            f"{r.run}:1,{r.ls}:{r.ls},01/01/26 00:00:00,STABLE BEAMS,6800,{r.lumi!r},{r.lumi!r},0.0,EXAMPLE"
+        )
+    (out / "lumi.csv").write_text("\n".join(lines) + "\n")
+    return len(table)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "data" / "dqm"))
+    parser.add_argument(
+        "--from-lumi",
+        metavar="HISTOGRAMS",
+        help="write an ls_histograms table (normalize: false; Parquet file or folder) "
+        "in the real formats to OUT instead of the reader's examples",
+    )
+    parser.add_argument(
+        "--formats",
+        default="root,csv,parquet",
+        help="with --from-lumi: which of root, csv, parquet to write",
+    )
     args = parser.parse_args()
+    if args.from_lumi:
+        n = lumi_examples(Path(args.from_lumi), Path(args.out), args.formats.split(","))
+        print(f"{args.out}: {n} per-LS histograms as {args.formats}, golden.json, lumi.csv")
+        return
     out = Path(args.out) / "reader"
     out.mkdir(parents=True, exist_ok=True)
     files = reader_files(out)

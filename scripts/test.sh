@@ -15,6 +15,14 @@ if [ -z "${DQM_CHROMIUM:-}" ] && ! command -v chromium > /dev/null; then
   "${as_root[@]}" apt-get install -y -qq --no-install-recommends chromium > /dev/null
 fi
 source scripts/env.sh
+# The DQM round-trip test (tests/cli.rs) writes ROOT, CSV and Parquet files
+# with an independent writer: uproot and pandas, from PyPI, in the project's
+# virtualenv.
+if ! "$DQM_VENV/bin/python" -c "import uproot, numpy, pandas, pyarrow" 2> /dev/null; then
+  echo "test: installing uproot, numpy, pandas, pyarrow into $DQM_VENV" >&2
+  "$DQM_VENV/bin/pip" install --quiet "uproot==5.7.7" "numpy==2.4.6" "pandas==3.1.1" "pyarrow==26.0.1"
+fi
+export DQM_PYTHON="${DQM_PYTHON:-$DQM_VENV/bin/python}"
 # The vendored oxyroot keeps its upstream formatting (its rustfmt.toml) and
 # lints; its unit tests run with everything else below.
 cargo fmt --all -- --check

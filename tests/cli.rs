@@ -1428,3 +1428,138 @@ fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
     );
     assert!(v[0] > v[1], "{v:?}");
 }
+
+/// The Python with uproot, numpy, pandas and pyarrow (`$DQM_PYTHON`;
+/// `scripts/test.sh` installs them into the project's virtualenv).
+fn python_with_uproot() -> String {
+    let python = std::env::var("DQM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let check = Command::new(&python)
+        .args(["-c", "import uproot, numpy, pandas, pyarrow"])
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(
+        check.status.success(),
+        "{python} lacks uproot/numpy/pandas/pyarrow (scripts/test.sh installs them and sets DQM_PYTHON): {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    python
+}
+
+/// Real-format per-LS data through the certification: the project's own
+/// per-LS histograms written by an independent writer (uproot: DQM ROOT
+/// files with per-LS folders; pandas: the CMS per-LS CSV and Parquet
+/// layout), read back by `dqm_root`/`dqm_dataframe`, labelled by a Golden
+/// JSON and weighed by the luminosity tool's CSV, give
+/// `lumi_certification.yaml`'s certificate to the LS; the certificate is
+/// intersected with the DCS-only JSON and written as CMS JSON.
+#[test]
+fn lumi_from_dqm_gives_the_native_certificate_from_root_csv_and_parquet() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    sb.write("lumi.yaml", &bundled_pipeline("lumi_certification.yaml"));
+    sb.ok(&["run", "lumi.yaml"]);
+    let certificate = |file: &str| {
+        sb.ok(&[
+            "query",
+            file,
+            "SELECT method, run, first_ls, last_ls FROM certify_certificate ORDER BY method, run, first_ls",
+            "--format",
+            "csv",
+        ])
+    };
+    let native = certificate("lumi.yaml");
+    assert!(native.lines().count() > 20, "{native}");
+    // The native histograms before normalization, in every real format.
+    let out = sb.pipeline(&[
+        "run-stage",
+        "lumi.yaml",
+        "histograms",
+        "--set",
+        "histograms.normalize=false",
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let table = text
+        .lines()
+        .find_map(|l| l.split(" rows at ").nth(1))
+        .unwrap_or_else(|| panic!("no table path in: {text}"))
+        .trim()
+        .to_string();
+    let formats = sb.path().join("dqm");
+    let made = Command::new(python_with_uproot())
+        .arg(format!("{repo}/scripts/make_dqm_examples.py"))
+        .arg("--from-lumi")
+        .arg(sb.path().join(&table).join("main"))
+        .arg("--out")
+        .arg(&formats)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let dqm = bundled_pipeline("lumi_from_dqm.yaml")
+        .replace("data/dqm/lumi/", &format!("{repo}/data/dqm/lumi/"));
+    sb.write("from_dqm.yaml", &dqm);
+    // As shipped (the repository's Parquet example), from the CSV and
+    // Parquet copies, and from the ROOT files.
+    let root = dqm.replace(
+        &format!("kind: dqm_dataframe\n    params: {{ files: {repo}/data/dqm/lumi/perls.parquet }}"),
+        &format!(
+            "kind: dqm_root\n    params: {{ files: \"{}/*.root\", mes: [\"JetMET/**\"], ls_pattern: \"LS (\\\\d+)/\" }}",
+            formats.display()
+        ),
+    );
+    assert_ne!(root, dqm, "the ROOT variant replaces the dqm stage");
+    sb.write("from_root.yaml", &root);
+    for (file, set) in [
+        ("from_dqm.yaml", None),
+        (
+            "from_dqm.yaml",
+            Some(format!("dqm.files={}/perls.csv", formats.display())),
+        ),
+        (
+            "from_dqm.yaml",
+            Some(format!("dqm.files={}/perls.parquet", formats.display())),
+        ),
+        ("from_root.yaml", None),
+    ] {
+        let mut args = vec!["run", file];
+        if let Some(set) = &set {
+            args.extend(["--set", set]);
+        }
+        sb.ok(&args);
+        let mut query = vec![
+            "query",
+            file,
+            "SELECT method, run, first_ls, last_ls FROM certify_certificate ORDER BY method, run, first_ls",
+            "--format",
+            "csv",
+        ];
+        if let Some(set) = &set {
+            query.extend(["--set", set]);
+        }
+        assert_eq!(sb.ok(&query), native, "{file} {set:?}");
+    }
+    // The certificate within the DCS-only list, as CMS JSON.
+    let json = sb
+        .path()
+        .join("dqm-work/pipelines/lumi_from_dqm/certified/artifacts/ae.json");
+    let certified: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let first = certified["101"][0][0].as_i64().unwrap();
+    assert!(
+        first >= 3,
+        "LS 1-2 are outside the DCS-only list: {certified}"
+    );
+    let kept = sb.ok(&[
+        "query",
+        "from_root.yaml",
+        "SELECT count(*) FROM certified WHERE first_ls < 3",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(kept.lines().nth(1), Some("0"), "{kept}");
+}

@@ -145,6 +145,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::hcal::transfer_compare::TransferCompare>(),
         kind::<crate::lumi::lumi_runs::LumiRuns>(),
         kind::<crate::lumi::ls_histograms::LsHistograms>(),
+        kind::<crate::lumi::ls_from_dqm::LsFromDqm>(),
         kind::<crate::lumi::lumi_ae_train::LumiAeTrain>(),
         kind::<crate::lumi::lumi_ae_score::LumiAeScore>(),
         kind::<crate::lumi::lumi_chi2_score::LumiChi2Score>(),
@@ -153,6 +154,9 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::rl::rl_evaluate::RlEvaluate>(),
         kind::<crate::dqm::dqm_root::DqmRoot>(),
         kind::<crate::dqm::dqm_dataframe::DqmDataframe>(),
+        kind::<crate::dqm::cms_json::CmsJson>(),
+        kind::<crate::dqm::brilcalc_lumi::BrilcalcLumi>(),
+        kind::<crate::dqm::cms_json_intersect::CmsJsonIntersect>(),
         kind::<crate::union::Union>(),
     ]
 }

@@ -1,7 +1,8 @@
 //! The formats of the DQM family: the long histograms table every reader
 //! of real DQM data writes (`dqm_root` from ROOT files, `dqm_dataframe`
 //! from per-LS DataFrames), one row per (run, LS, ME), so no family stage
-//! needs to know where a histogram came from.
+//! needs to know where a histogram came from; LS lists (CMS JSON files,
+//! certificates) and per-LS luminosity.
 
 use std::sync::Arc;
 
@@ -12,10 +13,14 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
 use dqm_schemas::{column, f64_list, nullable, schema_of};
 
+use std::collections::BTreeMap;
+
 use crate::arrow_util::f64_lists;
+use crate::dqm::brilcalc::{LumiFile, LumiRow};
 use crate::dqm::histogram::{Axis, Histogram};
+use crate::dqm::ls_ranges::LsRanges;
 use crate::error::{Result, StageError};
-use crate::input::require_column;
+use crate::input::{Input, require_column};
 
 /// One histogram of one run (and LS) with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,6 +269,233 @@ pub fn read_histograms(batch: &RecordBatch, input: &str) -> Result<Vec<Histogram
         });
     }
     Ok(rows)
+}
+
+// ---- LS lists (`cms_json`; `certify`'s `certificate` has the same columns) ----
+
+/// A list of LS ranges per label: the `list` of a `cms_json` table or the
+/// `method` of a certificate.
+pub fn ls_lists_schema() -> SchemaRef {
+    schema_of([
+        column(
+            "list",
+            DataType::Utf8,
+            "Name of the list (`golden`, `dcs`, or a certificate's method)",
+        ),
+        column("run", DataType::Int64, "Run"),
+        column("first_ls", DataType::Int64, "First LS of the range"),
+        column(
+            "last_ls",
+            DataType::Int64,
+            "Last LS of the range (inclusive)",
+        ),
+    ])
+}
+
+/// `ranges` as rows of [`ls_lists_schema`] labelled `list`.
+pub fn ls_lists_batch(list: &str, ranges: &LsRanges) -> Result<RecordBatch> {
+    let rows: Vec<(i64, i64, i64)> = ranges.ranges().collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![list; rows.len()])),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+    ];
+    Ok(RecordBatch::try_new(ls_lists_schema(), columns)?)
+}
+
+/// Checks that `schema` holds LS lists: `run`, `first_ls`, `last_ls` and a
+/// label column (`list`, or a certificate's `method`); returns the label's name.
+pub fn require_ls_lists(schema: &SchemaRef, input: &str, why: &str) -> Result<&'static str> {
+    for c in ["run", "first_ls", "last_ls"] {
+        require_column(
+            schema,
+            input,
+            c,
+            why,
+            "an integer",
+            crate::arrow_util::is_integer,
+        )?;
+    }
+    let label = ["list", "method"]
+        .into_iter()
+        .find(|c| schema.index_of(c).is_ok())
+        .ok_or_else(|| StageError::missing_column(input, "list (or method)", why))?;
+    require_column(schema, input, label, why, "Utf8", |t| t == &DataType::Utf8)?;
+    Ok(label)
+}
+
+/// The lists of an LS-list table, by label.
+pub fn read_ls_lists(input: &Input, why: &str) -> Result<BTreeMap<String, LsRanges>> {
+    let label = require_ls_lists(&input.schema, &input.name, why)?;
+    let mut out: BTreeMap<String, LsRanges> = BTreeMap::new();
+    for batch in input.batches() {
+        let batch = batch?;
+        let int = |c: &str| crate::arrow_util::column_as(&batch, c, &DataType::Int64, &input.name);
+        let (run, first, last) = (int("run")?, int("first_ls")?, int("last_ls")?);
+        let (run, first, last) = (
+            run.as_primitive::<Int64Type>(),
+            first.as_primitive::<Int64Type>(),
+            last.as_primitive::<Int64Type>(),
+        );
+        let names = batch
+            .column_by_name(label)
+            .expect("checked")
+            .as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            let (a, b) = (first.value(i), last.value(i));
+            if run.is_null(i) || first.is_null(i) || last.is_null(i) || !(1 <= a && a <= b) {
+                return Err(StageError::data(format!(
+                    "input `{}`, row {}: run {} [{a}, {b}] is not a range of LS ≥ 1",
+                    input.name,
+                    i + 1,
+                    run.value(i)
+                )));
+            }
+            out.entry(names.value(i).to_string())
+                .or_default()
+                .insert(run.value(i), a, b);
+        }
+    }
+    Ok(out)
+}
+
+// ---- Per-LS luminosity (`brilcalc_lumi`) ----
+
+/// One row per LS of the luminosity tool's CSV.
+pub fn luminosity_schema() -> SchemaRef {
+    schema_of([
+        column("run", DataType::Int64, "Run"),
+        column("fill", DataType::Int64, "LHC fill"),
+        column("ls", DataType::Int64, "Lumisection"),
+        column("time", DataType::Utf8, "Time stamp as the file gives it"),
+        column(
+            "beam_status",
+            DataType::Utf8,
+            "Beam status (`STABLE BEAMS`, ...)",
+        ),
+        column(
+            "energy",
+            DataType::Float64,
+            "Beam energy (GeV); NaN when the file has none",
+        ),
+        column(
+            "delivered",
+            DataType::Float64,
+            "Delivered luminosity, in `unit`",
+        ),
+        column(
+            "recorded",
+            DataType::Float64,
+            "Recorded luminosity, in `unit`",
+        ),
+        column(
+            "avgpu",
+            DataType::Float64,
+            "Average pile-up; NaN when the file has none",
+        ),
+        column("source", DataType::Utf8, "Luminometer"),
+        column(
+            "unit",
+            DataType::Utf8,
+            "Luminosity unit of the file's header (`/ub`, `/pb`)",
+        ),
+    ])
+}
+
+/// A brilcalc file's rows as a batch of [`luminosity_schema`].
+pub fn luminosity_batch(file: &LumiFile) -> Result<RecordBatch> {
+    let r = &file.rows;
+    let strings = |f: fn(&LumiRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(r.iter().map(f)))
+    };
+    let ints = |f: fn(&LumiRow) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(r.iter().map(f)))
+    };
+    let floats = |f: fn(&LumiRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(r.iter().map(f)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        ints(|l| l.run),
+        ints(|l| l.fill),
+        ints(|l| l.ls),
+        strings(|l| l.time.as_str()),
+        strings(|l| l.beam_status.as_str()),
+        floats(|l| l.energy),
+        floats(|l| l.delivered),
+        floats(|l| l.recorded),
+        floats(|l| l.avgpu),
+        strings(|l| l.source.as_str()),
+        Arc::new(StringArray::from(vec![file.unit.as_str(); r.len()])),
+    ];
+    Ok(RecordBatch::try_new(luminosity_schema(), columns)?)
+}
+
+/// Per-LS luminosity by (run, LS): (recorded, average pile-up), and the unit.
+pub struct Luminosity {
+    pub unit: String,
+    pub by_ls: std::collections::HashMap<(i64, i64), (f64, f64)>,
+}
+
+/// Reads a luminosity table ([`luminosity_schema`]).
+pub fn read_luminosity(input: &Input) -> Result<Luminosity> {
+    let why = "per-LS luminosity (`brilcalc_lumi`)";
+    for f in luminosity_schema().fields() {
+        let t = f.data_type().clone();
+        require_column(
+            &input.schema,
+            &input.name,
+            f.name(),
+            why,
+            &t.to_string(),
+            |x| x == &t,
+        )?;
+    }
+    let mut out = Luminosity {
+        unit: String::new(),
+        by_ls: Default::default(),
+    };
+    for batch in input.batches() {
+        let batch = batch?;
+        let col = |c: &str| batch.column_by_name(c).expect("checked").clone();
+        let (run, ls) = (col("run"), col("ls"));
+        let (run, ls) = (
+            run.as_primitive::<Int64Type>(),
+            ls.as_primitive::<Int64Type>(),
+        );
+        let (rec, pu) = (col("recorded"), col("avgpu"));
+        let (rec, pu) = (
+            rec.as_primitive::<Float64Type>(),
+            pu.as_primitive::<Float64Type>(),
+        );
+        let unit = col("unit");
+        let unit = unit.as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            if out.unit.is_empty() {
+                out.unit = unit.value(i).to_string();
+            } else if out.unit != unit.value(i) {
+                return Err(StageError::data(format!(
+                    "input `{}`: luminosity in `{}` and `{}`: give files of one unit",
+                    input.name,
+                    out.unit,
+                    unit.value(i)
+                )));
+            }
+            if out
+                .by_ls
+                .insert((run.value(i), ls.value(i)), (rec.value(i), pu.value(i)))
+                .is_some()
+            {
+                return Err(StageError::data(format!(
+                    "input `{}`: run {} LS {} appears twice",
+                    input.name,
+                    run.value(i),
+                    ls.value(i)
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What a reader checks across the rows it writes: every ME keeps one

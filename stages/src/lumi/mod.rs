@@ -16,6 +16,7 @@ pub mod threshold;
 
 // Stages, one per kind.
 pub mod certify;
+pub mod ls_from_dqm;
 pub mod ls_histograms;
 pub mod lumi_ae_score;
 pub mod lumi_ae_train;

@@ -268,22 +268,41 @@ pub struct LsScore {
     pub over: bool,
 }
 
+/// The LS columns every lumisection table starts with, for `keys`.
+fn key_columns<'a>(keys: impl Iterator<Item = &'a LsKey> + Clone) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(Int64Array::from_iter_values(keys.clone().map(|k| k.run))),
+        Arc::new(Int64Array::from_iter_values(keys.clone().map(|k| k.ls))),
+        Arc::new(StringArray::from_iter_values(
+            keys.clone().map(|k| k.part.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(keys.clone().map(|k| k.events))),
+        Arc::new(Float64Array::from_iter_values(keys.clone().map(|k| k.lumi))),
+        Arc::new(StringArray::from_iter_values(
+            keys.clone().map(|k| k.truth.as_str()),
+        )),
+        Arc::new(BooleanArray::from(keys.map(|k| k.bad).collect::<Vec<_>>())),
+    ]
+}
+
+/// Rows of [`histograms_schema`].
+pub fn histograms_batch(rows: &[LsHistogram]) -> Result<RecordBatch> {
+    let mut columns = key_columns(rows.iter().map(|r| &r.key));
+    columns.extend([
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.me.as_str()),
+        )) as ArrayRef,
+        Arc::new(crate::arrow_util::f64_lists(
+            rows.iter().map(|r| r.counts.as_slice()),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.entries))),
+    ]);
+    Ok(RecordBatch::try_new(histograms_schema(), columns)?)
+}
+
 pub fn scores_batch(rows: &[LsScore]) -> Result<RecordBatch> {
-    let keys = || rows.iter().map(|r| &r.key);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(keys().map(|k| k.run))),
-        Arc::new(Int64Array::from_iter_values(keys().map(|k| k.ls))),
-        Arc::new(StringArray::from_iter_values(
-            keys().map(|k| k.part.as_str()),
-        )),
-        Arc::new(Int64Array::from_iter_values(keys().map(|k| k.events))),
-        Arc::new(Float64Array::from_iter_values(keys().map(|k| k.lumi))),
-        Arc::new(StringArray::from_iter_values(
-            keys().map(|k| k.truth.as_str()),
-        )),
-        Arc::new(BooleanArray::from(
-            keys().map(|k| k.bad).collect::<Vec<_>>(),
-        )),
+    let mut columns = key_columns(rows.iter().map(|r| &r.key));
+    let more: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.me.as_str()),
         )),
@@ -299,6 +318,7 @@ pub fn scores_batch(rows: &[LsScore]) -> Result<RecordBatch> {
             rows.iter().map(|r| r.over).collect::<Vec<_>>(),
         )),
     ];
+    columns.extend(more);
     Ok(RecordBatch::try_new(scores_schema(), columns)?)
 }
 
