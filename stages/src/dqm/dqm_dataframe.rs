@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arrow_util::cast_column;
 use crate::dqm::histogram::{Axis, Histogram};
+use crate::dqm::me_patterns::MePatterns;
 use crate::dqm::tables::{Consistency, HistogramRow, histograms_batch, histograms_schema};
 use crate::error::{Result, StageError, bad_param, within};
 use crate::files::{fingerprint, resolve_glob};
@@ -163,12 +164,7 @@ impl StageConfig for DqmDataframe {
         if self.delimiter.len() != 1 {
             return bad_param("delimiter", "give one ASCII character");
         }
-        if self.mes.is_empty() {
-            return bad_param("mes", "give at least one ME pattern (`**`: all)");
-        }
-        for m in &self.mes {
-            glob::Pattern::new(m).map_err(|e| StageError::param("mes", format!("`{m}`: {e}")))?;
-        }
+        MePatterns::new(&self.mes).map_err(|e| StageError::param("mes", e))?;
         within("columns", self.columns.validate())
     }
 }
@@ -243,23 +239,15 @@ impl DqmDataframe {
         batch: &RecordBatch,
         path: &Path,
         first_row: usize,
+        patterns: &MePatterns,
         consistency: &mut Consistency,
     ) -> Result<Vec<HistogramRow>> {
         let file = path.display().to_string();
         let mapped = Mapped::new(&self.columns, batch, &file)?;
-        let options = glob::MatchOptions {
-            require_literal_separator: true,
-            ..Default::default()
-        };
-        let patterns: Vec<glob::Pattern> = self
-            .mes
-            .iter()
-            .map(|m| glob::Pattern::new(m).expect("checked by validate"))
-            .collect();
         let mut out = Vec::new();
         for i in 0..batch.num_rows() {
             let me = mapped.me(i);
-            if !patterns.iter().any(|p| p.matches_with(me, options)) {
+            if !patterns.matches(me) {
                 continue;
             }
             let row = first_row + i + 1;
@@ -518,6 +506,7 @@ impl Stage for DqmDataframe {
         let files = self.files()?;
         let progress = ctx.reporter.progress(files.len() as u64, "files");
         let mut consistency = Consistency::default();
+        let patterns = MePatterns::new(&self.mes).map_err(|e| StageError::param("mes", e))?;
         let mut written = 0;
         for path in &files {
             if self.is_parquet(path) {
@@ -527,7 +516,7 @@ impl Stage for DqmDataframe {
             let mut first_row = 0;
             let mut found = 0;
             for batch in self.batches(path)? {
-                let rows = self.rows(&batch, path, first_row, &mut consistency)?;
+                let rows = self.rows(&batch, path, first_row, &patterns, &mut consistency)?;
                 first_row += batch.num_rows();
                 found += rows.len();
                 if !rows.is_empty() {

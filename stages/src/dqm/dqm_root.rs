@@ -20,6 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::dqm::histogram::{SUPPORTED, decode, is_supported};
+use crate::dqm::me_patterns::MePatterns;
 use crate::dqm::root_file::{Key, RootFile};
 use crate::dqm::tables::{Consistency, HistogramRow, histograms_batch, histograms_schema};
 use crate::error::{Result, StageError, bad_param};
@@ -88,12 +89,7 @@ impl StageConfig for DqmRoot {
         if self.files.trim().is_empty() {
             return bad_param("files", "name the ROOT files (a path or a glob)");
         }
-        if self.mes.is_empty() {
-            return bad_param("mes", "give at least one ME pattern (`**`: all)");
-        }
-        for m in &self.mes {
-            glob::Pattern::new(m).map_err(|e| StageError::param("mes", format!("`{m}`: {e}")))?;
-        }
+        MePatterns::new(&self.mes).map_err(|e| StageError::param("mes", e))?;
         regex_with_group("run_pattern", &self.run_pattern)?;
         if let Some(p) = &self.ls_pattern {
             regex_with_group("ls_pattern", p)?;
@@ -158,7 +154,7 @@ fn number(re: &Regex, text: &str) -> Option<i64> {
 
 /// The compiled selection of a run of the stage.
 struct Selection {
-    mes: Vec<glob::Pattern>,
+    mes: MePatterns,
     run: Regex,
     ls: Option<Regex>,
 }
@@ -179,11 +175,7 @@ impl DqmRoot {
 
     fn selection(&self) -> Result<Selection> {
         Ok(Selection {
-            mes: self
-                .mes
-                .iter()
-                .map(|m| glob::Pattern::new(m).expect("checked by validate"))
-                .collect(),
+            mes: MePatterns::new(&self.mes).map_err(|e| StageError::param("mes", e))?,
             run: regex_with_group("run_pattern", &self.run_pattern)?,
             ls: self
                 .ls_pattern
@@ -203,17 +195,13 @@ impl DqmRoot {
     ) -> Result<Vec<Work>> {
         let at = |e: String| StageError::data(format!("{}: {e}", path.display()));
         let file = Arc::new(RootFile::open(path).map_err(at)?);
-        let options = glob::MatchOptions {
-            require_literal_separator: true,
-            ..Default::default()
-        };
         let name = path
             .file_name()
             .map_or(String::new(), |n| n.to_string_lossy().into_owned());
         let mut out = Vec::new();
         for key in file.keys().map_err(at)? {
             let (run, me) = dqm_name(&key.path);
-            if !sel.mes.iter().any(|p| p.matches_with(&me, options)) {
+            if !sel.mes.matches(&me) {
                 continue;
             }
             if !is_supported(&key.class) {

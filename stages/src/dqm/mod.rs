@@ -12,6 +12,7 @@ pub mod tables;
 pub mod brilcalc;
 pub mod histogram;
 pub mod ls_ranges;
+pub mod me_patterns;
 pub mod root_file;
 
 // Stages, one per kind.
