@@ -22,10 +22,16 @@ per-LS CSV and Parquet layout, a Golden JSON of the good LS, a DCS-only
 JSON and the luminosity tool's CSV, for `pipelines/lumi_from_dqm.yaml` and the round-trip
 test (native histograms and the same read back give one certificate).
 
+With `--from-runs RUNS --out DIR`, writes the project's synthetic run
+histograms (a `synth_runs` table of one dataset) as one harvested DQM ROOT
+file per run, a per-run CMS-layout Parquet table and the Golden JSON of the
+good runs, for `pipelines/dinamo_from_dqm.yaml` and its round-trip test.
+
 Seeded: the same content every time. Needs `pip install uproot numpy pandas
 pyarrow`.
 Usage: scripts/make_dqm_examples.py [--out data/dqm]
        scripts/make_dqm_examples.py --from-lumi TABLE --out DIR [--formats root,csv,parquet]
+       scripts/make_dqm_examples.py --from-runs TABLE --out DIR [--formats root,parquet] [--first-run N]
 """
 
 import argparse
@@ -320,6 +326,10 @@ def dataframes(out, written_by_file):
 
 
 # The binning of `ls_histograms`' default MEs, and their DQM paths.
+# The ME the DINAMO examples are written as: the generator's Gaussian
+# (paper section 4), under a subsystem folder of its own.
+DINAMO_SUBSYSTEM, DINAMO_ME = "DINAMO", "gaussian"
+
 LUMI_MES = {
     "met": (40, 0.0, 200.0),
     "met_significance": (40, 0.0, 8.0),
@@ -420,6 +430,63 @@ def lumi_examples(histograms, out, formats):
     return len(table)
 
 
+def dinamo_examples(runs, out, formats, first_run):
+    """The project's own run histograms (a `synth_runs` table of one
+    dataset, read from `runs`, a Parquet file or folder) as a DQM shifter
+    has them: one harvested DQM ROOT file per run
+    (`DQMData/Run <run>/DINAMO/Run summary/gaussian`, a TH1D written by uproot)
+    and the same as a per-run table in the CMS layout (no LS column), run
+    numbers from `first_run` on; and the Golden JSON of the good runs (every
+    LS of a bad run left out)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(runs).to_pandas().sort_values("run", kind="stable")
+    if table["dataset"].nunique() != 1:
+        raise SystemExit(f"{runs}: give one dataset, found {table['dataset'].nunique()}")
+    table["run"] = table["run"] + first_run
+    out.mkdir(parents=True, exist_ok=True)
+    me = f"{DINAMO_SUBSYSTEM}/Run summary/{DINAMO_ME}"
+    histo = table["counts"].map(lambda c: [0.0] + [float(v) for v in c] + [0.0])
+    if "root" in formats:
+        for r, counts in zip(table.itertuples(), histo):
+            counts = np.asarray(counts, dtype=np.float64)
+            path = out / f"DQM_V0001_R{r.run:09d}__ZeroBias__DinamoExample__DQMIO.root"
+            with uproot.recreate(path, compression=uproot.ZLIB(4)) as f:
+                f[f"DQMData/Run {r.run}/{me}"] = ident.to_TH1x(
+                    fName=None,
+                    fTitle=DINAMO_ME,
+                    data=counts,
+                    fEntries=float(counts.sum()),
+                    fTsumw=float(counts[1:-1].sum()),
+                    fTsumw2=float(counts[1:-1].sum()),
+                    fTsumwx=0.0,
+                    fTsumwx2=0.0,
+                    fSumw2=None,
+                    fXaxis=axis("xaxis", len(counts) - 2, float(r.lo), float(r.hi)),
+                )
+    if "parquet" in formats:
+        frame = table.assign(
+            fromrun=table["run"],
+            hname=f"{DINAMO_SUBSYSTEM}/{DINAMO_ME}",
+            metype=5,
+            histo=histo,
+            entries=histo.map(sum),
+            Xmin=table["lo"],
+            Xmax=table["hi"],
+            Xbins=table["counts"].map(len),
+            Ymin=0.0,
+            Ymax=0.0,
+            Ybins=0,
+        )[["fromrun", "hname", "metype", "histo", "entries", "Xmin", "Xmax", "Xbins", "Ymin", "Ymax", "Ybins"]]
+        frame.to_parquet(out / "runs.parquet", index=False, compression="zstd")
+    # A good run is certified over its LS (here 1-50); a bad one not at all.
+    golden = {str(r.run): [[1, 50]] for r in table.itertuples() if r.label == 0}
+    (out / "golden.json").write_text(
+        "{\n" + ",\n".join(f'  "{k}": {json.dumps(v)}' for k, v in golden.items()) + "\n}\n"
+    )
+    return len(table)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "data" / "dqm"))
@@ -430,14 +497,31 @@ def main():
         "in the real formats to OUT instead of the reader's examples",
     )
     parser.add_argument(
+        "--from-runs",
+        metavar="RUNS",
+        help="write a synth_runs table of one dataset (Parquet file or folder) as per-run "
+        "DQM ROOT files and a per-run CMS-layout Parquet table to OUT",
+    )
+    parser.add_argument(
+        "--first-run",
+        type=int,
+        default=355000,
+        help="with --from-runs: the run number of the first run",
+    )
+    parser.add_argument(
         "--formats",
         default="root,csv,parquet",
-        help="with --from-lumi: which of root, csv, parquet to write",
+        help="with --from-lumi/--from-runs: which of root, csv, parquet to write "
+        "(--from-runs: root, parquet)",
     )
     args = parser.parse_args()
     if args.from_lumi:
         n = lumi_examples(Path(args.from_lumi), Path(args.out), args.formats.split(","))
         print(f"{args.out}: {n} per-LS histograms as {args.formats}, golden.json, lumi.csv")
+        return
+    if args.from_runs:
+        n = dinamo_examples(Path(args.from_runs), Path(args.out), args.formats.split(","), args.first_run)
+        print(f"{args.out}: {n} run histograms as {args.formats}, golden.json")
         return
     out = Path(args.out) / "reader"
     out.mkdir(parents=True, exist_ok=True)

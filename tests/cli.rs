@@ -918,6 +918,16 @@ fn dinamo_compare_pipeline_scores_both_methods_and_compares_them() {
         let bytes = fs::read(link.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(&bytes[1..4], b"PNG", "{file}");
     }
+    // Each reference draws what it found for the shifter (first dataset).
+    for stage in ["s", "ml"] {
+        let dir = sb.path().join(format!(
+            "dqm-work/pipelines/dinamo_compare/{stage}/artifacts"
+        ));
+        for file in ["score_vs_run_0.png", "worst_runs_0.png"] {
+            let bytes = fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{stage}/{file}: {e}"));
+            assert_eq!(&bytes[1..4], b"PNG", "{stage}/{file}");
+        }
+    }
     // Same seed, same scores: a forced rerun of DINAMO-ML reproduces them.
     let before = query("SELECT sum(chi2), sum(threshold) FROM ml");
     let rerun = with(&["run", "compare.yaml", "--force", "ml"]);
@@ -1445,6 +1455,38 @@ fn python_with_uproot() -> String {
     python
 }
 
+/// Runs `scripts/make_dqm_examples.py FLAG TABLE --out OUT [--formats ...]`
+/// (the independent writer) and checks it succeeded.
+fn make_dqm_examples(flag: &str, table: &Path, out: &Path, formats: Option<&str>) {
+    let mut command = Command::new(python_with_uproot());
+    command
+        .arg(format!(
+            "{}/scripts/make_dqm_examples.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(flag)
+        .arg(table)
+        .arg("--out")
+        .arg(out);
+    if let Some(formats) = formats {
+        command.args(["--formats", formats]);
+    }
+    let made = command.output().unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// A `*_from_dqm` pipeline with its `dqm` stage (`stage`, as written in the
+/// file) replaced by a `dqm_root` stage with `params`.
+fn with_dqm_root(pipeline: &str, stage: &str, params: &str) -> String {
+    let root = pipeline.replace(stage, &format!("kind: dqm_root\n    params: {params}"));
+    assert_ne!(root, pipeline, "the ROOT variant replaces the dqm stage");
+    root
+}
+
 /// Real-format per-LS data through the certification: the project's own
 /// per-LS histograms written by an independent writer (uproot: DQM ROOT
 /// files with per-LS folders; pandas: the CMS per-LS CSV and Parquet
@@ -1487,32 +1529,27 @@ fn lumi_from_dqm_gives_the_native_certificate_from_root_csv_and_parquet() {
         .trim()
         .to_string();
     let formats = sb.path().join("dqm");
-    let made = Command::new(python_with_uproot())
-        .arg(format!("{repo}/scripts/make_dqm_examples.py"))
-        .arg("--from-lumi")
-        .arg(sb.path().join(&table).join("main"))
-        .arg("--out")
-        .arg(&formats)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    make_dqm_examples(
+        "--from-lumi",
+        &sb.path().join(&table).join("main"),
+        &formats,
+        None,
     );
     let dqm = bundled_pipeline("lumi_from_dqm.yaml")
         .replace("data/dqm/lumi/", &format!("{repo}/data/dqm/lumi/"));
     sb.write("from_dqm.yaml", &dqm);
     // As shipped (the repository's Parquet example), from the CSV and
     // Parquet copies, and from the ROOT files.
-    let root = dqm.replace(
-        &format!("kind: dqm_dataframe\n    params: {{ files: {repo}/data/dqm/lumi/perls.parquet }}"),
+    let root = with_dqm_root(
+        &dqm,
         &format!(
-            "kind: dqm_root\n    params: {{ files: \"{}/*.root\", mes: [\"JetMET/**\"], ls_pattern: \"LS (\\\\d+)/\" }}",
+            "kind: dqm_dataframe\n    params: {{ files: {repo}/data/dqm/lumi/perls.parquet }}"
+        ),
+        &format!(
+            "{{ files: \"{}/*.root\", mes: [\"JetMET/**\"], ls_pattern: \"LS (\\\\d+)/\" }}",
             formats.display()
         ),
     );
-    assert_ne!(root, dqm, "the ROOT variant replaces the dqm stage");
     sb.write("from_root.yaml", &root);
     for (file, set) in [
         ("from_dqm.yaml", None),
@@ -1562,4 +1599,91 @@ fn lumi_from_dqm_gives_the_native_certificate_from_root_csv_and_parquet() {
         "csv",
     ]);
     assert_eq!(kept.lines().nth(1), Some("0"), "{kept}");
+}
+
+/// Real-format run histograms through DINAMO: the generator's runs (seed 70)
+/// written by an independent writer (uproot: one DQM ROOT file per run;
+/// pandas: the per-run CMS table) and labelled by a Golden JSON give DINAMO-S
+/// the generator's scores and metrics run by run, from the shipped example,
+/// from a fresh copy and from the ROOT files; DINAMO-S draws the shifter's
+/// plots.
+#[test]
+fn dinamo_from_dqm_scores_every_run_as_on_the_generators_table() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    sb.write(
+        "native.yaml",
+        "name: native\nstages:\n  runs:\n    kind: synth_runs\n    params: { seeds: [70], n_runs: 400, n_bad: 40 }\n  s:\n    kind: dinamo_s\n    inputs: [runs]\n    params: { alpha: auto, threshold: auto, historical_runs: 100 }\n  s_metrics:\n    kind: dqm_metrics\n    inputs: [s]\n",
+    );
+    sb.ok(&["run", "native.yaml"]);
+    let scores = "SELECT label, score, flagged, historical, alpha, threshold FROM s ORDER BY run";
+    // The label-based metrics; the others need the generator's truth
+    // (rapid changes, mu and sigma), which real data do not carry.
+    let metrics = "SELECT regime, n_runs, n_bad, balanced_accuracy, sensitivity, specificity FROM s_metrics ORDER BY regime";
+    let query = |file: &str, sql: &str, set: &Option<String>| {
+        let mut args = vec!["query", file, sql, "--format", "csv"];
+        if let Some(set) = set {
+            args.extend(["--set", set.as_str()]);
+        }
+        sb.ok(&args)
+    };
+    let native = (
+        query("native.yaml", scores, &None),
+        query("native.yaml", metrics, &None),
+    );
+    assert_eq!(native.0.lines().count(), 401, "{}", native.0);
+    let formats = sb.path().join("dqm");
+    make_dqm_examples(
+        "--from-runs",
+        &sb.path().join("dqm-work/pipelines/native/runs/main"),
+        &formats,
+        Some("root,parquet"),
+    );
+    let dqm = bundled_pipeline("dinamo_from_dqm.yaml")
+        .replace("data/dqm/dinamo/", &format!("{repo}/data/dqm/dinamo/"));
+    sb.write("from_dqm.yaml", &dqm);
+    let root = with_dqm_root(
+        &dqm,
+        &format!(
+            "kind: dqm_dataframe\n    # Run histograms: no LS column.\n    params: {{ files: {repo}/data/dqm/dinamo/runs.parquet, columns: {{ ls: null }} }}"
+        ),
+        &format!(
+            "{{ files: \"{}/*.root\", mes: [\"DINAMO/**\"] }}",
+            formats.display()
+        ),
+    );
+    sb.write("from_root.yaml", &root);
+    for (file, set) in [
+        ("from_dqm.yaml", None),
+        (
+            "from_dqm.yaml",
+            Some(format!("dqm.files={}/runs.parquet", formats.display())),
+        ),
+        ("from_root.yaml", None),
+    ] {
+        let mut args = vec!["run", file, "--until", "s_metrics"];
+        if let Some(set) = &set {
+            args.extend(["--set", set.as_str()]);
+        }
+        sb.ok(&args);
+        assert_eq!(query(file, scores, &set), native.0, "{file} {set:?}");
+        assert_eq!(query(file, metrics, &set), native.1, "{file} {set:?}");
+        let runs = query(
+            file,
+            "SELECT min(run), max(run), sum(label) FROM runs",
+            &set,
+        );
+        assert_eq!(
+            runs.lines().nth(1),
+            Some("355000,355399,40"),
+            "{file} {set:?}"
+        );
+    }
+    let dir = sb
+        .path()
+        .join("dqm-work/pipelines/dinamo_from_dqm/s/artifacts");
+    for file in ["score_vs_run_0.png", "worst_runs_0.png"] {
+        let bytes = fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(&bytes[1..4], b"PNG", "{file}");
+    }
 }

@@ -77,6 +77,45 @@ def other_architecture_models(d: Path) -> Path:
     return path
 
 
+DQM_READER = ROOT / "data/dqm/reader"
+CSV_HEADER = "fromrun,fromlumi,hname,metype,histo,entries,Xmin,Xmax,Xbins,Ymin,Ymax,Ybins\n"
+
+
+def dqm_stage(kind, params, more=""):
+    return f"name: bad\nstages:\n  dqm:\n    kind: {kind}\n    params: {params}\n{more}"
+
+
+def dqm_files(data: Path):
+    """The real-DQM-data cases (issue 28): histogram files, per-LS tables,
+    certification and luminosity files."""
+    raw = (DQM_READER / "DQM_V0001_R000355100__ZeroBias__Run2022C-Example__DQMIO.root").read_bytes()
+    (data / "DQM_truncated.root").write_bytes(raw[: len(raw) * 2 // 3])
+    row = '355100,{ls},Hcal/occ,3,"{histo}",6,0,3,{bins},0,0,0\n'
+    (data / "no_histo.csv").write_text(CSV_HEADER.replace(",histo", ",contents") + row.format(ls=1, histo="[0, 1, 2, 3, 0]", bins=3))
+    (data / "not_numbers.csv").write_text(CSV_HEADER + row.format(ls=1, histo="[0, 1, x, 3, 0]", bins=3))
+    (data / "binnings.csv").write_text(CSV_HEADER + row.format(ls=1, histo="[0, 1, 2, 3, 0]", bins=3)
+                                      + row.format(ls=2, histo="[0, 1, 2, 0]", bins=2))
+    (data / "twice.csv").write_text(CSV_HEADER + 2 * row.format(ls=1, histo="[0, 1, 2, 3, 0]", bins=3))
+    (data / "list.json").write_text("[[355100, 1, 10]]\n")
+    (data / "backwards.json").write_text('{"355100": [[10, 1]]}\n')
+    (data / "lumi.csv").write_text("#run:fill,ls,time,beamstatus,E(GeV),delivered(/pb),recorded(/pb),avgpu,source\n"
+                                   "355100:8000,1:1,01/01/26 00:00:00,STABLE BEAMS,6800,abc,0.1,30,HFOC\n")
+    reader = f"{{ files: \"{DQM_READER}/*.root\", mes: [\"Nope/**\"] }}"
+    runs = "  runs:\n    kind: runs_from_dqm\n    inputs: [dqm]\n    params: { me: Hcal/nope }\n"
+    return [
+        ("DQM files without a matching ME", dqm_stage("dqm_root", reader), ["dqm", "Nope/**"]),
+        ("truncated DQM ROOT file", dqm_stage("dqm_root", f"{{ files: {data / 'DQM_truncated.root'} }}"), ["dqm", "DQM_truncated.root"]),
+        ("per-LS table without its contents column", dqm_stage("dqm_dataframe", f"{{ files: {data / 'no_histo.csv'} }}"), ["dqm", "no_histo.csv", "histo"]),
+        ("contents string that is not numbers", dqm_stage("dqm_dataframe", f"{{ files: {data / 'not_numbers.csv'} }}"), ["dqm", "not_numbers.csv", "x"]),
+        ("one ME with two binnings across LS", dqm_stage("dqm_dataframe", f"{{ files: {data / 'binnings.csv'} }}"), ["dqm", "binnings.csv", "Hcal/occ", "binning"]),
+        ("duplicate (run, LS, ME)", dqm_stage("dqm_dataframe", f"{{ files: {data / 'twice.csv'} }}"), ["dqm", "twice.csv", "Hcal/occ", "twice"]),
+        ("JSON that is not the CMS format", dqm_stage("cms_json", f"{{ file: {data / 'list.json'} }}"), ["dqm", "list.json"]),
+        ("CMS JSON range backwards", dqm_stage("cms_json", f"{{ file: {data / 'backwards.json'} }}"), ["dqm", "backwards.json", "355100"]),
+        ("luminosity CSV with a bad number", dqm_stage("brilcalc_lumi", f"{{ files: {data / 'lumi.csv'} }}"), ["dqm", "lumi.csv", "delivered"]),
+        ("DINAMO ME not in the histograms", dqm_stage("dqm_dataframe", f"{{ files: {DQM_READER / 'perls.csv'} }}", runs), ["runs", "Hcal/nope"]),
+    ]
+
+
 def cases(d: Path):
     """(name, yaml, what the message must name) for every case; the first
     name is the failing stage."""
@@ -99,7 +138,8 @@ def cases(d: Path):
     write_user_runs(data / "string_counts.parquet", counts_type="string")
     write_user_runs(data / "string_runs.parquet", run_type="string")
     models = other_architecture_models(d)
-    return [
+    dqm = dqm_files(data)
+    return dqm + [
         ("truncated ROOT file", convert(data / "truncated.root"), ["events", "truncated.root"]),
         ("ROOT header bytes flipped", convert(data / "header.root"), ["events", "header.root"]),
         ("ROOT baskets corrupted", convert(data / "baskets.root"), ["events", "baskets.root"]),

@@ -122,6 +122,7 @@ pub fn all() -> Vec<StageKind> {
     vec![
         kind::<crate::read_parquet::ReadParquet>(),
         kind::<crate::dinamo::synth_runs::SynthRuns>(),
+        kind::<crate::dinamo::runs_from_dqm::RunsFromDqm>(),
         kind::<crate::dinamo::dinamo_s::DinamoS>(),
         kind::<crate::dinamo::dinamo_ml::DinamoMl>(),
         kind::<crate::dinamo::dqm_metrics::DqmMetrics>(),

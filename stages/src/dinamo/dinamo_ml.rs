@@ -23,6 +23,7 @@ use super::reference_net::{
     Activation, EarlyStop, MlArch, ReferenceNet, UpdateStats, build_context, context_batch,
     gaussian_nll,
 };
+use super::score_plots::draw_shifter_plots;
 use super::tables::{DatasetGroups, DatasetRuns, Scored, score_outputs, score_schema};
 use crate::error::{Result, StageError, bad_param};
 use crate::nn::DeviceChoice;
@@ -109,7 +110,7 @@ impl Default for DinamoMl {
 
 impl StageConfig for DinamoMl {
     const KIND: &'static str = "dinamo_ml";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "DINAMO-ML: transformer reference from the last M good runs, trained online; reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "runs";
@@ -476,6 +477,9 @@ impl Stage for DinamoMl {
                 n_updates += updates.len();
                 iterations += updates.iter().map(|u| u.iterations).sum::<usize>();
                 let batches = data.batches(batch, &schema, scored)?;
+                if datasets == 0 {
+                    draw_shifter_plots(&batches.main, *id, "DINAMO-ML", ctx.artifacts)?;
+                }
                 ctx.output.write("main", batches.main)?;
                 if let Some(bands) = batches.bands {
                     ctx.output.write("bands", bands)?;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::reference::{
     ALPHA_STEP, Constants, EPSILON, Keep, PRIOR_EVENTS_PER_BIN, pass, score_of,
 };
+use super::score_plots::draw_shifter_plots;
 use super::tables::{
     DatasetGroups, DatasetRuns, ScoreBatches, Scored, score_outputs, score_schema,
 };
@@ -66,7 +67,7 @@ impl Default for DinamoS {
 
 impl StageConfig for DinamoS {
     const KIND: &'static str = "dinamo_s";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "DINAMO-S: EWMA reference with Poisson weights, reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "runs";
@@ -167,6 +168,8 @@ impl Stage for DinamoS {
         let progress = ctx.reporter.progress(0, "datasets");
         let chunk = 8 * rayon::current_num_threads();
         let output = &mut *ctx.output;
+        let artifacts = ctx.artifacts;
+        let mut first = true;
         // Reading (Parquet decoding) and writing overlap the scoring.
         overlapped(
             || {
@@ -174,13 +177,17 @@ impl Stage for DinamoS {
                 Ok((!datasets.is_empty()).then_some(datasets))
             },
             |datasets: Vec<(i64, RecordBatch)>| {
-                par_map_counted(&datasets, progress.as_ref(), |(id, batch)| {
+                let scored = par_map_counted(&datasets, progress.as_ref(), |(id, batch)| {
                     self.score_dataset(*id, batch, &schema, &input.name)
-                })
+                });
+                datasets.iter().map(|d| d.0).zip(scored).collect::<Vec<_>>()
             },
             |scored| {
-                for batches in scored {
+                for (dataset, batches) in scored {
                     let batches = batches?;
+                    if std::mem::take(&mut first) {
+                        draw_shifter_plots(&batches.main, dataset, "DINAMO-S", artifacts)?;
+                    }
                     output.write("main", batches.main)?;
                     if let Some(bands) = batches.bands {
                         output.write("bands", bands)?;

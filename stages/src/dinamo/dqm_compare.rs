@@ -15,11 +15,12 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::score_plots::{Picks, Scores};
 use super::tables::DatasetGroups;
-use crate::arrow_util::{cast_column, is_integer, list_rows};
+use crate::arrow_util::{cast_column, is_integer};
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
-use crate::plots::{self, ReferencePanel};
+use crate::plots;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::median_and_95;
 use dqm_schemas::compare::{differences, paired, summary};
@@ -341,97 +342,19 @@ impl DqmCompare {
                 None => format!("input `{}` has no rows", input.name),
             }));
         };
-        let f64s = |name: &str| -> Result<Vec<f64>> {
-            let c = cast_column(
-                batch.column_by_name(name).expect("checked"),
-                &DataType::Float64,
-                &input.name,
-                name,
-            )?;
-            Ok(c.as_primitive::<Float64Type>().values().to_vec())
-        };
-        let bools = |name: &str| -> Vec<bool> {
-            let c = batch.column_by_name(name).expect("checked").as_boolean();
-            (0..c.len()).map(|i| c.value(i)).collect()
-        };
-        let runs = f64s("run")?;
-        let bad: Vec<bool> = f64s("label")?.iter().map(|&l| l != 0.0).collect();
-        let score = f64s("score")?;
-        let threshold = f64s("threshold")?.first().copied().unwrap_or(f64::NAN);
-        let flagged = bools("flagged");
-        let historical = bools("historical");
-        let mut order: Vec<usize> = (0..runs.len()).collect();
-        order.sort_by(|&a, &b| runs[a].total_cmp(&runs[b]));
-        let points: Vec<(f64, f64, bool)> =
-            order.iter().map(|&i| (runs[i], score[i], bad[i])).collect();
-        let boundary = order
-            .iter()
-            .position(|&i| !historical[i])
-            .filter(|&k| k > 0)
-            .map(|k| (runs[order[k - 1]] + runs[order[k]]) / 2.0);
-        plots::score_vs_run(
+        let scores = Scores::read(&batch, dataset, &input.name)?;
+        scores.draw_score_vs_run(
             &dir.join(format!("score_vs_run_{}.png", slug(method))),
-            &format!("{method}: score per run, dataset {dataset}"),
-            &points,
-            threshold,
-            boundary,
+            method,
         )?;
-
-        let lists = |name: &str| {
-            list_rows(
-                batch.column_by_name(name).expect("checked"),
-                &input.name,
-                name,
-            )
-        };
-        let (counts, mu, sigma, pulls) = (
-            lists("counts")?,
-            lists("ref_mu")?,
-            lists("ref_sigma")?,
-            lists("pull")?,
-        );
-        let cases = [
-            (false, false, "good run, correctly passed"),
-            (false, true, "good run, wrongly flagged"),
-            (true, true, "bad run, correctly flagged"),
-            (true, false, "bad run, missed"),
-        ];
-        let panels: Vec<ReferencePanel> = cases
-            .iter()
-            .map(|&(is_bad, is_flagged, what)| {
-                let pick = order
-                    .iter()
-                    .find(|&&i| !historical[i] && bad[i] == is_bad && flagged[i] == is_flagged)
-                    .copied();
-                match pick {
-                    Some(i) => {
-                        let total: f64 = counts[i].iter().sum();
-                        ReferencePanel {
-                            title: format!("{what}: run {} (score {:.2})", runs[i], score[i]),
-                            x: counts[i]
-                                .iter()
-                                .map(|c| c / total.max(f64::MIN_POSITIVE))
-                                .collect(),
-                            mu: mu[i].clone(),
-                            sigma: sigma[i].clone(),
-                            pulls: pulls[i].clone(),
-                        }
-                    }
-                    None => ReferencePanel {
-                        title: format!("{what}: none in the continual regime"),
-                        x: vec![],
-                        mu: vec![],
-                        sigma: vec![],
-                        pulls: vec![],
-                    },
-                }
-            })
-            .collect();
-        plots::reference_panels(
+        scores.draw_references(
+            &batch,
+            &input.name,
+            &Picks::Outcomes,
             &dir.join(format!("reference_examples_{}.png", slug(method))),
             &format!("{method}: reference ± uncertainty and pulls, dataset {dataset}"),
-            &panels,
-        )
+        )?;
+        Ok(())
     }
 }
 

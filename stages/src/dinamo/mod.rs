@@ -10,12 +10,14 @@ pub mod batched_reference;
 pub mod generator;
 pub mod reference;
 pub mod reference_net;
+pub mod score_plots;
 
 // Stages, one per kind.
 pub mod dinamo_ml;
 pub mod dinamo_s;
 pub mod dqm_compare;
 pub mod dqm_metrics;
+pub mod runs_from_dqm;
 pub mod synth_runs;
 
 // Fixtures of the family's tests.

@@ -31,9 +31,9 @@ impl LsRanges {
     pub fn from_json(text: &str) -> Result<Self, String> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let object = value.as_object().ok_or(
-            "not a CMS LS list: expected an object of run numbers, e.g. {\"355100\": [[1, 37]]}",
-        )?;
+        let object = value
+            .as_object()
+            .ok_or("expected an object of run numbers, e.g. {\"355100\": [[1, 37]]}")?;
         let mut out = Self::default();
         for (key, ranges) in object {
             let run: i64 = key

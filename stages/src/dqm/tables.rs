@@ -437,20 +437,19 @@ pub struct Luminosity {
     pub by_ls: std::collections::HashMap<(i64, i64), (f64, f64)>,
 }
 
-/// Reads a luminosity table ([`luminosity_schema`]).
-pub fn read_luminosity(input: &Input) -> Result<Luminosity> {
+/// Checks that `schema` is a luminosity table ([`luminosity_schema`]).
+pub fn require_luminosity(schema: &SchemaRef, input: &str) -> Result<()> {
     let why = "per-LS luminosity (`brilcalc_lumi`)";
     for f in luminosity_schema().fields() {
         let t = f.data_type().clone();
-        require_column(
-            &input.schema,
-            &input.name,
-            f.name(),
-            why,
-            &t.to_string(),
-            |x| x == &t,
-        )?;
+        require_column(schema, input, f.name(), why, &t.to_string(), |x| x == &t)?;
     }
+    Ok(())
+}
+
+/// Reads a luminosity table ([`luminosity_schema`]).
+pub fn read_luminosity(input: &Input) -> Result<Luminosity> {
+    require_luminosity(&input.schema, &input.name)?;
     let mut out = Luminosity {
         unit: String::new(),
         by_ls: Default::default(),

@@ -15,7 +15,9 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::dqm::tables::{read_luminosity, require_luminosity};
 use crate::error::{Result, StageError, bad_param};
+use crate::input::Input;
 use crate::lumi::tables::{LsKey, LsScore, read_scores, require_ls_columns, scores_schema};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::wilson;
@@ -48,10 +50,10 @@ impl Default for Certify {
 
 impl StageConfig for Certify {
     const KIND: &'static str = "certify";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Per-LS flags of scoring methods -> Golden-JSON certificate per method, LS precision/recall per run, ME and bad stretch, luminosity recovered against run-level rejection";
-    const INPUTS: (usize, usize) = (1, 8);
-    const INPUT_ROLES: &'static str = "scores tables";
+    const INPUTS: (usize, usize) = (1, 9);
+    const INPUT_ROLES: &'static str = "scores tables, then optionally the luminosity table (`brilcalc_lumi`) the LS luminosity came from: its unit is the figures'";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![scores_schema()]
@@ -206,7 +208,11 @@ fn tally_fields(with_intervals: bool) -> Vec<arrow::datatypes::Field> {
         ]);
     }
     fields.extend([
-        column("lumi", DataType::Float64, "Luminosity of the LS (pb⁻¹)"),
+        column(
+            "lumi",
+            DataType::Float64,
+            "Luminosity of the LS (in `lumi_unit` of the totals)",
+        ),
         column("lumi_good", DataType::Float64, "Luminosity of the good LS"),
         column(
             "lumi_kept",
@@ -260,6 +266,11 @@ fn totals_schema() -> SchemaRef {
     let mut fields = vec![
         column("method", DataType::Utf8, "Scoring method"),
         column("runs", DataType::Int64, "Runs certified"),
+        column(
+            "lumi_unit",
+            DataType::Utf8,
+            "Unit of the luminosity columns: the luminosity file's (`/pb`, `/ub`) when `certify` is given it, else `/pb` (the simulated LS)",
+        ),
     ];
     fields.extend(tally_fields(true));
     Arc::new(Schema::new(fields))
@@ -404,10 +415,10 @@ struct Tables {
 
 impl Certify {
     /// The scores of every input, by method.
-    fn methods(&self, ctx: &RunContext<'_>) -> Result<BTreeMap<String, Vec<LsScore>>> {
+    fn methods(&self, scores: &[Input]) -> Result<BTreeMap<String, Vec<LsScore>>> {
         let mut methods: BTreeMap<String, Vec<LsScore>> = BTreeMap::new();
         let mut from: BTreeMap<String, String> = BTreeMap::new();
-        for input in ctx.inputs {
+        for input in scores {
             for row in read_scores(input)? {
                 if let Some(other) = from.insert(row.method.clone(), input.name.clone())
                     && other != input.name
@@ -518,9 +529,28 @@ impl Certify {
     }
 }
 
+/// How many of the inputs are scores tables: all but a last one that is
+/// the luminosity table (it has the `unit` column scores tables lack).
+fn scores_inputs<'a>(n: usize, schema: impl Fn(usize) -> &'a SchemaRef) -> usize {
+    if n > 0 && schema(n - 1).index_of("unit").is_ok() {
+        n - 1
+    } else {
+        n
+    }
+}
+
 impl Stage for Certify {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
-        for (i, schema) in inputs.iter().enumerate() {
+        let n = scores_inputs(inputs.len(), |i| &inputs[i]);
+        if n == 0 {
+            return Err(StageError::data(
+                "give the scores tables first; the luminosity table comes last",
+            ));
+        }
+        if let Some(lumi) = inputs.get(n) {
+            require_luminosity(lumi, "luminosity")?;
+        }
+        for (i, schema) in inputs[..n].iter().enumerate() {
             require_ls_columns(
                 schema,
                 &format!("scores #{}", i + 1),
@@ -557,7 +587,12 @@ impl Stage for Certify {
     }
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
-        let methods = self.methods(ctx)?;
+        let n = scores_inputs(ctx.inputs.len(), |i| &ctx.inputs[i].schema);
+        let unit = match ctx.inputs.get(n) {
+            Some(input) => read_luminosity(input)?.unit,
+            None => "/pb".to_string(),
+        };
+        let methods = self.methods(&ctx.inputs[..n])?;
         let mut tables = Tables::default();
         for (method, scores) in &methods {
             let json = self.certify(method, scores, &mut tables)?;
@@ -566,7 +601,7 @@ impl Stage for Certify {
         }
         for (method, _, t) in &tables.totals {
             ctx.reporter.info(&format!(
-                "{method}: {} LS, {} bad, {} flagged, precision {}, recall {}; recovered {:.3} of {:.3} pb⁻¹ run-level rejection throws away; bad let through {:.3} pb⁻¹",
+                "{method}: {} LS, {} bad, {} flagged, precision {}, recall {}; recovered {:.3} of {:.3} {unit} run-level rejection throws away; bad let through {:.3} {unit}",
                 t.ls,
                 t.bad,
                 t.flagged,
@@ -597,6 +632,7 @@ impl Stage for Certify {
         let mut columns = vec![
             strs(t.iter().map(|x| x.0.as_str()).collect()),
             ints(t.iter().map(|x| x.1).collect()),
+            strs(t.iter().map(|_| unit.as_str()).collect()),
         ];
         columns.extend(tally_columns(
             &t.iter().map(|x| &x.2).collect::<Vec<_>>(),
@@ -734,5 +770,67 @@ mod tests {
             (all.lumi_thrown, all.lumi_recovered, all.flagged),
             (5.0, 1.0, 3)
         );
+    }
+
+    /// The luminosity figures are in the luminosity file's unit when
+    /// `certify` is given its table (last input), and `/pb` without it; a
+    /// luminosity table first is refused at plan time.
+    #[test]
+    fn totals_carry_the_luminosity_files_unit() {
+        use crate::dqm::brilcalc;
+        use crate::dqm::tables::luminosity_batch;
+        use crate::in_memory::{input_from_batch, run_in_memory};
+        use crate::lumi::tables::scores_batch;
+        use arrow::array::AsArray;
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<LsScore> = (1..=4)
+            .map(|ls| LsScore {
+                key: decision(9, ls, ls == 3, false, 0.5).key,
+                me: "met".into(),
+                method: "ae".into(),
+                raw_score: Some(ls as f64),
+                score: Some(ls as f64),
+                threshold: 2.5,
+                over: ls >= 3,
+            })
+            .collect();
+        let scores = input_from_batch(
+            "scores",
+            &scores_batch(&rows).unwrap(),
+            &dir.path().join("s.parquet"),
+        )
+        .unwrap();
+        let file = brilcalc::parse(
+            "#run:fill,ls,time,beamstatus,E(GeV),delivered(/ub),recorded(/ub),avgpu,source\n\
+             9:100,1:1,01/01/26 00:00:00,STABLE BEAMS,6800,500,500,30,HFOC\n",
+        )
+        .unwrap();
+        let lumi = input_from_batch(
+            "lumi",
+            &luminosity_batch(&file).unwrap(),
+            &dir.path().join("l.parquet"),
+        )
+        .unwrap();
+        let unit = |inputs: &[Input]| {
+            let out = run_in_memory(&Certify::default(), inputs).unwrap();
+            let totals = out.table("totals");
+            let units = totals
+                .column_by_name("lumi_unit")
+                .unwrap()
+                .as_string::<i32>();
+            let kept = totals
+                .column_by_name("lumi_bad_kept")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(0);
+            (units.value(0).to_string(), kept)
+        };
+        assert_eq!(
+            unit(&[scores.clone(), lumi.clone()]),
+            ("/ub".to_string(), 0.0)
+        );
+        assert_eq!(unit(std::slice::from_ref(&scores)).0, "/pb");
+        let schemas = [lumi.schema.clone(), scores.schema.clone()];
+        assert!(Certify::default().outputs(&schemas).is_err());
     }
 }

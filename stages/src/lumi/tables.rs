@@ -32,7 +32,7 @@ fn ls_fields() -> Vec<Field> {
         column(
             "lumi",
             DataType::Float64,
-            "Integrated luminosity of the LS (pb⁻¹)",
+            "Integrated luminosity of the LS: the luminosity file's unit (`/pb` for the simulated LS)",
         ),
         column(
             "truth",
