@@ -202,8 +202,9 @@ fn a_forced_rerun_writes_byte_identical_files_and_sweeps_a_killed_runs_staging()
     sb.write("p.yaml", SMALL);
     sb.ok(&["run", "p.yaml"]);
     let before = output_files(sb.path(), "small");
-    // runs; the reference's scores and bands; the metrics and their summary.
-    assert_eq!(before.len(), 5);
+    // runs; the reference's scores, bands and its two plots; the metrics
+    // and their summary.
+    assert_eq!(before.len(), 7);
     // What a kill -9 leaves: a staging directory and a half-made link.
     let stale = sb.path().join("dqm-work/tmp/dinamo_s-0123-99-ff");
     fs::create_dir_all(&stale).unwrap();

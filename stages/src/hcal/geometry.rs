@@ -14,6 +14,11 @@
 //! η/φ are smeared *inside* the tower (`SmearTowerCenter`), so binning them
 //! with these edges finds the tower exactly.
 //!
+//! Maps read from CMS DQM histograms ([`CmsRegion`]) use CMS's own
+//! channel indices instead: rings are iη (−41…41 without 0, a ring's
+//! "edges" iη ± 0.5 in iη units), iφ is the histogram's y bins (1…72), and
+//! there are as many depths as the histograms give (up to 7).
+//!
 //! RBX map (ours, not CMS's cabling): per side (sign of η), 18 φ sectors of
 //! 20°; an RBX holds every ring of its side in its sector. Barrel: 36 RBXes
 //! of 4 iφ × 19 rings = 76 channels; endcap: 36 of 2 iφ × 19 = 38; forward:
@@ -85,17 +90,33 @@ impl Subdetector {
             subdetector: self,
             rings,
             n_iphi,
+            n_depth: 1,
+        }
+    }
+
+    /// CMS's |iη| range of the subdetector: HB 1–16, HE 16–29, HF 29–41
+    /// (iη 16 has HB and HE depths, 29 HE and HF).
+    pub fn cms_ieta(self) -> [i64; 2] {
+        match self {
+            Self::Barrel => [1, 16],
+            Self::Endcap => [16, 29],
+            Self::Forward => [29, 41],
         }
     }
 }
 
-/// The channels of one subdetector: rings (η intervals) × φ bins × 1 depth.
+/// The channels of one subdetector: rings (η intervals) × φ bins × depths.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Geometry {
     pub subdetector: Subdetector,
-    /// `[lo, hi)` of each ring, in increasing η: ring index = iη.
+    /// `[lo, hi)` of each ring, in increasing η: ring index = iη. In iη
+    /// units (iη ± 0.5) for maps of a [`CmsRegion`].
     pub rings: Vec<(f64, f64)>,
     pub n_iphi: usize,
+    /// Depth segments: 1 for Delphes (no longitudinal segmentation; kept as
+    /// an axis so the maps have the paper's (iη, iφ, depth) shape), up to 7
+    /// for CMS DQM maps.
+    pub n_depth: usize,
 }
 
 /// Where a channel sits.
@@ -103,38 +124,32 @@ pub struct Geometry {
 pub struct Channel {
     pub ieta: usize,
     pub iphi: usize,
-    /// Always 0: Delphes has one depth.
+    /// 0 for Delphes (one depth); CMS depth − 1 for DQM maps.
     pub depth: usize,
 }
 
 impl Geometry {
-    /// Depth segments (1: Delphes has no longitudinal segmentation; kept as
-    /// an axis so the maps have the paper's (iη, iφ, depth) shape).
-    pub const N_DEPTH: usize = 1;
-
     pub fn n_ieta(&self) -> usize {
         self.rings.len()
     }
 
     pub fn n_channels(&self) -> usize {
-        self.n_ieta() * self.n_iphi * Self::N_DEPTH
+        self.n_ieta() * self.n_iphi * self.n_depth
     }
 
     /// Map shape (iη, iφ, depth).
     pub fn shape(&self) -> [usize; 3] {
-        [self.n_ieta(), self.n_iphi, Self::N_DEPTH]
+        [self.n_ieta(), self.n_iphi, self.n_depth]
     }
 
     /// Channel index of (iη, iφ, depth): row-major in (iη, iφ, depth).
     pub fn index(&self, c: Channel) -> usize {
-        (c.ieta * self.n_iphi + c.iphi) * Self::N_DEPTH + c.depth
+        (c.ieta * self.n_iphi + c.iphi) * self.n_depth + c.depth
     }
 
-    // N_DEPTH is 1 for Delphes; the arithmetic stays that of any depth.
-    #[allow(clippy::modulo_one)]
     pub fn channel(&self, index: usize) -> Channel {
-        let depth = index % Self::N_DEPTH;
-        let cell = index / Self::N_DEPTH;
+        let depth = index % self.n_depth;
+        let cell = index / self.n_depth;
         Channel {
             ieta: cell / self.n_iphi,
             iphi: cell % self.n_iphi,
@@ -213,6 +228,22 @@ impl Geometry {
     }
 }
 
+/// The channels of maps read from CMS DQM histograms: iη from −hi to −lo
+/// and from lo to hi (no iη 0), the histograms' iφ bins and depths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmsRegion {
+    /// |iη| range, inclusive.
+    pub ieta: [i64; 2],
+}
+
+impl CmsRegion {
+    /// The iη of each ring, in increasing order.
+    pub fn ietas(&self) -> Vec<i64> {
+        let [lo, hi] = self.ieta;
+        (-hi..=-lo).chain(lo..=hi).collect()
+    }
+}
+
 /// Which channels a maps table holds (stored in its schema metadata,
 /// [`crate::hcal::tables::read_geometry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +251,10 @@ pub struct MapGeometry {
     pub subdetector: Subdetector,
     /// (iη, iφ, depth).
     pub shape: [usize; 3],
+    /// CMS channel indices (maps from DQM histograms); absent: the Delphes
+    /// card's rings (maps made from events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cms: Option<CmsRegion>,
 }
 
 impl MapGeometry {
@@ -227,6 +262,17 @@ impl MapGeometry {
         Self {
             subdetector,
             shape: subdetector.geometry().shape(),
+            cms: None,
+        }
+    }
+
+    /// CMS channels of `region` with `n_iphi` iφ and `n_depth` depths,
+    /// labelled as `subdetector`.
+    pub fn cms(subdetector: Subdetector, region: CmsRegion, n_iphi: usize, n_depth: usize) -> Self {
+        Self {
+            subdetector,
+            shape: [region.ietas().len(), n_iphi, n_depth],
+            cms: Some(region),
         }
     }
 
@@ -235,21 +281,46 @@ impl MapGeometry {
     }
 
     pub fn geometry(&self) -> Geometry {
-        self.subdetector.geometry()
+        match self.cms {
+            None => self.subdetector.geometry(),
+            Some(region) => Geometry {
+                subdetector: self.subdetector,
+                rings: region
+                    .ietas()
+                    .into_iter()
+                    .map(|i| (i as f64 - 0.5, i as f64 + 0.5))
+                    .collect(),
+                n_iphi: self.shape[1],
+                n_depth: self.shape[2],
+            },
+        }
     }
 
     /// Refuses maps of another geometry than `self` (a model's).
     pub fn check(&self, maps: &MapGeometry, what: &str) -> Result<()> {
         if self != maps {
             return Err(StageError::data(format!(
-                "{what}: the maps are {} maps of shape {:?}, the model was trained on {} maps of shape {:?}",
-                maps.subdetector.name(),
-                maps.shape,
-                self.subdetector.name(),
-                self.shape
+                "{what}: the maps are {}, the model was trained on {}",
+                maps.describe(),
+                self.describe()
             )));
         }
         Ok(())
+    }
+
+    /// `barrel maps of shape [38, 72, 1]` or, for CMS channels, `barrel
+    /// maps of CMS |iη| 1-16, shape [32, 72, 4]`.
+    pub fn describe(&self) -> String {
+        match self.cms {
+            None => format!("{} maps of shape {:?}", self.subdetector.name(), self.shape),
+            Some(r) => format!(
+                "{} maps of CMS |iη| {}-{}, shape {:?}",
+                self.subdetector.name(),
+                r.ieta[0],
+                r.ieta[1],
+                self.shape
+            ),
+        }
     }
 }
 
@@ -360,5 +431,43 @@ mod tests {
                 assert_eq!(dense[i * n + j], expect);
             }
         }
+    }
+
+    /// CMS channels: rings are iη without 0, depths are the fastest index,
+    /// and the RBX sides and 4-iφ sectors follow iη's sign and iφ.
+    #[test]
+    fn cms_channels_index_depths_and_sides() {
+        let region = CmsRegion { ieta: [1, 16] };
+        assert_eq!(region.ietas().len(), 32);
+        assert!(!region.ietas().contains(&0));
+        let maps = MapGeometry::cms(Subdetector::Barrel, region, 72, 4);
+        assert_eq!(maps.shape, [32, 72, 4]);
+        assert_eq!(maps.n_channels(), 32 * 72 * 4);
+        let g = maps.geometry();
+        assert_eq!(g.n_channels(), maps.n_channels());
+        assert_eq!(g.rings[15], (-1.5, -0.5), "iη −1");
+        assert_eq!(g.rings[16], (0.5, 1.5), "iη +1");
+        let c = Channel {
+            ieta: 16,
+            iphi: 5,
+            depth: 3,
+        };
+        let i = g.index(c);
+        assert_eq!(i, (16 * 72 + 5) * 4 + 3);
+        assert_eq!(g.channel(i), c);
+        assert_eq!(g.rbx(i), 18 + 1, "plus side, iφ 5 in the second sector");
+        let mut sizes = vec![0; g.n_rbx()];
+        for r in g.rbx_map() {
+            sizes[r] += 1;
+        }
+        assert_eq!(sizes, vec![16 * 4 * 4; 36]);
+        // The geometry travels in the metadata; maps of the card are not
+        // maps of CMS channels.
+        let json = serde_json::to_string(&maps).unwrap();
+        assert_eq!(serde_json::from_str::<MapGeometry>(&json).unwrap(), maps);
+        let card = MapGeometry::of(Subdetector::Barrel);
+        assert!(!serde_json::to_string(&card).unwrap().contains("cms"));
+        let e = maps.check(&card, "scores").unwrap_err().to_string();
+        assert!(e.contains("CMS |iη| 1-16"), "{e}");
     }
 }

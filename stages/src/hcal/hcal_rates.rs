@@ -152,7 +152,7 @@ pub fn rates_batch(count: &RateCount, phi_symmetric: bool) -> Result<RecordBatch
     let (mut lo, mut hi, mut hits, mut events, mut rate) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (g, h) in count.geometries.iter().zip(&count.hits) {
-        let per_ring = g.n_iphi * Geometry::N_DEPTH;
+        let per_ring = g.n_iphi * g.n_depth;
         for (i, &n) in h.iter().enumerate() {
             let c = g.channel(i);
             let ring = &h[c.ieta * per_ring..(c.ieta + 1) * per_ring];
