@@ -27,11 +27,17 @@ histograms (a `synth_runs` table of one dataset) as one harvested DQM ROOT
 file per run, a per-run CMS-layout Parquet table and the Golden JSON of the
 good runs, for `pipelines/dinamo_from_dqm.yaml` and its round-trip test.
 
+With `--from-hcal MAPS... --out DIR`, writes the project's occupancy maps
+(`lumi_maps` tables) as per-LS HCAL DQM ROOT files (one TH2F iη × iφ per
+depth on CMS axes, and an ME of the LS's events) and the CMS per-LS Parquet
+layout, for `pipelines/hcal_from_dqm.yaml` and its round-trip test.
+
 Seeded: the same content every time. Needs `pip install uproot numpy pandas
 pyarrow`.
 Usage: scripts/make_dqm_examples.py [--out data/dqm]
        scripts/make_dqm_examples.py --from-lumi TABLE --out DIR [--formats root,csv,parquet]
        scripts/make_dqm_examples.py --from-runs TABLE --out DIR [--formats root,parquet] [--first-run N]
+       scripts/make_dqm_examples.py --from-hcal MAPS [MAPS...] --out DIR [--formats root,parquet]
 """
 
 import argparse
@@ -487,6 +493,104 @@ def dinamo_examples(runs, out, formats, first_run):
     return len(table)
 
 
+# The HCAL occupancy MEs of the examples: one TH2F iη × iφ per depth (CMS
+# axes: iη −41…41, iφ 1…72) and an ME filled once per event.
+HCAL_OCCUPANCY = "Hcal/DigiTask/Occupancy/depth/depth{depth}"
+HCAL_EVENTS = "Hcal/DigiTask/Events"
+IETA_AXIS = (83, -41.5, 41.5)
+IPHI_AXIS = (72, 0.5, 72.5)
+
+
+def hcal_examples(maps, out, formats):
+    """The project's own occupancy maps (`lumi_maps` tables, each a Parquet
+    file or folder) as HCAL DQM delivers them: per fill (written as the run)
+    a DQM-layout ROOT file with per-LS folders
+    (`DQMData/Run <run>/Hcal/Run summary/LS <ls>/DigiTask/...`) holding one
+    TH2F per depth, the map's rings placed at iη ±1, ±2, … outwards from
+    η = 0, and a one-bin TH1F whose entries are the LS's events; and the
+    same in the CMS per-LS Parquet layout."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in maps:
+        table = pq.read_table(path)
+        geometry = json.loads(table.schema.metadata[b"dqm.hcal.geometry"])
+        n_ieta, n_iphi, n_depth = geometry["shape"]
+        if geometry.get("cms") or n_ieta % 2 or n_ieta > 82 or n_iphi != 72:
+            raise SystemExit(f"{path}: maps of the Delphes card with ≤ 82 rings and 72 iφ expected, got {geometry}")
+        rows += table.select(["fill", "ls", "events", "occupancy"]).to_pylist()
+    half = n_ieta // 2
+    ieta = [r - half if r < half else r - half + 1 for r in range(n_ieta)]
+    nx, ny = IETA_AXIS[0] + 2, IPHI_AXIS[0] + 2
+    xbin = np.array([i + 42 for i in ieta])
+    rows.sort(key=lambda r: (r["fill"], r["ls"]))
+    out.mkdir(parents=True, exist_ok=True)
+
+    def th2(occupancy, depth):
+        occ = np.asarray(occupancy, dtype=np.float64).reshape(n_ieta, n_iphi, n_depth)[:, :, depth]
+        data = np.zeros(nx * ny, dtype=np.float32)
+        for p in range(n_iphi):
+            data[xbin + nx * (p + 1)] = occ[:, p]
+        return data
+
+    frame = []
+    files = {}
+    for r in rows:
+        run, ls = int(r["fill"]), int(r["ls"])
+        for depth in range(n_depth):
+            data = th2(r["occupancy"], depth)
+            me = HCAL_OCCUPANCY.format(depth=depth + 1)
+            frame.append((run, ls, me, 6, data.astype(np.float64).tolist(), float(data.sum()), *IETA_AXIS[1:], IETA_AXIS[0], *IPHI_AXIS[1:], IPHI_AXIS[0]))
+            if "root" in formats:
+                if run not in files:
+                    files[run] = uproot.recreate(
+                        out / f"DQM_V0001_R{run:09d}__ZeroBias__HcalExample__DQMIO.root", compression=uproot.ZLIB(4)
+                    )
+                sub = me.split("/", 1)[1]
+                files[run][f"DQMData/Run {run}/Hcal/Run summary/LS {ls}/{sub}"] = ident.to_TH2x(
+                    fName=None,
+                    fTitle=me.rsplit("/", 1)[-1],
+                    data=data,
+                    fEntries=float(data.sum()),
+                    fTsumw=float(data.sum()),
+                    fTsumw2=float(data.sum()),
+                    fTsumwx=0.0,
+                    fTsumwx2=0.0,
+                    fTsumwy=0.0,
+                    fTsumwy2=0.0,
+                    fTsumwxy=0.0,
+                    fSumw2=None,
+                    fXaxis=axis("xaxis", *IETA_AXIS),
+                    fYaxis=axis("yaxis", *IPHI_AXIS),
+                )
+        events = float(r["events"])
+        counts = np.array([0.0, events, 0.0])
+        frame.append((run, ls, HCAL_EVENTS, 3, counts.tolist(), events, 0.0, 1.0, 1, 0.0, 0.0, 0))
+        if "root" in formats:
+            sub = HCAL_EVENTS.split("/", 1)[1]
+            files[run][f"DQMData/Run {run}/Hcal/Run summary/LS {ls}/{sub}"] = ident.to_TH1x(
+                fName=None,
+                fTitle="events",
+                data=counts.astype(np.float32),
+                fEntries=events,
+                fTsumw=events,
+                fTsumw2=events,
+                fTsumwx=0.0,
+                fTsumwx2=0.0,
+                fSumw2=None,
+                fXaxis=axis("xaxis", 1, 0.0, 1.0),
+            )
+    for f in files.values():
+        f.close()
+    if "parquet" in formats:
+        import pyarrow as pa
+
+        columns = ["fromrun", "fromlumi", "hname", "metype", "histo", "entries", "Xmin", "Xmax", "Xbins", "Ymin", "Ymax", "Ybins"]
+        table = pa.table({c: [row[k] for row in frame] for k, c in enumerate(columns)})
+        pq.write_table(table, out / "perls.parquet", compression="zstd")
+    return len(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "data" / "dqm"))
@@ -501,6 +605,13 @@ def main():
         metavar="RUNS",
         help="write a synth_runs table of one dataset (Parquet file or folder) as per-run "
         "DQM ROOT files and a per-run CMS-layout Parquet table to OUT",
+    )
+    parser.add_argument(
+        "--from-hcal",
+        metavar="MAPS",
+        nargs="+",
+        help="write lumi_maps tables (Parquet files or folders) as per-LS HCAL DQM ROOT files "
+        "(TH2F iη × iφ per depth) and the CMS per-LS Parquet layout to OUT",
     )
     parser.add_argument(
         "--first-run",
@@ -518,6 +629,10 @@ def main():
     if args.from_lumi:
         n = lumi_examples(Path(args.from_lumi), Path(args.out), args.formats.split(","))
         print(f"{args.out}: {n} per-LS histograms as {args.formats}, golden.json, lumi.csv")
+        return
+    if args.from_hcal:
+        n = hcal_examples([Path(m) for m in args.from_hcal], Path(args.out), args.formats.split(","))
+        print(f"{args.out}: {n} LS maps as {args.formats}")
         return
     if args.from_runs:
         n = dinamo_examples(Path(args.from_runs), Path(args.out), args.formats.split(","), args.first_run)

@@ -1456,9 +1456,9 @@ fn python_with_uproot() -> String {
     python
 }
 
-/// Runs `scripts/make_dqm_examples.py FLAG TABLE --out OUT [--formats ...]`
+/// Runs `scripts/make_dqm_examples.py FLAG TABLE... --out OUT [--formats ...]`
 /// (the independent writer) and checks it succeeded.
-fn make_dqm_examples(flag: &str, table: &Path, out: &Path, formats: Option<&str>) {
+fn make_dqm_examples(flag: &str, tables: &[PathBuf], out: &Path, formats: Option<&str>) {
     let mut command = Command::new(python_with_uproot());
     command
         .arg(format!(
@@ -1466,7 +1466,7 @@ fn make_dqm_examples(flag: &str, table: &Path, out: &Path, formats: Option<&str>
             env!("CARGO_MANIFEST_DIR")
         ))
         .arg(flag)
-        .arg(table)
+        .args(tables)
         .arg("--out")
         .arg(out);
     if let Some(formats) = formats {
@@ -1532,7 +1532,7 @@ fn lumi_from_dqm_gives_the_native_certificate_from_root_csv_and_parquet() {
     let formats = sb.path().join("dqm");
     make_dqm_examples(
         "--from-lumi",
-        &sb.path().join(&table).join("main"),
+        &[sb.path().join(&table).join("main")],
         &formats,
         None,
     );
@@ -1636,7 +1636,7 @@ fn dinamo_from_dqm_scores_every_run_as_on_the_generators_table() {
     let formats = sb.path().join("dqm");
     make_dqm_examples(
         "--from-runs",
-        &sb.path().join("dqm-work/pipelines/native/runs/main"),
+        &[sb.path().join("dqm-work/pipelines/native/runs/main")],
         &formats,
         Some("root,parquet"),
     );
@@ -1687,4 +1687,88 @@ fn dinamo_from_dqm_scores_every_run_as_on_the_generators_table() {
         let bytes = fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(&bytes[1..4], b"PNG", "{file}");
     }
+}
+
+/// Real-format HCAL occupancy through GraphSTAD: the project's own maps
+/// (`hcal_occupancy.yaml` with 4 + 2 fills of 40 LS) written by an
+/// independent writer (uproot: per-LS DQM ROOT files, one TH2F iη × iφ on
+/// CMS axes; pyarrow: the CMS per-LS Parquet layout) and read back by
+/// `maps_from_dqm` give `hcal_occupancy.yaml`'s Table 7 to the last digit,
+/// from the shipped example, a fresh copy and the ROOT files.
+#[test]
+fn hcal_from_dqm_gives_the_native_table7_from_root_and_parquet() {
+    let sb = Sandbox::new();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    sb.write("hcal.yaml", &bundled_pipeline("hcal_occupancy.yaml"));
+    let small = [
+        "--set",
+        "train_maps.fills=4",
+        "--set",
+        "train_maps.ls_per_fill=[40, 40]",
+        "--set",
+        "test_maps.fills=2",
+        "--set",
+        "test_maps.ls_per_fill=[40, 40]",
+        "--set",
+        "injected.targets_per_fill=4",
+    ];
+    let table7 = "SELECT method, \"case\", target_maps, anomalous, healthy, auc, auc_lo, auc_hi, fpr_95, detection_at_alpha, localisation FROM table7 ORDER BY method, \"case\"";
+    let mut args = vec!["run", "hcal.yaml", "--until", "table7"];
+    args.extend(small);
+    sb.ok(&args);
+    let mut query = vec!["query", "hcal.yaml", table7, "--format", "csv"];
+    query.extend(small);
+    let native = sb.ok(&query);
+    assert_eq!(native.lines().count(), 15, "{native}");
+    let maps = |stage: &str| {
+        sb.path()
+            .join(format!("dqm-work/pipelines/hcal_occupancy/{stage}/main"))
+    };
+    let formats = sb.path().join("dqm");
+    make_dqm_examples(
+        "--from-hcal",
+        &[maps("train_maps"), maps("test_maps")],
+        &formats,
+        Some("root,parquet"),
+    );
+    let dqm = bundled_pipeline("hcal_from_dqm.yaml")
+        .replace("data/dqm/hcal/", &format!("{repo}/data/dqm/hcal/"));
+    sb.write("from_dqm.yaml", &dqm);
+    let root = with_dqm_root(
+        &dqm,
+        &format!(
+            "kind: dqm_dataframe\n    params: {{ files: {repo}/data/dqm/hcal/perls.parquet }}"
+        ),
+        &format!(
+            "{{ files: \"{}/*.root\", mes: [\"Hcal/**\"], ls_pattern: \"LS (\\\\d+)/\" }}",
+            formats.display()
+        ),
+    );
+    sb.write("from_root.yaml", &root);
+    for (file, set) in [
+        ("from_dqm.yaml", None),
+        (
+            "from_dqm.yaml",
+            Some(format!("dqm.files={}/perls.parquet", formats.display())),
+        ),
+        ("from_root.yaml", None),
+    ] {
+        let mut args = vec!["run", file];
+        let mut query = vec!["query", file, table7, "--format", "csv"];
+        if let Some(set) = &set {
+            args.extend(["--set", set.as_str()]);
+            query.extend(["--set", set.as_str()]);
+        }
+        sb.ok(&args);
+        assert_eq!(sb.ok(&query), native, "{file} {set:?}");
+    }
+    // The maps carry CMS channel indices: iη ±1…±19, 72 iφ, 1 depth.
+    let shape = sb.ok(&[
+        "query",
+        "from_root.yaml",
+        "SELECT count(*), min(cardinality(occupancy)), max(fill) FROM test_maps",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(shape.lines().nth(1), Some("80,2736,102"), "{shape}");
 }

@@ -101,6 +101,8 @@ def dqm_files(data: Path):
     (data / "lumi.csv").write_text("#run:fill,ls,time,beamstatus,E(GeV),delivered(/pb),recorded(/pb),avgpu,source\n"
                                    "355100:8000,1:1,01/01/26 00:00:00,STABLE BEAMS,6800,abc,0.1,30,HFOC\n")
     reader = f"{{ files: \"{DQM_READER}/*.root\", mes: [\"Nope/**\"] }}"
+    hcal = ("  maps:\n    kind: maps_from_dqm\n    inputs: [dqm]\n    params: { mes: [Hcal/DigiTask/Occupancy/depth/depth1], "
+            "events_me: Hcal/DigiTask/Occupancy/depth/depth2, iphi: 36 }\n")
     runs = "  runs:\n    kind: runs_from_dqm\n    inputs: [dqm]\n    params: { me: Hcal/nope }\n"
     return [
         ("DQM files without a matching ME", dqm_stage("dqm_root", reader), ["dqm", "Nope/**"]),
@@ -112,6 +114,7 @@ def dqm_files(data: Path):
         ("JSON that is not the CMS format", dqm_stage("cms_json", f"{{ file: {data / 'list.json'} }}"), ["dqm", "list.json"]),
         ("CMS JSON range backwards", dqm_stage("cms_json", f"{{ file: {data / 'backwards.json'} }}"), ["dqm", "backwards.json", "355100"]),
         ("luminosity CSV with a bad number", dqm_stage("brilcalc_lumi", f"{{ files: {data / 'lumi.csv'} }}"), ["dqm", "lumi.csv", "delivered"]),
+        ("HCAL occupancy with another iφ binning", dqm_stage("dqm_dataframe", f"{{ files: {DQM_READER / 'perls.csv'} }}", hcal), ["maps", "Hcal/DigiTask/Occupancy/depth/depth1", "iφ"]),
         ("DINAMO ME not in the histograms", dqm_stage("dqm_dataframe", f"{{ files: {DQM_READER / 'perls.csv'} }}", runs), ["runs", "Hcal/nope"]),
     ]
 

@@ -138,6 +138,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::hcal::hcal_rates::HcalRates>(),
         kind::<crate::hcal::lumi_maps::LumiMaps>(),
         kind::<crate::hcal::delphes_maps::DelphesMaps>(),
+        kind::<crate::hcal::maps_from_dqm::MapsFromDqm>(),
         kind::<crate::hcal::inject_anomalies::InjectAnomalies>(),
         kind::<crate::hcal::renormalize_occupancy::RenormalizeOccupancy>(),
         kind::<crate::hcal::graphstad_train::GraphstadTrain>(),

@@ -23,6 +23,7 @@ pub mod graphstad_train;
 pub mod hcal_rates;
 pub mod inject_anomalies;
 pub mod lumi_maps;
+pub mod maps_from_dqm;
 pub mod renormalize_occupancy;
 pub mod transfer_compare;
 
