@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fuzzes the two places where outside bytes enter the pipeline, on stable
+# Fuzzes the places where outside bytes enter the pipeline, on stable
 # Rust, for SECONDS (default 600) each: the pipeline YAML loader (every
-# shipped pipeline as corpus) and the Delphes ROOT reader (the bundled files,
+# shipped pipeline as corpus), the Delphes ROOT reader (the bundled files,
 # plus the ZSTD/LZ4/LZMA copies under $DQM_SHARED/delphes/compression when
-# present). Findings (crash, hang, allocation beyond the bound) land in
+# present) and the DQM histogram reader (`dqm_root`; the uproot-written
+# files of data/dqm/reader: every class, every compression). Findings (crash, hang, allocation beyond the bound) land in
 # OUT/<target>/findings/*.json; `dqm-fuzz <target> --replay FILE` reruns one.
 # Not part of CI (it runs for minutes); the harness is src/bin/fuzz/.
 #
@@ -24,10 +25,11 @@ fi
 mkdir -p "$out"
 "$fuzz" yaml --corpus pipelines/*.yaml --seconds "$seconds" --seed "$seed" --out "$out/yaml"
 "$fuzz" root --corpus "${root_corpus[@]}" --seconds "$seconds" --seed "$seed" --out "$out/root"
+"$fuzz" dqm --corpus data/dqm/reader/*.root --seconds "$seconds" --seed "$seed" --out "$out/dqm"
 python3 - "$out" <<'PY'
 import json, sys, pathlib
 rows = []
-for target in ("yaml", "root"):
+for target in ("yaml", "root", "dqm"):
     s = json.loads((pathlib.Path(sys.argv[1]) / target / "summary.json").read_text())
     rows.append(s)
 cols = ["target", "seconds", "inputs", "ok", "clean_errors", "errors_not_naming_the_file",

@@ -115,3 +115,29 @@ fn every_fuzz_finding_is_a_clear_error_without_a_huge_allocation() {
         );
     }
 }
+
+/// `dqm-fuzz dqm` (seed 7, input 194239): six bit flips in a DQM file made
+/// a TH3's axes claim ~2^31 bins each, and the cell count overflowed
+/// (a panic in a debug build, a wrong count in a release one). Now a clear
+/// error naming the file.
+#[test]
+fn a_histogram_whose_axes_overflow_the_cell_count_is_a_clear_error() {
+    use dqm_stages::dqm::dqm_root::{DqmRoot, OtherClasses};
+    let finding = serde_json::json!({
+        "base": "data/dqm/reader/DQM_V0001_R000355114__JetMET__Run2022E-Example__DQMIO.root",
+        "writes": [[107734, "63"], [62105, "3a"], [2764, "b5"], [23747, "d0"], [102564, "20"], [51981, "08"]],
+        "truncate": null,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = corrupt_copy(&finding, dir.path(), 0);
+    let stage = DqmRoot {
+        files: path.display().to_string(),
+        mes: vec!["**".into()],
+        other_classes: OtherClasses::Skip,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let err = run_in_memory(&stage, &[]).unwrap_err().to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("overflow the number of cells"), "{err}");
+}

@@ -1,7 +1,8 @@
-//! `dqm-fuzz`: mutation fuzzing of the two places where outside bytes enter
-//! the pipeline — the pipeline YAML loader (parse, overrides, plan) and the
-//! Delphes ROOT reader (the `delphes_convert` stage, as a run calls it) —
-//! on stable Rust (`scripts/reliability/fuzz.sh`).
+//! `dqm-fuzz`: mutation fuzzing of the places where outside bytes enter
+//! the pipeline — the pipeline YAML loader (parse, overrides, plan), the
+//! Delphes ROOT reader (the `delphes_convert` stage, as a run calls it) and
+//! the DQM histogram reader (the `dqm_root` stage) — on stable Rust
+//! (`scripts/reliability/fuzz.sh`).
 //!
 //! A supervisor starts a worker process that mutates corpus files with a
 //! seeded generator (input `i` depends only on the seed and `i`) and runs
@@ -29,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use dqm_pipeline::{plan, spec::PipelineSpec};
+use dqm_stages::dqm::dqm_root::{DqmRoot, OtherClasses};
 use dqm_stages::in_memory::run_in_memory;
 use dqm_stages::medic::delphes_convert::{DelphesConvert, FileGroup};
 use dqm_stages::stage::Stage;
@@ -43,18 +45,20 @@ enum Target {
     Yaml,
     /// Delphes ROOT files through the `delphes_convert` stage.
     Root,
+    /// DQM ROOT files of histograms through the `dqm_root` stage.
+    Dqm,
 }
 
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "dqm-fuzz",
-    about = "Mutation fuzzing of the YAML loader and the ROOT reader"
+    about = "Mutation fuzzing of the YAML loader and the ROOT readers"
 )]
 struct Args {
     /// What to fuzz.
     #[arg(value_enum)]
     target: Target,
-    /// Corpus files to mutate (pipeline YAML or Delphes ROOT files).
+    /// Corpus files to mutate (pipeline YAML, Delphes or DQM ROOT files).
     #[arg(long, num_args = 1.., required_unless_present = "replay")]
     corpus: Vec<PathBuf>,
     /// How long to fuzz (seconds of wall time).
@@ -88,13 +92,14 @@ struct Recipe {
     /// The corpus file it was made from.
     base: PathBuf,
     description: Vec<String>,
-    /// ROOT: the byte patch of `base`.
+    /// ROOT, DQM: the byte patch of `base`.
     #[serde(skip_serializing_if = "Option::is_none")]
     patch: Option<root_mutations::Patch>,
     /// YAML: the whole mutated text.
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
-    /// ROOT: also read the jet and ScalarHT branches.
+    /// ROOT: also read the jet and ScalarHT branches; DQM: read per-LS
+    /// folders (`ls_pattern`).
     #[serde(default)]
     jets: bool,
 }
@@ -127,7 +132,7 @@ impl Corpus {
         for p in paths {
             let bytes = std::fs::read(p).with_context(|| format!("corpus {}", p.display()))?;
             let layout = match target {
-                Target::Root => Some(
+                Target::Root | Target::Dqm => Some(
                     root_mutations::Layout::read(&bytes)
                         .map_err(|e| anyhow::anyhow!("corpus {}: {e}", p.display()))?,
                 ),
@@ -175,16 +180,26 @@ impl Corpus {
     }
 }
 
+/// The file each input is written to in the output folder (a DQM file
+/// name carries its run, as DQM's own do).
+fn input_name(target: Target) -> &'static str {
+    match target {
+        Target::Root => "current.root",
+        Target::Dqm => "DQM_V0001_R000000001__current.root",
+        Target::Yaml => "current.yaml",
+    }
+}
+
 /// Writes the input a recipe describes (`base`: its corpus file's bytes)
 /// to `dir/current.{root,yaml}`.
 fn materialize(recipe: &Recipe, base: &[u8], dir: &Path) -> Result<PathBuf> {
     let (path, bytes) = match recipe.target {
-        Target::Root => {
+        Target::Root | Target::Dqm => {
             let patch = recipe.patch.as_ref().context("a ROOT recipe has a patch")?;
-            (dir.join("current.root"), patch.apply(base))
+            (dir.join(input_name(recipe.target)), patch.apply(base))
         }
         Target::Yaml => (
-            dir.join("current.yaml"),
+            dir.join(input_name(recipe.target)),
             recipe
                 .text
                 .clone()
@@ -212,6 +227,26 @@ fn run_target(recipe: &Recipe, input: &Path) -> Outcome {
                 stage.jet_features = vec!["PT".into(), "Eta".into(), "Phi".into()];
                 stage.scalar_ht = true;
             }
+            let result = stage
+                .outputs(&[])
+                .and_then(|_| run_in_memory(&stage, &[]))
+                .map(|out| out.table("main").num_rows());
+            match result {
+                Ok(rows) => Outcome::Ok(rows),
+                Err(e) => Outcome::Error(e.to_string()),
+            }
+        }
+        Target::Dqm => {
+            let stage = DqmRoot {
+                files: input.display().to_string(),
+                mes: vec!["**".into()],
+                ls_pattern: recipe.jets.then(|| r"LS (\d+)/".to_string()),
+                other_classes: OtherClasses::Skip,
+                // Objects outside a `Run <n>` folder take the run of the
+                // input's name (`input_name`).
+                run_pattern: r"_R0*(\d+)".into(),
+                batch_size: 16,
+            };
             let result = stage
                 .outputs(&[])
                 .and_then(|_| run_in_memory(&stage, &[]))
@@ -330,12 +365,7 @@ fn supervise(args: &Args) -> Result<()> {
     let findings_dir = args.out.join("findings");
     std::fs::create_dir_all(&findings_dir)?;
     let out = std::fs::canonicalize(&args.out)?;
-    let input_name = match args.target {
-        Target::Root => out.join("current.root"),
-        Target::Yaml => out.join("current.yaml"),
-    }
-    .display()
-    .to_string();
+    let input_name = out.join(input_name(args.target)).display().to_string();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let mut summary = Summary {
@@ -354,6 +384,7 @@ fn supervise(args: &Args) -> Result<()> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg(match args.target {
                 Target::Root => "root",
+                Target::Dqm => "dqm",
                 Target::Yaml => "yaml",
             })
             .arg("--corpus")

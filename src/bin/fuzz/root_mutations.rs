@@ -202,10 +202,20 @@ pub fn mutate(b: &[u8], layout: &Layout, rng: &mut ChaCha8Rng, stack: usize) -> 
             2 | 3 => file_header(b, rng, &mut patch),
             4..=6 => key_field(b, layout, rng, &mut patch),
             7 | 8 => compression_header(b, layout, rng, &mut patch),
-            9 | 10 => basket_header(b, layout, rng, &mut patch),
+            9 | 10 if layout.records.iter().any(|r| r.class == "TBasket") => {
+                basket_header(b, layout, rng, &mut patch)
+            }
+            9 | 10 => object_words(b, layout, rng, &mut patch),
             11 | 12 => {
-                let r = layout.pick(rng, |r| r.class == "TBasket" && r.compressed());
-                payload(b, r, "basket", rng, &mut patch)
+                let r = layout.pick(rng, |r| r.compressed() && is_data_object(r));
+                let what = r.map_or("basket", |r| {
+                    if r.class == "TBasket" {
+                        "basket"
+                    } else {
+                        "histogram"
+                    }
+                });
+                payload(b, r, what, rng, &mut patch)
             }
             13 | 14 => {
                 let r = layout.pick(rng, |r| r.name == "StreamerInfo" && r.compressed());
@@ -215,6 +225,44 @@ pub fn mutate(b: &[u8], layout: &Layout, rng: &mut ChaCha8Rng, stack: usize) -> 
         }
     }
     patch
+}
+
+/// A record holding data a reader decodes field by field: a TTree's
+/// basket, or a histogram (DQM files).
+fn is_data_object(r: &Record) -> bool {
+    r.class == "TBasket" || r.class.starts_with("TH") || r.class == "TProfile"
+}
+
+/// Words or bits inside an uncompressed object (a directory, a keys list,
+/// a histogram stored raw): the fields a reader trusts for lengths, counts
+/// and versions. Files without baskets (DQM histogram files) get these
+/// instead of basket-header edits.
+fn object_words(b: &[u8], layout: &Layout, rng: &mut ChaCha8Rng, patch: &mut Patch) {
+    let Some(r) = layout.pick(rng, |r| !r.compressed() && r.nbytes > r.keylen + 4) else {
+        return bit_flips(b, rng, patch);
+    };
+    let data = r.data();
+    let mut changes = Vec::new();
+    for _ in 0..rng.random_range(1..=4) {
+        let at = rng.random_range(data.start..data.end - 4);
+        if rng.random_bool(0.5) {
+            let old = be_i32(b, at);
+            let v = nasty_i32(rng, old);
+            patch.write(at, &v.to_be_bytes());
+            changes.push(format!("word at {at}: {old} -> {v}"));
+        } else {
+            let bit = rng.random_range(0..8);
+            patch.write(at, &[b[at] ^ (1 << bit)]);
+            changes.push(format!("bit {bit} of byte {at}"));
+        }
+    }
+    patch.description.push(format!(
+        "{} `{}` at {}: object {}",
+        r.class,
+        r.name,
+        r.start,
+        changes.join(", ")
+    ));
 }
 
 fn truncate(b: &[u8], layout: &Layout, rng: &mut ChaCha8Rng, patch: &mut Patch) {

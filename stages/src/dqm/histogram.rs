@@ -339,7 +339,16 @@ pub fn decode(class: &str, object: &[u8]) -> Result<Histogram> {
         None
     };
     c.seek(outer.end)?;
-    let expected: usize = axes.iter().map(|a| a.bins + 2).product();
+    // Checked: corrupt axes can claim ~2^31 bins each.
+    let expected = axes
+        .iter()
+        .try_fold(1usize, |n, a| n.checked_mul(a.bins + 2))
+        .ok_or_else(|| {
+            format!(
+                "{class}: axes of {:?} bins overflow the number of cells",
+                axes.iter().map(|a| a.bins).collect::<Vec<_>>()
+            )
+        })?;
     if cells != expected || contents.len() != expected {
         return Err(format!(
             "{class}: {} bin contents and fNcells {cells} for axes of {:?} bins (expected {expected} with under/overflow)",
