@@ -982,11 +982,66 @@ fn dinamo_s_study_pipeline_keeps_every_metric_without_per_run_vectors() {
 const SMALL_ARCH: &str =
     "{conv_channels: [4, 8], gcn_features: 2, embed: 16, lstm_hidden: 16, latent: 4}";
 
+/// The rows of a `pipeline query … --format csv` (header dropped), with the
+/// run's `--set`s.
+fn csv_rows(sb: &Sandbox, file: &str, sql: &str, sets: &[String]) -> Vec<String> {
+    let mut q = vec!["query", file, sql, "--format", "csv"];
+    q.extend(sets.iter().map(String::as_str));
+    sb.ok(&q).lines().skip(1).map(String::from).collect()
+}
+
 fn sets(pairs: &[(&str, &str)]) -> Vec<String> {
     pairs
         .iter()
         .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
         .collect()
+}
+
+/// The structured HCAL pipeline, shrunk: maps with RBX gain drift and the
+/// anomalies that need space or time. The data can separate methods: under
+/// a 20 % RBX gain drift the RBX-median rule finds R_D 0.6 channels the
+/// per-channel rule partly misses, and the oracle finds them all; every new
+/// anomaly kind reaches Table 7.
+#[test]
+fn hcal_structured_pipeline_separates_the_rules_under_rbx_drift() {
+    let sb = Sandbox::new();
+    sb.write("hcal.yaml", &bundled_pipeline("hcal_structured.yaml"));
+    let quick = sets(&[
+        ("train_maps.fills", "2"),
+        ("train_maps.ls_per_fill", "[80, 80]"),
+        ("test_maps.fills", "3"),
+        ("test_maps.ls_per_fill", "[80, 80]"),
+        ("injected.targets_per_fill", "2"),
+        ("model.epochs", "2"),
+        ("model.streams", "2"),
+        ("model.arch", SMALL_ARCH),
+    ]);
+    let mut args = vec!["run", "hcal.yaml"];
+    args.extend(quick.iter().map(String::as_str));
+    sb.ok(&args);
+    let query = |sql: &str| csv_rows(&sb, "hcal.yaml", sql, &quick);
+    assert_eq!(
+        query("SELECT count(DISTINCT \"case\"), count(DISTINCT method) FROM table7"),
+        ["9,9"]
+    );
+    let auc = |method: &str| -> f64 {
+        query(&format!(
+            "SELECT auc FROM table7 WHERE \"case\" = 'degraded_0.6' AND positives = 'single' AND method = '{method}'"
+        ))[0]
+        .parse()
+        .unwrap()
+    };
+    let (oracle, median, reference) = (auc("oracle"), auc("rbx_median"), auc("reference_signed"));
+    assert!(oracle > 0.99, "oracle {oracle}");
+    assert!(
+        median > reference + 0.05,
+        "rbx_median {median} vs reference {reference}"
+    );
+    // The generated maps carry the truth the oracle reads.
+    assert_eq!(
+        query("SELECT bool_and(cardinality(expected) = cardinality(occupancy)) FROM test_maps"),
+        ["true"]
+    );
 }
 
 /// The HCAL occupancy pipeline, shrunk with `--set`: Delphes events -> rates
@@ -1016,24 +1071,42 @@ fn hcal_occupancy_pipeline_trains_scores_and_reports_table7() {
     args.extend(quick.iter().map(String::as_str));
     let out = sb.ok(&args);
     assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
-    let query = |sql: &str| {
-        let mut q = vec!["query", "hcal.yaml", sql, "--format", "csv"];
-        q.extend(quick.iter().map(String::as_str));
-        sb.ok(&q)
-            .lines()
-            .skip(1)
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
-    // 7 cases x 2 methods, each on 2 fills x 2 target windows.
+    let query = |sql: &str| csv_rows(&sb, "hcal.yaml", sql, &quick);
+    // 7 cases x 9 methods, each on 2 fills x 2 target windows; with single
+    // channels and an RBX injected, rows for all, single and rbx positives.
     assert_eq!(
-        query("SELECT count(*), min(target_maps), max(target_maps) FROM table7"),
-        ["14,4,4"]
+        query(
+            "SELECT count(*), min(target_maps), max(target_maps), count(DISTINCT method) FROM table7"
+        ),
+        ["189,4,4,9"]
+    );
+    // The oracle's pull has its analytic AUC beside it for the scale
+    // anomalies (dead, degraded, noisy hot), nowhere else.
+    assert_eq!(
+        query(
+            "SELECT count(*) FROM table7 WHERE analytic_auc IS NOT NULL AND method = 'oracle' AND \"case\" <> 'fully_hot'"
+        ),
+        ["18"]
+    );
+    assert_eq!(
+        query(
+            "SELECT count(*) FROM table7 WHERE analytic_auc IS NOT NULL AND (method <> 'oracle' OR \"case\" = 'fully_hot')"
+        ),
+        ["0"]
+    );
+    // Every row has a bootstrap interval over the 2 fills.
+    assert_eq!(
+        query(
+            "SELECT bool_and(auc_boot_lo <= auc_boot_hi AND auc_boot_lo >= 0 AND auc_boot_hi <= 1) FROM table7"
+        ),
+        ["true"]
     );
     // The rule separates dead channels (~45 expected hits, 0 seen) perfectly;
     // every AUC is a probability with an interval around it.
     assert_eq!(
-        query("SELECT auc > 0.99 FROM table7 WHERE method = 'reference' AND \"case\" = 'dead'"),
+        query(
+            "SELECT auc > 0.99 FROM table7 WHERE method = 'reference' AND \"case\" = 'dead' AND positives = 'all'"
+        ),
         ["true"]
     );
     assert_eq!(
@@ -1712,14 +1785,17 @@ fn hcal_from_dqm_gives_the_native_table7_from_root_and_parquet() {
         "--set",
         "injected.targets_per_fill=4",
     ];
-    let table7 = "SELECT method, \"case\", target_maps, anomalous, healthy, auc, auc_lo, auc_hi, fpr_95, detection_at_alpha, localisation FROM table7 ORDER BY method, \"case\"";
+    // The oracle needs the generator's truth, which DQM histograms do not
+    // carry, and the luminosity-regression rule sees the luminosity as
+    // brilcalc's CSV prints it; every other row must match.
+    let table7 = "SELECT method, \"case\", positives, target_maps, anomalous, healthy, auc, auc_lo, auc_hi, auc_boot_lo, auc_boot_hi, fpr_95, detection_at_alpha, localisation FROM table7 WHERE method NOT IN ('oracle', 'lumi_regression') ORDER BY method, \"case\", positives";
     let mut args = vec!["run", "hcal.yaml", "--until", "table7"];
     args.extend(small);
     sb.ok(&args);
     let mut query = vec!["query", "hcal.yaml", table7, "--format", "csv"];
     query.extend(small);
     let native = sb.ok(&query);
-    assert_eq!(native.lines().count(), 15, "{native}");
+    assert_eq!(native.lines().count(), 1 + 7 * 7 * 3, "{native}");
     let maps = |stage: &str| {
         sb.path()
             .join(format!("dqm-work/pipelines/hcal_occupancy/{stage}/main"))

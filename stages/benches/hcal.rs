@@ -34,7 +34,7 @@ fn main() {
         ..Default::default()
     };
     let started = Instant::now();
-    let rows = stage.fill(&rates, 0);
+    let rows = stage.fill(&rates, &vec![1.0; rates.len()], 0);
     let generate = started.elapsed().as_secs_f64();
     let started = Instant::now();
     for r in &rows {

@@ -184,6 +184,7 @@ impl DelphesMaps {
                     injected: Some(vec![dead; n]),
                     norm: None,
                     median: None,
+                    expected: None,
                 }
             })
             .collect()

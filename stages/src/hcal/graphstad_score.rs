@@ -21,12 +21,13 @@ use serde::{Deserialize, Serialize};
 use crate::arrow_util::f64_lists;
 use crate::error::{Result, bad_param};
 use crate::hcal::geometry::MapGeometry;
-use crate::hcal::scoring::{FillScores, fill_scores, standardized};
+use crate::hcal::scoring::{FillScores, Rules, fill_scores, standardized};
 use crate::hcal::tables::{
-    GraphStadCard, MapRow, ModelSpec, check_maps, check_renormalized, example_maps_schema,
-    for_each_fill, load_model, models_schema, read_model, renormalized_fields, scores_schema,
-    with_fields,
+    EXTRA_METHODS, GraphStadCard, MapRow, ModelSpec, check_maps, check_renormalized,
+    example_maps_schema, for_each_fill, load_model, models_schema, read_model, renormalized_fields,
+    scores_schema, with_fields,
 };
+use crate::hcal::window_scores::{LumiLine, PerLs};
 use crate::nn::{DeviceChoice, exclusive};
 use crate::params::AutoOr;
 use crate::plots::{Heatmap, heatmaps};
@@ -55,7 +56,7 @@ impl Default for GraphstadScore {
 
 impl StageConfig for GraphstadScore {
     const KIND: &'static str = "graphstad_score";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Renormalized LS maps + GraphSTAD model -> per-channel anomaly scores a_i = windowed MAE / σ_i, beside the reference-map rule";
     const INPUTS: (usize, usize) = (2, 2);
     const INPUT_ROLES: &'static str = "renormalized maps, models";
@@ -82,15 +83,36 @@ impl StageConfig for GraphstadScore {
     }
 }
 
+/// The scores of one fill, every way, with the thresholds.
+struct FillTable<'a> {
+    rows: &'a [MapRow],
+    mse: &'a [f64],
+    score: &'a [Vec<f64>],
+    reference: &'a [Vec<f64>],
+    alphas: (f64, f64),
+    /// [`EXTRA_METHODS`] scores (with their α), `None` where not available.
+    extra: Vec<Option<(PerLs, f64)>>,
+    expected_window: Option<PerLs>,
+}
+
+/// A nullable per-channel list column: every row's values, or all null.
+fn optional_lists(values: Option<&PerLs>, n: usize) -> ArrayRef {
+    match values {
+        Some(v) => Arc::new(f64_lists(v.iter().map(Vec::as_slice))),
+        None => arrow::array::new_null_array(&dqm_schemas::f64_list(), n),
+    }
+}
+
 /// The scores of one fill as a batch.
-fn scores_batch(
-    schema: &SchemaRef,
-    rows: &[MapRow],
-    mse: &[f64],
-    score: &[Vec<f64>],
-    reference: &[Vec<f64>],
-    (alpha, reference_alpha): (f64, f64),
-) -> Result<RecordBatch> {
+fn scores_batch(schema: &SchemaRef, t: &FillTable<'_>) -> Result<RecordBatch> {
+    let FillTable {
+        rows,
+        mse,
+        score,
+        reference,
+        alphas: (alpha, reference_alpha),
+        ..
+    } = *t;
     let m = rows[0].occupancy.len();
     let mut injected = ListBuilder::new(BooleanBuilder::new()).with_field(Arc::new(Field::new(
         "item",
@@ -128,6 +150,18 @@ fn scores_batch(
                 .map(|s| s.iter().filter(|&&a| a > alpha).count() as i64),
         )),
     ];
+    let n = rows.len();
+    let mut columns = columns;
+    for extra in &t.extra {
+        columns.push(optional_lists(extra.as_ref().map(|e| &e.0), n));
+        columns.push(Arc::new(Float64Array::from(vec![
+            extra
+                .as_ref()
+                .map(|e| e.1);
+            n
+        ])));
+    }
+    columns.push(optional_lists(t.expected_window.as_ref(), n));
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
@@ -194,6 +228,14 @@ impl Stage for GraphstadScore {
         };
         let schema = scores_schema(geometry);
         let window = card.spec.window;
+        let lumi = LumiLine {
+            intercept: card.lumi_intercept.clone(),
+            slope: card.lumi_slope.clone(),
+        };
+        let rules = Rules {
+            reference: &card.reference,
+            lumi: &lumi,
+        };
         let alphas = match self.alpha {
             AutoOr::Auto => (card.alpha, card.reference_alpha),
             AutoOr::Value(a) => (a, a),
@@ -207,10 +249,12 @@ impl Stage for GraphstadScore {
                 errors,
                 model_mae,
                 reference_mae,
+                extra,
+                expected_window,
             } = fill_scores(
                 &model,
                 &scaling,
-                &card.reference,
+                &rules,
                 &fill,
                 (window, card.carry_state),
                 device,
@@ -235,10 +279,27 @@ impl Stage for GraphstadScore {
                 .iter()
                 .map(|s| s.iter().filter(|&&a| a > alphas.0).count())
                 .sum::<usize>();
-            output.write(
-                "main",
-                scores_batch(&schema, &fill, &errors.mse, &score, &reference, alphas)?,
-            )
+            let extra = extra
+                .into_iter()
+                .zip(EXTRA_METHODS.iter())
+                .map(|(values, method)| {
+                    let alpha = match self.alpha {
+                        AutoOr::Auto => card.alphas.get(method.name).copied(),
+                        AutoOr::Value(a) => Some(a),
+                    };
+                    values.map(|v| (v, alpha.unwrap_or(f64::INFINITY)))
+                })
+                .collect();
+            let table = FillTable {
+                rows: &fill,
+                mse: &errors.mse,
+                score: &score,
+                reference: &reference,
+                alphas,
+                extra,
+                expected_window,
+            };
+            output.write("main", scores_batch(&schema, &table)?)
         })?;
         ctx.reporter.info(&format!(
             "{n_maps} maps scored; {flagged} channel flags at α = {:.2}",

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StageError, bad_param};
 use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
-use crate::hcal::tables::{MapRow, maps_schema, rates_schema, write_rows};
+use crate::hcal::tables::{
+    MapRow, expected_field, maps_schema, rates_schema, with_fields, write_rows,
+};
 use crate::input::require_column;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
@@ -36,6 +38,112 @@ pub enum CountSampling {
     Binomial,
     /// Poisson(ξ_s p), clipped to ξ_s.
     Poisson,
+}
+
+/// HCAL's structure beside the luminosity, every effect off by default (so
+/// maps made before it stay the same, to the byte). Ours, after how HCAL
+/// behaves (readout boxes share electronics and a gain; noise comes in
+/// bursts of an RBX; a channel's occupancy grows with pile-up at its own
+/// pace; the trigger's prescale changes the recorded events, not the
+/// rates).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Structure {
+    /// RBX gain drift: every RBX's log-gain follows an AR(1) process along
+    /// the fill with this stationary standard deviation (0: off; issue 29
+    /// suggests 0.1-0.2). A channel's hit probability is multiplied by
+    /// exp(log-gain).
+    pub rbx_gain_sigma: f64,
+    /// Lag-1 correlation ρ of the gain drift from LS to LS.
+    pub rbx_gain_rho: f64,
+    /// Standard deviation of a per-fill, per-RBX log-gain offset (0: off).
+    pub rbx_fill_offset: f64,
+    /// Probability per LS and RBX of a noise burst (0: off).
+    pub burst_probability: f64,
+    /// A burst adds a hit probability per event drawn log-uniformly in
+    /// `[min, max]`…
+    pub burst_rate: [f64; 2],
+    /// …to a fraction of the RBX's channels drawn uniformly in `[min, max]`.
+    pub burst_coverage: [f64; 2],
+    /// Per-channel pile-up sensitivity: channel i's pile-up term is
+    /// multiplied by k_i = exp(spread · N(0, 1)), fixed per detector (0: all
+    /// channels grow alike).
+    pub pileup_sensitivity_spread: f64,
+    /// Peak pile-up drawn per fill uniformly in `[min, max]` (absent: the
+    /// fixed `pileup`).
+    pub peak_pileup: Option<[f64; 2]>,
+    /// Probability per LS of a prescale change: from that LS on, the
+    /// recorded events are multiplied by a factor log-uniform in [1/2, 2]
+    /// (0: off).
+    pub prescale_probability: f64,
+    /// Multiplies the events per LS, so the hits per channel per LS scale
+    /// with it (the paper's AUCs imply ≳ 100 hits per channel per LS; the
+    /// default maps have ~34 in the barrel).
+    pub counts_scale: f64,
+}
+
+impl Default for Structure {
+    fn default() -> Self {
+        Self {
+            rbx_gain_sigma: 0.0,
+            rbx_gain_rho: 0.95,
+            rbx_fill_offset: 0.0,
+            burst_probability: 0.0,
+            burst_rate: [1e-3, 3e-2],
+            burst_coverage: [0.3, 1.0],
+            pileup_sensitivity_spread: 0.0,
+            peak_pileup: None,
+            prescale_probability: 0.0,
+            counts_scale: 1.0,
+        }
+    }
+}
+
+impl Structure {
+    /// Every effect off: the maps of the plain generator.
+    pub fn is_off(&self) -> bool {
+        self == &Self::default()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let [lo, hi] = self.burst_rate;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return bad_param("structure.burst_rate", "need 0 < min ≤ max ≤ 1");
+        }
+        let [lo, hi] = self.burst_coverage;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return bad_param("structure.burst_coverage", "need 0 < min ≤ max ≤ 1");
+        }
+        if let Some([lo, hi]) = self.peak_pileup
+            && !(lo >= 0.0 && lo <= hi)
+        {
+            return bad_param("structure.peak_pileup", "need 0 ≤ min ≤ max");
+        }
+        for (name, p) in [
+            ("burst_probability", self.burst_probability),
+            ("prescale_probability", self.prescale_probability),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad_param(&format!("structure.{name}"), "must be in [0, 1]");
+            }
+        }
+        if !(self.rbx_gain_rho.abs() < 1.0) {
+            return bad_param("structure.rbx_gain_rho", "must be in (−1, 1)");
+        }
+        for (name, v) in [
+            ("rbx_gain_sigma", self.rbx_gain_sigma),
+            ("rbx_fill_offset", self.rbx_fill_offset),
+            ("pileup_sensitivity_spread", self.pileup_sensitivity_spread),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad_param(&format!("structure.{name}"), "must be ≥ 0");
+            }
+        }
+        if !(self.counts_scale > 0.0 && self.counts_scale.is_finite()) {
+            return bad_param("structure.counts_scale", "must be > 0");
+        }
+        Ok(())
+    }
 }
 
 /// Generates fills of LS occupancy maps of one subdetector.
@@ -76,6 +184,11 @@ pub struct LumiMaps {
     pub sampling: CountSampling,
     /// Seed of every other random choice (fills, luminosity, counts).
     pub seed: u64,
+    /// HCAL's structure: RBX gain drift, noise bursts, per-channel pile-up
+    /// response, prescale changes, a counts scale (all off by default; the
+    /// key is left out of the canonical parameters then).
+    #[serde(skip_serializing_if = "Structure::is_off")]
+    pub structure: Structure,
 }
 
 impl Default for LumiMaps {
@@ -95,13 +208,14 @@ impl Default for LumiMaps {
             detector_seed: 1,
             sampling: CountSampling::Binomial,
             seed: 1,
+            structure: Structure::default(),
         }
     }
 }
 
 impl StageConfig for LumiMaps {
     const KIND: &'static str = "lumi_maps";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Channel hit rates -> occupancy maps per lumisection along LHC fills (luminosity decay, spikes, pile-up, binomial counts), seeded";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "rates";
@@ -137,7 +251,7 @@ impl StageConfig for LumiMaps {
         if !(self.spike_max >= 1.0) {
             return bad_param("spike_max", "must be ≥ 1");
         }
-        Ok(())
+        self.structure.validate()
     }
 }
 
@@ -145,6 +259,88 @@ impl StageConfig for LumiMaps {
 const DETECTOR_SALT: u64 = 0x4445_5445_4354_4f52;
 /// Salt of a fill's random stream, so fills are independent of each other.
 const FILL_SALT: u64 = 0x4843_414c_4649_4c4c;
+/// Salt of the structure's own streams (per detector and per fill), apart
+/// from the plain generator's so switching an effect on leaves the others'
+/// draws where they were.
+const STRUCTURE_SALT: u64 = 0x5354_5255_4354;
+
+/// What the plain generator does not have, for one fill.
+struct FillStructure {
+    rbx: Vec<usize>,
+    peak_pileup: f64,
+    /// Per-RBX log-gain: the AR(1) state and the fill's offset.
+    gain: Vec<f64>,
+    offset: Vec<f64>,
+    prescale: f64,
+    rng: ChaCha8Rng,
+}
+
+impl FillStructure {
+    fn new(st: &Structure, subdetector: Subdetector, pileup: f64, seed: u64, fill: i64) -> Self {
+        let g = subdetector.geometry();
+        let n_rbx = g.n_rbx();
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            seed ^ STRUCTURE_SALT ^ FILL_SALT ^ (fill as u64).rotate_left(28),
+        );
+        let peak_pileup = match st.peak_pileup {
+            Some([lo, hi]) => rng.random_range(lo..=hi),
+            None => pileup,
+        };
+        let mut normal = |scale: f64| -> Vec<f64> {
+            (0..n_rbx)
+                .map(|_| scale * rng.sample::<f64, _>(StandardNormal))
+                .collect()
+        };
+        let gain = normal(st.rbx_gain_sigma);
+        let offset = normal(st.rbx_fill_offset);
+        Self {
+            rbx: g.rbx_map(),
+            peak_pileup,
+            gain,
+            offset,
+            prescale: 1.0,
+            rng,
+        }
+    }
+
+    /// Moves to the next LS: the gains drift, the prescale may change.
+    fn step(&mut self, st: &Structure) {
+        let innovation = st.rbx_gain_sigma * (1.0 - st.rbx_gain_rho.powi(2)).sqrt();
+        for a in &mut self.gain {
+            let e: f64 = self.rng.sample(StandardNormal);
+            *a = st.rbx_gain_rho * *a + innovation * e;
+        }
+        if self.rng.random::<f64>() < st.prescale_probability {
+            self.prescale = (self.rng.random_range(-1.0..=1.0) * std::f64::consts::LN_2).exp();
+        }
+    }
+
+    /// The hit probability of every channel on this LS: the plain
+    /// probabilities times each RBX's gain, then the bursts.
+    fn apply(&mut self, st: &Structure, probability: &mut [f64]) {
+        let n_rbx = self.gain.len();
+        let mut burst = vec![None; n_rbx];
+        for b in &mut burst {
+            if self.rng.random::<f64>() < st.burst_probability {
+                let [lo, hi] = st.burst_rate;
+                let rate = (self.rng.random_range(lo.ln()..=hi.ln())).exp();
+                let [c_lo, c_hi] = st.burst_coverage;
+                *b = Some((rate, self.rng.random_range(c_lo..=c_hi)));
+            }
+        }
+        for (c, p) in probability.iter_mut().enumerate() {
+            let r = self.rbx[c];
+            if st.rbx_gain_sigma > 0.0 || st.rbx_fill_offset > 0.0 {
+                *p = (*p * (self.gain[r] + self.offset[r]).exp()).min(1.0);
+            }
+            if let Some((rate, coverage)) = burst[r]
+                && self.rng.random::<f64>() < coverage
+            {
+                *p = 1.0 - (1.0 - *p) * (1.0 - rate);
+            }
+        }
+    }
+}
 
 impl LumiMaps {
     /// The hit rates of this subdetector's channels, in channel order.
@@ -197,11 +393,31 @@ impl LumiMaps {
         Ok(rates)
     }
 
-    /// The maps of fill number `k` (0-based).
-    pub fn fill(&self, rates: &[f64], k: usize) -> Vec<MapRow> {
+    /// Each channel's pile-up sensitivity k_i (all 1 when off), fixed per
+    /// detector.
+    fn sensitivity(&self, n: usize) -> Vec<f64> {
+        let spread = self.structure.pileup_sensitivity_spread;
+        if spread == 0.0 {
+            return vec![1.0; n];
+        }
+        let mut detector =
+            ChaCha8Rng::seed_from_u64(self.detector_seed ^ DETECTOR_SALT ^ STRUCTURE_SALT);
+        (0..n)
+            .map(|_| (spread * detector.sample::<f64, _>(StandardNormal)).exp())
+            .collect()
+    }
+
+    /// The maps of fill number `k` (0-based), for channels of hit rates
+    /// `rates` and pile-up sensitivities `sensitivity`.
+    pub fn fill(&self, rates: &[f64], sensitivity: &[f64], k: usize) -> Vec<MapRow> {
         let fill = self.first_fill + k as i64;
         let mut rng =
             ChaCha8Rng::seed_from_u64(self.seed ^ FILL_SALT ^ (fill as u64).rotate_left(20));
+        let st = &self.structure;
+        let structured = !st.is_off();
+        let mut structure = structured
+            .then(|| FillStructure::new(st, self.subdetector, self.pileup, self.seed, fill));
+        let pileup = structure.as_ref().map_or(self.pileup, |f| f.peak_pileup);
         let n_ls = rng.random_range(self.ls_per_fill[0]..=self.ls_per_fill[1]);
         let peak = rng.random_range(self.peak_events[0]..=self.peak_events[1]) as f64;
         let mut rows = Vec::with_capacity(n_ls);
@@ -210,23 +426,33 @@ impl LumiMaps {
             if rng.random::<f64>() < self.spike_probability {
                 beta *= rng.random_range(1.0..=self.spike_max);
             }
-            let events = (peak * beta).round().max(1.0) as u64;
-            let m = 1.0 + self.pileup * beta * self.pileup_hit_fraction;
-            let occupancy = rates
+            let mut events = (peak * beta).round().max(1.0) as u64;
+            let pileup_term = pileup * beta * self.pileup_hit_fraction;
+            let mut probability: Vec<f64> = rates
                 .iter()
-                .map(|&r| {
-                    let p = 1.0 - (1.0 - r).powf(m);
-                    match self.sampling {
-                        CountSampling::Binomial => Binomial::new(events, p)
-                            .expect("p is a probability")
-                            .sample(&mut rng)
-                            as f64,
-                        CountSampling::Poisson if p > 0.0 => Poisson::new(events as f64 * p)
-                            .expect("positive mean")
-                            .sample(&mut rng)
-                            .min(events as f64),
-                        CountSampling::Poisson => 0.0,
-                    }
+                .zip(sensitivity)
+                .map(|(&r, &k)| 1.0 - (1.0 - r).powf(1.0 + pileup_term * k))
+                .collect();
+            if let Some(f) = structure.as_mut() {
+                if s > 0 {
+                    f.step(st);
+                }
+                f.apply(st, &mut probability);
+                events = (events as f64 * st.counts_scale * f.prescale)
+                    .round()
+                    .max(1.0) as u64;
+            }
+            let occupancy = probability
+                .iter()
+                .map(|&p| match self.sampling {
+                    CountSampling::Binomial => Binomial::new(events, p)
+                        .expect("p is a probability")
+                        .sample(&mut rng) as f64,
+                    CountSampling::Poisson if p > 0.0 => Poisson::new(events as f64 * p)
+                        .expect("positive mean")
+                        .sample(&mut rng)
+                        .min(events as f64),
+                    CountSampling::Poisson => 0.0,
                 })
                 .collect();
             rows.push(MapRow {
@@ -240,10 +466,19 @@ impl LumiMaps {
                 injected: None,
                 norm: None,
                 median: None,
+                expected: Some(probability.iter().map(|p| events as f64 * p).collect()),
             });
         }
         rows
     }
+}
+
+/// The maps with the truth an oracle would know.
+fn generated_schema(subdetector: Subdetector) -> SchemaRef {
+    with_fields(
+        &maps_schema(MapGeometry::of(subdetector)),
+        vec![expected_field()],
+    )
 }
 
 impl Stage for LumiMaps {
@@ -260,7 +495,7 @@ impl Stage for LumiMaps {
         })?;
         Ok(vec![OutputSpec {
             name: "main",
-            schema: maps_schema(MapGeometry::of(self.subdetector)),
+            schema: generated_schema(self.subdetector),
         }])
     }
 
@@ -270,13 +505,14 @@ impl Stage for LumiMaps {
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let rates = self.rates(ctx)?;
-        let schema = maps_schema(MapGeometry::of(self.subdetector));
+        let sensitivity = self.sensitivity(rates.len());
+        let schema = generated_schema(self.subdetector);
         // Fills are independent streams: a shard makes its block of them.
         let fills = ctx.shard.range(self.fills);
         let progress = ctx.reporter.progress(fills.len() as u64, "fills");
         let mut n_ls = 0;
         for k in fills.clone() {
-            let rows = self.fill(&rates, k);
+            let rows = self.fill(&rates, &sensitivity, k);
             n_ls += rows.len();
             ctx.output.write("main", write_rows(&schema, &rows)?)?;
             progress.inc(1);
@@ -391,6 +627,213 @@ mod tests {
             .collect();
         let joined = arrow::compute::concat_batches(&whole.schema(), &parts).unwrap();
         assert_eq!(joined, whole);
+    }
+
+    /// Per LS and RBX: Σ γ / Σ (plain expected counts), the plain expected
+    /// being ξ p with p from the rate and the plain pile-up term.
+    fn rbx_ratios(stage: &LumiMaps, rows: &[MapRow], rate: f64) -> Vec<f64> {
+        let g = stage.subdetector.geometry();
+        let rbx = g.rbx_map();
+        let mut out = Vec::new();
+        for r in rows {
+            let m = 1.0 + stage.pileup * r.lumi * stage.pileup_hit_fraction;
+            let plain = r.events as f64 * (1.0 - (1.0 - rate).powf(m));
+            let (mut sum, mut n) = (vec![0.0; g.n_rbx()], vec![0.0; g.n_rbx()]);
+            for (c, &b) in rbx.iter().enumerate() {
+                sum[b] += r.occupancy[c];
+                n[b] += plain;
+            }
+            out.extend(sum.iter().zip(&n).map(|(s, n)| s / n));
+        }
+        out
+    }
+
+    fn spread(v: &[f64]) -> f64 {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x.ln() - mean.ln()).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    fn plain() -> LumiMaps {
+        LumiMaps {
+            fills: 2,
+            ls_per_fill: [60, 60],
+            spike_probability: 0.0,
+            channel_spread: 0.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn structure_is_off_by_default_and_out_of_the_canonical_parameters() {
+        let stage = plain();
+        assert!(stage.structure.is_off());
+        let params = serde_json::to_value(&stage).unwrap();
+        assert!(params.get("structure").is_none(), "{params}");
+        let on = LumiMaps {
+            structure: Structure {
+                counts_scale: 2.0,
+                ..Default::default()
+            },
+            ..plain()
+        };
+        assert!(
+            serde_json::to_value(&on)
+                .unwrap()
+                .get("structure")
+                .is_some()
+        );
+        // Plain maps carry the generator's expectation ξ p.
+        for r in generate(&stage, 0.01) {
+            let m = 1.0 + 32.0 * r.lumi * 0.1;
+            let p = 1.0 - 0.99f64.powf(m);
+            let e = r.expected.as_ref().unwrap();
+            assert!(e.iter().all(|&v| (v - r.events as f64 * p).abs() < 1e-9));
+        }
+    }
+
+    #[test]
+    fn rbx_gain_drift_moves_whole_rbxes_and_the_truth_follows() {
+        let off = plain();
+        let on = LumiMaps {
+            structure: Structure {
+                rbx_gain_sigma: 0.2,
+                ..Default::default()
+            },
+            ..plain()
+        };
+        let (a, b) = (generate(&off, 0.01), generate(&on, 0.01));
+        let (s_off, s_on) = (
+            spread(&rbx_ratios(&off, &a, 0.01)),
+            spread(&rbx_ratios(&on, &b, 0.01)),
+        );
+        // Off: counting noise of ~76 × 30 hits (≈ 2 %); on: the gain's 0.2.
+        assert!(s_off < 0.04, "{s_off}");
+        assert!((0.14..0.26).contains(&s_on), "{s_on}");
+        // Consecutive LS share most of their gain (ρ = 0.95).
+        let r = rbx_ratios(&on, &b, 0.01);
+        let n_rbx = 36;
+        let lag: Vec<(f64, f64)> = (0..59)
+            .flat_map(|s| (0..n_rbx).map(move |k| (s, k)))
+            .map(|(s, k)| (r[s * n_rbx + k].ln(), r[(s + 1) * n_rbx + k].ln()))
+            .collect();
+        let mean =
+            |f: &dyn Fn(&(f64, f64)) -> f64| lag.iter().map(f).sum::<f64>() / lag.len() as f64;
+        let (mx, my) = (mean(&|p| p.0), mean(&|p| p.1));
+        let cov = mean(&|p| (p.0 - mx) * (p.1 - my));
+        let corr = cov / (mean(&|p| (p.0 - mx).powi(2)) * mean(&|p| (p.1 - my).powi(2))).sqrt();
+        assert!(corr > 0.8, "lag-1 correlation {corr}");
+        // The expected counts carry the drift: observed / expected per RBX
+        // is back to counting noise.
+        for row in &b {
+            let e = row.expected.as_ref().unwrap();
+            let (o, x): (f64, f64) = (row.occupancy.iter().sum(), e.iter().sum());
+            assert!((o / x - 1.0).abs() < 0.03, "LS {}: {o} vs {x}", row.ls);
+        }
+    }
+
+    #[test]
+    fn bursts_counts_scale_and_prescale_change_what_they_should() {
+        let burst = LumiMaps {
+            structure: Structure {
+                burst_probability: 1.0,
+                burst_rate: [0.05, 0.05],
+                burst_coverage: [1.0, 1.0],
+                ..Default::default()
+            },
+            ..plain()
+        };
+        for r in generate(&burst, 0.01) {
+            let m = 1.0 + 32.0 * r.lumi * 0.1;
+            let p = 1.0 - 0.99f64.powf(m);
+            let want = r.events as f64 * (1.0 - (1.0 - p) * 0.95);
+            let e = r.expected.as_ref().unwrap();
+            assert!(
+                e.iter().all(|&v| (v - want).abs() < 1e-6),
+                "{} vs {want}",
+                e[0]
+            );
+        }
+        let base = generate(&plain(), 0.01);
+        let scaled = generate(
+            &LumiMaps {
+                structure: Structure {
+                    counts_scale: 3.0,
+                    ..Default::default()
+                },
+                ..plain()
+            },
+            0.01,
+        );
+        for (a, b) in base.iter().zip(&scaled) {
+            assert_eq!(b.events, (a.events as f64 * 3.0).round() as i64);
+        }
+        let prescaled = generate(
+            &LumiMaps {
+                structure: Structure {
+                    prescale_probability: 0.2,
+                    ..Default::default()
+                },
+                ..plain()
+            },
+            0.01,
+        );
+        let factors: Vec<f64> = base
+            .iter()
+            .zip(&prescaled)
+            .map(|(a, b)| b.events as f64 / a.events as f64)
+            .collect();
+        assert!(factors.iter().all(|f| (0.49..=2.01).contains(f)));
+        assert!(
+            factors.iter().any(|f| (f - 1.0).abs() > 0.05),
+            "a prescale changed"
+        );
+        // A fill's prescale holds from LS to LS until it changes again.
+        let changes = factors
+            .windows(2)
+            .filter(|w| (w[0] - w[1]).abs() > 0.02)
+            .count();
+        assert!(changes < 60, "{changes}");
+    }
+
+    #[test]
+    fn pileup_sensitivity_spreads_channels_at_high_luminosity_only() {
+        let stage = LumiMaps {
+            pileup: 300.0,
+            lumi_lifetime: 15.0,
+            structure: Structure {
+                pileup_sensitivity_spread: 0.5,
+                ..Default::default()
+            },
+            ..plain()
+        };
+        let rows = generate(&stage, 0.002);
+        let cv = |r: &MapRow| {
+            let e = r.expected.as_ref().unwrap();
+            let mean = e.iter().sum::<f64>() / e.len() as f64;
+            (e.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / e.len() as f64).sqrt() / mean
+        };
+        let (first, last) = (&rows[0], &rows[59]);
+        assert!(first.lumi > last.lumi);
+        // The pile-up term dominates at the peak: channels differ more.
+        assert!(
+            cv(first) > 0.3 && cv(first) > cv(last),
+            "{} {}",
+            cv(first),
+            cv(last)
+        );
+    }
+
+    #[test]
+    fn bad_structure_is_refused_by_key() {
+        let bad = LumiMaps {
+            structure: Structure {
+                rbx_gain_rho: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("structure.rbx_gain_rho"), "{err}");
     }
 
     #[test]

@@ -402,6 +402,7 @@ impl MapsFromDqm {
                 injected: None,
                 norm: None,
                 median: None,
+                expected: None,
             });
         }
         // β relative to the highest of each fill.

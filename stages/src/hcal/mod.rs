@@ -11,6 +11,7 @@ pub mod tables;
 pub mod geometry;
 pub mod model;
 pub mod renormalization;
+pub mod window_scores;
 
 // Shared by the stages: scoring maps with a model (errors, σ_i, α).
 pub mod scoring;

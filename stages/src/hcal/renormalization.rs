@@ -6,8 +6,9 @@
 
 use crate::hcal::geometry::MapGeometry;
 
-/// The median of `v` (mean of the two middle values for even lengths).
-fn median(v: &mut [f64]) -> f64 {
+/// The median of `v` (mean of the two middle values for even lengths),
+/// sorting it in place.
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_unstable_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {

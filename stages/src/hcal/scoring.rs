@@ -9,7 +9,11 @@ use crate::error::{Result, StageError};
 use crate::hcal::geometry::MapGeometry;
 use crate::hcal::model::{Block, GraphStad};
 use crate::hcal::renormalization::denormalize;
-use crate::hcal::tables::MapRow;
+use crate::hcal::tables::{EXTRA_METHODS, MapRow};
+use crate::hcal::window_scores::{
+    LumiLine, PerLs, counts, rbx_median_corrected, rbx_window_score, signed_window_score,
+    window_sum,
+};
 use crate::stats::quantile;
 
 /// Per-channel min-max scaling of the renormalized occupancy (the paper
@@ -141,9 +145,10 @@ pub fn fill_errors(
     })
 }
 
-/// |γ/ξ − reference × row median| per channel of every map of a fill: the
-/// reference-map rule, renormalized the same way as the model's input.
-pub fn reference_errors(
+/// reference × row median per channel of every map of a fill, in γ/ξ: the
+/// reference-map rule's prediction, renormalized the same way as the
+/// model's input.
+pub fn reference_predicted(
     reference: &[f32],
     rows: &[MapRow],
     geometry: &MapGeometry,
@@ -152,10 +157,19 @@ pub fn reference_errors(
     rows.iter()
         .map(|row| {
             let median = row.median.as_deref().expect("renormalized maps");
-            let predicted = denormalize(&reference, median, geometry);
+            denormalize(&reference, median, geometry)
+        })
+        .collect()
+}
+
+/// |γ/ξ − prediction| per channel of every map.
+fn abs_errors(rows: &[MapRow], predicted: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    rows.iter()
+        .zip(predicted)
+        .map(|(row, p)| {
             occupancy_per_event(row)
                 .iter()
-                .zip(&predicted)
+                .zip(p)
                 .map(|(a, p)| (a - p).abs())
                 .collect()
         })
@@ -184,30 +198,72 @@ pub fn windowed_mae(abs: &[Vec<f64>], window: usize) -> Vec<Vec<f64>> {
 }
 
 /// What one fill gives the scores: the model's errors (with its
-/// reconstruction) and e_i,MAE of the model and of the reference-map rule.
+/// reconstruction), e_i,MAE of the model and of the reference-map rule, and
+/// the other score forms and baselines.
 pub struct FillScores {
     pub errors: FillErrors,
     pub model_mae: Vec<Vec<f64>>,
     pub reference_mae: Vec<Vec<f64>>,
+    /// In [`EXTRA_METHODS`] order; `None` where the card (luminosity line)
+    /// or the maps (the generator's truth) cannot give the method.
+    pub extra: Vec<Option<PerLs>>,
+    /// Σ_w of the generator's expected counts, when the maps carry them.
+    pub expected_window: Option<PerLs>,
 }
 
-/// Reconstructs one fill and takes the windowed MAE of the model and of the
-/// reference-map rule: the one path of training (σ_i, α) and scoring.
+/// The rules the model is compared with, as the card stores them.
+pub struct Rules<'a> {
+    /// Training mean of the renormalized occupancy per channel.
+    pub reference: &'a [f32],
+    /// Per-channel straight line in luminosity (may be unfitted).
+    pub lumi: &'a LumiLine,
+}
+
+/// Reconstructs one fill and scores it every way: the one path of training
+/// (σ_i, α) and scoring.
 pub fn fill_scores(
     model: &GraphStad,
     scaling: &Scaling,
-    reference: &[f32],
+    rules: &Rules<'_>,
     rows: &[MapRow],
     (window, carry_state): (usize, bool),
     device: Device,
 ) -> Result<FillScores> {
+    let geometry = &model.geometry;
     let errors = fill_errors(model, scaling, rows, window, carry_state, device)?;
     let model_mae = windowed_mae(&errors.abs, window);
-    let reference_mae = windowed_mae(&reference_errors(reference, rows, &model.geometry), window);
+    let reference_per_event = reference_predicted(rules.reference, rows, geometry);
+    let reference_mae = windowed_mae(&abs_errors(rows, &reference_per_event), window);
+
+    let events: Vec<i64> = rows.iter().map(|r| r.events).collect();
+    let x: Vec<&[f64]> = rows.iter().map(|r| r.occupancy.as_slice()).collect();
+    let g = geometry.geometry();
+    let (rbx, n_rbx) = (g.rbx_map(), g.n_rbx());
+    let model_mu = counts(&errors.predicted, &events);
+    let reference_mu = counts(&reference_per_event, &events);
+    let lumi_mu = rules.lumi.is_fitted().then(|| {
+        let predicted: Vec<Vec<f64>> = rows.iter().map(|r| rules.lumi.predict(r.lumi)).collect();
+        counts(&predicted, &events)
+    });
+    let expected: Option<PerLs> = rows.iter().map(|r| r.expected.clone()).collect();
+    let pull = |mu: &PerLs| signed_window_score(&x, mu, window);
+    let extra = vec![
+        Some(pull(&model_mu)),
+        Some(rbx_window_score(&x, &model_mu, window, &rbx, n_rbx)),
+        Some(pull(&reference_mu)),
+        Some(rbx_window_score(&x, &reference_mu, window, &rbx, n_rbx)),
+        Some(pull(&rbx_median_corrected(&x, &reference_mu, &rbx, n_rbx))),
+        lumi_mu.as_ref().map(pull),
+        expected.as_ref().map(pull),
+    ];
+    debug_assert_eq!(extra.len(), EXTRA_METHODS.len());
+    let expected_window = expected.as_ref().map(|e| window_sum(e, window));
     Ok(FillScores {
         errors,
         model_mae,
         reference_mae,
+        extra,
+        expected_window,
     })
 }
 
@@ -237,9 +293,6 @@ pub fn channel_sigma(values: &[Vec<f64>]) -> Vec<f32> {
         .collect()
 }
 
-/// Per-channel values of every LS.
-type PerLs = Vec<Vec<f64>>;
-
 /// Consecutive maps of the same fill, as slices of `rows`.
 pub fn fills(rows: &[MapRow]) -> Vec<&[MapRow]> {
     rows.chunk_by(|a, b| a.fill == b.fill && a.case == b.case)
@@ -257,6 +310,10 @@ pub struct Calibration {
     /// The `alpha_quantile` of the validation a_i, for the model and the rule.
     pub alpha: f64,
     pub reference_alpha: f64,
+    /// The luminosity-regression rule, fitted on the training maps.
+    pub lumi: LumiLine,
+    /// α of the other scores by method name (those the maps can give).
+    pub alphas: std::collections::BTreeMap<String, f64>,
 }
 
 /// σ_i of Eq. 6 on the training maps (`window` LS, LSTM states carried
@@ -278,39 +335,63 @@ pub fn calibrate(
         }
     }
     let reference: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
-    let mae = |fills: &[&[MapRow]]| -> Result<(PerLs, PerLs)> {
-        let (mut model_mae, mut reference_mae) = (Vec::new(), Vec::new());
-        for fill in fills {
-            let f = fill_scores(
-                model,
-                scaling,
-                &reference,
-                fill,
-                (window, carry_state),
-                device,
-            )?;
-            model_mae.extend(f.model_mae);
-            reference_mae.extend(f.reference_mae);
-        }
-        Ok((model_mae, reference_mae))
+    let lumi = LumiLine::fit(
+        &train_rows
+            .iter()
+            .map(|r| (r.lumi, occupancy_per_event(r)))
+            .collect::<Vec<_>>(),
+    );
+    let rules = Rules {
+        reference: &reference,
+        lumi: &lumi,
     };
-    let (model_mae, reference_mae) = mae(&fills(train_rows))?;
-    let sigma = channel_sigma(&model_mae);
-    let sigma_reference = channel_sigma(&reference_mae);
-    let (val_model, val_reference) = mae(val_fills)?;
+    let score = |fills: &[&[MapRow]]| -> Result<Vec<FillScores>> {
+        fills
+            .iter()
+            .map(|fill| fill_scores(model, scaling, &rules, fill, (window, carry_state), device))
+            .collect()
+    };
+    let concat = |scores: &mut Vec<FillScores>, pick: fn(&mut FillScores) -> PerLs| -> PerLs {
+        scores.iter_mut().flat_map(pick).collect()
+    };
+    let mut train = score(&fills(train_rows))?;
+    let sigma = channel_sigma(&concat(&mut train, |f| std::mem::take(&mut f.model_mae)));
+    let sigma_reference = channel_sigma(&concat(&mut train, |f| {
+        std::mem::take(&mut f.reference_mae)
+    }));
+    drop(train);
+    let mut val = score(val_fills)?;
     let flat = |a: Vec<Vec<f64>>| a.into_iter().flatten().collect::<Vec<f64>>();
-    let a_model = flat(standardized(val_model, &sigma));
-    let a_reference = flat(standardized(val_reference, &sigma_reference));
     let alpha_of = |mut v: Vec<f64>| {
         v.sort_unstable_by(f64::total_cmp);
         quantile(&v, alpha_quantile).unwrap_or(f64::INFINITY)
     };
+    let a_model = flat(standardized(
+        concat(&mut val, |f| std::mem::take(&mut f.model_mae)),
+        &sigma,
+    ));
+    let a_reference = flat(standardized(
+        concat(&mut val, |f| std::mem::take(&mut f.reference_mae)),
+        &sigma_reference,
+    ));
+    let mut alphas = std::collections::BTreeMap::new();
+    for (k, method) in EXTRA_METHODS.iter().enumerate() {
+        let values: Option<Vec<PerLs>> = val.iter_mut().map(|f| f.extra[k].take()).collect();
+        if let Some(values) = values {
+            alphas.insert(
+                method.name.to_string(),
+                alpha_of(values.into_iter().flatten().flatten().collect()),
+            );
+        }
+    }
     Ok(Calibration {
         reference,
         sigma,
         sigma_reference,
         alpha: alpha_of(a_model),
         reference_alpha: alpha_of(a_reference),
+        lumi,
+        alphas,
     })
 }
 

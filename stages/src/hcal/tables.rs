@@ -22,7 +22,7 @@ use crate::error::{Result, StageError};
 use crate::hcal::geometry::{MapGeometry, Subdetector};
 use crate::hcal::model::{Block, GraphStad, GraphStadArch};
 use crate::input::{Input, require_column};
-use dqm_schemas::{column, f64_list};
+use dqm_schemas::{column, f64_list, nullable};
 
 // ---- The events table (`delphes_convert`), tower by tower ----
 
@@ -245,6 +245,16 @@ pub fn maps_schema(geometry: MapGeometry) -> SchemaRef {
     ))
 }
 
+/// The column a generator that knows the truth adds (`lumi_maps`): what an
+/// oracle would predict, for the oracle row of Table 7.
+pub fn expected_field() -> Field {
+    column(
+        "expected",
+        f64_list(),
+        "Expected healthy occupancy per channel, ξ_s p_i(s), from the generator's true rates (the oracle's prediction; anomalies are not in it)",
+    )
+}
+
 /// The columns `inject_anomalies` adds.
 pub fn injection_fields() -> Vec<Field> {
     vec![
@@ -308,6 +318,8 @@ pub struct MapRow {
     pub injected: Option<Vec<bool>>,
     pub norm: Option<Vec<f64>>,
     pub median: Option<Vec<f64>>,
+    /// The generator's expected healthy occupancy (maps of `lumi_maps`).
+    pub expected: Option<Vec<f64>>,
 }
 
 /// Checks the columns every maps table has; returns its geometry.
@@ -385,6 +397,7 @@ pub fn read_rows(batch: &RecordBatch, geometry: &MapGeometry, input: &str) -> Re
     let injected = col("injected");
     let norm = col("norm");
     let median = col("median");
+    let expected = col("expected");
     let n = geometry.n_channels();
     let n_rows = geometry.shape[0] * geometry.shape[2];
     let mut rows = Vec::with_capacity(batch.num_rows());
@@ -440,6 +453,10 @@ pub fn read_rows(batch: &RecordBatch, geometry: &MapGeometry, input: &str) -> Re
                 Some(c) => Some(f64_row(c.as_list::<i32>(), i, n_rows, &at("median"))?),
                 None => None,
             },
+            expected: match &expected {
+                Some(c) => Some(f64_row(c.as_list::<i32>(), i, n, &at("expected"))?),
+                None => None,
+            },
         });
     }
     Ok(rows)
@@ -486,6 +503,12 @@ pub fn write_rows(schema: &SchemaRef, rows: &[MapRow]) -> Result<RecordBatch> {
             "median" => Arc::new(f64_lists(
                 rows.iter()
                     .map(|r| r.median.as_deref().ok_or_else(missing))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter(),
+            )),
+            "expected" => Arc::new(f64_lists(
+                rows.iter()
+                    .map(|r| r.expected.as_deref().ok_or_else(missing))
                     .collect::<Result<Vec<_>>>()?
                     .into_iter(),
             )),
@@ -612,6 +635,16 @@ pub struct GraphStadCard {
     /// model and for the reference-map rule.
     pub alpha: f64,
     pub reference_alpha: f64,
+    /// The luminosity-regression rule: γ/ξ = intercept + slope · L per
+    /// channel, fitted on the training maps (empty in cards written before).
+    #[serde(default)]
+    pub lumi_intercept: Vec<f32>,
+    #[serde(default)]
+    pub lumi_slope: Vec<f32>,
+    /// Thresholds of the other score forms ([`EXTRA_METHODS`]), the same
+    /// quantile of their validation scores, by method name.
+    #[serde(default)]
+    pub alphas: std::collections::BTreeMap<String, f64>,
     /// Parameters trained here and in all (batch-norm statistics excluded).
     pub trainable_params: i64,
     pub total_params: i64,
@@ -709,6 +742,58 @@ pub fn load_model(
 
 // ---- The scores table (`graphstad_score`; input of `channel_metrics`) ----
 
+/// A score form or baseline beside the paper's Eq. 5 (`score`,
+/// `reference_score`): its name in Table 7 and its documentation. Its
+/// columns in the scores table are `<name>_score` and `<name>_alpha`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtraMethod {
+    pub name: &'static str,
+    pub doc: &'static str,
+}
+
+impl ExtraMethod {
+    pub fn score_column(&self) -> String {
+        format!("{}_score", self.name)
+    }
+    pub fn alpha_column(&self) -> String {
+        format!("{}_alpha", self.name)
+    }
+}
+
+/// The other scores of every channel, in the scores table's order. A pull
+/// z = |Σ_w(γ − μ)| / √Σ_w μ over the window of T LS ending at the LS, with
+/// μ the expected counts of:
+pub const EXTRA_METHODS: [ExtraMethod; 7] = [
+    ExtraMethod {
+        name: "graphstad_signed",
+        doc: "Signed window pull of the model's reconstruction: |Σ_w(γ − μ)|/√Σ_w μ, μ = reconstruction × ξ",
+    },
+    ExtraMethod {
+        name: "graphstad_rbx",
+        doc: "The model's pull summed over the channel's RBX: |Σ_RBX Σ_w(γ − μ)|/√Σ_RBX Σ_w μ",
+    },
+    ExtraMethod {
+        name: "reference_signed",
+        doc: "Signed window pull of the reference-map rule (training mean × the LS's row medians)",
+    },
+    ExtraMethod {
+        name: "reference_rbx",
+        doc: "The reference-map rule's pull summed over the channel's RBX (an RBX against the reference)",
+    },
+    ExtraMethod {
+        name: "rbx_median",
+        doc: "The reference rule's pull with μ corrected per LS and RBX by the median γ/μ of the RBX's channels (a channel against its RBX: blind to a change of the whole RBX, which `reference_rbx` sees)",
+    },
+    ExtraMethod {
+        name: "lumi_regression",
+        doc: "Signed window pull of a per-channel straight line in luminosity fitted on the training maps (null with a card that has none)",
+    },
+    ExtraMethod {
+        name: "oracle",
+        doc: "Signed window pull of the generator's true expected counts: the ceiling (null for maps without truth)",
+    },
+];
+
 pub fn scores_schema(geometry: MapGeometry) -> SchemaRef {
     let bools = DataType::List(Arc::new(Field::new("item", DataType::Boolean, false)));
     Arc::new(Schema::new_with_metadata(
@@ -756,7 +841,24 @@ pub fn scores_schema(geometry: MapGeometry) -> SchemaRef {
                 "Decision threshold of the reference rule's a_i",
             ),
             column("flagged", DataType::Int64, "Channels with a_i > alpha"),
-        ],
+        ]
+        .into_iter()
+        .chain(EXTRA_METHODS.iter().flat_map(|m| {
+            [
+                nullable(&m.score_column(), f64_list(), m.doc),
+                nullable(
+                    &m.alpha_column(),
+                    DataType::Float64,
+                    "Its decision threshold: the model card's quantile of its validation scores",
+                ),
+            ]
+        }))
+        .chain([nullable(
+            "expected_window",
+            f64_list(),
+            "Σ over the window of the generator's expected counts per channel (the oracle's Σμ; null for maps without truth)",
+        )])
+        .collect::<Vec<_>>(),
         geometry_metadata(&geometry),
     ))
 }
