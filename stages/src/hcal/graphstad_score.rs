@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::arrow_util::f64_lists;
 use crate::error::{Result, bad_param};
 use crate::hcal::geometry::MapGeometry;
-use crate::hcal::scoring::{FillScores, Rules, fill_scores, standardized};
+use crate::hcal::scoring::{
+    FillScores, Rules, fill_scores, mse_floor, reference_mse, standardized,
+};
 use crate::hcal::tables::{
     EXTRA_METHODS, GraphStadCard, MapRow, ModelSpec, check_maps, check_renormalized,
     example_maps_schema, for_each_fill, load_model, models_schema, read_model, renormalized_fields,
@@ -90,6 +92,9 @@ struct FillTable<'a> {
     score: &'a [Vec<f64>],
     reference: &'a [Vec<f64>],
     alphas: (f64, f64),
+    /// The rule's MSE and the noise floor of every LS (model scale).
+    reference_mse: Vec<f64>,
+    mse_floor: Vec<Option<f64>>,
     /// [`EXTRA_METHODS`] scores (with their α), `None` where not available.
     extra: Vec<Option<(PerLs, f64)>>,
     expected_window: Option<PerLs>,
@@ -152,6 +157,8 @@ fn scores_batch(schema: &SchemaRef, t: &FillTable<'_>) -> Result<RecordBatch> {
     ];
     let n = rows.len();
     let mut columns = columns;
+    columns.push(Arc::new(Float64Array::from(t.reference_mse.clone())));
+    columns.push(Arc::new(Float64Array::from(t.mse_floor.clone())));
     for extra in &t.extra {
         columns.push(optional_lists(extra.as_ref().map(|e| &e.0), n));
         columns.push(Arc::new(Float64Array::from(vec![
@@ -291,6 +298,14 @@ impl Stage for GraphstadScore {
                 })
                 .collect();
             let table = FillTable {
+                reference_mse: fill
+                    .iter()
+                    .map(|r| reference_mse(&scaling, &card.reference, r))
+                    .collect(),
+                mse_floor: fill
+                    .iter()
+                    .map(|r| mse_floor(&scaling, r, &geometry))
+                    .collect(),
                 rows: &fill,
                 mse: &errors.mse,
                 score: &score,

@@ -235,6 +235,9 @@ impl GraphstadTrain {
             let same = match block {
                 Block::EncoderCnn | Block::DecoderCnn => a.conv_channels == b.conv_channels,
                 Block::EncoderGcn => a.gcn_features == b.gcn_features,
+                // The shared layout's recurrent blocks also hold the
+                // embedding, the latent and the grid: every size counts.
+                _ if a.shared_grid.is_some() || b.shared_grid.is_some() => a == b,
                 Block::EncoderRnn => a.embed == b.embed && a.lstm_hidden == b.lstm_hidden,
                 Block::DecoderRnn => a.latent == b.latent && a.lstm_hidden == b.lstm_hidden,
             };
@@ -649,6 +652,7 @@ mod tests {
             embed: 16,
             lstm_hidden: 16,
             latent: 4,
+            shared_grid: None,
         }
     }
 

@@ -17,6 +17,17 @@
 //! they move between the endcap and the barrel) and `enc_fc`, `vae`,
 //! `dec_fc` (sized by the map, never transferred; `dec_fc` also holds our
 //! per-channel output offset).
+//!
+//! Two layouts ([`GraphStadArch::shared_grid`]). The dense one (ours, the
+//! default) joins the CNN and the LSTMs with dense layers sized by the map,
+//! which then hold ~87 % of the parameters and never transfer. The paper's
+//! (`shared_grid: [G_η, G_φ]`) pools the CNN features of any subdetector to
+//! one G_η × G_φ grid (and the GCN's to its 36 RBXes), so the embedding and
+//! the latent belong to the encoder's recurrent block, the decoder LSTM's
+//! state *is* the grid of decoder features (it carries the spatial
+//! expansion and most parameters, as in the paper), interpolated to the
+//! map's pooled size for the transposed convolutions; only the per-channel
+//! output offset is sized by the map.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -39,6 +50,12 @@ pub struct GraphStadArch {
     pub lstm_hidden: i64,
     /// Latent size per LS (the variational layer).
     pub latent: i64,
+    /// The paper's layout: the CNN features pooled to this [G_η, G_φ] grid
+    /// whatever the subdetector, the decoder LSTM's hidden state the grid
+    /// of `conv_channels[1]` features (null: dense layers sized by the map,
+    /// ours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_grid: Option<[i64; 2]>,
 }
 
 impl Default for GraphStadArch {
@@ -49,6 +66,18 @@ impl Default for GraphStadArch {
             embed: 64,
             lstm_hidden: 64,
             latent: 16,
+            shared_grid: None,
+        }
+    }
+}
+
+impl GraphStadArch {
+    /// Hidden size of the decoder LSTM: the grid of decoder features in the
+    /// shared layout.
+    pub fn decoder_hidden(&self) -> i64 {
+        match self.shared_grid {
+            Some([gh, gw]) => self.conv_channels[1] * gh * gw,
+            None => self.lstm_hidden,
         }
     }
 }
@@ -203,7 +232,8 @@ pub struct GraphStad {
     mu: nn::Linear,
     logvar: nn::Linear,
     dec_rnn: nn::LSTM,
-    dec_fc: nn::Linear,
+    /// The dense layout's map-sized decoder layer (none in the shared one).
+    dec_fc: Option<nn::Linear>,
     up1: Upsample,
     dbn1: nn::BatchNorm,
     up2: Upsample,
@@ -252,6 +282,17 @@ impl GraphStad {
         };
         let cnn = root / "enc_cnn";
         let dec = root / "dec_cnn";
+        // The shared layout puts the embedding and the latent in the
+        // encoder's recurrent block; the dense one keeps them map-sized.
+        let (cnn_out, embed_path, vae_path) = match arch.shared_grid {
+            Some([gh, gw]) => (
+                c2 * gh * gw,
+                root / "enc_rnn" / "embed",
+                root / "enc_rnn" / "vae",
+            ),
+            None => (pooled, root / "enc_fc", root / "vae"),
+        };
+        let dec_hidden = arch.decoder_hidden();
         Self {
             conv1: conv3(&cnn / "conv1", 1, c1),
             bn1: nn::batch_norm3d(&cnn / "bn1", c1, bn),
@@ -264,31 +305,33 @@ impl GraphStad {
                 Default::default(),
             ),
             enc_fc: nn::linear(
-                root / "enc_fc",
-                pooled + rbx.n_rbx * arch.gcn_features,
+                embed_path,
+                cnn_out + rbx.n_rbx * arch.gcn_features,
                 arch.embed,
                 Default::default(),
             ),
             enc_rnn: nn::lstm(root / "enc_rnn", arch.embed, arch.lstm_hidden, lstm),
             mu: nn::linear(
-                root / "vae" / "mu",
+                &vae_path / "mu",
                 arch.lstm_hidden,
                 arch.latent,
                 Default::default(),
             ),
             logvar: nn::linear(
-                root / "vae" / "logvar",
+                &vae_path / "logvar",
                 arch.lstm_hidden,
                 arch.latent,
                 Default::default(),
             ),
-            dec_rnn: nn::lstm(root / "dec_rnn", arch.latent, arch.lstm_hidden, lstm),
-            dec_fc: nn::linear(
-                root / "dec_fc",
-                arch.lstm_hidden,
-                pooled,
-                Default::default(),
-            ),
+            dec_rnn: nn::lstm(root / "dec_rnn", arch.latent, dec_hidden, lstm),
+            dec_fc: arch.shared_grid.is_none().then(|| {
+                nn::linear(
+                    root / "dec_fc",
+                    arch.lstm_hidden,
+                    pooled,
+                    Default::default(),
+                )
+            }),
             up1: Upsample::new(&(&dec / "up1"), c2, c1),
             dbn1: nn::batch_norm3d(&dec / "bn1", c1, bn),
             up2: Upsample::new(&(&dec / "up2"), c1, c1),
@@ -341,7 +384,10 @@ impl GraphStad {
                 .forward_t(&self.conv2.forward(&h), cnn_train)
                 .relu(),
         );
-        let cnn_features = h.reshape([n, -1]);
+        let cnn_features = match self.arch.shared_grid {
+            Some([gh, gw]) => h.adaptive_avg_pool3d([gh, gw, 1]).reshape([n, -1]),
+            None => h.reshape([n, -1]),
+        };
         // GCN over the RBX graph, then pooled per RBX.
         let propagated = self.rbx.propagate(&flat).unsqueeze(-1);
         let g = self.gcn.forward(&propagated).relu(); // (N, M, F)
@@ -362,13 +408,20 @@ impl GraphStad {
         };
         let (dec_out, dec_state) = self.dec_rnn.seq_init(&z, &states.decoder);
         let c2 = self.arch.conv_channels[1];
-        let d = self.dec_fc.forward(&dec_out.reshape([n, -1])).relu().view([
-            n,
-            c2,
-            ph / 4,
-            pw / 4,
-            depth,
-        ]);
+        let d = match (&self.dec_fc, self.arch.shared_grid) {
+            (Some(fc), _) => {
+                fc.forward(&dec_out.reshape([n, -1]))
+                    .relu()
+                    .view([n, c2, ph / 4, pw / 4, depth])
+            }
+            // The decoder state is the grid: interpolated to the map's
+            // pooled size (no parameters sized by the map).
+            (None, Some([gh, gw])) => dec_out
+                .reshape([n, c2, gh, gw, 1])
+                .relu()
+                .upsample_trilinear3d([ph / 4, pw / 4, depth], false, None, None, None),
+            (None, None) => unreachable!("the dense layout has a decoder layer"),
+        };
         let dec_train = bn_train(Block::DecoderCnn);
         let d = self.dbn1.forward_t(&self.up1.forward(&d), dec_train).relu();
         let d = self.dbn2.forward_t(&self.up2.forward(&d), dec_train).relu();
@@ -459,6 +512,81 @@ mod tests {
             assert_eq!(out.mu.size(), [2, 5, 16]);
             let (total, mse) = loss(&out, &x, 0.003, 1e-7, &vs.trainable_variables());
             assert!(total.double_value(&[]) > mse.double_value(&[]));
+        }
+    }
+
+    /// Parameters per block (free: not in a transfer block) of a model.
+    fn per_block(arch: &GraphStadArch, sub: Subdetector) -> Vec<(String, Vec<i64>)> {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _model = GraphStad::new(&vs.root(), arch.clone(), MapGeometry::of(sub));
+        let mut v: Vec<(String, Vec<i64>)> = vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (name, t.size()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_shared_layout_puts_the_parameters_where_the_paper_has_them() {
+        let shared = GraphStadArch {
+            shared_grid: Some([4, 8]),
+            ..Default::default()
+        };
+        let numel = |s: &[i64]| s.iter().product::<i64>();
+        for (arch, dec_rnn_share, free_share) in [
+            (GraphStadArch::default(), (0.0, 0.2), (0.8, 1.0)),
+            (shared, (0.85, 1.0), (0.0, 0.01)),
+        ] {
+            let vars = per_block(&arch, Subdetector::Barrel);
+            let total: i64 = vars.iter().map(|(_, s)| numel(s)).sum();
+            let in_block = |b: Option<Block>| -> i64 {
+                vars.iter()
+                    .filter(|(n, _)| Block::of(n) == b)
+                    .map(|(_, s)| numel(s))
+                    .sum()
+            };
+            let dec_rnn = in_block(Some(Block::DecoderRnn)) as f64 / total as f64;
+            let free = in_block(None) as f64 / total as f64;
+            assert!(
+                (dec_rnn_share.0..=dec_rnn_share.1).contains(&dec_rnn),
+                "{:?}: decoder LSTM {dec_rnn:.3} of {total}",
+                arch.shared_grid
+            );
+            assert!(
+                (free_share.0..=free_share.1).contains(&free),
+                "{:?}: map-sized {free:.3} of {total}",
+                arch.shared_grid
+            );
+            if arch.shared_grid.is_some() {
+                // Only the per-channel offset is sized by the map, and every
+                // block has the same shapes for the endcap as for the barrel.
+                let free: Vec<&String> = vars
+                    .iter()
+                    .filter(|(n, _)| Block::of(n).is_none())
+                    .map(|(n, _)| n)
+                    .collect();
+                assert_eq!(free, ["dec_fc.map_bias"]);
+                let endcap = per_block(&arch, Subdetector::Endcap);
+                let blocks = |v: &[(String, Vec<i64>)]| -> Vec<(String, Vec<i64>)> {
+                    v.iter()
+                        .filter(|(n, _)| Block::of(n).is_some())
+                        .cloned()
+                        .collect()
+                };
+                assert_eq!(blocks(&vars), blocks(&endcap));
+                // And the model reconstructs every subdetector's shape.
+                for sub in Subdetector::ALL {
+                    let vs = nn::VarStore::new(tch::Device::Cpu);
+                    let g = MapGeometry::of(sub);
+                    let model = GraphStad::new(&vs.root(), arch.clone(), g);
+                    let m = g.n_channels() as i64;
+                    let x = Tensor::rand([2, 3, m], (Kind::Float, tch::Device::Cpu));
+                    let out = model.forward(&x, &model.zero_states(2), true, &[]);
+                    assert_eq!(out.recon.size(), [2, 3, m], "{sub:?}");
+                }
+            }
         }
     }
 

@@ -38,7 +38,8 @@ impl Scaling {
         Self { min, max }
     }
 
-    fn range(&self, c: usize) -> f32 {
+    /// max − min of channel `c` (1 for a constant channel).
+    pub fn range(&self, c: usize) -> f32 {
         let r = self.max[c] - self.min[c];
         if r > 0.0 { r } else { 1.0 }
     }
@@ -58,6 +59,40 @@ impl Scaling {
             .map(|(c, &v)| f64::from(v * self.range(c) + self.min[c]))
             .collect()
     }
+}
+
+/// The reference-map rule's reconstruction MSE of one map in the model's
+/// input scale (Eq. 7 for the rule): the yardstick a network must beat.
+pub fn reference_mse(scaling: &Scaling, reference: &[f32], row: &MapRow) -> f64 {
+    let x = scaling.scale(norm(row));
+    let r = scaling.scale(&reference.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+    x.iter()
+        .zip(&r)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum::<f64>()
+        / x.len() as f64
+}
+
+/// The binomial noise floor of the MSE of one map in the model's input
+/// scale: what a predictor that knew every channel's true rate would still
+/// score, mean over channels of p(1 − p)/ξ ÷ (row median · channel range)²,
+/// with p from the generator's expected counts (`None` without them).
+pub fn mse_floor(scaling: &Scaling, row: &MapRow, geometry: &MapGeometry) -> Option<f64> {
+    let expected = row.expected.as_ref()?;
+    let xi = row.events.max(1) as f64;
+    let median = row.median.as_deref().expect("renormalized maps");
+    let ones = vec![1.0; expected.len()];
+    let divisor = denormalize(&ones, median, geometry);
+    let sum: f64 = expected
+        .iter()
+        .enumerate()
+        .map(|(c, &e)| {
+            let p = (e / xi).clamp(0.0, 1.0);
+            let scale = divisor[c] * f64::from(scaling.range(c));
+            p * (1.0 - p) / xi / (scale * scale)
+        })
+        .sum();
+    Some(sum / expected.len() as f64)
 }
 
 /// The renormalized occupancy of a map (checked present by the stages).

@@ -841,6 +841,16 @@ pub fn scores_schema(geometry: MapGeometry) -> SchemaRef {
                 "Decision threshold of the reference rule's a_i",
             ),
             column("flagged", DataType::Int64, "Channels with a_i > alpha"),
+            column(
+                "reference_mse",
+                DataType::Float64,
+                "The reference-map rule's reconstruction MSE of this LS in the model's scale (the yardstick of `mse`)",
+            ),
+            nullable(
+                "mse_floor",
+                DataType::Float64,
+                "Binomial noise floor of the MSE in the model's scale: mean over channels of p(1 − p)/ξ ÷ (row median · channel range)², p from the generator's expected counts (null for maps without truth)",
+            ),
         ]
         .into_iter()
         .chain(EXTRA_METHODS.iter().flat_map(|m| {
