@@ -639,43 +639,10 @@ mod tests {
     use crate::hcal::geometry::Subdetector;
     use crate::hcal::graphstad_score::GraphstadScore;
     use crate::hcal::inject_anomalies::{Anomaly, InjectAnomalies};
-    use crate::hcal::lumi_maps::LumiMaps;
-    use crate::hcal::test_support::maps_input;
+    use crate::hcal::test_support::{maps, maps_input, small_arch, small_train};
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
     use arrow::array::AsArray;
-
-    fn small_arch() -> GraphStadArch {
-        GraphStadArch {
-            conv_channels: [4, 8],
-            gcn_features: 2,
-            embed: 16,
-            lstm_hidden: 16,
-            latent: 4,
-            shared_grid: None,
-        }
-    }
-
-    fn small_train() -> GraphstadTrain {
-        GraphstadTrain {
-            arch: small_arch(),
-            streams: 2,
-            epochs: 2,
-            device: DeviceChoice::Cpu,
-            ..Default::default()
-        }
-    }
-
-    fn maps(subdetector: Subdetector, fills: usize, seed: u64) -> LumiMaps {
-        LumiMaps {
-            subdetector,
-            fills,
-            ls_per_fill: [40, 40],
-            first_fill: seed as i64 * 100,
-            seed,
-            ..Default::default()
-        }
-    }
 
     /// Trains `stage` and returns (models table as an input, its weights).
     fn train(

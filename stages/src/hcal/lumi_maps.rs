@@ -21,7 +21,7 @@ use rand_distr::{Binomial, Distribution, Poisson, StandardNormal};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StageError, bad_param};
+use crate::error::{Result, StageError, bad_param, within};
 use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
 use crate::hcal::tables::{
@@ -108,27 +108,27 @@ impl Structure {
     fn validate(&self) -> Result<()> {
         let [lo, hi] = self.burst_rate;
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
-            return bad_param("structure.burst_rate", "need 0 < min ≤ max ≤ 1");
+            return bad_param("burst_rate", "need 0 < min ≤ max ≤ 1");
         }
         let [lo, hi] = self.burst_coverage;
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
-            return bad_param("structure.burst_coverage", "need 0 < min ≤ max ≤ 1");
+            return bad_param("burst_coverage", "need 0 < min ≤ max ≤ 1");
         }
         if let Some([lo, hi]) = self.peak_pileup
             && !(lo >= 0.0 && lo <= hi)
         {
-            return bad_param("structure.peak_pileup", "need 0 ≤ min ≤ max");
+            return bad_param("peak_pileup", "need 0 ≤ min ≤ max");
         }
         for (name, p) in [
             ("burst_probability", self.burst_probability),
             ("prescale_probability", self.prescale_probability),
         ] {
             if !(0.0..=1.0).contains(&p) {
-                return bad_param(&format!("structure.{name}"), "must be in [0, 1]");
+                return bad_param(name, "must be in [0, 1]");
             }
         }
         if !(self.rbx_gain_rho.abs() < 1.0) {
-            return bad_param("structure.rbx_gain_rho", "must be in (−1, 1)");
+            return bad_param("rbx_gain_rho", "must be in (−1, 1)");
         }
         for (name, v) in [
             ("rbx_gain_sigma", self.rbx_gain_sigma),
@@ -136,11 +136,11 @@ impl Structure {
             ("pileup_sensitivity_spread", self.pileup_sensitivity_spread),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
-                return bad_param(&format!("structure.{name}"), "must be ≥ 0");
+                return bad_param(name, "must be ≥ 0");
             }
         }
         if !(self.counts_scale > 0.0 && self.counts_scale.is_finite()) {
-            return bad_param("structure.counts_scale", "must be > 0");
+            return bad_param("counts_scale", "must be > 0");
         }
         Ok(())
     }
@@ -251,7 +251,7 @@ impl StageConfig for LumiMaps {
         if !(self.spike_max >= 1.0) {
             return bad_param("spike_max", "must be ≥ 1");
         }
-        self.structure.validate()
+        within("structure", self.structure.validate())
     }
 }
 

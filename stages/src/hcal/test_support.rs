@@ -52,3 +52,43 @@ pub fn maps_input(
     let norm = run_in_memory(&stage, &[input]).unwrap().table("main");
     input_from_batch(name, &norm, &dir.join(format!("{name}.parquet"))).unwrap()
 }
+
+/// A small network, so training tests run in seconds.
+pub fn small_arch() -> crate::hcal::model::GraphStadArch {
+    crate::hcal::model::GraphStadArch {
+        conv_channels: [4, 8],
+        gcn_features: 2,
+        embed: 16,
+        lstm_hidden: 16,
+        latent: 4,
+        shared_grid: None,
+    }
+}
+
+/// Two epochs of the small network on two streams, on the CPU.
+pub fn small_train() -> crate::hcal::graphstad_train::GraphstadTrain {
+    crate::hcal::graphstad_train::GraphstadTrain {
+        arch: small_arch(),
+        streams: 2,
+        epochs: 2,
+        device: crate::nn::DeviceChoice::Cpu,
+        ..Default::default()
+    }
+}
+
+/// Generated maps: `fills` fills of 40 LS of one subdetector, numbered and
+/// seeded by `seed` (so two calls with other seeds share no map).
+pub fn maps(
+    subdetector: crate::hcal::geometry::Subdetector,
+    fills: usize,
+    seed: u64,
+) -> crate::hcal::lumi_maps::LumiMaps {
+    crate::hcal::lumi_maps::LumiMaps {
+        subdetector,
+        fills,
+        ls_per_fill: [40, 40],
+        first_fill: seed as i64 * 100,
+        seed,
+        ..Default::default()
+    }
+}

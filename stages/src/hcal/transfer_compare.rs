@@ -19,7 +19,7 @@ use crate::error::{Result, StageError};
 use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
 use crate::hcal::model::Block;
-use crate::hcal::tables::{ModelSpec, models_schema, read_model, scores_schema};
+use crate::hcal::tables::{GraphStadCard, ModelSpec, models_schema, read_model, scores_schema};
 use crate::input::require_column;
 use crate::plots::{Series, lines};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
@@ -241,41 +241,7 @@ impl Stage for TransferCompare {
         let mut rows = Vec::new();
         for pair in ctx.inputs.chunks(2) {
             let (card, _) = read_model(&pair[0])?;
-            let mut per_fill: PerFill = BTreeMap::new();
-            for batch in pair[1].batches() {
-                let batch = batch?;
-                let col = |n: &str| batch.column_by_name(n).expect("planned");
-                let case = col("case");
-                let fill = col("fill");
-                let mse = col("mse");
-                let (case, fill, mse) = (
-                    case.as_string::<i32>(),
-                    fill.as_primitive::<Int64Type>(),
-                    mse.as_primitive::<Float64Type>(),
-                );
-                let rule = batch.column_by_name("reference_mse");
-                let rule = rule.map(|c| c.as_primitive::<Float64Type>().clone());
-                let floor = batch.column_by_name("mse_floor");
-                let floor = floor.map(|c| c.as_primitive::<Float64Type>().clone());
-                for i in 0..batch.num_rows() {
-                    if case.value(i) == "none" {
-                        let e = per_fill.entry(fill.value(i)).or_default();
-                        e.mse += mse.value(i);
-                        e.maps += 1;
-                        e.rule += rule.as_ref().map_or(f64::NAN, |r| r.value(i));
-                        if let Some(f) = floor.as_ref().filter(|f| !f.is_null(i)) {
-                            e.floor += f.value(i);
-                            e.floored += 1;
-                        }
-                    }
-                }
-            }
-            if per_fill.is_empty() {
-                return Err(StageError::data(format!(
-                    "input `{}` has no healthy map (case `none`): score maps without injected anomalies",
-                    pair[1].name
-                )));
-            }
+            let per_fill = healthy_per_fill(&pair[1])?;
             rows.push((
                 pair[0].name.clone(),
                 card,
@@ -291,108 +257,171 @@ impl Stage for TransferCompare {
             .iter()
             .map(|r| reducible_delta(&r.3, &rows[0].3))
             .collect();
-        let (base_params, base_mse) = (rows[0].1.trainable_params as f64, rows[0].2.0);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.0.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| names(&r.1.init_blocks)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| names(&r.1.frozen_blocks)),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.1.trainable_params),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter()
-                    .map(|r| r.1.trainable_params as f64 / base_params - 1.0),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.1.best_epoch as i64),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.1.val_mse),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.2.3 as i64),
-            )),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.0))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.1))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.2))),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.2.0 / base_mse - 1.0),
-            )),
-            Arc::new(Float64Array::from_iter_values(deltas.iter().map(|d| d.0))),
-            Arc::new(Float64Array::from_iter_values(deltas.iter().map(|d| d.1))),
-            Arc::new(Float64Array::from(
-                rows.iter()
-                    .map(|r| {
-                        let n: usize = r.3.values().map(|v| v.maps).sum();
-                        let v = r.3.values().map(|v| v.rule).sum::<f64>() / n as f64;
-                        v.is_finite().then_some(v)
-                    })
-                    .collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                rows.iter()
-                    .map(|r| {
-                        let floors: Option<Vec<f64>> = r.3.values().map(|v| v.floor()).collect();
-                        floors.map(|f| {
-                            let n: usize = r.3.values().map(|v| v.maps).sum();
-                            r.3.values()
-                                .zip(&f)
-                                .map(|(v, f)| f * v.maps as f64)
-                                .sum::<f64>()
-                                / n as f64
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                reducible.iter().map(|d| d.map(|d| d.0)).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                reducible.iter().map(|d| d.map(|d| d.1)).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                reducible.iter().map(|d| d.map(|d| d.2)).collect::<Vec<_>>(),
-            )),
-        ];
-        for ((name, card, (mse, lo, hi, _), _), (dlo, dhi)) in rows.iter().zip(&deltas) {
-            ctx.reporter.info(&format!(
-                "{name:<14} trainable {:>7} ({:+.1} %) test MSE {mse:.4e} [{lo:.4e}, {hi:.4e}] ΔMSE {:+.1} % [{:+.1}, {:+.1}]",
-                card.trainable_params,
-                100.0 * (card.trainable_params as f64 / base_params - 1.0),
-                100.0 * (mse / base_mse - 1.0),
-                100.0 * dlo,
-                100.0 * dhi
-            ));
-        }
-        let curves: Vec<Series> = rows
-            .iter()
-            .map(|(name, card, _, _)| Series {
-                name: name.clone(),
-                points: card
-                    .val_curve
-                    .iter()
-                    .enumerate()
-                    .map(|(e, v)| ((e + 1) as f64, v.log10()))
-                    .collect(),
-            })
-            .collect();
-        lines(
-            &ctx.artifacts.join("val_mse_by_mode.png"),
-            "Validation MSE per epoch, from scratch and with transfer",
-            "epoch",
-            "log10 validation MSE",
-            &curves,
-            false,
-        )?;
-        ctx.output
-            .write("main", RecordBatch::try_new(compare_schema(), columns)?)
+        let batch = table_batch(&rows, &deltas, &reducible)?;
+        log_rows(ctx, &rows, &deltas);
+        plot_curves(ctx, &rows)?;
+        ctx.output.write("main", batch)
     }
+}
+
+/// One mode: its stage name, card, (test MSE, interval, maps) and per-fill sums.
+type ModeRow = (String, GraphStadCard, (f64, f64, f64, usize), PerFill);
+
+/// The per-fill sums of the healthy maps (case `none`) of a scores input.
+fn healthy_per_fill(scores: &crate::input::Input) -> Result<PerFill> {
+    let mut per_fill: PerFill = BTreeMap::new();
+    for batch in scores.batches() {
+        let batch = batch?;
+        let col = |n: &str| batch.column_by_name(n).expect("planned");
+        let case = col("case");
+        let fill = col("fill");
+        let mse = col("mse");
+        let (case, fill, mse) = (
+            case.as_string::<i32>(),
+            fill.as_primitive::<Int64Type>(),
+            mse.as_primitive::<Float64Type>(),
+        );
+        let rule = batch.column_by_name("reference_mse");
+        let rule = rule.map(|c| c.as_primitive::<Float64Type>().clone());
+        let floor = batch.column_by_name("mse_floor");
+        let floor = floor.map(|c| c.as_primitive::<Float64Type>().clone());
+        for i in 0..batch.num_rows() {
+            if case.value(i) == "none" {
+                let e = per_fill.entry(fill.value(i)).or_default();
+                e.mse += mse.value(i);
+                e.maps += 1;
+                e.rule += rule.as_ref().map_or(f64::NAN, |r| r.value(i));
+                if let Some(f) = floor.as_ref().filter(|f| !f.is_null(i)) {
+                    e.floor += f.value(i);
+                    e.floored += 1;
+                }
+            }
+        }
+    }
+    if per_fill.is_empty() {
+        return Err(StageError::data(format!(
+            "input `{}` has no healthy map (case `none`): score maps without injected anomalies",
+            scores.name
+        )));
+    }
+    Ok(per_fill)
+}
+
+/// Table 5's rows as a batch.
+fn table_batch(
+    rows: &[ModeRow],
+    deltas: &[(f64, f64)],
+    reducible: &[Option<(f64, f64, f64)>],
+) -> Result<RecordBatch> {
+    let (base_params, base_mse) = (rows[0].1.trainable_params as f64, rows[0].2.0);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| names(&r.1.init_blocks)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| names(&r.1.frozen_blocks)),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.1.trainable_params),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter()
+                .map(|r| r.1.trainable_params as f64 / base_params - 1.0),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.1.best_epoch as i64),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.1.val_mse),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.2.3 as i64),
+        )),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.0))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.1))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2.2))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.2.0 / base_mse - 1.0),
+        )),
+        Arc::new(Float64Array::from_iter_values(deltas.iter().map(|d| d.0))),
+        Arc::new(Float64Array::from_iter_values(deltas.iter().map(|d| d.1))),
+        Arc::new(Float64Array::from(
+            rows.iter()
+                .map(|r| {
+                    let n: usize = r.3.values().map(|v| v.maps).sum();
+                    let v = r.3.values().map(|v| v.rule).sum::<f64>() / n as f64;
+                    v.is_finite().then_some(v)
+                })
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter()
+                .map(|r| {
+                    let floors: Option<Vec<f64>> = r.3.values().map(|v| v.floor()).collect();
+                    floors.map(|f| {
+                        let n: usize = r.3.values().map(|v| v.maps).sum();
+                        r.3.values()
+                            .zip(&f)
+                            .map(|(v, f)| f * v.maps as f64)
+                            .sum::<f64>()
+                            / n as f64
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            reducible.iter().map(|d| d.map(|d| d.0)).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            reducible.iter().map(|d| d.map(|d| d.1)).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            reducible.iter().map(|d| d.map(|d| d.2)).collect::<Vec<_>>(),
+        )),
+    ];
+    Ok(RecordBatch::try_new(compare_schema(), columns)?)
+}
+
+/// One log line per mode.
+fn log_rows(ctx: &RunContext<'_>, rows: &[ModeRow], deltas: &[(f64, f64)]) {
+    let (base_params, base_mse) = (rows[0].1.trainable_params as f64, rows[0].2.0);
+    for ((name, card, (mse, lo, hi, _), _), (dlo, dhi)) in rows.iter().zip(deltas) {
+        ctx.reporter.info(&format!(
+            "{name:<14} trainable {:>7} ({:+.1} %) test MSE {mse:.4e} [{lo:.4e}, {hi:.4e}] ΔMSE {:+.1} % [{:+.1}, {:+.1}]",
+            card.trainable_params,
+            100.0 * (card.trainable_params as f64 / base_params - 1.0),
+            100.0 * (mse / base_mse - 1.0),
+            100.0 * dlo,
+            100.0 * dhi
+        ));
+    }
+}
+
+/// Validation MSE per epoch of every mode (`val_mse_by_mode.png`).
+fn plot_curves(ctx: &RunContext<'_>, rows: &[ModeRow]) -> Result<()> {
+    let curves: Vec<Series> = rows
+        .iter()
+        .map(|(name, card, _, _)| Series {
+            name: name.clone(),
+            points: card
+                .val_curve
+                .iter()
+                .enumerate()
+                .map(|(e, v)| ((e + 1) as f64, v.log10()))
+                .collect(),
+        })
+        .collect();
+    lines(
+        &ctx.artifacts.join("val_mse_by_mode.png"),
+        "Validation MSE per epoch, from scratch and with transfer",
+        "epoch",
+        "log10 validation MSE",
+        &curves,
+        false,
+    )
 }
 
 #[cfg(test)]
