@@ -1162,8 +1162,19 @@ fn hcal_transfer_pipeline_compares_modes() {
         ("barrel_maps.ls_per_fill", "[30, 30]"),
         ("barrel_test_maps.fills", "2"),
         ("barrel_test_maps.ls_per_fill", "[20, 20]"),
+        ("barrel_injected.targets_per_fill", "1"),
+        ("contaminated_maps.ls_per_fill", "[30, 30]"),
     ];
-    let models = ["source", "scratch", "tl4", "tl4_tl3", "tl7_tl5", "tl7_tl6"];
+    let models = [
+        "source",
+        "scratch",
+        "tl4",
+        "tl4_tl3",
+        "tl7_tl5",
+        "tl7_tl6",
+        "scratch_contaminated",
+        "tl7_tl6_contaminated",
+    ];
     let keys: Vec<(String, String)> = models
         .iter()
         .flat_map(|m| {
@@ -1211,6 +1222,47 @@ fn hcal_transfer_pipeline_compares_modes() {
     let tl6: f64 = rows[4][rows[4].len() - 2].parse().unwrap();
     assert!(tl6 < -0.9, "TL-6 ΔW {tl6}");
     assert!(rows.iter().all(|r| r[1] == "true"), "{rows:?}");
+    // Table 7 of both models on the same injected fills.
+    for table in ["table7_scratch", "table7_tl7_tl6"] {
+        assert_eq!(
+            csv_rows(
+                &sb,
+                "tl.yaml",
+                &format!("SELECT count(DISTINCT \"case\"), min(target_maps) FROM {table}"),
+                &quick
+            ),
+            ["7,2"],
+            "{table}"
+        );
+    }
+    // Contamination (Fig. 14): the reference map has learned the three
+    // dead training channels as normal and never flags them; the oracle,
+    // which knows their healthy rate, does.
+    let flagged = |score: &str, alpha: &str| {
+        format!(
+            "avg(((array_element({score}, 225) > {alpha})::int + (array_element({score}, 297) > {alpha})::int + (array_element({score}, 441) > {alpha})::int) / 3.0)"
+        )
+    };
+    let contamination = csv_rows(
+        &sb,
+        "tl.yaml",
+        &format!(
+            "SELECT {} = 0, {} > 0.5 FROM scratch_contaminated_scores",
+            flagged("reference_score", "reference_alpha"),
+            flagged("oracle_score", "oracle_alpha")
+        ),
+        &quick,
+    );
+    assert_eq!(contamination, ["true,true"]);
+    assert_eq!(
+        csv_rows(
+            &sb,
+            "tl.yaml",
+            "SELECT max(array_element(occupancy, 225)) + max(array_element(occupancy, 441)), min(array_element(expected, 225)) > 0 FROM contaminated_maps",
+            &quick
+        ),
+        ["0.0,true"]
+    );
 }
 
 /// Per-lumisection certification end to end: Delphes events with jets and

@@ -80,6 +80,11 @@ pub struct Structure {
     /// with it (the paper's AUCs imply ≳ 100 hits per channel per LS; the
     /// default maps have ~34 in the barrel).
     pub counts_scale: f64,
+    /// Channels dead in every LS: real dead channels contaminating the
+    /// maps (the paper's Fig. 14). `expected` keeps their healthy value, so
+    /// the oracle sees them; a model trained on these maps may learn them
+    /// as normal.
+    pub dead_channels: Vec<usize>,
 }
 
 impl Default for Structure {
@@ -95,6 +100,7 @@ impl Default for Structure {
             peak_pileup: None,
             prescale_probability: 0.0,
             counts_scale: 1.0,
+            dead_channels: Vec::new(),
         }
     }
 }
@@ -251,7 +257,21 @@ impl StageConfig for LumiMaps {
         if !(self.spike_max >= 1.0) {
             return bad_param("spike_max", "must be ≥ 1");
         }
-        within("structure", self.structure.validate())
+        within("structure", self.structure.validate())?;
+        let n = self.subdetector.geometry().n_channels();
+        if let Some(c) = self.structure.dead_channels.iter().find(|&&c| c >= n) {
+            return within(
+                "structure",
+                bad_param(
+                    "dead_channels",
+                    format!(
+                        "channel {c} does not exist ({} has 0..{n})",
+                        self.subdetector.name()
+                    ),
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -442,7 +462,7 @@ impl LumiMaps {
                     .round()
                     .max(1.0) as u64;
             }
-            let occupancy = probability
+            let mut occupancy: Vec<f64> = probability
                 .iter()
                 .map(|&p| match self.sampling {
                     CountSampling::Binomial => Binomial::new(events, p)
@@ -455,6 +475,9 @@ impl LumiMaps {
                     CountSampling::Poisson => 0.0,
                 })
                 .collect();
+            for &c in &st.dead_channels {
+                occupancy[c] = 0.0;
+            }
             rows.push(MapRow {
                 case: None,
                 fill,
@@ -820,6 +843,41 @@ mod tests {
             "{} {}",
             cv(first),
             cv(last)
+        );
+    }
+
+    #[test]
+    fn dead_channels_are_empty_in_every_ls_and_keep_their_healthy_expectation() {
+        let base = generate(&plain(), 0.01);
+        let dead = generate(
+            &LumiMaps {
+                structure: Structure {
+                    dead_channels: vec![5, 700],
+                    ..Default::default()
+                },
+                ..plain()
+            },
+            0.01,
+        );
+        for (a, b) in base.iter().zip(&dead) {
+            assert_eq!((b.occupancy[5], b.occupancy[700]), (0.0, 0.0));
+            assert_eq!(b.expected, a.expected, "the truth is the healthy rate");
+            // Every other channel is drawn as without the dead ones.
+            for c in [0, 6, 699, 701] {
+                assert_eq!(a.occupancy[c], b.occupancy[c]);
+            }
+        }
+        let bad = LumiMaps {
+            structure: Structure {
+                dead_channels: vec![2736],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("structure.dead_channels") && err.contains("2736"),
+            "{err}"
         );
     }
 
