@@ -7,10 +7,12 @@
 // Formats shared by the family's files.
 pub mod tables;
 
-// Library: geometry, renormalization and the network on plain types.
+// Library: geometry, renormalization, the network, the generator's HCAL
+// structure and the window scores, on plain types.
 pub mod geometry;
 pub mod model;
 pub mod renormalization;
+pub mod structure;
 pub mod window_scores;
 
 // Shared by the stages: scoring maps with a model (errors, σ_i, α).
