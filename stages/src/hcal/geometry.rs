@@ -266,6 +266,17 @@ impl MapGeometry {
         }
     }
 
+    /// The card's channels of `subdetector` with `n_depth` depth segments
+    /// each (generated maps; Delphes itself has one).
+    pub fn with_depths(subdetector: Subdetector, n_depth: usize) -> Self {
+        let [n_ieta, n_iphi, _] = subdetector.geometry().shape();
+        Self {
+            subdetector,
+            shape: [n_ieta, n_iphi, n_depth],
+            cms: None,
+        }
+    }
+
     /// CMS channels of `region` with `n_iphi` iφ and `n_depth` depths,
     /// labelled as `subdetector`.
     pub fn cms(subdetector: Subdetector, region: CmsRegion, n_iphi: usize, n_depth: usize) -> Self {
@@ -282,7 +293,10 @@ impl MapGeometry {
 
     pub fn geometry(&self) -> Geometry {
         match self.cms {
-            None => self.subdetector.geometry(),
+            None => Geometry {
+                n_depth: self.shape[2],
+                ..self.subdetector.geometry()
+            },
             Some(region) => Geometry {
                 subdetector: self.subdetector,
                 rings: region

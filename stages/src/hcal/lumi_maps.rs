@@ -79,6 +79,12 @@ pub struct LumiMaps {
     pub sampling: CountSampling,
     /// Seed of every other random choice (fills, luminosity, counts).
     pub seed: u64,
+    /// Depth segments per channel and the fraction of a tower's hit rate
+    /// each sees (ours: Delphes towers have no depth; CMS HB has 4 depths,
+    /// HE 7). The default, one depth seeing every hit, is the card's maps;
+    /// e.g. [1.0, 0.6, 0.3, 0.15] for a shower dying out with depth.
+    #[serde(skip_serializing_if = "one_depth")]
+    pub depth_fractions: Vec<f64>,
     /// HCAL's structure: RBX gain drift, noise bursts, per-channel pile-up
     /// response, prescale changes, a counts scale (all off by default; the
     /// key is left out of the canonical parameters then).
@@ -103,6 +109,7 @@ impl Default for LumiMaps {
             detector_seed: 1,
             sampling: CountSampling::Binomial,
             seed: 1,
+            depth_fractions: vec![1.0],
             structure: Structure::default(),
         }
     }
@@ -146,8 +153,20 @@ impl StageConfig for LumiMaps {
         if !(self.spike_max >= 1.0) {
             return bad_param("spike_max", "must be ≥ 1");
         }
+        if self.depth_fractions.is_empty()
+            || self.depth_fractions.len() > 7
+            || self
+                .depth_fractions
+                .iter()
+                .any(|f| !(*f > 0.0 && *f <= 1.0))
+        {
+            return bad_param(
+                "depth_fractions",
+                "give 1 to 7 depths (CMS has up to 7), each fraction in (0, 1]",
+            );
+        }
         within("structure", self.structure.validate())?;
-        let n = self.subdetector.geometry().n_channels();
+        let n = self.geometry().n_channels();
         if let Some(c) = self.structure.dead_channels.iter().find(|&&c| c >= n) {
             return within(
                 "structure",
@@ -164,12 +183,23 @@ impl StageConfig for LumiMaps {
     }
 }
 
+/// The card's single depth seeing every hit (left out of the canonical
+/// parameters, so maps made before the option keep their cache key).
+fn one_depth(fractions: &[f64]) -> bool {
+    fractions == [1.0]
+}
+
 /// Salt of the channel response factors.
 const DETECTOR_SALT: u64 = 0x4445_5445_4354_4f52;
 /// Salt of a fill's random stream, so fills are independent of each other.
 const FILL_SALT: u64 = 0x4843_414c_4649_4c4c;
 
 impl LumiMaps {
+    /// The maps' channels: the card's, with `depth_fractions` depths.
+    pub fn geometry(&self) -> MapGeometry {
+        MapGeometry::with_depths(self.subdetector, self.depth_fractions.len())
+    }
+
     /// The hit rates of this subdetector's channels, in channel order.
     fn rates(&self, ctx: &RunContext<'_>) -> Result<Vec<f64>> {
         let input = &ctx.inputs[0];
@@ -212,6 +242,12 @@ impl LumiMaps {
                 self.subdetector.name()
             )));
         }
+        // Each tower's rate split into its depths (the identity for one).
+        let depths = &self.depth_fractions;
+        let mut rates: Vec<f64> = rates
+            .iter()
+            .flat_map(|r| depths.iter().map(move |f| r * f))
+            .collect();
         let mut detector = ChaCha8Rng::seed_from_u64(self.detector_seed ^ DETECTOR_SALT);
         for r in &mut rates {
             let z: f64 = detector.sample(StandardNormal);
@@ -244,7 +280,7 @@ impl LumiMaps {
         let structured = !st.is_off();
         let mut structure = structured.then(|| {
             let fill_seed = self.seed ^ FILL_SALT ^ (fill as u64).rotate_left(28);
-            FillStructure::new(st, self.subdetector, self.pileup, fill_seed)
+            FillStructure::new(st, &self.geometry(), self.pileup, fill_seed)
         });
         let pileup = structure.as_ref().map_or(self.pileup, |f| f.peak_pileup);
         let n_ls = rng.random_range(self.ls_per_fill[0]..=self.ls_per_fill[1]);
@@ -306,11 +342,8 @@ impl LumiMaps {
 }
 
 /// The maps with the truth an oracle would know.
-fn generated_schema(subdetector: Subdetector) -> SchemaRef {
-    with_fields(
-        &maps_schema(MapGeometry::of(subdetector)),
-        vec![expected_field()],
-    )
+fn generated_schema(geometry: MapGeometry) -> SchemaRef {
+    with_fields(&maps_schema(geometry), vec![expected_field()])
 }
 
 impl Stage for LumiMaps {
@@ -327,7 +360,7 @@ impl Stage for LumiMaps {
         })?;
         Ok(vec![OutputSpec {
             name: "main",
-            schema: generated_schema(self.subdetector),
+            schema: generated_schema(self.geometry()),
         }])
     }
 
@@ -338,7 +371,7 @@ impl Stage for LumiMaps {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let rates = self.rates(ctx)?;
         let sensitivity = self.sensitivity(rates.len());
-        let schema = generated_schema(self.subdetector);
+        let schema = generated_schema(self.geometry());
         // Fills are independent streams: a shard makes its block of them.
         let fills = ctx.shard.range(self.fills);
         let progress = ctx.reporter.progress(fills.len() as u64, "fills");
@@ -687,6 +720,83 @@ mod tests {
         assert!(
             err.contains("structure.dead_channels") && err.contains("2736"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn depths_split_each_tower_and_flow_through_renormalization_and_injection() {
+        use crate::hcal::inject_anomalies::InjectAnomalies;
+        use crate::hcal::renormalize_occupancy::RenormalizeOccupancy;
+        let stage = LumiMaps {
+            depth_fractions: vec![1.0, 0.5],
+            ..plain()
+        };
+        assert_eq!(stage.geometry().shape, [38, 72, 2]);
+        let params = serde_json::to_value(&stage).unwrap();
+        assert!(params.get("depth_fractions").is_some());
+        assert!(
+            serde_json::to_value(plain())
+                .unwrap()
+                .get("depth_fractions")
+                .is_none()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let rates =
+            input_from_batch("rates", &flat_rates(0.01), &dir.path().join("r.parquet")).unwrap();
+        let maps = run_in_memory(&stage, &[rates]).unwrap().table("main");
+        let maps = input_from_batch("maps", &maps, &dir.path().join("m.parquet")).unwrap();
+        let geometry = crate::hcal::tables::read_geometry(&maps.schema, "maps").unwrap();
+        assert_eq!(geometry, stage.geometry());
+        let rows = read_all_rows(&maps, &geometry).unwrap();
+        // Depth 1 sees about half the hits of depth 0, channel by channel.
+        let (mut d0, mut d1) = (0.0, 0.0);
+        for r in &rows {
+            assert_eq!(r.occupancy.len(), 38 * 72 * 2);
+            let e = r.expected.as_ref().unwrap();
+            for c in (0..e.len()).step_by(2) {
+                assert!(e[c + 1] < e[c]);
+            }
+            d0 += r.occupancy.iter().step_by(2).sum::<f64>();
+            d1 += r.occupancy.iter().skip(1).step_by(2).sum::<f64>();
+        }
+        assert!((d1 / d0 - 0.5).abs() < 0.03, "{}", d1 / d0);
+        // The family's next stages take the deeper maps as they are.
+        let injected = run_in_memory(
+            &InjectAnomalies {
+                targets_per_fill: 2,
+                ..Default::default()
+            },
+            std::slice::from_ref(&maps),
+        )
+        .unwrap()
+        .table("main");
+        let injected = input_from_batch("inj", &injected, &dir.path().join("i.parquet")).unwrap();
+        let norm = run_in_memory(&RenormalizeOccupancy::default(), &[injected])
+            .unwrap()
+            .table("main");
+        let norm = input_from_batch("norm", &norm, &dir.path().join("n.parquet")).unwrap();
+        let rows = read_all_rows(&norm, &geometry).unwrap();
+        // One median per (iη, depth) row.
+        assert_eq!(rows[0].median.as_ref().unwrap().len(), 38 * 2);
+        // An injected RBX spans both depths: 76 channels × 2.
+        let target = rows.iter().find(|r| r.target == Some(true)).unwrap();
+        let marked = target
+            .injected
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b)
+            .count();
+        assert!(marked >= 152, "{marked}");
+        let bad = LumiMaps {
+            depth_fractions: vec![1.0, 0.0],
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("depth_fractions")
         );
     }
 

@@ -501,14 +501,32 @@ mod tests {
 
     #[test]
     fn reconstructs_the_map_shape_for_every_subdetector() {
-        for sub in Subdetector::ALL {
-            let geometry = MapGeometry::of(sub);
+        let deeper = MapGeometry::with_depths(Subdetector::Barrel, 3);
+        for geometry in Subdetector::ALL
+            .map(MapGeometry::of)
+            .into_iter()
+            .chain([deeper])
+        {
+            let sub = geometry.shape;
+            for arch in [
+                GraphStadArch::default(),
+                GraphStadArch {
+                    shared_grid: Some([4, 8]),
+                    ..Default::default()
+                },
+            ] {
+                let vs = nn::VarStore::new(tch::Device::Cpu);
+                let model = GraphStad::new(&vs.root(), arch, geometry);
+                let m = geometry.n_channels() as i64;
+                let x = Tensor::rand([2, 5, m], (Kind::Float, tch::Device::Cpu));
+                let out = model.forward(&x, &model.zero_states(2), true, &[]);
+                assert_eq!(out.recon.size(), [2, 5, m], "{sub:?}");
+            }
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let model = GraphStad::new(&vs.root(), GraphStadArch::default(), geometry);
             let m = geometry.n_channels() as i64;
             let x = Tensor::rand([2, 5, m], (Kind::Float, tch::Device::Cpu));
             let out = model.forward(&x, &model.zero_states(2), true, &[]);
-            assert_eq!(out.recon.size(), [2, 5, m], "{sub:?}");
             assert_eq!(out.mu.size(), [2, 5, 16]);
             let (total, mse) = loss(&out, &x, 0.003, 1e-7, &vs.trainable_variables());
             assert!(total.double_value(&[]) > mse.double_value(&[]));

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, bad_param};
-use crate::hcal::geometry::Subdetector;
+use crate::hcal::geometry::MapGeometry;
 
 /// HCAL's structure beside the luminosity, every effect off by default (so
 /// maps made before it stay the same, to the byte). Ours, after how HCAL
@@ -143,8 +143,8 @@ pub struct FillStructure {
 impl FillStructure {
     /// The fill's structure; `fill_seed` is the generator's seed of the
     /// fill, salted here so the streams stay apart.
-    pub fn new(st: &Structure, subdetector: Subdetector, pileup: f64, fill_seed: u64) -> Self {
-        let g = subdetector.geometry();
+    pub fn new(st: &Structure, geometry: &MapGeometry, pileup: f64, fill_seed: u64) -> Self {
+        let g = geometry.geometry();
         let n_rbx = g.n_rbx();
         let mut rng = ChaCha8Rng::seed_from_u64(fill_seed ^ STRUCTURE_SALT);
         let peak_pileup = match st.peak_pileup {
