@@ -227,14 +227,7 @@ fn run_target(recipe: &Recipe, input: &Path) -> Outcome {
                 stage.jet_features = vec!["PT".into(), "Eta".into(), "Phi".into()];
                 stage.scalar_ht = true;
             }
-            let result = stage
-                .outputs(&[])
-                .and_then(|_| run_in_memory(&stage, &[]))
-                .map(|out| out.table("main").num_rows());
-            match result {
-                Ok(rows) => Outcome::Ok(rows),
-                Err(e) => Outcome::Error(e.to_string()),
-            }
+            read_with(&stage)
         }
         Target::Dqm => {
             let stage = DqmRoot {
@@ -247,14 +240,7 @@ fn run_target(recipe: &Recipe, input: &Path) -> Outcome {
                 run_pattern: r"_R0*(\d+)".into(),
                 batch_size: 16,
             };
-            let result = stage
-                .outputs(&[])
-                .and_then(|_| run_in_memory(&stage, &[]))
-                .map(|out| out.table("main").num_rows());
-            match result {
-                Ok(rows) => Outcome::Ok(rows),
-                Err(e) => Outcome::Error(e.to_string()),
-            }
+            read_with(&stage)
         }
         Target::Yaml => {
             let text = recipe.text.as_deref().unwrap_or_default();
@@ -507,4 +493,17 @@ fn supervise(args: &Args) -> Result<()> {
     std::fs::write(out.join("summary.json"), &json)?;
     println!("{json}");
     Ok(())
+}
+
+/// Plans and runs a source stage (no inputs) on the mutated file: the rows
+/// it read, or its error.
+fn read_with(stage: &dyn Stage) -> Outcome {
+    let result = stage
+        .outputs(&[])
+        .and_then(|_| run_in_memory(stage, &[]))
+        .map(|out| out.table("main").num_rows());
+    match result {
+        Ok(rows) => Outcome::Ok(rows),
+        Err(e) => Outcome::Error(e.to_string()),
+    }
 }

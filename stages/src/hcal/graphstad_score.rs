@@ -243,6 +243,13 @@ impl Stage for GraphstadScore {
             reference: &card.reference,
             lumi: &lumi,
         };
+        let scaled_reference = scaling.scale(
+            &card
+                .reference
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect::<Vec<_>>(),
+        );
         let alphas = match self.alpha {
             AutoOr::Auto => (card.alpha, card.reference_alpha),
             AutoOr::Value(a) => (a, a),
@@ -300,7 +307,7 @@ impl Stage for GraphstadScore {
             let table = FillTable {
                 reference_mse: fill
                     .iter()
-                    .map(|r| reference_mse(&scaling, &card.reference, r))
+                    .map(|r| reference_mse(&scaling, &scaled_reference, r))
                     .collect(),
                 mse_floor: fill
                     .iter()

@@ -63,11 +63,11 @@ impl Scaling {
 
 /// The reference-map rule's reconstruction MSE of one map in the model's
 /// input scale (Eq. 7 for the rule): the yardstick a network must beat.
-pub fn reference_mse(scaling: &Scaling, reference: &[f32], row: &MapRow) -> f64 {
+/// `scaled_reference` is the rule already in that scale ([`Scaling::scale`]).
+pub fn reference_mse(scaling: &Scaling, scaled_reference: &[f32], row: &MapRow) -> f64 {
     let x = scaling.scale(norm(row));
-    let r = scaling.scale(&reference.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
     x.iter()
-        .zip(&r)
+        .zip(scaled_reference)
         .map(|(a, b)| f64::from(a - b).powi(2))
         .sum::<f64>()
         / x.len() as f64
@@ -214,22 +214,14 @@ fn abs_errors(rows: &[MapRow], predicted: &[Vec<f64>]) -> Vec<Vec<f64>> {
 /// e_i,MAE (Eq. 5) of every LS: the mean of its own and the previous
 /// `window − 1` absolute errors within the fill (fewer at the fill's start).
 pub fn windowed_mae(abs: &[Vec<f64>], window: usize) -> Vec<Vec<f64>> {
-    let m = abs.first().map_or(0, Vec::len);
-    let mut sum = vec![0.0; m];
-    let mut out = Vec::with_capacity(abs.len());
-    for (s, e) in abs.iter().enumerate() {
-        for (acc, v) in sum.iter_mut().zip(e) {
-            *acc += v;
-        }
-        if s >= window {
-            for (acc, v) in sum.iter_mut().zip(&abs[s - window]) {
-                *acc -= v;
-            }
-        }
-        let n = (s + 1).min(window) as f64;
-        out.push(sum.iter().map(|v| v / n).collect());
-    }
-    out
+    window_sum(abs, window)
+        .into_iter()
+        .enumerate()
+        .map(|(s, sum)| {
+            let n = (s + 1).min(window) as f64;
+            sum.into_iter().map(|v| v / n).collect()
+        })
+        .collect()
 }
 
 /// What one fill gives the scores: the model's errors (with its

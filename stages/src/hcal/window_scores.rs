@@ -33,32 +33,31 @@ pub fn counts(per_event: &[Vec<f64>], events: &[i64]) -> PerLs {
         .collect()
 }
 
-/// Sums over the window of `window` LS ending at each LS (fewer at the
-/// fill's start), for `x` and `mu` at once: (Σ_w x, Σ_w μ) per channel.
-fn window_sums(x: &[&[f64]], mu: &[Vec<f64>], window: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
-    let m = mu.first().map_or(0, Vec::len);
-    let (mut sx, mut sm) = (vec![0.0; m], vec![0.0; m]);
-    let mut out = Vec::with_capacity(mu.len());
-    for s in 0..mu.len() {
-        for c in 0..m {
-            sx[c] += x[s][c];
-            sm[c] += mu[s][c];
-            if s >= window {
-                sx[c] -= x[s - window][c];
-                sm[c] -= mu[s - window][c];
+/// Σ over the window of `window` LS ending at each LS (fewer at the
+/// fill's start) of per-channel values: a running sum, one pass.
+pub fn window_sum<R: AsRef<[f64]>>(values: &[R], window: usize) -> PerLs {
+    let m = values.first().map_or(0, |v| v.as_ref().len());
+    let mut sum = vec![0.0; m];
+    let mut out = Vec::with_capacity(values.len());
+    for (s, v) in values.iter().enumerate() {
+        for (acc, x) in sum.iter_mut().zip(v.as_ref()) {
+            *acc += x;
+        }
+        if s >= window {
+            for (acc, x) in sum.iter_mut().zip(values[s - window].as_ref()) {
+                *acc -= x;
             }
         }
-        out.push((sx.clone(), sm.clone()));
+        out.push(sum.clone());
     }
     out
 }
 
-/// Σ over the window ending at each LS of per-channel values.
-pub fn window_sum(values: &[Vec<f64>], window: usize) -> PerLs {
-    let x: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
-    window_sums(&x, values, window)
+/// (Σ_w x, Σ_w μ) per channel and LS.
+fn window_sums(x: &[&[f64]], mu: &[Vec<f64>], window: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
+    window_sum(x, window)
         .into_iter()
-        .map(|(sx, _)| sx)
+        .zip(window_sum(mu, window))
         .collect()
 }
 
