@@ -533,9 +533,11 @@ pub fn assemble(
             0,
             provenance(plan, stage),
         );
+        let artifacts = staging.path().join("artifacts");
+        std::fs::create_dir_all(&artifacts)?;
         stage
             .stage
-            .recombine(&tables, &mut outputs)
+            .recombine(&tables, &mut outputs, &artifacts)
             .map_err(|e| anyhow!("{at} failed combining its shards: {e}"))?;
         wall_seconds += started.elapsed().as_secs_f64();
         for (name, (rows, file)) in outputs.finish()? {

@@ -1169,6 +1169,11 @@ fn hcal_transfer_pipeline_compares_modes() {
         "source",
         "scratch",
         "tl4",
+        "tl4_tl1",
+        "tl4_tl2",
+        "tl4_tl2d",
+        "tl4_tl2d_bn",
+        "tl4_tl2d_bn_bias",
         "tl4_tl3",
         "tl7_tl5",
         "tl7_tl6",
@@ -1205,23 +1210,46 @@ fn hcal_transfer_pipeline_compares_modes() {
         .map(|l| l.split(',').map(String::from).collect())
         .collect();
     let modes: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(modes, ["scratch", "tl4", "tl4_tl3", "tl7_tl5", "tl7_tl6"]);
+    assert_eq!(
+        modes,
+        [
+            "scratch", "tl4", "tl4_tl1", "tl4_tl2", "tl4_tl3", "tl4_tl2d", "tl7_tl5", "tl7_tl6"
+        ]
+    );
     let params: Vec<i64> = rows
         .iter()
         .map(|r| r[r.len() - 3].parse().unwrap())
         .collect();
     assert_eq!(params[0], params[1], "TL-4 / No-TL freezes nothing");
+    // Freezing the GCN (TL-1), the CNN (TL-2), both (TL-3): fewer and fewer
+    // parameters trained; then the recurrent blocks too (TL-5, TL-6).
     assert!(
         params[1] > params[2] && params[2] > params[3] && params[3] > params[4],
         "{params:?}"
     );
+    assert!(params[4] > params[6] && params[6] > params[7], "{params:?}");
+    assert!(params[5] < params[1], "TL-2_d freezes the decoder CNN");
     assert!(rows.iter().all(|r| r.last().unwrap() == "true"));
     // The paper's layout: TL-6 trains only the decoder's convolutions and
     // the per-channel offsets (ΔW below −90 %); the rule and the noise
     // floor are there to compare with.
-    let tl6: f64 = rows[4][rows[4].len() - 2].parse().unwrap();
+    let tl6: f64 = rows[7][rows[7].len() - 2].parse().unwrap();
     assert!(tl6 < -0.9, "TL-6 ΔW {tl6}");
     assert!(rows.iter().all(|r| r[1] == "true"), "{rows:?}");
+    // Table 4: TL-2_d, then its batch norms, then also its biases tuned.
+    assert_eq!(
+        csv_rows(
+            &sb,
+            "tl.yaml",
+            "SELECT mode, frozen_blocks, trainable_params > lag(trainable_params) OVER (ORDER BY trainable_params) FROM table4",
+            &quick
+        ),
+        [
+            "tl4_tl2d,dec_cnn,",
+            "tl4_tl2d_bn,dec_cnn /[batch_norm],true",
+            "tl4_tl2d_bn_bias,\"dec_cnn /[batch_norm,bias]\",true"
+        ]
+    );
     // Table 7 of both models on the same injected fills.
     for table in ["table7_scratch", "table7_tl7_tl6"] {
         assert_eq!(
@@ -1263,6 +1291,71 @@ fn hcal_transfer_pipeline_compares_modes() {
         ),
         ["0.0,true"]
     );
+}
+
+/// The transfer study, shrunk (2 seeds, 1 and 2 fills, 1 and 2 epochs):
+/// sharded by seed as shipped, the summary recombined over the shards with
+/// an interval over seeds, the Fig. 7 figures drawn from all of them.
+#[test]
+fn hcal_transfer_study_pipeline_summarizes_seeds_over_shards() {
+    let sb = Sandbox::new();
+    sb.write("study.yaml", &bundled_pipeline("hcal_transfer_study.yaml"));
+    let train = format!("{{streams: 2, arch: {SMALL_SHARED_ARCH}}}");
+    let quick = sets(&[
+        ("endcap_maps.fills", "2"),
+        ("endcap_maps.ls_per_fill", "[30, 30]"),
+        ("barrel_maps.fills", "2"),
+        ("barrel_maps.ls_per_fill", "[30, 30]"),
+        ("barrel_test_maps.fills", "2"),
+        ("barrel_test_maps.ls_per_fill", "[20, 20]"),
+        ("source.epochs", "1"),
+        ("source.streams", "2"),
+        ("source.arch", SMALL_SHARED_ARCH),
+        ("study.seeds", "[1, 2]"),
+        ("study.epochs", "[1, 2]"),
+        ("study.fills", "[1, 2]"),
+        ("study.train", &train),
+    ]);
+    let mut args = vec!["run", "study.yaml"];
+    args.extend(quick.iter().map(String::as_str));
+    sb.ok(&args);
+    assert_eq!(
+        csv_rows(
+            &sb,
+            "study.yaml",
+            "SELECT count(*), count(DISTINCT seed) FROM study",
+            &quick
+        ),
+        ["16,2"],
+        "2 modes × 2 seeds × 2 fill counts × 2 budgets"
+    );
+    let summary = csv_rows(
+        &sb,
+        "study.yaml",
+        "SELECT mode, train_fills, epochs, runs, delta_mse_lo < delta_mse AND delta_mse < delta_mse_hi, delta_params < -0.5, rule_mse > noise_floor FROM study_summary ORDER BY mode, train_fills, epochs",
+        &quick,
+    );
+    assert_eq!(summary.len(), 8, "{summary:?}");
+    for row in &summary[..4] {
+        assert!(row.starts_with("scratch,") && row.contains(",2,"), "{row}");
+    }
+    for row in &summary[4..] {
+        assert!(
+            row.starts_with("tl7_tl6,") && row.ends_with(",2,true,true,true"),
+            "{row}"
+        );
+    }
+    let artifacts = sb
+        .path()
+        .join("dqm-work/pipelines/hcal_transfer_study/study/artifacts");
+    for file in [
+        "fig7_test_mse.png",
+        "fig7_delta_mse.png",
+        "fig7_reducible_delta.png",
+    ] {
+        let bytes = fs::read(artifacts.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(&bytes[1..4], b"PNG", "{file}");
+    }
 }
 
 /// Per-lumisection certification end to end: Delphes events with jets and

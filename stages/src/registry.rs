@@ -145,6 +145,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::hcal::graphstad_score::GraphstadScore>(),
         kind::<crate::hcal::channel_metrics::ChannelMetrics>(),
         kind::<crate::hcal::transfer_compare::TransferCompare>(),
+        kind::<crate::hcal::transfer_study::TransferStudy>(),
         kind::<crate::lumi::lumi_runs::LumiRuns>(),
         kind::<crate::lumi::ls_histograms::LsHistograms>(),
         kind::<crate::lumi::ls_from_dqm::LsFromDqm>(),

@@ -56,13 +56,15 @@ pub trait Stage: Send + Sync {
     }
 
     /// Writes the [`Stage::recombined_outputs`] from the complete other
-    /// outputs (`tables`, one [`Input`] per output name).
+    /// outputs (`tables`, one [`Input`] per output name), and any figure of
+    /// the whole into `artifacts` (the shards' own are in `shard-*/` there).
     fn recombine(
         &self,
         tables: &BTreeMap<String, Input>,
         output: &mut dyn OutputWriter,
+        artifacts: &std::path::Path,
     ) -> Result<()> {
-        let _ = (tables, output);
+        let _ = (tables, output, artifacts);
         Ok(())
     }
 }

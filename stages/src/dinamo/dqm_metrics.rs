@@ -510,6 +510,7 @@ impl Stage for DqmMetrics {
         &self,
         tables: &std::collections::BTreeMap<String, crate::input::Input>,
         output: &mut dyn crate::stage::OutputWriter,
+        _artifacts: &std::path::Path,
     ) -> Result<()> {
         let main = &tables["main"];
         let mut all: Vec<(i64, [RegimeMetrics; 2])> = Vec::new();

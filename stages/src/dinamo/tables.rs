@@ -661,6 +661,7 @@ mod tests {
         m.recombine(
             &std::collections::BTreeMap::from([("main".to_string(), main)]),
             &mut recombined,
+            dir.path(),
         )
         .unwrap();
         let summary = run_in_memory(&m, &[scores]).unwrap().table("summary");

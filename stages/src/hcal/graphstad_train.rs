@@ -17,107 +17,31 @@
 //! `model.safetensors`, `model.json` and `mse.png`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Schema, SchemaRef};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use tch::Tensor;
-use tch::nn::{self, OptimizerConfig};
 
 use crate::error::{Result, StageError, bad_param};
 use crate::hcal::geometry::MapGeometry;
-use crate::hcal::model::{Block, GraphStad, GraphStadArch, loss};
-use crate::hcal::scoring::{FillErrors, Scaling, calibrate, fill_errors, fills, norm};
+pub use crate::hcal::model::{Transfer, Tuned};
+use crate::hcal::scoring::{Scaling, calibrate, fills};
+// The parameters live with the training code `transfer_study` shares.
 use crate::hcal::tables::{
     GraphStadCard, MapRow, ModelSpec, check_maps, check_renormalized, example_maps_schema,
-    models_schema, read_all_rows, read_model, renormalized_fields, with_fields,
+    models_schema, read_all_rows, renormalized_fields, with_fields,
 };
-use crate::input::Input;
-use crate::nn::{Checkpoint, DeviceChoice, exclusive, load_weights_where};
+use crate::hcal::training::EpochLog;
+pub use crate::hcal::training::GraphstadTrain;
+use crate::nn::{Checkpoint, exclusive};
 use crate::plots::{Series, lines};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::column;
 
-/// Transfer learning from a source model (the stage's second input).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct Transfer {
-    /// Blocks initialized from the source and fine-tuned here (T_init).
-    pub init: Vec<Block>,
-    /// Blocks copied from the source and frozen (T_train): not trained, their
-    /// batch-norm statistics kept.
-    pub freeze: Vec<Block>,
-}
-
-/// Trains the autoencoder on one subdetector's healthy maps.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct GraphstadTrain {
-    /// Layer sizes.
-    pub arch: GraphStadArch,
-    /// LS per time window (T; the paper: 5).
-    pub window: usize,
-    /// Sequences trained side by side (the batch).
-    pub streams: usize,
-    /// Training epochs.
-    pub epochs: usize,
-    /// Adam learning rate (the paper: 1e-3).
-    pub learning_rate: f64,
-    /// Weight of the KL term (λ, the paper: 0.003).
-    pub kl_weight: f64,
-    /// Weight of the L2 term (ρ, the paper: 1e-7).
-    pub l2_weight: f64,
-    /// Halve-on-plateau: multiply the learning rate by `plateau_factor`
-    /// after this many epochs without a better validation MSE; null: a
-    /// constant rate.
-    pub plateau_patience: Option<usize>,
-    /// Factor of a plateau reduction.
-    pub plateau_factor: f64,
-    /// Carry the LSTM states across consecutive windows (training and the
-    /// model card's scoring).
-    pub carry_state: bool,
-    /// Fraction of the maps, at the end, used for validation.
-    pub validation_fraction: f64,
-    /// The decision threshold α stored with the model: this quantile of the
-    /// channel scores a_i on the validation maps (healthy, never trained on).
-    pub alpha_quantile: f64,
-    /// Blocks to take from the source model (second input); null: none.
-    pub transfer: Option<Transfer>,
-    /// Seed of the initialization and of the latent draws.
-    pub seed: u64,
-    /// Where to train: auto (CUDA if available), cpu or cuda.
-    pub device: DeviceChoice,
-}
-
-impl Default for GraphstadTrain {
-    fn default() -> Self {
-        Self {
-            arch: GraphStadArch::default(),
-            window: 5,
-            streams: 8,
-            epochs: 30,
-            learning_rate: 1e-3,
-            kl_weight: 0.003,
-            l2_weight: 1e-7,
-            plateau_patience: None,
-            plateau_factor: 0.5,
-            carry_state: true,
-            validation_fraction: 0.2,
-            alpha_quantile: 0.999,
-            transfer: None,
-            seed: 1,
-            device: DeviceChoice::Auto,
-        }
-    }
-}
-
 impl StageConfig for GraphstadTrain {
     const KIND: &'static str = "graphstad_train";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "Renormalized healthy LS maps -> GraphSTAD autoencoder (CNN + RBX-graph GCN + LSTM, variational), optional transfer of blocks from a source model";
     const INPUTS: (usize, usize) = (1, 2);
     const INPUT_ROLES: &'static str = "renormalized healthy maps, optional source model";
@@ -163,13 +87,16 @@ impl StageConfig for GraphstadTrain {
                     format!("{b:?} is both in `init` (fine-tuned) and `freeze`"),
                 );
             }
+            if !t.tune.is_empty() && t.freeze.is_empty() {
+                return bad_param(
+                    "transfer",
+                    "`tune` names parameters of the frozen blocks: name blocks under `freeze`",
+                );
+            }
         }
         Ok(())
     }
 }
-
-/// Salt of the training draws, so they differ from the initialization's.
-const DRAW_SALT: u64 = 0x0047_5354_4144;
 
 fn log_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -202,15 +129,6 @@ fn log_schema() -> SchemaRef {
     ]))
 }
 
-struct EpochLog {
-    epoch: usize,
-    train_mse: f64,
-    train_loss: f64,
-    val_mse: f64,
-    learning_rate: f64,
-    improved: bool,
-}
-
 impl GraphstadTrain {
     fn spec(&self, geometry: MapGeometry) -> ModelSpec {
         ModelSpec {
@@ -219,60 +137,6 @@ impl GraphstadTrain {
             window: self.window,
         }
     }
-
-    fn transferred(&self) -> (Vec<Block>, Vec<Block>) {
-        self.transfer
-            .as_ref()
-            .map(|t| (t.init.clone(), t.freeze.clone()))
-            .unwrap_or_default()
-    }
-
-    /// Checks the source model against this architecture, block by block.
-    fn check_source(&self, source: &ModelSpec) -> Result<()> {
-        let (a, b) = (&self.arch, &source.arch);
-        let (init, freeze) = self.transferred();
-        for block in init.iter().chain(&freeze) {
-            let same = match block {
-                Block::EncoderCnn | Block::DecoderCnn => a.conv_channels == b.conv_channels,
-                Block::EncoderGcn => a.gcn_features == b.gcn_features,
-                // The shared layout's recurrent blocks also hold the
-                // embedding, the latent and the grid: every size counts.
-                _ if a.shared_grid.is_some() || b.shared_grid.is_some() => a == b,
-                Block::EncoderRnn => a.embed == b.embed && a.lstm_hidden == b.lstm_hidden,
-                Block::DecoderRnn => a.latent == b.latent && a.lstm_hidden == b.lstm_hidden,
-            };
-            if !same {
-                return Err(StageError::data(format!(
-                    "input `source`: the source model is of another architecture for block {block:?} (source {b:?}, target {a:?})"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The training sequences: `streams` contiguous chunks of `rows`, each cut
-/// to a multiple of `window` maps, as one (streams, L, M) tensor.
-fn stream_tensor(
-    rows: &[&MapRow],
-    scaling: &Scaling,
-    streams: usize,
-    window: usize,
-) -> Result<Tensor> {
-    let chunk = rows.len() / streams;
-    let len = chunk / window * window;
-    if len == 0 {
-        return Err(StageError::data(format!(
-            "{} training maps cannot fill {streams} streams of one {window}-LS window: give more maps or fewer `streams`",
-            rows.len()
-        )));
-    }
-    let m = rows[0].occupancy.len() as i64;
-    let x: Vec<f32> = (0..streams)
-        .flat_map(|s| rows[s * chunk..s * chunk + len].iter())
-        .flat_map(|r| scaling.scale(norm(r)))
-        .collect();
-    Ok(Tensor::from_slice(&x).view([streams as i64, len as i64, m]))
 }
 
 impl Stage for GraphstadTrain {
@@ -309,16 +173,28 @@ impl Stage for GraphstadTrain {
         let input = &ctx.inputs[0];
         let geometry = check_maps(&input.schema, &input.name)?;
         check_renormalized(&input.schema, &input.name)?;
-        let rows = self.healthy_maps(input, &geometry)?;
-        let n_val = ((rows.len() as f64) * self.validation_fraction).round() as usize;
-        let (train_rows, val_rows) = rows.split_at(rows.len() - n_val);
+        let rows = read_all_rows(input, &geometry)?;
+        let (train_rows, val_rows) = self.split(&rows, &input.name)?;
         let train_refs: Vec<&MapRow> = train_rows.iter().collect();
         let scaling = Scaling::fit(&train_refs);
         let device = self.device.resolve()?;
         let _torch = exclusive();
-        let mut net = self.network(ctx, geometry, device)?;
+        let mut net = self.network(ctx.inputs.get(1), ctx.reporter, geometry, device)?;
         let val_fills = fills(val_rows);
-        let (best, log) = self.train(ctx, &net, &train_refs, &scaling, &val_fills, device)?;
+        let progress = ctx.reporter.progress(self.epochs as u64, "epochs");
+        let mut best = Checkpoint::new(ctx.artifacts.join("model.safetensors"));
+        let log = self.train(
+            &net,
+            (&train_refs, &scaling),
+            &val_fills,
+            &mut best,
+            ctx.reporter,
+            device,
+            &mut |_, _| {
+                progress.inc(1);
+                Ok(())
+            },
+        )?;
         best.restore(&mut net.vs)?;
         let cal = calibrate(
             &net.model,
@@ -345,6 +221,7 @@ impl Stage for GraphstadTrain {
             total_params: net.total_params,
             init_blocks: net.init,
             frozen_blocks: net.freeze,
+            tuned: net.tune,
             best_epoch: best.best_epoch,
             val_mse: best.best,
             val_curve: log.iter().map(|e| e.val_mse).collect(),
@@ -362,203 +239,6 @@ impl Stage for GraphstadTrain {
             self.alpha_quantile
         ));
         self.write(ctx, &card, best.bytes()?, &log)
-    }
-}
-
-/// The network being trained, with what transfer learning set on it.
-struct Network {
-    vs: nn::VarStore,
-    model: GraphStad,
-    /// Blocks initialized from the source, and frozen at it.
-    init: Vec<Block>,
-    freeze: Vec<Block>,
-    /// The parameters the optimizer updates (frozen blocks excluded).
-    trainable: Vec<Tensor>,
-    trainable_params: i64,
-    total_params: i64,
-}
-
-impl GraphstadTrain {
-    /// The input's maps, all healthy, enough for a window in both the
-    /// training and the validation part.
-    fn healthy_maps(&self, input: &Input, geometry: &MapGeometry) -> Result<Vec<MapRow>> {
-        let rows = read_all_rows(input, geometry)?;
-        if rows
-            .iter()
-            .any(|r| r.case.as_deref().is_some_and(|c| c != "none"))
-        {
-            return Err(StageError::data(format!(
-                "input `{}` holds injected anomalies (`case` column): train on healthy maps",
-                input.name
-            )));
-        }
-        let n_val = ((rows.len() as f64) * self.validation_fraction).round() as usize;
-        if n_val < self.window || rows.len() - n_val < self.window {
-            return Err(StageError::data(format!(
-                "input `{}`: {} maps are too few for a {}-LS window in both the training and the validation part",
-                input.name,
-                rows.len(),
-                self.window
-            )));
-        }
-        Ok(rows)
-    }
-
-    /// The network, initialized from `seed`, with the transferred blocks
-    /// copied from the source model (second input) and the frozen ones
-    /// taken out of training.
-    fn network(
-        &self,
-        ctx: &RunContext<'_>,
-        geometry: MapGeometry,
-        device: tch::Device,
-    ) -> Result<Network> {
-        tch::manual_seed(self.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let model = GraphStad::new(&vs.root(), self.arch.clone(), geometry);
-        let (init, freeze) = self.transferred();
-        if let Some(source) = ctx.inputs.get(1) {
-            let (source_card, weights) = read_model(source)?;
-            self.check_source(&source_card.spec)?;
-            let blocks: Vec<Block> = init.iter().chain(&freeze).copied().collect();
-            let copied = load_weights_where(&vs, &weights, "input `source`", |name| {
-                Block::of(name).is_some_and(|b| blocks.contains(&b))
-            })?;
-            ctx.reporter.info(&format!(
-                "transfer from a {} model: {copied} tensors of {blocks:?}, frozen {freeze:?}",
-                source_card.spec.geometry.subdetector.name()
-            ));
-        }
-        for (name, var) in vs.variables() {
-            if Block::of(&name).is_some_and(|b| freeze.contains(&b)) {
-                let _ = var.set_requires_grad(false);
-            }
-        }
-        let trainable: Vec<Tensor> = vs
-            .trainable_variables()
-            .into_iter()
-            .filter(|v| v.requires_grad())
-            .collect();
-        let count = |v: &[Tensor]| v.iter().map(|t| t.numel() as i64).sum::<i64>();
-        let trainable_params = count(&trainable);
-        let total_params = count(&vs.trainable_variables());
-        Ok(Network {
-            vs,
-            model,
-            init,
-            freeze,
-            trainable,
-            trainable_params,
-            total_params,
-        })
-    }
-
-    /// The epochs: streams walked window by window, the validation MSE
-    /// after each, the best parameters kept, the learning rate cut on a
-    /// plateau. Returns the best checkpoint and the per-epoch log.
-    fn train(
-        &self,
-        ctx: &RunContext<'_>,
-        net: &Network,
-        train_refs: &[&MapRow],
-        scaling: &Scaling,
-        val_fills: &[&[MapRow]],
-        device: tch::Device,
-    ) -> Result<(Checkpoint, Vec<EpochLog>)> {
-        let mut opt = nn::Adam::default()
-            .build(&net.vs, self.learning_rate)
-            .map_err(anyhow::Error::from)?;
-        let x_train =
-            stream_tensor(train_refs, scaling, self.streams, self.window)?.to_device(device);
-        let path = ctx.artifacts.join("model.safetensors");
-        let progress = ctx.reporter.progress(self.epochs as u64, "epochs");
-        let mut log = Vec::new();
-        let mut best = Checkpoint::new(path);
-        let mut lr = self.learning_rate;
-        tch::manual_seed((self.seed ^ DRAW_SALT) as i64);
-        for epoch in 1..=self.epochs {
-            let started = Instant::now();
-            let used_lr = lr;
-            opt.set_lr(lr);
-            let (train_mse, train_loss) = self.epoch(net, &mut opt, &x_train, epoch)?;
-            let mut val_sum = 0.0;
-            let mut val_n = 0usize;
-            for fill in val_fills {
-                let FillErrors { mse, .. } = fill_errors(
-                    &net.model,
-                    scaling,
-                    fill,
-                    self.window,
-                    self.carry_state,
-                    device,
-                )?;
-                val_sum += mse.iter().sum::<f64>();
-                val_n += mse.len();
-            }
-            let val_mse = val_sum / val_n as f64;
-            let improved = best.observe(epoch, val_mse, &net.vs)?;
-            if !improved
-                && self
-                    .plateau_patience
-                    .is_some_and(|p| best.waited >= p.max(1))
-            {
-                lr *= self.plateau_factor;
-                best.waited = 0;
-            }
-            let entry = EpochLog {
-                epoch,
-                train_mse,
-                train_loss,
-                val_mse,
-                learning_rate: used_lr,
-                improved,
-            };
-            ctx.reporter.info(&format!(
-                "epoch {epoch}: train MSE {:.3e} | val MSE {:.3e} ({:.1} s){}",
-                entry.train_mse,
-                val_mse,
-                started.elapsed().as_secs_f64(),
-                if improved { " *" } else { "" }
-            ));
-            log.push(entry);
-            progress.inc(1);
-        }
-        Ok((best, log))
-    }
-
-    /// One pass over the training streams, window by window with the LSTM
-    /// states carried (or not); returns the mean MSE and loss per window.
-    fn epoch(
-        &self,
-        net: &Network,
-        opt: &mut nn::Optimizer,
-        x_train: &Tensor,
-        epoch: usize,
-    ) -> Result<(f64, f64)> {
-        let t = self.window as i64;
-        let steps = x_train.size()[1] / t;
-        let mut states = net.model.zero_states(self.streams as i64);
-        let (mut mse_sum, mut loss_sum) = (0.0, 0.0);
-        for k in 0..steps {
-            let x = x_train.narrow(1, k * t, t);
-            let out = net.model.forward(&x, &states, true, &net.freeze);
-            let (total, mse) = loss(&out, &x, self.kl_weight, self.l2_weight, &net.trainable);
-            opt.backward_step(&total);
-            let l = total.double_value(&[]);
-            if !l.is_finite() {
-                return Err(StageError::data(format!(
-                    "epoch {epoch}: the training loss is not finite (lower `learning_rate`?)"
-                )));
-            }
-            loss_sum += l;
-            mse_sum += mse.double_value(&[]);
-            states = if self.carry_state {
-                out.states.detached()
-            } else {
-                net.model.zero_states(self.streams as i64)
-            };
-        }
-        Ok((mse_sum / steps as f64, loss_sum / steps as f64))
     }
 }
 
@@ -639,6 +319,8 @@ mod tests {
     use crate::hcal::geometry::Subdetector;
     use crate::hcal::graphstad_score::GraphstadScore;
     use crate::hcal::inject_anomalies::{Anomaly, InjectAnomalies};
+    use crate::hcal::model::{Block, GraphStadArch};
+    use crate::hcal::tables::ModelSpec;
     use crate::hcal::test_support::{maps, maps_input, small_arch, small_train};
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
@@ -761,6 +443,7 @@ mod tests {
             transfer: Some(Transfer {
                 init: vec![Block::DecoderRnn],
                 freeze: vec![Block::EncoderCnn, Block::EncoderGcn],
+                tune: vec![],
             }),
             seed: 6,
             ..small_train()
@@ -819,6 +502,78 @@ mod tests {
     }
 
     #[test]
+    fn batch_norms_and_biases_named_in_tune_train_inside_a_frozen_decoder() {
+        // Table 4: TL-2_d (decoder CNN frozen), /[BN], /[BN, BIAS].
+        let dir = tempfile::tempdir().unwrap();
+        let source_maps = maps_input(dir.path(), "endcap", &maps(Subdetector::Endcap, 2, 4), None);
+        let (source, src) = train(dir.path(), &small_train(), &[source_maps], "source");
+        let target = maps_input(dir.path(), "barrel", &maps(Subdetector::Barrel, 2, 5), None);
+        let run = |tune: Vec<Tuned>, name: &str| {
+            let stage = GraphstadTrain {
+                transfer: Some(Transfer {
+                    init: vec![Block::EncoderCnn, Block::EncoderGcn],
+                    freeze: vec![Block::DecoderCnn],
+                    tune,
+                }),
+                seed: 6,
+                ..small_train()
+            };
+            let (models, weights) =
+                train(dir.path(), &stage, &[target.clone(), source.clone()], name);
+            let table = models.batches().next().unwrap().unwrap();
+            let trainable = table
+                .column_by_name("trainable_params")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0);
+            (trainable, weights)
+        };
+        let (p0, _) = run(vec![], "tl2d");
+        let (p1, bn) = run(vec![Tuned::BatchNorm], "tl2d_bn");
+        let (p2, bn_bias) = run(vec![Tuned::BatchNorm, Tuned::Bias], "tl2d_bn_bias");
+        let bytes = |s: &safetensors::SafeTensors, n: &str| s.tensor(n).unwrap().data().to_vec();
+        let numel = |n: &str| src.tensor(n).unwrap().shape().iter().product::<usize>() as i64;
+        let (mut bn_params, mut bias_params) = (0, 0);
+        for name in src.names() {
+            if Block::of(name) != Some(Block::DecoderCnn) {
+                continue;
+            }
+            let is_bn = Tuned::BatchNorm.covers(name);
+            let is_bias = Tuned::Bias.covers(name);
+            if is_bn && !name.contains("num_batches") {
+                // Scales, shifts and running statistics: re-estimated.
+                assert_ne!(bytes(&bn, name), bytes(&src, name), "{name} kept");
+            } else if !is_bn {
+                assert_eq!(bytes(&bn, name), bytes(&src, name), "{name} trained");
+            }
+            if is_bias {
+                assert_ne!(bytes(&bn_bias, name), bytes(&src, name), "{name} kept");
+            } else if !is_bn {
+                assert_eq!(bytes(&bn_bias, name), bytes(&src, name), "{name} trained");
+            }
+            if is_bn && !name.contains("running_") && !name.contains("num_batches") {
+                bn_params += numel(name);
+            }
+            if is_bias {
+                bias_params += numel(name);
+            }
+        }
+        assert!(bn_params > 0 && bias_params > 0);
+        assert_eq!(p1 - p0, bn_params);
+        assert_eq!(p2 - p1, bias_params);
+        // `tune` without a frozen block is refused.
+        let stage = GraphstadTrain {
+            transfer: Some(Transfer {
+                init: vec![Block::EncoderCnn],
+                freeze: vec![],
+                tune: vec![Tuned::Bias],
+            }),
+            ..small_train()
+        };
+        assert!(stage.validate().unwrap_err().to_string().contains("frozen"));
+    }
+
+    #[test]
     fn maps_of_another_geometry_than_the_model_are_refused_at_planning() {
         let spec = ModelSpec {
             arch: small_arch(),
@@ -849,6 +604,7 @@ mod tests {
             transfer: Some(Transfer {
                 init: vec![Block::EncoderCnn],
                 freeze: vec![Block::EncoderCnn],
+                tune: vec![],
             }),
             ..Default::default()
         };
@@ -861,6 +617,7 @@ mod tests {
             transfer: Some(Transfer {
                 init: vec![Block::EncoderCnn],
                 freeze: vec![],
+                tune: vec![],
             }),
             ..Default::default()
         }

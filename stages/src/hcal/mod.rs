@@ -15,8 +15,10 @@ pub mod renormalization;
 pub mod structure;
 pub mod window_scores;
 
-// Shared by the stages: scoring maps with a model (errors, σ_i, α).
+// Shared by the stages: scoring maps with a model (errors, σ_i, α), and
+// training one.
 pub mod scoring;
+pub mod training;
 
 // Stages, one per kind.
 pub mod channel_metrics;
@@ -29,6 +31,7 @@ pub mod lumi_maps;
 pub mod maps_from_dqm;
 pub mod renormalize_occupancy;
 pub mod transfer_compare;
+pub mod transfer_study;
 
 // Fixtures of the family's tests.
 #[cfg(test)]

@@ -118,12 +118,74 @@ impl Block {
         }
     }
 
+    /// `blocks` as their var-store prefixes, comma-separated (tables).
+    pub fn names(blocks: &[Block]) -> String {
+        blocks
+            .iter()
+            .map(|b| b.prefix())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The block a variable belongs to, if any.
     pub fn of(name: &str) -> Option<Block> {
         Block::ALL
             .into_iter()
             .find(|b| name.starts_with(&format!("{}.", b.prefix())))
     }
+}
+
+/// Transfer learning from a source model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Transfer {
+    /// Blocks initialized from the source and fine-tuned here (T_init).
+    pub init: Vec<Block>,
+    /// Blocks copied from the source and frozen (T_train): not trained, their
+    /// batch-norm statistics kept.
+    pub freeze: Vec<Block>,
+    /// Parameters of the frozen blocks still fine-tuned on the target maps
+    /// (paper Table 4: TL-2_d /[BN] and /[BN, BIAS]); with `batch_norm` the
+    /// running statistics are re-estimated on the target maps too.
+    pub tune: Vec<Tuned>,
+}
+
+/// Parameters of a frozen block that may still be fine-tuned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tuned {
+    /// The batch norms' scales and shifts (and running statistics).
+    BatchNorm,
+    /// The other layers' biases.
+    Bias,
+}
+
+impl Tuned {
+    /// Whether variable `name` is a parameter of this kind.
+    pub fn covers(self, name: &str) -> bool {
+        let batch_norm = name.split('.').any(|p| p.starts_with("bn"));
+        match self {
+            Tuned::BatchNorm => batch_norm,
+            Tuned::Bias => name.ends_with(".bias") && !batch_norm,
+        }
+    }
+}
+
+/// The frozen blocks, with the parameters tuned in them nevertheless as
+/// the paper writes them (`dec_cnn /[batch_norm,bias]`).
+pub fn frozen_label(freeze: &[Block], tune: &[Tuned]) -> String {
+    let frozen = Block::names(freeze);
+    if tune.is_empty() {
+        return frozen;
+    }
+    let tuned: Vec<String> = tune
+        .iter()
+        .map(|t| {
+            let name = serde_json::to_string(t).expect("a plain enum serializes");
+            name.trim_matches('"').to_string()
+        })
+        .collect();
+    format!("{frozen} /[{}]", tuned.join(","))
 }
 
 /// The RBX graph as the two thin matrices of Â = Bᵀ B.
@@ -178,17 +240,46 @@ impl Upsample {
         }
     }
 
+    /// On depth-folded (N·D, C, H, W) tensors: the kernel's depth is 1.
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv_transpose3d(
-            &self.weight,
+        x.conv_transpose2d(
+            &self.weight.squeeze_dim(-1),
             Some(&self.bias),
-            [2, 2, 1],
-            [0, 0, 0],
-            [0, 0, 0],
+            [2, 2],
+            [0, 0],
+            [0, 0],
             1,
-            [1, 1, 1],
+            [1, 1],
         )
     }
+}
+
+/// A (3, 3, 1) convolution applied to depth-folded (N·D, C, H, W) tensors
+/// as the 2-D convolution it is (libtorch's 3-D path is several times
+/// slower on the CPU); the weights keep their 3-D shape.
+fn conv_folded(conv: &nn::Conv<[i64; 3]>, x: &Tensor) -> Tensor {
+    x.conv2d(
+        &conv.ws.squeeze_dim(-1),
+        conv.bs.as_ref(),
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        1,
+    )
+}
+
+/// (N, C, H, W, D) -> (N·D, C, H, W): the depth folded into the batch, so
+/// the (·, ·, 1) kernels, batch norms and poolings run in 2-D.
+fn fold_depth(x: &Tensor) -> Tensor {
+    let (n, c, h, w, d) = x.size5().expect("(N, C, H, W, D)");
+    x.permute([0, 4, 1, 2, 3]).reshape([n * d, c, h, w])
+}
+
+/// The inverse of [`fold_depth`].
+fn unfold_depth(x: &Tensor, depth: i64) -> Tensor {
+    let (nd, c, h, w) = x.size4().expect("(N·D, C, H, W)");
+    x.view([nd / depth, depth, c, h, w])
+        .permute([0, 2, 3, 4, 1])
 }
 
 /// LSTM states of the encoder and decoder, carried across windows.
@@ -295,9 +386,9 @@ impl GraphStad {
         let dec_hidden = arch.decoder_hidden();
         Self {
             conv1: conv3(&cnn / "conv1", 1, c1),
-            bn1: nn::batch_norm3d(&cnn / "bn1", c1, bn),
+            bn1: nn::batch_norm2d(&cnn / "bn1", c1, bn),
             conv2: conv3(&cnn / "conv2", c1, c2),
-            bn2: nn::batch_norm3d(&cnn / "bn2", c2, bn),
+            bn2: nn::batch_norm2d(&cnn / "bn2", c2, bn),
             gcn: nn::linear(
                 root / "enc_gcn" / "layer",
                 1,
@@ -333,9 +424,9 @@ impl GraphStad {
                 )
             }),
             up1: Upsample::new(&(&dec / "up1"), c2, c1),
-            dbn1: nn::batch_norm3d(&dec / "bn1", c1, bn),
+            dbn1: nn::batch_norm2d(&dec / "bn1", c1, bn),
             up2: Upsample::new(&(&dec / "up2"), c1, c1),
-            dbn2: nn::batch_norm3d(&dec / "bn2", c1, bn),
+            dbn2: nn::batch_norm2d(&dec / "bn2", c1, bn),
             out: conv3(&dec / "out", c1, 1),
             map_bias: (root / "dec_fc").zeros("map_bias", &[geometry.n_channels() as i64]),
             rbx,
@@ -363,30 +454,35 @@ impl GraphStad {
         let n = b * t;
         let bn_train = |block| train && !frozen.contains(&block);
         let flat = x.reshape([n, m]);
-        // CNN over (iη, iφ, depth).
-        let img = flat.view([n, 1, n_ieta, n_iphi, depth]).constant_pad_nd([
+        // CNN over (iη, iφ) with (3, 3, 1) kernels: the depth folded into
+        // the batch (batch-norm statistics over the same values).
+        let img = fold_depth(&flat.view([n, 1, n_ieta, n_iphi, depth]).constant_pad_nd([
             0,
             0,
             0,
             pw - n_iphi,
             0,
             ph - n_ieta,
-        ]);
+        ]));
         let cnn_train = bn_train(Block::EncoderCnn);
-        let pool = |x: Tensor| x.max_pool3d([2, 2, 1], [2, 2, 1], [0, 0, 0], [1, 1, 1], false);
+        let pool = |x: Tensor| x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
         let h = pool(
             self.bn1
-                .forward_t(&self.conv1.forward(&img), cnn_train)
+                .forward_t(&conv_folded(&self.conv1, &img), cnn_train)
                 .relu(),
         );
         let h = pool(
             self.bn2
-                .forward_t(&self.conv2.forward(&h), cnn_train)
+                .forward_t(&conv_folded(&self.conv2, &h), cnn_train)
                 .relu(),
         );
         let cnn_features = match self.arch.shared_grid {
-            Some([gh, gw]) => h.adaptive_avg_pool3d([gh, gw, 1]).reshape([n, -1]),
-            None => h.reshape([n, -1]),
+            // Cells of the grid averaged over the depths too.
+            Some([gh, gw]) => h
+                .adaptive_avg_pool2d([gh, gw])
+                .view([n, depth, -1])
+                .mean_dim(1, false, Kind::Float),
+            None => unfold_depth(&h, depth).reshape([n, -1]),
         };
         // GCN over the RBX graph, then pooled per RBX.
         let propagated = self.rbx.propagate(&flat).unsqueeze(-1);
@@ -409,25 +505,28 @@ impl GraphStad {
         let (dec_out, dec_state) = self.dec_rnn.seq_init(&z, &states.decoder);
         let c2 = self.arch.conv_channels[1];
         let d = match (&self.dec_fc, self.arch.shared_grid) {
-            (Some(fc), _) => {
-                fc.forward(&dec_out.reshape([n, -1]))
-                    .relu()
-                    .view([n, c2, ph / 4, pw / 4, depth])
-            }
+            (Some(fc), _) => fold_depth(&fc.forward(&dec_out.reshape([n, -1])).relu().view([
+                n,
+                c2,
+                ph / 4,
+                pw / 4,
+                depth,
+            ])),
             // The decoder state is the grid: interpolated to the map's
-            // pooled size (no parameters sized by the map).
+            // pooled size (no parameters sized by the map), the same for
+            // every depth.
             (None, Some([gh, gw])) => dec_out
-                .reshape([n, c2, gh, gw, 1])
+                .reshape([n, 1, c2, gh, gw])
                 .relu()
-                .upsample_trilinear3d([ph / 4, pw / 4, depth], false, None, None, None),
+                .expand([n, depth, c2, gh, gw], false)
+                .reshape([n * depth, c2, gh, gw])
+                .upsample_bilinear2d([ph / 4, pw / 4], false, None, None),
             (None, None) => unreachable!("the dense layout has a decoder layer"),
         };
         let dec_train = bn_train(Block::DecoderCnn);
         let d = self.dbn1.forward_t(&self.up1.forward(&d), dec_train).relu();
         let d = self.dbn2.forward_t(&self.up2.forward(&d), dec_train).relu();
-        let recon = self
-            .out
-            .forward(&d)
+        let recon = unfold_depth(&conv_folded(&self.out, &d), depth)
             .narrow(2, 0, n_ieta)
             .narrow(3, 0, n_iphi)
             .reshape([b, t, m])
@@ -479,6 +578,87 @@ pub fn loss(
 mod tests {
     use super::*;
     use crate::hcal::geometry::Subdetector;
+
+    /// The depth-folded 2-D operations are the (·, ·, 1) 3-D ones they
+    /// replace: convolution, transposed convolution, batch norm, pooling,
+    /// the grid's average and its interpolation, on maps of 3 depths.
+    #[test]
+    fn depth_folded_operations_equal_the_3d_ones() {
+        tch::manual_seed(3);
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            assert_eq!(a.size(), b.size(), "{what}");
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{what}: {diff}");
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let (n, c, h, w, d) = (2, 3, 8, 12, 3);
+        let x = Tensor::randn([n, c, h, w, d], (Kind::Float, tch::Device::Cpu));
+        let conv = conv3(vs.root() / "c", c, 4);
+        tch::no_grad(|| {
+            let _ = conv
+                .bs
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+                .uniform_(-1.0, 1.0);
+        });
+        close(
+            &unfold_depth(&conv_folded(&conv, &fold_depth(&x)), d),
+            &x.apply(&conv),
+            "convolution",
+        );
+        let up = Upsample::new(&(vs.root() / "u"), c, 2);
+        let reference = x.conv_transpose3d(
+            &up.weight,
+            Some(&up.bias),
+            [2, 2, 1],
+            [0, 0, 0],
+            [0, 0, 0],
+            1,
+            [1, 1, 1],
+        );
+        close(
+            &unfold_depth(&up.forward(&fold_depth(&x)), d),
+            &reference,
+            "upsampling",
+        );
+        let bn2 = nn::batch_norm2d(vs.root() / "b2", c, Default::default());
+        let bn3 = nn::batch_norm3d(vs.root() / "b3", c, Default::default());
+        tch::no_grad(|| {
+            // Scales start random: the same for both.
+            bn2.ws
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+                .copy_(bn3.ws.as_ref().unwrap());
+        });
+        close(
+            &unfold_depth(&bn2.forward_t(&fold_depth(&x), true), d),
+            &bn3.forward_t(&x, true),
+            "batch norm",
+        );
+        close(&bn2.running_var, &bn3.running_var, "running variance");
+        let pooled = fold_depth(&x).max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+        let reference = x.max_pool3d([2, 2, 1], [2, 2, 1], [0, 0, 0], [1, 1, 1], false);
+        close(&unfold_depth(&pooled, d), &reference, "max pooling");
+        let grid = fold_depth(&x)
+            .adaptive_avg_pool2d([2, 4])
+            .view([n, d, -1])
+            .mean_dim(1, false, Kind::Float);
+        let reference = x.adaptive_avg_pool3d([2, 4, 1]).reshape([n, -1]);
+        close(&grid, &reference, "grid average");
+        let state = Tensor::randn([n, c * 2 * 4], (Kind::Float, tch::Device::Cpu));
+        let folded = state
+            .reshape([n, 1, c, 2, 4])
+            .expand([n, d, c, 2, 4], false)
+            .reshape([n * d, c, 2, 4])
+            .upsample_bilinear2d([h, w], false, None, None);
+        let reference =
+            state
+                .reshape([n, c, 2, 4, 1])
+                .upsample_trilinear3d([h, w, d], false, None, None, None);
+        close(&unfold_depth(&folded, d), &reference, "grid interpolation");
+    }
 
     #[test]
     fn rbx_propagation_equals_the_dense_normalized_adjacency() {

@@ -326,6 +326,22 @@ pub fn fills(rows: &[MapRow]) -> Vec<&[MapRow]> {
         .collect()
 }
 
+/// The reference-map rule: the mean renormalized occupancy of each of the
+/// `channels` over the training maps.
+pub fn reference_map<'a>(
+    rows: impl ExactSizeIterator<Item = &'a MapRow>,
+    channels: usize,
+) -> Vec<f32> {
+    let n = rows.len() as f64;
+    let mut reference = vec![0.0f64; channels];
+    for r in rows {
+        for (acc, v) in reference.iter_mut().zip(norm(r)) {
+            *acc += v / n;
+        }
+    }
+    reference.iter().map(|&v| v as f32).collect()
+}
+
 /// What the trained model is calibrated with on the training and
 /// validation maps.
 pub struct Calibration {
@@ -354,14 +370,7 @@ pub fn calibrate(
     alpha_quantile: f64,
     device: Device,
 ) -> Result<Calibration> {
-    let m = model.geometry.n_channels();
-    let mut reference = vec![0.0f64; m];
-    for r in train_rows {
-        for (acc, v) in reference.iter_mut().zip(norm(r)) {
-            *acc += v / train_rows.len() as f64;
-        }
-    }
-    let reference: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
+    let reference = reference_map(train_rows.iter(), model.geometry.n_channels());
     let lumi = LumiLine::fit(
         &train_rows
             .iter()

@@ -651,6 +651,9 @@ pub struct GraphStadCard {
     /// Blocks initialized from / frozen at a source model (transfer learning).
     pub init_blocks: Vec<Block>,
     pub frozen_blocks: Vec<Block>,
+    /// Parameters of the frozen blocks fine-tuned nevertheless.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tuned: Vec<crate::hcal::model::Tuned>,
     pub best_epoch: usize,
     pub val_mse: f64,
     /// Validation MSE of every epoch (the MSE-vs-epoch comparison of

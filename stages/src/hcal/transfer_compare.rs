@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, StageError};
 use crate::hcal::geometry::MapGeometry;
 use crate::hcal::geometry::Subdetector;
-use crate::hcal::model::Block;
+use crate::hcal::model::{Block, frozen_label};
 use crate::hcal::tables::{GraphStadCard, ModelSpec, models_schema, read_model, scores_schema};
 use crate::input::require_column;
 use crate::plots::{Series, lines};
@@ -63,7 +63,7 @@ fn compare_schema() -> SchemaRef {
         column(
             "frozen_blocks",
             DataType::Utf8,
-            "Blocks copied from the source and frozen (T_train)",
+            "Blocks copied from the source and frozen (T_train); `/[…]`: parameters in them fine-tuned nevertheless (Table 4)",
         ),
         column("trainable_params", DataType::Int64, "Parameters trained"),
         column(
@@ -126,14 +126,6 @@ fn compare_schema() -> SchemaRef {
         ),
         nullable("reducible_delta_hi", DataType::Float64, "Same, upper"),
     ]))
-}
-
-fn names(blocks: &[Block]) -> String {
-    blocks
-        .iter()
-        .map(|b| b.prefix())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// One fill's healthy maps of one mode: Σ MSE, Σ rule MSE, Σ floor (over
@@ -319,10 +311,11 @@ fn table_batch(
             rows.iter().map(|r| r.0.as_str()),
         )),
         Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| names(&r.1.init_blocks)),
+            rows.iter().map(|r| Block::names(&r.1.init_blocks)),
         )),
         Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| names(&r.1.frozen_blocks)),
+            rows.iter()
+                .map(|r| frozen_label(&r.1.frozen_blocks, &r.1.tuned)),
         )),
         Arc::new(Int64Array::from_iter_values(
             rows.iter().map(|r| r.1.trainable_params),
