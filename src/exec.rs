@@ -539,6 +539,9 @@ pub fn assemble(
             .stage
             .recombine(&tables, &mut outputs, &artifacts)
             .map_err(|e| anyhow!("{at} failed combining its shards: {e}"))?;
+        if std::fs::read_dir(&artifacts)?.next().is_none() {
+            std::fs::remove_dir(&artifacts)?;
+        }
         wall_seconds += started.elapsed().as_secs_f64();
         for (name, (rows, file)) in outputs.finish()? {
             files.insert(name, (rows, vec![file]));

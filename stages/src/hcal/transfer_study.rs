@@ -399,7 +399,6 @@ impl Stage for TransferStudy {
             "epochs",
         );
         let mut out = Vec::new();
-        let mut labels = BTreeMap::new();
         for &seed in seeds {
             for set in &sets {
                 for mode in &self.modes {
@@ -448,20 +447,17 @@ impl Stage for TransferStudy {
                         set.rule_mse,
                         set.noise_floor.map_or("-".into(), |f| format!("{f:.4e}"))
                     ));
-                    labels.insert(
-                        mode.name.clone(),
-                        (
-                            Block::names(&net.init),
-                            frozen_label(&net.freeze, &net.tune),
-                        ),
-                    );
                 }
             }
         }
-        ctx.output.write("main", runs_batch(&out, &labels)?)?;
-        ctx.output
-            .write("summary", summary_batch(&self.modes[0].name, &out)?)?;
-        plot(ctx.artifacts, &self.modes[0].name, &out)
+        ctx.output.write("main", runs_batch(&out, &self.modes)?)?;
+        let summary = summarize(&self.modes[0].name, &out)?;
+        ctx.output.write("summary", summary_batch(&summary)?)?;
+        // A shard's figures would show its seeds only (`recombine` draws).
+        if ctx.shard.count == 1 {
+            plot(ctx.artifacts, &self.modes[0].name, &summary)?;
+        }
+        Ok(())
     }
 
     fn shardable(&self) -> bool {
@@ -472,8 +468,7 @@ impl Stage for TransferStudy {
         &["summary"]
     }
 
-    /// The summary and the figures over every seed, from the shards' run
-    /// rows.
+    /// The summary and the figures over every seed, from the shards' rows.
     fn recombine(
         &self,
         tables: &BTreeMap<String, Input>,
@@ -481,8 +476,9 @@ impl Stage for TransferStudy {
         artifacts: &std::path::Path,
     ) -> Result<()> {
         let rows = read_runs(&tables["main"])?;
-        output.write("summary", summary_batch(&self.modes[0].name, &rows)?)?;
-        plot(artifacts, &self.modes[0].name, &rows)
+        let summary = summarize(&self.modes[0].name, &rows)?;
+        output.write("summary", summary_batch(&summary)?)?;
+        plot(artifacts, &self.modes[0].name, &summary)
     }
 }
 
@@ -514,25 +510,31 @@ fn test_mse(
     Ok(sum / n as f64)
 }
 
-fn runs_batch(rows: &[RunRow], labels: &BTreeMap<String, (String, String)>) -> Result<RecordBatch> {
+fn runs_batch(rows: &[RunRow], modes: &[Mode]) -> Result<RecordBatch> {
     let int = |f: fn(&RunRow) -> i64| -> ArrayRef {
         Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
     };
     let float = |f: fn(&RunRow) -> f64| -> ArrayRef {
         Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
     };
-    let label = |k: usize| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| {
-            let (init, frozen) = &labels[&r.mode];
-            if k == 0 { init.clone() } else { frozen.clone() }
-        })))
+    let transfer = |r: &RunRow| {
+        modes
+            .iter()
+            .find(|m| m.name == r.mode)
+            .and_then(|m| m.transfer.clone())
+            .unwrap_or_default()
+    };
+    let label = |f: &dyn Fn(&Transfer) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| f(&transfer(r))),
+        ))
     };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.mode.as_str()),
         )),
-        label(0),
-        label(1),
+        label(&|t| Block::names(&t.init)),
+        label(&|t| frozen_label(&t.freeze, &t.tune)),
         int(|r| r.seed),
         int(|r| r.train_fills),
         int(|r| r.epochs),
@@ -664,8 +666,7 @@ fn summarize(base_mode: &str, rows: &[RunRow]) -> Result<Vec<SummaryRow>> {
     Ok(out)
 }
 
-fn summary_batch(base_mode: &str, rows: &[RunRow]) -> Result<RecordBatch> {
-    let s = summarize(base_mode, rows)?;
+fn summary_batch(s: &[SummaryRow]) -> Result<RecordBatch> {
     let float = |f: &dyn Fn(&SummaryRow) -> Option<f64>| -> ArrayRef {
         Arc::new(Float64Array::from(s.iter().map(f).collect::<Vec<_>>()))
     };
@@ -702,10 +703,9 @@ fn summary_batch(base_mode: &str, rows: &[RunRow]) -> Result<RecordBatch> {
 
 /// Fig. 7: test MSE over epochs (a), ΔMSE (b) and its share of the
 /// reducible error, one line per mode and training fills.
-fn plot(dir: &std::path::Path, base_mode: &str, rows: &[RunRow]) -> Result<()> {
-    let summary = summarize(base_mode, rows)?;
+fn plot(dir: &std::path::Path, base_mode: &str, summary: &[SummaryRow]) -> Result<()> {
     let mut series: [BTreeMap<String, Vec<(f64, f64)>>; 3] = Default::default();
-    for r in &summary {
+    for r in summary {
         let (mode, fills, epochs) = (&r.key.0, r.key.1, r.key.2 as f64);
         let name = format!("{mode}, {fills} fills");
         series[0]
