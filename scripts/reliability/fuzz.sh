@@ -18,7 +18,7 @@ out="${3:-fuzz-out/$(date -u +%Y%m%dT%H%M%SZ)}"
 cargo build --locked --features fuzz --bin dqm-fuzz
 fuzz="$CARGO_TARGET_DIR/debug/dqm-fuzz"
 shared="${DQM_SHARED:-../shared}"
-root_corpus=(data/delphes/*.root)
+root_corpus=(data/delphes/*_tiny.root)   # the `_small` files are the same format, 4x larger
 if compgen -G "$shared/delphes/compression/*.root" > /dev/null; then
   root_corpus+=("$shared"/delphes/compression/*.root)
 fi

@@ -148,6 +148,8 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::hcal::transfer_study::TransferStudy>(),
         kind::<crate::lumi::lumi_runs::LumiRuns>(),
         kind::<crate::lumi::ls_histograms::LsHistograms>(),
+        kind::<crate::lumi::method_scan::MethodScan>(),
+        kind::<crate::lumi::remainder_check::RemainderCheck>(),
         kind::<crate::lumi::ls_from_dqm::LsFromDqm>(),
         kind::<crate::lumi::lumi_ae_train::LumiAeTrain>(),
         kind::<crate::lumi::lumi_ae_score::LumiAeScore>(),

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::dqm::tables::{read_luminosity, require_luminosity};
 use crate::error::{Result, StageError, bad_param};
 use crate::input::Input;
-use crate::lumi::tables::{LsKey, LsScore, read_scores, require_ls_columns, scores_schema};
+use crate::lumi::tables::{LsScore, read_scores, require_ls_columns, scores_schema};
+use crate::lumi::tally::{Decision, Tally, opt_f64, tally_columns, tally_fields};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use crate::stats::wilson;
 use dqm_schemas::{column, nullable};
@@ -50,8 +51,8 @@ impl Default for Certify {
 
 impl StageConfig for Certify {
     const KIND: &'static str = "certify";
-    const VERSION: u32 = 2;
-    const SUMMARY: &'static str = "Per-LS flags of scoring methods -> Golden-JSON certificate per method, LS precision/recall per run, ME and bad stretch, luminosity recovered against run-level rejection";
+    const VERSION: u32 = 3;
+    const SUMMARY: &'static str = "Per-LS flags of scoring methods -> Golden-JSON certificate per method, LS precision/recall per run, ME and bad stretch, luminosity recovered against run-level rejection and bad luminosity let through, beside flag-nothing and flag-everything";
     const INPUTS: (usize, usize) = (1, 9);
     const INPUT_ROLES: &'static str = "scores tables, then optionally the luminosity table (`brilcalc_lumi`) the LS luminosity came from: its unit is the figures'";
 
@@ -84,168 +85,6 @@ pub fn kept_ranges(ls: &[(i64, bool)]) -> Vec<[i64; 2]> {
         }
     }
     ranges
-}
-
-/// One certified LS of one method.
-#[derive(Debug, Clone)]
-struct Decision {
-    key: LsKey,
-    rejected: bool,
-}
-
-/// Counts and luminosities of a set of LS (one run, or all).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Tally {
-    pub ls: u64,
-    pub bad: u64,
-    pub flagged: u64,
-    pub true_positive: u64,
-    pub lumi: f64,
-    pub lumi_good: f64,
-    pub lumi_kept: f64,
-    pub lumi_bad_kept: f64,
-    /// Kept by run-level certification (every LS of a run without bad LS).
-    pub lumi_run_level: f64,
-    /// Good luminosity of runs with a bad LS (what run-level rejection throws away).
-    pub lumi_thrown: f64,
-    /// Of that, what the certificate keeps.
-    pub lumi_recovered: f64,
-}
-
-impl Tally {
-    /// The tally of one run's decisions.
-    fn of_run(run: &[&Decision]) -> Tally {
-        let mut t = Tally::default();
-        let run_has_bad = run.iter().any(|d| d.key.bad);
-        for d in run {
-            let (bad, lumi) = (d.key.bad, d.key.lumi);
-            t.ls += 1;
-            t.bad += u64::from(bad);
-            t.flagged += u64::from(d.rejected);
-            t.true_positive += u64::from(bad && d.rejected);
-            t.lumi += lumi;
-            if !bad {
-                t.lumi_good += lumi;
-            }
-            if !d.rejected {
-                t.lumi_kept += lumi;
-                if bad {
-                    t.lumi_bad_kept += lumi;
-                }
-            }
-            if !run_has_bad {
-                t.lumi_run_level += lumi;
-            } else if !bad {
-                t.lumi_thrown += lumi;
-                if !d.rejected {
-                    t.lumi_recovered += lumi;
-                }
-            }
-        }
-        t
-    }
-
-    fn add(&mut self, o: &Tally) {
-        self.ls += o.ls;
-        self.bad += o.bad;
-        self.flagged += o.flagged;
-        self.true_positive += o.true_positive;
-        self.lumi += o.lumi;
-        self.lumi_good += o.lumi_good;
-        self.lumi_kept += o.lumi_kept;
-        self.lumi_bad_kept += o.lumi_bad_kept;
-        self.lumi_run_level += o.lumi_run_level;
-        self.lumi_thrown += o.lumi_thrown;
-        self.lumi_recovered += o.lumi_recovered;
-    }
-
-    fn precision(&self) -> Option<f64> {
-        (self.flagged > 0).then(|| self.true_positive as f64 / self.flagged as f64)
-    }
-
-    fn recall(&self) -> Option<f64> {
-        (self.bad > 0).then(|| self.true_positive as f64 / self.bad as f64)
-    }
-
-    fn recovered_fraction(&self) -> Option<f64> {
-        (self.lumi_thrown > 0.0).then(|| self.lumi_recovered / self.lumi_thrown)
-    }
-}
-
-fn tally_fields(with_intervals: bool) -> Vec<arrow::datatypes::Field> {
-    let mut fields = vec![
-        column("ls", DataType::Int64, "LS certified"),
-        column("bad_ls", DataType::Int64, "Truly bad LS"),
-        column("flagged", DataType::Int64, "LS rejected"),
-        column("true_positive", DataType::Int64, "Bad LS rejected"),
-        column("false_positive", DataType::Int64, "Good LS rejected"),
-        column("false_negative", DataType::Int64, "Bad LS kept"),
-        nullable(
-            "precision",
-            DataType::Float64,
-            "true_positive / flagged (null: nothing flagged)",
-        ),
-        nullable(
-            "recall",
-            DataType::Float64,
-            "true_positive / bad_ls (null: no bad LS)",
-        ),
-    ];
-    if with_intervals {
-        fields.extend([
-            nullable(
-                "precision_lo",
-                DataType::Float64,
-                "Wilson 95 % interval of precision, low",
-            ),
-            nullable("precision_hi", DataType::Float64, "… high"),
-            nullable(
-                "recall_lo",
-                DataType::Float64,
-                "Wilson 95 % interval of recall, low",
-            ),
-            nullable("recall_hi", DataType::Float64, "… high"),
-        ]);
-    }
-    fields.extend([
-        column(
-            "lumi",
-            DataType::Float64,
-            "Luminosity of the LS (in `lumi_unit` of the totals)",
-        ),
-        column("lumi_good", DataType::Float64, "Luminosity of the good LS"),
-        column(
-            "lumi_kept",
-            DataType::Float64,
-            "Luminosity the certificate keeps",
-        ),
-        column(
-            "lumi_bad_kept",
-            DataType::Float64,
-            "Luminosity of bad LS the certificate lets through",
-        ),
-        column(
-            "lumi_run_level",
-            DataType::Float64,
-            "Luminosity run-level certification keeps (runs without a bad LS)",
-        ),
-        column(
-            "lumi_thrown",
-            DataType::Float64,
-            "Good luminosity run-level rejection throws away (good LS of runs with a bad LS)",
-        ),
-        column(
-            "lumi_recovered",
-            DataType::Float64,
-            "Of lumi_thrown, what the certificate keeps",
-        ),
-        nullable(
-            "recovered_fraction",
-            DataType::Float64,
-            "lumi_recovered / lumi_thrown (the poster's figure of merit)",
-        ),
-    ]);
-    fields
 }
 
 fn runs_schema() -> SchemaRef {
@@ -322,6 +161,28 @@ fn stretches_schema() -> SchemaRef {
     ]))
 }
 
+fn decisions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        column("method", DataType::Utf8, "Scoring method"),
+        column("run", DataType::Int64, "Run"),
+        column("ls", DataType::Int64, "LS"),
+        column("pileup", DataType::Float64, "Mean pile-up of the LS"),
+        column("lumi", DataType::Float64, "Luminosity of the LS"),
+        column("truth", DataType::Utf8, "`good` or the glitch"),
+        column("bad", DataType::Boolean, "Truth: the LS is bad"),
+        column(
+            "mes_over",
+            DataType::Int64,
+            "Chosen MEs over their threshold",
+        ),
+        column(
+            "rejected",
+            DataType::Boolean,
+            "The certificate rejects the LS",
+        ),
+    ]))
+}
+
 fn certificate_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         column("method", DataType::Utf8, "Scoring method"),
@@ -333,52 +194,6 @@ fn certificate_schema() -> SchemaRef {
             "Last LS of the range (inclusive)",
         ),
     ]))
-}
-
-fn opt_f64(v: impl Iterator<Item = Option<f64>>) -> ArrayRef {
-    Arc::new(Float64Array::from_iter(v))
-}
-
-fn tally_columns(tallies: &[&Tally], with_intervals: bool) -> Vec<ArrayRef> {
-    let int = |f: &dyn Fn(&Tally) -> u64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(
-            tallies.iter().map(|t| f(t) as i64),
-        ))
-    };
-    let float = |f: &dyn Fn(&Tally) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(tallies.iter().map(|t| f(t))))
-    };
-    let mut columns = vec![
-        int(&|t| t.ls),
-        int(&|t| t.bad),
-        int(&|t| t.flagged),
-        int(&|t| t.true_positive),
-        int(&|t| t.flagged - t.true_positive),
-        int(&|t| t.bad - t.true_positive),
-        opt_f64(tallies.iter().map(|t| t.precision())),
-        opt_f64(tallies.iter().map(|t| t.recall())),
-    ];
-    if with_intervals {
-        let p = |t: &Tally| wilson(t.true_positive, t.flagged);
-        let r = |t: &Tally| wilson(t.true_positive, t.bad);
-        columns.extend([
-            opt_f64(tallies.iter().map(|t| p(t).map(|i| i.0))),
-            opt_f64(tallies.iter().map(|t| p(t).map(|i| i.1))),
-            opt_f64(tallies.iter().map(|t| r(t).map(|i| i.0))),
-            opt_f64(tallies.iter().map(|t| r(t).map(|i| i.1))),
-        ]);
-    }
-    columns.extend([
-        float(&|t| t.lumi),
-        float(&|t| t.lumi_good),
-        float(&|t| t.lumi_kept),
-        float(&|t| t.lumi_bad_kept),
-        float(&|t| t.lumi_run_level),
-        float(&|t| t.lumi_thrown),
-        float(&|t| t.lumi_recovered),
-        opt_f64(tallies.iter().map(|t| t.recovered_fraction())),
-    ]);
-    columns
 }
 
 /// A row of `per_me`: how often one ME alone flags one kind of LS.
@@ -411,6 +226,8 @@ struct Tables {
     stretches: Vec<StretchRow>,
     /// (method, run, kept range)
     certificate: Vec<(String, i64, [i64; 2])>,
+    /// (method, the LS's decision, chosen MEs over)
+    decisions: Vec<(String, Decision, i64)>,
 }
 
 impl Certify {
@@ -425,6 +242,12 @@ impl Certify {
                 {
                     return Err(StageError::data(format!(
                         "inputs `{other}` and `{}` both hold scores of method `{}`",
+                        input.name, row.method
+                    )));
+                }
+                if BOUNDS.contains(&row.method.as_str()) {
+                    return Err(StageError::data(format!(
+                        "input `{}`: method name `{}` is reserved for the bounds certify adds (rename the method)",
                         input.name, row.method
                     )));
                 }
@@ -486,6 +309,12 @@ impl Certify {
         }
         let mut total = Tally::default();
         let mut golden: BTreeMap<String, Vec<[i64; 2]>> = BTreeMap::new();
+        for (at, d) in &by_ls {
+            let mes_over = over.get(at).map_or(0, |o| o.0 as i64);
+            tables
+                .decisions
+                .push((method.to_string(), d.clone(), mes_over));
+        }
         let decisions: Vec<&Decision> = by_ls.values().collect();
         let mut n_runs = 0;
         for run in decisions.chunk_by(|a, b| a.key.run == b.key.run) {
@@ -527,6 +356,37 @@ impl Certify {
         tables.totals.push((method.to_string(), n_runs, total));
         Ok(serde_json::to_string_pretty(&golden).expect("plain data serializes"))
     }
+}
+
+/// Method names of the bounds.
+const BOUNDS: [&str; 2] = ["flag_nothing", "flag_everything"];
+
+/// The two certificates every method lies between, on the LS the methods
+/// scored: `flag_nothing` (run-level certification of every run as good:
+/// recovers everything, lets all bad luminosity through) and
+/// `flag_everything` (keeps nothing).
+fn bounding_methods(methods: &BTreeMap<String, Vec<LsScore>>) -> Vec<(String, Vec<LsScore>)> {
+    let Some(rows) = methods.values().next() else {
+        return Vec::new();
+    };
+    BOUNDS
+        .into_iter()
+        .map(|name| {
+            let flag = name == "flag_everything";
+            let rows = rows
+                .iter()
+                .map(|r| LsScore {
+                    method: name.to_string(),
+                    raw_score: Some(f64::from(u8::from(flag))),
+                    score: Some(f64::from(u8::from(flag))),
+                    threshold: 0.5,
+                    over: flag,
+                    ..r.clone()
+                })
+                .collect();
+            (name.to_string(), rows)
+        })
+        .collect()
 }
 
 /// How many of the inputs are scores tables: all but a last one that is
@@ -583,6 +443,10 @@ impl Stage for Certify {
                 name: "certificate",
                 schema: certificate_schema(),
             },
+            OutputSpec {
+                name: "decisions",
+                schema: decisions_schema(),
+            },
         ])
     }
 
@@ -592,7 +456,9 @@ impl Stage for Certify {
             Some(input) => read_luminosity(input)?.unit,
             None => "/pb".to_string(),
         };
-        let methods = self.methods(&ctx.inputs[..n])?;
+        let mut methods = self.methods(&ctx.inputs[..n])?;
+        let bounds = bounding_methods(&methods);
+        methods.extend(bounds);
         let mut tables = Tables::default();
         for (method, scores) in &methods {
             let json = self.certify(method, scores, &mut tables)?;
@@ -601,7 +467,7 @@ impl Stage for Certify {
         }
         for (method, _, t) in &tables.totals {
             ctx.reporter.info(&format!(
-                "{method}: {} LS, {} bad, {} flagged, precision {}, recall {}; recovered {:.3} of {:.3} {unit} run-level rejection throws away; bad let through {:.3} {unit}",
+                "{method}: {} LS, {} bad, {} flagged, precision {}, recall {}; recovered {:.3} of {:.3} {unit} run-level rejection throws away; bad let through {:.3} {unit} ({})",
                 t.ls,
                 t.bad,
                 t.flagged,
@@ -609,90 +475,123 @@ impl Stage for Certify {
                 t.recall().map_or("-".into(), |r| format!("{r:.3}")),
                 t.lumi_recovered,
                 t.lumi_thrown,
-                t.lumi_bad_kept
+                t.lumi_bad_kept,
+                t.bad_let_through()
+                    .map_or("no bad LS".into(), |f| format!("{:.1} % of the bad", 100.0 * f))
             ));
         }
-        let strs = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from_iter_values(v)) };
-        let ints = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from_iter_values(v)) };
-
-        let r = &tables.runs;
-        let mut columns = vec![
-            strs(r.iter().map(|x| x.0.as_str()).collect()),
-            ints(r.iter().map(|x| x.1).collect()),
-            strs(r.iter().map(|x| x.2.as_str()).collect()),
-        ];
-        columns.extend(tally_columns(
-            &r.iter().map(|x| &x.3).collect::<Vec<_>>(),
-            false,
-        ));
-        ctx.output
-            .write("main", RecordBatch::try_new(runs_schema(), columns)?)?;
-
-        let t = &tables.totals;
-        let mut columns = vec![
-            strs(t.iter().map(|x| x.0.as_str()).collect()),
-            ints(t.iter().map(|x| x.1).collect()),
-            strs(t.iter().map(|_| unit.as_str()).collect()),
-        ];
-        columns.extend(tally_columns(
-            &t.iter().map(|x| &x.2).collect::<Vec<_>>(),
-            true,
-        ));
-        ctx.output
-            .write("totals", RecordBatch::try_new(totals_schema(), columns)?)?;
-
-        let m = &tables.per_me;
-        let interval = |x: &MeRow| wilson(x.over, x.ls);
-        let columns = vec![
-            strs(m.iter().map(|x| x.method.as_str()).collect()),
-            strs(m.iter().map(|x| x.me.as_str()).collect()),
-            strs(m.iter().map(|x| x.truth.as_str()).collect()),
-            ints(m.iter().map(|x| x.ls as i64).collect()),
-            ints(m.iter().map(|x| x.over as i64).collect()),
-            Arc::new(Float64Array::from_iter_values(
-                m.iter().map(|x| x.over as f64 / x.ls as f64),
-            )) as ArrayRef,
-            opt_f64(m.iter().map(|x| interval(x).map(|i| i.0))),
-            opt_f64(m.iter().map(|x| interval(x).map(|i| i.1))),
-        ];
-        ctx.output
-            .write("per_me", RecordBatch::try_new(per_me_schema(), columns)?)?;
-
-        let s = &tables.stretches;
-        let columns = vec![
-            strs(s.iter().map(|x| x.method.as_str()).collect()),
-            ints(s.iter().map(|x| x.run).collect()),
-            ints(s.iter().map(|x| x.first).collect()),
-            ints(s.iter().map(|x| x.last).collect()),
-            ints(s.iter().map(|x| x.last - x.first + 1).collect()),
-            strs(s.iter().map(|x| x.truth.as_str()).collect()),
-            ints(s.iter().map(|x| x.flagged).collect()),
-            Arc::new(BooleanArray::from(
-                s.iter().map(|x| x.flagged > 0).collect::<Vec<_>>(),
-            )) as ArrayRef,
-        ];
-        ctx.output.write(
-            "stretches",
-            RecordBatch::try_new(stretches_schema(), columns)?,
-        )?;
-
-        let c = &tables.certificate;
-        let columns = vec![
-            strs(c.iter().map(|x| x.0.as_str()).collect()),
-            ints(c.iter().map(|x| x.1).collect()),
-            ints(c.iter().map(|x| x.2[0]).collect()),
-            ints(c.iter().map(|x| x.2[1]).collect()),
-        ];
-        ctx.output.write(
-            "certificate",
-            RecordBatch::try_new(certificate_schema(), columns)?,
-        )
+        write_tables(&tables, &unit, ctx)
     }
+}
+
+/// Writes every output of `certify`.
+fn write_tables(tables: &Tables, unit: &str, ctx: &mut RunContext<'_>) -> Result<()> {
+    let strs = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from_iter_values(v)) };
+    let ints = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from_iter_values(v)) };
+
+    let r = &tables.runs;
+    let mut columns = vec![
+        strs(r.iter().map(|x| x.0.as_str()).collect()),
+        ints(r.iter().map(|x| x.1).collect()),
+        strs(r.iter().map(|x| x.2.as_str()).collect()),
+    ];
+    columns.extend(tally_columns(
+        &r.iter().map(|x| &x.3).collect::<Vec<_>>(),
+        false,
+    ));
+    ctx.output
+        .write("main", RecordBatch::try_new(runs_schema(), columns)?)?;
+
+    let t = &tables.totals;
+    let mut columns = vec![
+        strs(t.iter().map(|x| x.0.as_str()).collect()),
+        ints(t.iter().map(|x| x.1).collect()),
+        strs(t.iter().map(|_| unit).collect()),
+    ];
+    columns.extend(tally_columns(
+        &t.iter().map(|x| &x.2).collect::<Vec<_>>(),
+        true,
+    ));
+    ctx.output
+        .write("totals", RecordBatch::try_new(totals_schema(), columns)?)?;
+
+    let m = &tables.per_me;
+    let interval = |x: &MeRow| wilson(x.over, x.ls);
+    let columns = vec![
+        strs(m.iter().map(|x| x.method.as_str()).collect()),
+        strs(m.iter().map(|x| x.me.as_str()).collect()),
+        strs(m.iter().map(|x| x.truth.as_str()).collect()),
+        ints(m.iter().map(|x| x.ls as i64).collect()),
+        ints(m.iter().map(|x| x.over as i64).collect()),
+        Arc::new(Float64Array::from_iter_values(
+            m.iter().map(|x| x.over as f64 / x.ls as f64),
+        )) as ArrayRef,
+        opt_f64(m.iter().map(|x| interval(x).map(|i| i.0))),
+        opt_f64(m.iter().map(|x| interval(x).map(|i| i.1))),
+    ];
+    ctx.output
+        .write("per_me", RecordBatch::try_new(per_me_schema(), columns)?)?;
+
+    let s = &tables.stretches;
+    let columns = vec![
+        strs(s.iter().map(|x| x.method.as_str()).collect()),
+        ints(s.iter().map(|x| x.run).collect()),
+        ints(s.iter().map(|x| x.first).collect()),
+        ints(s.iter().map(|x| x.last).collect()),
+        ints(s.iter().map(|x| x.last - x.first + 1).collect()),
+        strs(s.iter().map(|x| x.truth.as_str()).collect()),
+        ints(s.iter().map(|x| x.flagged).collect()),
+        Arc::new(BooleanArray::from(
+            s.iter().map(|x| x.flagged > 0).collect::<Vec<_>>(),
+        )) as ArrayRef,
+    ];
+    ctx.output.write(
+        "stretches",
+        RecordBatch::try_new(stretches_schema(), columns)?,
+    )?;
+
+    let d = &tables.decisions;
+    let columns = vec![
+        strs(d.iter().map(|x| x.0.as_str()).collect()),
+        ints(d.iter().map(|x| x.1.key.run).collect()),
+        ints(d.iter().map(|x| x.1.key.ls).collect()),
+        Arc::new(Float64Array::from_iter_values(
+            d.iter().map(|x| x.1.key.pileup),
+        )) as ArrayRef,
+        Arc::new(Float64Array::from_iter_values(
+            d.iter().map(|x| x.1.key.lumi),
+        )),
+        strs(d.iter().map(|x| x.1.key.truth.as_str()).collect()),
+        Arc::new(BooleanArray::from(
+            d.iter().map(|x| x.1.key.bad).collect::<Vec<_>>(),
+        )),
+        ints(d.iter().map(|x| x.2).collect()),
+        Arc::new(BooleanArray::from(
+            d.iter().map(|x| x.1.rejected).collect::<Vec<_>>(),
+        )),
+    ];
+    ctx.output.write(
+        "decisions",
+        RecordBatch::try_new(decisions_schema(), columns)?,
+    )?;
+
+    let c = &tables.certificate;
+    let columns = vec![
+        strs(c.iter().map(|x| x.0.as_str()).collect()),
+        ints(c.iter().map(|x| x.1).collect()),
+        ints(c.iter().map(|x| x.2[0]).collect()),
+        ints(c.iter().map(|x| x.2[1]).collect()),
+    ];
+    ctx.output.write(
+        "certificate",
+        RecordBatch::try_new(certificate_schema(), columns)?,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lumi::tables::LsKey;
 
     #[test]
     fn kept_ranges_merge_consecutive_good_ls_exactly() {
@@ -723,6 +622,7 @@ mod tests {
                 lumi,
                 truth: if bad { "hcal_barrel_off" } else { "good" }.into(),
                 bad,
+                pileup: 0.0,
             },
             rejected,
         }
@@ -750,6 +650,7 @@ mod tests {
             (0.0, 5.0, 1.0)
         );
         assert_eq!(t.recovered_fraction(), Some(0.2));
+        assert_eq!(t.bad_let_through(), Some(0.8), "8 of 10 bad let through");
         // A good run: run-level keeps it all, nothing thrown, a false alarm costs 1.0.
         let good = [
             decision(6, 1, false, true, 1.0),
@@ -830,6 +731,41 @@ mod tests {
             ("/ub".to_string(), 0.0)
         );
         assert_eq!(unit(std::slice::from_ref(&scores)).0, "/pb");
+        // The bounds, on the same LS: flag nothing lets all bad luminosity
+        // through and recovers all that is thrown; flag everything neither.
+        let out = run_in_memory(&Certify::default(), std::slice::from_ref(&scores)).unwrap();
+        let totals = out.table("totals");
+        let col = |n: &str| totals.column_by_name(n).unwrap().clone();
+        let methods: Vec<String> = (0..totals.num_rows())
+            .map(|i| col("method").as_string::<i32>().value(i).to_string())
+            .collect();
+        assert_eq!(methods, ["ae", "flag_everything", "flag_nothing"]);
+        let f = |n: &str, i: usize| {
+            col(n)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(i)
+        };
+        assert_eq!(f("bad_let_through", 0), 0.0, "ae rejects LS 3 and 4");
+        assert_eq!(
+            (f("bad_let_through", 1), f("recovered_fraction", 1)),
+            (0.0, 0.0)
+        );
+        assert_eq!(
+            (f("bad_let_through", 2), f("recovered_fraction", 2)),
+            (1.0, 1.0)
+        );
+        let mut renamed = rows.clone();
+        renamed[0].method = "flag_nothing".into();
+        let clash = input_from_batch(
+            "scores",
+            &scores_batch(&renamed).unwrap(),
+            &dir.path().join("c.parquet"),
+        )
+        .unwrap();
+        let err = run_in_memory(&Certify::default(), &[clash])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reserved"), "{err}");
         let schemas = [lumi.schema.clone(), scores.schema.clone()];
         assert!(Certify::default().outputs(&schemas).is_err());
     }

@@ -97,7 +97,7 @@ impl Default for LsFromDqm {
 
 impl StageConfig for LsFromDqm {
     const KIND: &'static str = "ls_from_dqm";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Real per-LS MEs (dqm_root/dqm_dataframe) as per-LS histograms for certification: MEs chosen, renamed and rebinned, parts by run, bad = not in a good-LS list, luminosity from brilcalc";
     const INPUTS: (usize, usize) = (1, 3);
     const INPUT_ROLES: &'static str = "histograms (dqm_root, dqm_dataframe), then optionally luminosity (brilcalc_lumi) and a good-LS list (cms_json)";
@@ -273,15 +273,13 @@ impl Stage for LsFromDqm {
                 if self.normalize && total > 0.0 {
                     counts.iter_mut().for_each(|c| *c /= total);
                 }
-                let lumi_ls = match &lumi {
-                    Some(l) => l.by_ls.get(&(h.run, ls)).map_or_else(
-                        || {
-                            no_lumi += 1;
-                            0.0
-                        },
-                        |v| v.0,
-                    ),
-                    None => self.lumi_per_ls,
+                // (luminosity, mean pile-up): the pile-up only from the table.
+                let (lumi_ls, pileup) = match &lumi {
+                    Some(l) => l.by_ls.get(&(h.run, ls)).copied().unwrap_or_else(|| {
+                        no_lumi += 1;
+                        (0.0, f64::NAN)
+                    }),
+                    None => (self.lumi_per_ls, f64::NAN),
                 };
                 let (truth, bad) = match &good {
                     Some((name, list)) if !list.contains(h.run, ls) => {
@@ -300,6 +298,7 @@ impl Stage for LsFromDqm {
                         lumi: lumi_ls,
                         truth,
                         bad,
+                        pileup,
                     },
                     me: choice.name().to_string(),
                     counts,

@@ -15,9 +15,10 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Result, StageError};
 use crate::lumi::model::LumiAe;
-use crate::lumi::scoring::{ScoreOptions, finish, validate_options};
+use crate::lumi::scoring::{ScoreOptions, finish, validate_method, validate_options};
 use crate::lumi::tables::{
-    LsHistogram, by_me, histograms_schema, read_histograms, read_models, require_histograms,
+    LsHistogram, LumiAeCard, bin_ranges, by_me, histograms_schema, min_max_scaled, read_histograms,
+    read_models, require_histograms,
 };
 use crate::lumi::threshold::{RawScores, Threshold};
 use crate::nn::{DeviceChoice, exclusive, load_weights, one_thread, require_models};
@@ -39,6 +40,9 @@ pub struct LumiAeScore {
     pub plot_runs: Vec<i64>,
     /// Where to run the networks: auto, cpu or cuda.
     pub device: DeviceChoice,
+    /// Name in the `method` column (to certify several autoencoders side
+    /// by side).
+    pub method: String,
 }
 
 impl Default for LumiAeScore {
@@ -48,13 +52,14 @@ impl Default for LumiAeScore {
             moving_average: 1,
             plot_runs: Vec::new(),
             device: DeviceChoice::Auto,
+            method: "ae".into(),
         }
     }
 }
 
 impl StageConfig for LumiAeScore {
     const KIND: &'static str = "lumi_ae_score";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Autoencoders + per-LS histograms -> reconstruction MSE per LS and ME, thresholds, flags, MSE-vs-LS plots";
     const INPUTS: (usize, usize) = (2, 2);
     const INPUT_ROLES: &'static str = "models, histograms";
@@ -64,6 +69,7 @@ impl StageConfig for LumiAeScore {
     }
 
     fn validate(&self) -> Result<()> {
+        validate_method(&self.method)?;
         validate_options(&self.threshold, self.moving_average)
     }
 }
@@ -106,19 +112,50 @@ impl LumiAeScore {
                 )));
             }
             let vs = tch::nn::VarStore::new(device);
-            let model = LumiAe::new(&vs.root(), card.bins as i64, &card.arch);
+            let model = LumiAe::new(&vs.root(), card.bins as i64, card.conditions(), &card.arch);
             load_weights(
                 &vs,
                 weights,
                 &format!("input `{}`, ME `{me}`", ctx.inputs[0].name),
             )?;
-            let x: Vec<f32> = rows.iter().flat_map(|h| card.scale(&h.counts)).collect();
+            // Each LS's scale: the training ranges, or (lumisaver) its run's.
+            let mut ranges: BTreeMap<i64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+            if card.per_run_scaling {
+                let mut by_run: BTreeMap<i64, Vec<&[f64]>> = BTreeMap::new();
+                for h in &rows {
+                    by_run.entry(h.key.run).or_default().push(&h.counts);
+                }
+                for (run, counts) in by_run {
+                    ranges.insert(run, bin_ranges(counts.into_iter()));
+                }
+            }
+            let range_of = |h: &LsHistogram| match ranges.get(&h.key.run) {
+                Some((lo, hi)) => (lo.as_slice(), hi.as_slice()),
+                None => (card.min.as_slice(), card.max.as_slice()),
+            };
+            let scaled: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|h| {
+                    let (lo, hi) = range_of(h);
+                    min_max_scaled(&h.counts, lo, hi)
+                })
+                .collect();
+            let n = rows.len() as i64;
+            let x: Vec<f32> = rows
+                .iter()
+                .zip(&scaled)
+                .flat_map(|(h, s)| card.inputs(s.clone(), h.key.pileup))
+                .collect();
             let x = Tensor::from_slice(&x)
-                .view([rows.len() as i64, card.bins as i64])
+                .view([n, card.bins as i64 + card.conditions()])
+                .to_device(device);
+            let y: Vec<f32> = scaled.concat();
+            let y = Tensor::from_slice(&y)
+                .view([n, card.bins as i64])
                 .to_device(device);
             let recon = tch::no_grad(|| model.forward(&x).0);
             let mse = Vec::<f64>::try_from(
-                (&recon - &x)
+                (&recon - &y)
                     .square()
                     .mean_dim(1, false, Kind::Double)
                     .to_device(tch::Device::Cpu),
@@ -140,9 +177,16 @@ impl LumiAeScore {
             {
                 let r = Vec::<f32>::try_from(recon.get(i as i64).to_device(tch::Device::Cpu))
                     .map_err(anyhow::Error::from)?;
+                let (lo, hi) = range_of(rows[i]);
+                let unscaled = LumiAeCard {
+                    min: lo.to_vec(),
+                    max: hi.to_vec(),
+                    ..card.clone()
+                }
+                .unscale(&r);
                 scored
                     .worst
-                    .insert(me.to_string(), (rows[i].clone(), card.unscale(&r), m));
+                    .insert(me.to_string(), (rows[i].clone(), unscaled, m));
             }
             scored.raw.insert(me.to_string(), raw);
         }
@@ -212,7 +256,7 @@ impl Stage for LumiAeScore {
             plot_worst(&ctx.artifacts.join("worst_ls.png"), &scored.worst)?;
         }
         let options = ScoreOptions {
-            method: "ae",
+            method: &self.method,
             score_name: "MSE",
             threshold: &self.threshold,
             moving_average: self.moving_average,
@@ -269,5 +313,114 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("20 bins, its model 22"), "{err}");
+    }
+
+    /// MSE per LS of run 9 of [`pileup_shapes`] under an autoencoder
+    /// trained with `train`, the LS's pile-up multiplied by `factor`.
+    fn run9_mse(train: &crate::lumi::lumi_ae_train::LumiAeTrain, factor: f64) -> Vec<f64> {
+        let dir = tempfile::tempdir().unwrap();
+        let hist = crate::lumi::test_support::pileup_shapes(dir.path());
+        let models = run_in_memory(train, std::slice::from_ref(&hist))
+            .unwrap()
+            .table("main");
+        let models = input_from_batch("ae", &models, &dir.path().join("m.parquet")).unwrap();
+        let mut rows = crate::lumi::tables::read_histograms(&hist).unwrap();
+        rows.iter_mut().for_each(|h| h.key.pileup *= factor);
+        let batch = crate::lumi::tables::histograms_batch(&rows).unwrap();
+        let hist = input_from_batch("histograms", &batch, &dir.path().join("h.parquet")).unwrap();
+        let score = LumiAeScore {
+            threshold: Threshold::RunQuantile { quantile: 0.5 },
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        };
+        let table = run_in_memory(&score, &[models, hist])
+            .unwrap()
+            .table("main");
+        let scores =
+            read_scores(&input_from_batch("s", &table, &dir.path().join("s.parquet")).unwrap())
+                .unwrap();
+        scores
+            .iter()
+            .filter(|r| r.key.run == 9)
+            .map(|r| r.raw_score.unwrap())
+            .collect()
+    }
+
+    /// The conditional autoencoder reads the LS's pile-up: the same
+    /// histograms score otherwise when their pile-up is halved, and the
+    /// plain autoencoder's scores do not move.
+    #[test]
+    fn the_conditional_autoencoder_reads_the_pileup() {
+        let plain = crate::lumi::test_support::small_lumi_ae(150);
+        let conditional = crate::lumi::lumi_ae_train::LumiAeTrain {
+            condition_on_pileup: true,
+            ..plain.clone()
+        };
+        let moved = |train: &crate::lumi::lumi_ae_train::LumiAeTrain| {
+            let (a, b) = (run9_mse(train, 1.0), run9_mse(train, 0.5));
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs() / x)
+                .fold(0.0, f64::max)
+        };
+        assert_eq!(
+            moved(&plain),
+            0.0,
+            "the plain autoencoder has no pile-up input"
+        );
+        assert!(moved(&conditional) > 0.01, "{}", moved(&conditional));
+    }
+
+    /// lumisaver's per-run scaling: a run scaled on its own LS scores the
+    /// same whatever its counts' unit (raw counts ×10 give the same MSE),
+    /// where the training-range scaling does not.
+    #[test]
+    fn per_run_scaling_scales_each_run_on_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let hist = lumi_shapes(dir.path(), &["a"], 22);
+        let scores = |scaling: crate::lumi::lumi_ae_train::Scaling| {
+            let train = crate::lumi::lumi_ae_train::LumiAeTrain {
+                scaling,
+                ..crate::lumi::test_support::small_lumi_ae(20)
+            };
+            let models = run_in_memory(&train, std::slice::from_ref(&hist))
+                .unwrap()
+                .table("main");
+            let models = input_from_batch("ae", &models, &dir.path().join("m.parquet")).unwrap();
+            let mut rows = crate::lumi::tables::read_histograms(&hist).unwrap();
+            let plain = crate::lumi::tables::histograms_batch(&rows).unwrap();
+            rows.iter_mut()
+                .filter(|h| h.key.run == 9)
+                .for_each(|h| h.counts.iter_mut().for_each(|c| *c *= 10.0));
+            let tenfold = crate::lumi::tables::histograms_batch(&rows).unwrap();
+            let score = LumiAeScore {
+                threshold: Threshold::RunQuantile { quantile: 0.99 },
+                device: DeviceChoice::Cpu,
+                ..Default::default()
+            };
+            let run9 = |batch: &arrow::array::RecordBatch, name: &str| -> Vec<f64> {
+                let h = input_from_batch("h", batch, &dir.path().join(name)).unwrap();
+                let t = run_in_memory(&score, &[models.clone(), h])
+                    .unwrap()
+                    .table("main");
+                let s = input_from_batch("s", &t, &dir.path().join(format!("s{name}"))).unwrap();
+                read_scores(&s)
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r.key.run == 9)
+                    .map(|r| r.raw_score.unwrap())
+                    .collect()
+            };
+            (run9(&plain, "p.parquet"), run9(&tenfold, "t.parquet"))
+        };
+        let (a, b) = scores(crate::lumi::lumi_ae_train::Scaling::PerRun);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6 * x.max(1e-12), "{x} vs {y}");
+        }
+        let (a, b) = scores(crate::lumi::lumi_ae_train::Scaling::Training);
+        assert!(
+            a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3 * x),
+            "{a:?} {b:?}"
+        );
     }
 }

@@ -27,11 +27,25 @@ use tch::{Kind, Tensor};
 use crate::error::{Result, StageError, bad_param, within};
 use crate::lumi::model::{LumiAe, LumiAeArch};
 use crate::lumi::tables::{
-    LumiAeCard, by_me, histograms_schema, models_schema, read_histograms, require_histograms,
+    LumiAeCard, bin_ranges, by_me, histograms_schema, min_max_scaled, models_schema,
+    read_histograms, require_histograms,
 };
 use crate::nn::{Checkpoint, DeviceChoice, exclusive, one_thread};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 use dqm_schemas::column;
+
+/// How histograms are min-max scaled, per bin, into the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    /// With the training LS's min and max, for every run scored (ours: a
+    /// run unlike the training ones stays unlike them).
+    #[default]
+    Training,
+    /// lumisaver (`utils/preprocessing.py`): every run on its own LS, the
+    /// training runs and each scored run alike.
+    PerRun,
+}
 
 /// Trains one autoencoder per ME on the LS of good runs.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -53,6 +67,12 @@ pub struct LumiAeTrain {
     pub validation_fraction: f64,
     /// Seed of initialization and batch order.
     pub seed: u64,
+    /// Give the network the LS's pile-up as one more input (a conditional
+    /// autoencoder: the shape expected at that pile-up). Ours, beyond the
+    /// poster.
+    pub condition_on_pileup: bool,
+    /// How histograms are scaled into the network.
+    pub scaling: Scaling,
     /// Where to train: auto, cpu or cuda.
     pub device: DeviceChoice,
 }
@@ -68,6 +88,8 @@ impl Default for LumiAeTrain {
             learning_rate: 1e-3,
             validation_fraction: 0.2,
             seed: 1,
+            condition_on_pileup: false,
+            scaling: Scaling::Training,
             device: DeviceChoice::Auto,
         }
     }
@@ -75,7 +97,7 @@ impl Default for LumiAeTrain {
 
 impl StageConfig for LumiAeTrain {
     const KIND: &'static str = "lumi_ae_train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Per-LS histograms of good runs -> one dense autoencoder per monitored element (lumisaver's layers), early stopping";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "histograms";
@@ -115,21 +137,30 @@ fn log_schema() -> SchemaRef {
     ]))
 }
 
-/// The training histograms of every ME, in LS order.
+/// One training LS of one ME.
+struct TrainingLs {
+    run: i64,
+    counts: Vec<f64>,
+    pileup: f64,
+}
+
+/// The training histograms of every ME, in run and LS order.
 fn training_histograms(
     input: &crate::input::Input,
     runs: &[i64],
-) -> Result<BTreeMap<String, Vec<Vec<f64>>>> {
+) -> Result<BTreeMap<String, Vec<TrainingLs>>> {
     let histograms = read_histograms(input)?;
     let mut per_me = BTreeMap::new();
     for (me, mut rows) in by_me(&histograms, &input.name)? {
         rows.retain(|h| runs.contains(&h.key.run) && !h.key.bad);
         rows.sort_by_key(|h| (h.key.run, h.key.ls));
         if !rows.is_empty() {
-            per_me.insert(
-                me.to_string(),
-                rows.iter().map(|h| h.counts.clone()).collect(),
-            );
+            let rows = rows.iter().map(|h| TrainingLs {
+                run: h.key.run,
+                counts: h.counts.clone(),
+                pileup: h.key.pileup,
+            });
+            per_me.insert(me.to_string(), rows.collect());
         }
     }
     if per_me.is_empty() {
@@ -151,25 +182,40 @@ struct Trained {
 }
 
 impl LumiAeTrain {
-    fn train_me(&self, me: &str, rows: &[Vec<f64>], dir: &std::path::Path) -> Result<Trained> {
-        let bins = rows[0].len(); // equal for every LS: checked by `by_me`
-        let n_val = ((rows.len() as f64) * self.validation_fraction).round() as usize;
-        if n_val == 0 || n_val >= rows.len() {
-            return Err(StageError::data(format!(
-                "ME `{me}`: {} good LS are too few to keep a validation part",
-                rows.len()
-            )));
-        }
-        let (train, val) = rows.split_at(rows.len() - n_val);
-        let mut min = vec![f64::INFINITY; bins];
-        let mut max = vec![f64::NEG_INFINITY; bins];
-        for r in train {
-            for (b, &v) in r.iter().enumerate() {
-                min[b] = min[b].min(v);
-                max[b] = max[b].max(v);
+    fn train_me(&self, me: &str, rows: &[TrainingLs], dir: &std::path::Path) -> Result<Trained> {
+        let bins = rows[0].counts.len(); // equal for every LS: checked by `by_me`
+        // Validation: the last `validation_fraction` of each training run.
+        let mut is_val = vec![false; rows.len()];
+        let mut start = 0;
+        for run in rows.chunk_by(|a, b| a.run == b.run) {
+            let n_val = ((run.len() as f64) * self.validation_fraction).round() as usize;
+            if n_val == 0 || n_val >= run.len() {
+                return Err(StageError::data(format!(
+                    "ME `{me}`: run {} has {} good LS, too few to keep a validation part",
+                    run[0].run,
+                    run.len()
+                )));
             }
+            is_val[start + run.len() - n_val..start + run.len()].fill(true);
+            start += run.len();
         }
-        let mut card = LumiAeCard {
+        let (mut train, mut val): (Vec<&TrainingLs>, Vec<&TrainingLs>) = (Vec::new(), Vec::new());
+        for (r, v) in rows.iter().zip(&is_val) {
+            if *v { val.push(r) } else { train.push(r) }
+        }
+        let (min, max) = bin_ranges(train.iter().map(|r| r.counts.as_slice()));
+        let pileup_scale = if self.condition_on_pileup {
+            let top = train.iter().map(|r| r.pileup).fold(0.0, f64::max);
+            if !(top > 0.0 && top.is_finite()) {
+                return Err(StageError::data(format!(
+                    "ME `{me}`: `condition_on_pileup` needs the training LS's pile-up (column `pileup` > 0), found none"
+                )));
+            }
+            Some(top)
+        } else {
+            None
+        };
+        let card = LumiAeCard {
             me: me.to_string(),
             arch: self.arch.clone(),
             bins,
@@ -179,18 +225,41 @@ impl LumiAeTrain {
             val_mse: f64::INFINITY,
             train_ls: train.len(),
             val_ls: val.len(),
+            pileup_scale,
+            per_run_scaling: self.scaling == Scaling::PerRun,
         };
+        // Scaled histograms: with the training ranges, or each run on its own.
+        let mut scaled: Vec<Vec<f32>> = Vec::with_capacity(rows.len());
+        for run in rows.chunk_by(|a, b| a.run == b.run) {
+            let (lo, hi) = match self.scaling {
+                Scaling::Training => (card.min.clone(), card.max.clone()),
+                Scaling::PerRun => bin_ranges(run.iter().map(|r| r.counts.as_slice())),
+            };
+            scaled.extend(run.iter().map(|r| min_max_scaled(&r.counts, &lo, &hi)));
+        }
         let device = self.device.resolve()?;
-        let tensor = |rows: &[Vec<f64>]| {
-            let x: Vec<f32> = rows.iter().flat_map(|r| card.scale(r)).collect();
-            Tensor::from_slice(&x)
-                .view([rows.len() as i64, bins as i64])
-                .to_device(device)
+        let width = bins as i64 + card.conditions();
+        // (inputs, targets) of the LS whose `is_val` is `want`.
+        let tensors = |want: bool| {
+            let picked: Vec<usize> = (0..rows.len()).filter(|&i| is_val[i] == want).collect();
+            let x: Vec<f32> = picked
+                .iter()
+                .flat_map(|&i| card.inputs(scaled[i].clone(), rows[i].pileup))
+                .collect();
+            let y: Vec<f32> = picked.iter().flat_map(|&i| scaled[i].clone()).collect();
+            let n = picked.len() as i64;
+            (
+                Tensor::from_slice(&x).view([n, width]).to_device(device),
+                Tensor::from_slice(&y)
+                    .view([n, bins as i64])
+                    .to_device(device),
+            )
         };
-        let (x_train, x_val) = (tensor(train), tensor(val));
+        let ((x_train, y_train), (x_val, y_val)) = (tensors(false), tensors(true));
+        let mut card = card;
         tch::manual_seed(self.seed as i64);
         let vs = nn::VarStore::new(device);
-        let model = LumiAe::new(&vs.root(), bins as i64, &self.arch);
+        let model = LumiAe::new(&vs.root(), bins as i64, card.conditions(), &self.arch);
         let mut opt = nn::Adam::default()
             .build(&vs, self.learning_rate)
             .map_err(anyhow::Error::from)?;
@@ -202,9 +271,11 @@ impl LumiAeTrain {
             order.shuffle(&mut rng);
             let mut sum = 0.0;
             for chunk in order.chunks(self.batch_size) {
-                let x = x_train.index_select(0, &Tensor::from_slice(chunk).to_device(device));
+                let index = Tensor::from_slice(chunk).to_device(device);
+                let x = x_train.index_select(0, &index);
+                let y = y_train.index_select(0, &index);
                 let (recon, activity) = model.forward(&x);
-                let mse = recon.mse_loss(&x, tch::Reduction::Mean);
+                let mse = recon.mse_loss(&y, tch::Reduction::Mean);
                 let loss = &mse
                     + activity.square().sum(Kind::Float)
                         * (self.arch.activity_l2 / chunk.len() as f64);
@@ -215,7 +286,7 @@ impl LumiAeTrain {
                 model
                     .forward(&x_val)
                     .0
-                    .mse_loss(&x_val, tch::Reduction::Mean)
+                    .mse_loss(&y_val, tch::Reduction::Mean)
             })
             .double_value(&[]);
             let improved = best.observe(epoch, val_mse, &vs)?;
@@ -326,7 +397,7 @@ mod tests {
         );
         // The kept model reconstructs unseen good LS far better than shifted ones.
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let model = LumiAe::new(&vs.root(), 22, &card.arch);
+        let model = LumiAe::new(&vs.root(), 22, 0, &card.arch);
         crate::nn::load_weights(&vs, models.column(4).as_binary::<i32>().value(0), "test").unwrap();
         let mse = |centre: f64| {
             let h: Vec<f64> = (0..22)

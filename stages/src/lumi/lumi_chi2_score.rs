@@ -13,7 +13,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError, bad_param};
-use crate::lumi::scoring::{ScoreOptions, finish, validate_options};
+use crate::lumi::reference::{PileupMatched, Reference};
+use crate::lumi::scoring::{ScoreOptions, finish, validate_method, validate_options};
 use crate::lumi::tables::{
     LsHistogram, by_me, histograms_schema, read_histograms, require_histograms,
 };
@@ -33,6 +34,13 @@ pub struct LumiChi2Score {
     pub moving_average: usize,
     /// Runs plotted (χ²/ndf versus LS); empty: every run but the calibration ones.
     pub plot_runs: Vec<i64>,
+    /// 0: one reference, every good LS of the reference runs. k > 0: a
+    /// reference matched in pile-up — for each LS, the sum of the k good
+    /// reference LS nearest to it in pile-up (the classical answer to
+    /// shapes that change with luminosity).
+    pub pileup_neighbours: usize,
+    /// Name in the `method` column.
+    pub method: String,
 }
 
 impl Default for LumiChi2Score {
@@ -42,13 +50,15 @@ impl Default for LumiChi2Score {
             threshold: Threshold::default(),
             moving_average: 1,
             plot_runs: Vec::new(),
+            pileup_neighbours: 0,
+            method: "chi2".into(),
         }
     }
 }
 
 impl StageConfig for LumiChi2Score {
     const KIND: &'static str = "lumi_chi2_score";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Per-LS histograms -> χ²/ndf per LS and ME against the good runs' mean shape (the classical baseline), thresholds, flags, plots";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "histograms";
@@ -61,60 +71,8 @@ impl StageConfig for LumiChi2Score {
         if self.reference_runs.is_empty() {
             return bad_param("reference_runs", "name at least one good run");
         }
+        validate_method(&self.method)?;
         validate_options(&self.threshold, self.moving_average)
-    }
-}
-
-/// Bin contents in entries (a unit-area histogram times its entries).
-fn in_entries(h: &LsHistogram) -> Vec<f64> {
-    let total: f64 = h.counts.iter().sum();
-    let scale = if total > 0.0 {
-        h.entries as f64 / total
-    } else {
-        0.0
-    };
-    h.counts.iter().map(|c| c * scale).collect()
-}
-
-/// Reference shape p_b of summed histograms and the entries it holds.
-pub struct Reference {
-    pub shape: Vec<f64>,
-    pub entries: f64,
-}
-
-impl Reference {
-    pub fn new(histograms: &[&LsHistogram]) -> Option<Reference> {
-        let bins = histograms.first()?.counts.len();
-        let mut sum = vec![0.0; bins];
-        for h in histograms {
-            for (s, n) in sum.iter_mut().zip(in_entries(h)) {
-                *s += n;
-            }
-        }
-        let entries: f64 = sum.iter().sum();
-        (entries > 0.0).then(|| Reference {
-            shape: sum.iter().map(|s| s / entries).collect(),
-            entries,
-        })
-    }
-
-    /// Pearson χ²/ndf of one LS; `None` when it has no entries.
-    pub fn chi2_ndf(&self, h: &LsHistogram) -> Option<f64> {
-        let n = in_entries(h);
-        let total: f64 = n.iter().sum();
-        if !(total > 0.0) {
-            return None;
-        }
-        let floor = 0.5 / self.entries;
-        let chi2: f64 = n
-            .iter()
-            .zip(&self.shape)
-            .map(|(&n, &p)| {
-                let e = total * p.max(floor);
-                (n - e).powi(2) / e
-            })
-            .sum();
-        Some(chi2 / (n.len() as f64 - 1.0).max(1.0))
     }
 }
 
@@ -137,21 +95,33 @@ impl Stage for LumiChi2Score {
                 .filter(|h| self.reference_runs.contains(&h.key.run) && !h.key.bad)
                 .copied()
                 .collect();
-            let reference = Reference::new(&good).ok_or_else(|| {
+            let missing = || {
                 StageError::data(format!(
                     "input `{}`: ME `{me}` has no entries in the good LS of reference runs {:?}",
                     input.name, self.reference_runs
                 ))
-            })?;
-            raw.insert(
-                me.to_string(),
+            };
+            let scores = if self.pileup_neighbours == 0 {
+                let reference = Reference::new(&good).ok_or_else(missing)?;
                 rows.iter()
                     .map(|h| (h.key.clone(), reference.chi2_ndf(h)))
-                    .collect(),
-            );
+                    .collect()
+            } else {
+                let matched = PileupMatched::new(&good, self.pileup_neighbours).map_err(|why| {
+                    StageError::data(format!("input `{}`: ME `{me}`: {why}", input.name))
+                })?;
+                rows.iter()
+                    .map(|h| {
+                        let reference = matched.reference_for(h.key.pileup);
+                        let reference = reference.ok_or_else(missing)?;
+                        Ok((h.key.clone(), reference.chi2_ndf(h)))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            raw.insert(me.to_string(), scores);
         }
         let options = ScoreOptions {
-            method: "chi2",
+            method: &self.method,
             score_name: "chi2/ndf",
             threshold: &self.threshold,
             moving_average: self.moving_average,
@@ -176,6 +146,7 @@ mod tests {
                 lumi: 0.1,
                 truth: "good".into(),
                 bad: false,
+                pileup: 0.0,
             },
             me: "met".into(),
             counts: counts.to_vec(),
@@ -199,5 +170,47 @@ mod tests {
         let raw = hist(&[4.0, 5.0, 1.0], 10);
         assert!((r.chi2_ndf(&raw).unwrap() - chi2 / 2.0).abs() < 1e-12);
         assert_eq!(r.chi2_ndf(&hist(&[0.0, 0.0, 0.0], 0)), None, "empty LS");
+    }
+
+    /// The matched reference of an LS is the sum of the k reference LS
+    /// nearest in pile-up, by hand; unknown pile-up in a reference is refused.
+    #[test]
+    fn pileup_matched_reference_by_hand() {
+        let at = |mu: f64, counts: &[f64]| {
+            let mut h = hist(counts, 10);
+            h.key.pileup = mu;
+            h
+        };
+        let good = [
+            at(10.0, &[1.0, 0.0]),
+            at(20.0, &[0.0, 1.0]),
+            at(30.0, &[0.5, 0.5]),
+            at(40.0, &[1.0, 0.0]),
+        ];
+        let refs: Vec<&LsHistogram> = good.iter().collect();
+        let matched = PileupMatched::new(&refs, 2).unwrap();
+        // μ 24: the LS at 20 and 30 → shape (0.25, 0.75).
+        let r = matched.reference_for(24.0).unwrap();
+        assert_eq!(r.shape, [0.25, 0.75]);
+        // μ 100: the two highest, 30 and 40 → (0.75, 0.25); μ 0: 10 and 20.
+        assert_eq!(matched.reference_for(100.0).unwrap().shape, [0.75, 0.25]);
+        assert_eq!(matched.reference_for(0.0).unwrap().shape, [0.5, 0.5]);
+        // Unknown pile-up of the tested LS: the single reference.
+        let all = Reference::new(&refs).unwrap();
+        assert_eq!(matched.reference_for(f64::NAN).unwrap().shape, all.shape);
+        let unknown = at(f64::NAN, &[1.0, 0.0]);
+        let err = PileupMatched::new(&[&good[0], &unknown], 1).err().unwrap();
+        assert!(err.contains("no pile-up"), "{err}");
+        let bad_name = LumiChi2Score {
+            method: "flag_nothing".into(),
+            ..Default::default()
+        };
+        assert!(
+            bad_name
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("method")
+        );
     }
 }

@@ -5,6 +5,15 @@
 //! drawn without reuse while a pool lasts (a shuffled pass through it), then
 //! the pool is reshuffled and reused: the log says how often.
 //!
+//! With pile-up (`peak_pileup` > 0), every recorded event is one drawn event
+//! plus a Poisson(μ_s) number of other events of the same configuration and
+//! part overlaid on it (`ls_histograms` adds their towers, takes the vector
+//! sum of their MET and the union of their jets). μ falls along the run
+//! with the luminosity, μ_s = peak · exp(−s / lifetime), so shapes depend
+//! on luminosity and no two LS hold the same set of events even when the
+//! pools are passed through many times. A prescale change divides the
+//! recorded events from an LS on, not the luminosity.
+//!
 //! The physics events are first split into disjoint parts (`train`,
 //! `calibration`, `test` by default) by their `group_by` column, so the
 //! copies of one generated event under every detector configuration land in
@@ -52,6 +61,32 @@ fn one() -> f64 {
     1.0
 }
 
+/// Where the overlaid pile-up events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PileupPool {
+    /// Every event of the recorded event's configuration, whatever its
+    /// part: one library for all runs, as the premixed pile-up libraries
+    /// shared by all CMS samples. The recorded (hard-scatter) events stay
+    /// split by part.
+    Shared,
+    /// Only the events of the run's part (hard-scatter and pile-up split
+    /// alike). With ~10⁴ overlaid events per LS drawn from a few hundred,
+    /// each part's LS converge to that part's own sample shape, and the
+    /// parts differ by their sampling noise far more than two LS differ.
+    Part,
+}
+
+/// A prescale change within a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrescaleChange {
+    /// First LS (from 1) recorded with this prescale.
+    pub from_ls: usize,
+    /// The trigger records 1 in `factor` events from then on (≥ 1).
+    pub factor: f64,
+}
+
 /// One run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +101,12 @@ pub struct RunSpec {
     /// Part of the events the run draws from (a key of `parts`).
     #[serde(default = "test_part")]
     pub part: String,
+    /// Mean pile-up at the run's first LS (default: the stage's `peak_pileup`).
+    #[serde(default)]
+    pub peak_pileup: Option<f64>,
+    /// Prescale changes, in LS order (none: prescale 1 all along).
+    #[serde(default)]
+    pub prescale: Vec<PrescaleChange>,
 }
 
 impl RunSpec {
@@ -76,6 +117,25 @@ impl RunSpec {
         }
         for (j, b) in self.bad.iter().enumerate() {
             within(&format!("bad[{j}]"), b.validate(self.n_ls))?;
+        }
+        if let Some(mu) = self.peak_pileup
+            && !(mu >= 0.0 && mu.is_finite())
+        {
+            return bad_param("peak_pileup", format!("{mu}: must be a number ≥ 0"));
+        }
+        let mut previous = 0;
+        for (j, p) in self.prescale.iter().enumerate() {
+            if p.from_ls <= previous || p.from_ls > self.n_ls {
+                let why = format!("need increasing LS numbers within 1..={}", self.n_ls);
+                return within(&format!("prescale[{j}]"), bad_param("from_ls", why));
+            }
+            if !(p.factor >= 1.0 && p.factor.is_finite()) {
+                return within(
+                    &format!("prescale[{j}]"),
+                    bad_param("factor", "must be ≥ 1"),
+                );
+            }
+            previous = p.from_ls;
         }
         Ok(())
     }
@@ -114,8 +174,15 @@ pub struct LumiRuns {
     pub events_per_ls: usize,
     /// Luminosity lifetime in LS: ξ_s = events_per_ls · exp(−s / lifetime).
     pub lumi_lifetime: f64,
-    /// Integrated luminosity per recorded event (pb⁻¹).
+    /// Integrated luminosity per recorded event at prescale 1 (pb⁻¹).
     pub lumi_per_event: f64,
+    /// Mean pile-up μ at a run's first LS (0: no overlay, every recorded
+    /// event is one simulated event); it falls with the luminosity.
+    pub peak_pileup: f64,
+    /// Where overlaid events come from (`shared`: the configuration's
+    /// whole sample; `part`: the run's part). Drawn uniformly with
+    /// replacement, independently for every recorded event.
+    pub pileup_pool: PileupPool,
     /// Disjoint parts of the events and their fractions (summing to 1).
     pub parts: BTreeMap<String, f64>,
     /// Events-table column (integer) equal for the copies of one event
@@ -133,11 +200,15 @@ impl Default for LumiRuns {
                 n_ls: 100,
                 bad: Vec::new(),
                 part: test_part(),
+                peak_pileup: None,
+                prescale: Vec::new(),
             }],
             good: "normal".into(),
             events_per_ls: 50,
             lumi_lifetime: 500.0,
             lumi_per_event: 0.002,
+            peak_pileup: 0.0,
+            pileup_pool: PileupPool::Shared,
             parts: BTreeMap::from([
                 ("train".into(), 0.4),
                 ("calibration".into(), 0.2),
@@ -151,8 +222,8 @@ impl Default for LumiRuns {
 
 impl StageConfig for LumiRuns {
     const KIND: &'static str = "lumi_runs";
-    const VERSION: u32 = 2;
-    const SUMMARY: &'static str = "Delphes events -> runs of lumisections (events drawn per LS, bad stretches from glitch configurations), truth and luminosity per LS";
+    const VERSION: u32 = 3;
+    const SUMMARY: &'static str = "Delphes events -> runs of lumisections (events drawn per LS with pile-up overlaid, bad stretches from glitch configurations, prescale changes), truth, luminosity and pile-up per LS";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "events";
 
@@ -176,6 +247,9 @@ impl StageConfig for LumiRuns {
                 "lumi_lifetime",
                 "lumi_lifetime and lumi_per_event must be > 0",
             );
+        }
+        if !(self.peak_pileup >= 0.0 && self.peak_pileup.is_finite()) {
+            return bad_param("peak_pileup", "must be a number ≥ 0");
         }
         let total: f64 = self.parts.values().sum();
         if self.parts.values().any(|&f| !(f > 0.0)) || (total - 1.0).abs() > 1e-9 {
@@ -205,10 +279,13 @@ impl StageConfig for LumiRuns {
 /// How a pool (`label/part`) was used by the draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolUsage {
-    /// Passes through it (1: no event reused).
+    /// Passes through it (1: no event reused; 0: a pile-up library, drawn
+    /// with replacement).
     pub passes: usize,
     /// Events in it.
     pub events: usize,
+    /// Events drawn from it.
+    pub draws: usize,
 }
 
 /// A pool of event ids, drawn in shuffled passes.
@@ -216,6 +293,7 @@ struct Pool {
     ids: Vec<i64>,
     next: usize,
     passes: usize,
+    draws: usize,
 }
 
 impl Pool {
@@ -226,7 +304,16 @@ impl Pool {
             self.passes += 1;
         }
         self.next += 1;
+        self.draws += 1;
         self.ids[self.next - 1]
+    }
+
+    /// A pile-up library: events drawn uniformly with replacement, each
+    /// draw independent of the others (no pass structure that would make
+    /// every LS hold each event the same number of times).
+    fn draw_with_replacement(&mut self, rng: &mut ChaCha8Rng) -> i64 {
+        self.draws += 1;
+        self.ids[rng.random_range(0..self.ids.len())]
     }
 }
 
@@ -238,7 +325,11 @@ pub struct LsDraw {
     pub part: String,
     pub lumi: f64,
     pub truth: String,
+    /// Mean pile-up of the LS.
+    pub pileup: f64,
     pub event_ids: Vec<i64>,
+    /// Per recorded event, the events overlaid on it.
+    pub pileup_ids: Vec<Vec<i64>>,
 }
 
 impl LumiRuns {
@@ -299,6 +390,22 @@ impl LumiRuns {
         &self,
         labelled: BTreeMap<String, Vec<(i64, i64)>>,
     ) -> Result<(Vec<LsDraw>, BTreeMap<String, PoolUsage>)> {
+        let mut all = Vec::new();
+        let passes = self.draw_runs(labelled, &mut |run| {
+            all.extend(run);
+            Ok(())
+        })?;
+        Ok((all, passes))
+    }
+
+    /// Draws every LS of every run, handing each run's LS to `sink` as
+    /// soon as drawn (a run with pile-up holds ~10⁷ event ids); returns the
+    /// use of every pool drawn from, by `label/part`.
+    pub fn draw_runs(
+        &self,
+        labelled: BTreeMap<String, Vec<(i64, i64)>>,
+        sink: &mut dyn FnMut(Vec<LsDraw>) -> Result<()>,
+    ) -> Result<BTreeMap<String, PoolUsage>> {
         let part_of = self.part_of_groups(labelled.values().flatten().map(|e| e.1));
         // Pools by "label/part", ids in input order.
         let mut by_part: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -327,6 +434,24 @@ impl LumiRuns {
                 }
             }
         }
+        // Pile-up libraries, by label (shared) or by "label/part".
+        let mut libraries: BTreeMap<String, Pool> = BTreeMap::new();
+        if self.peak_pileup > 0.0 || self.runs.iter().any(|r| r.peak_pileup > Some(0.0)) {
+            for (key, ids) in &by_part {
+                let library = match self.pileup_pool {
+                    PileupPool::Part => key.clone(),
+                    PileupPool::Shared => key.split('/').next().expect("label").to_string(),
+                };
+                let pool = libraries.entry(library).or_insert(Pool {
+                    ids: Vec::new(),
+                    next: 0,
+                    passes: 0,
+                    draws: 0,
+                });
+                pool.ids.extend(ids);
+            }
+            libraries.values_mut().for_each(|p| p.ids.sort_unstable());
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let mut pools: BTreeMap<String, Pool> = by_part
             .into_iter()
@@ -338,19 +463,29 @@ impl LumiRuns {
                         ids,
                         next: 0,
                         passes: 1,
+                        draws: 0,
                     },
                 )
             })
             .collect();
-        let mut draws = Vec::new();
         for run in &self.runs {
+            let mut draws = Vec::with_capacity(run.n_ls);
+            let peak = run.peak_pileup.unwrap_or(self.peak_pileup);
             for s in 0..run.n_ls {
                 let ls = s + 1;
                 let stretch = run.bad.iter().find(|b| b.first <= ls && ls <= b.last);
-                let xi = ((self.events_per_ls as f64) * (-(s as f64) / self.lumi_lifetime).exp())
-                    .round()
-                    .max(1.0) as usize;
+                let decay = (-(s as f64) / self.lumi_lifetime).exp();
+                let delivered = ((self.events_per_ls as f64) * decay).round().max(1.0);
+                let prescale = run
+                    .prescale
+                    .iter()
+                    .rfind(|p| p.from_ls <= ls)
+                    .map_or(1.0, |p| p.factor);
+                let xi = (delivered / prescale).round().max(1.0) as usize;
+                let mu = peak * decay;
+                let overlay = (mu > 0.0).then(|| rand_distr::Poisson::new(mu).expect("μ > 0"));
                 let mut event_ids = Vec::with_capacity(xi);
+                let mut pileup_ids = Vec::with_capacity(xi);
                 for _ in 0..xi {
                     let label = match stretch {
                         Some(b) if b.fraction >= 1.0 || rng.random::<f64>() < b.fraction => {
@@ -358,33 +493,57 @@ impl LumiRuns {
                         }
                         _ => self.good.as_str(),
                     };
-                    let pool = pools
-                        .get_mut(&format!("{label}/{}", run.part))
-                        .expect("checked");
+                    let key = format!("{label}/{}", run.part);
+                    let pool = pools.get_mut(&key).expect("checked");
                     event_ids.push(pool.draw(&mut rng));
+                    // The overlaid events come from the same configuration:
+                    // the detector's state is the recorded event's.
+                    let overlaid = match &overlay {
+                        Some(poisson) => {
+                            let n = rng.sample(poisson) as usize;
+                            let library = match self.pileup_pool {
+                                PileupPool::Part => key.as_str(),
+                                PileupPool::Shared => label,
+                            };
+                            let library = libraries.get_mut(library).expect("built");
+                            (0..n)
+                                .map(|_| library.draw_with_replacement(&mut rng))
+                                .collect()
+                        }
+                        None => Vec::new(),
+                    };
+                    pileup_ids.push(overlaid);
                 }
                 draws.push(LsDraw {
                     run: run.run,
                     ls: ls as i64,
                     part: run.part.clone(),
-                    lumi: xi as f64 * self.lumi_per_event,
+                    lumi: delivered * self.lumi_per_event,
                     truth: stretch.map_or_else(|| "good".to_string(), |b| b.pool.clone()),
+                    pileup: mu,
                     event_ids,
+                    pileup_ids,
                 });
             }
+            sink(draws)?;
         }
+        let libraries = libraries
+            .into_iter()
+            .map(|(l, p)| (format!("{l} (pile-up)"), p));
         let passes = pools
             .into_iter()
-            .filter(|(_, p)| p.passes > 1 || p.next > 0)
+            .chain(libraries)
+            .filter(|(_, p)| p.draws > 0)
             .map(|(l, p)| {
                 let usage = PoolUsage {
                     passes: p.passes,
                     events: p.ids.len(),
+                    draws: p.draws,
                 };
                 (l, usage)
             })
             .collect();
-        Ok((draws, passes))
+        Ok(passes)
     }
 }
 
@@ -395,9 +554,18 @@ pub fn runs_batch(draws: &[LsDraw]) -> Result<RecordBatch> {
         DataType::Int64,
         false,
     )));
+    let inner = Arc::new(Field::new("item", DataType::Int64, false));
+    let mut pileup_ids =
+        ListBuilder::new(ListBuilder::new(Int64Builder::new()).with_field(inner.clone()))
+            .with_field(Arc::new(Field::new("item", DataType::List(inner), false)));
     for d in draws {
         ids.values().append_slice(&d.event_ids);
         ids.append(true);
+        for overlaid in &d.pileup_ids {
+            pileup_ids.values().values().append_slice(overlaid);
+            pileup_ids.values().append(true);
+        }
+        pileup_ids.append(true);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(draws.iter().map(|d| d.run))),
@@ -415,7 +583,11 @@ pub fn runs_batch(draws: &[LsDraw]) -> Result<RecordBatch> {
         Arc::new(BooleanArray::from(
             draws.iter().map(|d| d.truth != "good").collect::<Vec<_>>(),
         )),
+        Arc::new(Float64Array::from_iter_values(
+            draws.iter().map(|d| d.pileup),
+        )),
         Arc::new(ids.finish()),
+        Arc::new(pileup_ids.finish()),
     ];
     Ok(RecordBatch::try_new(runs_schema(), columns)?)
 }
@@ -445,18 +617,30 @@ impl Stage for LumiRuns {
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let pools = self.pools(ctx)?;
-        let (draws, passes) = self.draw(pools)?;
+        let mut n_ls = 0;
+        let output = &mut ctx.output;
+        let passes = self.draw_runs(pools, &mut |draws| {
+            n_ls += draws.len();
+            output.write("main", runs_batch(&draws)?)
+        })?;
         ctx.reporter.info(&format!(
-            "{} LS in {} runs; passes through each pool (1: no event reused): {}",
-            draws.len(),
+            "{} LS in {} runs; passes through each pool (1: no event reused), draws per event of each pile-up library: {}",
+            n_ls,
             self.runs.len(),
             passes
                 .iter()
-                .map(|(l, p)| format!("{l} {} ({} events)", p.passes, p.events))
+                .map(|(l, p)| {
+                    let per_event = p.draws as f64 / p.events as f64;
+                    if p.passes == 0 {
+                        format!("{l} {per_event:.1} per event ({} events)", p.events)
+                    } else {
+                        format!("{l} {} passes ({} events)", p.passes, p.events)
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        ctx.output.write("main", runs_batch(&draws)?)
+        Ok(())
     }
 }
 
@@ -483,6 +667,8 @@ mod tests {
                     n_ls: 10,
                     bad: vec![],
                     part: "train".into(),
+                    peak_pileup: None,
+                    prescale: Vec::new(),
                 },
                 RunSpec {
                     run: 2,
@@ -494,6 +680,8 @@ mod tests {
                         fraction: 1.0,
                     }],
                     part: "test".into(),
+                    peak_pileup: None,
+                    prescale: Vec::new(),
                 },
             ],
             parts: BTreeMap::from([("train".into(), 0.5), ("test".into(), 0.5)]),
@@ -572,6 +760,98 @@ mod tests {
             "{from_glitch} of {}",
             mixed.len()
         );
+    }
+
+    /// Pile-up: μ falls with the luminosity, the overlaid events come from
+    /// the recorded event's configuration and part and number Poisson(μ) on
+    /// average; a prescale change divides the recorded events, not the
+    /// luminosity; no two LS hold the same events.
+    #[test]
+    fn pileup_follows_the_luminosity_and_stays_in_configuration_and_part() {
+        let mut s = stage();
+        s.peak_pileup = 20.0;
+        s.lumi_lifetime = 10.0;
+        s.events_per_ls = 40;
+        s.runs[1].peak_pileup = Some(40.0);
+        s.runs[1].prescale = vec![PrescaleChange {
+            from_ls: 8,
+            factor: 2.0,
+        }];
+        s.pileup_pool = PileupPool::Part;
+        let (draws, passes) = s.draw(pools(400)).unwrap();
+        let part_of = s.part_of_groups(0..400);
+        for d in &draws {
+            let peak = if d.run == 1 { 20.0 } else { 40.0 };
+            let expected = peak * (-((d.ls - 1) as f64) / 10.0).exp();
+            assert!((d.pileup - expected).abs() < 1e-12);
+            assert_eq!(d.pileup_ids.len(), d.event_ids.len());
+            let overlaid: Vec<i64> = d.pileup_ids.iter().flatten().copied().collect();
+            let mean = overlaid.len() as f64 / d.event_ids.len() as f64;
+            // Poisson mean over ≥ 10 recorded events: within 5 σ.
+            let sigma = (expected / d.event_ids.len() as f64).sqrt();
+            assert!(
+                (mean - expected).abs() < 5.0 * sigma,
+                "run {} LS {}: {mean} vs μ {expected}",
+                d.run,
+                d.ls
+            );
+            for (&id, over) in d.event_ids.iter().zip(&d.pileup_ids) {
+                for &o in over {
+                    assert_eq!(o >= 1_000_000, id >= 1_000_000, "configuration");
+                    assert_eq!(part_of[&(o % 1_000_000)], d.part, "part");
+                }
+            }
+        }
+        let run2: Vec<&LsDraw> = draws.iter().filter(|d| d.run == 2).collect();
+        // LS 7 and 8 deliver about the same luminosity; 8 records half.
+        let (ls7, ls8) = (run2[6], run2[7]);
+        assert!((ls8.lumi / ls7.lumi - (-0.1f64).exp()).abs() < 0.05);
+        let ratio = ls8.event_ids.len() as f64 / ls7.event_ids.len() as f64;
+        assert!((ratio - 0.5 * (-0.1f64).exp()).abs() < 0.06, "{ratio}");
+        // Reused events, yet every LS is a different set.
+        let library = passes["normal/test (pile-up)"];
+        assert!(library.draws > 5 * library.events, "{library:?}");
+        let sets: std::collections::HashSet<Vec<i64>> = draws
+            .iter()
+            .map(|d| {
+                let mut all: Vec<i64> = d.pileup_ids.iter().flatten().copied().collect();
+                all.extend(&d.event_ids);
+                all.sort_unstable();
+                all
+            })
+            .collect();
+        assert_eq!(sets.len(), draws.len());
+        assert_eq!(library.passes, 0, "a library");
+        // A shared library: overlaid events of every part, hard-scatter
+        // events still of the run's part only.
+        s.pileup_pool = PileupPool::Shared;
+        let (shared, passes) = s.draw(pools(400)).unwrap();
+        let parts: std::collections::BTreeSet<&String> = shared
+            .iter()
+            .filter(|d| d.run == 2)
+            .flat_map(|d| d.pileup_ids.iter().flatten())
+            .map(|o| &part_of[&(o % 1_000_000)])
+            .collect();
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert!(shared.iter().all(|d| {
+            d.event_ids
+                .iter()
+                .all(|e| part_of[&(e % 1_000_000)] == d.part)
+        }));
+        assert_eq!(passes["normal (pile-up)"].events, 400);
+        // Without pile-up the draws are today's, to the event.
+        let mut plain = stage();
+        plain.events_per_ls = 40;
+        let (before, _) = plain.draw(pools(400)).unwrap();
+        assert!(
+            before
+                .iter()
+                .all(|d| d.pileup == 0.0 && d.pileup_ids.iter().all(Vec::is_empty))
+        );
+        let mut bad = s.clone();
+        bad.runs[1].prescale[0].from_ls = 11;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("runs[1].prescale[0].from_ls"), "{err}");
     }
 
     #[test]

@@ -7,12 +7,18 @@
 // Formats shared by the family's files.
 pub mod tables;
 
-// Library: the autoencoder.
+// Library: the autoencoder; the monitored elements and pile-up overlay.
 pub mod model;
+pub mod monitor;
 
-// Shared by the scoring stages: thresholds and flags, the scores table.
+// Shared by the scoring stages: reference shapes, thresholds and flags, the
+// scores table.
+pub mod reference;
 pub mod scoring;
 pub mod threshold;
+
+// Shared by `certify`: the tallies of certified LS.
+pub mod tally;
 
 // Stages, one per kind.
 pub mod certify;
@@ -22,6 +28,8 @@ pub mod lumi_ae_score;
 pub mod lumi_ae_train;
 pub mod lumi_chi2_score;
 pub mod lumi_runs;
+pub mod method_scan;
+pub mod remainder_check;
 
 // Fixtures of the family's tests.
 #[cfg(test)]

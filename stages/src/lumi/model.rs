@@ -44,8 +44,10 @@ pub struct LumiAe {
 }
 
 impl LumiAe {
-    pub fn new(p: &nn::Path, bins: i64, arch: &LumiAeArch) -> Self {
-        let mut widths = vec![bins];
+    /// An autoencoder of `bins` bins; `conditions` more inputs (the LS's
+    /// pile-up) are appended to the histogram and not reconstructed.
+    pub fn new(p: &nn::Path, bins: i64, conditions: i64, arch: &LumiAeArch) -> Self {
+        let mut widths = vec![bins + conditions];
         widths.extend(&arch.hidden);
         widths.push(bins);
         let layers = widths

@@ -21,6 +21,21 @@ pub struct ScoreOptions<'a> {
     pub plot_runs: &'a [i64],
 }
 
+/// A `method` name: a word, not one certify reserves for its bounds.
+pub fn validate_method(method: &str) -> Result<()> {
+    let word = !method.is_empty()
+        && method
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !word || method.starts_with("flag_") {
+        return bad_param(
+            "method",
+            format!("`{method}`: give a word of letters, digits, _ or - not starting with flag_"),
+        );
+    }
+    Ok(())
+}
+
 pub fn validate_options(threshold: &Threshold, moving_average: usize) -> Result<()> {
     within("threshold", threshold.validate())?;
     if moving_average == 0 || moving_average.is_multiple_of(2) {
@@ -129,6 +144,7 @@ mod tests {
                 lumi: 0.1,
                 truth: "x".into(),
                 bad,
+                pileup: 0.0,
             },
             me: "met".into(),
             method: "ae".into(),

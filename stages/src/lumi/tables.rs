@@ -40,6 +40,11 @@ fn ls_fields() -> Vec<Field> {
             "`good`, or the configuration the LS's bad events come from",
         ),
         column("bad", DataType::Boolean, "Truth: the LS is bad"),
+        column(
+            "pileup",
+            DataType::Float64,
+            "Mean pile-up μ of the LS (interactions per crossing besides the recorded one; 0: none simulated, NaN: unknown)",
+        ),
     ]
 }
 
@@ -49,7 +54,16 @@ pub fn runs_schema() -> SchemaRef {
     fields.push(column(
         "event_ids",
         DataType::List(Arc::new(Field::new("item", DataType::Int64, false))),
-        "`event_id`s (events table) drawn for the LS",
+        "`event_id`s (events table) of the LS's recorded events, one per recorded event",
+    ));
+    fields.push(column(
+        "pileup_ids",
+        DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::List(Arc::new(Field::new("item", DataType::Int64, false))),
+            false,
+        ))),
+        "Per recorded event (in `event_ids` order), the `event_id`s overlaid on it as pile-up (empty lists without pile-up)",
     ));
     Arc::new(Schema::new(fields))
 }
@@ -85,6 +99,7 @@ pub struct LsKey {
     pub lumi: f64,
     pub truth: String,
     pub bad: bool,
+    pub pileup: f64,
 }
 
 /// One row of `ls_histograms`.
@@ -117,6 +132,8 @@ pub fn require_ls_columns(
 
 fn ls_keys(batch: &RecordBatch, input: &str) -> Result<Vec<LsKey>> {
     let col = |n: &str, t: &DataType| column_as(batch, n, t, input);
+    let pileup = col("pileup", &DataType::Float64)?;
+    let pileup = pileup.as_primitive::<Float64Type>();
     let (run, ls, part, events, lumi, truth, bad) = (
         col("run", &DataType::Int64)?,
         col("ls", &DataType::Int64)?,
@@ -144,6 +161,7 @@ fn ls_keys(batch: &RecordBatch, input: &str) -> Result<Vec<LsKey>> {
             lumi: lumi.value(i),
             truth: truth.value(i).to_string(),
             bad: bad.value(i),
+            pileup: pileup.value(i),
         })
         .collect())
 }
@@ -281,7 +299,10 @@ fn key_columns<'a>(keys: impl Iterator<Item = &'a LsKey> + Clone) -> Vec<ArrayRe
         Arc::new(StringArray::from_iter_values(
             keys.clone().map(|k| k.truth.as_str()),
         )),
-        Arc::new(BooleanArray::from(keys.map(|k| k.bad).collect::<Vec<_>>())),
+        Arc::new(BooleanArray::from(
+            keys.clone().map(|k| k.bad).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from_iter_values(keys.map(|k| k.pileup))),
     ]
 }
 
@@ -379,23 +400,66 @@ pub struct LumiAeCard {
     pub val_mse: f64,
     pub train_ls: usize,
     pub val_ls: usize,
+    /// Conditional autoencoder: the LS's pile-up divided by this is the
+    /// network's last input (none: the histogram alone).
+    #[serde(default)]
+    pub pileup_scale: Option<f64>,
+    /// lumisaver's preprocessing: every scored run min-max scaled per bin
+    /// on its own LS, not with the training runs' `min`/`max`.
+    #[serde(default)]
+    pub per_run_scaling: bool,
+}
+
+/// Per-bin min and max of histograms.
+pub fn bin_ranges<'a>(rows: impl Iterator<Item = &'a [f64]>) -> (Vec<f64>, Vec<f64>) {
+    let (mut min, mut max) = (Vec::new(), Vec::new());
+    for r in rows {
+        if min.is_empty() {
+            (min, max) = (r.to_vec(), r.to_vec());
+        }
+        for (b, &v) in r.iter().enumerate() {
+            min[b] = f64::min(min[b], v);
+            max[b] = f64::max(max[b], v);
+        }
+    }
+    (min, max)
+}
+
+/// `counts` min-max scaled per bin (a bin without range is only shifted).
+pub fn min_max_scaled(counts: &[f64], min: &[f64], max: &[f64]) -> Vec<f32> {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| {
+            let range = max[b] - min[b];
+            (if range > 0.0 {
+                (c - min[b]) / range
+            } else {
+                c - min[b]
+            }) as f32
+        })
+        .collect()
 }
 
 impl LumiAeCard {
     /// A histogram in the network's scale.
     pub fn scale(&self, counts: &[f64]) -> Vec<f32> {
-        counts
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| {
-                let range = self.max[b] - self.min[b];
-                (if range > 0.0 {
-                    (c - self.min[b]) / range
-                } else {
-                    c - self.min[b]
-                }) as f32
-            })
-            .collect()
+        min_max_scaled(counts, &self.min, &self.max)
+    }
+
+    /// The network's inputs of an LS: its scaled histogram, then the
+    /// pile-up when the autoencoder is conditional.
+    pub fn inputs(&self, scaled: Vec<f32>, pileup: f64) -> Vec<f32> {
+        let mut x = scaled;
+        if let Some(scale) = self.pileup_scale {
+            x.push((pileup / scale) as f32);
+        }
+        x
+    }
+
+    /// Inputs beyond the histogram's bins.
+    pub fn conditions(&self) -> i64 {
+        i64::from(self.pileup_scale.is_some())
     }
 
     /// A network output (scaled bins) back in the histogram's units.

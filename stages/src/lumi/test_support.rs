@@ -50,6 +50,7 @@ pub fn lumi_shapes(dir: &std::path::Path, mes: &[&str], bins: usize) -> Input {
                 .map(|r| if bad(r) { "hcal_barrel_off" } else { "good" }),
         )),
         Arc::new(BooleanArray::from(rows.iter().map(bad).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from(vec![0.0; n])),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
         Arc::new(crate::arrow_util::f64_lists(
             rows.iter().map(|r| r.3.as_slice()),
@@ -74,4 +75,57 @@ pub fn small_lumi_ae(epochs: usize) -> LumiAeTrain {
         device: crate::nn::DeviceChoice::Cpu,
         ..Default::default()
     }
+}
+
+/// Histograms of one ME (`shape`, 20 bins) whose centre moves with the
+/// pile-up, 4 + μ/10: good run 1 (part `train`, 200 LS, μ from 20 to 60),
+/// and run 9 (part `test`, 20 LS at μ = 40) whose LS 1–10 have the shape
+/// of μ = 40 (good) and LS 11–20 the shape of μ = 20 (bad: a shape seen in
+/// training, at the wrong pile-up).
+pub fn pileup_shapes(dir: &std::path::Path) -> Input {
+    use crate::lumi::tables::{LsHistogram, LsKey, histograms_batch};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let shape = |centre: f64| -> Vec<f64> {
+        let h: Vec<f64> = (0..20)
+            .map(|b| (-(b as f64 - centre).powi(2) / 6.0).exp())
+            .collect();
+        let total: f64 = h.iter().sum();
+        h.into_iter().map(|v| v / total).collect()
+    };
+    let mut rows = Vec::new();
+    let mut push = |run: i64, ls: i64, mu: f64, centre: f64, bad: bool| {
+        rows.push(LsHistogram {
+            key: LsKey {
+                run,
+                ls,
+                part: if run == 1 { "train" } else { "test" }.into(),
+                events: 100,
+                lumi: 0.1,
+                truth: if bad { "wrong_pileup" } else { "good" }.into(),
+                bad,
+                pileup: mu,
+            },
+            me: "shape".into(),
+            counts: shape(centre),
+            entries: 100,
+        });
+    };
+    for ls in 1..=200 {
+        let mu = 20.0 + 40.0 * (ls - 1) as f64 / 199.0;
+        push(
+            1,
+            ls,
+            mu,
+            4.0 + mu / 10.0 + rng.random_range(-0.1..0.1),
+            false,
+        );
+    }
+    for ls in 1..=20 {
+        let bad = ls > 10;
+        let centre = if bad { 6.0 } else { 8.0 } + rng.random_range(-0.1..0.1);
+        push(9, ls, 40.0, centre, bad);
+    }
+    let batch = histograms_batch(&rows).unwrap();
+    input_from_batch("histograms", &batch, &dir.join("pileup_shapes.parquet")).unwrap()
 }

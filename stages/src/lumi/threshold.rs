@@ -313,6 +313,7 @@ mod tests {
             lumi: 0.1,
             truth: if bad { "hcal_barrel_off" } else { "good" }.into(),
             bad,
+            pileup: 0.0,
         }
     }
 
