@@ -1793,13 +1793,28 @@ fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
             query(&format!(
                 "SELECT count(DISTINCT dataset), min(dataset) FROM {eval}_episodes"
             )),
-            ["20,1000"]
+            ["20,2000"]
         );
-        // The frozen agent earns more per run than every baseline.
+        // The frozen agent earns more per run than DINAMO-S's rules and
+        // the bounds.
         let v = floats(&format!(
-            "SELECT max(CASE WHEN policy = 'agent' THEN reward_per_run END), max(CASE WHEN policy <> 'agent' THEN reward_per_run END) FROM {eval}"
+            "SELECT max(CASE WHEN policy = 'agent' THEN reward_per_run END), max(CASE WHEN policy IN ('threshold', 'always_call', 'never_call') THEN reward_per_run END) FROM {eval}"
         ));
         assert!(v[0] > v[1], "{eval}: {v:?}");
+        // One expert rule chosen on the development datasets, played with
+        // the rules of their frontier.
+        assert_eq!(
+            query(&format!(
+                "SELECT count(*) FROM {eval} WHERE policy = 'expert'"
+            )),
+            ["1"]
+        );
+        assert_eq!(
+            query(&format!(
+                "SELECT count(*) > 2 FROM {eval}_rules WHERE frontier"
+            )),
+            ["true"]
+        );
         let png = sb.path().join(format!(
             "dqm-work/pipelines/rl_dqm/{eval}/artifacts/effort.png"
         ));
@@ -1809,14 +1824,26 @@ fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
         );
     }
     // Offline goal: no more bad runs accepted than DINAMO-S's rule, and at
-    // least 30 % fewer shifter calls (upper ends of the paired intervals).
-    let v = floats("SELECT calls_ratio_hi, missed_bad_diff_hi FROM offline WHERE policy = 'agent'");
-    assert!(v[0] <= 0.7 && v[1] <= 0.0, "{v:?}");
-    // Online goal: more good data than any threshold rule calling as rarely.
+    // least 30 % fewer shifter calls (upper ends of the paired intervals);
+    // the same against the expert rules' frontier at the agent's
+    // missed-bad rate.
     let v = floats(
-        "SELECT good_efficiency_lo, threshold_efficiency_at_same_calls FROM online WHERE policy = 'agent'",
+        "SELECT calls_ratio_hi, missed_bad_diff_hi, expert_calls_ratio_hi FROM offline WHERE policy = 'agent'",
     );
-    assert!(v[0] > v[1], "{v:?}");
+    assert!(v[0] <= 0.7 && v[1] <= 0.0 && v[2] <= 0.7, "{v:?}");
+    // Online: more good data than any threshold rule calling as rarely;
+    // the expert rules' frontier is above the threshold rules' there, and
+    // the agent is not below it.
+    let v = floats(
+        "SELECT good_efficiency_lo, threshold_efficiency_at_same_calls, expert_efficiency_at_same_calls, expert_efficiency_diff_lo FROM online WHERE policy = 'agent'",
+    );
+    assert!(v[0] > v[1] && v[2] > v[1] && v[3] > -0.05, "{v:?}");
+    // Each observation feature's AUC, for the agent's runs and the rule's;
+    // a faulty run's event count is drawn like a working one's, so its
+    // integral alone does not tell it.
+    assert_eq!(query("SELECT count(*) FROM offline_features"), ["26"]);
+    let v = floats("SELECT max(separation) FROM online_features WHERE name = 'ln_integral'");
+    assert!(v[0] < 0.6, "{v:?}");
 }
 
 /// The Python with uproot, numpy, pandas and pyarrow (`$DQM_PYTHON`;

@@ -32,6 +32,17 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(u / (n_pos as f64 * n_neg as f64))
 }
 
+/// Hanley & McNeil (1982) 95 % interval of an AUC from n₊ positives and n₋ negatives.
+pub fn auc_interval(auc: f64, n_pos: usize, n_neg: usize) -> (f64, f64) {
+    let (np, nn) = (n_pos as f64, n_neg as f64);
+    let q1 = auc / (2.0 - auc);
+    let q2 = 2.0 * auc * auc / (1.0 + auc);
+    let var = (auc * (1.0 - auc) + (np - 1.0) * (q1 - auc * auc) + (nn - 1.0) * (q2 - auc * auc))
+        / (np * nn);
+    let se = var.max(0.0).sqrt();
+    ((auc - 1.96 * se).max(0.0), (auc + 1.96 * se).min(1.0))
+}
+
 /// Sensitivity, specificity and balanced accuracy of `flagged` against
 /// `positive` (bad). Each is `None` when its class is absent.
 pub fn rates(flagged: &[bool], positive: &[bool]) -> (Option<f64>, Option<f64>, Option<f64>) {
@@ -187,6 +198,16 @@ pub fn t975(df: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_interval_narrows_with_counts_and_stays_in_unit_range() {
+        let (a, b) = auc_interval(0.9, 10, 10);
+        let (c, d) = auc_interval(0.9, 1000, 1000);
+        assert!(a < c && d < b && a < 0.9 && b > 0.9);
+        assert_eq!(auc_interval(1.0, 50, 50), (1.0, 1.0));
+    }
+
     #[test]
     fn the_t_interval_of_five_values_is_the_textbook_one() {
         // Mean 3, sample sd √2.5, t(4) = 2.776: half-width 2.776 · √0.5.
@@ -200,8 +221,6 @@ mod tests {
         assert!(super::mean_t95(&[1.0]).1.is_none());
         assert!((super::t975(60) - 2.000).abs() < 0.003 && (super::t975(31) - 2.040).abs() < 0.003);
     }
-
-    use super::*;
 
     #[test]
     fn wilson_by_hand() {

@@ -34,7 +34,7 @@ use crate::hcal::tables::{EXTRA_METHODS, read_geometry, scores_schema};
 use crate::input::{Input, require_column};
 use crate::params::AutoOr;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use crate::stats::{quantile, roc_auc};
+use crate::stats::{auc_interval, quantile, roc_auc};
 use dqm_schemas::{column, f64_list, nullable};
 
 /// What the bootstrap resamples.
@@ -187,17 +187,6 @@ pub fn fpr_at_detection(positives: &mut [f64], negatives: &[f64], level: f64) ->
     let k = ((level * positives.len() as f64).ceil() as usize).clamp(1, positives.len());
     let threshold = positives[k - 1];
     Some(negatives.iter().filter(|&&v| v >= threshold).count() as f64 / negatives.len() as f64)
-}
-
-/// Hanley & McNeil (1982) 95 % interval of an AUC from n₊ positives and n₋ negatives.
-pub fn auc_interval(auc: f64, n_pos: usize, n_neg: usize) -> (f64, f64) {
-    let (np, nn) = (n_pos as f64, n_neg as f64);
-    let q1 = auc / (2.0 - auc);
-    let q2 = 2.0 * auc * auc / (1.0 + auc);
-    let var = (auc * (1.0 - auc) + (np - 1.0) * (q1 - auc * auc) + (nn - 1.0) * (q2 - auc * auc))
-        / (np * nn);
-    let se = var.max(0.0).sqrt();
-    ((auc - 1.96 * se).max(0.0), (auc + 1.96 * se).min(1.0))
 }
 
 /// A scored channel: score, the bootstrap cluster it belongs to.
@@ -797,13 +786,5 @@ mod tests {
         assert_eq!(scale_of("rbx_drop_0.9"), Some(0.9));
         assert_eq!(scale_of("fully_hot"), None);
         assert_eq!(scale_of("ramp_0.7_30"), None);
-    }
-
-    #[test]
-    fn auc_interval_narrows_with_counts_and_stays_in_unit_range() {
-        let (a, b) = auc_interval(0.9, 10, 10);
-        let (c, d) = auc_interval(0.9, 1000, 1000);
-        assert!(a < c && d < b && a < 0.9 && b > 0.9);
-        assert_eq!(auc_interval(1.0, 50, 50), (1.0, 1.0));
     }
 }

@@ -317,32 +317,48 @@ mod tests {
 
     /// MSE per LS of run 9 of [`pileup_shapes`] under an autoencoder
     /// trained with `train`, the LS's pile-up multiplied by `factor`.
-    fn run9_mse(train: &crate::lumi::lumi_ae_train::LumiAeTrain, factor: f64) -> Vec<f64> {
+    /// Run 9's raw scores by `train`'s models (trained once), with every
+    /// LS's pile-up scaled by each of `factors`.
+    fn run9_mse(train: &crate::lumi::lumi_ae_train::LumiAeTrain, factors: &[f64]) -> Vec<Vec<f64>> {
         let dir = tempfile::tempdir().unwrap();
         let hist = crate::lumi::test_support::pileup_shapes(dir.path());
         let models = run_in_memory(train, std::slice::from_ref(&hist))
             .unwrap()
             .table("main");
         let models = input_from_batch("ae", &models, &dir.path().join("m.parquet")).unwrap();
-        let mut rows = crate::lumi::tables::read_histograms(&hist).unwrap();
-        rows.iter_mut().for_each(|h| h.key.pileup *= factor);
-        let batch = crate::lumi::tables::histograms_batch(&rows).unwrap();
-        let hist = input_from_batch("histograms", &batch, &dir.path().join("h.parquet")).unwrap();
-        let score = LumiAeScore {
-            threshold: Threshold::RunQuantile { quantile: 0.5 },
-            device: DeviceChoice::Cpu,
-            ..Default::default()
-        };
-        let table = run_in_memory(&score, &[models, hist])
-            .unwrap()
-            .table("main");
-        let scores =
-            read_scores(&input_from_batch("s", &table, &dir.path().join("s.parquet")).unwrap())
-                .unwrap();
-        scores
+        let rows = crate::lumi::tables::read_histograms(&hist).unwrap();
+        factors
             .iter()
-            .filter(|r| r.key.run == 9)
-            .map(|r| r.raw_score.unwrap())
+            .enumerate()
+            .map(|(k, &factor)| {
+                let mut rows = rows.clone();
+                rows.iter_mut().for_each(|h| h.key.pileup *= factor);
+                let batch = crate::lumi::tables::histograms_batch(&rows).unwrap();
+                let hist = input_from_batch(
+                    "histograms",
+                    &batch,
+                    &dir.path().join(format!("h{k}.parquet")),
+                )
+                .unwrap();
+                let score = LumiAeScore {
+                    threshold: Threshold::RunQuantile { quantile: 0.5 },
+                    device: DeviceChoice::Cpu,
+                    ..Default::default()
+                };
+                let table = run_in_memory(&score, &[models.clone(), hist])
+                    .unwrap()
+                    .table("main");
+                let scores = read_scores(
+                    &input_from_batch("s", &table, &dir.path().join(format!("s{k}.parquet")))
+                        .unwrap(),
+                )
+                .unwrap();
+                scores
+                    .iter()
+                    .filter(|r| r.key.run == 9)
+                    .map(|r| r.raw_score.unwrap())
+                    .collect()
+            })
             .collect()
     }
 
@@ -357,9 +373,10 @@ mod tests {
             ..plain.clone()
         };
         let moved = |train: &crate::lumi::lumi_ae_train::LumiAeTrain| {
-            let (a, b) = (run9_mse(train, 1.0), run9_mse(train, 0.5));
+            let scores = run9_mse(train, &[1.0, 0.5]);
+            let (a, b) = (&scores[0], &scores[1]);
             a.iter()
-                .zip(&b)
+                .zip(b)
                 .map(|(x, y)| (x - y).abs() / x)
                 .fold(0.0, f64::max)
         };
@@ -368,7 +385,8 @@ mod tests {
             0.0,
             "the plain autoencoder has no pile-up input"
         );
-        assert!(moved(&conditional) > 0.01, "{}", moved(&conditional));
+        let conditional_moved = moved(&conditional);
+        assert!(conditional_moved > 0.01, "{conditional_moved}");
     }
 
     /// lumisaver's per-run scaling: a run scaled on its own LS scores the

@@ -24,6 +24,29 @@ use crate::error::{Result, StageError};
 /// Observation features (see [`Env::observation`]).
 pub const N_OBS: usize = 13;
 
+/// The observation's features by name, in order (see [`Env::observation`]).
+pub fn observation_names(regime: Regime) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "score",
+        "shadow_score",
+        "max_pull_up",
+        "max_pull_down",
+        "fraction_pull_over_3",
+        "ln_integral",
+        "recent_mean_score",
+        "recent_fraction_flagged",
+    ]
+    .map(String::from)
+    .to_vec();
+    names.extend(regime.actions().iter().map(|a| format!("recent_{a}")));
+    names.push("runs_since_call".into());
+    names.push("runs_since_update".into());
+    if regime == Regime::Online {
+        names.push("repairing".into());
+    }
+    names
+}
+
 /// What an episode did, counted.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
@@ -52,6 +75,19 @@ pub struct Tally {
     pub detection_delay: u64,
     /// Confirmed good runs folded into the reference.
     pub reference_updates: u64,
+}
+
+/// What an expert rule looks at on the current run (see [`super::rules`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleView {
+    /// ln χ²_ν − the DINAMO-S threshold.
+    pub score: f64,
+    /// The largest pull below the reference, as a positive number.
+    pub max_pull_down: f64,
+    /// Runs since the reference was last updated.
+    pub since_update: usize,
+    /// Online: a repair is under way (the shifter knows).
+    pub repairing: bool,
 }
 
 /// DINAMO-S's alpha and threshold for one dataset, from its warm-up runs,
@@ -309,6 +345,16 @@ impl<'a> Env<'a> {
         self.current.as_ref().map_or(0.0, |c| c.score)
     }
 
+    /// What a rule looks at on the current run.
+    pub fn view(&self) -> RuleView {
+        RuleView {
+            score: self.score(),
+            max_pull_down: self.current.as_ref().map_or(0.0, |c| c.max_pull_down),
+            since_update: self.since_update,
+            repairing: matches!(self.detector, Detector::Repairing { .. }),
+        }
+    }
+
     /// The current run's truth (for tests and the tally, never observed).
     pub fn current_is_good(&self) -> bool {
         self.current.as_ref().is_some_and(|c| c.good)
@@ -371,8 +417,17 @@ impl<'a> Env<'a> {
         let draw = &self.faults[fault];
         let (generator, seeds) = self.generator.as_ref().expect("online");
         let truth = self.data.truth().expect("checked in new");
-        let n_events = self.data.counts()[k].iter().sum::<f64>().round() as u64;
+        // The event count is drawn as the generator draws it: the recorded
+        // run's integral already carries its binomial systematic, and
+        // redrawing from it would apply that systematic twice, so the
+        // integral alone would tell a faulty run.
         let mut rng = ChaCha8Rng::seed_from_u64(seeds[k]);
+        let [lo, hi] = self.cfg.faults.events;
+        let n_events = if lo < hi {
+            rng.random_range(lo..hi)
+        } else {
+            lo
+        };
         let (mut mu, mut sigma) = (truth.mu[k], truth.sigma[k]);
         let mut dead: &[usize] = &[];
         match draw.kind {

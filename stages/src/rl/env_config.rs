@@ -114,6 +114,10 @@ pub struct Faults {
     /// The binomial systematic of the runs a fault redraws: set it to the
     /// generator's `p_binomial`.
     pub p_binomial: f64,
+    /// Range `[min, max)` of the events of a run a fault redraws: set it
+    /// to the generator's `events`, so a faulty run's integral is drawn
+    /// like a working one's.
+    pub events: [u64; 2],
 }
 
 impl Default for Faults {
@@ -130,6 +134,7 @@ impl Default for Faults {
             width_shift: [0.05, 0.2],
             dead_bins: [1, 19],
             p_binomial: 0.4,
+            events: [2000, 20000],
         }
     }
 }
@@ -228,6 +233,12 @@ impl Faults {
             if !(0.0 <= r[0] && r[0] <= r[1]) {
                 return bad_param(name, format!("{r:?} is not a non-negative range"));
             }
+        }
+        if self.events[0] == 0 || self.events[0] > self.events[1] {
+            return bad_param(
+                "events",
+                format!("{:?} is not a range of at least one event", self.events),
+            );
         }
         if self.dead_bins[0] > self.dead_bins[1] {
             return bad_param("dead_bins", format!("{:?} is not a range", self.dead_bins));

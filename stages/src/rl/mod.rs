@@ -8,8 +8,9 @@
 //! retraining, by RL with human feedback. Everything else here is this
 //! project's design: the environment on DINAMO's run stream with a live
 //! DINAMO-S reference that learns only from confirmed runs
-//! ([`env`], configured by [`env_config`]), PPO ([`ppo`]), and the rule
-//! baselines ([`rl_evaluate`]).
+//! ([`env`], configured by [`env_config`]), PPO ([`ppo`]), the rules a
+//! DQM expert would write ([`rules`], tuned by [`rl_tune_rules`]) and the
+//! comparison ([`rl_evaluate`]).
 
 // Formats shared by the family's files.
 pub mod tables;
@@ -18,12 +19,23 @@ pub mod tables;
 pub mod env_config;
 pub mod ppo;
 
-// Shared by the stages: the environment, which plays a DINAMO runs table.
+// Library: the frontier of a family of rules.
+pub mod frontier;
+
+// Shared by the stages: the environment, which plays a DINAMO runs table,
+// the expert rules that play it, the trained agent read back, the totals
+// of episodes, what a policy observed, and the comparisons of policies.
+pub mod agent;
+pub mod comparison;
 pub mod env;
+pub mod observed;
+pub mod rules;
+pub mod totals;
 
 // Stages, one per kind.
 pub mod rl_evaluate;
 pub mod rl_train;
+pub mod rl_tune_rules;
 
 // Fixtures of the family's tests.
 #[cfg(test)]

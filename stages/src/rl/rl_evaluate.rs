@@ -6,21 +6,30 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::agent::read_agent;
+use super::comparison::{
+    calls_at_missed, efficiency_at_calls, effort_plot, expert_comparison, interval, metrics,
+};
 use super::env::{Env, N_OBS, Tally, Warmup};
 use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, REJECT, Regime};
+use super::observed::{Observed, features_batch};
 use super::ppo::{ActorCritic, greedy, sample};
-use super::tables::{AgentCard, Datasets, episodes_schema, require_runs, summary_schema};
+use super::rules::{ExpertRow, RulePlayer, read_rules};
+use super::tables::{
+    Datasets, episodes_schema, features_schema, require_runs, rules_schema, summary_schema,
+};
+use super::totals::Totals;
 use crate::error::{Result, StageError, bad_param};
-use crate::nn::{each_model_row, exclusive, load_weights, one_thread, require_models};
+use crate::input::require_column;
+use crate::nn::{exclusive, load_weights, one_thread, require_models};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-use crate::stats::quantile;
 
 /// A policy `rl_evaluate` can run.
 #[derive(
@@ -40,6 +49,10 @@ pub enum PolicyName {
     /// Never call: offline, reject flagged runs and accept the rest;
     /// online, never raise an alarm.
     NeverCall,
+    /// The expert rules of the third input (played whenever it is given,
+    /// never named in `policies`).
+    #[serde(skip)]
+    Expert,
 }
 
 impl PolicyName {
@@ -49,6 +62,7 @@ impl PolicyName {
             PolicyName::Threshold => "threshold",
             PolicyName::AlwaysCall => "always_call",
             PolicyName::NeverCall => "never_call",
+            PolicyName::Expert => "expert",
         }
     }
 }
@@ -96,13 +110,17 @@ impl Default for RlEvaluate {
 
 impl StageConfig for RlEvaluate {
     const KIND: &'static str = "rl_evaluate";
-    const VERSION: u32 = 1;
-    const SUMMARY: &'static str = "Frozen RL agent vs DINAMO-S threshold, always-call and never-call baselines on unseen datasets, with bootstrap intervals";
-    const INPUTS: (usize, usize) = (2, 2);
-    const INPUT_ROLES: &'static str = "the agent's models table, runs";
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str = "Frozen RL agent vs DINAMO-S threshold rules, tuned expert rules and their interpolated frontier, always-call and never-call on unseen datasets, with bootstrap intervals and each observation feature's AUC";
+    const INPUTS: (usize, usize) = (2, 3);
+    const INPUT_ROLES: &'static str = "the agent's models table, runs, optionally the expert rules of `rl_tune_rules` (the chosen rule and the development frontier are played)";
 
     fn doc_inputs() -> Vec<SchemaRef> {
-        vec![super::tables::models_schema(), dqm_schemas::runs::schema()]
+        vec![
+            super::tables::models_schema(),
+            dqm_schemas::runs::schema(),
+            rules_schema(),
+        ]
     }
 
     fn validate(&self) -> Result<()> {
@@ -147,6 +165,9 @@ struct Run {
     policy: PolicyName,
     offset: Option<f64>,
     consecutive: Option<usize>,
+    /// Expert: the rule, chosen on the development datasets, on their
+    /// frontier.
+    expert: Option<ExpertRow>,
 }
 
 impl Run {
@@ -155,6 +176,13 @@ impl Run {
         self.policy == PolicyName::Threshold
             && self.offset == Some(0.0)
             && self.consecutive == Some(1)
+    }
+
+    fn name(&self) -> &'static str {
+        match self.expert {
+            Some(e) if !e.chosen => "expert_frontier",
+            _ => self.policy.name(),
+        }
     }
 }
 
@@ -182,27 +210,35 @@ struct Episode {
 }
 
 impl RlEvaluate {
-    fn episodes(&self, ctx: &RunContext<'_>) -> Result<(Regime, Vec<Episode>)> {
+    fn episodes(&self, ctx: &RunContext<'_>) -> Result<Played> {
         let (card, weights) = read_agent(&ctx.inputs[0])?;
         let env_cfg = &card.env;
         require_runs(&ctx.inputs[1].schema, &ctx.inputs[1].name, env_cfg.regime)?;
         let mut runs = Vec::new();
+        let plain = |policy, offset, consecutive| Run {
+            policy,
+            offset,
+            consecutive,
+            expert: None,
+        };
         for &policy in &self.policies {
             if policy == PolicyName::Threshold {
                 for &k in &self.consecutive {
-                    runs.extend(self.threshold_offsets.iter().map(|&o| Run {
-                        policy,
-                        offset: Some(o),
-                        consecutive: Some(k),
-                    }));
+                    runs.extend(
+                        self.threshold_offsets
+                            .iter()
+                            .map(|&o| plain(policy, Some(o), Some(k))),
+                    );
                 }
             } else {
-                runs.push(Run {
-                    policy,
-                    offset: None,
-                    consecutive: None,
-                });
+                runs.push(plain(policy, None, None));
             }
+        }
+        if let Some(rules) = ctx.inputs.get(2) {
+            runs.extend(read_rules(rules, env_cfg.regime)?.into_iter().map(|e| Run {
+                expert: Some(e),
+                ..plain(PolicyName::Expert, None, None)
+            }));
         }
         let net = if self.policies.contains(&PolicyName::Agent) {
             let vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -219,6 +255,8 @@ impl RlEvaluate {
         };
         let progress = ctx.reporter.progress(0, "datasets");
         let mut out = Vec::new();
+        // The observations of the agent and of DINAMO-S's rule.
+        let mut observed: Vec<(Run, Observed)> = Vec::new();
         let mut datasets = Datasets::new(&ctx.inputs[1]);
         while let Some(data) = datasets.next_dataset()? {
             if card.datasets.contains(&data.dataset) {
@@ -233,16 +271,30 @@ impl RlEvaluate {
                 let mut env = Env::start(env_cfg, data.clone(), self.seed, warmup.clone())?;
                 let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ data.dataset as u64);
                 let mut streak = 0;
+                let mut player = run.expert.map(|e| RulePlayer::new(e.rule));
+                let watch = run.policy == PolicyName::Agent || run.is_baseline();
+                let slot = if watch {
+                    match observed.iter().position(|(r, _)| *r == run) {
+                        Some(i) => Some(i),
+                        None => {
+                            observed.push((run, Observed::default()));
+                            Some(observed.len() - 1)
+                        }
+                    }
+                } else {
+                    None
+                };
                 while env.remaining() > 0 {
                     streak = if env.score() > run.offset.unwrap_or(0.0) {
                         streak + 1
                     } else {
                         0
                     };
-                    let action = match (run.policy, &net) {
-                        (PolicyName::Agent, Some((_, net))) => {
-                            let obs =
-                                Tensor::from_slice(&env.observation()).view([1, N_OBS as i64]);
+                    let obs = (watch || net.is_some()).then(|| env.observation());
+                    let action = match (run.policy, &net, &mut player) {
+                        (PolicyName::Agent, Some((_, net)), _) => {
+                            let obs = obs.as_ref().expect("observed for the agent");
+                            let obs = Tensor::from_slice(obs).view([1, N_OBS as i64]);
                             let probs = &net.probabilities(&obs).0[0];
                             if self.greedy {
                                 greedy(probs)
@@ -250,9 +302,13 @@ impl RlEvaluate {
                                 sample(probs, &mut rng)
                             }
                         }
+                        (_, _, Some(player)) => player.act(&env.view()),
                         _ => rule(run.policy, streak >= run.consecutive.unwrap_or(1), &env),
                     };
-                    env.step(action)?;
+                    let step = env.step(action)?;
+                    if let (Some(i), Some(obs)) = (slot, &obs) {
+                        observed[i].1.push(obs, !step.good);
+                    }
                 }
                 out.push(Episode {
                     run,
@@ -270,108 +326,19 @@ impl RlEvaluate {
                 ctx.inputs[1].name
             )));
         }
-        Ok((env_cfg.regime, out))
+        Ok(Played {
+            regime: env_cfg.regime,
+            episodes: out,
+            observed,
+        })
     }
 }
 
-/// The agent's card and weights from an `rl_train` models table.
-pub fn read_agent(input: &crate::input::Input) -> Result<(AgentCard, Vec<u8>)> {
-    let mut agent = None;
-    each_model_row(
-        input,
-        "the models table of `rl_train`",
-        |_, _, card: AgentCard, weights| {
-            if agent.is_some() {
-                return Err(StageError::data(format!(
-                    "input `{}` holds more than one agent",
-                    input.name
-                )));
-            }
-            if card.n_obs != N_OBS || card.actions != card.env.regime.actions() {
-                return Err(StageError::data(format!(
-                    "input `{}`: the agent observes {} features and acts {:?}; this build's {} environment has {N_OBS} and {:?}",
-                    input.name,
-                    card.n_obs,
-                    card.actions,
-                    card.env.regime.name(),
-                    card.env.regime.actions()
-                )));
-            }
-            agent = Some((card, weights.to_vec()));
-            Ok(())
-        },
-    )?;
-    Ok(agent.expect("each_model_row refuses an empty table"))
-}
-
-/// Totals of a set of episodes.
-#[derive(Default, Clone, Copy)]
-struct Sums {
-    runs: f64,
-    reward: f64,
-    calls: f64,
-    bad: f64,
-    missed: f64,
-    kept: f64,
-    true_alarms: f64,
-    delay: f64,
-}
-
-impl Sums {
-    fn add(&mut self, t: &Tally) {
-        self.runs += t.runs as f64;
-        self.reward += t.reward;
-        self.calls += t.calls as f64;
-        self.bad += t.bad_runs as f64;
-        self.missed += t.missed_bad as f64;
-        self.kept += t.good_kept as f64;
-        self.true_alarms += t.true_alarms as f64;
-        self.delay += t.detection_delay as f64;
-    }
-    fn reward_per_run(&self) -> Option<f64> {
-        (self.runs > 0.0).then(|| self.reward / self.runs)
-    }
-    fn calls_per_1000(&self) -> Option<f64> {
-        (self.runs > 0.0).then(|| 1000.0 * self.calls / self.runs)
-    }
-    fn missed_rate(&self) -> Option<f64> {
-        (self.bad > 0.0).then(|| self.missed / self.bad)
-    }
-    fn efficiency(&self) -> Option<f64> {
-        (self.runs > 0.0).then(|| self.kept / self.runs)
-    }
-}
-
-/// The metrics of the summary, from a policy's sums and the baseline's.
-fn metrics(s: &Sums, base: Option<&Sums>) -> [Option<f64>; 6] {
-    let ratio = base.and_then(|b| (b.calls > 0.0).then(|| s.calls / b.calls));
-    let diff = base.and_then(|b| Some(s.missed_rate()? - b.missed_rate()?));
-    [
-        s.reward_per_run(),
-        s.calls_per_1000(),
-        s.missed_rate(),
-        s.efficiency(),
-        ratio,
-        diff,
-    ]
-}
-
-/// The highest good efficiency of the threshold rules `scan` (calls per
-/// 1000, missed-bad rate, efficiency) that call at most `calls` per 1000.
-fn best_efficiency(scan: &[[f64; 3]], calls: f64) -> Option<f64> {
-    scan.iter()
-        .filter(|p| p[0] <= calls + 1e-9)
-        .map(|p| p[2])
-        .max_by(f64::total_cmp)
-}
-
-/// The fewest calls per 1000 of the threshold rules `scan` that let
-/// through at most a fraction `missed` of the bad runs.
-fn fewest_calls(scan: &[[f64; 3]], missed: f64) -> Option<f64> {
-    scan.iter()
-        .filter(|p| p[1] <= missed + 1e-9)
-        .map(|p| p[0])
-        .min_by(f64::total_cmp)
+/// What `episodes` played.
+struct Played {
+    regime: Regime,
+    episodes: Vec<Episode>,
+    observed: Vec<(Run, Observed)>,
 }
 
 fn summary(
@@ -395,75 +362,87 @@ fn summary(
     }
     let n_data = by_run.values().next().map_or(0, Vec::len);
     let base = keys.iter().position(Run::is_baseline);
-    let sums_of = |k: usize, pick: &[usize]| {
-        let mut s = Sums::default();
-        for &d in pick {
-            s.add(by_run[&k][d]);
-        }
-        s
+    let sums_of = |pick: &[usize]| -> Vec<Totals> {
+        (0..keys.len())
+            .map(|k| {
+                let mut s = Totals::default();
+                for &d in pick {
+                    s.add(by_run[&k][d]);
+                }
+                s
+            })
+            .collect()
     };
     let all: Vec<usize> = (0..n_data).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let resamples: Vec<Vec<usize>> = (0..bootstrap)
-        .map(|_| (0..n_data).map(|_| rng.random_range(0..n_data)).collect())
-        .collect();
-    // Each policy's totals, and the baseline's on each resample, once.
-    let totals: Vec<Sums> = (0..keys.len()).map(|k| sums_of(k, &all)).collect();
-    let base_total = base.map(|b| totals[b]);
-    let base_boot: Option<Vec<Sums>> =
-        base.map(|b| resamples.iter().map(|pick| sums_of(b, pick)).collect());
-    // The threshold rules' (calls per 1000, missed-bad rate, efficiency).
-    let scan: Vec<[f64; 3]> = keys
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.policy == PolicyName::Threshold)
-        .filter_map(|(k, _)| {
-            let s = totals[k];
-            Some([
-                s.calls_per_1000()?,
-                s.missed_rate().unwrap_or(0.0),
-                s.efficiency()?,
-            ])
+    // Every policy's totals on every resample of the datasets, once.
+    let totals = sums_of(&all);
+    let boot: Vec<Vec<Totals>> = (0..bootstrap)
+        .map(|_| {
+            let pick: Vec<usize> = (0..n_data).map(|_| rng.random_range(0..n_data)).collect();
+            sums_of(&pick)
         })
         .collect();
-    let mut cols: Vec<Vec<Option<f64>>> = vec![Vec::new(); 6 * 3 + 3];
-    for (k, total) in totals.iter().enumerate() {
-        let point = metrics(total, base_total.as_ref());
-        let mut boot: Vec<Vec<f64>> = vec![Vec::new(); 6];
-        for (r, pick) in resamples.iter().enumerate() {
-            let m = metrics(&sums_of(k, pick), base_boot.as_ref().map(|b| &b[r]));
-            for (v, b) in m.iter().zip(boot.iter_mut()) {
-                if let Some(v) = v {
-                    b.push(*v);
-                }
+    let family = |keep: &dyn Fn(&Run) -> bool| -> Vec<usize> {
+        (0..keys.len()).filter(|&k| keep(&keys[k])).collect()
+    };
+    let thresholds = family(&|r| r.policy == PolicyName::Threshold);
+    let experts = family(&|r| r.expert.is_some_and(|e| e.frontier));
+    let n = keys.len();
+    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); 6 * 3 + 12];
+    for k in 0..n {
+        let point = metrics(&totals[k], base.map(|b| &totals[b]));
+        let mut replicas: Vec<Vec<f64>> = vec![Vec::new(); 6];
+        let mut expert_replicas: Vec<Vec<f64>> = vec![Vec::new(); 2];
+        for sums in &boot {
+            let m = metrics(&sums[k], base.map(|b| &sums[b]));
+            for (v, r) in m.iter().zip(replicas.iter_mut()) {
+                r.extend(*v);
+            }
+            let e = expert_comparison(sums, &experts, k);
+            for (v, r) in e.iter().zip(expert_replicas.iter_mut()) {
+                r.extend(*v);
             }
         }
-        for (i, (p, mut b)) in point.iter().zip(boot).enumerate() {
-            b.sort_by(f64::total_cmp);
-            let (lo, hi) = if b.len() * 2 >= bootstrap && p.is_some() {
-                (quantile(&b, 0.025), quantile(&b, 0.975))
-            } else {
-                (None, None)
-            };
-            cols[i].push(*p);
-            cols[6 + 2 * i].push(lo);
-            cols[7 + 2 * i].push(hi);
+        for (i, (p, r)) in point.iter().zip(replicas).enumerate() {
+            let [lo, hi] = interval(r, bootstrap, *p);
+            floats[i].push(*p);
+            floats[6 + 2 * i].push(lo);
+            floats[7 + 2 * i].push(hi);
         }
-        cols[18].push(point[1].and_then(|c| best_efficiency(&scan, c)));
-        cols[19].push(point[2].and_then(|m| fewest_calls(&scan, m)));
-        let s = total;
-        cols[20].push(
-            (regime == Regime::Online && s.true_alarms > 0.0).then(|| s.delay / s.true_alarms),
+        let s = &totals[k];
+        let (calls, missed) = (s.calls_per_1000(), s.missed_rate());
+        let mut col = 18;
+        let mut push = |v: Option<f64>| {
+            floats[col].push(v);
+            col += 1;
+        };
+        push(
+            (regime == Regime::Offline)
+                .then(|| s.good_rejected_rate())
+                .flatten(),
         );
+        for members in [&thresholds, &experts] {
+            push(calls.and_then(|c| efficiency_at_calls(&totals, members, c)));
+            push(missed.and_then(|m| calls_at_missed(&totals, members, m)));
+        }
+        let point = expert_comparison(&totals, &experts, k);
+        for (p, r) in point.iter().zip(expert_replicas) {
+            let [lo, hi] = interval(r, bootstrap, *p);
+            push(*p);
+            push(lo);
+            push(hi);
+        }
+        push((regime == Regime::Online && s.true_alarms > 0.0).then(|| s.delay / s.true_alarms));
     }
-    let n = keys.len();
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            keys.iter().map(|r| r.policy.name()),
-        )),
+        Arc::new(StringArray::from_iter_values(keys.iter().map(Run::name))),
         Arc::new(Float64Array::from_iter(keys.iter().map(|r| r.offset))),
         Arc::new(Int64Array::from_iter(
             keys.iter().map(|r| r.consecutive.map(|k| k as i64)),
+        )),
+        Arc::new(StringArray::from_iter(
+            keys.iter().map(|r| r.expert.map(|e| e.rule.label())),
         )),
         Arc::new(StringArray::from(vec![regime.name(); n])),
         Arc::new(Int64Array::from(vec![n_data as i64; n])),
@@ -476,85 +455,26 @@ fn summary(
         .enumerate()
         .map(|(k, r)| {
             let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
-            let rule = match (r.offset, r.consecutive) {
-                (Some(o), Some(c)) => format!(" (offset {o}, {c} in a row)"),
+            let rule = match (r.offset, r.consecutive, r.expert) {
+                (Some(o), Some(c), _) => format!(" (offset {o}, {c} in a row)"),
+                (_, _, Some(e)) => format!(" ({})", e.rule.label()),
                 _ => String::new(),
             };
             format!(
                 "{}{rule}: calls per 1000 runs {}, missed-bad rate {}, good efficiency {}",
-                r.policy.name(),
-                fmt(cols[1][k]),
-                fmt(cols[2][k]),
-                fmt(cols[3][k])
+                r.name(),
+                fmt(floats[1][k]),
+                fmt(floats[2][k]),
+                fmt(floats[3][k])
             )
         })
         .collect();
     columns.extend(
-        cols.into_iter()
+        floats
+            .into_iter()
             .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef),
     );
     Ok((RecordBatch::try_new(summary_schema(), columns)?, lines))
-}
-
-/// Each policy's operating point: calls per 1000 runs against the
-/// missed-bad rate (offline) or the good-data efficiency (online); the
-/// threshold rules as one line per streak length, ordered by calls.
-fn effort_plot(summary: &RecordBatch, regime: Regime, path: &std::path::Path) -> Result<()> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Float64Type, Int64Type};
-    let floats = |c: &str| {
-        summary
-            .column_by_name(c)
-            .expect("summary schema")
-            .as_primitive::<Float64Type>()
-            .clone()
-    };
-    let (calls, y_col) = (
-        floats("calls_per_1000"),
-        floats(match regime {
-            Regime::Offline => "missed_bad_rate",
-            Regime::Online => "good_efficiency",
-        }),
-    );
-    let policy = summary.column(0).as_string::<i32>();
-    let streak = summary
-        .column_by_name("consecutive")
-        .expect("summary schema")
-        .as_primitive::<Int64Type>();
-    let mut series: Vec<crate::plots::Series> = Vec::new();
-    for i in 0..summary.num_rows() {
-        if calls.is_null(i) || y_col.is_null(i) {
-            continue;
-        }
-        let name = if streak.is_null(i) {
-            policy.value(i).to_string()
-        } else {
-            format!("threshold, {} in a row", streak.value(i))
-        };
-        let point = (calls.value(i), y_col.value(i));
-        match series.iter_mut().find(|s| s.name == name) {
-            Some(s) => s.points.push(point),
-            None => series.push(crate::plots::Series {
-                name,
-                points: vec![point],
-            }),
-        }
-    }
-    for s in &mut series {
-        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
-    let y_label = match regime {
-        Regime::Offline => "missed-bad rate",
-        Regime::Online => "good-data efficiency",
-    };
-    crate::plots::lines(
-        path,
-        &format!("{} regime: shifter effort against {y_label}", regime.name()),
-        "shifter calls per 1000 runs",
-        y_label,
-        &series,
-        false,
-    )
 }
 
 fn episodes_batch(regime: Regime, episodes: &[Episode]) -> Result<RecordBatch> {
@@ -565,13 +485,18 @@ fn episodes_batch(regime: Regime, episodes: &[Episode]) -> Result<RecordBatch> {
     };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
-            episodes.iter().map(|e| e.run.policy.name()),
+            episodes.iter().map(|e| e.run.name()),
         )),
         Arc::new(Float64Array::from_iter(
             episodes.iter().map(|e| e.run.offset),
         )),
         Arc::new(Int64Array::from_iter(
             episodes.iter().map(|e| e.run.consecutive.map(|k| k as i64)),
+        )),
+        Arc::new(StringArray::from_iter(
+            episodes
+                .iter()
+                .map(|e| e.run.expert.map(|x| x.rule.label())),
         )),
         Arc::new(StringArray::from(vec![regime.name(); episodes.len()])),
         Arc::new(Int64Array::from_iter_values(
@@ -609,6 +534,16 @@ impl Stage for RlEvaluate {
         // The regime is in the agent's card: the online columns are checked
         // when the card is read.
         require_runs(&inputs[1], "runs", Regime::Offline)?;
+        if let Some(rules) = inputs.get(2) {
+            let why = "the expert rules are read from `rl_tune_rules`' table";
+            for (c, t) in [
+                ("spec", DataType::Utf8),
+                ("chosen", DataType::Boolean),
+                ("frontier", DataType::Boolean),
+            ] {
+                require_column(rules, "rules", c, why, &t.to_string(), |d| *d == t)?;
+            }
+        }
         Ok(vec![
             OutputSpec {
                 name: "main",
@@ -618,11 +553,19 @@ impl Stage for RlEvaluate {
                 name: "episodes",
                 schema: episodes_schema(),
             },
+            OutputSpec {
+                name: "features",
+                schema: features_schema(),
+            },
         ])
     }
 
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
-        let (regime, episodes) = {
+        let Played {
+            regime,
+            episodes,
+            observed,
+        } = {
             let _torch = exclusive();
             let _threads = one_thread();
             self.episodes(ctx)?
@@ -632,7 +575,10 @@ impl Stage for RlEvaluate {
             ctx.reporter.info(&line);
         }
         effort_plot(&summary, regime, &ctx.artifacts.join("effort.png"))?;
+        let named: Vec<(&str, &Observed)> = observed.iter().map(|(r, o)| (r.name(), o)).collect();
         ctx.output.write("main", summary)?;
+        ctx.output
+            .write("features", features_batch(regime, &named)?)?;
         ctx.output
             .write("episodes", episodes_batch(regime, &episodes)?)
     }
@@ -642,22 +588,10 @@ impl Stage for RlEvaluate {
 mod tests {
     use super::*;
     use crate::in_memory::{input_from_batch, run_in_memory};
+    use crate::rl::rules::ExpertRule;
     use crate::rl::test_support::{runs_input, small};
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type};
-
-    #[test]
-    fn threshold_envelope_by_hand() {
-        // (calls per 1000, missed-bad rate, efficiency) of three rules.
-        let scan = [[10.0, 0.5, 0.6], [20.0, 0.3, 0.8], [40.0, 0.1, 0.7]];
-        assert_eq!(best_efficiency(&scan, 25.0), Some(0.8));
-        assert_eq!(best_efficiency(&scan, 100.0), Some(0.8));
-        assert_eq!(best_efficiency(&scan, 10.0), Some(0.6));
-        assert_eq!(best_efficiency(&scan, 5.0), None);
-        assert_eq!(fewest_calls(&scan, 0.3), Some(20.0));
-        assert_eq!(fewest_calls(&scan, 0.2), Some(40.0));
-        assert_eq!(fewest_calls(&scan, 0.05), None);
-    }
 
     #[test]
     fn baselines_by_hand_and_the_agent_beside_them() {
@@ -771,6 +705,156 @@ mod tests {
                 .to_string();
             assert!(e.contains("dataset 2 ") && e.contains("never saw"), "{e}");
         }
+    }
+
+    /// A rules table as `rl_tune_rules` writes it (the columns read).
+    fn rules_input(
+        rows: &[(ExpertRule, bool, bool)],
+        dir: &std::path::Path,
+    ) -> crate::input::Input {
+        use arrow::array::BooleanArray;
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("spec", DataType::Utf8, false),
+            arrow::datatypes::Field::new("chosen", DataType::Boolean, false),
+            arrow::datatypes::Field::new("frontier", DataType::Boolean, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| serde_json::to_string(&r.0).unwrap()),
+                )),
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.1)))),
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.2)))),
+            ],
+        )
+        .unwrap();
+        input_from_batch("rules", &batch, &dir.join("rules.parquet")).unwrap()
+    }
+
+    #[test]
+    fn expert_rules_are_played_as_by_hand_and_each_feature_has_its_auc() {
+        use crate::rl::rules::{OfflineRule, play};
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let train = small(Regime::Offline, 1);
+        let runs = runs_input(vec![1, 2], dir, "train");
+        let models = run_in_memory(&train, &[runs]).unwrap().table("models");
+        let models = input_from_batch("models", &models, &dir.join("models.parquet")).unwrap();
+        let test = runs_input(vec![11, 12], dir, "test");
+        let rule = |ask: f64| {
+            ExpertRule::Offline(OfflineRule {
+                ask_above: ask,
+                reject_above: Some(ask + 3.0),
+                pull_ask_above: None,
+                pull_reject_above: None,
+                stale_after: Some(30),
+            })
+        };
+        // Chosen and on the frontier, only on the frontier, neither.
+        let rows = [
+            (rule(0.0), true, true),
+            (rule(2.0), false, true),
+            (rule(5.0), false, false),
+        ];
+        let eval = RlEvaluate {
+            bootstrap: 200,
+            ..Default::default()
+        };
+        let out = run_in_memory(
+            &eval,
+            &[models.clone(), test.clone(), rules_input(&rows, dir)],
+        )
+        .unwrap();
+        let summary = out.table("main");
+        let names: Vec<&str> = summary
+            .column(0)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "agent",
+                "threshold",
+                "always_call",
+                "never_call",
+                "expert",
+                "expert_frontier"
+            ]
+        );
+        // The expert rows are the rules played by hand, dataset by dataset.
+        let episodes = out.table("episodes");
+        let policy = episodes.column(0).as_string::<i32>();
+        let calls = episodes
+            .column_by_name("calls")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let card = read_agent(&models).unwrap().0;
+        let mut datasets = Datasets::new(&test);
+        let mut by_hand = Vec::new();
+        while let Some(data) = datasets.next_dataset().unwrap() {
+            let warmup = Warmup::tune(&card.env, &data).unwrap();
+            for r in [rule(0.0), rule(2.0)] {
+                by_hand.push(play(&card.env, &data, eval.seed, &warmup, r).unwrap().calls as i64);
+            }
+        }
+        let played: Vec<i64> = (0..episodes.num_rows())
+            .filter(|&i| policy.value(i).starts_with("expert"))
+            .map(|i| calls.value(i))
+            .collect();
+        assert_eq!(played, by_hand);
+        // Calls over the expert frontier's at the same missed rate: a rule
+        // of the frontier calls at least as much as the frontier.
+        let f = |name: &str| {
+            summary
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone()
+        };
+        let ratio = f("expert_calls_ratio");
+        if !ratio.is_null(5) {
+            assert!(ratio.value(5) >= 1.0 - 1e-9, "{}", ratio.value(5));
+        }
+        let diff = f("expert_efficiency_diff");
+        assert!(diff.value(4) <= 1e-9 && diff.value(5) <= 1e-9);
+        // Features: every observation feature of the agent's runs and of
+        // DINAMO-S's rule's, with an AUC; the score tells bad runs.
+        let features = out.table("features");
+        assert_eq!(features.num_rows(), 2 * N_OBS);
+        let auc = features
+            .column_by_name("auc")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let name = features.column_by_name("name").unwrap().as_string::<i32>();
+        for i in 0..features.num_rows() {
+            assert!((0.0..=1.0).contains(&auc.value(i)));
+        }
+        assert_eq!(name.value(0), "score");
+        assert!(auc.value(0) > 0.6, "{}", auc.value(0));
+        // A rules table of the other regime is refused.
+        let online = ExpertRule::Online(crate::rl::rules::OnlineRule {
+            flag_above: 0.0,
+            k: 1,
+            m: 1,
+            pull_alarm_above: None,
+            cooldown: 0,
+            stale_after: None,
+        });
+        let e = run_in_memory(
+            &eval,
+            &[
+                models,
+                test.clone(),
+                rules_input(&[(online, true, true)], dir),
+            ],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("online regime"), "{e}");
     }
 
     #[test]

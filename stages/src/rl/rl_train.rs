@@ -52,7 +52,7 @@ impl Default for RlTrain {
 
 impl StageConfig for RlTrain {
     const KIND: &'static str = "rl_train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "PPO agent (tch) that accepts, rejects or asks the shifter (offline) or raises alarms (online) on a DINAMO run stream";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "runs";

@@ -158,7 +158,7 @@ pub fn episodes_schema() -> SchemaRef {
         column(
             "policy",
             DataType::Utf8,
-            "agent, threshold, always_call or never_call",
+            "agent, threshold, expert (the rule chosen on development datasets), expert_frontier (a rule of their frontier), always_call or never_call",
         ),
         nullable(
             "offset",
@@ -169,6 +169,11 @@ pub fn episodes_schema() -> SchemaRef {
             "consecutive",
             DataType::Int64,
             "threshold: call when this many runs in a row are flagged; null for the others",
+        ),
+        nullable(
+            "rule",
+            DataType::Utf8,
+            "expert, expert_frontier: the rule (`rl_tune_rules`' label); null for the others",
         ),
         column("regime", DataType::Utf8, "offline or online"),
         column("dataset", DataType::Int64, "Dataset (seed)"),
@@ -251,6 +256,11 @@ pub fn summary_schema() -> SchemaRef {
             DataType::Int64,
             "Flagged runs in a row before a call (threshold policy)",
         ),
+        nullable(
+            "rule",
+            DataType::Utf8,
+            "The expert rule (expert, expert_frontier policies)",
+        ),
         column("regime", DataType::Utf8, "offline or online"),
         column("datasets", DataType::Int64, "Datasets evaluated"),
         column("runs", DataType::Int64, "Runs acted on, all datasets"),
@@ -302,16 +312,124 @@ pub fn summary_schema() -> SchemaRef {
             .map(|(n, doc)| nullable(n, DataType::Float64, doc)),
     );
     fields.push(nullable(
-        "threshold_efficiency_at_same_calls",
+        "good_rejected_rate",
         DataType::Float64,
-        "The highest good efficiency of the threshold rules (every offset and streak) calling at most this policy's calls per 1000 (null: none does)"));
-    fields.push(nullable(
-        "threshold_calls_at_same_missed",
-        DataType::Float64,
-        "The fewest calls per 1000 of the threshold rules missing at most this policy's missed-bad rate (null: none does)"));
+        "Offline: good runs rejected without asking / good runs",
+    ));
+    for (family, which) in [
+        ("threshold", "the threshold rules (every offset and streak)"),
+        (
+            "expert",
+            "the expert rules (the chosen one and the development frontier of `rl_tune_rules`)",
+        ),
+    ] {
+        fields.push(nullable(
+            &format!("{family}_efficiency_at_same_calls"),
+            DataType::Float64,
+            &format!("The highest good efficiency of a mixture of {which} calling at most this policy's calls per 1000: the frontier interpolated between rules (null: every rule calls more)")));
+        fields.push(nullable(
+            &format!("{family}_calls_at_same_missed"),
+            DataType::Float64,
+            &format!("The fewest calls per 1000 of a mixture of {which} missing at most this policy's missed-bad rate (null: none does)")));
+    }
+    for (name, doc) in [
+        (
+            "expert_calls_ratio",
+            "Offline: calls / expert_calls_at_same_missed (the goal: ≤ 0.7)",
+        ),
+        (
+            "expert_efficiency_diff",
+            "Online: good efficiency − expert_efficiency_at_same_calls (the goal: ≥ 0.10)",
+        ),
+    ] {
+        fields.push(nullable(name, DataType::Float64, doc));
+        fields.push(nullable(&format!("{name}_lo"), DataType::Float64, "Lower end of its 95 % paired bootstrap interval over datasets (the frontier recomputed on each resample)"));
+        fields.push(nullable(
+            &format!("{name}_hi"),
+            DataType::Float64,
+            "Upper end",
+        ));
+    }
     fields.push(nullable(
         "mean_detection_delay",
         DataType::Float64,
         "Online: mean runs from a fault's start to its alarm (null offline or without a true alarm)"));
     Arc::new(Schema::new(fields))
+}
+
+/// `rl_tune_rules`' table: one row per rule of the grid, its figures on
+/// the development datasets, the chosen rule and the frontier.
+pub fn rules_schema() -> SchemaRef {
+    schema_of([
+        column("regime", DataType::Utf8, "offline or online"),
+        column("rule", DataType::Utf8, "The rule in words"),
+        column(
+            "spec",
+            DataType::Utf8,
+            "The rule as JSON (`rl_evaluate` plays it from this)",
+        ),
+        column("datasets", DataType::Int64, "Development datasets"),
+        column("runs", DataType::Int64, "Runs acted on, all datasets"),
+        nullable("reward_per_run", DataType::Float64, "Mean reward per run"),
+        nullable(
+            "calls_per_1000",
+            DataType::Float64,
+            "Shifter calls per 1000 runs",
+        ),
+        nullable(
+            "missed_bad_rate",
+            DataType::Float64,
+            "Bad runs let through without a call / bad runs",
+        ),
+        nullable(
+            "good_efficiency",
+            DataType::Float64,
+            "Good runs kept / runs",
+        ),
+        nullable(
+            "good_rejected_rate",
+            DataType::Float64,
+            "Offline: good runs rejected without asking / good runs",
+        ),
+        column(
+            "chosen",
+            DataType::Boolean,
+            "The highest reward per run (the agent's objective): the tuned baseline",
+        ),
+        column(
+            "frontier",
+            DataType::Boolean,
+            "On the frontier: calls against missed-bad among rules within `max_good_rejected` (offline), calls against good efficiency (online)",
+        ),
+    ])
+}
+
+/// `rl_evaluate`'s `features` table: how well each observation feature
+/// alone tells a bad run (offline) or a faulty detector (online) from a
+/// good one, on the runs a policy met.
+pub fn features_schema() -> SchemaRef {
+    schema_of([
+        column("policy", DataType::Utf8, "Policy whose runs were observed"),
+        column("regime", DataType::Utf8, "offline or online"),
+        column("feature", DataType::Int64, "Index in the observation"),
+        column("name", DataType::Utf8, "Feature"),
+        nullable(
+            "auc",
+            DataType::Float64,
+            "ROC AUC of the feature for bad runs (0.5: no information; 0 or 1: separates alone)",
+        ),
+        nullable(
+            "auc_lo",
+            DataType::Float64,
+            "Hanley-McNeil 95 % interval, low",
+        ),
+        nullable("auc_hi", DataType::Float64, "… high"),
+        nullable(
+            "separation",
+            DataType::Float64,
+            "max(auc, 1 − auc): how well the feature alone separates, either way",
+        ),
+        column("bad_runs", DataType::Int64, "Bad (faulty) runs"),
+        column("good_runs", DataType::Int64, "Good runs"),
+    ])
 }

@@ -1,0 +1,53 @@
+//! What a set of episodes did, summed, and the rates every RL table
+//! reports from it (`rl_tune_rules` on development datasets, `rl_evaluate`
+//! on test datasets and on each bootstrap resample).
+
+use super::env::Tally;
+
+/// Totals of a set of episodes, and the rates the tables report.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Totals {
+    pub runs: f64,
+    pub good: f64,
+    pub reward: f64,
+    pub calls: f64,
+    pub bad: f64,
+    pub missed: f64,
+    pub kept: f64,
+    pub good_rejected: f64,
+    pub true_alarms: f64,
+    pub delay: f64,
+}
+
+impl Totals {
+    pub fn add(&mut self, t: &Tally) {
+        self.runs += t.runs as f64;
+        self.good += t.good_runs as f64;
+        self.reward += t.reward;
+        self.calls += t.calls as f64;
+        self.bad += t.bad_runs as f64;
+        self.missed += t.missed_bad as f64;
+        self.kept += t.good_kept as f64;
+        self.good_rejected += t.good_rejected as f64;
+        self.true_alarms += t.true_alarms as f64;
+        self.delay += t.detection_delay as f64;
+    }
+    pub fn reward_per_run(&self) -> Option<f64> {
+        (self.runs > 0.0).then(|| self.reward / self.runs)
+    }
+    pub fn calls_per_1000(&self) -> Option<f64> {
+        (self.runs > 0.0).then(|| 1000.0 * self.calls / self.runs)
+    }
+    /// Bad runs let through without a call / bad runs.
+    pub fn missed_rate(&self) -> Option<f64> {
+        (self.bad > 0.0).then(|| self.missed / self.bad)
+    }
+    /// Good runs kept / runs.
+    pub fn efficiency(&self) -> Option<f64> {
+        (self.runs > 0.0).then(|| self.kept / self.runs)
+    }
+    /// Offline: good runs rejected without asking / good runs.
+    pub fn good_rejected_rate(&self) -> Option<f64> {
+        (self.good > 0.0).then(|| self.good_rejected / self.good)
+    }
+}
