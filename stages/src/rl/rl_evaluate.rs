@@ -273,24 +273,23 @@ impl RlEvaluate {
                 let mut streak = 0;
                 let mut player = run.expert.map(|e| RulePlayer::new(e.rule));
                 let watch = run.policy == PolicyName::Agent || run.is_baseline();
-                let slot = if watch {
-                    match observed.iter().position(|(r, _)| *r == run) {
-                        Some(i) => Some(i),
-                        None => {
+                let slot = watch.then(|| {
+                    observed
+                        .iter()
+                        .position(|(r, _)| *r == run)
+                        .unwrap_or_else(|| {
                             observed.push((run, Observed::default()));
-                            Some(observed.len() - 1)
-                        }
-                    }
-                } else {
-                    None
-                };
+                            observed.len() - 1
+                        })
+                });
                 while env.remaining() > 0 {
                     streak = if env.score() > run.offset.unwrap_or(0.0) {
                         streak + 1
                     } else {
                         0
                     };
-                    let obs = (watch || net.is_some()).then(|| env.observation());
+                    // Only the agent and the watched baseline need the observation.
+                    let obs = watch.then(|| env.observation());
                     let action = match (run.policy, &net, &mut player) {
                         (PolicyName::Agent, Some((_, net)), _) => {
                             let obs = obs.as_ref().expect("observed for the agent");
