@@ -1823,10 +1823,10 @@ fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
             "{eval}"
         );
     }
-    // Offline goal: no more bad runs accepted than DINAMO-S's rule, and at
+    // Offline: no more bad runs accepted than DINAMO-S's rule, and at
     // least 30 % fewer shifter calls (upper ends of the paired intervals);
-    // the same against the expert rules' frontier at the agent's
-    // missed-bad rate.
+    // the same against the hand rules' frontier at the agent's missed-bad
+    // rate.
     let v = floats(
         "SELECT calls_ratio_hi, missed_bad_diff_hi, expert_calls_ratio_hi FROM offline WHERE policy = 'agent'",
     );
@@ -1838,6 +1838,43 @@ fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
         "SELECT good_efficiency_lo, threshold_efficiency_at_same_calls, expert_efficiency_at_same_calls, expert_efficiency_diff_lo FROM online WHERE policy = 'agent'",
     );
     assert!(v[0] > v[1] && v[2] > v[1] && v[3] > -0.05, "{v:?}");
+    // The classifiers on the agent's observation: one chosen decision per
+    // model, trained on labels that tell bad runs better than chance on
+    // the development datasets; with them the best tuned baselines'
+    // frontier is at least as good as the hand rules' alone.
+    for eval in ["offline", "online"] {
+        assert_eq!(
+            query(&format!(
+                "SELECT count(*) FROM {eval} WHERE policy IN ('logistic', 'boosted')"
+            )),
+            ["2"]
+        );
+        let v = floats(&format!(
+            "SELECT min(dev_auc_lo) FROM {eval}_classifiers_fit"
+        ));
+        assert!(v[0] > 0.6, "{eval}: {v:?}");
+    }
+    let v =
+        floats("SELECT best_calls_ratio, expert_calls_ratio FROM offline WHERE policy = 'agent'");
+    assert!(v[0] >= v[1] - 1e-9, "{v:?}");
+    let v = floats(
+        "SELECT best_efficiency_diff, expert_efficiency_diff FROM online WHERE policy = 'agent'",
+    );
+    assert!(v[0] <= v[1] + 1e-9, "{v:?}");
+    // What became of every fault: one row each, by kind beside the
+    // baselines' frontier at the agent's calls.
+    assert_eq!(
+        query(
+            "SELECT (SELECT count(*) FROM online_faults WHERE policy = 'agent') = (SELECT sum(faults) FROM online_episodes WHERE policy = 'agent')"
+        ),
+        ["true"]
+    );
+    let v = floats(
+        "SELECT count(*), sum(faults), count(missed_runs_diff) FROM online_by_kind WHERE policy = 'agent'",
+    );
+    assert!(v[0] == 3.0 && v[1] > 100.0 && v[2] == 3.0, "{v:?}");
+    let v = floats("SELECT false_alarms_per_change FROM offline WHERE policy = 'agent'");
+    assert!(v[0] >= 0.0, "{v:?}");
     // Each observation feature's AUC, for the agent's runs and the rule's;
     // a faulty run's event count is drawn like a working one's, so its
     // integral alone does not tell it.

@@ -158,6 +158,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::rl::rl_train::RlTrain>(),
         kind::<crate::rl::rl_evaluate::RlEvaluate>(),
         kind::<crate::rl::rl_tune_rules::RlTuneRules>(),
+        kind::<crate::rl::rl_tune_classifiers::RlTuneClassifiers>(),
         kind::<crate::dqm::dqm_root::DqmRoot>(),
         kind::<crate::dqm::dqm_dataframe::DqmDataframe>(),
         kind::<crate::dqm::cms_json::CmsJson>(),

@@ -58,6 +58,9 @@ pub struct Truth {
     pub sigma: Vec<f64>,
     pub lo: f64,
     pub hi: f64,
+    /// The generator's `rapid_change` flag per run, when the input has the
+    /// column (a good change of the detector's conditions at that run).
+    pub rapid_change: Option<Vec<bool>>,
 }
 
 /// The truth columns the Jaccard bands need.
@@ -139,11 +142,23 @@ impl DatasetRuns {
                 Ok(order.iter().map(|&i| v[i as usize]).collect())
             };
             let (lo, hi) = (floats("lo")?, floats("hi")?);
+            let rapid_change = match batch.column_by_name("rapid_change") {
+                Some(c) => {
+                    let c = cast_column(c, &DataType::Boolean, input, "rapid_change")?;
+                    if c.null_count() > 0 {
+                        return Err(ctx("null in column `rapid_change`".into()));
+                    }
+                    let v = c.as_boolean();
+                    Some(order.iter().map(|&i| v.value(i as usize)).collect())
+                }
+                None => None,
+            };
             out.truth = Some(Truth {
                 mu: floats("mu")?,
                 sigma: floats("sigma")?,
                 lo: lo[0],
                 hi: hi[0],
+                rapid_change,
             });
         }
         out.order = order;
@@ -188,6 +203,15 @@ impl DatasetRuns {
     /// The generator's truth (mu, sigma, range), when the input has it.
     pub fn truth(&self) -> Option<&Truth> {
         self.truth.as_ref()
+    }
+
+    /// Tests: sets the truth's rapid-change flags.
+    #[cfg(test)]
+    pub fn set_rapid_changes(&mut self, flags: Vec<bool>) {
+        self.truth
+            .as_mut()
+            .expect("a generated dataset")
+            .rapid_change = Some(flags);
     }
 
     pub fn is_empty(&self) -> bool {

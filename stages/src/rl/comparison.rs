@@ -6,7 +6,7 @@
 use arrow::array::RecordBatch;
 
 use super::env_config::Regime;
-use super::frontier::Frontier;
+use super::frontier::{Frontier, Mix};
 use super::totals::Totals;
 use crate::error::Result;
 use crate::stats::quantile;
@@ -25,9 +25,11 @@ pub fn metrics(s: &Totals, base: Option<&Totals>) -> [Option<f64>; 6] {
     ]
 }
 
-/// The highest good efficiency of a mixture of the rules `family` calling
-/// at most `calls` per 1000 (the frontier between them, interpolated).
-pub fn efficiency_at_calls(sums: &[Totals], family: &[usize], calls: f64) -> Option<f64> {
+/// The mixture of the rules `family` with the highest good efficiency
+/// calling at most `calls` per 1000 (the frontier between them,
+/// interpolated); its `a` and `b` index into `family`, so any other figure
+/// of the rules mixes the same way.
+pub fn mix_at_calls(sums: &[Totals], family: &[usize], calls: f64) -> Option<Mix> {
     let points: Vec<(f64, f64)> = family
         .iter()
         .map(|&k| {
@@ -38,8 +40,17 @@ pub fn efficiency_at_calls(sums: &[Totals], family: &[usize], calls: f64) -> Opt
             )
         })
         .collect();
-    let efficiency: Vec<f64> = points.iter().map(|p| p.1).collect();
-    Some(Frontier::new(&points)?.at(calls)?.of(&efficiency))
+    Frontier::new(&points)?.at(calls)
+}
+
+/// The highest good efficiency of a mixture of the rules `family` calling
+/// at most `calls` per 1000.
+pub fn efficiency_at_calls(sums: &[Totals], family: &[usize], calls: f64) -> Option<f64> {
+    let efficiency: Vec<f64> = family
+        .iter()
+        .map(|&k| sums[k].efficiency().unwrap_or(f64::NAN))
+        .collect();
+    Some(mix_at_calls(sums, family, calls)?.of(&efficiency))
 }
 
 /// The fewest calls per 1000 of a mixture of the rules `family` missing at

@@ -10,11 +10,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, EnvConfig, FaultKind, REJECT, Regime};
-use crate::dinamo::generator::RunGenerator;
+use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, EnvConfig, REJECT, Regime};
+use super::faults::{FaultPlan, FaultRecord};
 use crate::dinamo::reference::{
     ALPHA_STEP, Constants, EPSILON, NormRun, Reference, evolve, score_of,
 };
@@ -75,7 +72,20 @@ pub struct Tally {
     pub detection_delay: u64,
     /// Confirmed good runs folded into the reference.
     pub reference_updates: u64,
+    /// Online: each fault, in order, and what became of it.
+    pub fault_log: Vec<FaultRecord>,
+    /// Good rapid changes of the conditions met (the generator's
+    /// `rapid_change` runs; 0 without that column).
+    pub rapid_changes: u64,
+    /// Good runs called about (online: false alarms; offline: asked about
+    /// or rejected) within [`AFTER_CHANGE`] runs of a rapid change, the
+    /// change's run included.
+    pub false_alarms_after_change: u64,
 }
+
+/// Runs after a good rapid change (its own run included) in which a call
+/// on a good run counts in [`Tally::false_alarms_after_change`].
+pub const AFTER_CHANGE: usize = 20;
 
 /// What an expert rule looks at on the current run (see [`super::rules`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,17 +151,6 @@ enum Detector {
     },
 }
 
-/// A fault drawn in advance for the run where it would start.
-#[derive(Debug, Clone)]
-struct FaultDraw {
-    /// Uniform in [0, 1): a fault starts at this run if < p_start.
-    u: f64,
-    kind: FaultKind,
-    mu_shift: f64,
-    sigma_shift: f64,
-    dead: Vec<usize>,
-}
-
 /// The run being decided.
 #[derive(Debug, Clone)]
 struct Current {
@@ -203,9 +202,13 @@ pub struct Env<'a> {
     /// (due position, run index) of good runs awaiting certification.
     pending: VecDeque<(usize, usize)>,
     detector: Detector,
-    faults: Vec<FaultDraw>,
-    /// The redraw of a run under a fault: (generator, seed per run).
-    generator: Option<(RunGenerator, Vec<u64>)>,
+    /// Online: the faults drawn for every run.
+    plan: Option<FaultPlan>,
+    /// Stream position of the last good rapid change, and the run index
+    /// presented last (a change at a run left out of the stream counts at
+    /// the next run presented).
+    last_change: Option<usize>,
+    last_index: Option<usize>,
     epsilon: f64,
     pub tally: Tally,
 }
@@ -249,54 +252,9 @@ impl<'a> Env<'a> {
         let stream: Vec<usize> = (warm..data.len())
             .filter(|&k| cfg.regime == Regime::Offline || data.good[k])
             .collect();
-        let (faults, generator) = if cfg.regime == Regime::Online {
-            let truth = data.truth().ok_or_else(|| {
-                data.error(
-                    "the online regime redraws runs under faults and needs the generator's \
-                     columns `mu`, `sigma`, `lo`, `hi` (synth_runs writes them)"
-                        .into(),
-                )
-            })?;
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (data.dataset as u64).rotate_left(32));
-            let f = &cfg.faults;
-            let n_bins = data.n_bins();
-            let uniform = |rng: &mut ChaCha8Rng, r: [f64; 2]| {
-                if r[0] < r[1] {
-                    rng.random_range(r[0]..r[1])
-                } else {
-                    r[0]
-                }
-            };
-            let mut draws = Vec::with_capacity(data.len());
-            let mut seeds = Vec::with_capacity(data.len());
-            for _ in 0..data.len() {
-                let u = rng.random::<f64>();
-                let kind = f.kinds[rng.random_range(0..f.kinds.len())];
-                let sign = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
-                let mu_shift = sign * uniform(&mut rng, f.mean_shift);
-                let sigma_shift = sign * uniform(&mut rng, f.width_shift);
-                let n_dead = rng
-                    .random_range(f.dead_bins[0]..=f.dead_bins[1])
-                    .min(n_bins);
-                let dead = rand::seq::index::sample(&mut rng, n_bins, n_dead).into_vec();
-                draws.push(FaultDraw {
-                    u,
-                    kind,
-                    mu_shift,
-                    sigma_shift,
-                    dead,
-                });
-                seeds.push(rng.random::<u64>());
-            }
-            let generator = RunGenerator {
-                n_bins,
-                range: [truth.lo, truth.hi],
-                p_binomial: f.p_binomial,
-                ..Default::default()
-            };
-            (draws, Some((generator, seeds)))
-        } else {
-            (Vec::new(), None)
+        let plan = match cfg.regime {
+            Regime::Online => Some(FaultPlan::draw(&cfg.faults, &data, seed)?),
+            Regime::Offline => None,
         };
         let mut env = Self {
             cfg,
@@ -315,8 +273,9 @@ impl<'a> Env<'a> {
             since_update: 0,
             pending: VecDeque::new(),
             detector: Detector::Working,
-            faults,
-            generator,
+            plan,
+            last_change: None,
+            last_index: None,
             epsilon: EPSILON,
             tally: Tally::default(),
         };
@@ -378,6 +337,14 @@ impl<'a> Env<'a> {
             self.current = None;
             return;
         };
+        if let Some(rapid) = self.data.truth().and_then(|t| t.rapid_change.as_ref()) {
+            let from = self.last_index.map_or(k, |j| j + 1);
+            if rapid[from..=k].iter().any(|&r| r) {
+                self.last_change = Some(self.pos);
+                self.tally.rapid_changes += 1;
+            }
+        }
+        self.last_index = Some(k);
         let (good, norm) = match self.cfg.regime {
             Regime::Offline => (self.data.good[k], self.data.norm[k].clone()),
             Regime::Online => self.take_online_run(k),
@@ -403,46 +370,30 @@ impl<'a> Env<'a> {
 
     /// Online: advances the detector to run `k` and returns what it records.
     fn take_online_run(&mut self, k: usize) -> (bool, NormRun) {
-        if self.detector == Detector::Working && self.faults[k].u < self.cfg.faults.p_start {
+        let plan = self.plan.as_ref().expect("online");
+        if self.detector == Detector::Working && plan.draws[k].u < self.cfg.faults.p_start {
             self.detector = Detector::Faulty {
                 fault: k,
                 since: self.pos,
             };
             self.tally.faults += 1;
+            let draw = &plan.draws[k];
+            self.tally.fault_log.push(FaultRecord {
+                kind: draw.kind,
+                size: draw.size(),
+                transient: draw.transient,
+                run: self.data.runs[k],
+                delay: None,
+                missed: 0,
+            });
         }
-        let fault = match self.detector {
-            Detector::Working => return (true, self.data.norm[k].clone()),
-            Detector::Faulty { fault, .. } | Detector::Repairing { fault, .. } => fault,
-        };
-        let draw = &self.faults[fault];
-        let (generator, seeds) = self.generator.as_ref().expect("online");
-        let truth = self.data.truth().expect("checked in new");
-        // The event count is drawn as the generator draws it: the recorded
-        // run's integral already carries its binomial systematic, and
-        // redrawing from it would apply that systematic twice, so the
-        // integral alone would tell a faulty run.
-        let mut rng = ChaCha8Rng::seed_from_u64(seeds[k]);
-        let [lo, hi] = self.cfg.faults.events;
-        let n_events = if lo < hi {
-            rng.random_range(lo..hi)
-        } else {
-            lo
-        };
-        let (mut mu, mut sigma) = (truth.mu[k], truth.sigma[k]);
-        let mut dead: &[usize] = &[];
-        match draw.kind {
-            FaultKind::MeanShift => mu += draw.mu_shift,
-            FaultKind::WidthShift => {
-                sigma = if sigma + draw.sigma_shift > 0.05 {
-                    sigma + draw.sigma_shift
-                } else {
-                    sigma - draw.sigma_shift
-                }
-            }
-            FaultKind::DeadBins => dead = &draw.dead,
+        match self.detector {
+            Detector::Working => (true, self.data.norm[k].clone()),
+            Detector::Faulty { fault, .. } | Detector::Repairing { fault, .. } => (
+                false,
+                plan.redraw(&self.cfg.faults, &self.data, k, fault, self.epsilon),
+            ),
         }
-        let counts = generator.sample_counts(&mut rng, n_events, mu, sigma, dead);
-        (false, NormRun::new(&counts, self.epsilon))
     }
 
     /// Folds good run `k` (confirmed) into the reference.
@@ -563,6 +514,8 @@ impl<'a> Env<'a> {
                     t.good_kept += 1;
                 }
                 let alarm = action == ALARM;
+                let transient =
+                    |fault: usize| self.plan.as_ref().is_some_and(|p| p.draws[fault].transient);
                 match self.detector {
                     Detector::Working if alarm => {
                         // The shifter finds the detector working: this run
@@ -574,13 +527,30 @@ impl<'a> Env<'a> {
                     Detector::Working => certify_later = true,
                     Detector::Faulty { fault, since } if alarm => {
                         t.true_alarms += 1;
-                        t.detection_delay += (self.pos - since) as u64;
-                        self.detector = Detector::Repairing {
-                            fault,
-                            left: self.cfg.faults.fix_delay,
+                        let delay = (self.pos - since) as u64;
+                        t.detection_delay += delay;
+                        if let Some(r) = t.fault_log.last_mut() {
+                            r.delay = Some(delay);
+                        }
+                        // A transient fault is gone by the next run: no repair.
+                        self.detector = if transient(fault) {
+                            Detector::Working
+                        } else {
+                            Detector::Repairing {
+                                fault,
+                                left: self.cfg.faults.fix_delay,
+                            }
                         };
                     }
-                    Detector::Faulty { .. } => t.missed_bad += 1,
+                    Detector::Faulty { fault, .. } => {
+                        t.missed_bad += 1;
+                        if let Some(r) = t.fault_log.last_mut() {
+                            r.missed += 1;
+                        }
+                        if transient(fault) {
+                            self.detector = Detector::Working;
+                        }
+                    }
                     Detector::Repairing { .. } => {
                         if alarm {
                             t.redundant_calls += 1;
@@ -601,6 +571,17 @@ impl<'a> Env<'a> {
             }
         }
         t.reward += reward;
+        let called_on_good = match self.cfg.regime {
+            Regime::Offline => c.good && action != ACCEPT,
+            Regime::Online => c.good && action == ALARM,
+        };
+        if called_on_good
+            && self
+                .last_change
+                .is_some_and(|p| self.pos - p < AFTER_CHANGE)
+        {
+            t.false_alarms_after_change += 1;
+        }
         // What the policy kept, as far as it knows: accepted, confirmed
         // good by the shifter, or taken without an alarm.
         let kept_by_policy = match self.cfg.regime {
@@ -648,31 +629,8 @@ impl<'a> Env<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dinamo::test_support::generated_runs;
-    use crate::params::AutoOr;
-    use crate::rl::env_config::Faults;
-
-    /// A generated dataset of good runs; tests set the truth they need.
-    pub(crate) fn dataset(n_runs: usize, seed: u64) -> DatasetRuns {
-        let batch = generated_runs(RunGenerator {
-            seeds: Some(vec![seed]),
-            n_runs,
-            n_bad: 0,
-            ..Default::default()
-        });
-        DatasetRuns::parse(seed as i64, &batch, "runs", 1e-9).unwrap()
-    }
-
-    fn config(regime: Regime) -> EnvConfig {
-        EnvConfig {
-            regime,
-            warmup_runs: 5,
-            alpha: AutoOr::Value(0.5),
-            threshold: AutoOr::Value(0.0),
-            confirm_delay: None,
-            ..Default::default()
-        }
-    }
+    use crate::rl::env_config::{FaultKind, Faults};
+    use crate::rl::test_support::{config, dataset};
 
     /// The reference after the warm-up, and after folding `extra` runs.
     fn reference_after(data: &DatasetRuns, extra: &[usize]) -> Vec<f64> {

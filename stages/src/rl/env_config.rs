@@ -94,13 +94,34 @@ pub enum FaultKind {
     DeadBins,
 }
 
+impl FaultKind {
+    pub const ALL: [FaultKind; 3] = [
+        FaultKind::MeanShift,
+        FaultKind::WidthShift,
+        FaultKind::DeadBins,
+    ];
+
+    /// The YAML name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::MeanShift => "mean_shift",
+            FaultKind::WidthShift => "width_shift",
+            FaultKind::DeadBins => "dead_bins",
+        }
+    }
+}
+
 /// The online regime's detector faults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
     /// Probability per run that a working detector develops a fault; it
-    /// persists until an alarm gets it fixed.
+    /// persists until an alarm gets it fixed, unless it is transient.
     pub p_start: f64,
+    /// Probability that a fault is transient: it spoils the one run where
+    /// it starts (DINAMO's bad runs) and is gone by the next, alarm or
+    /// not. 0: every fault persists.
+    pub transient: f64,
     /// Runs still taken with the fault after a true alarm (the repair).
     pub fix_delay: usize,
     /// Kinds a fault is drawn from, uniformly.
@@ -124,6 +145,7 @@ impl Default for Faults {
     fn default() -> Self {
         Self {
             p_start: 0.01,
+            transient: 0.0,
             fix_delay: 2,
             kinds: vec![
                 FaultKind::MeanShift,
@@ -216,6 +238,12 @@ impl Faults {
     pub fn validate(&self, regime: Regime) -> Result<()> {
         if !(0.0..=1.0).contains(&self.p_start) {
             return bad_param("p_start", format!("{} is not a probability", self.p_start));
+        }
+        if !(0.0..=1.0).contains(&self.transient) {
+            return bad_param(
+                "transient",
+                format!("{} is not a probability", self.transient),
+            );
         }
         if !(0.0..=1.0).contains(&self.p_binomial) {
             return bad_param(

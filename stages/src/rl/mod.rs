@@ -19,22 +19,30 @@ pub mod tables;
 pub mod env_config;
 pub mod ppo;
 
-// Library: the frontier of a family of rules.
+// Library: the frontier of a family of rules, the classifiers.
+pub mod classifier;
 pub mod frontier;
 
 // Shared by the stages: the environment, which plays a DINAMO runs table,
-// the expert rules that play it, the trained agent read back, the totals
-// of episodes, what a policy observed, and the comparisons of policies.
+// the online faults it draws, the expert rules that play it, the trained
+// agent read back, the totals of episodes, what a policy observed, the
+// comparisons of policies, the rows of the evaluation and the
+// per-fault-kind tables.
 pub mod agent;
 pub mod comparison;
 pub mod env;
+pub mod evaluated;
+pub mod fault_tables;
+pub mod faults;
 pub mod observed;
 pub mod rules;
 pub mod totals;
+pub mod tuning;
 
 // Stages, one per kind.
 pub mod rl_evaluate;
 pub mod rl_train;
+pub mod rl_tune_classifiers;
 pub mod rl_tune_rules;
 
 // Fixtures of the family's tests.

@@ -2,70 +2,32 @@
 //! never saw, in the environment it was trained in (from its card), each
 //! policy meeting the same runs and the same faults.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::agent::read_agent;
-use super::comparison::{
-    calls_at_missed, efficiency_at_calls, effort_plot, expert_comparison, interval, metrics,
-};
-use super::env::{Env, N_OBS, Tally, Warmup};
+use super::comparison::effort_plot;
+use super::env::{Env, N_OBS, Warmup};
 use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, REJECT, Regime};
+pub use super::evaluated::PolicyName;
+use super::evaluated::{Episode, Run, episodes_batch, summary};
+use super::fault_tables::{
+    PolicyEpisodes, PolicyKey, by_kind_batch, by_kind_schema, faults_batch, faults_schema,
+};
 use super::observed::{Observed, features_batch};
 use super::ppo::{ActorCritic, greedy, sample};
-use super::rules::{ExpertRow, RulePlayer, read_rules};
+use super::rules::{RulePlayer, read_rules};
 use super::tables::{
     Datasets, episodes_schema, features_schema, require_runs, rules_schema, summary_schema,
 };
-use super::totals::Totals;
 use crate::error::{Result, StageError, bad_param};
 use crate::input::require_column;
 use crate::nn::{exclusive, load_weights, one_thread, require_models};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
-
-/// A policy `rl_evaluate` can run.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyName {
-    /// The trained agent (frozen).
-    Agent,
-    /// DINAMO-S's flag: ask (offline) or alarm (online) on a flagged run
-    /// (ln chi2_nu > threshold + offset) that ends a streak of `consecutive`
-    /// flagged runs, accept or continue otherwise; one row per (offset,
-    /// streak) of the scan, offset 0 and streak 1 being DINAMO-S itself.
-    Threshold,
-    /// Call the shifter on every run: the maximum-effort oracle.
-    AlwaysCall,
-    /// Never call: offline, reject flagged runs and accept the rest;
-    /// online, never raise an alarm.
-    NeverCall,
-    /// The expert rules of the third input (played whenever it is given,
-    /// never named in `policies`).
-    #[serde(skip)]
-    Expert,
-}
-
-impl PolicyName {
-    fn name(self) -> &'static str {
-        match self {
-            PolicyName::Agent => "agent",
-            PolicyName::Threshold => "threshold",
-            PolicyName::AlwaysCall => "always_call",
-            PolicyName::NeverCall => "never_call",
-            PolicyName::Expert => "expert",
-        }
-    }
-}
 
 /// Evaluates a trained agent beside the rule baselines.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -110,15 +72,16 @@ impl Default for RlEvaluate {
 
 impl StageConfig for RlEvaluate {
     const KIND: &'static str = "rl_evaluate";
-    const VERSION: u32 = 2;
-    const SUMMARY: &'static str = "Frozen RL agent vs DINAMO-S threshold rules, tuned expert rules and their interpolated frontier, always-call and never-call on unseen datasets, with bootstrap intervals and each observation feature's AUC";
-    const INPUTS: (usize, usize) = (2, 3);
-    const INPUT_ROLES: &'static str = "the agent's models table, runs, optionally the expert rules of `rl_tune_rules` (the chosen rule and the development frontier are played)";
+    const VERSION: u32 = 3;
+    const SUMMARY: &'static str = "Frozen RL agent vs DINAMO-S threshold rules, tuned expert rules and their interpolated frontier, always-call and never-call on unseen datasets, with bootstrap intervals, each observation feature's AUC, and what became of each fault, by kind and persistence, against the expert frontier at equal calls";
+    const INPUTS: (usize, usize) = (2, 4);
+    const INPUT_ROLES: &'static str = "the agent's models table, runs, optionally one or two rules tables (`rl_tune_rules`, `rl_tune_classifiers`: each family's chosen rule and the development frontier are played)";
 
     fn doc_inputs() -> Vec<SchemaRef> {
         vec![
             super::tables::models_schema(),
             dqm_schemas::runs::schema(),
+            rules_schema(),
             rules_schema(),
         ]
     }
@@ -159,33 +122,6 @@ impl StageConfig for RlEvaluate {
     }
 }
 
-/// A policy with its parameter, as it is run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Run {
-    policy: PolicyName,
-    offset: Option<f64>,
-    consecutive: Option<usize>,
-    /// Expert: the rule, chosen on the development datasets, on their
-    /// frontier.
-    expert: Option<ExpertRow>,
-}
-
-impl Run {
-    /// DINAMO-S's own rule, the baseline of the comparison columns.
-    fn is_baseline(&self) -> bool {
-        self.policy == PolicyName::Threshold
-            && self.offset == Some(0.0)
-            && self.consecutive == Some(1)
-    }
-
-    fn name(&self) -> &'static str {
-        match self.expert {
-            Some(e) if !e.chosen => "expert_frontier",
-            _ => self.policy.name(),
-        }
-    }
-}
-
 /// A rule's action on the current run of `env`, `flagged` when the run
 /// ends a long enough streak of flagged runs.
 fn rule(policy: PolicyName, flagged: bool, env: &Env<'_>) -> usize {
@@ -198,15 +134,6 @@ fn rule(policy: PolicyName, flagged: bool, env: &Env<'_>) -> usize {
         (Regime::Online, PolicyName::Threshold) if flagged => ALARM,
         (Regime::Online, _) => CONTINUE,
     }
-}
-
-/// One (policy, dataset) episode.
-struct Episode {
-    run: Run,
-    dataset: i64,
-    tally: Tally,
-    alpha: f64,
-    threshold: f64,
 }
 
 impl RlEvaluate {
@@ -234,7 +161,7 @@ impl RlEvaluate {
                 runs.push(plain(policy, None, None));
             }
         }
-        if let Some(rules) = ctx.inputs.get(2) {
+        for rules in &ctx.inputs[2..] {
             runs.extend(read_rules(rules, env_cfg.regime)?.into_iter().map(|e| Run {
                 expert: Some(e),
                 ..plain(PolicyName::Expert, None, None)
@@ -267,18 +194,18 @@ impl RlEvaluate {
             }
             // DINAMO-S is tuned on the warm-up once; every policy starts from it.
             let warmup = Warmup::tune(env_cfg, &data)?;
-            for &run in &runs {
+            for run in &runs {
                 let mut env = Env::start(env_cfg, data.clone(), self.seed, warmup.clone())?;
                 let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ data.dataset as u64);
                 let mut streak = 0;
-                let mut player = run.expert.map(|e| RulePlayer::new(e.rule));
+                let mut player = run.expert.as_ref().map(|e| RulePlayer::new(e.rule.clone()));
                 let watch = run.policy == PolicyName::Agent || run.is_baseline();
                 let slot = watch.then(|| {
                     observed
                         .iter()
-                        .position(|(r, _)| *r == run)
+                        .position(|(r, _)| r == run)
                         .unwrap_or_else(|| {
-                            observed.push((run, Observed::default()));
+                            observed.push((run.clone(), Observed::default()));
                             observed.len() - 1
                         })
                 });
@@ -301,7 +228,7 @@ impl RlEvaluate {
                                 sample(probs, &mut rng)
                             }
                         }
-                        (_, _, Some(player)) => player.act(&env.view()),
+                        (_, _, Some(player)) => player.act_on(&env),
                         _ => rule(run.policy, streak >= run.consecutive.unwrap_or(1), &env),
                     };
                     let step = env.step(action)?;
@@ -310,7 +237,7 @@ impl RlEvaluate {
                     }
                 }
                 out.push(Episode {
-                    run,
+                    run: run.clone(),
                     dataset: data.dataset,
                     alpha: env.alpha,
                     threshold: env.threshold,
@@ -340,191 +267,35 @@ struct Played {
     observed: Vec<(Run, Observed)>,
 }
 
-fn summary(
-    regime: Regime,
-    episodes: &[Episode],
-    bootstrap: usize,
-    seed: u64,
-) -> Result<(RecordBatch, Vec<String>)> {
-    // Per policy: the tallies in dataset order (every policy ran on every dataset).
-    let mut keys: Vec<Run> = Vec::new();
-    let mut by_run: BTreeMap<usize, Vec<&Tally>> = BTreeMap::new();
+/// The episodes grouped by policy row, in the order they were played
+/// (every policy met every dataset, in the same order).
+fn policy_episodes(episodes: &[Episode]) -> Vec<(PolicyEpisodes<'_>, Run)> {
+    let mut out: Vec<(PolicyEpisodes<'_>, Run)> = Vec::new();
     for e in episodes {
-        let k = match keys.iter().position(|r| *r == e.run) {
+        let k = match out.iter().position(|(_, r)| *r == e.run) {
             Some(k) => k,
             None => {
-                keys.push(e.run);
-                keys.len() - 1
+                let key = PolicyKey {
+                    policy: e.run.name(),
+                    offset: e.run.offset,
+                    consecutive: e.run.consecutive.map(|c| c as i64),
+                    rule: e.run.expert.as_ref().map(|x| x.rule.label()),
+                };
+                out.push((
+                    PolicyEpisodes {
+                        key,
+                        datasets: Vec::new(),
+                        tallies: Vec::new(),
+                    },
+                    e.run.clone(),
+                ));
+                out.len() - 1
             }
         };
-        by_run.entry(k).or_default().push(&e.tally);
+        out[k].0.datasets.push(e.dataset);
+        out[k].0.tallies.push(&e.tally);
     }
-    let n_data = by_run.values().next().map_or(0, Vec::len);
-    let base = keys.iter().position(Run::is_baseline);
-    let sums_of = |pick: &[usize]| -> Vec<Totals> {
-        (0..keys.len())
-            .map(|k| {
-                let mut s = Totals::default();
-                for &d in pick {
-                    s.add(by_run[&k][d]);
-                }
-                s
-            })
-            .collect()
-    };
-    let all: Vec<usize> = (0..n_data).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    // Every policy's totals on every resample of the datasets, once.
-    let totals = sums_of(&all);
-    let boot: Vec<Vec<Totals>> = (0..bootstrap)
-        .map(|_| {
-            let pick: Vec<usize> = (0..n_data).map(|_| rng.random_range(0..n_data)).collect();
-            sums_of(&pick)
-        })
-        .collect();
-    let family = |keep: &dyn Fn(&Run) -> bool| -> Vec<usize> {
-        (0..keys.len()).filter(|&k| keep(&keys[k])).collect()
-    };
-    let thresholds = family(&|r| r.policy == PolicyName::Threshold);
-    let experts = family(&|r| r.expert.is_some_and(|e| e.frontier));
-    let n = keys.len();
-    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); 6 * 3 + 12];
-    for k in 0..n {
-        let point = metrics(&totals[k], base.map(|b| &totals[b]));
-        let mut replicas: Vec<Vec<f64>> = vec![Vec::new(); 6];
-        let mut expert_replicas: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        for sums in &boot {
-            let m = metrics(&sums[k], base.map(|b| &sums[b]));
-            for (v, r) in m.iter().zip(replicas.iter_mut()) {
-                r.extend(*v);
-            }
-            let e = expert_comparison(sums, &experts, k);
-            for (v, r) in e.iter().zip(expert_replicas.iter_mut()) {
-                r.extend(*v);
-            }
-        }
-        for (i, (p, r)) in point.iter().zip(replicas).enumerate() {
-            let [lo, hi] = interval(r, bootstrap, *p);
-            floats[i].push(*p);
-            floats[6 + 2 * i].push(lo);
-            floats[7 + 2 * i].push(hi);
-        }
-        let s = &totals[k];
-        let (calls, missed) = (s.calls_per_1000(), s.missed_rate());
-        let mut col = 18;
-        let mut push = |v: Option<f64>| {
-            floats[col].push(v);
-            col += 1;
-        };
-        push(
-            (regime == Regime::Offline)
-                .then(|| s.good_rejected_rate())
-                .flatten(),
-        );
-        for members in [&thresholds, &experts] {
-            push(calls.and_then(|c| efficiency_at_calls(&totals, members, c)));
-            push(missed.and_then(|m| calls_at_missed(&totals, members, m)));
-        }
-        let point = expert_comparison(&totals, &experts, k);
-        for (p, r) in point.iter().zip(expert_replicas) {
-            let [lo, hi] = interval(r, bootstrap, *p);
-            push(*p);
-            push(lo);
-            push(hi);
-        }
-        push((regime == Regime::Online && s.true_alarms > 0.0).then(|| s.delay / s.true_alarms));
-    }
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(keys.iter().map(Run::name))),
-        Arc::new(Float64Array::from_iter(keys.iter().map(|r| r.offset))),
-        Arc::new(Int64Array::from_iter(
-            keys.iter().map(|r| r.consecutive.map(|k| k as i64)),
-        )),
-        Arc::new(StringArray::from_iter(
-            keys.iter().map(|r| r.expert.map(|e| e.rule.label())),
-        )),
-        Arc::new(StringArray::from(vec![regime.name(); n])),
-        Arc::new(Int64Array::from(vec![n_data as i64; n])),
-        Arc::new(Int64Array::from_iter_values(
-            totals.iter().map(|s| s.runs as i64),
-        )),
-    ];
-    let lines: Vec<String> = keys
-        .iter()
-        .enumerate()
-        .map(|(k, r)| {
-            let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
-            let rule = match (r.offset, r.consecutive, r.expert) {
-                (Some(o), Some(c), _) => format!(" (offset {o}, {c} in a row)"),
-                (_, _, Some(e)) => format!(" ({})", e.rule.label()),
-                _ => String::new(),
-            };
-            format!(
-                "{}{rule}: calls per 1000 runs {}, missed-bad rate {}, good efficiency {}",
-                r.name(),
-                fmt(floats[1][k]),
-                fmt(floats[2][k]),
-                fmt(floats[3][k])
-            )
-        })
-        .collect();
-    columns.extend(
-        floats
-            .into_iter()
-            .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef),
-    );
-    Ok((RecordBatch::try_new(summary_schema(), columns)?, lines))
-}
-
-fn episodes_batch(regime: Regime, episodes: &[Episode]) -> Result<RecordBatch> {
-    let int = |f: fn(&Tally) -> u64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(
-            episodes.iter().map(|e| f(&e.tally) as i64),
-        ))
-    };
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            episodes.iter().map(|e| e.run.name()),
-        )),
-        Arc::new(Float64Array::from_iter(
-            episodes.iter().map(|e| e.run.offset),
-        )),
-        Arc::new(Int64Array::from_iter(
-            episodes.iter().map(|e| e.run.consecutive.map(|k| k as i64)),
-        )),
-        Arc::new(StringArray::from_iter(
-            episodes
-                .iter()
-                .map(|e| e.run.expert.map(|x| x.rule.label())),
-        )),
-        Arc::new(StringArray::from(vec![regime.name(); episodes.len()])),
-        Arc::new(Int64Array::from_iter_values(
-            episodes.iter().map(|e| e.dataset),
-        )),
-        int(|t| t.runs),
-        int(|t| t.good_runs),
-        int(|t| t.bad_runs),
-        Arc::new(Float64Array::from_iter_values(
-            episodes.iter().map(|e| e.tally.reward),
-        )),
-        int(|t| t.calls),
-        int(|t| t.good_kept),
-        int(|t| t.good_rejected),
-        int(|t| t.missed_bad),
-        int(|t| t.faults),
-        int(|t| t.true_alarms),
-        int(|t| t.false_alarms),
-        int(|t| t.redundant_calls),
-        int(|t| t.detection_delay),
-        int(|t| t.reference_updates),
-        Arc::new(Float64Array::from_iter_values(
-            episodes.iter().map(|e| e.alpha),
-        )),
-        Arc::new(Float64Array::from_iter_values(
-            episodes.iter().map(|e| e.threshold),
-        )),
-    ];
-    Ok(RecordBatch::try_new(episodes_schema(), columns)?)
+    out
 }
 
 impl Stage for RlEvaluate {
@@ -533,8 +304,9 @@ impl Stage for RlEvaluate {
         // The regime is in the agent's card: the online columns are checked
         // when the card is read.
         require_runs(&inputs[1], "runs", Regime::Offline)?;
-        if let Some(rules) = inputs.get(2) {
-            let why = "the expert rules are read from `rl_tune_rules`' table";
+        for rules in &inputs[2..] {
+            let why =
+                "the baseline rules are read from `rl_tune_rules`' or `rl_tune_classifiers`' table";
             for (c, t) in [
                 ("spec", DataType::Utf8),
                 ("chosen", DataType::Boolean),
@@ -556,6 +328,14 @@ impl Stage for RlEvaluate {
                 name: "features",
                 schema: features_schema(),
             },
+            OutputSpec {
+                name: "faults",
+                schema: faults_schema(),
+            },
+            OutputSpec {
+                name: "by_kind",
+                schema: by_kind_schema(),
+            },
         ])
     }
 
@@ -575,6 +355,16 @@ impl Stage for RlEvaluate {
         }
         effort_plot(&summary, regime, &ctx.artifacts.join("effort.png"))?;
         let named: Vec<(&str, &Observed)> = observed.iter().map(|(r, o)| (r.name(), o)).collect();
+        let policies = policy_episodes(&episodes);
+        let frontier: Vec<usize> = (0..policies.len())
+            .filter(|&k| policies[k].1.expert.as_ref().is_some_and(|e| e.frontier))
+            .collect();
+        let policies: Vec<PolicyEpisodes<'_>> = policies.into_iter().map(|(p, _)| p).collect();
+        ctx.output.write("faults", faults_batch(&policies)?)?;
+        ctx.output.write(
+            "by_kind",
+            by_kind_batch(&policies, &frontier, self.bootstrap, self.seed)?,
+        )?;
         ctx.output.write("main", summary)?;
         ctx.output
             .write("features", features_batch(regime, &named)?)?;
@@ -589,15 +379,19 @@ mod tests {
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::rl::rules::ExpertRule;
     use crate::rl::test_support::{runs_input, small};
-    use arrow::array::{Array, AsArray};
+    use arrow::array::{Array, AsArray, RecordBatch, StringArray};
     use arrow::datatypes::{Float64Type, Int64Type};
+    use std::sync::Arc;
 
     #[test]
     fn baselines_by_hand_and_the_agent_beside_them() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
         for regime in [Regime::Offline, Regime::Online] {
-            let train = small(regime, 1);
+            let mut train = small(regime, 1);
+            // Faults often enough to meet both persistences in 3 datasets.
+            train.env.faults.p_start = 0.05;
+            train.env.faults.transient = 0.5;
             let runs = runs_input(vec![1, 2], dir, "train");
             let models = run_in_memory(&train, &[runs]).unwrap().table("models");
             let models = input_from_batch("models", &models, &dir.join("models.parquet")).unwrap();
@@ -646,10 +440,11 @@ mod tests {
                             - runs.value(i) as f64 * w.shifter_call;
                         assert!((reward.value(i) - by_hand).abs() < 1e-9);
                     }
-                    // Never alarming: the first fault is never repaired.
+                    // Never alarming: every faulty run is missed (the
+                    // first persistent fault is never repaired).
                     (Regime::Online, "never_call") => {
                         assert_eq!(calls.value(i), 0);
-                        assert_eq!(col("faults").value(i), i64::from(bad.value(i) > 0));
+                        assert_eq!(col("faults").value(i) > 0, bad.value(i) > 0);
                         assert_eq!(missed.value(i), bad.value(i));
                         assert_eq!(reward.value(i), good.value(i) as f64 * w.good_kept);
                     }
@@ -661,6 +456,25 @@ mod tests {
                     assert_eq!(runs.value(i), 100);
                     assert_eq!(good.value(i) + bad.value(i), 100);
                 }
+            }
+            // One row per fault met; per kind, as many faults as met.
+            let faults = out.table("faults");
+            let met: i64 = col("faults").values().iter().sum();
+            assert_eq!(faults.num_rows() as i64, met);
+            let by_kind = out.table("by_kind");
+            let kinds = by_kind
+                .column_by_name("faults")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            assert_eq!(kinds.values().iter().sum::<i64>(), met);
+            if regime == Regime::Offline {
+                assert_eq!((met, by_kind.num_rows()), (0, 0));
+            } else {
+                assert!(
+                    met > 0 && by_kind.num_rows().is_multiple_of(5),
+                    "{met} faults, {} rows",
+                    by_kind.num_rows()
+                );
             }
             let summary = out.table("main");
             assert_eq!(summary.num_rows(), 5);

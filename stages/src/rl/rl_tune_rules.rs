@@ -6,22 +6,16 @@
 //! against good efficiency online) are marked for `rl_evaluate` to mix on
 //! the test datasets.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
-use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::agent::read_agent;
-use super::env::Warmup;
 use super::env_config::Regime;
-use super::frontier::Frontier;
-use super::rules::{ExpertRule, OfflineRule, OnlineRule, play};
-use super::tables::{Datasets, require_runs, rules_schema};
-use super::totals::Totals;
-use crate::error::{Result, StageError, bad_param, within};
+use super::rules::{ExpertRule, OfflineRule, OnlineRule};
+use super::tables::{require_runs, rules_schema};
+use super::tuning::{chosen_per_family, development_datasets, on_frontier, play_all, rules_batch};
+use crate::error::{Result, bad_param, within};
 use crate::nn::require_models;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
@@ -163,7 +157,7 @@ impl Default for RlTuneRules {
 
 impl StageConfig for RlTuneRules {
     const KIND: &'static str = "rl_tune_rules";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Expert rule baselines (offline bands, online k-of-m with cooldown, pull and staleness triggers) tuned on development datasets in the agent's environment";
     const INPUTS: (usize, usize) = (2, 2);
     const INPUT_ROLES: &'static str = "the agent's models table, development runs";
@@ -244,32 +238,6 @@ impl RlTuneRules {
     }
 }
 
-/// Which rules are on the frontier of `totals`: offline, calls against
-/// missed-bad among the rules rejecting at most `max_good_rejected` of the
-/// good runs; online, calls against good efficiency.
-pub fn on_frontier(regime: Regime, totals: &[Totals], max_good_rejected: f64) -> Vec<bool> {
-    let points: Vec<(f64, f64)> = totals
-        .iter()
-        .map(|t| {
-            let calls = t.calls_per_1000().unwrap_or(f64::NAN);
-            match regime {
-                Regime::Offline if t.good_rejected_rate().unwrap_or(0.0) <= max_good_rejected => {
-                    (calls, -t.missed_rate().unwrap_or(0.0))
-                }
-                Regime::Offline => (f64::NAN, f64::NAN),
-                Regime::Online => (calls, t.efficiency().unwrap_or(f64::NAN)),
-            }
-        })
-        .collect();
-    let mut flags = vec![false; totals.len()];
-    if let Some(f) = Frontier::new(&points) {
-        for &i in f.vertices() {
-            flags[i] = true;
-        }
-    }
-    flags
-}
-
 impl Stage for RlTuneRules {
     fn outputs(&self, inputs: &[SchemaRef]) -> Result<Vec<OutputSpec>> {
         require_models(&inputs[0], "models", "the models table of `rl_train`")?;
@@ -285,79 +253,24 @@ impl Stage for RlTuneRules {
         let env = &card.env;
         let regime = env.regime;
         require_runs(&ctx.inputs[1].schema, &ctx.inputs[1].name, regime)?;
-        let mut datasets = Vec::new();
-        let mut reader = Datasets::new(&ctx.inputs[1]);
-        while let Some(data) = reader.next_dataset()? {
-            if card.datasets.contains(&data.dataset) {
-                return Err(StageError::data(format!(
-                    "input `{}`: dataset {} was in the agent's training stream; tune the rules on development datasets (other seeds)",
-                    ctx.inputs[1].name, data.dataset
-                )));
-            }
-            let warmup = Warmup::tune(env, &data)?;
-            datasets.push((data, warmup));
-        }
-        if datasets.is_empty() {
-            return Err(StageError::data(format!(
-                "input `{}` has no runs to tune on",
-                ctx.inputs[1].name
-            )));
-        }
+        let datasets = development_datasets(&ctx.inputs[1], &card, "tune the rules")?;
         let rules = self.grid(regime);
         let progress = ctx.reporter.progress(rules.len() as u64, "rules");
-        let totals: Vec<Totals> = rules
-            .par_iter()
-            .map(|&rule| {
-                let mut t = Totals::default();
-                for (data, warmup) in &datasets {
-                    t.add(&play(env, data, self.seed, warmup, rule)?);
-                }
-                progress.inc(1);
-                Ok(t)
-            })
-            .collect::<Result<_>>()?;
+        let totals = play_all(env, &datasets, &rules, self.seed, progress.as_ref())?;
         let frontier = on_frontier(regime, &totals, self.max_good_rejected);
-        let chosen = (0..rules.len())
-            .max_by(|&a, &b| {
-                let r = |k: usize| totals[k].reward_per_run().unwrap_or(f64::NEG_INFINITY);
-                r(a).total_cmp(&r(b)).then(b.cmp(&a))
-            })
-            .expect("a non-empty grid");
+        let chosen = chosen_per_family(&rules, &totals);
+        let best = chosen.iter().position(|&c| c).expect("a non-empty grid");
         ctx.reporter.info(&format!(
             "{} rules on {} development datasets; chosen (highest reward per run): {}, {:.3} per run, {:.1} calls per 1000; {} on the frontier",
             rules.len(),
             datasets.len(),
-            rules[chosen].label(),
-            totals[chosen].reward_per_run().unwrap_or(f64::NAN),
-            totals[chosen].calls_per_1000().unwrap_or(f64::NAN),
+            rules[best].label(),
+            totals[best].reward_per_run().unwrap_or(f64::NAN),
+            totals[best].calls_per_1000().unwrap_or(f64::NAN),
             frontier.iter().filter(|&&f| f).count()
         ));
-        let n = rules.len();
-        let metric = |f: fn(&Totals) -> Option<f64>| -> ArrayRef {
-            Arc::new(Float64Array::from_iter(totals.iter().map(f)))
-        };
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(vec![regime.name(); n])),
-            Arc::new(StringArray::from_iter_values(
-                rules.iter().map(|r| r.label()),
-            )),
-            Arc::new(StringArray::from_iter_values(rules.iter().map(|r| {
-                serde_json::to_string(r).expect("plain data serializes")
-            }))),
-            Arc::new(Int64Array::from(vec![datasets.len() as i64; n])),
-            Arc::new(Int64Array::from_iter_values(
-                totals.iter().map(|t| t.runs as i64),
-            )),
-            metric(Totals::reward_per_run),
-            metric(Totals::calls_per_1000),
-            metric(Totals::missed_rate),
-            metric(Totals::efficiency),
-            metric(Totals::good_rejected_rate),
-            Arc::new(BooleanArray::from_iter((0..n).map(|k| Some(k == chosen)))),
-            Arc::new(BooleanArray::from(frontier)),
-        ];
-        ctx.output
-            .write("main", RecordBatch::try_new(rules_schema(), columns)?)
+        let batch = rules_batch(regime, &rules, &totals, &chosen, &frontier, datasets.len())?;
+        ctx.output.write("main", batch)
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::classifier::ScoreModel;
 use super::env::{Env, RuleView, Tally, Warmup};
 use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, EnvConfig, REJECT, Regime};
 use arrow::array::AsArray;
@@ -59,12 +60,36 @@ pub struct OnlineRule {
     pub stale_after: Option<usize>,
 }
 
-/// An expert rule of either regime.
+/// A cost-sensitive decision on a classifier's P(bad | observation).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Decision {
+    /// Accept below `accept_below`, reject above `reject_above` (null:
+    /// never), ask in between.
+    Offline {
+        accept_below: f64,
+        reject_above: Option<f64>,
+    },
+    /// Alarm above `alarm_above`; never during a repair nor for `cooldown`
+    /// runs after an alarm.
+    Online { alarm_above: f64, cooldown: usize },
+}
+
+/// A classifier with its decision: the data scientist's baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierRule {
+    pub model: ScoreModel,
+    pub decision: Decision,
+}
+
+/// An expert rule of either regime, or a classifier's rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpertRule {
     Offline(OfflineRule),
     Online(OnlineRule),
+    Classifier(ClassifierRule),
 }
 
 fn over(x: f64, limit: Option<f64>) -> bool {
@@ -80,6 +105,19 @@ impl ExpertRule {
         match self {
             ExpertRule::Offline(_) => Regime::Offline,
             ExpertRule::Online(_) => Regime::Online,
+            ExpertRule::Classifier(c) => match c.decision {
+                Decision::Offline { .. } => Regime::Offline,
+                Decision::Online { .. } => Regime::Online,
+            },
+        }
+    }
+
+    /// The family of rules it belongs to: `expert` (hand rules),
+    /// `logistic` or `boosted` (classifiers).
+    pub fn family(&self) -> &'static str {
+        match self {
+            ExpertRule::Classifier(c) => c.model.name(),
+            _ => "expert",
         }
     }
 
@@ -105,6 +143,23 @@ impl ExpertRule {
                 r.cooldown,
                 stale(r.stale_after)
             ),
+            ExpertRule::Classifier(c) => match c.decision {
+                Decision::Offline {
+                    accept_below,
+                    reject_above,
+                } => format!(
+                    "{}: accept p < {accept_below}{}",
+                    c.model.name(),
+                    opt("reject p >", reject_above)
+                ),
+                Decision::Online {
+                    alarm_above,
+                    cooldown,
+                } => format!(
+                    "{}: alarm p > {alarm_above}, cooldown {cooldown}",
+                    c.model.name()
+                ),
+            },
         }
     }
 }
@@ -126,7 +181,52 @@ impl RulePlayer {
         }
     }
 
-    /// The action on the run `v` shows.
+    /// The action on the current run of `env` (a classifier reads the
+    /// observation, the hand rules what [`Env::view`] shows).
+    pub fn act_on(&mut self, env: &Env<'_>) -> usize {
+        match &self.rule {
+            ExpertRule::Classifier(c) => {
+                let p = c.model.probability(&env.observation());
+                let decision = c.decision;
+                self.decide(p, decision, env.view().repairing)
+            }
+            _ => self.act(&env.view()),
+        }
+    }
+
+    /// A classifier's decision on P(bad) = `p`.
+    fn decide(&mut self, p: f64, decision: Decision, repairing: bool) -> usize {
+        match decision {
+            Decision::Offline {
+                accept_below,
+                reject_above,
+            } => {
+                if over(p, reject_above) {
+                    REJECT
+                } else if p < accept_below {
+                    ACCEPT
+                } else {
+                    ASK
+                }
+            }
+            Decision::Online {
+                alarm_above,
+                cooldown,
+            } => {
+                if repairing || self.cooldown_left > 0 {
+                    self.cooldown_left = self.cooldown_left.saturating_sub(1);
+                    CONTINUE
+                } else if p > alarm_above {
+                    self.cooldown_left = cooldown;
+                    ALARM
+                } else {
+                    CONTINUE
+                }
+            }
+        }
+    }
+
+    /// The action of a hand rule on the run `v` shows.
     pub fn act(&mut self, v: &RuleView) -> usize {
         match self.rule {
             ExpertRule::Offline(r) => {
@@ -166,6 +266,7 @@ impl RulePlayer {
                     CONTINUE
                 }
             }
+            ExpertRule::Classifier(_) => unreachable!("classifiers act on the observation"),
         }
     }
 }
@@ -181,14 +282,14 @@ pub fn play(
     let mut env = Env::start(cfg, data.clone(), seed, warmup.clone())?;
     let mut player = RulePlayer::new(rule);
     while env.remaining() > 0 {
-        let action = player.act(&env.view());
+        let action = player.act_on(&env);
         env.step(action)?;
     }
     Ok(env.tally)
 }
 
 /// An expert rule as `rl_tune_rules` marked it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExpertRow {
     pub rule: ExpertRule,
     pub chosen: bool,
@@ -316,5 +417,56 @@ mod tests {
         assert_eq!(p.act(&view(-1.0, 1.0, 50, false)), ALARM);
         assert_eq!(p.act(&view(-1.0, 1.0, 49, false)), CONTINUE);
         assert!(ExpertRule::Online(rule).label().contains("2 of 3 > 0"));
+    }
+
+    #[test]
+    fn classifier_decisions_by_hand() {
+        let model = ScoreModel::Logistic(crate::rl::classifier::Logistic {
+            mean: vec![0.0],
+            scale: vec![1.0],
+            weights: vec![1.0],
+            bias: 0.0,
+        });
+        let offline = Decision::Offline {
+            accept_below: 0.1,
+            reject_above: Some(0.9),
+        };
+        let rule = ExpertRule::Classifier(ClassifierRule {
+            model: model.clone(),
+            decision: offline,
+        });
+        assert_eq!(rule.family(), "logistic");
+        assert_eq!(rule.regime(), Regime::Offline);
+        assert_eq!(rule.label(), "logistic: accept p < 0.1, reject p > 0.9");
+        let mut p = RulePlayer::new(rule);
+        let acts: Vec<usize> = [0.05, 0.5, 0.95]
+            .iter()
+            .map(|&q| p.decide(q, offline, false))
+            .collect();
+        assert_eq!(acts, [ACCEPT, ASK, REJECT]);
+        // Online: an alarm, 2 runs of cooldown, never during a repair.
+        let online = Decision::Online {
+            alarm_above: 0.5,
+            cooldown: 2,
+        };
+        let mut p = RulePlayer::new(ExpertRule::Classifier(ClassifierRule {
+            model,
+            decision: online,
+        }));
+        let acts: Vec<usize> = [
+            (0.9, false),
+            (0.9, false),
+            (0.9, false),
+            (0.9, true),
+            (0.9, false),
+            (0.1, false),
+        ]
+        .iter()
+        .map(|&(q, repairing)| p.decide(q, online, repairing))
+        .collect();
+        assert_eq!(acts, [ALARM, CONTINUE, CONTINUE, CONTINUE, ALARM, CONTINUE]);
+        // The spec round-trips through the rules table's JSON.
+        let json = serde_json::to_string(&p.rule).unwrap();
+        assert_eq!(serde_json::from_str::<ExpertRule>(&json).unwrap(), p.rule);
     }
 }

@@ -228,6 +228,16 @@ pub fn episodes_schema() -> SchemaRef {
             "Confirmed good runs folded into the DINAMO-S reference",
         ),
         column(
+            "rapid_changes",
+            DataType::Int64,
+            "Good rapid changes of the conditions met (the runs table's `rapid_change`; 0 without it)",
+        ),
+        column(
+            "false_alarms_after_change",
+            DataType::Int64,
+            "Calls on good runs (online: false alarms; offline: good runs asked about or rejected) within 20 runs of a rapid change, its own run included",
+        ),
+        column(
             "alpha",
             DataType::Float64,
             "DINAMO-S alpha (tuned on the warm-up)",
@@ -240,11 +250,9 @@ pub fn episodes_schema() -> SchemaRef {
     ])
 }
 
-/// One row per policy (and threshold offset): totals over the datasets,
-/// with 95 % intervals from a bootstrap over datasets, and the paired
-/// comparison with the DINAMO-S threshold baseline (offset 0).
-pub fn summary_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = vec![
+/// The columns that name a policy row in `rl_evaluate`'s tables.
+pub fn policy_key_fields() -> Vec<Field> {
+    vec![
         column("policy", DataType::Utf8, "Policy"),
         nullable(
             "offset",
@@ -259,12 +267,36 @@ pub fn summary_schema() -> SchemaRef {
         nullable(
             "rule",
             DataType::Utf8,
-            "The expert rule (expert, expert_frontier policies)",
+            "The baseline rule (expert, logistic, boosted and their *_frontier policies)",
         ),
+    ]
+}
+
+/// A figure and its 95 % interval's ends (`interval`: how it is drawn).
+fn with_interval(fields: &mut Vec<Field>, name: &str, doc: &str, interval: &str) {
+    fields.push(nullable(name, DataType::Float64, doc));
+    fields.push(nullable(
+        &format!("{name}_lo"),
+        DataType::Float64,
+        &format!("Lower end of its 95 % {interval}"),
+    ));
+    fields.push(nullable(
+        &format!("{name}_hi"),
+        DataType::Float64,
+        "Upper end",
+    ));
+}
+
+/// One row per policy (and threshold offset): totals over the datasets,
+/// with 95 % intervals from a bootstrap over datasets, and the paired
+/// comparison with the DINAMO-S threshold baseline (offset 0).
+pub fn summary_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = policy_key_fields();
+    fields.extend([
         column("regime", DataType::Utf8, "offline or online"),
         column("datasets", DataType::Int64, "Datasets evaluated"),
         column("runs", DataType::Int64, "Runs acted on, all datasets"),
-    ];
+    ]);
     for (name, doc) in [
         ("reward_per_run", "Mean reward per run"),
         ("calls_per_1000", "Shifter calls per 1000 runs"),
@@ -320,7 +352,7 @@ pub fn summary_schema() -> SchemaRef {
         ("threshold", "the threshold rules (every offset and streak)"),
         (
             "expert",
-            "the expert rules (the chosen one and the development frontier of `rl_tune_rules`)",
+            "the hand rules (the chosen one and the development frontier of `rl_tune_rules`)",
         ),
     ] {
         fields.push(nullable(
@@ -332,28 +364,51 @@ pub fn summary_schema() -> SchemaRef {
             DataType::Float64,
             &format!("The fewest calls per 1000 of a mixture of {which} missing at most this policy's missed-bad rate (null: none does)")));
     }
+    let paired =
+        "paired bootstrap interval over datasets (the frontier recomputed on each resample)";
     for (name, doc) in [
         (
             "expert_calls_ratio",
-            "Offline: calls / expert_calls_at_same_missed (the goal: ≤ 0.7)",
+            "Offline: calls / expert_calls_at_same_missed (the hand rules only; the goal is on best_calls_ratio)",
         ),
         (
             "expert_efficiency_diff",
-            "Online: good efficiency − expert_efficiency_at_same_calls (the goal: ≥ 0.10)",
+            "Online: good efficiency − expert_efficiency_at_same_calls (the hand rules only; the goal is on best_efficiency_diff)",
         ),
     ] {
-        fields.push(nullable(name, DataType::Float64, doc));
-        fields.push(nullable(&format!("{name}_lo"), DataType::Float64, "Lower end of its 95 % paired bootstrap interval over datasets (the frontier recomputed on each resample)"));
-        fields.push(nullable(
-            &format!("{name}_hi"),
-            DataType::Float64,
-            "Upper end",
-        ));
+        with_interval(&mut fields, name, doc, paired);
     }
     fields.push(nullable(
         "mean_detection_delay",
         DataType::Float64,
         "Online: mean runs from a fault's start to its alarm (null offline or without a true alarm)"));
+    with_interval(
+        &mut fields,
+        "false_alarms_per_change",
+        "Calls on good runs within 20 runs of a good rapid change (online: false alarms; offline: asked or rejected), per rapid change (null without rapid changes)",
+        "bootstrap interval over datasets",
+    );
+    fields.push(nullable(
+        "classifier_efficiency_at_same_calls",
+        DataType::Float64,
+        "As expert_efficiency_at_same_calls, for the classifiers' decisions (`rl_tune_classifiers`: the chosen ones and their development frontier)"));
+    fields.push(nullable(
+        "classifier_calls_at_same_missed",
+        DataType::Float64,
+        "As expert_calls_at_same_missed, for the classifiers' decisions",
+    ));
+    for (name, doc) in [
+        (
+            "best_calls_ratio",
+            "Offline: calls / the fewest calls of a mixture of every tuned baseline (hand rules and classifiers) missing at most this policy's missed-bad rate (the goal: ≤ 0.7)",
+        ),
+        (
+            "best_efficiency_diff",
+            "Online: good efficiency − the best efficiency of a mixture of every tuned baseline calling at most as often (the goal: ≥ 0.10)",
+        ),
+    ] {
+        with_interval(&mut fields, name, doc, paired);
+    }
     Arc::new(Schema::new(fields))
 }
 
@@ -362,6 +417,11 @@ pub fn summary_schema() -> SchemaRef {
 pub fn rules_schema() -> SchemaRef {
     schema_of([
         column("regime", DataType::Utf8, "offline or online"),
+        column(
+            "family",
+            DataType::Utf8,
+            "expert (hand rules, `rl_tune_rules`), logistic or boosted (classifiers, `rl_tune_classifiers`)",
+        ),
         column("rule", DataType::Utf8, "The rule in words"),
         column(
             "spec",
@@ -394,7 +454,7 @@ pub fn rules_schema() -> SchemaRef {
         column(
             "chosen",
             DataType::Boolean,
-            "The highest reward per run (the agent's objective): the tuned baseline",
+            "The highest reward per run in its family (the agent's objective): the tuned baseline",
         ),
         column(
             "frontier",

@@ -2,7 +2,9 @@
 //! small, quick training configuration.
 
 use crate::dinamo::generator::RunGenerator;
+use crate::dinamo::tables::DatasetRuns;
 use crate::input::Input;
+use crate::params::AutoOr;
 use crate::rl::env_config::{EnvConfig, Regime};
 use crate::rl::ppo::PpoConfig;
 use crate::rl::rl_train::RlTrain;
@@ -36,5 +38,29 @@ pub fn small(regime: Regime, seed: u64) -> RlTrain {
             epochs: 2,
             ..Default::default()
         },
+    }
+}
+
+/// A generated dataset of good runs; tests set the truth they need.
+pub fn dataset(n_runs: usize, seed: u64) -> DatasetRuns {
+    let batch = crate::dinamo::test_support::generated_runs(RunGenerator {
+        seeds: Some(vec![seed]),
+        n_runs,
+        n_bad: 0,
+        ..Default::default()
+    });
+    DatasetRuns::parse(seed as i64, &batch, "runs", 1e-9).unwrap()
+}
+
+/// An environment of `regime` with a 5-run warm-up, DINAMO-S's alpha 0.5
+/// and threshold 0, and no certification (tests script every step).
+pub fn config(regime: Regime) -> EnvConfig {
+    EnvConfig {
+        regime,
+        warmup_runs: 5,
+        alpha: AutoOr::Value(0.5),
+        threshold: AutoOr::Value(0.0),
+        confirm_delay: None,
+        ..Default::default()
     }
 }

@@ -17,6 +17,8 @@ pub struct Totals {
     pub good_rejected: f64,
     pub true_alarms: f64,
     pub delay: f64,
+    pub rapid_changes: f64,
+    pub false_after_change: f64,
 }
 
 impl Totals {
@@ -31,6 +33,28 @@ impl Totals {
         self.good_rejected += t.good_rejected as f64;
         self.true_alarms += t.true_alarms as f64;
         self.delay += t.detection_delay as f64;
+        self.rapid_changes += t.rapid_changes as f64;
+        self.false_after_change += t.false_alarms_after_change as f64;
+    }
+    /// Adds another set's totals.
+    pub fn merge(&mut self, o: &Totals) {
+        self.runs += o.runs;
+        self.good += o.good;
+        self.reward += o.reward;
+        self.calls += o.calls;
+        self.bad += o.bad;
+        self.missed += o.missed;
+        self.kept += o.kept;
+        self.good_rejected += o.good_rejected;
+        self.true_alarms += o.true_alarms;
+        self.delay += o.delay;
+        self.rapid_changes += o.rapid_changes;
+        self.false_after_change += o.false_after_change;
+    }
+    /// Calls on good runs within `AFTER_CHANGE` runs of a good rapid
+    /// change, per change.
+    pub fn false_alarms_per_change(&self) -> Option<f64> {
+        (self.rapid_changes > 0.0).then(|| self.false_after_change / self.rapid_changes)
     }
     pub fn reward_per_run(&self) -> Option<f64> {
         (self.runs > 0.0).then(|| self.reward / self.runs)
