@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, EnvConfig, REJECT, Regime};
 use super::faults::{FaultPlan, FaultRecord};
+use super::feedback::{Credit, Draws, Pending, RewardFrom, shifter_reward};
 use crate::dinamo::reference::{
     ALPHA_STEP, Constants, EPSILON, NormRun, Reference, evolve, score_of,
 };
@@ -171,7 +172,11 @@ struct Current {
 /// One step's outcome.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Step {
+    /// The learner's reward (`feedback.reward_from`: the truth, or what
+    /// the shifter and the certification told so far).
     pub reward: f64,
+    /// The reward from the truth (what the tallies sum).
+    pub true_reward: f64,
     /// The dataset has no run left.
     pub done: bool,
     /// The run's truth (online: taken with a working detector).
@@ -209,6 +214,11 @@ pub struct Env<'a> {
     /// the next run presented).
     last_change: Option<usize>,
     last_index: Option<usize>,
+    /// The feedback's per-run draws and the labels not yet told.
+    draws: Draws,
+    labels: Pending,
+    /// Labels arrived, credited to their run (`feedback.credit: run`).
+    told: Vec<(usize, f64)>,
     epsilon: f64,
     pub tally: Tally,
 }
@@ -256,6 +266,7 @@ impl<'a> Env<'a> {
             Regime::Online => Some(FaultPlan::draw(&cfg.faults, &data, seed)?),
             Regime::Offline => None,
         };
+        let draws = Draws::new(seed, data.dataset);
         let mut env = Self {
             cfg,
             data,
@@ -276,6 +287,9 @@ impl<'a> Env<'a> {
             plan,
             last_change: None,
             last_index: None,
+            draws,
+            labels: Pending::default(),
+            told: Vec::new(),
             epsilon: EPSILON,
             tally: Tally::default(),
         };
@@ -312,6 +326,18 @@ impl<'a> Env<'a> {
             since_update: self.since_update,
             repairing: matches!(self.detector, Detector::Repairing { .. }),
         }
+    }
+
+    /// Stream position of the current run (what [`Env::take_told`]'s
+    /// labels refer to).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Labels that arrived since the last call, as (stream position of the
+    /// run they are about, reward), under `feedback.credit: run`.
+    pub fn take_told(&mut self) -> Vec<(usize, f64)> {
+        std::mem::take(&mut self.told)
     }
 
     /// The current run's truth (for tests and the tally, never observed).
@@ -571,6 +597,29 @@ impl<'a> Env<'a> {
             }
         }
         t.reward += reward;
+        let learned = match self.cfg.feedback.reward_from {
+            RewardFrom::Truth => reward,
+            RewardFrom::Shifter => {
+                let now = shifter_reward(
+                    self.cfg,
+                    &self.draws,
+                    &mut self.labels,
+                    action,
+                    c.good,
+                    c.index,
+                    self.pos,
+                );
+                let arrived = self.labels.take_due(self.pos + 1);
+                match self.cfg.feedback.credit {
+                    Credit::Arrival => now + arrived.iter().map(|l| l.1).sum::<f64>(),
+                    Credit::Run => {
+                        self.told.extend(arrived);
+                        now
+                    }
+                }
+            }
+        };
+        let t = &mut self.tally;
         let called_on_good = match self.cfg.regime {
             Regime::Offline => c.good && action != ACCEPT,
             Regime::Online => c.good && action == ALARM,
@@ -617,7 +666,8 @@ impl<'a> Env<'a> {
         self.pos += 1;
         self.present();
         Ok(Step {
-            reward,
+            reward: learned,
+            true_reward: reward,
             done: self.current.is_none(),
             good: c.good,
             missed,
@@ -630,7 +680,7 @@ impl<'a> Env<'a> {
 mod tests {
     use super::*;
     use crate::rl::env_config::{FaultKind, Faults};
-    use crate::rl::test_support::{config, dataset};
+    use crate::rl::test_support::{config, dataset, scripted_offline};
 
     /// The reference after the warm-up, and after folding `extra` runs.
     fn reference_after(data: &DatasetRuns, extra: &[usize]) -> Vec<f64> {
@@ -643,14 +693,7 @@ mod tests {
 
     #[test]
     fn offline_rewards_by_hand_on_a_scripted_episode() {
-        let mut data = dataset(11, 3);
-        for (k, good) in [true, false, true, false, true, false]
-            .into_iter()
-            .enumerate()
-        {
-            data.good[5 + k] = good;
-        }
-        let data = Arc::new(data);
+        let data = Arc::new(scripted_offline());
         let cfg = config(Regime::Offline);
         let mut env = Env::new(&cfg, data.clone(), 0).unwrap();
         assert_eq!(env.remaining(), 6);

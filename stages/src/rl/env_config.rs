@@ -161,6 +161,77 @@ impl Default for Faults {
     }
 }
 
+/// Where the learner's reward comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardFrom {
+    /// The simulator's truth for every run (an oracle: no deployment has it).
+    Truth,
+    /// The shifter's answers and the delayed certification only.
+    Shifter,
+}
+
+/// Which step a label's reward is credited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Credit {
+    /// The step of the run it is about (the learner knows which run a
+    /// certification is for), when that step is still in the rollout
+    /// being collected; else the step at which it arrives.
+    Run,
+    /// The step at which it arrives.
+    Arrival,
+}
+
+/// The feedback a learner gets (`env.feedback` of `rl_train`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Feedback {
+    /// `truth` (the oracle reward) or `shifter` (answers and certification
+    /// labels only).
+    pub reward_from: RewardFrom,
+    /// Probability that a shifter's answer the learner is told is wrong.
+    pub label_noise: f64,
+    /// Offline: probability that a rejected run is certified later anyway
+    /// (its label then arrives like an accepted run's).
+    pub certify_rejected: f64,
+    /// Which step a certification label is credited to: `run` or
+    /// `arrival`.
+    pub credit: Credit,
+}
+
+impl Default for Feedback {
+    fn default() -> Self {
+        Self {
+            reward_from: RewardFrom::Truth,
+            label_noise: 0.0,
+            certify_rejected: 0.1,
+            credit: Credit::Run,
+        }
+    }
+}
+
+impl Feedback {
+    /// Checks the feedback; each error names its key in `feedback:`.
+    pub fn validate(&self) -> Result<()> {
+        for (name, p) in [
+            ("label_noise", self.label_noise),
+            ("certify_rejected", self.certify_rejected),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad_param(name, format!("{p} is not a probability"));
+            }
+        }
+        if self.label_noise >= 0.5 {
+            return bad_param(
+                "label_noise",
+                "at 0.5 or more the answers carry no information (or the opposite one)",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The environment, as the YAML declares it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -191,6 +262,9 @@ pub struct EnvConfig {
     pub shadow_alpha: f64,
     /// Reward weights.
     pub rewards: Rewards,
+    /// What the learner's reward is built from (the truth, or the
+    /// shifter's answers and the certification only).
+    pub feedback: Feedback,
     /// Faults (online regime only).
     pub faults: Faults,
 }
@@ -206,6 +280,7 @@ impl Default for EnvConfig {
             history: 10,
             shadow_alpha: 0.5,
             rewards: Rewards::default(),
+            feedback: Feedback::default(),
             faults: Faults::default(),
         }
     }
@@ -280,6 +355,7 @@ impl EnvConfig {
     /// environment's block (`rewards.shifter_call`, `warmup_runs`).
     pub fn validate(&self) -> Result<()> {
         within("rewards", self.rewards.validate())?;
+        within("feedback", self.feedback.validate())?;
         if self.warmup_runs < 2 {
             return bad_param("warmup_runs", "needs at least 2 runs with known labels");
         }

@@ -24,7 +24,7 @@ pub mod classifier;
 pub mod frontier;
 
 // Shared by the stages: the environment, which plays a DINAMO runs table,
-// the online faults it draws, the expert rules that play it, the trained
+// the online faults it draws, the feedback a learner gets, the expert rules that play it, the trained
 // agent read back, the totals of episodes, what a policy observed, the
 // comparisons of policies, the rows of the evaluation and the
 // per-fault-kind tables.
@@ -34,6 +34,7 @@ pub mod env;
 pub mod evaluated;
 pub mod fault_tables;
 pub mod faults;
+pub mod feedback;
 pub mod observed;
 pub mod rules;
 pub mod totals;

@@ -80,6 +80,9 @@ struct Trajectory {
     rewards: Vec<f64>,
     values: Vec<f64>,
     dones: Vec<bool>,
+    /// (episode of the slot, stream position) of each step: where a label
+    /// credited to its run lands.
+    runs: Vec<(u64, usize)>,
 }
 
 /// A rollout's counts, for the learning curve.
@@ -237,6 +240,7 @@ impl RlTrain {
                 input.name
             )));
         }
+        let mut episodes = vec![0u64; envs.len()];
         let mut curve = Curve::default();
         let mut steps = 0u64;
         let call = self.env.regime.call();
@@ -260,22 +264,36 @@ impl RlTrain {
                 for (j, &i) in active.iter().enumerate() {
                     let env = envs[i].as_mut().expect("active");
                     let a = sample(&probs[j], &mut rng);
+                    let run = (episodes[i], env.position());
                     let step = env.step(a)?;
+                    let told = env.take_told();
                     let path = &mut paths[i];
+                    path.runs.push(run);
                     path.obs.extend_from_slice(&obs[j]);
                     path.actions.push(a as i64);
                     path.logp.push(probs[j][a].max(1e-30).ln());
                     path.rewards.push(step.reward);
                     path.values.push(f64::from(values[j]));
                     path.dones.push(step.done);
+                    // A label about a run still in this rollout is credited
+                    // to that run's step, else to this one.
+                    for (origin, r) in told {
+                        let at = path
+                            .runs
+                            .iter()
+                            .rposition(|&(e, p)| e == run.0 && p == origin)
+                            .unwrap_or(path.rewards.len() - 1);
+                        path.rewards[at] += r;
+                    }
                     tally.runs += 1;
-                    tally.reward += step.reward;
+                    tally.reward += step.true_reward;
                     tally.calls += u64::from(a == call);
                     tally.bad += u64::from(!step.good);
                     tally.missed += u64::from(step.missed);
                     tally.kept += u64::from(step.kept);
                     if step.done {
                         progress.inc(env.warmup() as u64);
+                        episodes[i] += 1;
                         envs[i] = start(&mut stream)?;
                     }
                 }
@@ -433,6 +451,14 @@ mod tests {
                 c.table("models"),
                 "another seed, other weights"
             );
+            // From the shifter's answers and the certification only: as
+            // reproducible, and another reward gives other weights.
+            let mut shifter = small(regime, 5);
+            shifter.env.feedback.reward_from = crate::rl::feedback::RewardFrom::Shifter;
+            shifter.env.feedback.label_noise = 0.1;
+            let s = train(&shifter);
+            assert_eq!(s.table("models"), train(&shifter).table("models"));
+            assert_ne!(s.table("models"), a.table("models"));
         }
     }
 

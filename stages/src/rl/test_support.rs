@@ -64,3 +64,16 @@ pub fn config(regime: Regime) -> EnvConfig {
         ..Default::default()
     }
 }
+
+/// 11 runs: a 5-run warm-up, then good, bad, good, bad, good, bad (the
+/// scripted offline episodes).
+pub fn scripted_offline() -> DatasetRuns {
+    let mut data = dataset(11, 3);
+    for (k, good) in [true, false, true, false, true, false]
+        .into_iter()
+        .enumerate()
+    {
+        data.good[5 + k] = good;
+    }
+    data
+}

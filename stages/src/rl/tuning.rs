@@ -100,8 +100,12 @@ pub fn on_frontier(regime: Regime, totals: &[Totals], max_good_rejected: f64) ->
 /// agent's objective; the first of equals).
 pub fn chosen_per_family(rules: &[ExpertRule], totals: &[Totals]) -> Vec<bool> {
     let mut chosen = vec![false; rules.len()];
-    let mut families: Vec<&str> = rules.iter().map(ExpertRule::family).collect();
-    families.dedup();
+    let mut families: Vec<&str> = Vec::new();
+    for r in rules {
+        if !families.contains(&r.family()) {
+            families.push(r.family());
+        }
+    }
     for family in families {
         let best = (0..rules.len())
             .filter(|&k| rules[k].family() == family)
