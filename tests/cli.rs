@@ -1873,8 +1873,10 @@ fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
         "SELECT count(*), sum(faults), count(missed_runs_diff) FROM online_by_kind WHERE policy = 'agent'",
     );
     assert!(v[0] == 3.0 && v[1] > 100.0 && v[2] == 3.0, "{v:?}");
-    let v = floats("SELECT false_alarms_per_change FROM offline WHERE policy = 'agent'");
-    assert!(v[0] >= 0.0, "{v:?}");
+    let v = floats(
+        "SELECT false_alarms_per_change, adaptation_time, adaptation_time_hi FROM offline WHERE policy = 'agent'",
+    );
+    assert!(v[0] >= 0.0 && v[1] >= 0.0 && v[2] >= v[1], "{v:?}");
     // Each observation feature's AUC, for the agent's runs and the rule's;
     // a faulty run's event count is drawn like a working one's, so its
     // integral alone does not tell it.

@@ -82,6 +82,11 @@ pub struct Tally {
     /// or rejected) within [`AFTER_CHANGE`] runs of a rapid change, the
     /// change's run included.
     pub false_alarms_after_change: u64,
+    /// Rapid changes after which the policy kept a good run without a
+    /// call, and the good runs it called about before that, summed (its
+    /// DINAMO adaptation time).
+    pub adaptations: u64,
+    pub adaptation_runs: u64,
 }
 
 /// Runs after a good rapid change (its own run included) in which a call
@@ -214,6 +219,9 @@ pub struct Env<'a> {
     /// the next run presented).
     last_change: Option<usize>,
     last_index: Option<usize>,
+    /// Good runs called about since the last rapid change, until one is
+    /// kept without a call.
+    adapting: Option<u64>,
     /// The feedback's per-run draws and the labels not yet told.
     draws: Draws,
     labels: Pending,
@@ -286,6 +294,7 @@ impl<'a> Env<'a> {
             detector: Detector::Working,
             plan,
             last_change: None,
+            adapting: None,
             last_index: None,
             draws,
             labels: Pending::default(),
@@ -367,6 +376,7 @@ impl<'a> Env<'a> {
             let from = self.last_index.map_or(k, |j| j + 1);
             if rapid[from..=k].iter().any(|&r| r) {
                 self.last_change = Some(self.pos);
+                self.adapting = Some(0);
                 self.tally.rapid_changes += 1;
             }
         }
@@ -630,6 +640,14 @@ impl<'a> Env<'a> {
                 .is_some_and(|p| self.pos - p < AFTER_CHANGE)
         {
             t.false_alarms_after_change += 1;
+        }
+        match (c.good, self.adapting) {
+            (true, Some(n)) if called_on_good => self.adapting = Some(n + 1),
+            (true, Some(n)) => {
+                (t.adaptations, t.adaptation_runs) = (t.adaptations + 1, t.adaptation_runs + n);
+                self.adapting = None;
+            }
+            _ => {}
         }
         // What the policy kept, as far as it knows: accepted, confirmed
         // good by the shifter, or taken without an alarm.

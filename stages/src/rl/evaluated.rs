@@ -162,15 +162,17 @@ pub fn summary(
     let classifiers = family(&|r| on_frontier(r, Some(false)));
     let best = family(&|r| on_frontier(r, None));
     let n = keys.len();
-    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); 6 * 3 + 23];
+    let mut floats: Vec<Vec<Option<f64>>> = vec![Vec::new(); 6 * 3 + 26];
     for k in 0..n {
         let point = metrics(&totals[k], base.map(|b| &totals[b]));
         let mut replicas: Vec<Vec<f64>> = vec![Vec::new(); 6];
         let mut expert_replicas: Vec<Vec<f64>> = vec![Vec::new(); 2];
         let mut best_replicas: Vec<Vec<f64>> = vec![Vec::new(); 2];
         let mut change_replicas: Vec<f64> = Vec::new();
+        let mut adaptation_replicas: Vec<f64> = Vec::new();
         for sums in &boot {
             change_replicas.extend(sums[k].false_alarms_per_change());
+            adaptation_replicas.extend(sums[k].adaptation_time());
             let m = metrics(&sums[k], base.map(|b| &sums[b]));
             for (v, r) in m.iter().zip(replicas.iter_mut()) {
                 r.extend(*v);
@@ -228,6 +230,11 @@ pub fn summary(
             push(lo);
             push(hi);
         }
+        let adaptation = s.adaptation_time();
+        let [lo, hi] = interval(adaptation_replicas, bootstrap, adaptation);
+        push(adaptation);
+        push(lo);
+        push(hi);
     }
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(keys.iter().map(Run::name))),
@@ -316,6 +323,8 @@ pub fn episodes_batch(regime: Regime, episodes: &[Episode]) -> Result<RecordBatc
         int(|t| t.reference_updates),
         int(|t| t.rapid_changes),
         int(|t| t.false_alarms_after_change),
+        int(|t| t.adaptations),
+        int(|t| t.adaptation_runs),
         Arc::new(Float64Array::from_iter_values(
             episodes.iter().map(|e| e.alpha),
         )),

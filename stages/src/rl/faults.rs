@@ -269,6 +269,16 @@ mod tests {
         assert_eq!((t.rapid_changes, t.false_alarms_after_change), (2, 23));
         let t = play(&cfg, &data, &[ACCEPT; 25]);
         assert_eq!((t.rapid_changes, t.false_alarms_after_change), (2, 0));
+        // Adaptation: never over while every good run is asked about; 0
+        // runs when the change's own run is accepted; 4 when positions 2-5
+        // are asked about and 6 accepted.
+        assert_eq!((t.adaptations, t.adaptation_runs), (2, 0));
+        let t = play(&cfg, &data, &[ASK; 25]);
+        assert_eq!(t.adaptations, 0);
+        let mut script = [ACCEPT; 25];
+        script[2..6].fill(ASK);
+        let t = play(&cfg, &data, &script);
+        assert_eq!((t.adaptations, t.adaptation_runs), (2, 4));
 
         // Online, a change at a bad run (left out of the stream) counts at
         // the next run taken; alarms only on the 2 runs after it.
@@ -290,5 +300,6 @@ mod tests {
             (t.rapid_changes, t.false_alarms, t.false_alarms_after_change),
             (1, 3, 2)
         );
+        assert_eq!((t.adaptations, t.adaptation_runs), (1, 2));
     }
 }

@@ -72,7 +72,7 @@ impl Default for RlEvaluate {
 
 impl StageConfig for RlEvaluate {
     const KIND: &'static str = "rl_evaluate";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "Frozen RL agent vs DINAMO-S threshold rules, tuned expert rules and their interpolated frontier, always-call and never-call on unseen datasets, with bootstrap intervals, each observation feature's AUC, and what became of each fault, by kind and persistence, against the expert frontier at equal calls";
     const INPUTS: (usize, usize) = (2, 4);
     const INPUT_ROLES: &'static str = "the agent's models table, runs, optionally one or two rules tables (`rl_tune_rules`, `rl_tune_classifiers`: each family's chosen rule and the development frontier are played)";

@@ -238,6 +238,16 @@ pub fn episodes_schema() -> SchemaRef {
             "Calls on good runs (online: false alarms; offline: good runs asked about or rejected) within 20 runs of a rapid change, its own run included",
         ),
         column(
+            "adaptations",
+            DataType::Int64,
+            "Rapid changes after which the policy kept a good run without a call",
+        ),
+        column(
+            "adaptation_runs",
+            DataType::Int64,
+            "Good runs called about after those changes before the first one kept without a call, summed",
+        ),
+        column(
             "alpha",
             DataType::Float64,
             "DINAMO-S alpha (tuned on the warm-up)",
@@ -409,6 +419,12 @@ pub fn summary_schema() -> SchemaRef {
     ] {
         with_interval(&mut fields, name, doc, paired);
     }
+    with_interval(
+        &mut fields,
+        "adaptation_time",
+        "DINAMO's adaptation time of the policy: good runs called about (asked, rejected, alarmed) after a good rapid change before the first one kept without a call, per change (null without rapid changes)",
+        "bootstrap interval over datasets",
+    );
     Arc::new(Schema::new(fields))
 }
 

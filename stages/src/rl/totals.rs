@@ -19,6 +19,8 @@ pub struct Totals {
     pub delay: f64,
     pub rapid_changes: f64,
     pub false_after_change: f64,
+    pub adaptations: f64,
+    pub adaptation_runs: f64,
 }
 
 impl Totals {
@@ -35,6 +37,8 @@ impl Totals {
         self.delay += t.detection_delay as f64;
         self.rapid_changes += t.rapid_changes as f64;
         self.false_after_change += t.false_alarms_after_change as f64;
+        self.adaptations += t.adaptations as f64;
+        self.adaptation_runs += t.adaptation_runs as f64;
     }
     /// Adds another set's totals.
     pub fn merge(&mut self, o: &Totals) {
@@ -50,6 +54,13 @@ impl Totals {
         self.delay += o.delay;
         self.rapid_changes += o.rapid_changes;
         self.false_after_change += o.false_after_change;
+        self.adaptations += o.adaptations;
+        self.adaptation_runs += o.adaptation_runs;
+    }
+    /// Good runs called about after a rapid change before the first one
+    /// kept without a call, per change (DINAMO's adaptation time).
+    pub fn adaptation_time(&self) -> Option<f64> {
+        (self.adaptations > 0.0).then(|| self.adaptation_runs / self.adaptations)
     }
     /// Calls on good runs within `AFTER_CHANGE` runs of a good rapid
     /// change, per change.
