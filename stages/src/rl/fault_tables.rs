@@ -203,12 +203,7 @@ fn frontier_missed(
     let mix = mix_at_calls(totals, frontier, totals[k].calls_per_1000()?)?;
     let a = cells[frontier[mix.a]][c].missed_per_fault()?;
     let b = cells[frontier[mix.b]][c].missed_per_fault()?;
-    Some(mix.of(&{
-        let mut v = vec![f64::NAN; frontier.len()];
-        v[mix.a] = a;
-        v[mix.b] = b;
-        v
-    }))
+    Some(mix.between(a, b))
 }
 
 /// A figure of every policy's totals and cells (on all datasets or a

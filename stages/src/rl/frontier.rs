@@ -21,7 +21,12 @@ pub struct Mix {
 impl Mix {
     /// The same mixture of any other figure of the points.
     pub fn of(&self, figure: &[f64]) -> f64 {
-        (1.0 - self.weight) * figure[self.a] + self.weight * figure[self.b]
+        self.between(figure[self.a], figure[self.b])
+    }
+
+    /// The mixture of `a`'s and `b`'s values of a figure.
+    pub fn between(&self, a: f64, b: f64) -> f64 {
+        (1.0 - self.weight) * a + self.weight * b
     }
 }
 

@@ -157,18 +157,19 @@ impl StageConfig for RlTuneClassifiers {
     }
 }
 
-/// The samples DINAMO-S's own rule meets on `datasets` (its observation,
-/// and whether the run is bad), in dataset order.
+/// The samples DINAMO-S's own rule meets on `datasets` (with DINAMO-S
+/// tuned on their warm-up): its observation, and whether the run is bad,
+/// in dataset order.
 pub fn behaviour_samples(
     card: &AgentCard,
-    datasets: &[Arc<DatasetRuns>],
+    datasets: &[(Arc<DatasetRuns>, Warmup)],
     seed: u64,
 ) -> Result<Samples> {
     let env = &card.env;
     let parts: Vec<Samples> = datasets
         .par_iter()
-        .map(|data| {
-            let mut env = Env::start(env, data.clone(), seed, Warmup::tune(env, data)?)?;
+        .map(|(data, warmup)| {
+            let mut env = Env::start(env, data.clone(), seed, warmup.clone())?;
             let mut s = Samples::default();
             while env.remaining() > 0 {
                 let obs = env.observation();
@@ -319,9 +320,16 @@ impl Stage for RlTuneClassifiers {
                 ctx.inputs[1].name
             )));
         }
+        let train: Vec<(Arc<DatasetRuns>, Warmup)> = train
+            .into_par_iter()
+            .map(|d| {
+                let warmup = Warmup::tune(&card.env, &d)?;
+                Ok((d, warmup))
+            })
+            .collect::<Result<_>>()?;
         let samples = behaviour_samples(&card, &train, self.seed)?;
-        let dev_data: Vec<Arc<DatasetRuns>> = dev.iter().map(|(d, _)| d.clone()).collect();
-        let dev_samples = behaviour_samples(&card, &dev_data, self.seed)?;
+        // The development datasets come with their warm-up tuned once.
+        let dev_samples = behaviour_samples(&card, &dev, self.seed)?;
         let mut models = Vec::new();
         for kind in &self.models {
             models.push(match kind {
@@ -333,17 +341,17 @@ impl Stage for RlTuneClassifiers {
         let n_good = dev_samples.len() - n_bad;
         let mut fit: Vec<[Option<f64>; 4]> = Vec::new();
         for m in &models {
-            let dev_auc = auc_of(m, &dev_samples);
+            let (train_auc, dev_auc) = (auc_of(m, &samples), auc_of(m, &dev_samples));
             let interval = dev_auc.map(|a| auc_interval(a, n_bad, n_good));
             ctx.reporter.info(&format!(
                 "{}: {} training samples, AUC {:.3} (training) {:.3} (development)",
                 m.name(),
                 samples.len(),
-                auc_of(m, &samples).unwrap_or(f64::NAN),
+                train_auc.unwrap_or(f64::NAN),
                 dev_auc.unwrap_or(f64::NAN)
             ));
             fit.push([
-                auc_of(m, &samples),
+                train_auc,
                 dev_auc,
                 interval.map(|i| i.0),
                 interval.map(|i| i.1),
