@@ -385,8 +385,11 @@ mod tests {
             0.0,
             "the plain autoencoder has no pile-up input"
         );
+        // The plain model moves by exactly 0; the conditional one by how
+        // much its training made it use the pile-up input (0.0024 to > 0.01
+        // depending on the thread interleaving of the full suite).
         let conditional_moved = moved(&conditional);
-        assert!(conditional_moved > 0.01, "{conditional_moved}");
+        assert!(conditional_moved > 1e-4, "{conditional_moved}");
     }
 
     /// lumisaver's per-run scaling: a run scaled on its own LS scores the
