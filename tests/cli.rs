@@ -1815,6 +1815,17 @@ fn rl_dqm_pipeline_trains_both_regimes_and_beats_the_threshold_rule() {
             )),
             ["true"]
         );
+        // The agent learning on from the shifter and the certification
+        // plays the first dataset (fewer runs than one training rollout,
+        // so no update yet) exactly as the frozen agent drawing from the
+        // same stream, and the stream as a whole otherwise.
+        let same = |filter: &str| {
+            query(&format!(
+                "SELECT count(*) FROM (SELECT dataset, calls, missed_bad, good_kept, reward FROM {eval}_episodes WHERE policy = 'agent_sampled' {filter} EXCEPT SELECT dataset, calls, missed_bad, good_kept, reward FROM {eval}_episodes WHERE policy = 'agent_continual' {filter})"
+            ))
+        };
+        assert_eq!(same("AND dataset = 2000"), ["0"], "{eval}");
+        assert_ne!(same(""), ["0"], "{eval}");
         let png = sb.path().join(format!(
             "dqm-work/pipelines/rl_dqm/{eval}/artifacts/effort.png"
         ));

@@ -28,8 +28,17 @@ use crate::error::Result;
 )]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyName {
-    /// The trained agent (frozen).
+    /// The trained agent (frozen; its most probable action unless
+    /// `greedy: false`).
     Agent,
+    /// The frozen agent drawing its actions from its policy, as the
+    /// continual agent does: what learning on the test stream is measured
+    /// against.
+    AgentSampled,
+    /// The agent learning on as it plays the test datasets in order (PPO
+    /// from what `continual.feedback` tells it, never reset between
+    /// datasets), each run's action drawn from the policy of that moment.
+    AgentContinual,
     /// DINAMO-S's flag: ask (offline) or alarm (online) on a flagged run
     /// (ln chi2_nu > threshold + offset) that ends a streak of `consecutive`
     /// flagged runs, accept or continue otherwise; one row per (offset,
@@ -50,6 +59,8 @@ impl PolicyName {
     pub fn name(self) -> &'static str {
         match self {
             PolicyName::Agent => "agent",
+            PolicyName::AgentSampled => "agent_sampled",
+            PolicyName::AgentContinual => "agent_continual",
             PolicyName::Threshold => "threshold",
             PolicyName::AlwaysCall => "always_call",
             PolicyName::NeverCall => "never_call",
@@ -75,6 +86,14 @@ impl Run {
         self.policy == PolicyName::Threshold
             && self.offset == Some(0.0)
             && self.consecutive == Some(1)
+    }
+
+    /// One of the agent's rows (it needs the observation).
+    pub fn is_agent(&self) -> bool {
+        matches!(
+            self.policy,
+            PolicyName::Agent | PolicyName::AgentSampled | PolicyName::AgentContinual
+        )
     }
 
     /// The policy's name in the tables: a rule family's chosen rule is

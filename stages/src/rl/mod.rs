@@ -35,6 +35,7 @@ pub mod evaluated;
 pub mod fault_tables;
 pub mod faults;
 pub mod feedback;
+pub mod learner;
 pub mod observed;
 pub mod rules;
 pub mod totals;

@@ -12,19 +12,20 @@ use tch::Tensor;
 use super::agent::read_agent;
 use super::comparison::effort_plot;
 use super::env::{Env, N_OBS, Warmup};
-use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, REJECT, Regime};
+use super::env_config::{ACCEPT, ALARM, ASK, CONTINUE, EnvConfig, REJECT, Regime};
 pub use super::evaluated::PolicyName;
 use super::evaluated::{Episode, Run, episodes_batch, summary};
 use super::fault_tables::{
     PolicyEpisodes, PolicyKey, by_kind_batch, by_kind_schema, faults_batch, faults_schema,
 };
+use super::learner::{Continual, Learner};
 use super::observed::{Observed, features_batch};
 use super::ppo::{ActorCritic, greedy, sample};
 use super::rules::{RulePlayer, read_rules};
 use super::tables::{
     Datasets, episodes_schema, features_schema, require_runs, rules_schema, summary_schema,
 };
-use crate::error::{Result, StageError, bad_param};
+use crate::error::{Result, StageError, bad_param, within};
 use crate::input::require_column;
 use crate::nn::{exclusive, load_weights, one_thread, require_models};
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
@@ -46,8 +47,11 @@ pub struct RlEvaluate {
     /// The agent takes its most probable action (else it samples).
     pub greedy: bool,
     /// Seed of the online faults, of the agent's draws when not greedy,
-    /// and of the bootstrap.
+    /// of the continual agent's draws and minibatches, and of the
+    /// bootstrap.
     pub seed: u64,
+    /// How `agent_continual` keeps learning on the datasets played.
+    pub continual: Continual,
     /// Bootstrap resamples of the datasets for the 95 % intervals.
     pub bootstrap: usize,
 }
@@ -66,6 +70,7 @@ impl Default for RlEvaluate {
             greedy: true,
             seed: 1000,
             bootstrap: 1000,
+            continual: Continual::default(),
         }
     }
 }
@@ -115,12 +120,16 @@ impl StageConfig for RlEvaluate {
         if self.threshold_offsets.iter().any(|o| !o.is_finite()) {
             return bad_param("threshold_offsets", "must be finite numbers");
         }
+        within("continual", self.continual.validate())?;
         if self.bootstrap < 100 {
             return bad_param("bootstrap", "needs at least 100 resamples");
         }
         Ok(())
     }
 }
+
+/// Seed (xor `seed`) of the draws of the sampled and the continual agent.
+const AGENT_DRAWS: u64 = 0x0063_6f6e_7469_6e75;
 
 /// A rule's action on the current run of `env`, `flagged` when the run
 /// ends a long enough streak of flagged runs.
@@ -167,7 +176,8 @@ impl RlEvaluate {
                 ..plain(PolicyName::Expert, None, None)
             }));
         }
-        let net = if self.policies.contains(&PolicyName::Agent) {
+        let frozen = [PolicyName::Agent, PolicyName::AgentSampled];
+        let net = if frozen.iter().any(|p| self.policies.contains(p)) {
             let vs = tch::nn::VarStore::new(tch::Device::Cpu);
             let net = ActorCritic::new(
                 &vs.root(),
@@ -180,6 +190,34 @@ impl RlEvaluate {
         } else {
             None
         };
+        // The continual agent: the trained weights, a fresh optimiser, and
+        // the environment telling it what `continual.feedback` says.
+        let continual_env = EnvConfig {
+            feedback: self.continual.feedback.clone(),
+            ..env_cfg.clone()
+        };
+        let continual_ppo = self.continual.ppo(&card.ppo);
+        let mut learner = if self.policies.contains(&PolicyName::AgentContinual) {
+            let learner = Learner::new(
+                &continual_ppo,
+                card.n_obs,
+                card.actions.len(),
+                1,
+                ChaCha8Rng::seed_from_u64(self.seed ^ AGENT_DRAWS),
+            )?;
+            load_weights(
+                &learner.ppo.vs,
+                &weights,
+                &format!("input `{}`", ctx.inputs[0].name),
+            )?;
+            Some(learner)
+        } else {
+            None
+        };
+        let mut played = 0u64;
+        // The sampled agent draws from the stream the continual agent
+        // starts with: without an update the two play alike.
+        let mut sampled_rng = ChaCha8Rng::seed_from_u64(self.seed ^ AGENT_DRAWS);
         let progress = ctx.reporter.progress(0, "datasets");
         let mut out = Vec::new();
         // The observations of the agent and of DINAMO-S's rule.
@@ -195,7 +233,9 @@ impl RlEvaluate {
             // DINAMO-S is tuned on the warm-up once; every policy starts from it.
             let warmup = Warmup::tune(env_cfg, &data)?;
             for run in &runs {
-                let mut env = Env::start(env_cfg, data.clone(), self.seed, warmup.clone())?;
+                let learns = run.policy == PolicyName::AgentContinual;
+                let cfg = if learns { &continual_env } else { env_cfg };
+                let mut env = Env::start(cfg, data.clone(), self.seed, warmup.clone())?;
                 let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ data.dataset as u64);
                 let mut streak = 0;
                 let mut player = run.expert.as_ref().map(|e| RulePlayer::new(e.rule.clone()));
@@ -215,18 +255,28 @@ impl RlEvaluate {
                     } else {
                         0
                     };
-                    // Only the agent and the watched baseline need the observation.
-                    let obs = watch.then(|| env.observation());
+                    // Only the agents and the watched baseline need the observation.
+                    let obs = (watch || run.is_agent()).then(|| env.observation());
+                    let position = env.position();
+                    let mut drawn = None;
                     let action = match (run.policy, &net, &mut player) {
-                        (PolicyName::Agent, Some((_, net)), _) => {
+                        (PolicyName::Agent | PolicyName::AgentSampled, Some((_, net)), _) => {
                             let obs = obs.as_ref().expect("observed for the agent");
                             let obs = Tensor::from_slice(obs).view([1, N_OBS as i64]);
                             let probs = &net.probabilities(&obs).0[0];
-                            if self.greedy {
-                                greedy(probs)
-                            } else {
-                                sample(probs, &mut rng)
+                            match (run.policy, self.greedy) {
+                                (PolicyName::AgentSampled, _) => sample(probs, &mut sampled_rng),
+                                (_, true) => greedy(probs),
+                                (_, false) => sample(probs, &mut rng),
                             }
+                        }
+                        (PolicyName::AgentContinual, _, _) => {
+                            let learner = learner.as_mut().expect("built for agent_continual");
+                            let obs = obs.clone().expect("observed for the agent");
+                            let d = learner.draw(&[obs]).pop().expect("one draw");
+                            let action = d.action;
+                            drawn = Some(d);
+                            action
                         }
                         (_, _, Some(player)) => player.act_on(&env),
                         _ => rule(run.policy, streak >= run.consecutive.unwrap_or(1), &env),
@@ -235,6 +285,16 @@ impl RlEvaluate {
                     if let (Some(i), Some(obs)) = (slot, &obs) {
                         observed[i].1.push(obs, !step.good);
                     }
+                    if let (Some(learner), Some(d), Some(obs)) = (&mut learner, drawn, &obs) {
+                        learner.record(0, (played, position), obs, &d, &step, env.take_told());
+                        if learner.kept(0) >= continual_ppo.rollout_steps {
+                            let now = (!step.done).then(|| env.observation());
+                            learner.update(&[now]);
+                        }
+                    }
+                }
+                if learns {
+                    played += 1;
                 }
                 out.push(Episode {
                     run: run.clone(),
@@ -377,6 +437,7 @@ impl Stage for RlEvaluate {
 mod tests {
     use super::*;
     use crate::in_memory::{input_from_batch, run_in_memory};
+    use crate::rl::env_config::{Feedback, RewardFrom};
     use crate::rl::rules::ExpertRule;
     use crate::rl::test_support::{runs_input, small};
     use arrow::array::{Array, AsArray, RecordBatch, StringArray};
@@ -684,5 +745,108 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("always_call"), "{e}");
+        for (continual, key) in [
+            (
+                Continual {
+                    rollout_steps: Some(0),
+                    ..Default::default()
+                },
+                "continual.rollout_steps",
+            ),
+            (
+                Continual {
+                    learning_rate: Some(-1.0),
+                    ..Default::default()
+                },
+                "continual.learning_rate",
+            ),
+        ] {
+            let e = RlEvaluate {
+                continual,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    /// The continual agent differs from the frozen agent drawing from the
+    /// same stream by its updates alone, and learns from what its feedback
+    /// tells it.
+    #[test]
+    fn the_continual_agent_differs_from_the_sampled_one_by_learning() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        for regime in [Regime::Offline, Regime::Online] {
+            let train = small(regime, 1);
+            let runs = runs_input(vec![1, 2], dir, "train");
+            let models = run_in_memory(&train, &[runs]).unwrap().table("models");
+            let models = input_from_batch("models", &models, &dir.join("models.parquet")).unwrap();
+            let test = runs_input(vec![11, 12, 13], dir, "test");
+            // Per policy, each dataset's (calls, missed bad, good kept, reward).
+            let play = |continual: Continual| {
+                let eval = RlEvaluate {
+                    policies: vec![PolicyName::AgentSampled, PolicyName::AgentContinual],
+                    bootstrap: 100,
+                    continual,
+                    ..Default::default()
+                };
+                let episodes = run_in_memory(&eval, &[models.clone(), test.clone()])
+                    .unwrap()
+                    .table("episodes");
+                let int = |c: &str| {
+                    episodes
+                        .column_by_name(c)
+                        .unwrap()
+                        .as_primitive::<Int64Type>()
+                        .clone()
+                };
+                let (calls, missed, kept) = (int("calls"), int("missed_bad"), int("good_kept"));
+                let reward = episodes
+                    .column_by_name("reward")
+                    .unwrap()
+                    .as_primitive::<Float64Type>()
+                    .clone();
+                let policy = episodes.column(0).as_string::<i32>().clone();
+                let rows = |name: &str| -> Vec<(i64, i64, i64, f64)> {
+                    (0..episodes.num_rows())
+                        .filter(|&i| policy.value(i) == name)
+                        .map(|i| {
+                            (
+                                calls.value(i),
+                                missed.value(i),
+                                kept.value(i),
+                                reward.value(i),
+                            )
+                        })
+                        .collect()
+                };
+                (rows("agent_sampled"), rows("agent_continual"))
+            };
+            // No update within the stream: the same runs played alike.
+            let (sampled, frozen) = play(Continual {
+                rollout_steps: Some(1_000_000),
+                ..Default::default()
+            });
+            assert_eq!(sampled.len(), 3);
+            assert_eq!(sampled, frozen, "{regime:?}");
+            // Updates every 16 runs: it plays otherwise, reproducibly, and
+            // the oracle's reward teaches it otherwise than the shifter's.
+            let learning = |reward_from| Continual {
+                rollout_steps: Some(16),
+                learning_rate: Some(1e-2),
+                feedback: Feedback {
+                    reward_from,
+                    label_noise: 0.1,
+                    ..Default::default()
+                },
+            };
+            let (sampled, shifter) = play(learning(RewardFrom::Shifter));
+            assert_ne!(sampled, shifter, "{regime:?}");
+            assert_eq!(shifter, play(learning(RewardFrom::Shifter)).1);
+            assert_ne!(shifter, play(learning(RewardFrom::Truth)).1, "{regime:?}");
+        }
     }
 }

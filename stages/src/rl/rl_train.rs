@@ -12,11 +12,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use super::env::{Env, N_OBS};
 use super::env_config::EnvConfig;
-use super::ppo::{Ppo, PpoConfig, Rollout, UpdateStats, gae, sample};
+use super::learner::Learner;
+use super::ppo::{PpoConfig, UpdateStats};
 use super::tables::{AgentCard, Datasets, curve_schema, models_schema, require_runs};
 use crate::dinamo::tables::DatasetRuns;
 use crate::error::{Result, StageError, bad_param, within};
@@ -69,20 +69,6 @@ impl StageConfig for RlTrain {
         }
         Ok(())
     }
-}
-
-/// One environment slot's steps in the current rollout.
-#[derive(Default)]
-struct Trajectory {
-    obs: Vec<f32>,
-    actions: Vec<i64>,
-    logp: Vec<f32>,
-    rewards: Vec<f64>,
-    values: Vec<f64>,
-    dones: Vec<bool>,
-    /// (episode of the slot, stream position) of each step: where a label
-    /// credited to its run lands.
-    runs: Vec<(u64, usize)>,
 }
 
 /// A rollout's counts, for the learning curve.
@@ -209,8 +195,13 @@ impl RlTrain {
     fn train(&self, ctx: &mut RunContext<'_>) -> Result<(Curve, AgentCard, Vec<u8>)> {
         tch::manual_seed(self.seed as i64);
         let n_actions = self.env.regime.actions().len();
-        let mut ppo = Ppo::new(&self.ppo, N_OBS, n_actions)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let mut learner = Learner::new(
+            &self.ppo,
+            N_OBS,
+            n_actions,
+            self.ppo.envs,
+            ChaCha8Rng::seed_from_u64(self.seed),
+        )?;
         let input = &ctx.inputs[0];
         let total_rows = input.num_rows()?;
         let progress = ctx
@@ -245,8 +236,6 @@ impl RlTrain {
         let mut steps = 0u64;
         let call = self.env.regime.call();
         while envs.iter().any(Option::is_some) {
-            let mut paths: Vec<Trajectory> =
-                (0..envs.len()).map(|_| Trajectory::default()).collect();
             let mut tally = RolloutTally::default();
             for _ in 0..self.ppo.rollout_steps {
                 let active: Vec<usize> = (0..envs.len()).filter(|&i| envs[i].is_some()).collect();
@@ -257,37 +246,16 @@ impl RlTrain {
                     .iter()
                     .map(|&i| envs[i].as_ref().expect("active").observation())
                     .collect();
-                let flat: Vec<f32> = obs.concat();
-                let (probs, values) = ppo.net.probabilities(
-                    &Tensor::from_slice(&flat).view([active.len() as i64, N_OBS as i64]),
-                );
+                let drawn = learner.draw(&obs);
                 for (j, &i) in active.iter().enumerate() {
                     let env = envs[i].as_mut().expect("active");
-                    let a = sample(&probs[j], &mut rng);
                     let run = (episodes[i], env.position());
-                    let step = env.step(a)?;
+                    let step = env.step(drawn[j].action)?;
                     let told = env.take_told();
-                    let path = &mut paths[i];
-                    path.runs.push(run);
-                    path.obs.extend_from_slice(&obs[j]);
-                    path.actions.push(a as i64);
-                    path.logp.push(probs[j][a].max(1e-30).ln());
-                    path.rewards.push(step.reward);
-                    path.values.push(f64::from(values[j]));
-                    path.dones.push(step.done);
-                    // A label about a run still in this rollout is credited
-                    // to that run's step, else to this one.
-                    for (origin, r) in told {
-                        let at = path
-                            .runs
-                            .iter()
-                            .rposition(|&(e, p)| e == run.0 && p == origin)
-                            .unwrap_or(path.rewards.len() - 1);
-                        path.rewards[at] += r;
-                    }
+                    learner.record(i, run, &obs[j], &drawn[j], &step, told);
                     tally.runs += 1;
                     tally.reward += step.true_reward;
-                    tally.calls += u64::from(a == call);
+                    tally.calls += u64::from(drawn[j].action == call);
                     tally.bad += u64::from(!step.good);
                     tally.missed += u64::from(step.missed);
                     tally.kept += u64::from(step.kept);
@@ -300,42 +268,19 @@ impl RlTrain {
                 steps += active.len() as u64;
                 progress.inc(active.len() as u64);
             }
-            let mut rollout = Rollout::default();
-            for (i, path) in paths.iter().enumerate() {
-                if path.rewards.is_empty() {
-                    continue;
-                }
-                // Bootstrap from the value of the state the slot is in now
-                // (ignored by GAE when the last step ended an episode).
-                let last_value = match (&envs[i], path.dones.last()) {
-                    (Some(env), Some(false)) => {
-                        let obs = Tensor::from_slice(&env.observation()).view([1, N_OBS as i64]);
-                        f64::from(ppo.net.probabilities(&obs).1[0])
-                    }
-                    _ => 0.0,
-                };
-                let (adv, ret) = gae(
-                    &path.rewards,
-                    &path.values,
-                    &path.dones,
-                    last_value,
-                    self.ppo.gamma,
-                    self.ppo.gae_lambda,
-                );
-                rollout.obs.extend_from_slice(&path.obs);
-                rollout.actions.extend_from_slice(&path.actions);
-                rollout.old_logp.extend_from_slice(&path.logp);
-                rollout.advantages.extend(adv);
-                rollout.returns.extend(ret);
-            }
-            if rollout.is_empty() {
+            let now: Vec<Option<Vec<f32>>> = envs
+                .iter()
+                .map(|e| e.as_ref().map(Env::observation))
+                .collect();
+            let Some(stats) = learner.update(&now) else {
                 break;
-            }
-            let stats = ppo.update(&rollout, &mut rng);
+            };
             curve.push(steps, &tally, stats);
         }
         let path = ctx.artifacts.join("agent.safetensors");
-        ppo.vs
+        learner
+            .ppo
+            .vs
             .save(&path)
             .map_err(|e| StageError::data(format!("cannot save {}: {e}", path.display())))?;
         let weights = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
