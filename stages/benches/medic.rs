@@ -14,7 +14,9 @@ use dqm_stages::medic::batches::{Encode, WindowData, inference_draws, prefetched
 use dqm_stages::medic::delphes_convert::DelphesConvert;
 use dqm_stages::medic::medic_infer::RollingEmbeddings;
 use dqm_stages::medic::medic_train::MedicTrain;
-use dqm_stages::medic::model::{Medic, MedicArch, WindowHead, consecutive_slots, kl_per_window};
+use dqm_stages::medic::model::{
+    Medic, MedicArch, StreamingMedic, WindowHead, consecutive_slots, kl_per_window,
+};
 use dqm_stages::medic::sliding_windows::SlidingWindows;
 use dqm_stages::medic::tables::WindowSpec;
 use rand::SeedableRng;
@@ -127,6 +129,8 @@ fn main() {
     let random = epoch(Encode::Window, 1);
     let runs_of = |run| epoch(Encode::Event, run);
     let mut train_rate = Vec::new();
+    // DQM_BENCH_TRAIN=0: inference only.
+    let train = std::env::var("DQM_BENCH_TRAIN").map_or(true, |v| v != "0");
     for (what, vs, model, encode, batches) in [
         (
             "window, CNN head (paper)",
@@ -163,7 +167,10 @@ fn main() {
             Encode::Event,
             runs_of(64),
         ),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| train)
+    {
         let mut opt = nn::Adam::default().build(vs, 1e-3).unwrap();
         let (mut timer, mut encoded) = (Timer::new(2), 0);
         prefetched(
@@ -195,11 +202,17 @@ fn main() {
 
     // Inference over consecutive stride-1 windows: each arriving event
     // opens one new window, so windows/s is the streaming rate in events/s.
-    let infer: Vec<Vec<usize>> = rows.chunks(256).take(5).map(<[usize]>::to_vec).collect();
+    // Every window, three times over (batches of 256; the first untimed).
+    let infer: Vec<Vec<usize>> = (0..3)
+        .flat_map(|_| rows.chunks(256).map(<[usize]>::to_vec))
+        .collect();
     let scored: usize = infer[1..].iter().map(Vec::len).sum();
+    // The paper's per-window mode, slower by far: 5 batches.
+    let few = &infer[..5];
+    let few_scored: usize = few[1..].iter().map(Vec::len).sum();
     let mut timer = Timer::new(1);
     tch::no_grad(|| {
-        data.for_each_batch(&infer, device, 4, |b| {
+        data.for_each_batch(few, device, 4, |b| {
             let p = model.forward(&b.tracks, &b.towers, &b.met, false).exp();
             let _ = p.double_value(&[0, 0]);
             timer.tick();
@@ -207,13 +220,17 @@ fn main() {
         })
     })
     .unwrap();
-    let per_window = scored as f64 / timer.measured;
+    let per_window = few_scored as f64 / timer.measured;
     println!(
         "inference, encode Window: {per_window:>8.1} windows/s = events/s streaming ({:.0} event encodings/s; batch 256)",
         30.0 * per_window
     );
     let seed = inference_draws(&data.cfg);
-    let streaming = |model: &Medic| {
+    // Today's path (the network as trained) and the streaming one (input
+    // projections folded into attention, the event-mean head once per
+    // event), side by side.
+    let streaming = |model: &Medic, folded: bool| {
+        let fast = StreamingMedic::new(model);
         let mut timer = Timer::new(1);
         let mut buffer = RollingEmbeddings::default();
         tch::no_grad(|| {
@@ -222,8 +239,16 @@ fn main() {
                 4,
                 |b| data.event_batch(b, seed, device),
                 |b| {
-                    let (events, _) = buffer.embed(model, &b);
-                    let p = model.score_windows(&events, &b.slots, false).windows.exp();
+                    let p = if folded {
+                        let (events, _) = buffer.embed(&fast, &b);
+                        fast.score_windows(&events, &b.slots)
+                    } else {
+                        let encode =
+                            |t: &Tensor, w: &Tensor, m: &Tensor| model.encode(t, w, m, false);
+                        let (events, _) = buffer.embed_with(model.arch.embed, encode, &b);
+                        model.score_windows(&events, &b.slots, false).windows
+                    }
+                    .exp();
                     let _ = p.double_value(&[0, 0]);
                     timer.tick();
                     Ok(())
@@ -233,21 +258,35 @@ fn main() {
         .unwrap();
         scored as f64 / timer.measured
     };
-    let rate = streaming(&model);
-    println!(
-        "inference, encode Event (rolling buffer), CNN window head: {rate:>8.1} windows/s = events/s streaming ({:.1}x)",
-        rate / per_window
-    );
-    let rate = streaming(&event_mean);
-    println!(
-        "inference, encode Event (rolling buffer), event-mean window head: {rate:>8.1} windows/s = events/s streaming ({:.1}x)",
-        rate / per_window
-    );
-    let rate = streaming(&small);
-    println!(
-        "inference, encode Event (rolling buffer), event-mean window head, embed 32: {rate:>8.1} windows/s = events/s streaming ({:.1}x)",
-        rate / per_window
-    );
+    for (what, model) in [
+        ("CNN window head", &model),
+        ("event-mean window head", &event_mean),
+        ("event-mean window head, embed 32", &small),
+    ] {
+        // Five alternating passes of each path, medians: this machine's
+        // speed drifts by tens of per cent from minute to minute.
+        let mut rates = [Vec::new(), Vec::new()];
+        for _ in 0..5 {
+            for folded in [false, true] {
+                rates[usize::from(folded)].push(streaming(model, folded));
+            }
+        }
+        for (folded, mut r) in [false, true].into_iter().zip(rates) {
+            r.sort_by(f64::total_cmp);
+            let path = if folded {
+                "streaming path"
+            } else {
+                "as trained"
+            };
+            println!(
+                "inference, encode Event (rolling buffer), {what}, {path}: {:>8.1} windows/s = events/s streaming ({:.1}x; median of 5, range {:.0}-{:.0})",
+                r[2],
+                r[2] / per_window,
+                r[0],
+                r[4]
+            );
+        }
+    }
     // What the window part alone (CNN + head) allows, for the ceiling.
     let events = Tensor::randn([256 * 30, 3, 128], (Kind::Float, device));
     let slots = consecutive_slots(256, 30, device);

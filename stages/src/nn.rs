@@ -260,14 +260,50 @@ impl SelfAttention {
         dropout: f64,
         train: bool,
     ) -> Tensor {
-        let (b, n, e) = x.size3().expect("[batch, objects, embed]");
+        self.attend(
+            &self.q.forward(x),
+            &self.k.forward(x),
+            &self.v.forward(x),
+            padded,
+            dropout,
+            train,
+        )
+    }
+
+    /// The packed q, k, v projection `([3E, F], [3E])` of the raw inputs of
+    /// a linear layer `input` (`[E, F]`) whose output this attention reads:
+    /// q = Wq (Win x + bin) + bq = (Wq Win) x + (Wq bin + bq), so one small
+    /// product replaces `input` followed by three E × E ones (inference:
+    /// the folded weights are not trained).
+    pub fn folded_into(&self, input: &tnn::Linear) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let b_in = input.bs.as_ref().expect("an input projection with a bias");
+            let (w, b): (Vec<Tensor>, Vec<Tensor>) = [&self.q, &self.k, &self.v]
+                .iter()
+                .map(|l| {
+                    let bias = l.bs.as_ref().expect("a projection with a bias");
+                    (l.ws.matmul(&input.ws), l.ws.mv(b_in) + bias)
+                })
+                .unzip();
+            (Tensor::cat(&w, 0), Tensor::cat(&b, 0))
+        })
+    }
+
+    /// Attention of projected `q`, `k`, `v` (`[batch, objects, embed]`
+    /// each), through the output projection.
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        padded: Option<&Tensor>,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
+        let (b, n, e) = q.size3().expect("[batch, objects, embed]");
         let d = e / self.heads;
-        let split = |t: Tensor| t.view([b, n, self.heads, d]).transpose(1, 2);
-        let (q, k, v) = (
-            split(self.q.forward(x)),
-            split(self.k.forward(x)),
-            split(self.v.forward(x)),
-        );
+        let split = |t: &Tensor| t.view([b, n, self.heads, d]).transpose(1, 2);
+        let (q, k, v) = (split(q), split(k), split(v));
         // Additive mask: a large negative, not -inf, so a set of only
         // padding stays finite.
         let mask = padded.map(|p| p.view([b, 1, 1, n]).to_kind(Kind::Float) * -1e9);

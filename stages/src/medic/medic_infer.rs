@@ -17,7 +17,7 @@ use crate::input::require_column;
 use crate::medic::batches::{
     self, Encode, EventBatch, WindowData, argmax, inference_draws, prefetched, to_vec_f32,
 };
-use crate::medic::model::Medic;
+use crate::medic::model::{Medic, StreamingMedic};
 use crate::medic::tables::{
     Blocks, ModelCard, ModelSpec, WindowSpec, carried_metadata, example_models_schema,
     example_window_inputs, predictions_schema,
@@ -137,7 +137,18 @@ impl RollingEmbeddings {
     /// Embeddings `[M, 3, E]` of the batch's events, encoding only those
     /// not in the buffer, which then holds this batch's; also how many were
     /// encoded.
-    pub fn embed(&mut self, model: &Medic, batch: &EventBatch) -> (Tensor, usize) {
+    pub fn embed(&mut self, model: &StreamingMedic<'_>, batch: &EventBatch) -> (Tensor, usize) {
+        self.embed_with(model.arch().embed, |t, w, m| model.encode(t, w, m), batch)
+    }
+
+    /// [`Self::embed`] with any encoder of width `embed` (tracks, towers,
+    /// MET -> `[M, 3, embed]`).
+    pub fn embed_with(
+        &mut self,
+        embed: i64,
+        encode: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+        batch: &EventBatch,
+    ) -> (Tensor, usize) {
         let mut fresh = Vec::new();
         let mut kept = Vec::new();
         let mut kept_from = Vec::new();
@@ -153,16 +164,15 @@ impl RollingEmbeddings {
         let device = batch.tracks.device();
         let index = |v: &[i64]| Tensor::from_slice(v).to_device(device);
         let mut events = Tensor::zeros(
-            [batch.positions.len() as i64, 3, model.arch.embed],
+            [batch.positions.len() as i64, 3, embed],
             (Kind::Float, device),
         );
         if !fresh.is_empty() {
             let f = index(&fresh);
-            let new = model.encode(
+            let new = encode(
                 &batch.tracks.index_select(0, &f),
                 &batch.towers.index_select(0, &f),
                 &batch.met.index_select(0, &f),
-                false,
             );
             events = events.index_copy(0, &f, &new);
         }
@@ -338,18 +348,18 @@ impl MedicInfer {
                 let seed = inference_draws(&data.cfg);
                 let mut buffers: Vec<RollingEmbeddings> =
                     folds.iter().map(|_| RollingEmbeddings::default()).collect();
+                let streaming: Vec<StreamingMedic<'_>> = folds
+                    .iter()
+                    .map(|f| StreamingMedic::new(&f.model))
+                    .collect();
                 prefetched(
                     &batches,
                     self.prefetch,
                     |rows| data.event_batch(rows, seed, device),
                     |b| {
-                        for (f, fold) in folds.iter().enumerate() {
-                            let (events, fresh) = buffers[f].embed(&fold.model, &b);
-                            let p = fold
-                                .model
-                                .score_windows(&events, &b.slots, false)
-                                .windows
-                                .exp();
+                        for (f, model) in streaming.iter().enumerate() {
+                            let (events, fresh) = buffers[f].embed(model, &b);
+                            let p = model.score_windows(&events, &b.slots).exp();
                             probs[f].extend(to_vec_f32(&p));
                             if f == 0 {
                                 encoded += fresh;
@@ -670,7 +680,7 @@ mod tests {
             for chunk in rows.chunks(7) {
                 let b = data.event_batch(chunk, seed, Device::Cpu).unwrap();
                 distinct.extend(b.positions.iter().copied());
-                let (events, fresh) = buffer.embed(&folds[0].model, &b);
+                let (events, fresh) = buffer.embed(&StreamingMedic::new(&folds[0].model), &b);
                 let all = folds[0].model.encode(&b.tracks, &b.towers, &b.met, false);
                 assert!(events.allclose(&all, 1e-5, 1e-5, false));
                 encoded += fresh;

@@ -121,15 +121,122 @@ impl SetEncoder {
         let a = self
             .attention
             .forward(&h, padded.as_ref(), arch.dropout, train);
-        let h = self.norm1.forward(&(&h + a.dropout(arch.dropout, train)));
+        self.after_attention(&h, &a, padded.as_ref(), arch.dropout, train)
+    }
+
+    /// The block after attention `a` of the embedded objects `h`: residual
+    /// and norm, feed-forward, residual and norm, attention pooling.
+    fn after_attention(
+        &self,
+        h: &Tensor,
+        a: &Tensor,
+        padded: Option<&Tensor>,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
+        let h = self.norm1.forward(&(h + a.dropout(dropout, train)));
         let ff = self.ff2.forward(&self.ff1.forward(&h).relu());
-        let h = self.norm2.forward(&(&h + ff.dropout(arch.dropout, train)));
+        let h = self.norm2.forward(&(&h + ff.dropout(dropout, train)));
         let mut scores = self.pool.forward(&h);
-        if let Some(padded) = &padded {
+        if let Some(padded) = padded {
             scores = scores.masked_fill(&padded.unsqueeze(-1), -1e9);
         }
         let weights = scores.softmax(1, Kind::Float);
         (weights * h).sum_dim_intlist(1, false, Kind::Float)
+    }
+}
+
+/// A set encoder for inference with its input projection folded into the
+/// attention's (post-norm: q, k and v are affine in the raw features).
+struct FoldedEncoder<'a> {
+    encoder: &'a SetEncoder,
+    /// `[3E, F]` and `[3E]`: q, k and v straight from the raw features.
+    qkv_weight: Tensor,
+    qkv_bias: Tensor,
+}
+
+impl<'a> FoldedEncoder<'a> {
+    fn new(encoder: &'a SetEncoder) -> Self {
+        let (qkv_weight, qkv_bias) = encoder.attention.folded_into(&encoder.input);
+        Self {
+            encoder,
+            qkv_weight,
+            qkv_bias,
+        }
+    }
+
+    /// [`SetEncoder::forward`] without dropout: `x` [M, N, F] -> [M, E].
+    fn forward(&self, flat: &Tensor, arch: &MedicArch) -> Tensor {
+        let enc = self.encoder;
+        let padded = arch
+            .mask_padding
+            .then(|| flat.abs().sum_dim_intlist(-1, false, Kind::Float).eq(0.0));
+        let h = enc.input.forward(flat);
+        // Three products rather than one packed and narrowed: contiguous
+        // q, k, v keep attention on its fast path (BENCHMARKS.md).
+        let e = arch.embed;
+        let part = |i: i64| {
+            flat.linear(
+                &self.qkv_weight.narrow(0, i * e, e),
+                Some(&self.qkv_bias.narrow(0, i * e, e)),
+            )
+        };
+        let a = enc
+            .attention
+            .attend(&part(0), &part(1), &part(2), padded.as_ref(), 0.0, false);
+        enc.after_attention(&h, &a, padded.as_ref(), 0.0, false)
+    }
+}
+
+/// A trained [`Medic`] scoring a stream: the set encoders' input
+/// projections folded into attention, and with the event-mean window head
+/// each event's class probabilities computed once rather than once per
+/// window it is in. Equal to [`Medic::encode`] and
+/// [`Medic::score_windows`] up to the order of floating-point sums.
+pub struct StreamingMedic<'a> {
+    model: &'a Medic,
+    tracks: FoldedEncoder<'a>,
+    towers: FoldedEncoder<'a>,
+}
+
+impl<'a> StreamingMedic<'a> {
+    pub fn new(model: &'a Medic) -> Self {
+        Self {
+            model,
+            tracks: FoldedEncoder::new(&model.tracks),
+            towers: FoldedEncoder::new(&model.towers),
+        }
+    }
+
+    pub fn arch(&self) -> &MedicArch {
+        &self.model.arch
+    }
+
+    /// [`Medic::encode`] in inference: embeddings `[M, 3, E]`.
+    pub fn encode(&self, tracks: &Tensor, towers: &Tensor, met: &Tensor) -> Tensor {
+        let m = self.model;
+        let t = self.tracks.forward(tracks, &m.arch);
+        let w = self.towers.forward(towers, &m.arch);
+        let e = m.met2.forward(&m.met1.forward(met).relu());
+        Tensor::stack(&[t, w, e], 1)
+    }
+
+    /// Log-probabilities `[B, classes]` of the windows whose slots `[B, W]`
+    /// index `events` `[M, 3, E]` (see [`Medic::score_windows`]).
+    pub fn score_windows(&self, events: &Tensor, slots: &Tensor) -> Tensor {
+        let m = self.model;
+        match (&m.window, &m.event_head) {
+            (None, Some(head)) => {
+                let (b, w) = slots.size2().expect("slots: [B, W]");
+                head.forward(&events.flatten(-2, -1))
+                    .log_softmax(-1, Kind::Float)
+                    .index_select(0, &slots.view([-1]))
+                    .view([b, w, m.arch.classes])
+                    .logsumexp([1], false)
+                    - (w as f64).ln()
+            }
+            _ => m.score_windows(events, slots, false).windows,
+        }
     }
 }
 
@@ -340,6 +447,49 @@ mod tests {
             1e-5,
             false
         ));
+    }
+
+    /// The streaming path (input projections folded into attention, the
+    /// event-mean head once per event) against the trained network's, for
+    /// both window heads, with and without masked padding; padded objects
+    /// (all-zero rows) included.
+    #[test]
+    fn streaming_equals_the_network_within_1e_5() {
+        let _torch = crate::nn::exclusive();
+        for (window_head, mask_padding) in [
+            (WindowHead::Cnn, false),
+            (WindowHead::EventMean, false),
+            (WindowHead::EventMean, true),
+        ] {
+            let (_vs, m) = model(MedicArch {
+                window_head,
+                mask_padding,
+                ..Default::default()
+            });
+            let opts = (Kind::Float, Device::Cpu);
+            let (events, w) = (12, 5);
+            // Six of 30 tracks and ten towers are padding.
+            let keep = |n: i64, real: i64| Tensor::arange(n, (Kind::Int64, Device::Cpu)).lt(real);
+            let tracks = Tensor::randn([events, 30, 7], opts) * keep(30, 24).view([1, 30, 1]);
+            let towers = Tensor::randn([events, 30, 8], opts) * keep(30, 20).view([1, 30, 1]);
+            let met = Tensor::randn([events, 3], opts);
+            let slots = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 3, 4, 5, 6, 7, 7, 8, 9, 10, 11])
+                .view([3, w]);
+            tch::no_grad(|| {
+                let want = m.encode(&tracks, &towers, &met, false);
+                let fast = StreamingMedic::new(&m);
+                let got = fast.encode(&tracks, &towers, &met);
+                let diff = f64::try_from((&got - &want).abs().max()).unwrap();
+                assert!(diff < 1e-5, "{window_head:?}: embeddings differ by {diff}");
+                let want = m.score_windows(&want, &slots, false).windows;
+                let got = fast.score_windows(&got, &slots);
+                let diff = f64::try_from((got.exp() - want.exp()).abs().max()).unwrap();
+                assert!(
+                    diff < 1e-5,
+                    "{window_head:?}: probabilities differ by {diff}"
+                );
+            });
+        }
     }
 
     /// The block (libtorch's fused attention) against softmax(QK^T/sqrt(d))V
