@@ -10,7 +10,8 @@
 //! `cargo bench --workspace --bench dinamo_ml --profile dev`
 //! (`DQM_BENCH_RUNS` runs, default 300; `DQM_BENCH_DATASETS` D values,
 //! default "8,32"; `DQM_BENCH_BATCHED_RUNS` runs per dataset there, default 60;
-//! `DQM_BENCH_SINGLE=0` skips the one-dataset part)
+//! `DQM_BENCH_SINGLE=0` skips the one-dataset part; `DQM_BENCH_DROPOUT`
+//! overrides the dropout)
 
 use std::time::Instant;
 
@@ -39,7 +40,14 @@ fn main() {
     });
     let runs = synth.generate(70);
     let norm: Vec<NormRun> = runs.iter().map(|r| NormRun::new(&r.counts, 1e-9)).collect();
-    let cfg = DinamoMl::default();
+    // DQM_BENCH_DROPOUT overrides the dropout (0: what the masks cost).
+    let cfg = DinamoMl {
+        dropout: std::env::var("DQM_BENCH_DROPOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DinamoMl::default().dropout),
+        ..Default::default()
+    };
     let all_threads = tch::get_num_threads();
     println!(
         "DINAMO-ML, {} runs of {} bins, M={} K={} d_model={} layers={}, device {device:?}",
