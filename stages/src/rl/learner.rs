@@ -189,8 +189,8 @@ impl Learner {
     /// it ended an episode. `None` when no step was kept.
     pub fn update(&mut self, now: &[Option<Vec<f32>>]) -> Option<UpdateStats> {
         let mut rollout = Rollout::default();
-        for (i, path) in std::mem::take(&mut self.paths).into_iter().enumerate() {
-            self.paths.push(Trajectory::default());
+        for (i, path) in self.paths.iter_mut().enumerate() {
+            let path = std::mem::take(path);
             if path.rewards.is_empty() {
                 continue;
             }

@@ -214,7 +214,6 @@ impl RlEvaluate {
         } else {
             None
         };
-        let mut played = 0u64;
         // The sampled agent draws from the stream the continual agent
         // starts with: without an update the two play alike.
         let mut sampled_rng = ChaCha8Rng::seed_from_u64(self.seed ^ AGENT_DRAWS);
@@ -233,8 +232,11 @@ impl RlEvaluate {
             // DINAMO-S is tuned on the warm-up once; every policy starts from it.
             let warmup = Warmup::tune(env_cfg, &data)?;
             for run in &runs {
-                let learns = run.policy == PolicyName::AgentContinual;
-                let cfg = if learns { &continual_env } else { env_cfg };
+                let cfg = if run.policy == PolicyName::AgentContinual {
+                    &continual_env
+                } else {
+                    env_cfg
+                };
                 let mut env = Env::start(cfg, data.clone(), self.seed, warmup.clone())?;
                 let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ data.dataset as u64);
                 let mut streak = 0;
@@ -286,15 +288,14 @@ impl RlEvaluate {
                         observed[i].1.push(obs, !step.good);
                     }
                     if let (Some(learner), Some(d), Some(obs)) = (&mut learner, drawn, &obs) {
-                        learner.record(0, (played, position), obs, &d, &step, env.take_told());
+                        // Each dataset is one episode of the learner's stream.
+                        let run = (data.dataset as u64, position);
+                        learner.record(0, run, obs, &d, &step, env.take_told());
                         if learner.kept(0) >= continual_ppo.rollout_steps {
                             let now = (!step.done).then(|| env.observation());
                             learner.update(&[now]);
                         }
                     }
-                }
-                if learns {
-                    played += 1;
                 }
                 out.push(Episode {
                     run: run.clone(),
