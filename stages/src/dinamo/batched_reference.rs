@@ -10,18 +10,30 @@
 //!
 //! Runs advance in lockstep: at run t every dataset predicts its reference
 //! for its own run t, and the datasets whose run t is good train until each
-//! one's own early stopping. With dropout off, a dataset's scores equal
-//! those of training it alone (tested); with dropout on, the masks come from
-//! libtorch's one generator, so they depend on the group (still fixed by the
-//! seed and the group's datasets).
+//! one's own early stopping. Dropout masks come from each dataset's own
+//! stream (`dropout_stream.rs`), so a dataset's scores equal those of
+//! training it alone, with dropout on or off (tested), and stacks can train
+//! side by side on separate threads.
+//!
+//! Cheaper than `reference_net.rs`'s modules, same function: attention's
+//! q, k and v are one product (their weights adjacent in a dataset's row),
+//! and attention is written out (scores, softmax, the dropout mask, values)
+//! so its mask can come from the dataset's stream.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
+use super::dropout_stream::DropoutStream;
 use super::reference_net::{
-    Activation, EarlyStop, MlArch, ReferenceNet, UpdateStats, build_context, nll_terms,
+    Activation, EarlyStop, MlArch, PAD_TIME, PAD_VALUE, ReferenceNet, UpdateStats, build_context,
+    nll_terms,
 };
+
+/// libtorch's generator is global: stacks initialised on several threads
+/// seed it and draw their starting weights one at a time.
+static INIT: Mutex<()> = Mutex::new(());
 
 /// AdamW's constants (PyTorch's and tch's defaults).
 const BETA1: f64 = 0.9;
@@ -33,8 +45,186 @@ const ADAM_EPS: f64 = 1e-8;
 /// [D, P] tensor, so the optimiser is a dozen operations on that tensor
 /// rather than a dozen per parameter.
 struct Layout {
-    /// Parameter shapes by name; a row holds them flattened in name order.
-    entries: BTreeMap<String, Vec<i64>>,
+    /// Parameter names and shapes, in the order a row holds them flattened.
+    entries: Vec<(String, Vec<i64>)>,
+}
+
+impl Layout {
+    /// The layout and one dataset's row of `ReferenceNet`'s parameters,
+    /// each attention's q, k, v weights (and biases) stacked into one
+    /// `qkv` parameter of 3E rows, q first.
+    fn of(vars: BTreeMap<String, Tensor>) -> (Self, Tensor) {
+        let mut vars = vars;
+        let fused: Vec<String> = vars
+            .keys()
+            .filter_map(|name| name.strip_suffix(".q.weight").map(str::to_string))
+            .collect();
+        for prefix in fused {
+            for part in ["weight", "bias"] {
+                let pieces: Vec<Tensor> = ["q", "k", "v"]
+                    .iter()
+                    .map(|x| {
+                        vars.remove(&format!("{prefix}.{x}.{part}"))
+                            .expect("attention has q, k, v")
+                    })
+                    .collect();
+                vars.insert(format!("{prefix}.qkv.{part}"), Tensor::cat(&pieces, 0));
+            }
+        }
+        let mut row = Vec::new();
+        let entries = vars
+            .into_iter()
+            .map(|(name, t)| {
+                row.push(t.detach().reshape([-1]));
+                (name, t.size())
+            })
+            .collect();
+        (Self { entries }, Tensor::cat(&row, 0))
+    }
+}
+
+/// One iteration's dropout multipliers for one encoder layer of the stack
+/// (A datasets, K samples, M tokens).
+struct LayerMasks {
+    /// On the attention weights, [A·K, H, M, M].
+    attention: Tensor,
+    /// On the attention block's output, [A, K, M, E].
+    attention_out: Tensor,
+    /// On the feed-forward's hidden layer, [A, K, M, F].
+    hidden: Tensor,
+    /// On the feed-forward's output, [A, K, M, E].
+    out: Tensor,
+}
+
+/// The masks of one iteration for the datasets `active` (their streams
+/// and real sample counts), padded to `k` samples each. A dataset draws
+/// sample by sample, layer by layer, for its own samples only, so its draws
+/// do not depend on the stack; padding samples (weight 0) keep everything.
+fn draw_masks(
+    arch: &MlArch,
+    streams: &mut [DropoutStream],
+    active: &[usize],
+    runs: &[usize],
+    k: usize,
+    device: Device,
+) -> Vec<LayerMasks> {
+    let (h, m, e, f) = (
+        arch.heads,
+        arch.context as i64,
+        arch.d_model,
+        arch.feed_forward,
+    );
+    let sites = [h * m * m, m * e, m * f, m * e];
+    let per_layer: i64 = sites.iter().sum();
+    let per_sample = per_layer as usize * arch.layers;
+    let mut buffer = vec![1.0f32; active.len() * k * per_sample];
+    for (slot, &i) in active.iter().enumerate() {
+        let start = slot * k * per_sample;
+        streams[i].fill(&mut buffer[start..start + runs[i] * per_sample]);
+    }
+    let (a, ki) = (active.len() as i64, k as i64);
+    let all = Tensor::from_slice(&buffer)
+        .view([a, ki, per_sample as i64])
+        .to_device(device);
+    (0..arch.layers as i64)
+        .map(|l| {
+            let mut offset = l * per_layer;
+            let mut site = |size: i64, shape: &[i64]| {
+                let piece = all.narrow(2, offset, size).reshape(shape);
+                offset += size;
+                piece
+            };
+            LayerMasks {
+                attention: site(sites[0], &[a * ki, h, m, m]),
+                attention_out: site(sites[1], &[a, ki, m, e]),
+                hidden: site(sites[2], &[a, ki, m, f]),
+                out: site(sites[3], &[a, ki, m, e]),
+            }
+        })
+        .collect()
+}
+
+/// One dataset's tokens, B samples of M: the distinct histograms
+/// ([U, N_b], row-major) and relative times ([T]) they are drawn from, and
+/// for each token (sample-major) which histogram and which time it is.
+/// A training batch of K = 10 samples of M = 20 tokens holds K + M − 1
+/// distinct histograms and about as many distinct times, not 200: the
+/// embeddings run on those and are gathered per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistinctTokens {
+    pub histograms: Vec<f32>,
+    pub times: Vec<f32>,
+    pub histogram_of: Vec<i64>,
+    pub time_of: Vec<i64>,
+}
+
+impl DistinctTokens {
+    /// Every token its own histogram and time (a prediction's context).
+    pub fn dense(histograms: Vec<f32>, times: Vec<f32>) -> Self {
+        let tokens = times.len() as i64;
+        Self {
+            histograms,
+            times,
+            histogram_of: (0..tokens).collect(),
+            time_of: (0..tokens).collect(),
+        }
+    }
+
+    fn distinct_histograms(&self, n_bins: usize) -> usize {
+        self.histograms.len() / n_bins.max(1)
+    }
+}
+
+/// The tokens of a stack of D datasets on the device: distinct histograms
+/// [D, U, N_b] and times [D, T] (each dataset's padded to the largest), and
+/// each token's row in the flattened [D·U] and [D·T].
+struct Tokens {
+    histograms: Tensor,
+    times: Tensor,
+    histogram_rows: Tensor,
+    time_rows: Tensor,
+    /// (D, B, M).
+    shape: [i64; 3],
+}
+
+impl Tokens {
+    /// `each` dataset's tokens, `b` samples of `m` each (a dataset with
+    /// fewer samples points its padding tokens at its first rows).
+    fn stack(each: &[&DistinctTokens], b: usize, m: usize, n_bins: usize, device: Device) -> Self {
+        let u = each
+            .iter()
+            .map(|t| t.distinct_histograms(n_bins))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let tt = each.iter().map(|t| t.times.len()).max().unwrap_or(1).max(1);
+        let d = each.len();
+        let (mut histograms, mut times) = (vec![0.0f32; d * u * n_bins], vec![0.0f32; d * tt]);
+        let (mut histogram_rows, mut time_rows) = (vec![0i64; d * b * m], vec![0i64; d * b * m]);
+        for (i, t) in each.iter().enumerate() {
+            histograms[i * u * n_bins..][..t.histograms.len()].copy_from_slice(&t.histograms);
+            times[i * tt..][..t.times.len()].copy_from_slice(&t.times);
+            let rows = &mut histogram_rows[i * b * m..][..b * m];
+            rows.fill((i * u) as i64);
+            for (r, &j) in rows.iter_mut().zip(&t.histogram_of) {
+                *r = (i * u) as i64 + j;
+            }
+            let rows = &mut time_rows[i * b * m..][..b * m];
+            rows.fill((i * tt) as i64);
+            for (r, &j) in rows.iter_mut().zip(&t.time_of) {
+                *r = (i * tt) as i64 + j;
+            }
+        }
+        let on = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        let (di, ui, ti) = (d as i64, u as i64, tt as i64);
+        Self {
+            histograms: on(&histograms, &[di, ui, n_bins as i64]),
+            times: on(&times, &[di, ti, 1]),
+            histogram_rows: Tensor::from_slice(&histogram_rows).to_device(device),
+            time_rows: Tensor::from_slice(&time_rows).to_device(device),
+            shape: [di, b as i64, m as i64],
+        }
+    }
 }
 
 /// A view of D datasets' parameters (`flat`: [D, P]) running the network.
@@ -50,8 +240,8 @@ impl<'a> Stacked<'a> {
     fn new(layout: &'a Layout, arch: &'a MlArch, flat: &Tensor, d: i64) -> Self {
         let lens: Vec<i64> = layout
             .entries
-            .values()
-            .map(|shape| shape.iter().product())
+            .iter()
+            .map(|(_, shape)| shape.iter().product())
             .collect();
         let pieces = flat.split_with_sizes(&lens, 1);
         let views = layout
@@ -105,44 +295,67 @@ impl<'a> Stacked<'a> {
         self.linear(&format!("{name}.b"), &h.relu())
     }
 
-    fn attention(&self, name: &str, x: &Tensor, train: bool) -> Tensor {
+    /// Multi-head self-attention, softmax(q kᵀ / √d_head) v, with the
+    /// attention weights' dropout mask when training.
+    fn attention(&self, name: &str, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let (d, b, m, e) = x.size4().expect("[D, B, M, E]");
         let h = self.arch.heads;
-        let split = |t: Tensor| t.reshape([d * b, m, h, e / h]).transpose(1, 2);
-        let q = split(self.linear(&format!("{name}.q"), x));
-        let k = split(self.linear(&format!("{name}.k"), x));
-        let v = split(self.linear(&format!("{name}.v"), x));
-        let p = if train { self.arch.dropout } else { 0.0 };
-        let heads = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<&Tensor>,
-            p,
-            false,
-            None,
-            false,
-        )
-        .transpose(1, 2)
-        .reshape([d, b, m, e]);
+        // [D, B, M, 3E] -> [3, D·B, H, M, E/H]
+        let qkv = self
+            .linear(&format!("{name}.qkv"), x)
+            .reshape([d * b, m, 3, h, e / h])
+            .permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let scale = 1.0 / ((e / h) as f64).sqrt();
+        let weights = (q.matmul(&k.transpose(-2, -1)) * scale).softmax(-1, Kind::Float);
+        // Not in place: softmax's backward needs its output as it was.
+        let weights = match mask {
+            Some(mask) => weights * mask,
+            None => weights,
+        };
+        let heads = weights.matmul(&v).transpose(1, 2).reshape([d, b, m, e]);
         self.linear(&format!("{name}.out"), &heads)
     }
 
-    /// (μ̂, σ̂), each [D, B, N_b], from contexts [D, B, M, N_b] and times [D, B, M].
-    fn forward(&self, histograms: &Tensor, times: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let p = self.arch.dropout;
-        let mut x = self.block("histogram", histograms) + self.block("time", &times.unsqueeze(-1));
+    /// Each token's embedding, [D, B, M, E]: the embedding blocks run on
+    /// the distinct histograms and times, then are gathered per token.
+    fn embed(&self, tokens: &Tokens) -> Tensor {
+        let [d, b, m] = tokens.shape;
+        let e = self.arch.d_model;
+        let per_token = |embedded: Tensor, rows: &Tensor| {
+            embedded
+                .reshape([-1, e])
+                .index_select(0, rows)
+                .view([d, b, m, e])
+        };
+        per_token(
+            self.block("histogram", &tokens.histograms),
+            &tokens.histogram_rows,
+        ) + per_token(self.block("time", &tokens.times), &tokens.time_rows)
+    }
+
+    /// (μ̂, σ̂), each [D, B, N_b], from the stack's tokens; `masks` (one per
+    /// layer) when training with dropout.
+    fn forward(&self, tokens: &Tokens, masks: Option<&[LayerMasks]>) -> (Tensor, Tensor) {
+        let drop = |x: Tensor, mask: Option<&Tensor>| match mask {
+            Some(mask) => x * mask,
+            None => x,
+        };
+        let mut x = self.embed(tokens);
         for i in 0..self.arch.layers {
             let l = format!("layer{i}");
-            let a = self.attention(&format!("{l}.attention"), &x, train);
-            x = self.layer_norm(&format!("{l}.norm1"), &(&x + a.dropout(p, train)));
+            let mask = masks.map(|all| &all[i]);
+            let a = self.attention(&format!("{l}.attention"), &x, mask.map(|m| &m.attention));
+            let a = drop(a, mask.map(|m| &m.attention_out));
+            x = self.layer_norm(&format!("{l}.norm1"), &(&x + a));
             let h = self.linear(&format!("{l}.ff1"), &x);
             let h = match self.arch.activation {
                 Activation::Gelu => h.gelu("none"),
                 Activation::Relu => h.relu(),
             };
-            let h = self.linear(&format!("{l}.ff2"), &h.dropout(p, train));
-            x = self.layer_norm(&format!("{l}.norm2"), &(&x + h.dropout(p, train)));
+            let h = drop(h, mask.map(|m| &m.hidden));
+            let h = drop(self.linear(&format!("{l}.ff2"), &h), mask.map(|m| &m.out));
+            x = self.layer_norm(&format!("{l}.norm2"), &(&x + h));
         }
         let pooled = x.mean_dim(2, false, Kind::Float);
         let mu = self.block("mu", &pooled).softmax(-1, Kind::Float);
@@ -169,29 +382,29 @@ pub struct BatchedReferenceNet {
 
 impl BatchedReferenceNet {
     /// D copies of the network `ReferenceNet::new` makes from libtorch's
-    /// generator as it stands (the caller seeds it): each dataset starts
-    /// exactly where a separately trained one would.
+    /// generator seeded with `seed`: each dataset starts exactly where a
+    /// separately trained one would.
     pub fn new(
         arch: MlArch,
         datasets: i64,
+        seed: u64,
         learning_rate: f64,
         weight_decay: f64,
         device: Device,
     ) -> Self {
-        let vs = tch::nn::VarStore::new(device);
-        let _net = ReferenceNet::new(&vs.root(), arch.clone());
-        let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-        let (mut entries, mut row) = (BTreeMap::new(), Vec::new());
-        for (name, t) in &vars {
-            entries.insert(name.clone(), t.size());
-            row.push(t.detach().reshape([-1]));
-        }
-        let row = Tensor::cat(&row, 0);
+        let vars: BTreeMap<String, Tensor> = {
+            let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(seed as i64);
+            let vs = tch::nn::VarStore::new(device);
+            let _net = ReferenceNet::new(&vs.root(), arch.clone());
+            vs.variables().into_iter().collect()
+        };
+        let (layout, row) = Layout::of(vars);
         let value = row.unsqueeze(0).repeat([datasets, 1]);
         Self {
             arch,
             datasets,
-            layout: Layout { entries },
+            layout,
             m: value.zeros_like(),
             v: value.zeros_like(),
             value,
@@ -202,24 +415,39 @@ impl BatchedReferenceNet {
         }
     }
 
-    /// (μ̂, σ̂), each [D, B, N_b], from contexts [D, B, M, N_b] and times
-    /// [D, B, M], in evaluation mode.
-    pub fn predict(&self, histograms: &Tensor, times: &Tensor) -> (Tensor, Tensor) {
-        tch::no_grad(|| {
+    /// (μ̂, σ̂), each [D, N_b], in evaluation mode, from each dataset's
+    /// context (M histograms and times, [`DistinctTokens::dense`] or not).
+    pub fn predict(&self, contexts: &[DistinctTokens]) -> (Tensor, Tensor) {
+        let each: Vec<&DistinctTokens> = contexts.iter().collect();
+        let (m, n) = (self.arch.context, self.arch.n_bins as usize);
+        let tokens = Tokens::stack(&each, 1, m, n, self.device);
+        let (mu, sigma) = tch::no_grad(|| {
             Stacked::new(&self.layout, &self.arch, &self.value, self.datasets)
-                .forward(histograms, times, false)
-        })
+                .forward(&tokens, None)
+        });
+        (mu.squeeze_dim(1), sigma.squeeze_dim(1))
     }
 
-    /// Trains each dataset with `Some(batch)` until its own early stopping.
+    /// Trains each dataset with `Some(batch)` until its own early stopping,
+    /// its dropout masks from its stream in `streams` (one per dataset).
     /// The datasets still training are gathered into a smaller stack, so
     /// one that stopped costs nothing while the others go on.
     pub fn train_round(
         &mut self,
         batches: &[Option<TrainBatch>],
+        streams: &mut [DropoutStream],
         patience: usize,
         max_iterations: usize,
     ) -> Vec<Option<UpdateStats>> {
+        assert_eq!(
+            streams.len(),
+            batches.len(),
+            "one dropout stream per dataset"
+        );
+        let runs: Vec<usize> = batches
+            .iter()
+            .map(|b| b.as_ref().map_or(0, |b| b.runs))
+            .collect();
         let d = self.datasets as usize;
         let (m, n) = (self.arch.context, self.arch.n_bins as usize);
         let k = batches.iter().flatten().map(|b| b.runs).max().unwrap_or(0);
@@ -236,24 +464,15 @@ impl BatchedReferenceNet {
             return finish(stops);
         }
         // Pad every dataset's batch to k samples; padding weighs 0.
-        let (mut hist, mut time, mut target, mut weight) = (
-            vec![0.0f32; d * k * m * n],
-            vec![0.0f32; d * k * m],
-            vec![0.0f32; d * k * n],
-            vec![0.0f32; d * k],
-        );
+        let (mut target, mut weight) = (vec![0.0f32; d * k * n], vec![0.0f32; d * k]);
         for (i, b) in batches.iter().enumerate() {
             let Some(b) = b else { continue };
-            hist[i * k * m * n..][..b.runs * m * n].copy_from_slice(&b.histograms);
-            time[i * k * m..][..b.runs * m].copy_from_slice(&b.times);
             target[i * k * n..][..b.runs * n].copy_from_slice(&b.targets);
             weight[i * k..][..b.runs].fill(1.0 / (b.runs * n) as f32);
         }
         let device = self.device;
         let on = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
-        let (di, ki, mi, ni) = (d as i64, k as i64, m as i64, n as i64);
-        let hist = on(&hist, &[di, ki, mi, ni]);
-        let time = on(&time, &[di, ki, mi]);
+        let (di, ki, ni) = (d as i64, k as i64, n as i64);
         let target = on(&target, &[di, ki, ni]);
         let weight = on(&weight, &[di, ki, 1]);
         let mut active: Vec<usize> = (0..d).filter(|&i| batches[i].is_some()).collect();
@@ -264,16 +483,23 @@ impl BatchedReferenceNet {
                 .to_device(device);
             let w = self.value.index_select(0, &idx).set_requires_grad(true);
             let (mut mom, mut var) = (self.m.index_select(0, &idx), self.v.index_select(0, &idx));
-            let (h, t, y, wt) = (
-                hist.index_select(0, &idx),
-                time.index_select(0, &idx),
-                target.index_select(0, &idx),
-                weight.index_select(0, &idx),
-            );
+            let each: Vec<&DistinctTokens> = active
+                .iter()
+                .map(|&i| {
+                    &batches[i]
+                        .as_ref()
+                        .expect("active datasets have a batch")
+                        .tokens
+                })
+                .collect();
+            let tokens = Tokens::stack(&each, k, m, n, device);
+            let (y, wt) = (target.index_select(0, &idx), weight.index_select(0, &idx));
             let mut stopped = Vec::new();
             while stopped.is_empty() {
                 let stacked = Stacked::new(&self.layout, &self.arch, &w, a);
-                let (mu, sigma) = stacked.forward(&h, &t, true);
+                let masks = (self.arch.dropout > 0.0)
+                    .then(|| draw_masks(&self.arch, streams, &active, &runs, k, device));
+                let (mu, sigma) = stacked.forward(&tokens, masks.as_deref());
                 let nll = nll_terms(&y, &mu, &sigma);
                 // Per-dataset mean over its real samples and bins: [A].
                 let per_dataset =
@@ -333,23 +559,27 @@ impl BatchedReferenceNet {
 }
 
 /// One dataset's training batch: the K most recent good runs, each with its
-/// own context, flattened row-major.
+/// own context, flattened row-major (for `ReferenceNet`), and the same
+/// contexts as distinct tokens (for the stack).
 pub struct TrainBatch {
     pub runs: usize,
     pub histograms: Vec<f32>,
     pub times: Vec<f32>,
     pub targets: Vec<f32>,
+    pub tokens: DistinctTokens,
 }
 
 impl TrainBatch {
     /// The batch of the last `k` of `good` (run, histogram), contexts of `m`.
     pub fn of(good: &[(i64, Vec<f32>)], k: usize, m: usize, n_bins: usize) -> Self {
-        let recent = &good[good.len().saturating_sub(k)..];
+        let first = good.len().saturating_sub(k);
+        let recent = &good[first..];
         let mut batch = Self {
             runs: recent.len(),
             histograms: Vec::with_capacity(recent.len() * m * n_bins),
             times: Vec::with_capacity(recent.len() * m),
             targets: Vec::with_capacity(recent.len() * n_bins),
+            tokens: distinct_contexts(good, first, m, n_bins),
         };
         for (run, x) in recent {
             let (h, t) = build_context(good, *run, m, n_bins);
@@ -358,5 +588,86 @@ impl TrainBatch {
             batch.targets.extend_from_slice(x);
         }
         batch
+    }
+}
+
+/// The contexts of `good[first..]` (each run's last `m` good runs before
+/// it, padded in front as `build_context` does) as distinct tokens: the
+/// histograms of `good[first − m .. len − 1]` and the padding histogram,
+/// each relative time once.
+fn distinct_contexts(
+    good: &[(i64, Vec<f32>)],
+    first: usize,
+    m: usize,
+    n_bins: usize,
+) -> DistinctTokens {
+    let start = first.saturating_sub(m);
+    let window = &good[start..good.len().saturating_sub(1).max(start)];
+    let pad_row = window.len() as i64;
+    let mut histograms = Vec::with_capacity((window.len() + 1) * n_bins);
+    for (_, h) in window {
+        histograms.extend_from_slice(h);
+    }
+    histograms.extend(std::iter::repeat_n(PAD_VALUE, n_bins));
+    let (mut times, mut histogram_of, mut time_of) = (Vec::new(), Vec::new(), Vec::new());
+    let time_row = |t: f32, times: &mut Vec<f32>| match times.iter().position(|&x| x == t) {
+        Some(j) => j as i64,
+        None => {
+            times.push(t);
+            times.len() as i64 - 1
+        }
+    };
+    for p in first..good.len() {
+        let used = p.min(m);
+        for _ in used..m {
+            histogram_of.push(pad_row);
+            time_of.push(time_row(PAD_TIME, &mut times));
+        }
+        for q in p - used..p {
+            histogram_of.push((q - start) as i64);
+            time_of.push(time_row((good[q].0 - good[p].0) as f32, &mut times));
+        }
+    }
+    DistinctTokens {
+        histograms,
+        times,
+        histogram_of,
+        time_of,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The distinct tokens, expanded, are exactly the dense contexts (runs
+    /// with gaps, batches shorter and longer than the context, padding).
+    #[test]
+    fn distinct_tokens_expand_to_the_dense_contexts() {
+        let n_bins = 3;
+        let good: Vec<(i64, Vec<f32>)> = [0, 1, 3, 4, 8, 9, 10, 15, 16, 20]
+            .iter()
+            .map(|&r| (r, vec![r as f32, 1.0, -(r as f32)]))
+            .collect();
+        for len in 1..=good.len() {
+            for (k, m) in [(1, 1), (2, 3), (4, 2), (10, 20), (3, 5)] {
+                let batch = TrainBatch::of(&good[..len], k, m, n_bins);
+                let t = &batch.tokens;
+                let histograms: Vec<f32> = t
+                    .histogram_of
+                    .iter()
+                    .flat_map(|&j| t.histograms[j as usize * n_bins..][..n_bins].to_vec())
+                    .collect();
+                let times: Vec<f32> = t.time_of.iter().map(|&j| t.times[j as usize]).collect();
+                assert_eq!(histograms, batch.histograms, "len {len}, k {k}, m {m}");
+                assert_eq!(times, batch.times, "len {len}, k {k}, m {m}");
+                // Each distinct time once; at most K + M - 1 histograms + padding.
+                let mut sorted = t.times.clone();
+                sorted.sort_by(f32::total_cmp);
+                sorted.dedup();
+                assert_eq!(sorted.len(), t.times.len());
+                assert!(t.histograms.len() / n_bins <= k + m);
+            }
+        }
     }
 }

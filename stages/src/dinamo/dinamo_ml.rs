@@ -7,24 +7,24 @@
 //! The output has exactly `dinamo_s`'s columns (`alpha` is null), so the two
 //! are swapped in a YAML file without touching `dqm_metrics` or any query.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use super::batched_reference::{BatchedReferenceNet, TrainBatch};
-use super::reference::{NormRun, score_of};
+use super::batched_reference::{BatchedReferenceNet, DistinctTokens, TrainBatch};
+use super::dropout_stream::DropoutStream;
+use super::reference::score_of;
 use super::reference_net::{
-    Activation, EarlyStop, MlArch, ReferenceNet, UpdateStats, build_context, context_batch,
-    gaussian_nll,
+    Activation, MlArch, Preset, Schedule, Training, UpdateStats, build_context,
 };
 use super::score_plots::draw_shifter_plots;
-use super::tables::{DatasetGroups, DatasetRuns, Scored, score_outputs, score_schema};
+use super::tables::{
+    DatasetGroups, DatasetRuns, Scored, record_prediction, score_outputs, score_schema,
+    updates_batch,
+};
 use crate::error::{Result, StageError, bad_param};
 use crate::nn::DeviceChoice;
 use crate::params::AutoOr;
@@ -35,10 +35,12 @@ use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DinamoMl {
-    /// Seed of the network's initialization and dropout. libtorch's
-    /// generator is reset to it at the start of every dataset (as the
-    /// reference code, one process per dataset, does with its seed 22), so a
-    /// dataset's scores do not depend on which others run.
+    /// Seed of the network's initialization and dropout. Every dataset's
+    /// network starts from libtorch's generator seeded with it (as the
+    /// reference code, one process per dataset, does with its seed 22), and
+    /// draws its dropout masks from its own stream keyed by the seed and its
+    /// dataset id, so a dataset's scores do not depend on which others run,
+    /// in which group or on which thread.
     pub seed: u64,
     /// Threshold on the score ln(chi2), or `auto`: the value that maximises
     /// balanced accuracy on the historical runs of each dataset.
@@ -46,16 +48,24 @@ pub struct DinamoMl {
     /// The first runs of each dataset that tune the `auto` threshold (the
     /// historical regime); the rest is the continual regime.
     pub historical_runs: usize,
-    /// M: good runs in the context the reference is predicted from.
-    pub context: usize,
+    /// Defaults of the network's size and of the online schedule (`context`,
+    /// `d_model`, `heads`, `feed_forward`, `patience`, `max_iterations`):
+    /// `fast` (chosen on development datasets for 2 CPU cores, BENCHMARKS.md)
+    /// or `paper` (the paper's and its reference code's). Any of the six
+    /// given explicitly overrides its preset.
+    pub schedule: Schedule,
+    /// M: good runs in the context the reference is predicted from
+    /// (fast 10, paper 20).
+    pub context: Option<usize>,
     /// K: the most recent good runs in each online training batch.
     pub batch_runs: usize,
-    /// Width of the token embeddings and of the encoder.
-    pub d_model: i64,
-    /// Attention heads per encoder layer (must divide d_model).
-    pub heads: i64,
-    /// Hidden width of each encoder layer's feed-forward block.
-    pub feed_forward: i64,
+    /// Width of the token embeddings and of the encoder (fast 50, paper 100).
+    pub d_model: Option<i64>,
+    /// Attention heads per encoder layer, dividing d_model (fast 5, paper 10).
+    pub heads: Option<i64>,
+    /// Hidden width of each encoder layer's feed-forward block (fast 50,
+    /// paper 100).
+    pub feed_forward: Option<i64>,
     /// Encoder layers.
     pub layers: usize,
     /// Dropout in the encoder during training.
@@ -66,20 +76,26 @@ pub struct DinamoMl {
     pub learning_rate: f64,
     /// AdamW weight decay.
     pub weight_decay: f64,
-    /// A training step stops after this many iterations without a lower loss.
-    pub patience: usize,
-    /// Cap on the iterations of one training step.
-    pub max_iterations: usize,
+    /// A training step stops after this many iterations without a lower
+    /// loss (fast 2, paper 5).
+    pub patience: Option<usize>,
+    /// Cap on the iterations of one training step (fast 10, paper 1000).
+    pub max_iterations: Option<usize>,
     /// `auto` (CUDA when present), `cpu` or `cuda`.
     pub device: DeviceChoice,
     /// Write the per-bin columns (pulls, references, uncertainties, counts)
     /// for every run; the `bands` table keeps the Jaccard distance without them.
     pub per_run_vectors: bool,
-    /// Datasets trained side by side as one stacked network (1: one at a
-    /// time). Equal to separate training with dropout off; with dropout on,
-    /// a dataset's masks depend on its group (fixed by the seed and the
-    /// group). Many per group amortise libtorch's per-operation cost.
+    /// Datasets trained side by side as one stacked network. A dataset
+    /// scores as if trained alone (to float rounding) in any group; a few
+    /// per group amortise libtorch's per-operation cost.
     pub batch_datasets: usize,
+    /// Stacks trained at once, each on its own thread with one libtorch
+    /// thread (`auto`: libtorch's thread count, i.e. the cores). Small
+    /// operations split over cores spend more time waiting than working;
+    /// one stack per core does not wait. A chunk of datasets that fills only
+    /// one stack trains it with every libtorch thread.
+    pub parallel_stacks: AutoOr<usize>,
 }
 
 impl Default for DinamoMl {
@@ -89,28 +105,30 @@ impl Default for DinamoMl {
             seed: 22,
             threshold: AutoOr::Auto,
             historical_runs: 1000,
-            context: arch.context,
+            schedule: Schedule::Fast,
+            context: None,
             batch_runs: 10,
-            d_model: arch.d_model,
-            heads: arch.heads,
-            feed_forward: arch.feed_forward,
+            d_model: None,
+            heads: None,
+            feed_forward: None,
             layers: arch.layers,
             dropout: arch.dropout,
             activation: arch.activation,
             learning_rate: 5e-4,
             weight_decay: 1e-4,
-            patience: 5,
-            max_iterations: 1000,
+            patience: None,
+            max_iterations: None,
             device: DeviceChoice::Auto,
             per_run_vectors: true,
-            batch_datasets: 1,
+            batch_datasets: 4,
+            parallel_stacks: AutoOr::Auto,
         }
     }
 }
 
 impl StageConfig for DinamoMl {
     const KIND: &'static str = "dinamo_ml";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const SUMMARY: &'static str = "DINAMO-ML: transformer reference from the last M good runs, trained online; reduced chi2 and pulls per run, per dataset";
     const INPUTS: (usize, usize) = (1, 1);
     const INPUT_ROLES: &'static str = "runs";
@@ -120,16 +138,23 @@ impl StageConfig for DinamoMl {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.context == 0 {
+        let p = self.preset();
+        if p.context == 0 {
             return bad_param("context", "needs at least one run");
         }
         if self.batch_runs == 0 {
             return bad_param("batch_runs", "needs at least one run");
         }
-        if self.d_model <= 0 || self.heads <= 0 || self.d_model % self.heads != 0 {
-            return bad_param("heads", "must be positive and divide d_model");
+        if p.d_model <= 0 || p.heads <= 0 || p.d_model % p.heads != 0 {
+            return bad_param(
+                "heads",
+                format!(
+                    "must be positive and divide d_model ({} heads, d_model {})",
+                    p.heads, p.d_model
+                ),
+            );
         }
-        if self.feed_forward <= 0 || self.layers == 0 {
+        if p.feed_forward <= 0 || self.layers == 0 {
             return bad_param("layers", "needs layers >= 1 and feed_forward >= 1");
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -144,7 +169,10 @@ impl StageConfig for DinamoMl {
         if self.batch_datasets == 0 {
             return bad_param("batch_datasets", "needs at least one dataset");
         }
-        if self.patience == 0 || self.max_iterations == 0 {
+        if self.parallel_stacks == AutoOr::Value(0) {
+            return bad_param("parallel_stacks", "needs at least one stack (or `auto`)");
+        }
+        if p.patience == 0 || p.max_iterations == 0 {
             return bad_param("patience", "needs patience >= 1 and max_iterations >= 1");
         }
         if self.historical_runs == 0 && self.threshold == AutoOr::Auto {
@@ -157,134 +185,88 @@ impl StageConfig for DinamoMl {
     }
 }
 
-/// The network, its optimizer and the good runs seen so far of one dataset:
-/// Algorithm 3's state, usable on its own (benchmarks, notebooks).
-pub struct OnlineReference {
-    cfg: DinamoMl,
-    arch: MlArch,
-    net: ReferenceNet,
-    _vs: nn::VarStore,
-    opt: nn::Optimizer,
-    device: Device,
-    /// 𝒟: good runs (run number, unit-normalized histogram), in run order.
-    good: Vec<(i64, Vec<f32>)>,
-}
-
-impl OnlineReference {
-    /// A freshly initialized network for histograms of `n_bins` bins. The
-    /// caller seeds libtorch's generator and holds [`crate::nn::exclusive`].
-    pub fn new(cfg: &DinamoMl, n_bins: usize, device: Device) -> Result<Self> {
-        let arch = cfg.arch(n_bins);
-        let vs = nn::VarStore::new(device);
-        let net = ReferenceNet::new(&vs.root(), arch.clone());
-        let opt = nn::AdamW {
-            wd: cfg.weight_decay,
-            ..Default::default()
-        }
-        .build(&vs, cfg.learning_rate)
-        .map_err(|e| StageError::data(format!("cannot build the AdamW optimizer: {e}")))?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            arch,
-            net,
-            _vs: vs,
-            opt,
-            device,
-            good: Vec::new(),
-        })
-    }
-
-    /// (μ̂, σ̂) for run `run` from the good runs before it (eval mode).
-    pub fn predict(&self, run: i64) -> (Vec<f64>, Vec<f64>) {
-        let n_bins = self.arch.n_bins as usize;
-        let context = build_context(&self.good, run, self.arch.context, n_bins);
-        let (h, t) = context_batch(&[context], &self.arch, self.device);
-        let (mu, sigma) = tch::no_grad(|| self.net.forward(&h, &t, false));
-        let to_vec = |x: Tensor| -> Vec<f64> {
-            let x = x.to_kind(Kind::Double).to_device(Device::Cpu).view([-1]);
-            Vec::<f64>::try_from(&x).expect("a 1-d double tensor")
-        };
-        (to_vec(mu), to_vec(sigma))
-    }
-
-    /// Adds good run `run` (unit-normalized `x`) to 𝒟 and trains on the K
-    /// most recent good runs until the NLL has not improved for `patience`
-    /// iterations.
-    pub fn add_good_and_train(&mut self, run: i64, x: &[f64]) -> UpdateStats {
-        self.good.push((run, x.iter().map(|&v| v as f32).collect()));
-        let (m, n) = (self.arch.context, self.arch.n_bins);
-        let batch = TrainBatch::of(&self.good, self.cfg.batch_runs, m, n as usize);
-        let (b, m) = (batch.runs as i64, m as i64);
-        let on =
-            |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(self.device);
-        let h = on(&batch.histograms, &[b, m, n]);
-        let t = on(&batch.times, &[b, m]);
-        let target = on(&batch.targets, &[b, n]);
-        let mut stop = EarlyStop::new(batch.runs, self.cfg.patience, self.cfg.max_iterations);
-        loop {
-            let (mu, sigma) = self.net.forward(&h, &t, true);
-            let loss = gaussian_nll(&target, &mu, &sigma);
-            self.opt.backward_step(&loss);
-            if stop.record(loss.double_value(&[])) {
-                return stop.stats;
-            }
-        }
-    }
-}
-
-/// Scores run `k` of `data` against a predicted (μ̂, σ̂) into `scored`;
-/// a non-finite prediction is an error naming the run.
-fn record_prediction(
-    scored: &mut Scored,
-    data: &DatasetRuns,
-    k: usize,
-    mu: &[f64],
-    sigma: &[f64],
-) -> Result<()> {
-    if let Some(j) = mu.iter().chain(sigma).position(|v| !v.is_finite()) {
-        return Err(data.error(format!(
-            "run {}: the network predicted a non-finite reference (value {j}); lower learning_rate",
-            data.runs[k]
-        )));
-    }
-    let (chi2, pulls) = chi2_and_pulls(&data.norm[k], mu, sigma);
-    scored.chi2.push(chi2);
-    scored.pulls.push(pulls);
-    scored.ref_mu.push(mu.to_vec());
-    scored.ref_sigma.push(sigma.to_vec());
-    Ok(())
-}
-
-/// χ²_ν and pulls of `run` against (μ̂, σ̂): the run's Poisson variance plus σ̂².
-pub fn chi2_and_pulls(run: &NormRun, mu: &[f64], sigma: &[f64]) -> (f64, Vec<f64>) {
-    let pulls: Vec<f64> = (0..mu.len())
-        .map(|j| {
-            (run.x[j] - mu[j])
-                / (run.var[j] + sigma[j] * sigma[j])
-                    .max(f64::MIN_POSITIVE)
-                    .sqrt()
-        })
-        .collect();
-    let chi2 = pulls.iter().map(|p| p * p).sum::<f64>() / mu.len().max(1) as f64;
-    (chi2, pulls)
-}
-
 /// One dataset's results: scores, its online updates and their runs.
 type DatasetResult = (Scored, Vec<UpdateStats>, Vec<i64>);
 
 impl DinamoMl {
+    /// The schedule's preset with the values given explicitly.
+    pub fn preset(&self) -> Preset {
+        let p = self.schedule.preset();
+        Preset {
+            context: self.context.unwrap_or(p.context),
+            d_model: self.d_model.unwrap_or(p.d_model),
+            heads: self.heads.unwrap_or(p.heads),
+            feed_forward: self.feed_forward.unwrap_or(p.feed_forward),
+            patience: self.patience.unwrap_or(p.patience),
+            max_iterations: self.max_iterations.unwrap_or(p.max_iterations),
+        }
+    }
+
+    /// How each online update trains.
+    pub fn training(&self) -> Training {
+        let p = self.preset();
+        Training {
+            batch_runs: self.batch_runs,
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            patience: p.patience,
+            max_iterations: p.max_iterations,
+        }
+    }
+
     /// The network's sizes for histograms of `n_bins` bins.
     pub fn arch(&self, n_bins: usize) -> MlArch {
+        let p = self.preset();
         MlArch {
             n_bins: n_bins as i64,
-            context: self.context,
-            d_model: self.d_model,
-            heads: self.heads,
-            feed_forward: self.feed_forward,
+            context: p.context,
+            d_model: p.d_model,
+            heads: p.heads,
+            feed_forward: p.feed_forward,
             layers: self.layers,
             dropout: self.dropout,
             activation: self.activation,
         }
+    }
+
+    /// Scores `data` in stacks of `batch_datasets`, up to `stacks` of them
+    /// at once on their own threads, each with one libtorch thread; a
+    /// single stack runs here with every libtorch thread. Results in the
+    /// order of `data`.
+    pub fn score_stacks(
+        &self,
+        data: &[DatasetRuns],
+        stacks: usize,
+        device: Device,
+        progress: &dyn crate::stage::Progress,
+    ) -> Result<Vec<DatasetResult>> {
+        let per_stack = data.len().div_ceil(stacks.max(1));
+        if data.len() <= per_stack {
+            return self.score_group(data, device, progress);
+        }
+        let results: Vec<Result<Vec<DatasetResult>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = data
+                .chunks(per_stack)
+                .map(|group| {
+                    s.spawn(move || {
+                        let _one = crate::nn::one_thread();
+                        self.score_group(group, device, progress)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|e| Err(StageError::from_panic(&*e)))
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(data.len());
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
     }
 
     /// Scores a group of datasets with one stacked network, runs in
@@ -304,14 +286,18 @@ impl DinamoMl {
             )));
         }
         let (arch, d) = (self.arch(n_bins), group.len());
-        tch::manual_seed(self.seed as i64);
         let mut net = BatchedReferenceNet::new(
             arch.clone(),
             d as i64,
+            self.seed,
             self.learning_rate,
             self.weight_decay,
             device,
         );
+        let mut streams: Vec<DropoutStream> = group
+            .iter()
+            .map(|data| DropoutStream::new(self.seed, data.dataset, self.dropout))
+            .collect();
         let mut out: Vec<DatasetResult> = group
             .iter()
             .map(|data| {
@@ -321,25 +307,23 @@ impl DinamoMl {
             })
             .collect();
         let mut good: Vec<Vec<(i64, Vec<f32>)>> = vec![Vec::new(); d];
+        let training = self.training();
         let (m, longest) = (
-            self.context,
+            arch.context,
             group.iter().map(DatasetRuns::len).max().unwrap_or(0),
         );
         for t in 0..longest {
-            let (mut hist, mut time) = (
-                Vec::with_capacity(d * m * n_bins),
-                Vec::with_capacity(d * m),
-            );
-            for (data, good) in group.iter().zip(&good) {
-                // A dataset already at its end predicts from padding, unused.
-                let run = data.runs.get(t).copied().unwrap_or(i64::MIN);
-                let (h, tt) = build_context(good, run, m, n_bins);
-                hist.extend(h);
-                time.extend(tt);
-            }
-            let on = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
-            let (di, mi, ni) = (d as i64, m as i64, n_bins as i64);
-            let (mu, sigma) = net.predict(&on(&hist, &[di, 1, mi, ni]), &on(&time, &[di, 1, mi]));
+            let contexts: Vec<DistinctTokens> = group
+                .iter()
+                .zip(&good)
+                .map(|(data, good)| {
+                    // A dataset already at its end predicts from padding, unused.
+                    let run = data.runs.get(t).copied().unwrap_or(i64::MIN);
+                    let (h, tt) = build_context(good, run, m, n_bins);
+                    DistinctTokens::dense(h, tt)
+                })
+                .collect();
+            let (mu, sigma) = net.predict(&contexts);
             let rows = |x: Tensor| -> Vec<f64> {
                 Vec::<f64>::try_from(x.to_kind(Kind::Double).to_device(Device::Cpu).view([-1]))
                     .expect("a flat double tensor")
@@ -362,7 +346,12 @@ impl DinamoMl {
                     batches.push(None);
                 }
             }
-            let rounds = net.train_round(&batches, self.patience, self.max_iterations);
+            let rounds = net.train_round(
+                &batches,
+                &mut streams,
+                training.patience,
+                training.max_iterations,
+            );
             for (i, round) in rounds.into_iter().enumerate() {
                 if let Some(stats) = round {
                     out[i].1.push(stats);
@@ -376,60 +365,6 @@ impl DinamoMl {
         }
         Ok(out)
     }
-
-    fn score_dataset(
-        &self,
-        data: &DatasetRuns,
-        device: Device,
-        progress: &dyn crate::stage::Progress,
-    ) -> Result<(Scored, Vec<UpdateStats>, Vec<i64>)> {
-        let n = data.len();
-        let mut scored = Scored::empty(n, self.historical_runs.min(n));
-        let mut updates = Vec::new();
-        let mut update_runs = Vec::new();
-        if n == 0 {
-            return Ok((scored, updates, update_runs));
-        }
-        tch::manual_seed(self.seed as i64);
-        let mut model = OnlineReference::new(self, data.n_bins(), device)?;
-        for k in 0..n {
-            let (run, norm) = (data.runs[k], &data.norm[k]);
-            let (mu, sigma) = model.predict(run);
-            record_prediction(&mut scored, data, k, &mu, &sigma)?;
-            if data.good[k] && norm.integral > 0.0 {
-                updates.push(model.add_good_and_train(run, &norm.x));
-                update_runs.push(run);
-            }
-            progress.inc(1);
-        }
-        let scores: Vec<f64> = scored.chi2.iter().map(|&c| score_of(c)).collect();
-        scored.threshold = data.threshold(self.threshold, &scores, scored.historical)?;
-        Ok((scored, updates, update_runs))
-    }
-}
-
-fn updates_batch(dataset: i64, runs: &[i64], updates: &[UpdateStats]) -> Result<RecordBatch> {
-    let n = updates.len();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(vec![dataset; n])),
-        Arc::new(Int64Array::from(runs.to_vec())),
-        Arc::new(Int64Array::from_iter_values(
-            updates.iter().map(|u| u.batch_runs as i64),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            updates.iter().map(|u| u.iterations as i64),
-        )),
-        Arc::new(Float64Array::from_iter_values(
-            updates.iter().map(|u| u.first_loss),
-        )),
-        Arc::new(Float64Array::from_iter_values(
-            updates.iter().map(|u| u.best_loss),
-        )),
-    ];
-    Ok(RecordBatch::try_new(
-        dqm_schemas::online::updates(),
-        columns,
-    )?)
 }
 
 impl Stage for DinamoMl {
@@ -450,15 +385,19 @@ impl Stage for DinamoMl {
         let input = &ctx.inputs[0];
         let schema = score_schema(&input.schema, &input.name, self.per_run_vectors)?;
         let device = self.device.resolve()?;
-        // One dataset at a time: libtorch's generator is global, and each
-        // operation already uses every core.
+        // No other model stage in this process meanwhile: libtorch's
+        // generator and thread count are global.
         let _torch = crate::nn::exclusive();
+        let stacks = match self.parallel_stacks {
+            AutoOr::Auto => tch::get_num_threads().max(1) as usize,
+            AutoOr::Value(n) => n,
+        };
         let mut groups = DatasetGroups::for_shard(input, ctx.shard)?;
         let progress = ctx.reporter.progress(0, "runs");
         let (mut datasets, mut n_updates, mut iterations) = (0usize, 0usize, 0usize);
         let start = Instant::now();
         loop {
-            let chunk = groups.next_chunk(self.batch_datasets)?;
+            let chunk = groups.next_chunk(self.batch_datasets * stacks)?;
             if chunk.is_empty() {
                 break;
             }
@@ -466,11 +405,7 @@ impl Stage for DinamoMl {
                 .iter()
                 .map(|(id, batch)| DatasetRuns::parse(*id, batch, &input.name, 1e-9))
                 .collect::<Result<_>>()?;
-            let results = if self.batch_datasets == 1 {
-                vec![self.score_dataset(&data[0], device, progress.as_ref())?]
-            } else {
-                self.score_group(&data, device, progress.as_ref())?
-            };
+            let results = self.score_stacks(&data, stacks, device, progress.as_ref())?;
             for (((id, batch), data), (scored, updates, runs)) in
                 chunk.iter().zip(&data).zip(results)
             {
@@ -502,25 +437,31 @@ impl Stage for DinamoMl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::arrow_util::f64_lists;
     use crate::dinamo::generator::RunGenerator;
+    use crate::dinamo::online_reference::OnlineReference;
     use crate::dinamo::test_support::generated_runs;
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
+    use crate::stage::{Reporter, Silent};
     use arrow::array::{AsArray, Int8Array};
+    use arrow::array::{Int64Array, RecordBatch};
     use arrow::datatypes::{Float64Type, Int64Type};
 
     /// A small, fast configuration for tests.
     fn small() -> DinamoMl {
         DinamoMl {
-            context: 5,
+            schedule: Schedule::Paper,
+            context: Some(5),
             batch_runs: 4,
-            d_model: 16,
-            heads: 2,
-            feed_forward: 16,
+            d_model: Some(16),
+            heads: Some(2),
+            feed_forward: Some(16),
             layers: 1,
             learning_rate: 3e-3,
-            max_iterations: 40,
+            max_iterations: Some(40),
             historical_runs: 20,
             device: DeviceChoice::Cpu,
             ..Default::default()
@@ -568,17 +509,6 @@ mod tests {
             .as_primitive::<Float64Type>()
             .values()
             .to_vec()
-    }
-
-    #[test]
-    fn chi2_uses_poisson_and_predicted_variances() {
-        let run = NormRun::new(&[3.0, 1.0], 1e-9);
-        // x~ = [0.75, 0.25], var = (p - p^2)/4 = 0.046875 each.
-        let (chi2, pulls) = chi2_and_pulls(&run, &[0.5, 0.5], &[0.1, 0.2]);
-        let p0 = 0.25 / (0.046875f64 + 0.01).sqrt();
-        let p1 = -0.25 / (0.046875f64 + 0.04).sqrt();
-        assert!((pulls[0] - p0).abs() < 1e-12 && (pulls[1] - p1).abs() < 1e-12);
-        assert!((chi2 - (p0 * p0 + p1 * p1) / 2.0).abs() < 1e-12);
     }
 
     #[test]
@@ -716,15 +646,42 @@ mod tests {
         );
     }
 
-    /// D datasets trained as one stacked network score as D separate runs
-    /// (dropout off): same χ² to float tolerance, same iterations per update.
-    /// (A small learning rate: Adam divides each gradient by its own running
-    /// size, so parameters with near-zero gradients turn float-rounding
-    /// differences between batched and single matrix products into steps of
-    /// size ~lr; at lr 3e-3 the two runs drift apart by ~1 % within a few
-    /// updates, at 1e-4 they agree to ~1e-7.)
-    #[test]
-    fn batched_datasets_equal_separate_runs() {
+    /// One dataset trained alone through `OnlineReference` (tch's modules
+    /// and optimizer, libtorch's dropout): the independent implementation
+    /// the stacked network is checked against.
+    fn score_alone(
+        cfg: &DinamoMl,
+        data: &DatasetRuns,
+        device: Device,
+        progress: &dyn crate::stage::Progress,
+    ) -> Result<(Scored, Vec<UpdateStats>, Vec<i64>)> {
+        let n = data.len();
+        let mut scored = Scored::empty(n, cfg.historical_runs.min(n));
+        let mut updates = Vec::new();
+        let mut update_runs = Vec::new();
+        if n == 0 {
+            return Ok((scored, updates, update_runs));
+        }
+        tch::manual_seed(cfg.seed as i64);
+        let mut model = OnlineReference::new(cfg.arch(data.n_bins()), cfg.training(), device)?;
+        for k in 0..n {
+            let (run, norm) = (data.runs[k], &data.norm[k]);
+            let (mu, sigma) = model.predict(run);
+            record_prediction(&mut scored, data, k, &mu, &sigma)?;
+            if data.good[k] && norm.integral > 0.0 {
+                updates.push(model.add_good_and_train(run, &norm.x));
+                update_runs.push(run);
+            }
+            progress.inc(1);
+        }
+        let scores: Vec<f64> = scored.chi2.iter().map(|&c| score_of(c)).collect();
+        scored.threshold = data.threshold(cfg.threshold, &scores, scored.historical)?;
+        Ok((scored, updates, update_runs))
+    }
+
+    /// Three generated datasets of 40, 40 and 25 runs (ids 0, 1, 2), as a
+    /// runs table and parsed.
+    fn three_datasets() -> (RecordBatch, Vec<DatasetRuns>) {
         let runs = generated_runs(RunGenerator {
             seed_range: Some([0, 3]),
             n_runs: 40,
@@ -732,51 +689,147 @@ mod tests {
             n_bins: 20,
             ..Default::default()
         });
-        // Datasets of different lengths: the third stops early.
-        let keep: Vec<u32> = (0..80 + 25).collect();
-        let runs = arrow::compute::take_record_batch(&runs, &arrow::array::UInt32Array::from(keep))
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let input = input_from_batch("runs", &runs, &dir.path().join("runs.parquet")).unwrap();
-        let cfg = DinamoMl {
-            dropout: 0.0,
-            historical_runs: 20,
-            learning_rate: 1e-4,
-            ..small()
-        };
-        let separate = run_in_memory(&cfg, std::slice::from_ref(&input)).unwrap();
-        let batched = DinamoMl {
-            batch_datasets: 3,
-            ..cfg
-        };
-        let together = run_in_memory(&batched, std::slice::from_ref(&input)).unwrap();
-        let (a, b) = (separate.table("main"), together.table("main"));
-        assert_eq!(a.num_rows(), 105);
-        assert_eq!(b.num_rows(), 105);
-        let (ca, cb) = (column_f64(&a, "chi2"), column_f64(&b, "chi2"));
+        let runs = runs.slice(0, 105);
+        let data = [(0, 40), (40, 40), (80, 25)]
+            .iter()
+            .enumerate()
+            .map(|(id, &(start, len))| {
+                DatasetRuns::parse(id as i64, &runs.slice(start, len), "runs", 1e-9).unwrap()
+            })
+            .collect();
+        (runs, data)
+    }
+
+    /// Each dataset in a stack of its own.
+    fn each_alone(cfg: &DinamoMl, data: &[DatasetRuns]) -> Vec<DatasetResult> {
+        let progress = Silent.progress(0, "runs");
+        data.iter()
+            .flat_map(|d| {
+                cfg.score_group(std::slice::from_ref(d), Device::Cpu, progress.as_ref())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// χ² per run and iterations per update of each dataset, in order.
+    fn scores_and_iterations(results: &[DatasetResult]) -> (Vec<f64>, Vec<usize>) {
+        let chi2 = results.iter().flat_map(|r| r.0.chi2.clone()).collect();
+        let iterations = results
+            .iter()
+            .flat_map(|r| r.1.iter().map(|u| u.iterations))
+            .collect();
+        (chi2, iterations)
+    }
+
+    /// Same χ² to float tolerance, same iterations per update. (A small
+    /// learning rate: Adam divides each gradient by its own running size, so
+    /// parameters with near-zero gradients turn float-rounding differences
+    /// between batched and single matrix products into steps of size ~lr;
+    /// at lr 3e-3 two runs drift apart by ~1 % within a few updates, at 1e-4
+    /// they agree to ~1e-7.)
+    fn assert_same_training(a: &[DatasetResult], b: &[DatasetResult]) {
+        let ((ca, ia), (cb, ib)) = (scores_and_iterations(a), scores_and_iterations(b));
+        assert_eq!(ca.len(), 105);
+        assert_eq!(cb.len(), 105);
         for (k, (x, y)) in ca.iter().zip(&cb).enumerate() {
             assert!(
                 (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
-                "row {k}: separate {x} vs batched {y}"
+                "row {k}: {x} vs {y}"
             );
         }
-        let iterations = |t: &RecordBatch| {
-            t.column_by_name("iterations")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .values()
-                .to_vec()
-        };
-        assert_eq!(
-            iterations(&separate.table("updates")),
-            iterations(&together.table("updates"))
-        );
-        for (x, y) in column_f64(&a, "threshold")
-            .iter()
-            .zip(&column_f64(&b, "threshold"))
-        {
-            assert!((x - y).abs() < 1e-4, "thresholds {x} vs {y}");
+        assert_eq!(ia, ib);
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x.0.threshold - y.0.threshold).abs() < 1e-4,
+                "thresholds {} vs {}",
+                x.0.threshold,
+                y.0.threshold
+            );
         }
+    }
+
+    fn equality_config(dropout: f64) -> DinamoMl {
+        DinamoMl {
+            dropout,
+            historical_runs: 20,
+            learning_rate: 1e-4,
+            ..small()
+        }
+    }
+
+    /// With dropout off, the stacked network (fused q, k, v, attention
+    /// written out) trains as tch's modules do, each dataset alone.
+    #[test]
+    fn stacked_network_equals_the_modules_trained_alone() {
+        let (_, data) = three_datasets();
+        let cfg = equality_config(0.0);
+        let progress = Silent.progress(0, "runs");
+        let alone: Vec<DatasetResult> = data
+            .iter()
+            .map(|d| score_alone(&cfg, d, Device::Cpu, progress.as_ref()).unwrap())
+            .collect();
+        let stacked = cfg
+            .score_group(&data, Device::Cpu, progress.as_ref())
+            .unwrap();
+        assert_same_training(&alone, &stacked);
+    }
+
+    /// With dropout on, each dataset's masks come from its own stream: it
+    /// trains alike alone, in a stack of three, and in stacks on two
+    /// threads (the stage's path); the masks do change the training.
+    #[test]
+    fn a_dataset_trains_alike_in_any_stack_with_dropout_on() {
+        let (_, data) = three_datasets();
+        let cfg = equality_config(0.15);
+        let progress = Silent.progress(0, "runs");
+        let p = progress.as_ref();
+        let alone = each_alone(&cfg, &data);
+        let together = cfg.score_group(&data, Device::Cpu, p).unwrap();
+        assert_same_training(&alone, &together);
+        let threads = cfg.score_stacks(&data, 2, Device::Cpu, p).unwrap();
+        assert_same_training(&alone, &threads);
+        let without = equality_config(0.0)
+            .score_group(&data, Device::Cpu, p)
+            .unwrap();
+        let (with, _) = scores_and_iterations(&together);
+        let (without, _) = scores_and_iterations(&without);
+        let moved = with.iter().zip(&without).filter(|(a, b)| a != b).count();
+        assert!(moved > 90, "dropout changed {moved} of 105 scores");
+    }
+
+    /// The stage itself, in stacks of two on two threads, scores as each
+    /// dataset trained alone.
+    #[test]
+    fn the_stage_in_parallel_stacks_scores_as_alone() {
+        let (runs, data) = three_datasets();
+        let cfg = equality_config(0.15);
+        let (expected, iterations) = scores_and_iterations(&each_alone(&cfg, &data));
+        let dir = tempfile::tempdir().unwrap();
+        let input = input_from_batch("runs", &runs, &dir.path().join("runs.parquet")).unwrap();
+        let staged = DinamoMl {
+            batch_datasets: 2,
+            parallel_stacks: AutoOr::Value(2),
+            ..cfg
+        };
+        let out = run_in_memory(&staged, &[input]).unwrap();
+        let chi2 = column_f64(&out.table("main"), "chi2");
+        assert_eq!(chi2.len(), expected.len());
+        for (k, (x, y)) in expected.iter().zip(&chi2).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+                "row {k}: {x} vs {y}"
+            );
+        }
+        let updates = out.table("updates");
+        let staged_iterations: Vec<usize> = updates
+            .column_by_name("iterations")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|&i| i as usize)
+            .collect();
+        assert_eq!(staged_iterations, iterations);
     }
 
     /// On a stable dataset the learned reference behaves as the reference

@@ -7,7 +7,9 @@ pub mod tables;
 // Library: the paper's algorithms and networks on plain types.
 pub mod bands;
 pub mod batched_reference;
+pub mod dropout_stream;
 pub mod generator;
+pub mod online_reference;
 pub mod reference;
 pub mod reference_net;
 pub mod score_plots;

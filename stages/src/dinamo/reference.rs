@@ -287,9 +287,34 @@ pub fn best_alpha(
     best.map(|(_, a)| a)
 }
 
+/// χ²_ν and pulls of `run` against (μ̂, σ̂): the run's Poisson variance plus σ̂².
+pub fn chi2_and_pulls(run: &NormRun, mu: &[f64], sigma: &[f64]) -> (f64, Vec<f64>) {
+    let pulls: Vec<f64> = (0..mu.len())
+        .map(|j| {
+            (run.x[j] - mu[j])
+                / (run.var[j] + sigma[j] * sigma[j])
+                    .max(f64::MIN_POSITIVE)
+                    .sqrt()
+        })
+        .collect();
+    let chi2 = pulls.iter().map(|p| p * p).sum::<f64>() / mu.len().max(1) as f64;
+    (chi2, pulls)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chi2_uses_poisson_and_predicted_variances() {
+        let run = NormRun::new(&[3.0, 1.0], 1e-9);
+        // x~ = [0.75, 0.25], var = (p - p^2)/4 = 0.046875 each.
+        let (chi2, pulls) = chi2_and_pulls(&run, &[0.5, 0.5], &[0.1, 0.2]);
+        let p0 = 0.25 / (0.046875f64 + 0.01).sqrt();
+        let p1 = -0.25 / (0.046875f64 + 0.04).sqrt();
+        assert!((pulls[0] - p0).abs() < 1e-12 && (pulls[1] - p1).abs() < 1e-12);
+        assert!((chi2 - (p0 * p0 + p1 * p1) / 2.0).abs() < 1e-12);
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-12 * (1.0 + a.abs().max(b.abs()))

@@ -53,6 +53,70 @@ impl Default for MlArch {
     }
 }
 
+/// Presets of the network's size and the online schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Chosen on development datasets (seeds 100-107, BENCHMARKS.md) for
+    /// 2 CPU cores: context 10, d_model 50, 5 heads, feed-forward 50,
+    /// patience 2, at most 10 iterations. Stopping at 5 iterations kept the
+    /// balanced accuracy but not the uncertainty σ̂ (the Jaccard distance
+    /// doubled); half the context and width cost neither.
+    Fast,
+    /// The paper's (section 5) and its reference code's: context 20,
+    /// d_model 100, 10 heads, feed-forward 100, patience 5.
+    Paper,
+}
+
+/// The six values a [`Schedule`] presets, as in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    pub context: usize,
+    pub d_model: i64,
+    pub heads: i64,
+    pub feed_forward: i64,
+    pub patience: usize,
+    pub max_iterations: usize,
+}
+
+impl Schedule {
+    pub fn preset(self) -> Preset {
+        match self {
+            Schedule::Fast => Preset {
+                context: 10,
+                d_model: 50,
+                heads: 5,
+                feed_forward: 50,
+                patience: 2,
+                max_iterations: 10,
+            },
+            Schedule::Paper => {
+                let arch = MlArch::default();
+                Preset {
+                    context: arch.context,
+                    d_model: arch.d_model,
+                    heads: arch.heads,
+                    feed_forward: arch.feed_forward,
+                    patience: 5,
+                    max_iterations: 1000,
+                }
+            }
+        }
+    }
+}
+
+/// How an online update trains (Algorithm 3): on the K most recent good
+/// runs, AdamW, until `patience` iterations without a lower loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Training {
+    /// K.
+    pub batch_runs: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub patience: usize,
+    pub max_iterations: usize,
+}
+
 /// Smallest variance σ̂² the loss divides by (`nn.GaussianNLLLoss(eps=1e-9)`
 /// of the reference code): the value is clamped, the gradient is not.
 pub const VAR_EPS: f64 = 1e-9;

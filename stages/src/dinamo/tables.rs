@@ -15,7 +15,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Float64Type, Int8Type, Int64Type, Schema, SchemaRef};
 
 use super::bands::{BandBuilder, RegimeBands};
-use super::reference::{Constants, NormRun, alpha_grid, best_alpha, score_of};
+use super::reference::{Constants, NormRun, alpha_grid, best_alpha, chi2_and_pulls, score_of};
+use super::reference_net::UpdateStats;
 use crate::arrow_util::{cast_column, f64_lists, is_integer, is_numeric_list, list_rows};
 use crate::error::{Result, StageError};
 use crate::input::{Input, require_column};
@@ -620,6 +621,54 @@ impl<'a> DatasetGroups<'a> {
         let take = n.min(self.ready.len());
         Ok(self.ready.drain(..take).collect())
     }
+}
+
+/// Scores run `k` of `data` against a predicted (μ̂, σ̂) into `scored`;
+/// a non-finite prediction is an error naming the run.
+pub fn record_prediction(
+    scored: &mut Scored,
+    data: &DatasetRuns,
+    k: usize,
+    mu: &[f64],
+    sigma: &[f64],
+) -> Result<()> {
+    if let Some(j) = mu.iter().chain(sigma).position(|v| !v.is_finite()) {
+        return Err(data.error(format!(
+            "run {}: the network predicted a non-finite reference (value {j}); lower learning_rate",
+            data.runs[k]
+        )));
+    }
+    let (chi2, pulls) = chi2_and_pulls(&data.norm[k], mu, sigma);
+    scored.chi2.push(chi2);
+    scored.pulls.push(pulls);
+    scored.ref_mu.push(mu.to_vec());
+    scored.ref_sigma.push(sigma.to_vec());
+    Ok(())
+}
+
+/// The `updates` table of one dataset: one row per online update.
+pub fn updates_batch(dataset: i64, runs: &[i64], updates: &[UpdateStats]) -> Result<RecordBatch> {
+    let n = updates.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![dataset; n])),
+        Arc::new(Int64Array::from(runs.to_vec())),
+        Arc::new(Int64Array::from_iter_values(
+            updates.iter().map(|u| u.batch_runs as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            updates.iter().map(|u| u.iterations as i64),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            updates.iter().map(|u| u.first_loss),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            updates.iter().map(|u| u.best_loss),
+        )),
+    ];
+    Ok(RecordBatch::try_new(
+        dqm_schemas::online::updates(),
+        columns,
+    )?)
 }
 
 #[cfg(test)]
