@@ -244,6 +244,9 @@ impl DinamoMl {
         if data.len() <= per_stack {
             return self.score_group(data, device, progress);
         }
+        // libtorch keeps a process-wide thread count that each worker's
+        // `one_thread` sets and restores in turn: put this thread's back.
+        let threads_here = tch::get_num_threads();
         let results: Vec<Result<Vec<DatasetResult>>> = std::thread::scope(|s| {
             let handles: Vec<_> = data
                 .chunks(per_stack)
@@ -262,6 +265,7 @@ impl DinamoMl {
                 })
                 .collect()
         });
+        tch::set_num_threads(threads_here);
         let mut out = Vec::with_capacity(data.len());
         for r in results {
             out.extend(r?);
