@@ -27,8 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::dropout_stream::DropoutStream;
 use super::reference_net::{
-    Activation, EarlyStop, MlArch, PAD_TIME, PAD_VALUE, ReferenceNet, UpdateStats, build_context,
-    nll_terms,
+    Activation, EarlyStop, MlArch, PAD_TIME, PAD_VALUE, ReferenceNet, UpdateStats, nll_terms,
 };
 
 /// libtorch's generator is global: stacks initialised on several threads
@@ -168,6 +167,23 @@ impl DistinctTokens {
             histogram_of: (0..tokens).collect(),
             time_of: (0..tokens).collect(),
         }
+    }
+
+    /// Every token's histogram and time, row-major ([B·M, N_b] and [B·M]):
+    /// the dense contexts `build_context` makes.
+    pub fn expand(&self, n_bins: usize) -> (Vec<f32>, Vec<f32>) {
+        let histograms = self
+            .histogram_of
+            .iter()
+            .flat_map(|&j| &self.histograms[j as usize * n_bins..][..n_bins])
+            .copied()
+            .collect();
+        let times = self
+            .time_of
+            .iter()
+            .map(|&j| self.times[j as usize])
+            .collect();
+        (histograms, times)
     }
 
     fn distinct_histograms(&self, n_bins: usize) -> usize {
@@ -558,13 +574,11 @@ impl BatchedReferenceNet {
     }
 }
 
-/// One dataset's training batch: the K most recent good runs, each with its
-/// own context, flattened row-major (for `ReferenceNet`), and the same
-/// contexts as distinct tokens (for the stack).
+/// One dataset's training batch: the K most recent good runs (targets,
+/// row-major) and their contexts as distinct tokens (`expand` gives the
+/// dense contexts `ReferenceNet` reads).
 pub struct TrainBatch {
     pub runs: usize,
-    pub histograms: Vec<f32>,
-    pub times: Vec<f32>,
     pub targets: Vec<f32>,
     pub tokens: DistinctTokens,
 }
@@ -574,20 +588,11 @@ impl TrainBatch {
     pub fn of(good: &[(i64, Vec<f32>)], k: usize, m: usize, n_bins: usize) -> Self {
         let first = good.len().saturating_sub(k);
         let recent = &good[first..];
-        let mut batch = Self {
+        Self {
             runs: recent.len(),
-            histograms: Vec::with_capacity(recent.len() * m * n_bins),
-            times: Vec::with_capacity(recent.len() * m),
-            targets: Vec::with_capacity(recent.len() * n_bins),
+            targets: recent.iter().flat_map(|(_, x)| x.iter().copied()).collect(),
             tokens: distinct_contexts(good, first, m, n_bins),
-        };
-        for (run, x) in recent {
-            let (h, t) = build_context(good, *run, m, n_bins);
-            batch.histograms.extend(h);
-            batch.times.extend(t);
-            batch.targets.extend_from_slice(x);
         }
-        batch
     }
 }
 
@@ -639,6 +644,7 @@ fn distinct_contexts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dinamo::reference_net::build_context;
 
     /// The distinct tokens, expanded, are exactly the dense contexts (runs
     /// with gaps, batches shorter and longer than the context, padding).
@@ -653,14 +659,15 @@ mod tests {
             for (k, m) in [(1, 1), (2, 3), (4, 2), (10, 20), (3, 5)] {
                 let batch = TrainBatch::of(&good[..len], k, m, n_bins);
                 let t = &batch.tokens;
-                let histograms: Vec<f32> = t
-                    .histogram_of
-                    .iter()
-                    .flat_map(|&j| t.histograms[j as usize * n_bins..][..n_bins].to_vec())
-                    .collect();
-                let times: Vec<f32> = t.time_of.iter().map(|&j| t.times[j as usize]).collect();
-                assert_eq!(histograms, batch.histograms, "len {len}, k {k}, m {m}");
-                assert_eq!(times, batch.times, "len {len}, k {k}, m {m}");
+                let (mut dense_h, mut dense_t) = (Vec::new(), Vec::new());
+                for (run, _) in &good[len.saturating_sub(k)..len] {
+                    let (h, tt) = build_context(&good[..len], *run, m, n_bins);
+                    dense_h.extend(h);
+                    dense_t.extend(tt);
+                }
+                let (histograms, times) = t.expand(n_bins);
+                assert_eq!(histograms, dense_h, "len {len}, k {k}, m {m}");
+                assert_eq!(times, dense_t, "len {len}, k {k}, m {m}");
                 // Each distinct time once; at most K + M - 1 histograms + padding.
                 let mut sorted = t.times.clone();
                 sorted.sort_by(f32::total_cmp);

@@ -72,8 +72,9 @@ impl OnlineReference {
         let (b, m) = (batch.runs as i64, m as i64);
         let on =
             |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(self.device);
-        let h = on(&batch.histograms, &[b, m, n]);
-        let t = on(&batch.times, &[b, m]);
+        let (histograms, times) = batch.tokens.expand(n as usize);
+        let h = on(&histograms, &[b, m, n]);
+        let t = on(&times, &[b, m]);
         let target = on(&batch.targets, &[b, n]);
         let mut stop = EarlyStop::new(
             batch.runs,
