@@ -19,6 +19,7 @@ use dqm_stages::medic::model::{
 };
 use dqm_stages::medic::sliding_windows::SlidingWindows;
 use dqm_stages::medic::tables::WindowSpec;
+use dqm_stages::simd::{Isa, PackedLinear};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, OptimizerConfig};
@@ -231,6 +232,9 @@ fn main() {
     // event), side by side.
     let streaming = |model: &Medic, folded: bool| {
         let fast = StreamingMedic::new(model);
+        // As `medic_infer` runs the event-mean head's streaming path.
+        let event_mean = model.arch.window_head == WindowHead::EventMean;
+        let _one = (folded && event_mean).then(dqm_stages::nn::one_thread);
         let mut timer = Timer::new(1);
         let mut buffer = RollingEmbeddings::default();
         tch::no_grad(|| {
@@ -286,6 +290,58 @@ fn main() {
                 r[4]
             );
         }
+    }
+    // The event encoders alone (tracks, towers, MET) on the events of 256
+    // windows: the network as trained and the streaming path, alternated.
+    let b = data.event_batch(&rows[..256], seed, device).unwrap();
+    let m = b.tracks.size()[0];
+    for (what, model) in [("", &event_mean), (", embed 32", &small)] {
+        let fast = StreamingMedic::new(model);
+        let mut rates = [Vec::new(), Vec::new()];
+        for _ in 0..5 {
+            for folded in [false, true] {
+                let start = Instant::now();
+                // As `medic_infer` runs it: libtorch (MET, heads) on one
+                // thread, the kernels on the rayon pool.
+                let _one = folded.then(dqm_stages::nn::one_thread);
+                tch::no_grad(|| {
+                    for _ in 0..4 {
+                        let e = if folded {
+                            fast.encode(&b.tracks, &b.towers, &b.met)
+                        } else {
+                            model.encode(&b.tracks, &b.towers, &b.met, false)
+                        };
+                        let _ = e.double_value(&[0, 0, 0]);
+                    }
+                });
+                rates[usize::from(folded)].push(4.0 * m as f64 / start.elapsed().as_secs_f64());
+            }
+        }
+        for (path, mut r) in ["as trained", "streaming path"].into_iter().zip(rates) {
+            r.sort_by(f64::total_cmp);
+            println!(
+                "event encoders alone{what}, {path}: {:>8.0} events/s ({m} events; median of 5, range {:.0}-{:.0})",
+                r[2], r[0], r[4]
+            );
+        }
+    }
+    // The kernels' dense layer alone: a tile's 480 rows through 128 × 128.
+    let (rows_n, k) = (480, 128);
+    let w: Vec<f32> = (0..k * k).map(|i| (i % 7) as f32 * 0.01).collect();
+    let a: Vec<f32> = (0..rows_n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+    let layer = PackedLinear::new(&w, &vec![0.1; k], k, k);
+    let mut out = vec![0f32; rows_n * k];
+    for isa in Isa::available() {
+        let reps = 500;
+        let start = Instant::now();
+        for _ in 0..reps {
+            layer.apply(isa, &a, rows_n, &mut out, true);
+        }
+        let flops = 2.0 * (rows_n * k * k * reps) as f64;
+        println!(
+            "dense layer 480 x 128 x 128, {isa:?}, one thread: {:>6.1} GFLOP/s",
+            flops / start.elapsed().as_secs_f64() / 1e9
+        );
     }
     // What the window part alone (CNN + head) allows, for the ceiling.
     let events = Tensor::randn([256 * 30, 3, 128], (Kind::Float, device));

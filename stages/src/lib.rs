@@ -20,6 +20,7 @@ pub mod nn;
 pub mod parallel;
 pub mod params;
 pub mod plots;
+pub mod simd;
 pub mod stats;
 
 // Stage families, and stages of no family.

@@ -270,25 +270,6 @@ impl SelfAttention {
         )
     }
 
-    /// The packed q, k, v projection `([3E, F], [3E])` of the raw inputs of
-    /// a linear layer `input` (`[E, F]`) whose output this attention reads:
-    /// q = Wq (Win x + bin) + bq = (Wq Win) x + (Wq bin + bq), so one small
-    /// product replaces `input` followed by three E × E ones (inference:
-    /// the folded weights are not trained).
-    pub fn folded_into(&self, input: &tnn::Linear) -> (Tensor, Tensor) {
-        tch::no_grad(|| {
-            let b_in = input.bs.as_ref().expect("an input projection with a bias");
-            let (w, b): (Vec<Tensor>, Vec<Tensor>) = [&self.q, &self.k, &self.v]
-                .iter()
-                .map(|l| {
-                    let bias = l.bs.as_ref().expect("a projection with a bias");
-                    (l.ws.matmul(&input.ws), l.ws.mv(b_in) + bias)
-                })
-                .unzip();
-            (Tensor::cat(&w, 0), Tensor::cat(&b, 0))
-        })
-    }
-
     /// Attention of projected `q`, `k`, `v` (`[batch, objects, embed]`
     /// each), through the output projection.
     pub fn attend(

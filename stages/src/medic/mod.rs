@@ -5,7 +5,9 @@
 // Formats shared by the family's files.
 pub mod tables;
 
-// Library: the network and the figures of merit on plain types.
+// Library: the network, its CPU inference kernel and the figures of merit
+// on plain types.
+pub mod fused_encoder;
 pub mod metrics;
 pub mod model;
 

@@ -6,7 +6,9 @@
 
 use tch::nn::{self, Module, ModuleT};
 
+use crate::medic::fused_encoder::{Dense, EncoderWeights, FusedEncoder};
 use crate::nn::SelfAttention;
+use crate::simd::Isa;
 use tch::{Kind, Tensor};
 
 /// Architecture parameters (saved next to the weights as JSON).
@@ -117,95 +119,82 @@ impl SetEncoder {
         let padded = arch
             .mask_padding
             .then(|| flat.abs().sum_dim_intlist(-1, false, Kind::Float).eq(0.0));
+        let dropout = arch.dropout;
         let h = self.input.forward(flat);
-        let a = self
-            .attention
-            .forward(&h, padded.as_ref(), arch.dropout, train);
-        self.after_attention(&h, &a, padded.as_ref(), arch.dropout, train)
-    }
-
-    /// The block after attention `a` of the embedded objects `h`: residual
-    /// and norm, feed-forward, residual and norm, attention pooling.
-    fn after_attention(
-        &self,
-        h: &Tensor,
-        a: &Tensor,
-        padded: Option<&Tensor>,
-        dropout: f64,
-        train: bool,
-    ) -> Tensor {
+        let a = self.attention.forward(&h, padded.as_ref(), dropout, train);
         let h = self.norm1.forward(&(h + a.dropout(dropout, train)));
         let ff = self.ff2.forward(&self.ff1.forward(&h).relu());
         let h = self.norm2.forward(&(&h + ff.dropout(dropout, train)));
         let mut scores = self.pool.forward(&h);
-        if let Some(padded) = padded {
+        if let Some(padded) = &padded {
             scores = scores.masked_fill(&padded.unsqueeze(-1), -1e9);
         }
         let weights = scores.softmax(1, Kind::Float);
         (weights * h).sum_dim_intlist(1, false, Kind::Float)
     }
-}
 
-/// A set encoder for inference with its input projection folded into the
-/// attention's (post-norm: q, k and v are affine in the raw features).
-struct FoldedEncoder<'a> {
-    encoder: &'a SetEncoder,
-    /// `[3E, F]` and `[3E]`: q, k and v straight from the raw features.
-    qkv_weight: Tensor,
-    qkv_bias: Tensor,
-}
-
-impl<'a> FoldedEncoder<'a> {
-    fn new(encoder: &'a SetEncoder) -> Self {
-        let (qkv_weight, qkv_bias) = encoder.attention.folded_into(&encoder.input);
-        Self {
-            encoder,
-            qkv_weight,
-            qkv_bias,
+    /// The trained parameters as plain numbers, for [`FusedEncoder`].
+    fn weights(&self, arch: &MedicArch) -> EncoderWeights {
+        let numbers = |t: &Tensor| {
+            Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).contiguous().view([-1]))
+                .expect("f32 parameters")
+        };
+        let dense = |l: &nn::Linear| Dense {
+            weight: numbers(&l.ws),
+            bias: numbers(l.bs.as_ref().expect("layers with biases")),
+        };
+        let norm = |l: &nn::LayerNorm| {
+            let affine = |t: &Option<Tensor>| numbers(t.as_ref().expect("affine LayerNorm"));
+            (affine(&l.ws), affine(&l.bs))
+        };
+        let a = &self.attention;
+        EncoderWeights {
+            features: self.input.ws.size()[1] as usize,
+            embed: arch.embed as usize,
+            heads: arch.heads as usize,
+            input: dense(&self.input),
+            q: dense(&a.q),
+            k: dense(&a.k),
+            v: dense(&a.v),
+            out: dense(&a.out),
+            norm1: norm(&self.norm1),
+            ff1: dense(&self.ff1),
+            ff2: dense(&self.ff2),
+            norm2: norm(&self.norm2),
+            // The norms are built with tch's default configuration.
+            eps: nn::LayerNormConfig::default().eps,
+            pool: numbers(&self.pool.ws),
+            mask_padding: arch.mask_padding,
         }
     }
-
-    /// [`SetEncoder::forward`] without dropout: `x` [M, N, F] -> [M, E].
-    fn forward(&self, flat: &Tensor, arch: &MedicArch) -> Tensor {
-        let enc = self.encoder;
-        let padded = arch
-            .mask_padding
-            .then(|| flat.abs().sum_dim_intlist(-1, false, Kind::Float).eq(0.0));
-        let h = enc.input.forward(flat);
-        // Three products rather than one packed and narrowed: contiguous
-        // q, k, v keep attention on its fast path (BENCHMARKS.md).
-        let e = arch.embed;
-        let part = |i: i64| {
-            flat.linear(
-                &self.qkv_weight.narrow(0, i * e, e),
-                Some(&self.qkv_bias.narrow(0, i * e, e)),
-            )
-        };
-        let a = enc
-            .attention
-            .attend(&part(0), &part(1), &part(2), padded.as_ref(), 0.0, false);
-        enc.after_attention(&h, &a, padded.as_ref(), 0.0, false)
-    }
 }
 
-/// A trained [`Medic`] scoring a stream: the set encoders' input
-/// projections folded into attention, and with the event-mean window head
-/// each event's class probabilities computed once rather than once per
-/// window it is in. Equal to [`Medic::encode`] and
+/// A trained [`Medic`] scoring a stream: on the CPU the set encoders run
+/// as Rust kernels ([`FusedEncoder`]: input projections folded into
+/// attention, one pass per tile of events), and with the event-mean window
+/// head each event's class probabilities are computed once rather than
+/// once per window it is in. Equal to [`Medic::encode`] and
 /// [`Medic::score_windows`] up to the order of floating-point sums.
 pub struct StreamingMedic<'a> {
     model: &'a Medic,
-    tracks: FoldedEncoder<'a>,
-    towers: FoldedEncoder<'a>,
+    /// Tracks' and towers' kernels (none off the CPU: the network as is).
+    fused: Option<(FusedEncoder, FusedEncoder)>,
 }
 
 impl<'a> StreamingMedic<'a> {
     pub fn new(model: &'a Medic) -> Self {
-        Self {
-            model,
-            tracks: FoldedEncoder::new(&model.tracks),
-            towers: FoldedEncoder::new(&model.towers),
-        }
+        Self::with_isa(model, Isa::detect())
+    }
+
+    /// [`Self::new`] with the kernels compiled for `isa` (tests compare
+    /// every instruction set the CPU has).
+    pub fn with_isa(model: &'a Medic, isa: Isa) -> Self {
+        let on_cpu = model.met1.ws.device() == tch::Device::Cpu;
+        let fused = on_cpu.then(|| {
+            let fold = |e: &SetEncoder| FusedEncoder::with_isa(&e.weights(&model.arch), isa);
+            (fold(&model.tracks), fold(&model.towers))
+        });
+        Self { model, fused }
     }
 
     pub fn arch(&self) -> &MedicArch {
@@ -215,12 +204,19 @@ impl<'a> StreamingMedic<'a> {
     /// [`Medic::encode`] in inference: embeddings `[M, 3, E]`.
     pub fn encode(&self, tracks: &Tensor, towers: &Tensor, met: &Tensor) -> Tensor {
         let m = self.model;
-        let t = self.tracks.forward(tracks, &m.arch);
-        let w = self.towers.forward(towers, &m.arch);
+        let (t, w) = match &self.fused {
+            Some((t, w)) => (
+                run_fused(t, tracks, m.arch.embed),
+                run_fused(w, towers, m.arch.embed),
+            ),
+            None => (
+                m.tracks.forward(tracks, &m.arch, false),
+                m.towers.forward(towers, &m.arch, false),
+            ),
+        };
         let e = m.met2.forward(&m.met1.forward(met).relu());
         Tensor::stack(&[t, w, e], 1)
     }
-
     /// Log-probabilities `[B, classes]` of the windows whose slots `[B, W]`
     /// index `events` `[M, 3, E]` (see [`Medic::score_windows`]).
     pub fn score_windows(&self, events: &Tensor, slots: &Tensor) -> Tensor {
@@ -238,6 +234,26 @@ impl<'a> StreamingMedic<'a> {
             _ => m.score_windows(events, slots, false).windows,
         }
     }
+}
+
+/// A fused encoder over `x` `[M, N, F]` (f32 on the CPU): `[M, E]`,
+/// read from and written to the tensors' own memory.
+fn run_fused(encoder: &FusedEncoder, x: &Tensor, embed: i64) -> Tensor {
+    let (m, n, f) = x.size3().expect("objects: [M, N, F]");
+    let x = x.to_kind(Kind::Float).contiguous();
+    let out = Tensor::zeros([m, embed], (Kind::Float, tch::Device::Cpu));
+    if m == 0 {
+        return out;
+    }
+    // SAFETY: both are contiguous f32 CPU tensors of these sizes, alive
+    // for the call; `out` is fresh, so nothing else reads or writes it.
+    unsafe {
+        let input = std::slice::from_raw_parts(x.data_ptr() as *const f32, (m * n * f) as usize);
+        let output =
+            std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, (m * embed) as usize);
+        encoder.encode_into(input, n as usize, output);
+    }
+    out
 }
 
 /// The whole classifier.
@@ -489,6 +505,98 @@ mod tests {
                     "{window_head:?}: probabilities differ by {diff}"
                 );
             });
+        }
+    }
+
+    /// The CPU kernels of every instruction set this machine has against
+    /// the network as trained, on real events: the bundled `_tiny` files
+    /// and every fourth event of the `_small` ones (standardized as the
+    /// stages feed them, real padding), both padding modes, attention made
+    /// peaked. (`medic_infer`'s test checks a trained network through the
+    /// stage.)
+    #[test]
+    fn kernels_equal_libtorch_on_real_events_for_every_instruction_set() {
+        let _torch = crate::nn::exclusive();
+        use crate::medic::data::EventStore;
+        use crate::medic::delphes_convert::DelphesConvert;
+        use crate::medic::sliding_windows::SlidingWindows;
+        use crate::medic::tables::WindowSpec;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SlidingWindows(WindowSpec {
+            window: 10,
+            seed: 5,
+            ..Default::default()
+        });
+        let isas = Isa::available();
+        for (size, step) in [("tiny", 1), ("small", 4)] {
+            let convert = DelphesConvert {
+                pattern: Some(format!(
+                    "{}/../data/delphes/dijet13_{{label}}_{size}.root",
+                    env!("CARGO_MANIFEST_DIR")
+                )),
+                ..Default::default()
+            };
+            let input = crate::medic::test_support::converted(dir.path(), &convert);
+            let mut store = EventStore::load(&cfg, &input).unwrap();
+            // Standardized as the stages feed the network.
+            let stats = store.feature_stats(&store.event_ids.clone()).unwrap();
+            store.standardize(&stats);
+            let ids: Vec<i64> = store.event_ids.iter().copied().step_by(step).collect();
+            let t = store.assemble(&cfg, &ids, 3).unwrap();
+            let m = ids.len() as i64;
+            let tracks = Tensor::from_slice(&t.tracks).view([m, 30, 7]);
+            let towers = Tensor::from_slice(&t.towers).view([m, 30, 8]);
+            let met = Tensor::from_slice(&t.met).view([m, 3]);
+            let padded = f64::try_from(
+                tracks
+                    .abs()
+                    .sum_dim_intlist(-1, false, Kind::Float)
+                    .eq(0.0)
+                    .to_kind(Kind::Float)
+                    .mean(Kind::Float),
+            )
+            .unwrap();
+            assert!(padded > 0.01, "{size}: the events have padding ({padded})");
+            for mask_padding in [false, true] {
+                tch::manual_seed(7);
+                let (vs, net) = model(MedicArch {
+                    window_head: WindowHead::EventMean,
+                    mask_padding,
+                    ..Default::default()
+                });
+                // q and k × 4: scores 16× larger, attention as peaked as a
+                // trained network's.
+                let mut scaled = 0;
+                tch::no_grad(|| {
+                    for (name, mut v) in vs.variables() {
+                        if name.contains("attention.q.") || name.contains("attention.k.") {
+                            let _ = v.g_mul_scalar_(4.0);
+                            scaled += 1;
+                        }
+                    }
+                });
+                assert_eq!(scaled, 8, "q and k weights and biases of both encoders");
+                tch::no_grad(|| {
+                    let want = net.encode(&tracks, &towers, &met, false);
+                    let slots = consecutive_slots(m, 1, Device::Cpu);
+                    let want_p = net.score_windows(&want, &slots, false).windows.exp();
+                    for &isa in &isas {
+                        let fast = StreamingMedic::with_isa(&net, isa);
+                        let got = fast.encode(&tracks, &towers, &met);
+                        let diff = f64::try_from((&got - &want).abs().max()).unwrap();
+                        assert!(
+                            diff < 1e-4,
+                            "{size} {isa:?} mask {mask_padding}: embeddings differ by {diff}"
+                        );
+                        let p = fast.score_windows(&got, &slots).exp();
+                        let diff = f64::try_from((p - &want_p).abs().max()).unwrap();
+                        assert!(
+                            diff < 1e-4,
+                            "{size} {isa:?} mask {mask_padding}: probabilities differ by {diff}"
+                        );
+                    }
+                });
+            }
         }
     }
 
