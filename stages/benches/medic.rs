@@ -56,6 +56,22 @@ impl Timer {
     }
 }
 
+/// `rate(folded)` for the network as trained (false) and the streaming
+/// path (true), alternated five times — this machine's speed drifts by
+/// tens of per cent from minute to minute — as [min, median, max] of each.
+fn alternated(mut rate: impl FnMut(bool) -> f64) -> [[f64; 3]; 2] {
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        for folded in [false, true] {
+            rates[usize::from(folded)].push(rate(folded));
+        }
+    }
+    rates.map(|mut r| {
+        r.sort_by(f64::total_cmp);
+        [r[0], r[2], r[4]]
+    })
+}
+
 fn main() {
     let device = dqm_stages::nn::device();
     let dir = tempfile::tempdir().unwrap();
@@ -267,27 +283,11 @@ fn main() {
         ("event-mean window head", &event_mean),
         ("event-mean window head, embed 32", &small),
     ] {
-        // Five alternating passes of each path, medians: this machine's
-        // speed drifts by tens of per cent from minute to minute.
-        let mut rates = [Vec::new(), Vec::new()];
-        for _ in 0..5 {
-            for folded in [false, true] {
-                rates[usize::from(folded)].push(streaming(model, folded));
-            }
-        }
-        for (folded, mut r) in [false, true].into_iter().zip(rates) {
-            r.sort_by(f64::total_cmp);
-            let path = if folded {
-                "streaming path"
-            } else {
-                "as trained"
-            };
+        let rates = alternated(|folded| streaming(model, folded));
+        for (path, [lo, median, hi]) in ["as trained", "streaming path"].into_iter().zip(rates) {
             println!(
-                "inference, encode Event (rolling buffer), {what}, {path}: {:>8.1} windows/s = events/s streaming ({:.1}x; median of 5, range {:.0}-{:.0})",
-                r[2],
-                r[2] / per_window,
-                r[0],
-                r[4]
+                "inference, encode Event (rolling buffer), {what}, {path}: {median:>8.1} windows/s = events/s streaming ({:.1}x; median of 5, range {lo:.0}-{hi:.0})",
+                median / per_window,
             );
         }
     }
@@ -297,31 +297,26 @@ fn main() {
     let m = b.tracks.size()[0];
     for (what, model) in [("", &event_mean), (", embed 32", &small)] {
         let fast = StreamingMedic::new(model);
-        let mut rates = [Vec::new(), Vec::new()];
-        for _ in 0..5 {
-            for folded in [false, true] {
-                let start = Instant::now();
-                // As `medic_infer` runs it: libtorch (MET, heads) on one
-                // thread, the kernels on the rayon pool.
-                let _one = folded.then(dqm_stages::nn::one_thread);
-                tch::no_grad(|| {
-                    for _ in 0..4 {
-                        let e = if folded {
-                            fast.encode(&b.tracks, &b.towers, &b.met)
-                        } else {
-                            model.encode(&b.tracks, &b.towers, &b.met, false)
-                        };
-                        let _ = e.double_value(&[0, 0, 0]);
-                    }
-                });
-                rates[usize::from(folded)].push(4.0 * m as f64 / start.elapsed().as_secs_f64());
-            }
-        }
-        for (path, mut r) in ["as trained", "streaming path"].into_iter().zip(rates) {
-            r.sort_by(f64::total_cmp);
+        let rates = alternated(|folded| {
+            let start = Instant::now();
+            // As `medic_infer` runs it: libtorch (MET, heads) on one
+            // thread, the kernels on the rayon pool.
+            let _one = folded.then(dqm_stages::nn::one_thread);
+            tch::no_grad(|| {
+                for _ in 0..4 {
+                    let e = if folded {
+                        fast.encode(&b.tracks, &b.towers, &b.met)
+                    } else {
+                        model.encode(&b.tracks, &b.towers, &b.met, false)
+                    };
+                    let _ = e.double_value(&[0, 0, 0]);
+                }
+            });
+            4.0 * m as f64 / start.elapsed().as_secs_f64()
+        });
+        for (path, [lo, median, hi]) in ["as trained", "streaming path"].into_iter().zip(rates) {
             println!(
-                "event encoders alone{what}, {path}: {:>8.0} events/s ({m} events; median of 5, range {:.0}-{:.0})",
-                r[2], r[0], r[4]
+                "event encoders alone{what}, {path}: {median:>8.0} events/s ({m} events; median of 5, range {lo:.0}-{hi:.0})"
             );
         }
     }

@@ -260,31 +260,14 @@ impl SelfAttention {
         dropout: f64,
         train: bool,
     ) -> Tensor {
-        self.attend(
-            &self.q.forward(x),
-            &self.k.forward(x),
-            &self.v.forward(x),
-            padded,
-            dropout,
-            train,
-        )
-    }
-
-    /// Attention of projected `q`, `k`, `v` (`[batch, objects, embed]`
-    /// each), through the output projection.
-    pub fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        padded: Option<&Tensor>,
-        dropout: f64,
-        train: bool,
-    ) -> Tensor {
-        let (b, n, e) = q.size3().expect("[batch, objects, embed]");
+        let (b, n, e) = x.size3().expect("[batch, objects, embed]");
         let d = e / self.heads;
-        let split = |t: &Tensor| t.view([b, n, self.heads, d]).transpose(1, 2);
-        let (q, k, v) = (split(q), split(k), split(v));
+        let split = |t: Tensor| t.view([b, n, self.heads, d]).transpose(1, 2);
+        let (q, k, v) = (
+            split(self.q.forward(x)),
+            split(self.k.forward(x)),
+            split(self.v.forward(x)),
+        );
         // Additive mask: a large negative, not -inf, so a set of only
         // padding stays finite.
         let mask = padded.map(|p| p.view([b, 1, 1, n]).to_kind(Kind::Float) * -1e9);

@@ -63,8 +63,7 @@ pub struct PackedLinear {
     /// Inputs per row of `a` (its row stride; inputs past the layer's own
     /// have zero weights).
     k: usize,
-    /// Outputs, and their padded count (`out`'s row stride).
-    n: usize,
+    /// Outputs padded to a multiple of [`PAD`] (`out`'s row stride).
     n_pad: usize,
     /// `[k][n_pad]`.
     weights: Vec<f32>,
@@ -90,16 +89,10 @@ impl PackedLinear {
         b[..n].copy_from_slice(bias);
         Self {
             k,
-            n,
             n_pad,
             weights,
             bias: b,
         }
-    }
-
-    /// The layer's outputs (before padding).
-    pub fn outputs(&self) -> usize {
-        self.n
     }
 
     /// `out`'s row stride.

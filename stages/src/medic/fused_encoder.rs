@@ -137,7 +137,7 @@ impl FusedEncoder {
         }
         // Residual = [W_in | W_o^1 V^1 | … | W_o^H V^H] z + (b_in + W_o c_v + b_o).
         let w_o = wide(&w.out.weight);
-        let kz = f * (heads + 1);
+        let kz = f * (heads + 1); // [`Self::z_width`]
         let mut weight = vec![0f32; e * kz];
         let mut bias = vec![0f32; e];
         for o in 0..e {
@@ -175,6 +175,11 @@ impl FusedEncoder {
             pool: w.pool.clone(),
             isa,
         }
+    }
+
+    /// Numbers per row of the residual layer's input `[x, y^1 … y^H]`.
+    fn z_width(&self) -> usize {
+        self.features * (self.heads + 1)
     }
 
     /// Embeddings `[events][embed]` of `events` sets of `objects` objects
@@ -264,8 +269,7 @@ impl FusedEncoder {
     /// whole vectors, whatever the number of features and objects.
     #[inline(always)]
     fn attend(&self, s: &mut Scratch, ev: usize) {
-        let f = self.features;
-        let kz = f * (self.heads + 1);
+        let (f, kz) = (self.features, self.z_width());
         let (r0, r1) = (s.starts[ev], s.starts[ev + 1]);
         let n = r1 - r0;
         let Scratch {
@@ -373,8 +377,7 @@ struct Scratch {
 impl Scratch {
     /// The distinct objects of the events in `x` (`[events][objects][F]`).
     fn load(&mut self, enc: &FusedEncoder, x: &[f32], objects: usize) {
-        let f = enc.features;
-        let kz = f * (enc.heads + 1);
+        let (f, kz) = (enc.features, enc.z_width());
         let Self {
             z, mult, starts, ..
         } = self;

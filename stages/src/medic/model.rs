@@ -241,10 +241,11 @@ impl<'a> StreamingMedic<'a> {
 fn run_fused(encoder: &FusedEncoder, x: &Tensor, embed: i64) -> Tensor {
     let (m, n, f) = x.size3().expect("objects: [M, N, F]");
     let x = x.to_kind(Kind::Float).contiguous();
-    let out = Tensor::zeros([m, embed], (Kind::Float, tch::Device::Cpu));
     if m == 0 {
-        return out;
+        return Tensor::zeros([0, embed], (Kind::Float, tch::Device::Cpu));
     }
+    // Every element is written by the kernel: no zeroing pass.
+    let out = Tensor::empty([m, embed], (Kind::Float, tch::Device::Cpu));
     // SAFETY: both are contiguous f32 CPU tensors of these sizes, alive
     // for the call; `out` is fresh, so nothing else reads or writes it.
     unsafe {
