@@ -1,16 +1,24 @@
 //! DINAMO-S throughput on one 5000-run dataset (seed 70), single thread:
-//! the core EWMA + chi2 loop at a fixed alpha, and the whole `dinamo_s`
-//! stage (alpha scan over 100 values, threshold, per-bin output columns).
+//! the generator and its binomial draws (this project's sampler beside
+//! rand_distr's on the same (n, p) sequence), the core EWMA + chi2 loop at
+//! a fixed alpha, the alpha scan one alpha at a time and eight per pass,
+//! and the whole `dinamo_s` stage (alpha scan over 100 values, threshold,
+//! per-bin output columns).
 //!
 //! `cargo bench -p dqm-stages --bench dinamo_s`
 
 use std::time::Instant;
 
+use dqm_stages::dinamo::alpha_scan::chi2_lanes;
 use dqm_stages::dinamo::dinamo_s::DinamoS;
 use dqm_stages::dinamo::generator::RunGenerator;
-use dqm_stages::dinamo::reference::{Constants, NormRun, chi2_sequence};
+use dqm_stages::dinamo::reference::{Constants, NormRun, alpha_grid, chi2_sequence};
 use dqm_stages::dinamo::synth_runs::SynthRuns;
 use dqm_stages::in_memory::{input_from_batch, run_in_memory};
+use dqm_stages::sampling::binomial;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::Distribution;
 
 fn main() {
     rayon::ThreadPoolBuilder::new()
@@ -21,7 +29,19 @@ fn main() {
         seeds: Some(vec![70]),
         ..Default::default()
     });
+    let start = Instant::now();
+    let reps = 3;
+    for _ in 0..reps {
+        std::hint::black_box(synth.generate(70));
+    }
+    let per_run = start.elapsed().as_secs_f64() / (reps * 5000) as f64;
+    println!(
+        "generator (5000 runs, multinomial):  {:>7.3} us/run  {:>10.0} runs/s",
+        per_run * 1e6,
+        1.0 / per_run
+    );
     let runs = synth.generate(70);
+    binomial_samplers(&runs);
     let counts: Vec<Vec<f64>> = runs.iter().map(|r| r.counts.clone()).collect();
     let good: Vec<bool> = runs.iter().map(|r| r.label == 0).collect();
 
@@ -54,6 +74,8 @@ fn main() {
         1.0 / per_run
     );
 
+    alpha_scans(&counts[..1000], &good[..1000]);
+
     // The whole stage, reading the runs table from Parquet.
     let dir = tempfile::tempdir().unwrap();
     let batch = run_in_memory(&synth, &[]).unwrap().table("main");
@@ -69,5 +91,80 @@ fn main() {
         "dinamo_s stage (alpha auto, 100 values; Parquet in, all columns out): {:>7.3} us/run  {:>8.0} runs/s",
         per_run * 1e6,
         1.0 / per_run
+    );
+}
+
+/// The generator's binomial draws, (n, p) as the multinomial and the
+/// systematic ask for them on one dataset, through both samplers in turn.
+fn binomial_samplers(runs: &[dqm_stages::dinamo::generator::SynthRun]) {
+    let generator = RunGenerator::default();
+    let mut draws: Vec<(u64, f64)> = Vec::new();
+    for run in runs.iter().take(2000) {
+        let n: f64 = run.counts.iter().sum();
+        let probs = generator.bin_probabilities(run.mu, run.sigma);
+        let (mut remaining, mut mass) = (n.round() as u64, 1.0);
+        for (p, c) in probs.iter().zip(&run.counts) {
+            if remaining > 0 && *p > 0.0 && *p < mass {
+                draws.push((remaining, (p / mass).min(1.0)));
+            }
+            remaining = remaining.saturating_sub(*c as u64);
+            mass -= p;
+        }
+        for c in &run.counts[50..] {
+            draws.push((*c as u64, 0.4));
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (mut ours, mut theirs) = (0.0, 0.0);
+    let mut sink = 0u64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for &(n, p) in &draws {
+            sink += binomial(&mut rng, n, p);
+        }
+        ours += start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for &(n, p) in &draws {
+            sink += rand_distr::Binomial::new(n, p).unwrap().sample(&mut rng);
+        }
+        theirs += start.elapsed().as_secs_f64();
+    }
+    let n = (5 * draws.len()) as f64;
+    println!(
+        "binomial draws ({} per run): sampling::binomial {:>6.1} ns, rand_distr {:>6.1} ns  (checksum {sink})",
+        draws.len() / 2000,
+        ours / n * 1e9,
+        theirs / n * 1e9
+    );
+}
+
+/// The 100-value alpha scan's passes over 1000 historical runs: one alpha
+/// per pass (as before) and eight per pass (`alpha_scan`).
+fn alpha_scans(counts: &[Vec<f64>], good: &[bool]) {
+    let runs: Vec<NormRun> = counts.iter().map(|c| NormRun::new(c, 1e-9)).collect();
+    let grid = alpha_grid(0.01);
+    let constants = Constants::default();
+    let (mut one, mut lanes) = (0.0, 0.0);
+    let mut sink = 0.0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        for &a in &grid {
+            sink += chi2_sequence(constants, &runs, good, a)[999];
+        }
+        one += start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for alphas in grid.chunks(8) {
+            sink -= chi2_lanes(constants, &runs, good, alphas)
+                .iter()
+                .map(|c| c[999])
+                .sum::<f64>();
+        }
+        lanes += start.elapsed().as_secs_f64();
+    }
+    println!(
+        "alpha scan, 100 values x 1000 runs: one per pass {:>7.2} ms, eight per pass {:>7.2} ms ({:.1}x; checksum {sink:.1e})",
+        one / 3.0 * 1e3,
+        lanes / 3.0 * 1e3,
+        one / lanes
     );
 }

@@ -20,6 +20,7 @@ pub mod nn;
 pub mod parallel;
 pub mod params;
 pub mod plots;
+pub mod sampling;
 pub mod simd;
 pub mod stats;
 

@@ -5,8 +5,6 @@
 //! `dinamo_s` stage tunes and writes it; the RL environment scores its run
 //! stream with it.
 
-use crate::stats::roc_auc;
-
 /// The constant ε in the update weight ω = 1/(σ_x² + ε): `dinamo_s`'s
 /// default, and what environments built on DINAMO-S use.
 pub const EPSILON: f64 = 1e-9;
@@ -261,30 +259,6 @@ pub fn alpha_grid(step: f64) -> Vec<f64> {
         .map(|k| k as f64 * step)
         .filter(|&a| a < 1.0)
         .collect()
-}
-
-/// The α on `grid` whose pass over `runs` gives the score the highest ROC
-/// AUC for telling `bad` runs (the first grid value among equals); `None`
-/// when the runs lack good or bad examples.
-pub fn best_alpha(
-    constants: Constants,
-    grid: &[f64],
-    runs: &[NormRun],
-    good: &[bool],
-    bad: &[bool],
-) -> Option<f64> {
-    let mut best: Option<(f64, f64)> = None;
-    for &a in grid {
-        let chi2 = chi2_sequence(constants, runs, good, a);
-        // The AUC only needs the order of the scores, and
-        // ln(max(chi2, MIN_POSITIVE)) keeps that of max(chi2, MIN_POSITIVE).
-        let ranked: Vec<f64> = chi2.iter().map(|c| c.max(f64::MIN_POSITIVE)).collect();
-        let auc = roc_auc(&ranked, bad)?;
-        if best.is_none_or(|(b, _)| auc > b) {
-            best = Some((auc, a));
-        }
-    }
-    best.map(|(_, a)| a)
 }
 
 /// χ²_ν and pulls of `run` against (μ̂, σ̂): the run's Poisson variance plus σ̂².

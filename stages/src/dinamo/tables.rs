@@ -14,8 +14,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int8Type, Int64Type, Schema, SchemaRef};
 
+use super::alpha_scan::best_alpha;
 use super::bands::{BandBuilder, RegimeBands};
-use super::reference::{Constants, NormRun, alpha_grid, best_alpha, chi2_and_pulls, score_of};
+use super::reference::{Constants, NormRun, alpha_grid, chi2_and_pulls, score_of};
 use super::reference_net::UpdateStats;
 use crate::arrow_util::{cast_column, f64_lists, is_integer, is_numeric_list, list_rows};
 use crate::error::{Result, StageError};
