@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use dqm_stages::dinamo::alpha_scan::chi2_lanes;
+use dqm_stages::dinamo::alpha_scan::chi2_per_alpha;
 use dqm_stages::dinamo::dinamo_s::DinamoS;
 use dqm_stages::dinamo::generator::RunGenerator;
 use dqm_stages::dinamo::reference::{Constants, NormRun, alpha_grid, chi2_sequence};
@@ -153,12 +153,10 @@ fn alpha_scans(counts: &[Vec<f64>], good: &[bool]) {
         }
         one += start.elapsed().as_secs_f64();
         let start = Instant::now();
-        for alphas in grid.chunks(8) {
-            sink -= chi2_lanes(constants, &runs, good, alphas)
-                .iter()
-                .map(|c| c[999])
-                .sum::<f64>();
-        }
+        sink -= chi2_per_alpha(constants, &runs, good, &grid)
+            .iter()
+            .map(|c| c[999])
+            .sum::<f64>();
         lanes += start.elapsed().as_secs_f64();
     }
     println!(

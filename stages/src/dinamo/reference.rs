@@ -96,9 +96,9 @@ pub fn score_of(chi2: f64) -> f64 {
 pub struct Reference {
     pub mu: Vec<f64>,
     pub var_mu: Vec<f64>,
-    w: Vec<f64>,
-    s_mu: Vec<f64>,
-    s_sigma: Vec<f64>,
+    pub(super) w: Vec<f64>,
+    pub(super) s_mu: Vec<f64>,
+    pub(super) s_sigma: Vec<f64>,
     alpha: f64,
 }
 
