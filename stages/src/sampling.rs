@@ -67,6 +67,7 @@ fn transformed_rejection<R: Rng + ?Sized>(rng: &mut R, n: f64, p: f64) -> u64 {
     let a = -0.0873 + 0.0248 * b + 0.01 * p;
     let c = n * p + 0.5;
     let v_r = 0.92 - 4.2 / b;
+    let mut mode: Option<(f64, f64)> = None;
     loop {
         let u = rng.random::<f64>() - 0.5;
         let v: f64 = rng.random();
@@ -80,24 +81,46 @@ fn transformed_rejection<R: Rng + ?Sized>(rng: &mut R, n: f64, p: f64) -> u64 {
         if us >= 0.07 && v <= v_r {
             return k as u64;
         }
-        // Outside the squeeze (one candidate in 5-10): the exact ratio
-        // f(k)/f(m), through Stirling's formula in log-ratios (three
-        // logarithms) and its tail corrections.
+        // Outside the squeeze: the exact ratio f(k)/f(m) in logs, from
+        // log-factorials (a table below 2^15, so a single logarithm per
+        // candidate; the terms of the mode m once per draw).
         let alpha = (2.83 + 5.1 / b) * spq;
-        let r = p / (1.0 - p);
-        let m = ((n + 1.0) * p).floor();
+        let (mode_terms, ln_r) = *mode.get_or_insert_with(|| {
+            let m = ((n + 1.0) * p).floor();
+            let ln_r = (p / (1.0 - p)).ln();
+            (ln_factorial(m) + ln_factorial(n - m) - m * ln_r, ln_r)
+        });
         let lhs = (v * alpha / (a / (us * us) + b)).ln();
-        let bound = (m + 0.5) * ((m + 1.0) / (r * (n - m + 1.0))).ln()
-            + (n + 1.0) * ((n - m + 1.0) / (n - k + 1.0)).ln()
-            + (k + 0.5) * (r * (n - k + 1.0) / (k + 1.0)).ln()
-            + stirling_tail(m)
-            + stirling_tail(n - m)
-            - stirling_tail(k)
-            - stirling_tail(n - k);
+        let bound = mode_terms - ln_factorial(k) - ln_factorial(n - k) + k * ln_r;
         if lhs <= bound {
             return k as u64;
         }
     }
+}
+
+/// Whole numbers below this have their ln k! in a table (256 KB, built on
+/// first use): every count this project draws from.
+const LN_FACTORIAL_TABLE: usize = 1 << 15;
+
+/// ln k! for a whole number k ≥ 0: from the table, or Stirling's formula
+/// with its tail beyond it.
+fn ln_factorial(k: f64) -> f64 {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..LN_FACTORIAL_TABLE)
+            .map(|k| stirling(k as f64))
+            .collect()
+    });
+    match table.get(k as usize) {
+        Some(&v) => v,
+        None => stirling(k),
+    }
+}
+
+/// ln k! by Stirling's formula and its tail (exact to 1e-10 relative).
+fn stirling(k: f64) -> f64 {
+    const HALF_LN_TWO_PI: f64 = 0.918_938_533_204_672_8;
+    (k + 0.5) * (k + 1.0).ln() - (k + 1.0) + HALF_LN_TWO_PI + stirling_tail(k)
 }
 
 /// ln k! − [(k + ½) ln(k + 1) − (k + 1) + ½ ln 2π] for a whole number
@@ -145,17 +168,18 @@ mod tests {
             .collect()
     }
 
-    /// Stirling's formula plus the tail is ln k! to 1e-10 relative.
+    /// Stirling's formula plus the tail is ln k! to 1e-10 relative, and the
+    /// table holds it.
     #[test]
     fn stirling_tail_completes_ln_factorial() {
-        let half_ln_two_pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
         let mut exact = 0.0f64;
         for k in 0..5000u32 {
             if k > 0 {
                 exact += f64::from(k).ln();
             }
             let k = f64::from(k);
-            let got = (k + 0.5) * (k + 1.0).ln() - (k + 1.0) + half_ln_two_pi + stirling_tail(k);
+            let got = stirling(k);
+            assert_eq!(ln_factorial(k), got);
             assert!(
                 (got - exact).abs() <= 1e-10 * exact.max(1.0),
                 "{k}: {got} vs {exact}"

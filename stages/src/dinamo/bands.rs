@@ -87,6 +87,7 @@ fn interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
 /// Where each bin centre falls on one run's z-grid: `np.interp`'s bracketing
 /// point and weight, found once per run and applied to the three per-bin
 /// vectors of that run (histogram, reference, reference σ).
+#[derive(Default)]
 struct Resampling {
     /// Per centre: index of the left grid point (the right one is +1), or
     /// a clamp to the first/last grid value beyond the grid's ends.
@@ -103,29 +104,29 @@ enum Bracket {
 }
 
 impl Resampling {
-    /// For a grid `z` (increasing) and the points `xs` (increasing).
-    fn new(xs: &[f64], z: &[f64], scale: f64) -> Self {
+    /// For a grid `z` (increasing) and the points `xs` (increasing),
+    /// reusing this one's storage.
+    fn set(&mut self, xs: &[f64], z: &[f64], scale: f64) {
         let last = z.len() - 1;
         let mut k = 1;
-        let at = xs
-            .iter()
-            .map(|&x| {
-                if x <= z[0] {
-                    return Bracket::First;
-                }
-                if x >= z[last] {
-                    return Bracket::Last;
-                }
-                while z[k] <= x {
-                    k += 1;
-                }
-                Bracket::Between(k - 1, (x - z[k - 1]) / (z[k] - z[k - 1]))
-            })
-            .collect();
-        Self { at, scale }
+        self.at.clear();
+        self.at.extend(xs.iter().map(|&x| {
+            if x <= z[0] {
+                return Bracket::First;
+            }
+            if x >= z[last] {
+                return Bracket::Last;
+            }
+            while z[k] <= x {
+                k += 1;
+            }
+            Bracket::Between(k - 1, (x - z[k - 1]) / (z[k] - z[k - 1]))
+        }));
+        self.scale = scale;
     }
 
     /// The density of `values` at point `i`.
+    #[inline]
     fn at(&self, values: &[f64], i: usize) -> f64 {
         self.scale
             * match self.at[i] {
@@ -139,29 +140,53 @@ impl Resampling {
 /// [`interp`] at every point of the increasing `xs`, in one sweep.
 #[cfg(test)]
 fn interp_sorted(xs: &[f64], xp: &[f64], fp: &[f64]) -> Vec<f64> {
-    let resampling = Resampling::new(xs, xp, 1.0);
+    let mut resampling = Resampling::default();
+    resampling.set(xs, xp, 1.0);
     (0..xs.len()).map(|i| resampling.at(fp, i)).collect()
 }
+
+/// Runs resampled into a block, run-major, before they join the per-bin
+/// columns: writing each run's 3 × n_bins values straight into 3 × n_bins
+/// growing columns scattered the stores over hundreds of streams (the most
+/// expensive part of the bands); a block of runs is written in order, then
+/// moved into the columns a bin at a time.
+const BLOCK_RUNS: usize = 64;
 
 /// Collects the good runs of one regime and reduces them to [`RegimeBands`].
 /// The per-run densities are kept by bin (one column per bin), as the
 /// reduction reads them.
 pub struct BandBuilder {
     centers: Vec<f64>,
-    x: Vec<Vec<f64>>,
-    reference: Vec<Vec<f64>>,
-    sigma: Vec<Vec<f64>>,
+    /// Per quantity (histogram, reference, reference σ), per bin, the
+    /// densities of the runs added so far (in run order).
+    columns: [Vec<Vec<f64>>; 3],
+    /// Per quantity, the densities of the runs not yet in `columns`,
+    /// run-major.
+    block: [Vec<f64>; 3],
+    /// Scratch for one run: its z-grid and its resampling.
+    z: Vec<f64>,
+    resampling: Resampling,
 }
 
 impl BandBuilder {
     /// For histograms of `n_bins` equal bins on `[lo, hi)`.
     pub fn new(lo: f64, hi: f64, n_bins: usize) -> Self {
         let width = (hi - lo) / n_bins as f64;
+        let columns = || vec![Vec::new(); n_bins];
+        let block = || Vec::with_capacity(BLOCK_RUNS * n_bins);
         Self {
             centers: (0..n_bins).map(|j| lo + (j as f64 + 0.5) * width).collect(),
-            x: vec![Vec::new(); n_bins],
-            reference: vec![Vec::new(); n_bins],
-            sigma: vec![Vec::new(); n_bins],
+            columns: [columns(), columns(), columns()],
+            block: [block(), block(), block()],
+            z: Vec::with_capacity(n_bins),
+            resampling: Resampling::default(),
+        }
+    }
+
+    /// Room for `runs` more runs in every column.
+    pub fn reserve(&mut self, runs: usize) {
+        for column in self.columns.iter_mut().flatten() {
+            column.reserve(runs);
         }
     }
 
@@ -174,19 +199,34 @@ impl BandBuilder {
         if !(sigma > 0.0 && sigma.is_finite() && mu.is_finite()) || self.centers.len() < 2 {
             return;
         }
-        let z: Vec<f64> = self.centers.iter().map(|c| (c - mu) / sigma).collect();
-        let scale = (self.centers[1] - self.centers[0]) / (z[1] - z[0]);
-        let resampling = Resampling::new(&self.centers, &z, scale);
-        for j in 0..self.centers.len() {
-            self.x[j].push(resampling.at(x, j));
-            self.reference[j].push(resampling.at(ref_mu, j));
-            self.sigma[j].push(resampling.at(ref_sigma, j));
+        self.z.clear();
+        self.z.extend(self.centers.iter().map(|c| (c - mu) / sigma));
+        let scale = (self.centers[1] - self.centers[0]) / (self.z[1] - self.z[0]);
+        self.resampling.set(&self.centers, &self.z, scale);
+        for (block, values) in self.block.iter_mut().zip([x, ref_mu, ref_sigma]) {
+            block.extend((0..self.centers.len()).map(|j| self.resampling.at(values, j)));
+        }
+        if self.block[0].len() == BLOCK_RUNS * self.centers.len() {
+            self.flush();
+        }
+    }
+
+    /// Moves the block's runs into the per-bin columns.
+    fn flush(&mut self) {
+        let n_bins = self.centers.len();
+        for (columns, block) in self.columns.iter_mut().zip(&mut self.block) {
+            for (j, column) in columns.iter_mut().enumerate() {
+                column.extend(block.iter().skip(j).step_by(n_bins));
+            }
+            block.clear();
         }
     }
 
     /// The bands, or `None` without any run.
     pub fn finish(mut self) -> Option<RegimeBands> {
-        let n = self.x.first().map_or(0, Vec::len);
+        self.flush();
+        let [x, reference, sigma] = &mut self.columns;
+        let n = x.first().map_or(0, Vec::len);
         if n == 0 {
             return None;
         }
@@ -199,13 +239,13 @@ impl BandBuilder {
             ref_sigma: Vec::with_capacity(n_bins),
         };
         for j in 0..n_bins {
-            let xs = &mut self.x[j];
+            let xs = &mut x[j];
             let mean = xs.iter().sum::<f64>() / n;
             let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
             bands.true_std.push(var.sqrt());
             bands.true_median.push(median(xs));
-            bands.ref_median.push(median(&mut self.reference[j]));
-            bands.ref_sigma.push(self.sigma[j].iter().sum::<f64>() / n);
+            bands.ref_median.push(median(&mut reference[j]));
+            bands.ref_sigma.push(sigma[j].iter().sum::<f64>() / n);
         }
         Some(bands)
     }

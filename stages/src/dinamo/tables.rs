@@ -176,6 +176,9 @@ impl DatasetRuns {
             BandBuilder::new(truth.lo, truth.hi, n_bins),
             BandBuilder::new(truth.lo, truth.hi, n_bins),
         ];
+        let historical = scored.historical.min(self.len());
+        builders[0].reserve(historical);
+        builders[1].reserve(self.len() - historical);
         for k in 0..self.len() {
             if !self.good[k] || self.norm[k].integral <= 0.0 {
                 continue;
