@@ -52,7 +52,7 @@ pub enum Sampler {
     /// multinomial from the bin of the mean outwards on each side, so the
     /// empty tails beyond a run's outermost events cost neither a draw nor
     /// an `erfc`; the tails' probabilities come from the side's own tail
-    /// function (no cancellation near 1). ~1.7x faster per run.
+    /// function (no cancellation near 1). ~1.5x faster per run (bench).
     Fast,
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::generator::{RunGenerator, SynthRun};
 use crate::error::Result;
-use crate::parallel::{overlapped, par_map_counted};
+use crate::parallel::streamed_in_order;
 use crate::stage::{OutputSpec, RunContext, Stage, StageConfig};
 
 /// Generates one dataset of runs per seed.
@@ -87,24 +87,16 @@ impl Stage for SynthRuns {
         let all = self.seed_list();
         let seeds = &all[ctx.shard.range(all.len())];
         let progress = ctx.reporter.progress(seeds.len() as u64, "datasets");
-        // Generate a few datasets per thread at a time and write them in
-        // seed order while the next few are generated: memory stays bounded
-        // however many seeds there are, and encoding overlaps generation.
-        let mut chunks = seeds.chunks(8 * rayon::current_num_threads());
+        // Datasets are generated on every thread and written in seed order
+        // while later ones are generated; at most a few per thread wait to
+        // be written, so memory stays bounded however many seeds there are.
         let output = &mut *ctx.output;
-        overlapped(
-            || Ok(chunks.next()),
-            |seeds: &[u64]| {
-                par_map_counted(seeds, progress.as_ref(), |&seed| {
-                    self.to_batch(seed, &self.generate(seed))
-                })
-            },
-            |batches| {
-                for batch in batches {
-                    output.write("main", batch?)?;
-                }
-                Ok(())
-            },
+        streamed_in_order(
+            seeds,
+            8 * rayon::current_num_threads(),
+            progress.as_ref(),
+            |&seed| self.to_batch(seed, &self.generate(seed)),
+            |batch| output.write("main", batch?),
         )
     }
 }
