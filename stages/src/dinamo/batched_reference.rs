@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
+use super::adamw::{AdamW, BETA1, BETA2, EPS as ADAM_EPS};
 use super::dropout_stream::DropoutStream;
 use super::reference_net::{
     Activation, EarlyStop, MlArch, PAD_TIME, PAD_VALUE, ReferenceNet, UpdateStats, nll_terms,
@@ -34,15 +35,10 @@ use super::reference_net::{
 /// seed it and draw their starting weights one at a time.
 static INIT: Mutex<()> = Mutex::new(());
 
-/// AdamW's constants (PyTorch's and tch's defaults).
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const ADAM_EPS: f64 = 1e-8;
-
 /// Where each named parameter of the network lies in a dataset's flat
 /// parameter vector: all of a dataset's parameters are one row of a
-/// [D, P] tensor, so the optimiser is a dozen operations on that tensor
-/// rather than a dozen per parameter.
+/// [D, P] tensor, so the optimiser is two passes over that tensor
+/// (`adamw.rs`) rather than a dozen operations per parameter.
 struct Layout {
     /// Parameter names and shapes, in the order a row holds them flattened.
     entries: Vec<(String, Vec<i64>)>,
@@ -526,27 +522,24 @@ impl BatchedReferenceNet {
                 for &i in &active {
                     self.steps[i] += 1;
                 }
-                let bias = |beta: f64, root: bool| {
-                    let c: Vec<f32> = active
-                        .iter()
-                        .map(|&i| {
-                            let c = 1.0 - beta.powi(self.steps[i]);
-                            (if root { c.sqrt() } else { c }) as f32
-                        })
-                        .collect();
-                    on(&c, &[a, 1])
+                let steps: Vec<i32> = active.iter().map(|&i| self.steps[i]).collect();
+                let (c1, c2) = AdamW::corrections(&steps);
+                let opt = AdamW {
+                    lr,
+                    weight_decay: wd,
                 };
-                let (bc1, bc2) = (bias(BETA1, false), bias(BETA2, true));
                 tch::no_grad(|| {
-                    // In place, PyTorch's AdamW: decay, moments, step.
-                    let g = w.grad();
-                    let mut p = w.shallow_clone();
-                    let _ = p.g_mul_scalar_(1.0 - lr * wd);
-                    let _ = mom.lerp_(&g, 1.0 - BETA1);
-                    let _ = var.g_mul_scalar_(BETA2);
-                    let _ = var.addcmul_(&(&g * (1.0 - BETA2)), &g);
-                    let denom = var.sqrt() / &bc2 + ADAM_EPS;
-                    let _ = p.addcdiv_(&(&mom / &bc1 * -lr), &denom);
+                    let (g, mut p) = (w.grad(), w.shallow_clone());
+                    if !opt.step_tensors(&mut p, &g, &mut mom, &mut var, (&c1, &c2)) {
+                        // Elsewhere (CUDA), PyTorch's AdamW as its operations.
+                        let (bc1, bc2) = (on(&c1, &[a, 1]), on(&c2, &[a, 1]));
+                        let _ = p.g_mul_scalar_(1.0 - lr * wd);
+                        let _ = mom.lerp_(&g, 1.0 - BETA1);
+                        let _ = var.g_mul_scalar_(BETA2);
+                        let _ = var.addcmul_(&(&g * (1.0 - BETA2)), &g);
+                        let denom = var.sqrt() / &bc2 + ADAM_EPS;
+                        let _ = p.addcdiv_(&(&mom / &bc1 * -lr), &denom);
+                    }
                 });
                 let losses = Vec::<f64>::try_from(
                     per_dataset

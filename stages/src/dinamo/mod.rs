@@ -5,6 +5,7 @@
 pub mod tables;
 
 // Library: the paper's algorithms and networks on plain types.
+pub mod adamw;
 pub mod alpha_scan;
 pub mod bands;
 pub mod batched_reference;
