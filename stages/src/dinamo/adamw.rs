@@ -49,10 +49,48 @@ impl AdamW {
 
     /// One step on the `[rows][P]` tensors `p` (parameters, in place), `g`
     /// (their gradient), `m` and `v` (moments, in place), row r with
-    /// corrections `(c1[r], c2[r])` ([`Self::corrections`]). False, and
-    /// nothing done, unless all four are contiguous f32 on the CPU (the
-    /// caller then runs libtorch's operations).
-    pub fn step_tensors(
+    /// corrections `(c1[r], c2[r])` ([`Self::corrections`]): the passes
+    /// below where all four are contiguous f32 on the CPU, libtorch's
+    /// operations elsewhere (CUDA).
+    pub fn step(
+        &self,
+        p: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        c: (&[f32], &[f32]),
+    ) {
+        if !self.step_in_place(p, g, m, v, c) {
+            self.libtorch_step(p, g, m, v, c);
+        }
+    }
+
+    /// PyTorch's AdamW as its libtorch operations (on any device).
+    fn libtorch_step(
+        &self,
+        p: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        (c1, c2): (&[f32], &[f32]),
+    ) {
+        let column = |c: &[f32]| {
+            Tensor::from_slice(c)
+                .view([c.len() as i64, 1])
+                .to_device(p.device())
+        };
+        let (bc1, bc2) = (column(c1), column(c2));
+        let _ = p.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
+        let _ = m.lerp_(g, 1.0 - BETA1);
+        let _ = v.g_mul_scalar_(BETA2);
+        let _ = v.addcmul_(&(g * (1.0 - BETA2)), g);
+        let denom = v.sqrt() / &bc2 + EPS;
+        let _ = p.addcdiv_(&(&*m / &bc1 * -self.lr), &denom);
+    }
+
+    /// The two passes around libtorch's square root; false, and nothing
+    /// done, unless all four tensors are contiguous f32 on the CPU.
+    fn step_in_place(
         &self,
         p: &mut Tensor,
         g: &Tensor,
@@ -73,18 +111,17 @@ impl AdamW {
         let (rows, n) = (size[0] as usize, p.numel());
         assert_eq!(c1.len(), rows, "one correction per row");
         assert_eq!(c2.len(), rows, "one correction per row");
-        let fma = Isa::detect() != Isa::Scalar;
         // SAFETY: distinct contiguous f32 CPU tensors of n elements each
         // (parameters, gradient, two moments and the fresh root, each
         // allocated by its own operation), alive for the whole call; no
         // other reference to their storage is used meanwhile.
         unsafe {
             let slice = |t: &Tensor| std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n);
-            if fma {
+            match Isa::detect() {
+                // `detect` gives these only where the CPU has AVX2 and FMA.
                 #[cfg(target_arch = "x86_64")]
-                moments_fma(slice(g), slice(m), slice(v));
-            } else {
-                moments::<false>(slice(g), slice(m), slice(v));
+                Isa::Avx512 | Isa::Avx2 => moments_fma(slice(g), slice(m), slice(v)),
+                _ => moments::<false>(slice(g), slice(m), slice(v)),
             }
             let root = v.sqrt();
             self.parameters(slice(p), slice(m), slice(&root), c1, c2);
@@ -137,30 +174,6 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-    use tch::{Kind, Tensor};
-
-    /// The step as the libtorch operations the stack used before (and
-    /// still uses off the CPU).
-    fn libtorch_step(
-        opt: AdamW,
-        p: &mut Tensor,
-        g: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        c: (&[f32], &[f32]),
-    ) {
-        let rows = c.0.len() as i64;
-        let (bc1, bc2) = (
-            Tensor::from_slice(c.0).view([rows, 1]),
-            Tensor::from_slice(c.1).view([rows, 1]),
-        );
-        let _ = p.g_mul_scalar_(1.0 - opt.lr * opt.weight_decay);
-        let _ = m.lerp_(g, 1.0 - BETA1);
-        let _ = v.g_mul_scalar_(BETA2);
-        let _ = v.addcmul_(&(g * (1.0 - BETA2)), g);
-        let denom = v.sqrt() / &bc2 + EPS;
-        let _ = p.addcdiv_(&(&*m / &bc1 * -opt.lr), &denom);
-    }
 
     fn values(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(t.flatten(0, -1)).expect("float tensor")
@@ -202,8 +215,8 @@ mod tests {
             }
             let (c1, c2) = AdamW::corrections(&steps);
             let gt = Tensor::from_slice(&g).view(shape);
-            assert!(opt.step_tensors(&mut p, &gt, &mut m, &mut v, (&c1, &c2)));
-            libtorch_step(opt, &mut pt, &gt, &mut mt, &mut vt, (&c1, &c2));
+            assert!(opt.step_in_place(&mut p, &gt, &mut m, &mut v, (&c1, &c2)));
+            opt.libtorch_step(&mut pt, &gt, &mut mt, &mut vt, (&c1, &c2));
         }
         assert_eq!(pt.kind(), Kind::Float);
         // Element i's gradients are of size s_i = 10^(i % 6 - 4): m is

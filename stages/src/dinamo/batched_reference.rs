@@ -25,7 +25,7 @@ use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
-use super::adamw::{AdamW, BETA1, BETA2, EPS as ADAM_EPS};
+use super::adamw::AdamW;
 use super::dropout_stream::DropoutStream;
 use super::reference_net::{
     Activation, EarlyStop, MlArch, PAD_TIME, PAD_VALUE, ReferenceNet, UpdateStats, nll_terms,
@@ -530,16 +530,7 @@ impl BatchedReferenceNet {
                 };
                 tch::no_grad(|| {
                     let (g, mut p) = (w.grad(), w.shallow_clone());
-                    if !opt.step_tensors(&mut p, &g, &mut mom, &mut var, (&c1, &c2)) {
-                        // Elsewhere (CUDA), PyTorch's AdamW as its operations.
-                        let (bc1, bc2) = (on(&c1, &[a, 1]), on(&c2, &[a, 1]));
-                        let _ = p.g_mul_scalar_(1.0 - lr * wd);
-                        let _ = mom.lerp_(&g, 1.0 - BETA1);
-                        let _ = var.g_mul_scalar_(BETA2);
-                        let _ = var.addcmul_(&(&g * (1.0 - BETA2)), &g);
-                        let denom = var.sqrt() / &bc2 + ADAM_EPS;
-                        let _ = p.addcdiv_(&(&mom / &bc1 * -lr), &denom);
-                    }
+                    opt.step(&mut p, &g, &mut mom, &mut var, (&c1, &c2));
                 });
                 let losses = Vec::<f64>::try_from(
                     per_dataset
