@@ -750,6 +750,79 @@ fn a_trained_medic_model_is_applied_to_unseen_entries() {
     );
 }
 
+/// The ensemble distilled into one narrow student (`medic_distill.yaml`),
+/// shrunk like the main job: one model of width 64 scores the test block,
+/// and each comparison pairs the same windows with an interval.
+#[test]
+fn medic_distill_trains_one_student_and_compares_it_on_the_same_windows() {
+    let sb = Sandbox::new();
+    sb.write("distill.yaml", &bundled_pipeline("medic_distill.yaml"));
+    let students: Vec<String> = ["student", "narrow", "single"]
+        .iter()
+        .flat_map(|stage| {
+            [
+                format!("{stage}.max_epochs=1"),
+                format!("{stage}.device=cpu"),
+            ]
+        })
+        .collect();
+    let mut quick = QUICK_MEDIC.to_vec();
+    for set in &students {
+        quick.extend(["--set", set.as_str()]);
+    }
+    let mut run = vec!["run", "distill.yaml"];
+    run.extend(&quick);
+    let out = sb.ok(&run);
+    assert!(statuses(&out).iter().all(|(_, s)| s == "ran"), "{out}");
+    let query = |sql: &str| {
+        let mut args = vec!["query", "distill.yaml", sql, "--format", "csv"];
+        args.extend(&quick);
+        sb.ok(&args).lines().nth(1).unwrap().to_string()
+    };
+    // One student, validated on fold 1, of width 64.
+    assert_eq!(query("SELECT count(*), min(fold) FROM student"), "1,1");
+    assert_eq!(
+        query("SELECT strpos(card, '\"embed\":64') > 0 FROM student"),
+        "true"
+    );
+    let test_windows = query("SELECT count(*) FROM windows WHERE block = 'test'");
+    assert_eq!(
+        query("SELECT count(*), count(DISTINCT fold) FROM student_predictions_folds"),
+        format!("{test_windows},1")
+    );
+    assert_eq!(query("SELECT folds FROM student_metrics"), "1");
+    // The comparison's figures are each input's own metrics, the
+    // difference theirs, inside its interval.
+    let row = query(
+        "SELECT c.windows, abs(c.model - s.accuracy) < 1e-12, abs(c.reference - m.accuracy) < 1e-12, \
+         abs(c.difference - (s.accuracy - m.accuracy)) < 1e-12, \
+         c.difference_lo <= c.difference AND c.difference <= c.difference_hi \
+         FROM student_vs_ensemble c, student_metrics s, metrics m WHERE c.metric = 'accuracy'",
+    );
+    assert_eq!(row, format!("{test_windows},true,true,true,true"));
+    assert_eq!(query("SELECT count(*) FROM student_vs_rule"), "5");
+    // Fold 1 trained alone is the ensemble's fold 1, to the bit.
+    assert_eq!(
+        query(
+            "SELECT count(*), sum(CASE WHEN s.prob_0 = f.prob_0 AND s.prob_3 = f.prob_3 THEN 1 ELSE 0 END) \
+             FROM single_predictions s JOIN predictions_folds f ON s.window_id = f.window_id WHERE f.fold = 1"
+        ),
+        format!("{test_windows},{test_windows}")
+    );
+    assert_eq!(
+        query("SELECT count(*) FROM student_vs_narrow WHERE difference IS NOT NULL"),
+        "5"
+    );
+    // A teacher without its share of the targets is refused at plan time.
+    let mut bad = vec!["plan", "distill.yaml", "--set", "student.distill_weight=0"];
+    bad.extend(&quick);
+    let err = sb.fails(&bad);
+    assert!(
+        err.contains("student") && err.contains("distill_weight"),
+        "{err}"
+    );
+}
+
 /// The main job, shrunk with `--set` (W=5, 2 folds, 1 epoch) so it runs in
 /// seconds: ROOT -> events -> windows -> ensemble -> predictions -> metrics,
 /// plots and alerts, all queryable; bad models are clear errors.

@@ -132,6 +132,9 @@ fn main() {
     let (vs, model) = net(WindowHead::Cnn, 128);
     let (vs_mean, event_mean) = net(WindowHead::EventMean, 128);
     let (vs_small, small) = net(WindowHead::EventMean, 32);
+    // The width of the distilled student (`pipelines/medic_distill.yaml`).
+    let (_vs_student, student) = net(WindowHead::EventMean, 64);
+    let (_vs_wide, wide) = net(WindowHead::EventMean, 96);
     let steps = 12.min(batches.len());
     // The training batches of each mode, made by `medic_train` itself.
     let epoch = |encode, contiguous_windows| {
@@ -281,6 +284,11 @@ fn main() {
     for (what, model) in [
         ("CNN window head", &model),
         ("event-mean window head", &event_mean),
+        ("event-mean window head, embed 96", &wide),
+        (
+            "event-mean window head, embed 64 (distilled student)",
+            &student,
+        ),
         ("event-mean window head, embed 32", &small),
     ] {
         let rates = alternated(|folded| streaming(model, folded));

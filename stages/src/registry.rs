@@ -134,6 +134,7 @@ pub fn all() -> Vec<StageKind> {
         kind::<crate::medic::medic_infer::MedicInfer>(),
         kind::<crate::medic::medic_baseline::MedicBaseline>(),
         kind::<crate::medic::medic_metrics::MedicMetrics>(),
+        kind::<crate::medic::medic_compare::MedicCompare>(),
         kind::<crate::medic::alerts::Alerts>(),
         kind::<crate::hcal::hcal_rates::HcalRates>(),
         kind::<crate::hcal::lumi_maps::LumiMaps>(),

@@ -4,25 +4,23 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int8Array, Int32Array, Int64Array, RecordBatch,
-};
-use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Float64Array, Int8Array, Int32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, StageError};
-use crate::input::require_column;
 use crate::medic::batches::{
     self, Encode, EventBatch, WindowData, argmax, inference_draws, prefetched, to_vec_f32,
 };
-use crate::medic::model::{Medic, StreamingMedic, WindowHead};
+use crate::medic::ensemble::{LoadedFold, load_models};
+use crate::medic::model::{StreamingMedic, WindowHead};
 use crate::medic::tables::{
-    Blocks, ModelCard, ModelSpec, WindowSpec, carried_metadata, example_models_schema,
-    example_window_inputs, predictions_schema,
+    Blocks, ModelSpec, carried_metadata, example_models_schema, example_window_inputs,
+    predictions_schema,
 };
-use crate::nn::{DeviceChoice, load_weights};
+use crate::nn::DeviceChoice;
 use crate::stage::{OutputSpec, Progress, RunContext, Stage, StageConfig};
 use dqm_schemas::column;
 
@@ -184,57 +182,6 @@ impl RollingEmbeddings {
         self.events = Some(events.shallow_clone());
         (events, fresh.len())
     }
-}
-
-/// One fold's model, loaded from a models-table row.
-pub struct LoadedFold {
-    pub fold: i32,
-    pub card: ModelCard,
-    pub model: Medic,
-    _vs: nn::VarStore,
-}
-
-/// Loads every fold of a models table onto `device`, checking each card
-/// against the windows it will score.
-pub fn load_models(
-    input: &crate::input::Input,
-    windows: &WindowSpec,
-    device: Device,
-) -> Result<Vec<LoadedFold>> {
-    let why = "the models table of `medic_train`";
-    let fold_idx = require_column(&input.schema, &input.name, "fold", why, "Int32", |t| {
-        t == &DataType::Int32
-    })?;
-    let mut folds = Vec::new();
-    crate::nn::each_model_row(input, why, |batch, i, card: ModelCard, weights| {
-        let fold = batch.column(fold_idx).as_primitive::<Int32Type>().value(i);
-        let at = format!("input `{}`, fold {fold}", input.name);
-        card.spec.check_windows(windows, &at)?;
-        let vs = nn::VarStore::new(device);
-        let model = Medic::new(&vs.root(), card.spec.arch.clone());
-        load_weights(&vs, weights, &at)?;
-        folds.push(LoadedFold {
-            fold,
-            card,
-            model,
-            _vs: vs,
-        });
-        Ok(())
-    })?;
-    let first = (
-        folds[0].card.normalization.clone(),
-        folds[0].card.spec.log_energies,
-    );
-    if let Some(f) = folds
-        .iter()
-        .find(|f| (f.card.normalization.clone(), f.card.spec.log_energies) != first)
-    {
-        return Err(StageError::data(format!(
-            "input `{}`: fold {} standardizes its inputs differently from fold {}",
-            input.name, f.fold, folds[0].fold
-        )));
-    }
-    Ok(folds)
 }
 
 impl Stage for MedicInfer {
@@ -439,10 +386,13 @@ mod tests {
     use crate::in_memory::{input_from_batch, run_in_memory};
     use crate::input::Input;
     use crate::medic::medic_train::MedicTrain;
+    use crate::medic::model::Medic;
     use crate::medic::test_support::model_inputs;
+    use crate::nn::load_weights;
     use arrow::array::{AsArray, BinaryArray};
     use arrow::datatypes::{Float64Type, Int8Type, Int64Type};
     use std::collections::HashMap;
+    use tch::nn;
 
     fn quick_train() -> MedicTrain {
         MedicTrain {

@@ -11,16 +11,21 @@ pub mod fused_encoder;
 pub mod metrics;
 pub mod model;
 
-// Shared by the stages: events and windows in memory, batches, folds.
+// Shared by the stages: events and windows in memory, batches, folds, a
+// trained ensemble loaded (for inference, or as a student's teacher), the
+// training loss and tables.
 pub mod batches;
 pub mod data;
+pub mod ensemble;
 pub mod folds;
+pub mod training;
 
 // Stages, one per kind.
 pub mod alerts;
 pub mod delphes_convert;
 pub mod filter_events;
 pub mod medic_baseline;
+pub mod medic_compare;
 pub mod medic_infer;
 pub mod medic_metrics;
 pub mod medic_train;

@@ -403,6 +403,16 @@ impl ModelSpec {
     }
 }
 
+/// The first field whose value differs between window parameters `a` and
+/// `b`, as they serialize (to name it in an error).
+pub fn first_difference(a: &WindowSpec, b: &WindowSpec) -> Option<String> {
+    let (a, b) = (serde_json::to_value(a).ok()?, serde_json::to_value(b).ok()?);
+    let (a, b) = (a.as_object()?, b.as_object()?);
+    a.iter()
+        .find(|(key, value)| b.get(*key) != Some(*value))
+        .map(|(key, _)| key.clone())
+}
+
 /// The models table of `medic_train`: one row per fold, card and weights.
 pub fn models_schema(spec: &ModelSpec) -> SchemaRef {
     let meta = serde_json::to_string(spec).expect("plain data serializes");
