@@ -9,13 +9,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
-use crate::input::{Input, require_column};
 use crate::medic::metrics::{INTERVAL_METRICS, Paired, Predictions, paired_differences};
 use crate::medic::tables::{
     WindowSpec, check_predictions, example_predictions_schema, read_predictions,
@@ -104,33 +103,14 @@ fn comparison_schema() -> SchemaRef {
     ]))
 }
 
-/// The `window_id` column of a predictions table, in row order.
-fn window_ids(input: &Input) -> Result<Vec<i64>> {
-    require_column(
-        &input.schema,
-        &input.name,
-        "window_id",
-        "medic_compare pairs the two inputs' windows by id",
-        "Int64",
-        |t| t == &DataType::Int64,
-    )?;
-    let mut ids = Vec::new();
-    for batch in input.batches() {
-        let batch = batch?;
-        let column = batch.column_by_name("window_id").expect("checked");
-        ids.extend(column.as_primitive::<Int64Type>().values());
-    }
-    Ok(ids)
-}
-
-/// `reference`'s rows in the order of `model_ids`: both inputs must score
-/// exactly the same windows, with the same soft labels.
+/// `reference`'s rows in the order of `model`'s windows: both inputs must
+/// score exactly the same windows, with the same soft labels.
 fn aligned(
-    model_ids: &[i64],
-    (reference, reference_ids): (Predictions, Vec<i64>),
     model: &Predictions,
+    reference: Predictions,
     names: (&str, &str),
 ) -> Result<Predictions> {
+    let (model_ids, reference_ids) = (&model.window_id, &reference.window_id);
     let row_of: HashMap<i64, usize> = reference_ids
         .iter()
         .enumerate()
@@ -146,7 +126,7 @@ fn aligned(
         )));
     }
     let mut order = Vec::with_capacity(model_ids.len());
-    for &id in model_ids {
+    for &id in model_ids.iter() {
         let row = row_of.get(&id).ok_or_else(|| {
             StageError::data(format!(
                 "input `{}` has no prediction for window {id} of input `{}`: compare predictions of the same windows",
@@ -197,13 +177,7 @@ impl Stage for MedicCompare {
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let (a, b) = (&ctx.inputs[0], &ctx.inputs[1]);
         let model = read_predictions(a)?;
-        let model_ids = window_ids(a)?;
-        let reference = aligned(
-            &model_ids,
-            (read_predictions(b)?, window_ids(b)?),
-            &model,
-            (&a.name, &b.name),
-        )?;
+        let reference = aligned(&model, read_predictions(b)?, (&a.name, &b.name))?;
         // Neighbouring windows share W − 1 events: blocks of W.
         let block = WindowSpec::from_schema(&a.schema, &a.name).map_or(1, |w| w.window);
         let paired = paired_differences(
@@ -266,7 +240,8 @@ fn comparison_batch(paired: &[Paired; 5], windows: usize) -> Result<RecordBatch>
 mod tests {
     use super::*;
     use crate::in_memory::{input_from_batch, run_in_memory};
-    use arrow::array::Int8Array;
+    use crate::input::Input;
+    use arrow::array::{AsArray, Int8Array};
     use arrow::datatypes::Float64Type;
 
     /// A predictions table of four windows (two classes, W = 2 in its

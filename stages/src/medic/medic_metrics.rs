@@ -549,11 +549,9 @@ mod tests {
                 ));
             }
             fields.push(arrow::datatypes::Field::new("vote", DataType::Int8, false));
-            fields.push(arrow::datatypes::Field::new(
-                "start",
-                DataType::Int64,
-                false,
-            ));
+            for c in ["start", "window_id"] {
+                fields.push(arrow::datatypes::Field::new(c, DataType::Int64, false));
+            }
             Arc::new(Schema::new(fields))
         };
         let i8s = |v: &[usize]| {
@@ -572,6 +570,7 @@ mod tests {
                 f64s(&p.prob[1]),
                 i8s(&p.vote),
                 Arc::new(Int64Array::from(p.start.clone())),
+                Arc::new(Int64Array::from(p.window_id.clone())),
             ],
         )
         .unwrap();

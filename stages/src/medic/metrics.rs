@@ -10,7 +10,7 @@ use crate::stats::{median_and_95, roc_auc};
 /// The columns of a predictions table, in memory (read by
 /// [`crate::medic::tables::read_predictions`]): per window, the soft label
 /// `truth[c]`, its argmax class, the ensemble-mean probabilities `prob[c]`,
-/// the majority vote, and the position of its first event.
+/// the majority vote, the position of its first event and its id.
 pub struct Predictions {
     pub truth: Vec<Vec<f64>>,
     pub argmax: Vec<usize>,
@@ -18,6 +18,8 @@ pub struct Predictions {
     pub vote: Vec<usize>,
     /// Position of each window's first event: windows in time order.
     pub start: Vec<i64>,
+    /// Each window's id in the window table.
+    pub window_id: Vec<i64>,
 }
 
 /// The headline figures of one set of predictions.
@@ -183,6 +185,7 @@ impl Predictions {
             prob: self.prob.iter().map(|c| pick(c)).collect(),
             vote: idx.iter().map(|&i| self.vote[i]).collect(),
             start: idx.iter().map(|&i| self.start[i]).collect(),
+            window_id: idx.iter().map(|&i| self.window_id[i]).collect(),
         }
     }
 }
@@ -400,6 +403,7 @@ mod tests {
                 .map(|i| if i < 200 { 1 - i % 2 } else { (i / 2) % 2 })
                 .collect(),
             start: (0..n as i64).rev().collect(),
+            window_id: (0..n as i64).collect(),
         };
         let f = figures(&p, 0);
         let iv = bootstrap_intervals(&p, 0, 10, 300, 1);

@@ -541,9 +541,9 @@ pub fn check_predictions(schema: &SchemaRef, input: &str) -> Result<usize> {
     for c in ["argmax_class", "vote"] {
         require_column(schema, input, c, why, "Int8", |t| t == &DataType::Int8)?;
     }
-    require_column(schema, input, "start", why, "Int64", |t| {
-        t == &DataType::Int64
-    })?;
+    for c in ["start", "window_id"] {
+        require_column(schema, input, c, why, "Int64", |t| t == &DataType::Int64)?;
+    }
     Ok(nc)
 }
 
@@ -556,6 +556,7 @@ pub fn read_predictions(input: &Input) -> Result<Predictions> {
         prob: vec![Vec::new(); nc],
         vote: Vec::new(),
         start: Vec::new(),
+        window_id: Vec::new(),
     };
     for batch in input.batches() {
         let batch = batch?;
@@ -581,6 +582,8 @@ pub fn read_predictions(input: &Input) -> Result<Predictions> {
         );
         p.start
             .extend(col("start").as_primitive::<Int64Type>().values());
+        p.window_id
+            .extend(col("window_id").as_primitive::<Int64Type>().values());
         p.vote.extend(
             col("vote")
                 .as_primitive::<Int8Type>()

@@ -92,5 +92,6 @@ pub fn hand_made_predictions() -> Predictions {
         prob: vec![vec![0.9, 0.4, 0.3, 0.2], vec![0.1, 0.6, 0.7, 0.8]],
         vote: vec![0, 1, 1, 1],
         start: vec![0, 1, 2, 3],
+        window_id: vec![10, 11, 12, 13],
     }
 }
