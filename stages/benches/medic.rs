@@ -60,10 +60,14 @@ impl Timer {
 /// path (true), alternated five times — this machine's speed drifts by
 /// tens of per cent from minute to minute — as [min, median, max] of each.
 fn alternated(mut rate: impl FnMut(bool) -> f64) -> [[f64; 3]; 2] {
+    // DQM_BENCH_STREAMING_ONLY=1: the streaming path only (for a profile;
+    // the as-trained figures then print as 0).
+    let only = std::env::var("DQM_BENCH_STREAMING_ONLY").is_ok_and(|v| v == "1");
     let mut rates = [Vec::new(), Vec::new()];
     for _ in 0..5 {
         for folded in [false, true] {
-            rates[usize::from(folded)].push(rate(folded));
+            let skip = only && !folded;
+            rates[usize::from(folded)].push(if skip { 0.0 } else { rate(folded) });
         }
     }
     rates.map(|mut r| {
@@ -151,6 +155,9 @@ fn main() {
     let mut train_rate = Vec::new();
     // DQM_BENCH_TRAIN=0: inference only.
     let train = std::env::var("DQM_BENCH_TRAIN").map_or(true, |v| v != "0");
+    // DQM_BENCH_ONLY=label: only that streaming model (e.g. "event-mean
+    // window head", the main job's width 128).
+    let only = std::env::var("DQM_BENCH_ONLY").ok();
     for (what, vs, model, encode, batches) in [
         (
             "window, CNN head (paper)",
@@ -228,10 +235,14 @@ fn main() {
         .collect();
     let scored: usize = infer[1..].iter().map(Vec::len).sum();
     // The paper's per-window mode, slower by far: 5 batches.
+    let streaming_only = std::env::var("DQM_BENCH_STREAMING_ONLY").is_ok_and(|v| v == "1");
     let few = &infer[..5];
     let few_scored: usize = few[1..].iter().map(Vec::len).sum();
     let mut timer = Timer::new(1);
     tch::no_grad(|| {
+        if streaming_only {
+            return Ok(());
+        }
         data.for_each_batch(few, device, 4, |b| {
             let p = model.forward(&b.tracks, &b.towers, &b.met, false).exp();
             let _ = p.double_value(&[0, 0]);
@@ -290,7 +301,10 @@ fn main() {
             &student,
         ),
         ("event-mean window head, embed 32", &small),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(what, _)| only.as_ref().is_none_or(|o| what == o))
+    {
         let rates = alternated(|folded| streaming(model, folded));
         for (path, [lo, median, hi]) in ["as trained", "streaming path"].into_iter().zip(rates) {
             println!(
@@ -335,6 +349,9 @@ fn main() {
     let layer = PackedLinear::new(&w, &vec![0.1; k], k, k);
     let mut out = vec![0f32; rows_n * k];
     for isa in Isa::available() {
+        if streaming_only && isa == Isa::Scalar {
+            continue;
+        }
         let reps = 500;
         let start = Instant::now();
         for _ in 0..reps {
@@ -347,6 +364,9 @@ fn main() {
         );
     }
     // What the window part alone (CNN + head) allows, for the ceiling.
+    if streaming_only {
+        return;
+    }
     let events = Tensor::randn([256 * 30, 3, 128], (Kind::Float, device));
     let slots = consecutive_slots(256, 30, device);
     let start = Instant::now();

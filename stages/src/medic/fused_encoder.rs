@@ -19,8 +19,16 @@
 //!   left out (their attention and pooling weights are exactly 0 in the
 //!   network), unless an event has nothing else.
 //!
-//! What remains is two LayerNorms, the feed-forward's two E × FF products
-//! (most of the arithmetic: [`crate::simd`]) and the attention pooling.
+//! - The feed-forward's first layer reads n1 = γ ⊙ (r − μ)/σ + β, with
+//!   r = R z + c the residual, so W₁ n1 equals
+//!   (W₁ diag(γ) R z + W₁ diag(γ) c − μ W₁ γ)/σ plus W₁ β. One layer of z
+//!   (F(H+1) = 40 inputs) gives both r and the first layer's pre-activation
+//!   up to two scalars per row: 40 instead of E = 128 multiply-adds per
+//!   hidden unit (a third of the arithmetic left).
+//!
+//! What remains is that layer, the second feed-forward layer (most of the
+//! arithmetic: [`crate::simd`]), two LayerNorms and the attention pooling,
+//! with fused multiply-adds where the CPU has them.
 
 use rayon::prelude::*;
 
@@ -54,9 +62,10 @@ pub struct EncoderWeights {
     pub mask_padding: bool,
 }
 
-/// Events per tile: their activations (≤ 16 × 30 rows × 3 buffers of 128
-/// floats, ≈ 0.7 MB) stay in the L2 cache between the layers.
-const TILE: usize = 16;
+/// Events per tile: their activations (≤ 8 × 30 rows × 640 floats of
+/// `front`, `n1`, `hidden` and `n2` at width 128, ≈ 0.6 MB; 16 events
+/// overflowed a 512 kB L2) stay near the core between the layers.
+const TILE: usize = 8;
 
 /// A set encoder folded for [`FusedEncoder::encode`].
 pub struct FusedEncoder {
@@ -69,10 +78,13 @@ pub struct FusedEncoder {
     /// `[F]`: a query's key-scoring vector g = M x + u.
     score: Vec<f32>,
     score_bias: Vec<f32>,
-    /// `[x, y^1 … y^H]` → h + attention.
-    residual: PackedLinear,
+    /// `[x, y^1 … y^H]` → [h + attention, pad, the feed-forward's first
+    /// layer before LayerNorm's scale], see [`FusedEncoder::with_isa`].
+    front: PackedLinear,
     norm1: (Vec<f32>, Vec<f32>),
-    ff1: PackedLinear,
+    /// `a = W₁ γ` and `b' = W₁ β + b₁` of the first feed-forward layer.
+    ff1_shift: Vec<f32>,
+    ff1_bias: Vec<f32>,
     ff2: PackedLinear,
     norm2: (Vec<f32>, Vec<f32>),
     pool: Vec<f32>,
@@ -135,29 +147,52 @@ impl FusedEncoder {
                 score_bias[h * f + b] = (s * scale) as f32;
             }
         }
-        // Residual = [W_in | W_o^1 V^1 | … | W_o^H V^H] z + (b_in + W_o c_v + b_o).
+        // Residual R z + c = [W_in | W_o^1 V^1 | … | W_o^H V^H] z + (b_in + W_o c_v + b_o).
         let w_o = wide(&w.out.weight);
         let kz = f * (heads + 1); // [`Self::z_width`]
-        let mut weight = vec![0f32; e * kz];
-        let mut bias = vec![0f32; e];
+        let mut r = vec![0f64; e * kz];
+        let mut c = vec![0f64; e];
         for o in 0..e {
-            for a in 0..f {
-                weight[o * kz + a] = w_in[o * f + a] as f32;
-            }
+            r[o * kz..o * kz + f].copy_from_slice(&w_in[o * f..(o + 1) * f]);
             for h in 0..heads {
                 for a in 0..f {
-                    let s: f64 = (h * d..(h + 1) * d)
-                        .map(|c| w_o[o * e + c] * v[c * f + a])
+                    r[o * kz + f * (1 + h) + a] = (h * d..(h + 1) * d)
+                        .map(|i| w_o[o * e + i] * v[i * f + a])
                         .sum();
-                    weight[o * kz + f * (1 + h) + a] = s as f32;
                 }
             }
-            let c: f64 = (0..e).map(|c| w_o[o * e + c] * cv[c]).sum();
-            bias[o] = (b_in[o] + c + w.out.bias[o] as f64) as f32;
+            let s: f64 = (0..e).map(|i| w_o[o * e + i] * cv[i]).sum();
+            c[o] = b_in[o] + s + w.out.bias[o] as f64;
         }
-        let residual = PackedLinear::new(&weight, &bias, kz, kz);
+        // The feed-forward's first layer on n1 = γ ⊙ (r − μ)/σ + β is
+        // (A z + A_c − μ a)/σ + b', A = W₁ diag(γ) R (FF × kz, not FF × E),
+        // A_c = W₁ diag(γ) c, a = W₁ γ, b' = W₁ β + b₁: one layer `front`
+        // computes r and A z + A_c from z, rows [0, E) and [ep, ep + FF).
         let ff = w.ff1.bias.len();
-        let ff1 = PackedLinear::new(&w.ff1.weight, &w.ff1.bias, e, padded(e));
+        let (w1, gamma) = (wide(&w.ff1.weight), wide(&w.norm1.0));
+        let w1_gamma = |j: usize, i: usize| w1[j * e + i] * gamma[i];
+        let ep = padded(e);
+        let mut front = vec![0f32; (ep + ff) * kz];
+        let mut front_bias = vec![0f32; ep + ff];
+        let mut ff1_shift = vec![0f32; ff];
+        let mut ff1_bias = vec![0f32; ff];
+        for o in 0..e {
+            for a in 0..kz {
+                front[o * kz + a] = r[o * kz + a] as f32;
+            }
+            front_bias[o] = c[o] as f32;
+        }
+        for j in 0..ff {
+            let row = &mut front[(ep + j) * kz..(ep + j + 1) * kz];
+            for (a, out) in row.iter_mut().enumerate() {
+                *out = (0..e).map(|i| w1_gamma(j, i) * r[i * kz + a]).sum::<f64>() as f32;
+            }
+            front_bias[ep + j] = (0..e).map(|i| w1_gamma(j, i) * c[i]).sum::<f64>() as f32;
+            ff1_shift[j] = (0..e).map(|i| w1_gamma(j, i)).sum::<f64>() as f32;
+            let beta: f64 = (0..e).map(|i| w1[j * e + i] * w.norm1.1[i] as f64).sum();
+            ff1_bias[j] = (beta + w.ff1.bias[j] as f64) as f32;
+        }
+        let front = PackedLinear::new(&front, &front_bias, kz, kz);
         let ff2 = PackedLinear::new(&w.ff2.weight, &w.ff2.bias, ff, padded(ff));
         Self {
             features: f,
@@ -167,9 +202,10 @@ impl FusedEncoder {
             eps: w.eps as f32,
             score,
             score_bias,
-            residual,
+            front,
             norm1: w.norm1.clone(),
-            ff1,
+            ff1_shift,
+            ff1_bias,
             ff2,
             norm2: w.norm2.clone(),
             pool: w.pool.clone(),
@@ -206,24 +242,26 @@ impl FusedEncoder {
                         Isa::Avx512 => unsafe { tile_avx512(self, s, out) },
                         #[cfg(target_arch = "x86_64")]
                         Isa::Avx2 => unsafe { tile_avx2(self, s, out) },
-                        _ => self.encode_tile(s, out),
+                        _ => self.encode_tile::<Separate>(s, out),
                     }
                 })
             });
     }
 
     /// The block on the tile loaded in `s`; written as plain loops the
-    /// compiler vectorizes for the instruction set of its caller.
+    /// compiler vectorizes for the instruction set of its caller, `M`
+    /// saying whether that has fused multiply-adds.
     #[inline(always)]
-    fn encode_tile(&self, s: &mut Scratch, out: &mut [f32]) {
+    fn encode_tile<M: MulAdd>(&self, s: &mut Scratch, out: &mut [f32]) {
         let (e, isa) = (self.embed, self.isa);
         let rows = s.mult.len();
         for ev in 0..s.starts.len() - 1 {
-            self.attend(s, ev);
+            self.attend::<M>(s, ev);
         }
         let ep = padded(e);
         let Scratch {
             z,
+            front,
             n1,
             hidden,
             n2,
@@ -232,31 +270,57 @@ impl FusedEncoder {
             pooling,
             ..
         } = s;
+        let (fw, ff) = (self.front.padded_outputs(), self.ff1_bias.len());
+        let hp = fw - ep;
+        front.resize(rows * fw, 0.0);
+        self.front.apply(isa, z, rows, front, false);
         n1.resize(rows * ep, 0.0);
-        self.residual.apply(isa, z, rows, n1, false);
-        for row in n1.chunks_exact_mut(ep) {
-            layer_norm(&mut row[..e], &self.norm1, self.eps);
+        // Its padding columns stay 0 (the second layer's zero weights must
+        // meet finite numbers).
+        hidden.resize(rows * hp, 0.0);
+        let (gamma, beta) = &self.norm1;
+        for ((row, n1), hidden) in front
+            .chunks_exact(fw)
+            .zip(n1.chunks_exact_mut(ep))
+            .zip(hidden.chunks_exact_mut(hp))
+        {
+            let (r, a) = (&row[..e], &row[ep..ep + ff]);
+            let (mean, scale) = moments::<M>(r, self.eps);
+            for (((n, &x), &g), &b) in n1.iter_mut().zip(r).zip(gamma).zip(beta) {
+                *n = M::mul_add((x - mean) * scale, g, b);
+            }
+            for (((h, &x), &s), &b) in hidden
+                .iter_mut()
+                .zip(a)
+                .zip(&self.ff1_shift)
+                .zip(&self.ff1_bias)
+            {
+                *h = M::mul_add(M::mul_add(-mean, s, x), scale, b).max(0.0);
+            }
         }
-        hidden.resize(rows * self.ff1.padded_outputs(), 0.0);
-        self.ff1.apply(isa, n1, rows, hidden, true);
         n2.resize(rows * ep, 0.0);
         self.ff2.apply(isa, hidden, rows, n2, false);
         for (row, skip) in n2.chunks_exact_mut(ep).zip(n1.chunks_exact(ep)) {
             for (y, s) in row[..e].iter_mut().zip(&skip[..e]) {
                 *y += s;
             }
-            layer_norm(&mut row[..e], &self.norm2, self.eps);
+            layer_norm::<M>(&mut row[..e], &self.norm2, self.eps);
         }
         // Attention pooling: softmax over the event's objects of pool·n2.
         for (ev, out) in out.chunks_exact_mut(e).enumerate() {
             let (r0, r1) = (starts[ev], starts[ev + 1]);
+            let rows = &n2[r0 * ep..r1 * ep];
+            // A plain loop, not `extend(map(..))`: the iterator's fold is
+            // compiled apart from this function, without its instruction set.
             pooling.clear();
-            pooling.extend((r0..r1).map(|r| dot(&n2[r * ep..r * ep + e], &self.pool)));
-            softmax(pooling, &mult[r0..r1]);
+            for row in rows.chunks_exact(ep) {
+                pooling.push(dot::<M>(&row[..e], &self.pool));
+            }
+            softmax::<M>(pooling, &mult[r0..r1]);
             out.fill(0.0);
-            for (r, &w) in (r0..r1).zip(pooling.iter()) {
-                for (o, x) in out.iter_mut().zip(&n2[r * ep..r * ep + e]) {
-                    *o += w * x;
+            for (row, &w) in rows.chunks_exact(ep).zip(pooling.iter()) {
+                for (o, &x) in out.iter_mut().zip(&row[..e]) {
+                    *o = M::mul_add(w, x, *o);
                 }
             }
         }
@@ -268,7 +332,7 @@ impl FusedEncoder {
     /// key-scoring vectors, one key's scores, softmax, the means) is then
     /// whole vectors, whatever the number of features and objects.
     #[inline(always)]
-    fn attend(&self, s: &mut Scratch, ev: usize) {
+    fn attend<M: MulAdd>(&self, s: &mut Scratch, ev: usize) {
         let (f, kz) = (self.features, self.z_width());
         let (r0, r1) = (s.starts[ev], s.starts[ev + 1]);
         let n = r1 - r0;
@@ -279,6 +343,7 @@ impl FusedEncoder {
             columns,
             g,
             weights,
+            means,
             ..
         } = s;
         // The objects `[n][F]`, and feature-major in query blocks
@@ -295,9 +360,10 @@ impl FusedEncoder {
         }
         let mult = &mult[r0..r1];
         // Per query lane: g_b (key-scoring vector), one row per key of
-        // scores then weights, the running max and total.
+        // scores then weights, the running max and total, the means.
         g.resize(f, [0.0; Q]);
         weights.resize(n, [0.0; Q]);
+        means.resize(f.next_multiple_of(2), [0.0; Q]);
         for h in 0..self.heads {
             let m = &self.score[h * f * f..(h + 1) * f * f];
             let u = &self.score_bias[h * f..(h + 1) * f];
@@ -306,7 +372,7 @@ impl FusedEncoder {
                     *gb = [u[b]; Q];
                     for (&mba, xa) in m[b * f..(b + 1) * f].iter().zip(x) {
                         for l in 0..Q {
-                            gb[l] += mba * xa[l];
+                            gb[l] = M::mul_add(mba, xa[l], gb[l]);
                         }
                     }
                 }
@@ -315,7 +381,7 @@ impl FusedEncoder {
                     let mut s = [0f32; Q];
                     for (&xb, gb) in xj.iter().zip(g.iter()) {
                         for l in 0..Q {
-                            s[l] += xb * gb[l];
+                            s[l] = M::mul_add(xb, gb[l], s[l]);
                         }
                     }
                     for l in 0..Q {
@@ -325,24 +391,62 @@ impl FusedEncoder {
                 }
                 let mut total = [0f32; Q];
                 for (w, &mj) in weights.iter_mut().zip(mult) {
-                    exp_weights(w, &max, mj, &mut total);
+                    exp_weights::<M, Q>(w, &max, mj, &mut total);
                 }
-                let queries = (n - block * Q).min(Q);
-                for a in 0..f {
-                    let mut y = [0f32; Q];
+                let inverse = total.map(|t| 1.0 / t);
+                // Two features at a time: eight independent chains of
+                // multiply-adds instead of four (one feature's lanes).
+                for (a, pair) in means.chunks_exact_mut(2).enumerate() {
+                    let (a0, a1) = (2 * a, (2 * a + 1).min(f - 1));
+                    let mut y = [[0f32; Q]; 2];
                     for (w, xj) in weights.iter().zip(rows.chunks_exact(f)) {
-                        let x = xj[a];
+                        let (x0, x1) = (xj[a0], xj[a1]);
                         for l in 0..Q {
-                            y[l] += w[l] * x;
+                            y[0][l] = M::mul_add(w[l], x0, y[0][l]);
+                            y[1][l] = M::mul_add(w[l], x1, y[1][l]);
                         }
                     }
-                    for l in 0..queries {
-                        let i = r0 + block * Q + l;
-                        z[i * kz + f * (1 + h) + a] = y[l] / total[l];
+                    for (mean, y) in pair.iter_mut().zip(&y) {
+                        for l in 0..Q {
+                            mean[l] = y[l] * inverse[l];
+                        }
+                    }
+                }
+                // Back to rows: query i's F means of this head.
+                let queries = (n - block * Q).min(Q);
+                for l in 0..queries {
+                    let i = r0 + block * Q + l;
+                    let out = &mut z[i * kz + f * (1 + h)..i * kz + f * (2 + h)];
+                    for (o, mean) in out.iter_mut().zip(means.iter()) {
+                        *o = mean[l];
                     }
                 }
             }
         }
+    }
+}
+
+/// How the kernel computes `a · b + c`: [`Fused`] (one instruction, one
+/// rounding) where it is compiled with FMA, [`Separate`] elsewhere
+/// (`f32::mul_add` without FMA hardware is a libm call per number).
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+struct Fused;
+struct Separate;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
     }
 }
 
@@ -362,6 +466,7 @@ thread_local! {
 #[derive(Default)]
 struct Scratch {
     z: Vec<f32>,
+    front: Vec<f32>,
     mult: Vec<f32>,
     starts: Vec<usize>,
     n1: Vec<f32>,
@@ -372,6 +477,7 @@ struct Scratch {
     columns: Vec<[f32; Q]>,
     g: Vec<[f32; Q]>,
     weights: Vec<[f32; Q]>,
+    means: Vec<[f32; Q]>,
 }
 
 impl Scratch {
@@ -410,13 +516,14 @@ impl Scratch {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512(enc: &FusedEncoder, s: &mut Scratch, out: &mut [f32]) {
-    enc.encode_tile(s, out)
+    // AVX-512F implies FMA.
+    enc.encode_tile::<Fused>(s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(enc: &FusedEncoder, s: &mut Scratch, out: &mut [f32]) {
-    enc.encode_tile(s, out)
+    enc.encode_tile::<Fused>(s, out)
 }
 
 /// Lanes of the partial sums below: the compiler keeps them in one vector
@@ -424,7 +531,7 @@ unsafe fn tile_avx2(enc: &FusedEncoder, s: &mut Scratch, out: &mut [f32]) {
 const LANES: usize = 16;
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca
@@ -435,7 +542,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[l] = M::mul_add(x[l], y[l], acc[l]);
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -457,25 +564,41 @@ fn sum(a: &[f32]) -> f32 {
 /// PyTorch's LayerNorm of one row in place: (x − mean)/√(var + ε)·γ + β,
 /// var the biased variance.
 #[inline(always)]
-fn layer_norm(x: &mut [f32], (gamma, beta): &(Vec<f32>, Vec<f32>), eps: f32) {
+fn layer_norm<M: MulAdd>(x: &mut [f32], (gamma, beta): &(Vec<f32>, Vec<f32>), eps: f32) {
+    let (mean, scale) = moments::<M>(x, eps);
+    for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
+        *v = M::mul_add((*v - mean) * scale, *g, *b);
+    }
+}
+
+/// LayerNorm's mean and 1/√(var + ε) of `x` (var from the centred values,
+/// as PyTorch: no cancellation of a large mean).
+#[inline(always)]
+fn moments<M: MulAdd>(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = sum(x) / n;
-    for v in x.iter_mut() {
-        *v -= mean;
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let mut tail = 0f32;
+    for &v in chunks.remainder() {
+        tail += (v - mean) * (v - mean);
     }
-    let var = dot(x, x) / n;
-    let scale = 1.0 / (var + eps).sqrt();
-    for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
-        *v = *v * scale * g + b;
+    for c in chunks {
+        for l in 0..LANES {
+            let d = c[l] - mean;
+            acc[l] = M::mul_add(d, d, acc[l]);
+        }
     }
+    let var = (acc.iter().sum::<f32>() + tail) / n;
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Softmax of `s` in place, entry j counting `mult[j]` times.
 #[inline(always)]
-fn softmax(s: &mut [f32], mult: &[f32]) {
+fn softmax<M: MulAdd>(s: &mut [f32], mult: &[f32]) {
     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for (v, &m) in s.iter_mut().zip(mult) {
-        *v = exp(*v - max) * m;
+        *v = exp::<M>(*v - max) * m;
     }
     let scale = 1.0 / sum(s);
     for v in s.iter_mut() {
@@ -486,9 +609,14 @@ fn softmax(s: &mut [f32], mult: &[f32]) {
 /// `w ← e^(w − max) · mult`, added to `total` (one key's weights for
 /// every query lane).
 #[inline(always)]
-fn exp_weights<const Q: usize>(w: &mut [f32; Q], max: &[f32; Q], mult: f32, total: &mut [f32; Q]) {
+fn exp_weights<M: MulAdd, const Q: usize>(
+    w: &mut [f32; Q],
+    max: &[f32; Q],
+    mult: f32,
+    total: &mut [f32; Q],
+) {
     for l in 0..Q {
-        let e = exp(w[l] - max[l]) * mult;
+        let e = exp::<M>(w[l] - max[l]) * mult;
         w[l] = e;
         total[l] += e;
     }
@@ -504,7 +632,7 @@ const CUTOFF: f32 = -60.0;
 /// [`CUTOFF`]: Cephes' expf polynomial on a range reduction the compiler
 /// can vectorize (libm's is a call per number).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp<M: MulAdd>(x: f32) -> f32 {
     // 1.5 · 2^23: adding it rounds to an integer n, held in the low bits.
     const ROUND: f32 = 12_582_912.0;
     let xc = if x > CUTOFF { x } else { CUTOFF };
@@ -516,11 +644,17 @@ fn exp(x: f32) -> f32 {
         .wrapping_add(127);
     let two_n = f32::from_bits((biased << 23) as u32);
     let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = (p * r * r + r + 1.0) * two_n;
+    let mut p = 1.987_569_1e-4;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = M::mul_add(p, r, c);
+    }
+    let e = (M::mul_add(p, r * r, r) + 1.0) * two_n;
     if x < CUTOFF { 0.0 } else { e }
 }
 
@@ -530,15 +664,21 @@ mod tests {
 
     #[test]
     fn exp_is_libm_s_within_2_ulp_and_0_past_the_cutoff() {
-        assert_eq!(exp(CUTOFF - 1e-3), 0.0);
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-        for i in 0..=60_000 {
-            let x = -(i as f32) / 1000.0;
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                ((got - want) / want).abs() < 2.5e-7,
-                "exp({x}) = {got}, libm {want}"
-            );
+        // Both ways of multiply-adding (the fused one is a libm call here).
+        for (exp, how) in [
+            (exp::<Separate> as fn(f32) -> f32, "separate"),
+            (exp::<Fused>, "fused"),
+        ] {
+            assert_eq!(exp(CUTOFF - 1e-3), 0.0);
+            assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+            for i in 0..=60_000 {
+                let x = -(i as f32) / 1000.0;
+                let (got, want) = (exp(x), x.exp());
+                assert!(
+                    ((got - want) / want).abs() < 2.5e-7,
+                    "exp({x}) = {got} ({how}), libm {want}"
+                );
+            }
         }
     }
 
@@ -546,7 +686,7 @@ mod tests {
     fn softmax_counts_multiplicities() {
         // [a, b] with b twice = [a, b, b].
         let mut w = [0.5, -1.0];
-        softmax(&mut w, &[1.0, 2.0]);
+        softmax::<Separate>(&mut w, &[1.0, 2.0]);
         let z = 0.5f32.exp() + 2.0 * (-1.0f32).exp();
         assert!((w[0] - 0.5f32.exp() / z).abs() < 1e-6);
         assert!((w[1] - 2.0 * (-1.0f32).exp() / z).abs() < 1e-6);

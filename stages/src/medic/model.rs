@@ -472,17 +472,19 @@ mod tests {
     /// (all-zero rows) included.
     #[test]
     fn streaming_equals_the_network_within_1e_5() {
+        // (LayerNorms made as a trained network's below.)
         let _torch = crate::nn::exclusive();
         for (window_head, mask_padding) in [
             (WindowHead::Cnn, false),
             (WindowHead::EventMean, false),
             (WindowHead::EventMean, true),
         ] {
-            let (_vs, m) = model(MedicArch {
+            let (vs, m) = model(MedicArch {
                 window_head,
                 mask_padding,
                 ..Default::default()
             });
+            assert_eq!(trained_norms(&vs), 8);
             let opts = (Kind::Float, Device::Cpu);
             let (events, w) = (12, 5);
             // Six of 30 tracks and ten towers are padding.
@@ -507,6 +509,24 @@ mod tests {
                 );
             });
         }
+    }
+
+    /// LayerNorms as a trained network has them — γ ≈ 1 + 0.5 N(0, 1),
+    /// β ≈ 0.5 N(0, 1) — where initialized ones (γ = 1, β = 0) would leave
+    /// the kernels' folding of γ and β into the feed-forward untested.
+    /// Returns how many tensors it changed.
+    fn trained_norms(vs: &nn::VarStore) -> usize {
+        let mut changed = 0;
+        tch::no_grad(|| {
+            for (name, mut v) in vs.variables() {
+                if name.contains("norm") {
+                    let noise = Tensor::randn_like(&v) * 0.5;
+                    let _ = v.g_add_(&noise);
+                    changed += 1;
+                }
+            }
+        });
+        changed
     }
 
     /// The CPU kernels of every instruction set this machine has against
@@ -577,6 +597,7 @@ mod tests {
                     }
                 });
                 assert_eq!(scaled, 8, "q and k weights and biases of both encoders");
+                assert_eq!(trained_norms(&vs), 8, "two LayerNorms' γ, β per encoder");
                 tch::no_grad(|| {
                     let want = net.encode(&tracks, &towers, &met, false);
                     let slots = consecutive_slots(m, 1, Device::Cpu);
