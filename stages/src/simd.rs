@@ -17,7 +17,9 @@
 pub enum Isa {
     /// 16 lanes, 32 registers: 6 rows × 4 vectors of accumulators.
     Avx512,
-    /// 8 lanes with FMA, 16 registers: 4 rows × 2 vectors.
+    /// 8 lanes with FMA, 16 registers: 6 rows × 2 vectors (12
+    /// accumulators, two weight vectors, one broadcast input; 4 rows were
+    /// 8-11 % slower on MEDIC's layers: BENCHMARKS.md).
     Avx2,
     /// Plain Rust (what the compiler makes of it for the target).
     Scalar,
@@ -312,7 +314,7 @@ mod x86 {
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gemm_avx2(job: Job<'_>) {
-        gemm::<__m256, 4, 2>(job)
+        gemm::<__m256, 6, 2>(job)
     }
 
     impl Lanes for __m512 {

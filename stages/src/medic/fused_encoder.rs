@@ -314,7 +314,7 @@ impl FusedEncoder {
             // compiled apart from this function, without its instruction set.
             pooling.clear();
             for row in rows.chunks_exact(ep) {
-                pooling.push(dot::<M>(&row[..e], &self.pool));
+                pooling.push(M::dot(&row[..e], &self.pool));
             }
             softmax::<M>(pooling, &mult[r0..r1]);
             out.fill(0.0);
@@ -369,12 +369,15 @@ impl FusedEncoder {
             let u = &self.score_bias[h * f..(h + 1) * f];
             for (block, x) in columns.chunks_exact(f).enumerate() {
                 for (b, gb) in g.iter_mut().enumerate() {
-                    *gb = [u[b]; Q];
+                    // In registers, stored once (accumulating in `g` itself
+                    // was a store and reload per multiply-add).
+                    let mut acc = [u[b]; Q];
                     for (&mba, xa) in m[b * f..(b + 1) * f].iter().zip(x) {
                         for l in 0..Q {
-                            gb[l] = M::mul_add(mba, xa[l], gb[l]);
+                            acc[l] = M::mul_add(mba, xa[l], acc[l]);
                         }
                     }
+                    *gb = acc;
                 }
                 let mut max = [f32::NEG_INFINITY; Q];
                 for (w, xj) in weights.iter_mut().zip(rows.chunks_exact(f)) {
@@ -426,27 +429,172 @@ impl FusedEncoder {
     }
 }
 
-/// How the kernel computes `a · b + c`: [`Fused`] (one instruction, one
-/// rounding) where it is compiled with FMA, [`Separate`] elsewhere
+/// How the kernel computes `a · b + c` and the sums over a row:
+/// [`Avx2`] (fused multiply-adds, reductions in AVX2 registers) in the
+/// tiles compiled for AVX2 or AVX-512, [`Separate`] elsewhere
 /// (`f32::mul_add` without FMA hardware is a libm call per number).
+///
+/// The reductions are written out because the compiler leaves them scalar:
+/// it may not reorder a float sum, and it did not pack sixteen partial sums
+/// into vectors itself (measured: a scalar add per number in LayerNorm's
+/// moments and the pooling scores).
 trait MulAdd {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
-}
 
-struct Fused;
-struct Separate;
-
-impl MulAdd for Fused {
+    /// Σ x.
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    fn sum(x: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let (chunks, tail) = x.as_chunks::<LANES>();
+        let tail: f32 = tail.iter().sum();
+        for c in chunks {
+            for l in 0..LANES {
+                acc[l] += c[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// Σ a·b over the shorter of the two.
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = [0f32; LANES];
+        let ((ca, ta), (cb, tb)) = (a[..n].as_chunks::<LANES>(), b[..n].as_chunks::<LANES>());
+        let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.iter().zip(cb) {
+            for l in 0..LANES {
+                acc[l] = Self::mul_add(x[l], y[l], acc[l]);
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// Σ (x − mean)².
+    #[inline(always)]
+    fn centred_squares(x: &[f32], mean: f32) -> f32 {
+        let mut acc = [0f32; LANES];
+        let (chunks, tail) = x.as_chunks::<LANES>();
+        let tail: f32 = tail.iter().map(|&v| (v - mean) * (v - mean)).sum();
+        for c in chunks {
+            for l in 0..LANES {
+                let d = c[l] - mean;
+                acc[l] = Self::mul_add(d, d, acc[l]);
+            }
+        }
+        acc.iter().sum::<f32>() + tail
     }
 }
+
+/// Portable code: a separate multiply and add.
+struct Separate;
 
 impl MulAdd for Separate {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
+    }
+}
+
+/// Only in [`tile_avx2`] and [`tile_avx512`], whose CPUs have AVX2 and
+/// FMA: its reductions are AVX2 instructions (a private type, so nothing
+/// else can call them).
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl MulAdd for Avx2 {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+
+    #[inline(always)]
+    fn sum(x: &[f32]) -> f32 {
+        // SAFETY: the tiles that use this type run only on AVX2 + FMA CPUs.
+        unsafe { avx2::reduce(x, x, 0.0, avx2::Term::Value) }
+    }
+
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: as in `sum`.
+        unsafe { avx2::reduce(&a[..n], &b[..n], 0.0, avx2::Term::Product) }
+    }
+
+    #[inline(always)]
+    fn centred_squares(x: &[f32], mean: f32) -> f32 {
+        // SAFETY: as in `sum`.
+        unsafe { avx2::reduce(x, x, mean, avx2::Term::CentredSquare) }
+    }
+}
+
+/// [`Avx2`]'s sums: two vectors of 8 partial sums (16 as the portable
+/// code), the tail added one number at a time.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Term {
+        /// a_i
+        Value,
+        /// a_i · b_i
+        Product,
+        /// (a_i − mean)²
+        CentredSquare,
+    }
+
+    /// Σ of `term` over `a` (and `b`, as long as `a`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[inline(always)]
+    pub unsafe fn reduce(a: &[f32], b: &[f32], mean: f32, term: Term) -> f32 {
+        debug_assert_eq!(a.len(), b.len());
+        let n = a.len();
+        let whole = n - n % 16;
+        // SAFETY: indices below `whole` ≤ len of both; the caller vouches
+        // for the instruction set.
+        unsafe {
+            let m = _mm256_set1_ps(mean);
+            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            let mut i = 0;
+            while i < whole {
+                let (x0, x1) = (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pa.add(i + 8)));
+                match term {
+                    Term::Value => {
+                        s0 = _mm256_add_ps(s0, x0);
+                        s1 = _mm256_add_ps(s1, x1);
+                    }
+                    Term::Product => {
+                        let (y0, y1) = (_mm256_loadu_ps(pb.add(i)), _mm256_loadu_ps(pb.add(i + 8)));
+                        s0 = _mm256_fmadd_ps(x0, y0, s0);
+                        s1 = _mm256_fmadd_ps(x1, y1, s1);
+                    }
+                    Term::CentredSquare => {
+                        let (d0, d1) = (_mm256_sub_ps(x0, m), _mm256_sub_ps(x1, m));
+                        s0 = _mm256_fmadd_ps(d0, d0, s0);
+                        s1 = _mm256_fmadd_ps(d1, d1, s1);
+                    }
+                }
+                i += 16;
+            }
+            let s = _mm256_add_ps(s0, s1);
+            let q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+            let mut total = _mm_cvtss_f32(q);
+            for j in whole..n {
+                total += match term {
+                    Term::Value => a[j],
+                    Term::Product => a[j] * b[j],
+                    Term::CentredSquare => (a[j] - mean) * (a[j] - mean),
+                };
+            }
+            total
+        }
     }
 }
 
@@ -516,50 +664,19 @@ impl Scratch {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512(enc: &FusedEncoder, s: &mut Scratch, out: &mut [f32]) {
-    // AVX-512F implies FMA.
-    enc.encode_tile::<Fused>(s, out)
+    // AVX-512F implies AVX2 and FMA.
+    enc.encode_tile::<Avx2>(s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(enc: &FusedEncoder, s: &mut Scratch, out: &mut [f32]) {
-    enc.encode_tile::<Fused>(s, out)
+    enc.encode_tile::<Avx2>(s, out)
 }
 
 /// Lanes of the partial sums below: the compiler keeps them in one vector
 /// (a single running sum would be a chain it may not reorder).
 const LANES: usize = 16;
-
-#[inline(always)]
-fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] = M::mul_add(x[l], y[l], acc[l]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[inline(always)]
-fn sum(a: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let chunks = a.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for x in chunks {
-        for l in 0..LANES {
-            acc[l] += x[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
 
 /// PyTorch's LayerNorm of one row in place: (x − mean)/√(var + ε)·γ + β,
 /// var the biased variance.
@@ -576,20 +693,8 @@ fn layer_norm<M: MulAdd>(x: &mut [f32], (gamma, beta): &(Vec<f32>, Vec<f32>), ep
 #[inline(always)]
 fn moments<M: MulAdd>(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = sum(x) / n;
-    let mut acc = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let mut tail = 0f32;
-    for &v in chunks.remainder() {
-        tail += (v - mean) * (v - mean);
-    }
-    for c in chunks {
-        for l in 0..LANES {
-            let d = c[l] - mean;
-            acc[l] = M::mul_add(d, d, acc[l]);
-        }
-    }
-    let var = (acc.iter().sum::<f32>() + tail) / n;
+    let mean = M::sum(x) / n;
+    let var = M::centred_squares(x, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -600,7 +705,7 @@ fn softmax<M: MulAdd>(s: &mut [f32], mult: &[f32]) {
     for (v, &m) in s.iter_mut().zip(mult) {
         *v = exp::<M>(*v - max) * m;
     }
-    let scale = 1.0 / sum(s);
+    let scale = 1.0 / M::sum(s);
     for v in s.iter_mut() {
         *v *= scale;
     }
@@ -665,10 +770,10 @@ mod tests {
     #[test]
     fn exp_is_libm_s_within_2_ulp_and_0_past_the_cutoff() {
         // Both ways of multiply-adding (the fused one is a libm call here).
-        for (exp, how) in [
-            (exp::<Separate> as fn(f32) -> f32, "separate"),
-            (exp::<Fused>, "fused"),
-        ] {
+        let mut kinds = vec![(exp::<Separate> as fn(f32) -> f32, "separate")];
+        #[cfg(target_arch = "x86_64")]
+        kinds.push((exp::<Avx2>, "fused"));
+        for (exp, how) in kinds {
             assert_eq!(exp(CUTOFF - 1e-3), 0.0);
             assert_eq!(exp(f32::NEG_INFINITY), 0.0);
             for i in 0..=60_000 {
@@ -677,6 +782,52 @@ mod tests {
                 assert!(
                     ((got - want) / want).abs() < 2.5e-7,
                     "exp({x}) = {got} ({how}), libm {want}"
+                );
+            }
+        }
+    }
+
+    /// The row sums in AVX2 registers equal the portable ones (both in
+    /// f64 within f32 rounding), tails of every length 0–15 included.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_reductions_equal_the_portable_ones() {
+        use rand::{Rng, SeedableRng};
+        if !Isa::available().contains(&Isa::Avx2) {
+            // Nothing to compare on this CPU: say so, and check that the
+            // tiles cannot pick the AVX2 kernel here.
+            eprintln!("no AVX2 on this CPU: only the portable reductions run");
+            assert_ne!(Isa::detect(), Isa::Avx2);
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(32);
+        for n in (0..40).chain([128, 129, 143, 256]) {
+            let a: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0..5.0)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let mean = 0.7f32;
+            let exact = |f: &dyn Fn(usize) -> f64| (0..n).map(f).sum::<f64>();
+            let cases = [
+                (Separate::sum(&a), Avx2::sum(&a), exact(&|i| a[i] as f64)),
+                (
+                    Separate::dot(&a, &b),
+                    Avx2::dot(&a, &b),
+                    exact(&|i| (a[i] * b[i]) as f64),
+                ),
+                (
+                    Separate::centred_squares(&a, mean),
+                    Avx2::centred_squares(&a, mean),
+                    exact(&|i| ((a[i] - mean) as f64).powi(2)),
+                ),
+            ];
+            for (k, (portable, avx2, want)) in cases.into_iter().enumerate() {
+                let tol = 1e-5 * (1.0 + (0..n).map(|i| (a[i] as f64).powi(2)).sum::<f64>());
+                assert!(
+                    (portable as f64 - want).abs() < tol,
+                    "n {n} case {k}: {portable} vs {want}"
+                );
+                assert!(
+                    (avx2 as f64 - want).abs() < tol,
+                    "n {n} case {k}: avx2 {avx2} vs {want}"
                 );
             }
         }
