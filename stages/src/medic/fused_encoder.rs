@@ -535,7 +535,8 @@ impl MulAdd for Avx2 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    #[derive(Clone, Copy, PartialEq)]
+    /// What is summed (matched once per 16 numbers: copied).
+    #[derive(Clone, Copy)]
     pub enum Term {
         /// a_i
         Value,
