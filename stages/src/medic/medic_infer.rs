@@ -15,7 +15,8 @@ use crate::medic::batches::{
     self, Encode, EventBatch, WindowData, argmax, inference_draws, prefetched, to_vec_f32,
 };
 use crate::medic::ensemble::{LoadedFold, load_models};
-use crate::medic::model::{StreamingMedic, WindowHead};
+use crate::medic::model::WindowHead;
+use crate::medic::streaming::StreamingMedic;
 use crate::medic::tables::{
     Blocks, ModelSpec, carried_metadata, example_models_schema, example_window_inputs,
     predictions_schema,
@@ -300,7 +301,7 @@ impl MedicInfer {
                     .map(|f| StreamingMedic::new(&f.model))
                     .collect();
                 // With the event-mean head, what libtorch still runs (MET,
-                // the head) is small: on one thread, its idle pool does not
+                // the buffer's copies) is small: on one thread, its idle pool does not
                 // spin against the kernels' rayon workers (2.2× in the bench).
                 let event_mean = folds
                     .iter()

@@ -5,11 +5,12 @@
 // Formats shared by the family's files.
 pub mod tables;
 
-// Library: the network, its CPU inference kernel and the figures of merit
-// on plain types.
+// Library: the network, its CPU inference kernels, streaming scoring and
+// the figures of merit on plain types.
 pub mod fused_encoder;
 pub mod metrics;
 pub mod model;
+pub mod streaming;
 
 // Shared by the stages: events and windows in memory, batches, folds, a
 // trained ensemble loaded (for inference, or as a student's teacher), the

@@ -6,9 +6,8 @@
 
 use tch::nn::{self, Module, ModuleT};
 
-use crate::medic::fused_encoder::{Dense, EncoderWeights, FusedEncoder};
+use crate::medic::fused_encoder::{Dense, EncoderWeights};
 use crate::nn::SelfAttention;
-use crate::simd::Isa;
 use tch::{Kind, Tensor};
 
 /// Architecture parameters (saved next to the weights as JSON).
@@ -135,10 +134,6 @@ impl SetEncoder {
 
     /// The trained parameters as plain numbers, for [`FusedEncoder`].
     fn weights(&self, arch: &MedicArch) -> EncoderWeights {
-        let numbers = |t: &Tensor| {
-            Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).contiguous().view([-1]))
-                .expect("f32 parameters")
-        };
         let dense = |l: &nn::Linear| Dense {
             weight: numbers(&l.ws),
             bias: numbers(l.bs.as_ref().expect("layers with biases")),
@@ -169,92 +164,10 @@ impl SetEncoder {
     }
 }
 
-/// A trained [`Medic`] scoring a stream: on the CPU the set encoders run
-/// as Rust kernels ([`FusedEncoder`]: input projections folded into
-/// attention, one pass per tile of events), and with the event-mean window
-/// head each event's class probabilities are computed once rather than
-/// once per window it is in. Equal to [`Medic::encode`] and
-/// [`Medic::score_windows`] up to the order of floating-point sums.
-pub struct StreamingMedic<'a> {
-    model: &'a Medic,
-    /// Tracks' and towers' kernels (none off the CPU: the network as is).
-    fused: Option<(FusedEncoder, FusedEncoder)>,
-}
-
-impl<'a> StreamingMedic<'a> {
-    pub fn new(model: &'a Medic) -> Self {
-        Self::with_isa(model, Isa::detect())
-    }
-
-    /// [`Self::new`] with the kernels compiled for `isa` (tests compare
-    /// every instruction set the CPU has).
-    pub fn with_isa(model: &'a Medic, isa: Isa) -> Self {
-        let on_cpu = model.met1.ws.device() == tch::Device::Cpu;
-        let fused = on_cpu.then(|| {
-            let fold = |e: &SetEncoder| FusedEncoder::with_isa(&e.weights(&model.arch), isa);
-            (fold(&model.tracks), fold(&model.towers))
-        });
-        Self { model, fused }
-    }
-
-    pub fn arch(&self) -> &MedicArch {
-        &self.model.arch
-    }
-
-    /// [`Medic::encode`] in inference: embeddings `[M, 3, E]`.
-    pub fn encode(&self, tracks: &Tensor, towers: &Tensor, met: &Tensor) -> Tensor {
-        let m = self.model;
-        let (t, w) = match &self.fused {
-            Some((t, w)) => (
-                run_fused(t, tracks, m.arch.embed),
-                run_fused(w, towers, m.arch.embed),
-            ),
-            None => (
-                m.tracks.forward(tracks, &m.arch, false),
-                m.towers.forward(towers, &m.arch, false),
-            ),
-        };
-        let e = m.met2.forward(&m.met1.forward(met).relu());
-        Tensor::stack(&[t, w, e], 1)
-    }
-    /// Log-probabilities `[B, classes]` of the windows whose slots `[B, W]`
-    /// index `events` `[M, 3, E]` (see [`Medic::score_windows`]).
-    pub fn score_windows(&self, events: &Tensor, slots: &Tensor) -> Tensor {
-        let m = self.model;
-        match (&m.window, &m.event_head) {
-            (None, Some(head)) => {
-                let (b, w) = slots.size2().expect("slots: [B, W]");
-                head.forward(&events.flatten(-2, -1))
-                    .log_softmax(-1, Kind::Float)
-                    .index_select(0, &slots.view([-1]))
-                    .view([b, w, m.arch.classes])
-                    .logsumexp([1], false)
-                    - (w as f64).ln()
-            }
-            _ => m.score_windows(events, slots, false).windows,
-        }
-    }
-}
-
-/// A fused encoder over `x` `[M, N, F]` (f32 on the CPU): `[M, E]`,
-/// read from and written to the tensors' own memory.
-fn run_fused(encoder: &FusedEncoder, x: &Tensor, embed: i64) -> Tensor {
-    let (m, n, f) = x.size3().expect("objects: [M, N, F]");
-    let x = x.to_kind(Kind::Float).contiguous();
-    if m == 0 {
-        return Tensor::zeros([0, embed], (Kind::Float, tch::Device::Cpu));
-    }
-    // Every element is written by the kernel: no zeroing pass.
-    let out = Tensor::empty([m, embed], (Kind::Float, tch::Device::Cpu));
-    // SAFETY: both are contiguous f32 CPU tensors of these sizes, alive
-    // for the call; `out` is fresh, so nothing else reads or writes it.
-    unsafe {
-        let input = std::slice::from_raw_parts(x.data_ptr() as *const f32, (m * n * f) as usize);
-        let output =
-            std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, (m * embed) as usize);
-        encoder.encode_into(input, n as usize, output);
-    }
-    out
+/// A parameter tensor's numbers (f32, row-major).
+fn numbers(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).contiguous().view([-1]))
+        .expect("f32 parameters")
 }
 
 /// The whole classifier.
@@ -358,6 +271,55 @@ impl Medic {
         Tensor::stack(&[t, w, m], 1)
     }
 
+    /// Whether the network lives on the CPU (where [`StreamingMedic`]'s
+    /// kernels run).
+    ///
+    /// [`StreamingMedic`]: crate::medic::streaming::StreamingMedic
+    pub(crate) fn on_cpu(&self) -> bool {
+        self.met1.ws.device() == tch::Device::Cpu
+    }
+
+    /// The tracks' and towers' set encoders as plain numbers.
+    pub(crate) fn encoder_weights(&self) -> [EncoderWeights; 2] {
+        [
+            self.tracks.weights(&self.arch),
+            self.towers.weights(&self.arch),
+        ]
+    }
+
+    /// The event-mean window head's layer (weight `[classes][3E]`, bias),
+    /// none with the CNN head.
+    pub(crate) fn event_mean_head(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        match (&self.window, &self.event_head) {
+            (None, Some(head)) => {
+                let bias = head.bs.as_ref().expect("the event head has a bias");
+                Some((numbers(&head.ws), numbers(bias)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The MET embeddings `[M, E]` of `met` `[M, F]`.
+    pub(crate) fn encode_met(&self, met: &Tensor) -> Tensor {
+        self.met2.forward(&self.met1.forward(met).relu())
+    }
+
+    /// With the event-mean head, the windows' log-probabilities `[B,
+    /// classes]` with each of the M events' probabilities computed once
+    /// (libtorch; [`Self::score_windows`] computes them per slot).
+    pub(crate) fn event_mean_scores(&self, events: &Tensor, slots: &Tensor) -> Option<Tensor> {
+        let head = self.event_head.as_ref().filter(|_| self.window.is_none())?;
+        let (b, w) = slots.size2().expect("slots: [B, W]");
+        Some(
+            head.forward(&events.flatten(-2, -1))
+                .log_softmax(-1, Kind::Float)
+                .index_select(0, &slots.view([-1]))
+                .view([b, w, self.arch.classes])
+                .logsumexp([1], false)
+                - (w as f64).ln(),
+        )
+    }
+
     /// The windows made of encoded events: `events` `[M, 3, E]`, window
     /// b's slot w holding event `slots[b, w]` (`[B, W]`, Int64). The CNN
     /// head reads each window's `[E, 3, W]` block; the event-mean head
@@ -435,12 +397,7 @@ mod tests {
     use super::*;
     use tch::Device;
 
-    fn model(arch: MedicArch) -> (nn::VarStore, Medic) {
-        tch::manual_seed(1);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let m = Medic::new(&vs.root(), arch);
-        (vs, m)
-    }
+    use crate::medic::test_support::medic as model;
 
     #[test]
     fn reference_sizes_give_704k_parameters_and_the_right_shapes() {
@@ -464,162 +421,6 @@ mod tests {
             1e-5,
             false
         ));
-    }
-
-    /// The streaming path (input projections folded into attention, the
-    /// event-mean head once per event) against the trained network's, for
-    /// both window heads, with and without masked padding; padded objects
-    /// (all-zero rows) included.
-    #[test]
-    fn streaming_equals_the_network_within_1e_5() {
-        // (LayerNorms made as a trained network's below.)
-        let _torch = crate::nn::exclusive();
-        for (window_head, mask_padding) in [
-            (WindowHead::Cnn, false),
-            (WindowHead::EventMean, false),
-            (WindowHead::EventMean, true),
-        ] {
-            let (vs, m) = model(MedicArch {
-                window_head,
-                mask_padding,
-                ..Default::default()
-            });
-            assert_eq!(trained_norms(&vs), 8);
-            let opts = (Kind::Float, Device::Cpu);
-            let (events, w) = (12, 5);
-            // Six of 30 tracks and ten towers are padding.
-            let keep = |n: i64, real: i64| Tensor::arange(n, (Kind::Int64, Device::Cpu)).lt(real);
-            let tracks = Tensor::randn([events, 30, 7], opts) * keep(30, 24).view([1, 30, 1]);
-            let towers = Tensor::randn([events, 30, 8], opts) * keep(30, 20).view([1, 30, 1]);
-            let met = Tensor::randn([events, 3], opts);
-            let slots = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 3, 4, 5, 6, 7, 7, 8, 9, 10, 11])
-                .view([3, w]);
-            tch::no_grad(|| {
-                let want = m.encode(&tracks, &towers, &met, false);
-                let fast = StreamingMedic::new(&m);
-                let got = fast.encode(&tracks, &towers, &met);
-                let diff = f64::try_from((&got - &want).abs().max()).unwrap();
-                assert!(diff < 1e-5, "{window_head:?}: embeddings differ by {diff}");
-                let want = m.score_windows(&want, &slots, false).windows;
-                let got = fast.score_windows(&got, &slots);
-                let diff = f64::try_from((got.exp() - want.exp()).abs().max()).unwrap();
-                assert!(
-                    diff < 1e-5,
-                    "{window_head:?}: probabilities differ by {diff}"
-                );
-            });
-        }
-    }
-
-    /// LayerNorms as a trained network has them — γ ≈ 1 + 0.5 N(0, 1),
-    /// β ≈ 0.5 N(0, 1) — where initialized ones (γ = 1, β = 0) would leave
-    /// the kernels' folding of γ and β into the feed-forward untested.
-    /// Returns how many tensors it changed.
-    fn trained_norms(vs: &nn::VarStore) -> usize {
-        let mut changed = 0;
-        tch::no_grad(|| {
-            for (name, mut v) in vs.variables() {
-                if name.contains("norm") {
-                    let noise = Tensor::randn_like(&v) * 0.5;
-                    let _ = v.g_add_(&noise);
-                    changed += 1;
-                }
-            }
-        });
-        changed
-    }
-
-    /// The CPU kernels of every instruction set this machine has against
-    /// the network as trained, on real events: the bundled `_tiny` files
-    /// and every fourth event of the `_small` ones (standardized as the
-    /// stages feed them, real padding), both padding modes, attention made
-    /// peaked. (`medic_infer`'s test checks a trained network through the
-    /// stage.)
-    #[test]
-    fn kernels_equal_libtorch_on_real_events_for_every_instruction_set() {
-        let _torch = crate::nn::exclusive();
-        use crate::medic::data::EventStore;
-        use crate::medic::delphes_convert::DelphesConvert;
-        use crate::medic::sliding_windows::SlidingWindows;
-        use crate::medic::tables::WindowSpec;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = SlidingWindows(WindowSpec {
-            window: 10,
-            seed: 5,
-            ..Default::default()
-        });
-        let isas = Isa::available();
-        for (size, step) in [("tiny", 1), ("small", 4)] {
-            let convert = DelphesConvert {
-                pattern: Some(format!(
-                    "{}/../data/delphes/dijet13_{{label}}_{size}.root",
-                    env!("CARGO_MANIFEST_DIR")
-                )),
-                ..Default::default()
-            };
-            let input = crate::medic::test_support::converted(dir.path(), &convert);
-            let mut store = EventStore::load(&cfg, &input).unwrap();
-            // Standardized as the stages feed the network.
-            let stats = store.feature_stats(&store.event_ids.clone()).unwrap();
-            store.standardize(&stats);
-            let ids: Vec<i64> = store.event_ids.iter().copied().step_by(step).collect();
-            let t = store.assemble(&cfg, &ids, 3).unwrap();
-            let m = ids.len() as i64;
-            let tracks = Tensor::from_slice(&t.tracks).view([m, 30, 7]);
-            let towers = Tensor::from_slice(&t.towers).view([m, 30, 8]);
-            let met = Tensor::from_slice(&t.met).view([m, 3]);
-            let padded = f64::try_from(
-                tracks
-                    .abs()
-                    .sum_dim_intlist(-1, false, Kind::Float)
-                    .eq(0.0)
-                    .to_kind(Kind::Float)
-                    .mean(Kind::Float),
-            )
-            .unwrap();
-            assert!(padded > 0.01, "{size}: the events have padding ({padded})");
-            for mask_padding in [false, true] {
-                tch::manual_seed(7);
-                let (vs, net) = model(MedicArch {
-                    window_head: WindowHead::EventMean,
-                    mask_padding,
-                    ..Default::default()
-                });
-                // q and k × 4: scores 16× larger, attention as peaked as a
-                // trained network's.
-                let mut scaled = 0;
-                tch::no_grad(|| {
-                    for (name, mut v) in vs.variables() {
-                        if name.contains("attention.q.") || name.contains("attention.k.") {
-                            let _ = v.g_mul_scalar_(4.0);
-                            scaled += 1;
-                        }
-                    }
-                });
-                assert_eq!(scaled, 8, "q and k weights and biases of both encoders");
-                assert_eq!(trained_norms(&vs), 8, "two LayerNorms' γ, β per encoder");
-                tch::no_grad(|| {
-                    let want = net.encode(&tracks, &towers, &met, false);
-                    let slots = consecutive_slots(m, 1, Device::Cpu);
-                    let want_p = net.score_windows(&want, &slots, false).windows.exp();
-                    for &isa in &isas {
-                        let fast = StreamingMedic::with_isa(&net, isa);
-                        let got = fast.encode(&tracks, &towers, &met);
-                        let diff = f64::try_from((&got - &want).abs().max()).unwrap();
-                        assert!(
-                            diff < 1e-4,
-                            "{size} {isa:?} mask {mask_padding}: embeddings differ by {diff}"
-                        );
-                        let p = fast.score_windows(&got, &slots).exp();
-                        let diff = f64::try_from((p - &want_p).abs().max()).unwrap();
-                        assert!(
-                            diff < 1e-4,
-                            "{size} {isa:?} mask {mask_padding}: probabilities differ by {diff}"
-                        );
-                    }
-                });
-            }
-        }
     }
 
     /// The block (libtorch's fused attention) against softmax(QK^T/sqrt(d))V

@@ -95,3 +95,13 @@ pub fn hand_made_predictions() -> Predictions {
         window_id: vec![10, 11, 12, 13],
     }
 }
+
+/// A MEDIC network of `arch` on the CPU, initialized from seed 1.
+pub fn medic(
+    arch: crate::medic::model::MedicArch,
+) -> (tch::nn::VarStore, crate::medic::model::Medic) {
+    tch::manual_seed(1);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = crate::medic::model::Medic::new(&vs.root(), arch);
+    (vs, m)
+}
