@@ -141,8 +141,9 @@ struct Job<'a> {
     relu: bool,
 }
 
-/// A vector of f32 lanes: what the kernel needs of a SIMD register.
-trait Lanes: Copy {
+/// A vector of f32 lanes: what the kernels need of a SIMD register (the
+/// dense layers here, [`row_sum`] for MEDIC's set encoders).
+pub(crate) trait Lanes: Copy {
     const N: usize;
     /// # Safety
     /// `p` readable for `N` floats; the CPU has the instruction set.
@@ -157,6 +158,12 @@ trait Lanes: Copy {
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     /// max(self, 0). # Safety: as [`Lanes::splat`].
     unsafe fn relu(self) -> Self;
+    /// `a + b`. # Safety: as [`Lanes::splat`].
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// `a − b`. # Safety: as [`Lanes::splat`].
+    unsafe fn sub(a: Self, b: Self) -> Self;
+    /// The sum of the lanes. # Safety: as [`Lanes::splat`].
+    unsafe fn sum_lanes(self) -> f32;
     /// # Safety
     /// `p` writable for `N` floats; the CPU has the instruction set.
     unsafe fn store(self, p: *mut f32);
@@ -186,8 +193,81 @@ impl Lanes for f32 {
         self.max(0.0)
     }
     #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        a - b
+    }
+    #[inline(always)]
+    unsafe fn sum_lanes(self) -> f32 {
+        self
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         unsafe { p.write_unaligned(self) }
+    }
+}
+
+/// What [`row_sum`] adds up.
+#[derive(Clone, Copy)]
+pub(crate) enum Term {
+    /// a_i
+    Value,
+    /// a_i · b_i
+    Product,
+    /// (a_i − mean)²
+    CentredSquare,
+}
+
+/// Σ of `term` over `a` (and `b`, as long as `a`; only products read it):
+/// two vectors of partial sums, the tail one number at a time. The
+/// compiler leaves such sums scalar (it may not reorder a float sum).
+///
+/// # Safety
+/// The CPU has `L`'s instruction set.
+#[inline(always)]
+pub(crate) unsafe fn row_sum<L: Lanes>(a: &[f32], b: &[f32], mean: f32, term: Term) -> f32 {
+    assert_eq!(a.len(), b.len(), "row_sum: rows of one length");
+    let (n, step) = (a.len(), 2 * L::N);
+    let whole = n - n % step;
+    // SAFETY: every load is below `whole` ≤ n in both rows; the caller
+    // vouches for the instruction set.
+    unsafe {
+        let m = L::splat(mean);
+        let (mut s0, mut s1) = (L::splat(0.0), L::splat(0.0));
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut i = 0;
+        while i < whole {
+            let (x0, x1) = (L::load(pa.add(i)), L::load(pa.add(i + L::N)));
+            match term {
+                Term::Value => {
+                    s0 = L::add(s0, x0);
+                    s1 = L::add(s1, x1);
+                }
+                Term::Product => {
+                    let (y0, y1) = (L::load(pb.add(i)), L::load(pb.add(i + L::N)));
+                    s0 = L::fma(x0, y0, s0);
+                    s1 = L::fma(x1, y1, s1);
+                }
+                Term::CentredSquare => {
+                    let (d0, d1) = (L::sub(x0, m), L::sub(x1, m));
+                    s0 = L::fma(d0, d0, s0);
+                    s1 = L::fma(d1, d1, s1);
+                }
+            }
+            i += step;
+        }
+        let mut total = L::add(s0, s1).sum_lanes();
+        for j in whole..n {
+            total += match term {
+                Term::Value => a[j],
+                Term::Product => a[j] * b[j],
+                Term::CentredSquare => (a[j] - mean) * (a[j] - mean),
+            };
+        }
+        total
     }
 }
 
@@ -342,6 +422,18 @@ mod x86 {
             unsafe { _mm512_max_ps(self, _mm512_setzero_ps()) }
         }
         #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sum_lanes(self) -> f32 {
+            unsafe { _mm512_reduce_add_ps(self) }
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm512_mask_storeu_ps(p, 0xFFFF, self) }
         }
@@ -370,6 +462,22 @@ mod x86 {
             unsafe { _mm256_max_ps(self, _mm256_setzero_ps()) }
         }
         #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sum_lanes(self) -> f32 {
+            unsafe {
+                let q = _mm_add_ps(_mm256_castps256_ps128(self), _mm256_extractf128_ps(self, 1));
+                let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)))
+            }
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm256_maskstore_ps(p, _mm256_set1_epi32(-1), self) }
         }
@@ -394,6 +502,47 @@ mod tests {
             }
         }
         out
+    }
+
+    /// [`row_sum`] of each kind for every vector width this CPU has
+    /// (scalar always), tails of every length included, against f64.
+    #[test]
+    fn row_sums_equal_the_sums_in_f64_for_every_instruction_set() {
+        let value = |i: usize, s: f32| ((i * 7919 % 97) as f32 / 48.5 - 1.0) * s + 0.5;
+        for n in (0..70).chain([128, 129, 143, 256]) {
+            let a: Vec<f32> = (0..n).map(|i| value(i, 3.0)).collect();
+            let b: Vec<f32> = (0..n).map(|i| value(i + 13, 2.0)).collect();
+            let mean = 0.7f32;
+            let exact = |f: &dyn Fn(usize) -> f64| (0..n).map(f).sum::<f64>();
+            let want = [
+                exact(&|i| a[i] as f64),
+                exact(&|i| a[i] as f64 * b[i] as f64),
+                exact(&|i| ((a[i] - mean) as f64).powi(2)),
+            ];
+            let tol = 1e-5 * (1.0 + exact(&|i| (a[i] as f64).powi(2) + (b[i] as f64).powi(2)));
+            for isa in Isa::available() {
+                for (k, term) in [Term::Value, Term::Product, Term::CentredSquare]
+                    .into_iter()
+                    .enumerate()
+                {
+                    // SAFETY: `Isa::available` lists only what the CPU has.
+                    let got = unsafe {
+                        match isa {
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx512 => row_sum::<std::arch::x86_64::__m512>(&a, &b, mean, term),
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2 => row_sum::<std::arch::x86_64::__m256>(&a, &b, mean, term),
+                            _ => row_sum::<f32>(&a, &b, mean, term),
+                        }
+                    };
+                    assert!(
+                        (got as f64 - want[k]).abs() < tol,
+                        "{isa:?} n {n} term {k}: {got} vs {}",
+                        want[k]
+                    );
+                }
+            }
+        }
     }
 
     #[test]

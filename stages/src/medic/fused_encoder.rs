@@ -33,6 +33,10 @@
 use rayon::prelude::*;
 
 use crate::simd::{Isa, PackedLinear, padded};
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{Term, row_sum};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m256;
 
 /// A layer's weight `[out][in]` (row-major, PyTorch's layout) and bias.
 pub struct Dense {
@@ -497,8 +501,8 @@ impl MulAdd for Separate {
 }
 
 /// Only in [`tile_avx2`] and [`tile_avx512`], whose CPUs have AVX2 and
-/// FMA: its reductions are AVX2 instructions (a private type, so nothing
-/// else can call them).
+/// FMA: its reductions are [`row_sum`] in AVX2 registers (a private type,
+/// so nothing else can call them).
 #[cfg(target_arch = "x86_64")]
 struct Avx2;
 
@@ -512,90 +516,20 @@ impl MulAdd for Avx2 {
     #[inline(always)]
     fn sum(x: &[f32]) -> f32 {
         // SAFETY: the tiles that use this type run only on AVX2 + FMA CPUs.
-        unsafe { avx2::reduce(x, x, 0.0, avx2::Term::Value) }
+        unsafe { row_sum::<__m256>(x, x, 0.0, Term::Value) }
     }
 
     #[inline(always)]
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         // SAFETY: as in `sum`.
-        unsafe { avx2::reduce(&a[..n], &b[..n], 0.0, avx2::Term::Product) }
+        unsafe { row_sum::<__m256>(&a[..n], &b[..n], 0.0, Term::Product) }
     }
 
     #[inline(always)]
     fn centred_squares(x: &[f32], mean: f32) -> f32 {
         // SAFETY: as in `sum`.
-        unsafe { avx2::reduce(x, x, mean, avx2::Term::CentredSquare) }
-    }
-}
-
-/// [`Avx2`]'s sums: two vectors of 8 partial sums (16 as the portable
-/// code), the tail added one number at a time.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// What is summed (matched once per 16 numbers: copied).
-    #[derive(Clone, Copy)]
-    pub enum Term {
-        /// a_i
-        Value,
-        /// a_i · b_i
-        Product,
-        /// (a_i − mean)²
-        CentredSquare,
-    }
-
-    /// Σ of `term` over `a` (and `b`, as long as `a`).
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[inline(always)]
-    pub unsafe fn reduce(a: &[f32], b: &[f32], mean: f32, term: Term) -> f32 {
-        debug_assert_eq!(a.len(), b.len());
-        let n = a.len();
-        let whole = n - n % 16;
-        // SAFETY: indices below `whole` ≤ len of both; the caller vouches
-        // for the instruction set.
-        unsafe {
-            let m = _mm256_set1_ps(mean);
-            let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
-            let mut i = 0;
-            while i < whole {
-                let (x0, x1) = (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pa.add(i + 8)));
-                match term {
-                    Term::Value => {
-                        s0 = _mm256_add_ps(s0, x0);
-                        s1 = _mm256_add_ps(s1, x1);
-                    }
-                    Term::Product => {
-                        let (y0, y1) = (_mm256_loadu_ps(pb.add(i)), _mm256_loadu_ps(pb.add(i + 8)));
-                        s0 = _mm256_fmadd_ps(x0, y0, s0);
-                        s1 = _mm256_fmadd_ps(x1, y1, s1);
-                    }
-                    Term::CentredSquare => {
-                        let (d0, d1) = (_mm256_sub_ps(x0, m), _mm256_sub_ps(x1, m));
-                        s0 = _mm256_fmadd_ps(d0, d0, s0);
-                        s1 = _mm256_fmadd_ps(d1, d1, s1);
-                    }
-                }
-                i += 16;
-            }
-            let s = _mm256_add_ps(s0, s1);
-            let q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-            let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-            let mut total = _mm_cvtss_f32(q);
-            for j in whole..n {
-                total += match term {
-                    Term::Value => a[j],
-                    Term::Product => a[j] * b[j],
-                    Term::CentredSquare => (a[j] - mean) * (a[j] - mean),
-                };
-            }
-            total
-        }
+        unsafe { row_sum::<__m256>(x, x, mean, Term::CentredSquare) }
     }
 }
 
