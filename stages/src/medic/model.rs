@@ -132,7 +132,8 @@ impl SetEncoder {
         (weights * h).sum_dim_intlist(1, false, Kind::Float)
     }
 
-    /// The trained parameters as plain numbers, for [`FusedEncoder`].
+    /// The trained parameters as plain numbers, for
+    /// [`FusedEncoder`](crate::medic::fused_encoder::FusedEncoder).
     fn weights(&self, arch: &MedicArch) -> EncoderWeights {
         let dense = |l: &nn::Linear| Dense {
             weight: numbers(&l.ws),
