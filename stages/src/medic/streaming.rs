@@ -111,7 +111,8 @@ fn event_mean_scores(
     // SAFETY: a contiguous f32 CPU tensor of m·k numbers, alive for the call.
     let x = unsafe { std::slice::from_raw_parts(events.data_ptr() as *const f32, m * k) };
     head.apply(isa, x, m, &mut log_probs, false);
-    // Log-softmax per event; `probs` its exponentials.
+    // Softmax per event (`probs`) and its logarithm, in place: one
+    // exponential per class.
     let mut probs = vec![0f32; m * classes];
     for (row, p) in log_probs
         .chunks_exact_mut(n_pad)
@@ -119,11 +120,14 @@ fn event_mean_scores(
     {
         let row = &mut row[..classes];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let total: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        for (p, &v) in p.iter_mut().zip(row.iter()) {
+            *p = (v - max).exp();
+        }
+        let total: f32 = p.iter().sum();
         let shift = max + total.ln();
         for (v, p) in row.iter_mut().zip(p) {
             *v -= shift;
-            *p = v.exp();
+            *p /= total;
         }
     }
     let mut out = vec![0f32; b as usize * classes];
