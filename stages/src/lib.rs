@@ -23,6 +23,7 @@ pub mod plots;
 pub mod sampling;
 pub mod simd;
 pub mod stats;
+pub(crate) mod vector_math;
 
 // Stage families, and stages of no family.
 pub mod dinamo;

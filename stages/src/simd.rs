@@ -65,6 +65,9 @@ pub struct PackedLinear {
     /// Inputs per row of `a` (its row stride; inputs past the layer's own
     /// have zero weights).
     k: usize,
+    /// The layer's own inputs, the first of each row (what the kernel
+    /// sums over).
+    k_in: usize,
     /// Outputs padded to a multiple of [`PAD`] (`out`'s row stride).
     n_pad: usize,
     /// `[k][n_pad]`.
@@ -82,18 +85,47 @@ impl PackedLinear {
         assert!(k >= k_in, "row stride below the layer's inputs");
         let n_pad = padded(n);
         let mut weights = vec![0.0; k * n_pad];
-        for (o, row) in weight.chunks_exact(k_in).enumerate() {
-            for (i, &w) in row.iter().enumerate() {
-                weights[i * n_pad + o] = w;
+        // Eight outputs at a time: contiguous writes, eight read streams
+        // (one output at a time wrote a cache line per number; DINAMO-ML
+        // packs every layer at every training iteration).
+        for o0 in (0..n).step_by(8) {
+            let rows = &weight[o0 * k_in..(o0 + 8).min(n) * k_in];
+            for i in 0..k_in {
+                let dst = &mut weights[i * n_pad + o0..];
+                for (d, row) in dst.iter_mut().zip(rows.chunks_exact(k_in)) {
+                    *d = row[i];
+                }
             }
         }
         let mut b = vec![0.0; n_pad];
         b[..n].copy_from_slice(bias);
         Self {
             k,
+            k_in,
             n_pad,
             weights,
             bias: b,
+        }
+    }
+
+    /// Packs `rows` `[k_in][n]` (row-major: row `kk` holds input `kk`'s
+    /// weight to every output, the transpose of PyTorch's layout) with no
+    /// bias, for input rows of stride `k ≥ k_in`: `a · rows`. A backward
+    /// pass multiplies by a weight this way (`dx = dy · W`).
+    pub fn from_input_rows(rows: &[f32], k_in: usize, n: usize, k: usize) -> Self {
+        assert_eq!(rows.len(), k_in * n, "rows [k_in][n]");
+        assert!(k >= k_in, "row stride below the layer's inputs");
+        let n_pad = padded(n);
+        let mut weights = vec![0.0; k * n_pad];
+        for (dst, src) in weights.chunks_exact_mut(n_pad).zip(rows.chunks_exact(n)) {
+            dst[..n].copy_from_slice(src);
+        }
+        Self {
+            k,
+            k_in,
+            n_pad,
+            weights,
+            bias: vec![0.0; n_pad],
         }
     }
 
@@ -112,20 +144,58 @@ impl PackedLinear {
             a,
             rows,
             k: self.k,
+            k_len: self.k_in,
             w: &self.weights,
             n_pad: self.n_pad,
             bias: &self.bias,
             out,
             relu,
         };
-        match isa {
-            // SAFETY: `Isa::available` lists these only where the CPU has them.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::gemm_avx512(job) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::gemm_avx2(job) },
-            _ => gemm::<f32, 4, 4>(job),
-        }
+        run(isa, job);
+    }
+}
+
+/// `out[r] = Σ_kk a[r][kk] · w[kk]` for the `rows` rows of `a` (`k` numbers
+/// each, contiguous) and the `k` rows of `w` (`n_pad` numbers each, a
+/// multiple of [`PAD`]); `out` has stride `n_pad`. A product whose right
+/// side is already row-major and padded, used as it lies (a weight's
+/// gradient `dyᵀ · x` over a batch of activation rows).
+pub fn product(
+    isa: Isa,
+    a: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n_pad: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(n_pad % PAD, 0, "rows of w padded to whole vectors");
+    assert!(a.len() >= rows * k, "input rows");
+    assert!(w.len() >= k * n_pad, "right-hand rows");
+    assert!(out.len() >= rows * n_pad, "output rows");
+    let bias = vec![0.0; n_pad];
+    let job = Job {
+        a,
+        rows,
+        k,
+        k_len: k,
+        w,
+        n_pad,
+        bias: &bias,
+        out,
+        relu: false,
+    };
+    run(isa, job);
+}
+
+fn run(isa: Isa, job: Job<'_>) {
+    match isa {
+        // SAFETY: `Isa::available` lists these only where the CPU has them.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::gemm_avx512(job) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::gemm_avx2(job) },
+        _ => gemm::<f32, 4, 4>(job),
     }
 }
 
@@ -133,7 +203,10 @@ impl PackedLinear {
 struct Job<'a> {
     a: &'a [f32],
     rows: usize,
+    /// `a`'s row stride.
     k: usize,
+    /// Inputs summed over, the first of each row of `a` (≤ `k`).
+    k_len: usize,
     w: &'a [f32],
     n_pad: usize,
     bias: &'a [f32],
@@ -279,6 +352,7 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
         a,
         rows,
         k,
+        k_len,
         w,
         n_pad,
         bias,
@@ -300,11 +374,19 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
             while r0 + R <= rows {
                 let (ar, or) = at(r0);
                 if nv == NV {
-                    tile::<L, R, NV>(ar, k, wc, n_pad, bc, or, relu);
+                    tile::<L, R, NV>(ar, (k, k_len), wc, n_pad, bc, or, relu);
                 } else {
                     for v in 0..nv {
                         let o = v * L::N;
-                        tile::<L, R, 1>(ar, k, wc.add(o), n_pad, bc.add(o), or.add(o), relu);
+                        tile::<L, R, 1>(
+                            ar,
+                            (k, k_len),
+                            wc.add(o),
+                            n_pad,
+                            bc.add(o),
+                            or.add(o),
+                            relu,
+                        );
                     }
                 }
                 r0 += R;
@@ -313,7 +395,7 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
                 let (ar, or) = at(r);
                 for v in 0..nv {
                     let o = v * L::N;
-                    tile::<L, 1, 1>(ar, k, wc.add(o), n_pad, bc.add(o), or.add(o), relu);
+                    tile::<L, 1, 1>(ar, (k, k_len), wc.add(o), n_pad, bc.add(o), or.add(o), relu);
                 }
             }
         }
@@ -321,18 +403,18 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
     }
 }
 
-/// `R` rows × `NV` vectors of outputs, accumulated in registers over all
-/// `k` inputs.
+/// `R` rows × `NV` vectors of outputs, accumulated in registers over the
+/// first `k_len` inputs of each row.
 ///
 /// # Safety
-/// `a` readable for `R` rows of stride `k`; `w` for `k` rows of stride
+/// `a` readable for `R` rows of stride `k`; `w` for `k_len` rows of stride
 /// `n_pad` and `NV · L::N` columns; `bias` for those columns; `out` writable
 /// for `R` rows of stride `n_pad` and those columns; the CPU has `L`'s
 /// instruction set.
 #[inline(always)]
 unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
     a: *const f32,
-    k: usize,
+    (k, k_len): (usize, usize),
     w: *const f32,
     n_pad: usize,
     bias: *const f32,
@@ -351,7 +433,7 @@ unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
             }
         }
         let (mut ak, mut wk) = (a, w);
-        for _ in 0..k {
+        for _ in 0..k_len {
             let mut wv = [L::splat(0.0); NV];
             for (v, x) in wv.iter_mut().enumerate() {
                 *x = L::load(wk.wrapping_add(v * L::N));

@@ -26,6 +26,7 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 use super::adamw::AdamW;
+use super::cpu_network::CpuNetwork;
 use super::dropout_stream::DropoutStream;
 use super::reference_net::{
     Activation, EarlyStop, MlArch, PAD_TIME, PAD_VALUE, ReferenceNet, UpdateStats, nll_terms,
@@ -34,6 +35,14 @@ use super::reference_net::{
 /// libtorch's generator is global: stacks initialised on several threads
 /// seed it and draw their starting weights one at a time.
 static INIT: Mutex<()> = Mutex::new(());
+
+/// `draw` run with libtorch's generator seeded with `seed`, no other
+/// seeded draw meanwhile (stacks initialised on several threads, tests).
+pub fn seeded<T>(seed: u64, draw: impl FnOnce() -> T) -> T {
+    let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed as i64);
+    draw()
+}
 
 /// Where each named parameter of the network lies in a dataset's flat
 /// parameter vector: all of a dataset's parameters are one row of a
@@ -390,6 +399,10 @@ pub struct BatchedReferenceNet {
     learning_rate: f64,
     weight_decay: f64,
     device: Device,
+    /// On the CPU, the network written out in Rust (`cpu_network.rs`):
+    /// each dataset trained on its own, start to end; `None` runs the
+    /// stacked libtorch network (other devices, GELU).
+    cpu: Option<CpuNetwork>,
 }
 
 impl BatchedReferenceNet {
@@ -404,16 +417,18 @@ impl BatchedReferenceNet {
         weight_decay: f64,
         device: Device,
     ) -> Self {
-        let vars: BTreeMap<String, Tensor> = {
-            let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
-            tch::manual_seed(seed as i64);
+        let vars: BTreeMap<String, Tensor> = seeded(seed, || {
             let vs = tch::nn::VarStore::new(device);
             let _net = ReferenceNet::new(&vs.root(), arch.clone());
             vs.variables().into_iter().collect()
-        };
+        });
         let (layout, row) = Layout::of(vars);
         let value = row.unsqueeze(0).repeat([datasets, 1]);
+        let cpu = (device == Device::Cpu)
+            .then(|| CpuNetwork::new(&arch, &layout.entries))
+            .flatten();
         Self {
+            cpu,
             arch,
             datasets,
             layout,
@@ -430,6 +445,19 @@ impl BatchedReferenceNet {
     /// (μ̂, σ̂), each [D, N_b], in evaluation mode, from each dataset's
     /// context (M histograms and times, [`DistinctTokens::dense`] or not).
     pub fn predict(&self, contexts: &[DistinctTokens]) -> (Tensor, Tensor) {
+        if let Some(cpu) = &self.cpu {
+            let (mut mu, mut sigma) = (Vec::new(), Vec::new());
+            for (i, context) in contexts.iter().enumerate() {
+                let (m, s) = cpu.predict(&self.row(i), context);
+                mu.extend(m);
+                sigma.extend(s);
+            }
+            let shape = [contexts.len() as i64, self.arch.n_bins];
+            return (
+                Tensor::from_slice(&mu).view(shape),
+                Tensor::from_slice(&sigma).view(shape),
+            );
+        }
         let each: Vec<&DistinctTokens> = contexts.iter().collect();
         let (m, n) = (self.arch.context, self.arch.n_bins as usize);
         let tokens = Tokens::stack(&each, 1, m, n, self.device);
@@ -473,6 +501,14 @@ impl BatchedReferenceNet {
         let finish =
             |stops: Vec<Option<EarlyStop>>| stops.into_iter().map(|s| s.map(|s| s.stats)).collect();
         if k == 0 {
+            return finish(stops);
+        }
+        if let Some(cpu) = self.cpu.clone() {
+            for (i, (batch, stop)) in batches.iter().zip(&mut stops).enumerate() {
+                if let (Some(batch), Some(stop)) = (batch, stop) {
+                    self.train_alone(&cpu, i, batch, &mut streams[i], stop);
+                }
+            }
             return finish(stops);
         }
         // Pad every dataset's batch to k samples; padding weighs 0.
@@ -558,6 +594,56 @@ impl BatchedReferenceNet {
     }
 }
 
+impl BatchedReferenceNet {
+    /// Dataset `i`'s parameter row, copied.
+    fn row(&self, i: usize) -> Vec<f32> {
+        Vec::<f32>::try_from(self.value.get(i as i64)).expect("a row of f32")
+    }
+
+    /// Trains dataset `i` on `batch` through `cpu` until `stop` says so:
+    /// its loss and gradient in Rust, then the same AdamW step as the
+    /// stack's, on its rows of the parameters and moments.
+    fn train_alone(
+        &mut self,
+        cpu: &CpuNetwork,
+        i: usize,
+        batch: &TrainBatch,
+        stream: &mut DropoutStream,
+        stop: &mut EarlyStop,
+    ) {
+        let n = cpu.params();
+        let rows = |t: &Tensor| t.narrow(0, i as i64, 1);
+        let (mut p, mut m, mut v) = (rows(&self.value), rows(&self.m), rows(&self.v));
+        let grad = Tensor::zeros([1, n as i64], (Kind::Float, Device::Cpu));
+        let mut masks = vec![1.0f32; batch.runs * cpu.masks_per_sample()];
+        let opt = AdamW {
+            lr: self.learning_rate,
+            weight_decay: self.weight_decay,
+        };
+        let dropout = self.arch.dropout > 0.0;
+        loop {
+            if dropout {
+                stream.fill(&mut masks);
+            }
+            // SAFETY: `p` and `grad` are contiguous f32 CPU rows of n
+            // numbers (a row of the [D, P] parameters, a fresh tensor);
+            // the slices end before the step writes through the tensors.
+            let loss = unsafe {
+                let params = std::slice::from_raw_parts(p.data_ptr() as *const f32, n);
+                let g = std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, n);
+                let batch = (&batch.tokens, &batch.targets[..], batch.runs);
+                cpu.loss_and_gradient(params, batch, dropout.then_some(&masks[..]), g)
+            };
+            self.steps[i] += 1;
+            let (c1, c2) = AdamW::corrections(&[self.steps[i]]);
+            tch::no_grad(|| opt.step(&mut p, &grad, &mut m, &mut v, (&c1, &c2)));
+            if stop.record(loss) {
+                return;
+            }
+        }
+    }
+}
+
 /// One dataset's training batch: the K most recent good runs (targets,
 /// row-major) and their contexts as distinct tokens (`expand` gives the
 /// dense contexts `ReferenceNet` reads).
@@ -628,7 +714,182 @@ fn distinct_contexts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dinamo::reference_net::build_context;
+    use crate::dinamo::reference_net::{Activation, build_context};
+
+    fn small_arch(dropout: f64) -> MlArch {
+        MlArch {
+            n_bins: 7,
+            context: 5,
+            d_model: 12,
+            heads: 3,
+            feed_forward: 10,
+            layers: 2,
+            dropout,
+            activation: Activation::Relu,
+        }
+    }
+
+    /// `runs` good runs with gaps, random unit-normalised histograms.
+    fn good_runs(runs: usize, n_bins: usize, seed: u64) -> Vec<(i64, Vec<f32>)> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut run = 0;
+        (0..runs)
+            .map(|_| {
+                run += rng.random_range(1..4);
+                let h: Vec<f32> = (0..n_bins).map(|_| rng.random_range(0.1..1.0)).collect();
+                let total: f32 = h.iter().sum();
+                (run, h.iter().map(|v| v / total).collect())
+            })
+            .collect()
+    }
+
+    /// Two networks of `datasets` from one seed, parameters moved off the
+    /// initial values (LayerNorm's γ = 1, β = 0 would hide their
+    /// gradients' errors): the Rust one and the stacked libtorch one.
+    fn twins(arch: &MlArch, datasets: i64) -> (BatchedReferenceNet, BatchedReferenceNet) {
+        let net = BatchedReferenceNet::new(arch.clone(), datasets, 3, 1e-3, 1e-2, Device::Cpu);
+        let mut lib = BatchedReferenceNet::new(arch.clone(), datasets, 3, 1e-3, 1e-2, Device::Cpu);
+        assert!(net.cpu.is_some(), "ReLU on the CPU runs the Rust network");
+        lib.cpu = None;
+        seeded(11, || {
+            tch::no_grad(|| {
+                let noise = net.value.randn_like() * 0.1;
+                let mut v = net.value.shallow_clone();
+                let _ = v.g_add_(&noise);
+                lib.value.copy_(&net.value);
+            })
+        });
+        (net, lib)
+    }
+
+    /// The Rust network's loss, gradient and predictions are the stacked
+    /// libtorch network's (autograd), dropout masks included, for a batch
+    /// with padded contexts and fewer samples than K.
+    #[test]
+    fn cpu_network_equals_libtorch_s_loss_gradient_and_prediction() {
+        let arch = small_arch(0.2);
+        let (n, m) = (arch.n_bins as usize, arch.context);
+        let (net, lib) = twins(&arch, 1);
+        let cpu = net.cpu.clone().expect("Rust network");
+        let good = good_runs(7, n, 1);
+        let batch = TrainBatch::of(&good[..4], 10, m, n);
+        assert_eq!(batch.runs, 4);
+        // The same stream twice: libtorch's masks and the Rust buffer.
+        let mut stream = [DropoutStream::new(5, 0, arch.dropout)];
+        let masks = draw_masks(&arch, &mut stream, &[0], &[4], 4, Device::Cpu);
+        let mut buffer = vec![0.0f32; 4 * cpu.masks_per_sample()];
+        DropoutStream::new(5, 0, arch.dropout).fill(&mut buffer);
+        assert!(buffer.contains(&0.0), "some elements dropped");
+
+        let w = lib.value.copy().set_requires_grad(true);
+        let tokens = Tokens::stack(&[&batch.tokens], 4, m, n, Device::Cpu);
+        let (mu, sigma) = Stacked::new(&lib.layout, &arch, &w, 1).forward(&tokens, Some(&masks));
+        let y = Tensor::from_slice(&batch.targets).view([1, 4, n as i64]);
+        let loss = nll_terms(&y, &mu, &sigma).mean(Kind::Float);
+        loss.backward();
+        let want_loss = f64::try_from(&loss).unwrap();
+        let want: Vec<f32> = Vec::try_from(w.grad().view([-1])).unwrap();
+
+        // Every instruction set's kernels (AVX2 and the portable ones here).
+        for isa in crate::simd::Isa::available() {
+            let cpu = cpu.clone().with_isa(isa);
+            let mut got = vec![f32::NAN; cpu.params()];
+            let got_loss = cpu.loss_and_gradient(
+                &net.row(0),
+                (&batch.tokens, &batch.targets, 4),
+                Some(&buffer),
+                &mut got,
+            );
+            assert!(
+                (got_loss - want_loss).abs() < 1e-5 * want_loss.abs(),
+                "{isa:?}: loss {got_loss} vs {want_loss}"
+            );
+            let mut offset = 0;
+            for (name, shape) in &lib.layout.entries {
+                let len = shape.iter().product::<i64>() as usize;
+                let (g, t) = (&got[offset..][..len], &want[offset..][..len]);
+                let scale = t.iter().fold(0f32, |a, &b| a.max(b.abs()));
+                assert!(scale > 0.0, "{name}: no gradient to compare");
+                for (j, (a, b)) in g.iter().zip(t).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * scale,
+                        "{isa:?} {name}[{j}]: {a} vs {b} (largest {scale})"
+                    );
+                }
+                offset += len;
+            }
+        }
+
+        let contexts: Vec<DistinctTokens> = [3, 6]
+            .iter()
+            .map(|&k| {
+                let (h, t) = build_context(&good, good[k].0, m, n);
+                DistinctTokens::dense(h, t)
+            })
+            .collect();
+        let (net2, lib2) = twins(&arch, 2);
+        let ((mu_r, sigma_r), (mu_t, sigma_t)) = (net2.predict(&contexts), lib2.predict(&contexts));
+        for (r, t) in [(mu_r, mu_t), (sigma_r, sigma_t)] {
+            let diff = f64::try_from((r - &t).abs().max()).unwrap();
+            let scale = f64::try_from(t.abs().max()).unwrap();
+            assert!(
+                diff < 1e-5 * scale,
+                "prediction differs by {diff} (largest {scale})"
+            );
+        }
+    }
+
+    /// Several online rounds of three datasets with dropout: the Rust
+    /// network trains each dataset as the stacked libtorch network does
+    /// (same iterations, same parameters to float tolerance).
+    #[test]
+    fn cpu_network_trains_as_the_stacked_libtorch_network() {
+        let arch = small_arch(0.15);
+        let (n, m) = (arch.n_bins as usize, arch.context);
+        let (mut net, mut lib) = twins(&arch, 3);
+        net.learning_rate = 1e-4;
+        lib.learning_rate = 1e-4;
+        let good: Vec<_> = (0..3).map(|d| good_runs(12, n, 20 + d)).collect();
+        let streams = || {
+            (0..3)
+                .map(|d| DropoutStream::new(9, d, arch.dropout))
+                .collect::<Vec<_>>()
+        };
+        let (mut sa, mut sb) = (streams(), streams());
+        let mut iterations = 0;
+        for t in 1..=12 {
+            let batches: Vec<Option<TrainBatch>> = (0..3)
+                .map(|d| {
+                    // Dataset 1 skips every third run (a bad run: no update).
+                    (d != 1 || t % 3 != 0).then(|| TrainBatch::of(&good[d][..t], 4, m, n))
+                })
+                .collect();
+            let a = net.train_round(&batches, &mut sa, 2, 6);
+            let b = lib.train_round(&batches, &mut sb, 2, 6);
+            for (a, b) in a.iter().zip(&b) {
+                let (Some(a), Some(b)) = (a, b) else {
+                    assert!(a.is_none() && b.is_none(), "round {t}");
+                    continue;
+                };
+                assert_eq!((a.batch_runs, a.iterations), (b.batch_runs, b.iterations));
+                for (x, y) in [(a.first_loss, b.first_loss), (a.best_loss, b.best_loss)] {
+                    assert!((x - y).abs() < 1e-5 * y.abs(), "round {t}: loss {x} vs {y}");
+                }
+                iterations += a.iterations;
+            }
+        }
+        assert!(iterations > 60, "{iterations} iterations");
+        // Mean absolute differences: Adam divides each gradient by its own
+        // running size, so a parameter whose gradient is ~0 takes steps of
+        // ~lr in a direction set by rounding (either network's).
+        let mean_abs = |t: Tensor| f64::try_from(t.abs().mean(Kind::Float)).unwrap();
+        let diff = mean_abs(&net.value - &lib.value);
+        let moved = mean_abs(&net.value - &twins(&arch, 3).0.value);
+        eprintln!("mean difference {diff}, mean movement {moved}");
+        assert!(moved > 1e-4, "training moved the parameters by {moved}");
+        assert!(diff < 0.01 * moved, "parameters differ by {diff}");
+    }
 
     /// The distinct tokens, expanded, are exactly the dense contexts (runs
     /// with gaps, batches shorter and longer than the context, padding).

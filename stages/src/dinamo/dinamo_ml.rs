@@ -666,8 +666,10 @@ mod tests {
         if n == 0 {
             return Ok((scored, updates, update_runs));
         }
-        tch::manual_seed(cfg.seed as i64);
-        let mut model = OnlineReference::new(cfg.arch(data.n_bins()), cfg.training(), device)?;
+        // libtorch's generator is global: no other test draws meanwhile.
+        let mut model = crate::dinamo::batched_reference::seeded(cfg.seed, || {
+            OnlineReference::new(cfg.arch(data.n_bins()), cfg.training(), device)
+        })?;
         for k in 0..n {
             let (run, norm) = (data.runs[k], &data.norm[k]);
             let (mu, sigma) = model.predict(run);
@@ -728,16 +730,18 @@ mod tests {
     /// Same χ² to float tolerance, same iterations per update. (A small
     /// learning rate: Adam divides each gradient by its own running size, so
     /// parameters with near-zero gradients turn float-rounding differences
-    /// between batched and single matrix products into steps of size ~lr;
-    /// at lr 3e-3 two runs drift apart by ~1 % within a few updates, at 1e-4
-    /// they agree to ~1e-7.)
+    /// between two computations of the network into steps of size ~lr; at
+    /// lr 3e-3 two runs drift apart by ~1 % within a few updates, at 1e-4
+    /// the stacked libtorch network agreed with tch's modules to ~1e-7 and
+    /// the Rust network on the CPU (`cpu_network.rs`: fused multiply-adds,
+    /// its own sum order and e^x) agrees to ~5e-5 after 40 runs.)
     fn assert_same_training(a: &[DatasetResult], b: &[DatasetResult]) {
         let ((ca, ia), (cb, ib)) = (scores_and_iterations(a), scores_and_iterations(b));
         assert_eq!(ca.len(), 105);
         assert_eq!(cb.len(), 105);
         for (k, (x, y)) in ca.iter().zip(&cb).enumerate() {
             assert!(
-                (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+                (x - y).abs() <= 1e-4 * x.abs().max(1e-3),
                 "row {k}: {x} vs {y}"
             );
         }

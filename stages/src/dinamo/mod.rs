@@ -9,6 +9,7 @@ pub mod adamw;
 pub mod alpha_scan;
 pub mod bands;
 pub mod batched_reference;
+pub mod cpu_network;
 pub mod dropout_stream;
 pub mod generator;
 pub mod online_reference;
