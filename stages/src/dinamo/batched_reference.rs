@@ -612,31 +612,31 @@ impl BatchedReferenceNet {
         stop: &mut EarlyStop,
     ) {
         let n = cpu.params();
-        let rows = |t: &Tensor| t.narrow(0, i as i64, 1);
-        let (mut p, mut m, mut v) = (rows(&self.value), rows(&self.m), rows(&self.v));
-        let grad = Tensor::zeros([1, n as i64], (Kind::Float, Device::Cpu));
-        let mut masks = vec![1.0f32; batch.runs * cpu.masks_per_sample()];
         let opt = AdamW {
             lr: self.learning_rate,
             weight_decay: self.weight_decay,
         };
+        let mut grad = vec![0.0f32; n];
+        let mut masks = vec![1.0f32; batch.runs * cpu.masks_per_sample()];
         let dropout = self.arch.dropout > 0.0;
+        // SAFETY: value, m and v are distinct contiguous [D, n] f32 CPU
+        // tensors owned by `self` (asserted), row i of each in range; no
+        // other reference to them is used while these slices live.
+        let row = |t: &Tensor| unsafe {
+            assert!(t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu);
+            assert_eq!(t.size(), [self.datasets, n as i64]);
+            std::slice::from_raw_parts_mut((t.data_ptr() as *mut f32).add(i * n), n)
+        };
+        let (p, m, v) = (row(&self.value), row(&self.m), row(&self.v));
         loop {
             if dropout {
                 stream.fill(&mut masks);
             }
-            // SAFETY: `p` and `grad` are contiguous f32 CPU rows of n
-            // numbers (a row of the [D, P] parameters, a fresh tensor);
-            // the slices end before the step writes through the tensors.
-            let loss = unsafe {
-                let params = std::slice::from_raw_parts(p.data_ptr() as *const f32, n);
-                let g = std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, n);
-                let batch = (&batch.tokens, &batch.targets[..], batch.runs);
-                cpu.loss_and_gradient(params, batch, dropout.then_some(&masks[..]), g)
-            };
+            let tokens = (&batch.tokens, &batch.targets[..], batch.runs);
+            let loss = cpu.loss_and_gradient(p, tokens, dropout.then_some(&masks[..]), &mut grad);
             self.steps[i] += 1;
             let (c1, c2) = AdamW::corrections(&[self.steps[i]]);
-            tch::no_grad(|| opt.step(&mut p, &grad, &mut m, &mut v, (&c1, &c2)));
+            opt.step_row(p, &grad, m, v, (c1[0], c2[0]));
             if stop.record(loss) {
                 return;
             }
