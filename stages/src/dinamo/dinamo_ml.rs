@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::batched_reference::{BatchedReferenceNet, DistinctTokens, TrainBatch};
+use super::batched_reference::BatchedReferenceNet;
 use super::dropout_stream::DropoutStream;
 use super::reference::score_of;
 use super::reference_net::{
@@ -25,6 +25,7 @@ use super::tables::{
     DatasetGroups, DatasetRuns, Scored, record_prediction, score_outputs, score_schema,
     updates_batch,
 };
+use super::tokens::{DistinctTokens, TrainBatch};
 use crate::error::{Result, StageError, bad_param};
 use crate::nn::DeviceChoice;
 use crate::params::AutoOr;

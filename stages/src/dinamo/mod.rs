@@ -9,6 +9,7 @@ pub mod adamw;
 pub mod alpha_scan;
 pub mod bands;
 pub mod batched_reference;
+pub mod cpu_layers;
 pub mod cpu_network;
 pub mod dropout_stream;
 pub mod generator;
@@ -16,6 +17,7 @@ pub mod online_reference;
 pub mod reference;
 pub mod reference_net;
 pub mod score_plots;
+pub mod tokens;
 
 // Stages, one per kind.
 pub mod dinamo_ml;

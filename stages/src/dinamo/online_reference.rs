@@ -6,11 +6,11 @@
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use super::batched_reference::TrainBatch;
 use super::reference_net::{
     EarlyStop, MlArch, ReferenceNet, Training, UpdateStats, build_context, context_batch,
     gaussian_nll,
 };
+use super::tokens::TrainBatch;
 use crate::error::{Result, StageError};
 
 /// The network, its optimizer and the good runs seen so far of one dataset:
