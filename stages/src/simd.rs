@@ -5,9 +5,11 @@
 //! chosen at run time: AVX-512, AVX2 with FMA, and portable scalar code —
 //! the same binary runs fast on a recent Xeon and correctly anywhere.
 //!
-//! Weights are packed once ([`PackedLinear`]) as `[k][n_pad]`: row `kk`
-//! holds input `kk`'s weight to every output, zero-padded to a multiple of
-//! 16 outputs so every column block is whole vectors. The kernel walks
+//! Weights are packed once ([`PackedLinear`]; a caller that packs at every
+//! step does it into its own buffers: [`pack`], [`Packed`]) as
+//! `[k_in][n_pad]`: row `kk` holds input `kk`'s weight to every output,
+//! zero-padded to a multiple of 16 outputs so every column block is whole
+//! vectors. The kernel walks
 //! column blocks of up to 64 outputs (a block's weights, 32 kB for k = 128,
 //! stay in the L1 cache) and within a block row blocks of a few rows whose
 //! accumulators stay in registers.
@@ -63,14 +65,14 @@ pub fn padded(n: usize) -> usize {
 #[derive(Debug, Clone)]
 pub struct PackedLinear {
     /// Inputs per row of `a` (its row stride; inputs past the layer's own
-    /// have zero weights).
+    /// are not read).
     k: usize,
     /// The layer's own inputs, the first of each row (what the kernel
     /// sums over).
     k_in: usize,
     /// Outputs padded to a multiple of [`PAD`] (`out`'s row stride).
     n_pad: usize,
-    /// `[k][n_pad]`.
+    /// `[k_in][n_pad]`.
     weights: Vec<f32>,
     /// `[n_pad]`.
     bias: Vec<f32>,
@@ -81,22 +83,10 @@ impl PackedLinear {
     /// `[n]` for input rows of stride `k ≥ k_in`.
     pub fn new(weight: &[f32], bias: &[f32], k_in: usize, k: usize) -> Self {
         let n = bias.len();
-        assert_eq!(weight.len(), n * k_in, "weight [n][k_in]");
         assert!(k >= k_in, "row stride below the layer's inputs");
         let n_pad = padded(n);
-        let mut weights = vec![0.0; k * n_pad];
-        // Eight outputs at a time: contiguous writes, eight read streams
-        // (one output at a time wrote a cache line per number; DINAMO-ML
-        // packs every layer at every training iteration).
-        for o0 in (0..n).step_by(8) {
-            let rows = &weight[o0 * k_in..(o0 + 8).min(n) * k_in];
-            for i in 0..k_in {
-                let dst = &mut weights[i * n_pad + o0..];
-                for (d, row) in dst.iter_mut().zip(rows.chunks_exact(k_in)) {
-                    *d = row[i];
-                }
-            }
-        }
+        let mut weights = vec![0.0; k_in * n_pad];
+        pack(weight, n, k_in, &mut weights);
         let mut b = vec![0.0; n_pad];
         b[..n].copy_from_slice(bias);
         Self {
@@ -105,27 +95,6 @@ impl PackedLinear {
             n_pad,
             weights,
             bias: b,
-        }
-    }
-
-    /// Packs `rows` `[k_in][n]` (row-major: row `kk` holds input `kk`'s
-    /// weight to every output, the transpose of PyTorch's layout) with no
-    /// bias, for input rows of stride `k ≥ k_in`: `a · rows`. A backward
-    /// pass multiplies by a weight this way (`dx = dy · W`).
-    pub fn from_input_rows(rows: &[f32], k_in: usize, n: usize, k: usize) -> Self {
-        assert_eq!(rows.len(), k_in * n, "rows [k_in][n]");
-        assert!(k >= k_in, "row stride below the layer's inputs");
-        let n_pad = padded(n);
-        let mut weights = vec![0.0; k * n_pad];
-        for (dst, src) in weights.chunks_exact_mut(n_pad).zip(rows.chunks_exact(n)) {
-            dst[..n].copy_from_slice(src);
-        }
-        Self {
-            k,
-            k_in,
-            n_pad,
-            weights,
-            bias: vec![0.0; n_pad],
         }
     }
 
@@ -138,6 +107,86 @@ impl PackedLinear {
     /// `a` (stride `k`); `out` has stride [`Self::padded_outputs`], the
     /// padding columns come out 0.
     pub fn apply(&self, isa: Isa, a: &[f32], rows: usize, out: &mut [f32], relu: bool) {
+        Packed::new(&self.weights, Some(&self.bias), self.k_in, self.k)
+            .apply(isa, a, rows, out, relu);
+    }
+}
+
+/// Packs `weight` `[n][k_in]` (PyTorch's layout) into `dst` `[k_in][n_pad]`
+/// (n_pad = [`padded`]`(n)`), every number of `dst` written (padding 0):
+/// [`Packed`]'s weights.
+pub fn pack(weight: &[f32], n: usize, k_in: usize, dst: &mut [f32]) {
+    let n_pad = padded(n);
+    assert_eq!(weight.len(), n * k_in, "weight [n][k_in]");
+    assert_eq!(dst.len(), k_in * n_pad, "packed [k_in][n_pad]");
+    // Eight outputs at a time: contiguous writes, eight read streams (one
+    // output at a time wrote a cache line per number; DINAMO-ML packs
+    // every layer at every training iteration).
+    for o0 in (0..n).step_by(8) {
+        let rows = &weight[o0 * k_in..(o0 + 8).min(n) * k_in];
+        for i in 0..k_in {
+            let d = &mut dst[i * n_pad + o0..];
+            for (d, row) in d.iter_mut().zip(rows.chunks_exact(k_in)) {
+                *d = row[i];
+            }
+        }
+    }
+    for row in dst.chunks_exact_mut(n_pad) {
+        row[n..].fill(0.0);
+    }
+}
+
+/// Copies `rows` `[k_in][n]` (row-major: row `kk` holds input `kk`'s
+/// weight to every output, the transpose of PyTorch's layout) into `dst`
+/// `[k_in][n_pad]`, padding 0: a weight packed for `a · rows`. A backward
+/// pass multiplies by a weight this way (`dx = dy · W`).
+pub fn pack_input_rows(rows: &[f32], k_in: usize, n: usize, dst: &mut [f32]) {
+    let n_pad = padded(n);
+    assert_eq!(rows.len(), k_in * n, "rows [k_in][n]");
+    assert_eq!(dst.len(), k_in * n_pad, "packed [k_in][n_pad]");
+    for (d, src) in dst.chunks_exact_mut(n_pad).zip(rows.chunks_exact(n)) {
+        d[..n].copy_from_slice(src);
+        d[n..].fill(0.0);
+    }
+}
+
+/// A dense layer's packed weights in borrowed storage (a caller that packs
+/// at every step keeps its buffers): what the kernel multiplies by.
+#[derive(Debug, Clone, Copy)]
+pub struct Packed<'a> {
+    /// Inputs per row of `a` (its row stride).
+    k: usize,
+    /// The layer's own inputs, the first of each row (what is summed).
+    k_in: usize,
+    /// Outputs padded to a multiple of [`PAD`].
+    n_pad: usize,
+    /// `[k_in][n_pad]` (more rows are not read).
+    weights: &'a [f32],
+    /// `[n_pad]`; none: no bias.
+    bias: Option<&'a [f32]>,
+}
+
+impl<'a> Packed<'a> {
+    /// `weights` `[k_in][n_pad]` (n_pad a multiple of [`PAD`], from the
+    /// length of `bias` or, without one, of `weights`' rows) for input
+    /// rows of stride `k ≥ k_in`.
+    pub fn new(weights: &'a [f32], bias: Option<&'a [f32]>, k_in: usize, k: usize) -> Self {
+        assert!(k >= k_in && k_in > 0, "row stride below the layer's inputs");
+        let n_pad = bias.map_or(weights.len() / k_in, <[f32]>::len);
+        assert_eq!(n_pad % PAD, 0, "outputs padded to whole vectors");
+        assert!(weights.len() >= k_in * n_pad, "weights [k_in][n_pad]");
+        Self {
+            k,
+            k_in,
+            n_pad,
+            weights,
+            bias,
+        }
+    }
+
+    /// `out[r] = bias + W a[r]` (ReLU'd if `relu`) for the `rows` rows of
+    /// `a` (stride `k`); `out` has stride `n_pad`.
+    pub fn apply(self, isa: Isa, a: &[f32], rows: usize, out: &mut [f32], relu: bool) {
         assert!(a.len() >= rows * self.k, "input rows");
         assert!(out.len() >= rows * self.n_pad, "output rows");
         let job = Job {
@@ -145,9 +194,9 @@ impl PackedLinear {
             rows,
             k: self.k,
             k_len: self.k_in,
-            w: &self.weights,
+            w: self.weights,
             n_pad: self.n_pad,
-            bias: &self.bias,
+            bias: self.bias,
             out,
             relu,
         };
@@ -169,23 +218,8 @@ pub fn product(
     n_pad: usize,
     out: &mut [f32],
 ) {
-    assert_eq!(n_pad % PAD, 0, "rows of w padded to whole vectors");
-    assert!(a.len() >= rows * k, "input rows");
     assert!(w.len() >= k * n_pad, "right-hand rows");
-    assert!(out.len() >= rows * n_pad, "output rows");
-    let bias = vec![0.0; n_pad];
-    let job = Job {
-        a,
-        rows,
-        k,
-        k_len: k,
-        w,
-        n_pad,
-        bias: &bias,
-        out,
-        relu: false,
-    };
-    run(isa, job);
+    Packed::new(&w[..k * n_pad], None, k, k).apply(isa, a, rows, out, false);
 }
 
 fn run(isa: Isa, job: Job<'_>) {
@@ -209,7 +243,8 @@ struct Job<'a> {
     k_len: usize,
     w: &'a [f32],
     n_pad: usize,
-    bias: &'a [f32],
+    /// None: no bias.
+    bias: Option<&'a [f32]>,
     out: &'a mut [f32],
     relu: bool,
 }
@@ -360,7 +395,16 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
         relu,
     } = job;
     let vectors = n_pad / L::N;
-    let (a, w, bias, out) = (a.as_ptr(), w.as_ptr(), bias.as_ptr(), out.as_mut_ptr());
+    let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+    // Column `c` of the bias, null for none (what `tile` reads as zeros).
+    let bias_at = |c: usize| {
+        if bias.is_null() {
+            bias
+        } else {
+            bias.wrapping_add(c)
+        }
+    };
+    let (a, w, out) = (a.as_ptr(), w.as_ptr(), out.as_mut_ptr());
     let mut v0 = 0;
     while v0 < vectors {
         let nv = (vectors - v0).min(NV);
@@ -370,23 +414,16 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
         // block are inside the slices `apply` checked.
         unsafe {
             let at = |r0: usize| (a.add(r0 * k), out.add(r0 * n_pad + c0));
-            let (wc, bc) = (w.add(c0), bias.add(c0));
+            // Block column `o`'s weights and bias.
+            let wb = |o: usize| (w.add(c0 + o), bias_at(c0 + o));
             while r0 + R <= rows {
                 let (ar, or) = at(r0);
                 if nv == NV {
-                    tile::<L, R, NV>(ar, (k, k_len), wc, n_pad, bc, or, relu);
+                    tile::<L, R, NV>(ar, (k, k_len), wb(0), n_pad, or, relu);
                 } else {
                     for v in 0..nv {
                         let o = v * L::N;
-                        tile::<L, R, 1>(
-                            ar,
-                            (k, k_len),
-                            wc.add(o),
-                            n_pad,
-                            bc.add(o),
-                            or.add(o),
-                            relu,
-                        );
+                        tile::<L, R, 1>(ar, (k, k_len), wb(o), n_pad, or.add(o), relu);
                     }
                 }
                 r0 += R;
@@ -395,7 +432,7 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
                 let (ar, or) = at(r);
                 for v in 0..nv {
                     let o = v * L::N;
-                    tile::<L, 1, 1>(ar, (k, k_len), wc.add(o), n_pad, bc.add(o), or.add(o), relu);
+                    tile::<L, 1, 1>(ar, (k, k_len), wb(o), n_pad, or.add(o), relu);
                 }
             }
         }
@@ -408,16 +445,16 @@ fn gemm<L: Lanes, const R: usize, const NV: usize>(job: Job<'_>) {
 ///
 /// # Safety
 /// `a` readable for `R` rows of stride `k`; `w` for `k_len` rows of stride
-/// `n_pad` and `NV · L::N` columns; `bias` for those columns; `out` writable
+/// `n_pad` and `NV · L::N` columns; `bias` null or readable for those
+/// columns; `out` writable
 /// for `R` rows of stride `n_pad` and those columns; the CPU has `L`'s
 /// instruction set.
 #[inline(always)]
 unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
     a: *const f32,
     (k, k_len): (usize, usize),
-    w: *const f32,
+    (w, bias): (*const f32, *const f32),
     n_pad: usize,
-    bias: *const f32,
     out: *mut f32,
     relu: bool,
 ) {
@@ -426,10 +463,12 @@ unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
     // bumped, and loads go through `Lanes` (masked loads, unchecked).
     unsafe {
         let mut acc = [[L::splat(0.0); NV]; R];
-        for v in 0..NV {
-            let b = L::load(bias.wrapping_add(v * L::N));
-            for row in acc.iter_mut() {
-                row[v] = b;
+        if !bias.is_null() {
+            for v in 0..NV {
+                let b = L::load(bias.wrapping_add(v * L::N));
+                for row in acc.iter_mut() {
+                    row[v] = b;
+                }
             }
         }
         let (mut ak, mut wk) = (a, w);
@@ -665,6 +704,51 @@ mod tests {
                             "{isa:?} relu {relu} row {r} output {o}: {got} vs {expected}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The borrowed form over buffers left dirty (NaN) by an earlier use:
+    /// packing writes every number, so the products equal the owned
+    /// layer's and, without a bias, the product by definition.
+    #[test]
+    fn packing_into_dirty_buffers_equals_the_packed_layer() {
+        let (rows, k_in, k, n) = (13, 11, 16, 37);
+        let n_pad = padded(n);
+        let value = |i: usize, s: f32| ((i * 7919 % 97) as f32 / 48.5 - 1.0) * s;
+        let w: Vec<f32> = (0..n * k_in).map(|i| value(i, 0.5)).collect();
+        let b: Vec<f32> = (0..n).map(|i| value(i + 5, 1.0)).collect();
+        let a: Vec<f32> = (0..rows * k).map(|i| value(i + 11, 2.0)).collect();
+        let mut packed = vec![f32::NAN; k_in * n_pad];
+        pack(&w, n, k_in, &mut packed);
+        let mut bias = vec![0.0; n_pad];
+        bias[..n].copy_from_slice(&b);
+        // `w` read as `[k_in][n]` rows: `a · rows`, inputs on the left.
+        let mut rows_packed = vec![f32::NAN; k_in * n_pad];
+        pack_input_rows(&w, k_in, n, &mut rows_packed);
+        let zero = vec![0.0; n];
+        for isa in Isa::available() {
+            let mut want = vec![f32::NAN; rows * n_pad];
+            PackedLinear::new(&w, &b, k_in, k).apply(isa, &a, rows, &mut want, false);
+            let mut got = vec![f32::NAN; rows * n_pad];
+            Packed::new(&packed, Some(&bias), k_in, k).apply(isa, &a, rows, &mut got, false);
+            assert_eq!(got, want, "{isa:?}: packed into a buffer");
+            let mut got = vec![f32::NAN; rows * n_pad];
+            Packed::new(&rows_packed, None, k_in, k).apply(isa, &a, rows, &mut got, false);
+            // The reference multiplies by `[n][k_in]`: transpose the rows.
+            let wt: Vec<f32> = (0..n * k_in)
+                .map(|i| w[(i % k_in) * n + i / k_in])
+                .collect();
+            let exact = reference(&wt, &zero, &a, rows, k_in, k);
+            for r in 0..rows {
+                for o in 0..n_pad {
+                    let expected = if o < n { exact[r * n + o] } else { 0.0 };
+                    let g = got[r * n_pad + o] as f64;
+                    assert!(
+                        (g - expected).abs() < 1e-5,
+                        "{isa:?} row {r} output {o}: {g}"
+                    );
                 }
             }
         }

@@ -3,18 +3,110 @@
 //! (`simd.rs`), LayerNorm, the residual connections after dropout, the
 //! softmax and the Gaussian NLL.
 
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+
 use super::reference_net::VAR_EPS;
-use crate::simd::{self, Isa, PackedLinear, padded};
+use crate::simd::{self, Isa, Packed, padded};
 use crate::vector_math::{MulAdd, exp, moments};
 
 /// PyTorch's LayerNorm ε.
 const NORM_EPS: f32 = 1e-5;
 
+/// Spare buffers a thread keeps, at most (an iteration of the paper's
+/// network has some 60 live at its peak).
+const SPARES: usize = 256;
+
+thread_local! {
+    /// The storage of this thread's dropped [`Buffer`]s, for the next ones.
+    /// An iteration allocates ~200 activations, gradients and packed
+    /// weights of 10-300 kB; fresh from the allocator, their pages were
+    /// mapped, zeroed and unmapped by the kernel at every iteration (a
+    /// sixth of the time: BENCHMARKS.md). Kept for the thread's life: a few
+    /// MB per thread.
+    static SPARE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// f32s whose storage goes back to this thread's spares when dropped.
+#[derive(Debug, Default)]
+pub(super) struct Buffer(Vec<f32>);
+
+impl Buffer {
+    /// `len` zeros.
+    pub(super) fn zeros(len: usize) -> Self {
+        let mut v = spare(len);
+        v.clear();
+        v.resize(len, 0.0);
+        Self(v)
+    }
+
+    /// `len` numbers for the caller to write before reading them (what an
+    /// earlier use left there: no pass clearing them).
+    pub(super) fn for_overwrite(len: usize) -> Self {
+        let mut v = spare(len);
+        v.resize(len, 0.0);
+        Self(v)
+    }
+}
+
+/// The smallest spare vector holding `len` numbers, or a new one.
+fn spare(len: usize) -> Vec<f32> {
+    SPARE
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            let best = (s.iter().enumerate())
+                .filter(|(_, v)| v.capacity() >= len)
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| s.swap_remove(i))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(len))
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() > 0 {
+            // During the thread's teardown the spares may be gone: then the
+            // vector is freed.
+            let _ = SPARE.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARES {
+                    s.push(v);
+                }
+            });
+        }
+    }
+}
+
+impl Clone for Buffer {
+    fn clone(&self) -> Self {
+        let mut b = Self::for_overwrite(self.len());
+        b.copy_from_slice(self);
+        b
+    }
+}
+
+impl Deref for Buffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
 /// `rows` rows of `cols` numbers, each row `stride` apart (`cols` padded
 /// to a multiple of [`simd::PAD`], padding 0).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Mat {
-    pub(super) data: Vec<f32>,
+    pub(super) data: Buffer,
     pub(super) rows: usize,
     pub(super) cols: usize,
     pub(super) stride: usize,
@@ -24,7 +116,23 @@ impl Mat {
     pub(super) fn zeros(rows: usize, cols: usize) -> Self {
         let stride = padded(cols);
         Self {
-            data: vec![0.0; rows * stride],
+            data: Buffer::zeros(rows * stride),
+            rows,
+            cols,
+            stride,
+        }
+    }
+
+    /// A matrix whose every row the caller writes in full (the padding
+    /// comes 0).
+    pub(super) fn for_overwrite(rows: usize, cols: usize) -> Self {
+        let stride = padded(cols);
+        let mut data = Buffer::for_overwrite(rows * stride);
+        for row in data.chunks_exact_mut(stride) {
+            row[cols..].fill(0.0);
+        }
+        Self {
+            data,
             rows,
             cols,
             stride,
@@ -93,7 +201,7 @@ pub(super) fn masked<'a>(d: &Mat, mask: impl Fn(usize) -> &'a [f32]) -> Mat {
 
 /// `a ← a + b`, row by row.
 pub(super) fn add(a: &mut Mat, b: &Mat) {
-    for (x, &y) in a.data.iter_mut().zip(&b.data) {
+    for (x, &y) in a.data.iter_mut().zip(b.data.iter()) {
         *x += y;
     }
 }
@@ -101,14 +209,13 @@ pub(super) fn add(a: &mut Mat, b: &Mat) {
 /// `x Wᵀ + b` for the rows of `x`.
 pub(super) fn linear(isa: Isa, p: &[f32], l: Linear, x: &Mat) -> Mat {
     assert_eq!(x.cols, l.inp, "inputs of a linear layer");
-    let packed = PackedLinear::new(
-        &p[l.w..][..l.out * l.inp],
-        &p[l.b..][..l.out],
-        l.inp,
-        x.stride,
-    );
-    let mut y = Mat::zeros(x.rows, l.out);
-    packed.apply(isa, &x.data, x.rows, &mut y.data, false);
+    let n_pad = padded(l.out);
+    let mut w = Buffer::for_overwrite(l.inp * n_pad);
+    simd::pack(&p[l.w..][..l.out * l.inp], l.out, l.inp, &mut w);
+    let mut b = Buffer::zeros(n_pad);
+    b[..l.out].copy_from_slice(&p[l.b..][..l.out]);
+    let mut y = Mat::for_overwrite(x.rows, l.out);
+    Packed::new(&w, Some(&b), l.inp, x.stride).apply(isa, &x.data, x.rows, &mut y.data, false);
     y
 }
 
@@ -131,13 +238,13 @@ pub(super) fn linear_backward(
         }
     }
     // dW = dyᵀ · x: x's rows, padded, are the packed right-hand side.
-    let mut dyt = vec![0.0f32; l.out * t];
+    let mut dyt = Buffer::for_overwrite(l.out * t);
     for r in 0..t {
         for (o, &d) in dy.row(r).iter().enumerate() {
             dyt[o * t + r] = d;
         }
     }
-    let mut dw = vec![0.0f32; l.out * x.stride];
+    let mut dw = Buffer::for_overwrite(l.out * x.stride);
     simd::product(isa, &dyt, l.out, t, &x.data, x.stride, &mut dw);
     for o in 0..l.out {
         let row = &mut g[l.w + o * l.inp..][..l.inp];
@@ -146,10 +253,10 @@ pub(super) fn linear_backward(
         }
     }
     dx.then(|| {
-        let packed =
-            PackedLinear::from_input_rows(&p[l.w..][..l.out * l.inp], l.out, l.inp, dy.stride);
-        let mut out = Mat::zeros(t, l.inp);
-        packed.apply(isa, &dy.data, t, &mut out.data, false);
+        let mut w = Buffer::for_overwrite(l.out * padded(l.inp));
+        simd::pack_input_rows(&p[l.w..][..l.out * l.inp], l.out, l.inp, &mut w);
+        let mut out = Mat::for_overwrite(t, l.inp);
+        Packed::new(&w, None, l.out, dy.stride).apply(isa, &dy.data, t, &mut out.data, false);
         out
     })
 }
@@ -158,8 +265,8 @@ pub(super) fn linear_backward(
 #[inline(always)]
 pub(super) fn norm_forward<M: MulAdd>(p: &[f32], n: Norm, y: &Mat) -> (Mat, Vec<f32>, Mat) {
     let (gamma, beta) = (&p[n.g..][..n.width], &p[n.b..][..n.width]);
-    let mut hat = Mat::zeros(y.rows, n.width);
-    let mut out = Mat::zeros(y.rows, n.width);
+    let mut hat = Mat::for_overwrite(y.rows, n.width);
+    let mut out = Mat::for_overwrite(y.rows, n.width);
     let mut rstd = Vec::with_capacity(y.rows);
     for r in 0..y.rows {
         let (mean, rs) = moments::<M>(y.row(r), NORM_EPS);
@@ -194,7 +301,7 @@ pub(super) fn norm_backward<M: MulAdd>(
 ) -> Mat {
     let w = n.width;
     let gamma = &p[n.g..][..w];
-    let mut dx = Mat::zeros(hat.rows, w);
+    let mut dx = Mat::for_overwrite(hat.rows, w);
     let mut dg = vec![0.0f32; w];
     let mut db = vec![0.0f32; w];
     let mut dh = vec![0.0f32; w];
@@ -255,4 +362,41 @@ pub(super) fn nll_gradient(
         }
     }
     (loss, d_mu, d_sigma)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dropped buffer's storage comes back dirty; what is promised
+    /// still holds: zeros are zeros, a matrix's padding is 0, the spares
+    /// stay bounded.
+    #[test]
+    fn spare_buffers_come_back_as_promised() {
+        let dirty = |len: usize| {
+            let mut b = Buffer::for_overwrite(len);
+            b.fill(f32::NAN);
+            drop(b);
+        };
+        dirty(1000);
+        let z = Buffer::zeros(900);
+        assert_eq!(z.len(), 900);
+        assert!(z.iter().all(|&v| v == 0.0), "zeros from a dirty spare");
+        drop(z);
+        dirty(1000);
+        let m = Mat::for_overwrite(7, 20);
+        assert_eq!((m.stride, m.data.len()), (32, 7 * 32));
+        for r in 0..7 {
+            assert!(
+                m.data[r * 32 + 20..][..12].iter().all(|&v| v == 0.0),
+                "padding 0"
+            );
+        }
+        let c = m.clone();
+        assert_eq!(c.data[..].len(), m.data[..].len());
+        drop((m, c));
+        let held: Vec<Buffer> = (0..SPARES + 10).map(|_| Buffer::zeros(8)).collect();
+        drop(held);
+        assert_eq!(SPARE.with_borrow(Vec::len), SPARES, "at most SPARES kept");
+    }
 }

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use super::cpu_layers::{
-    Linear, Mat, Norm, add, linear, linear_backward, masked, nll_gradient, norm_backward,
+    Buffer, Linear, Mat, Norm, add, linear, linear_backward, masked, nll_gradient, norm_backward,
     norm_forward, residual, softmax,
 };
 use super::reference_net::{Activation, MlArch};
@@ -112,7 +112,7 @@ struct BlockCache {
 struct LayerCache {
     qkv: Mat,
     /// Softmax of the scores, `[samples][H][M][mp]` (mp = M padded).
-    probs: Vec<f32>,
+    probs: Buffer,
     heads: Mat,
     hat1: Mat,
     rstd1: Vec<f32>,
@@ -323,7 +323,7 @@ impl CpuNetwork {
         add(&mut d_pooled, &d2);
         // The mean over each sample's tokens.
         let (m, e) = (self.arch.context, self.arch.d_model as usize);
-        let mut dx = Mat::zeros(samples * m, e);
+        let mut dx = Mat::for_overwrite(samples * m, e);
         let inv = 1.0 / m as f32;
         for s in 0..samples {
             let d: Vec<f32> = d_pooled.row(s).iter().map(|&v| v * inv).collect();
@@ -366,17 +366,17 @@ impl CpuNetwork {
     ) -> Forward {
         let a = &self.arch;
         let (nb, m, e) = (a.n_bins as usize, a.context, a.d_model as usize);
-        let mut hin = Mat::zeros(tokens.histograms.len() / nb, nb);
+        let mut hin = Mat::for_overwrite(tokens.histograms.len() / nb, nb);
         for (r, h) in tokens.histograms.chunks_exact(nb).enumerate() {
             hin.row_mut(r).copy_from_slice(h);
         }
-        let mut tin = Mat::zeros(tokens.times.len(), 1);
+        let mut tin = Mat::for_overwrite(tokens.times.len(), 1);
         for (r, &t) in tokens.times.iter().enumerate() {
             tin.row_mut(r)[0] = t;
         }
         let histogram = self.block_forward::<M>(p, &self.histogram, hin);
         let time = self.block_forward::<M>(p, &self.time, tin);
-        let mut x = Mat::zeros(samples * m, e);
+        let mut x = Mat::for_overwrite(samples * m, e);
         for t in 0..samples * m {
             let (h, tt) = (
                 histogram.out.row(tokens.histogram_of[t] as usize),
@@ -562,16 +562,11 @@ impl CpuNetwork {
     /// softmax(q kᵀ/√d_head)·mask·v per sample and head: the weights
     /// (before the mask, for the backward pass) and the heads' outputs.
     #[inline(always)]
-    fn attention_forward<M: MulAdd>(
-        &self,
-        qkv: &Mat,
-        masks: Masks<'_>,
-        l: usize,
-    ) -> (Vec<f32>, Mat) {
+    fn attention_forward<M: MulAdd>(&self, qkv: &Mat, masks: Masks<'_>, l: usize) -> (Buffer, Mat) {
         let g = Geometry::of(&self.arch);
         let samples = qkv.rows / g.m;
-        let mut probs = vec![0.0f32; samples * g.h * g.m * g.mp];
-        let mut heads = Mat::zeros(qkv.rows, g.e);
+        let mut probs = Buffer::for_overwrite(samples * g.h * g.m * g.mp);
+        let mut heads = Mat::for_overwrite(qkv.rows, g.e);
         let mut sc = Scratch::new(&g);
         let (mut o, mut pd) = (vec![0.0f32; g.dp], vec![0.0f32; g.mp]);
         for s in 0..samples {
@@ -611,7 +606,7 @@ impl CpuNetwork {
     ) -> Mat {
         let g = Geometry::of(&self.arch);
         let samples = c.qkv.rows / g.m;
-        let mut d_qkv = Mat::zeros(c.qkv.rows, 3 * g.e);
+        let mut d_qkv = Mat::for_overwrite(c.qkv.rows, 3 * g.e);
         let mut sc = Scratch::new(&g);
         let [mut d_o, mut dq, mut dk, mut dv] = [(); 4].map(|_| vec![0.0f32; g.m * g.dp]);
         // This sample's and head's masked weights and score gradients, [M][M].
