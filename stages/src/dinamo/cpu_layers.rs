@@ -4,6 +4,7 @@
 //! softmax and the Gaussian NLL.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 
 use super::reference_net::VAR_EPS;
@@ -14,7 +15,7 @@ use crate::vector_math::{MulAdd, exp, moments};
 const NORM_EPS: f32 = 1e-5;
 
 /// Spare buffers a thread keeps, at most (an iteration of the paper's
-/// network has some 60 live at its peak).
+/// network has some 100 live at its peak).
 const SPARES: usize = 256;
 
 thread_local! {
@@ -22,9 +23,53 @@ thread_local! {
     /// An iteration allocates ~200 activations, gradients and packed
     /// weights of 10-300 kB; fresh from the allocator, their pages were
     /// mapped, zeroed and unmapped by the kernel at every iteration (a
-    /// sixth of the time: BENCHMARKS.md). Kept for the thread's life: a few
-    /// MB per thread.
-    static SPARE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    /// sixth of the time: BENCHMARKS.md). Kept for the thread's life: the
+    /// peak of an iteration, ~10 MB at the paper's size.
+    static SPARE: RefCell<Spares> = const { RefCell::new(Spares::new()) };
+}
+
+/// Spare vectors by capacity.
+struct Spares {
+    by_capacity: BTreeMap<usize, Vec<Vec<f32>>>,
+    count: usize,
+}
+
+impl Spares {
+    const fn new() -> Self {
+        Self {
+            by_capacity: BTreeMap::new(),
+            count: 0,
+        }
+    }
+
+    /// The smallest spare holding `len` numbers.
+    fn take(&mut self, len: usize) -> Option<Vec<f32>> {
+        let (&capacity, list) = self.by_capacity.range_mut(len..).next()?;
+        let v = list.pop().expect("no empty lists");
+        if list.is_empty() {
+            self.by_capacity.remove(&capacity);
+        }
+        self.count -= 1;
+        Some(v)
+    }
+
+    /// Keeps `v`; when full, the smallest spare makes room (a larger one
+    /// serves its sizes too: batches grow over the first updates).
+    fn keep(&mut self, v: Vec<f32>) {
+        if self.count == SPARES {
+            let mut smallest = self.by_capacity.first_entry().expect("full");
+            if *smallest.key() >= v.capacity() {
+                return;
+            }
+            smallest.get_mut().pop();
+            if smallest.get().is_empty() {
+                smallest.remove();
+            }
+            self.count -= 1;
+        }
+        self.by_capacity.entry(v.capacity()).or_default().push(v);
+        self.count += 1;
+    }
 }
 
 /// f32s whose storage goes back to this thread's spares when dropped.
@@ -52,14 +97,7 @@ impl Buffer {
 /// The smallest spare vector holding `len` numbers, or a new one.
 fn spare(len: usize) -> Vec<f32> {
     SPARE
-        .try_with(|s| {
-            let mut s = s.borrow_mut();
-            let best = (s.iter().enumerate())
-                .filter(|(_, v)| v.capacity() >= len)
-                .min_by_key(|(_, v)| v.capacity())
-                .map(|(i, _)| i);
-            best.map(|i| s.swap_remove(i))
-        })
+        .try_with(|s| s.borrow_mut().take(len))
         .ok()
         .flatten()
         .unwrap_or_else(|| Vec::with_capacity(len))
@@ -71,12 +109,7 @@ impl Drop for Buffer {
         if v.capacity() > 0 {
             // During the thread's teardown the spares may be gone: then the
             // vector is freed.
-            let _ = SPARE.try_with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < SPARES {
-                    s.push(v);
-                }
-            });
+            let _ = SPARE.try_with(|s| s.borrow_mut().keep(v));
         }
     }
 }
@@ -169,14 +202,31 @@ pub(super) struct Norm {
 /// Softmax of a row in place.
 #[inline(always)]
 pub(super) fn softmax<M: MulAdd>(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(row);
     for v in row.iter_mut() {
         *v = exp::<M>(*v - max);
     }
-    let total = M::sum(row);
+    let inv = 1.0 / M::sum(row);
     for v in row.iter_mut() {
-        *v /= total;
+        *v *= inv;
     }
+}
+
+/// The largest number of a row, eight lanes at a time (`f32::max` in a
+/// fold is one number at a time: a chain of compare-and-blend).
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let bigger = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let (chunks, tail) = row.as_chunks::<8>();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = bigger(*l, v);
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| bigger(m, v))
 }
 
 /// `y ← x + y·mask` (a residual connection after dropout).
@@ -190,10 +240,10 @@ pub(super) fn residual(y: &mut [f32], x: &[f32], mask: &[f32]) {
 /// `d` times each row's dropout mask.
 #[inline(always)]
 pub(super) fn masked<'a>(d: &Mat, mask: impl Fn(usize) -> &'a [f32]) -> Mat {
-    let mut out = d.clone();
+    let mut out = Mat::for_overwrite(d.rows, d.cols);
     for t in 0..out.rows {
-        for (v, &k) in out.row_mut(t).iter_mut().zip(mask(t)) {
-            *v *= k;
+        for ((o, &v), &k) in out.row_mut(t).iter_mut().zip(d.row(t)).zip(mask(t)) {
+            *o = v * k;
         }
     }
     out
@@ -237,15 +287,11 @@ pub(super) fn linear_backward(
             *a += d;
         }
     }
-    // dW = dyᵀ · x: x's rows, padded, are the packed right-hand side.
-    let mut dyt = Buffer::for_overwrite(l.out * t);
-    for r in 0..t {
-        for (o, &d) in dy.row(r).iter().enumerate() {
-            dyt[o * t + r] = d;
-        }
-    }
+    // dW = dyᵀ · x: x's rows, padded, are the packed right-hand side; dy
+    // is read down its columns.
     let mut dw = Buffer::for_overwrite(l.out * x.stride);
-    simd::product(isa, &dyt, l.out, t, &x.data, x.stride, &mut dw);
+    let dy_rows = (&dy.data[..], dy.stride);
+    simd::product_transposed(isa, dy_rows, l.out, t, &x.data, x.stride, &mut dw);
     for o in 0..l.out {
         let row = &mut g[l.w + o * l.inp..][..l.inp];
         for (a, &d) in row.iter_mut().zip(&dw[o * x.stride..][..l.inp]) {
@@ -397,6 +443,18 @@ mod tests {
         drop((m, c));
         let held: Vec<Buffer> = (0..SPARES + 10).map(|_| Buffer::zeros(8)).collect();
         drop(held);
-        assert_eq!(SPARE.with_borrow(Vec::len), SPARES, "at most SPARES kept");
+        assert_eq!(
+            SPARE.with_borrow(|s| s.count),
+            SPARES,
+            "at most SPARES kept"
+        );
+        // Full of small spares, a larger buffer takes the smallest's place.
+        drop(Buffer::zeros(5000));
+        assert_eq!(SPARE.with_borrow(|s| s.count), SPARES);
+        let b = Buffer::for_overwrite(4000);
+        assert!(
+            b.0.capacity() >= 5000,
+            "the large spare was kept and reused"
+        );
     }
 }

@@ -571,17 +571,15 @@ impl CpuNetwork {
         let (mut o, mut pd) = (vec![0.0f32; g.dp], vec![0.0f32; g.mp]);
         for s in 0..samples {
             for h in 0..g.h {
-                sc.gather(&g, qkv, s, h);
+                sc.gather(&g, qkv, s, h, g.scale);
                 let weights = &masks.site(s, l, 0)[h * g.m * g.m..][..g.m * g.m];
                 let base = (s * g.h + h) * g.m * g.mp;
                 for i in 0..g.m {
                     let row = &mut probs[base + i * g.mp..][..g.mp];
-                    // Scores: q_i against every key, the keys' rows transposed.
+                    // Scores: q_i/√d_head against every key, the keys' rows
+                    // transposed.
                     M::combine(&sc.q[i * g.dp..], 1, g.dh, &sc.kt, g.mp, row);
                     let row = &mut row[..g.m];
-                    for v in row.iter_mut() {
-                        *v *= g.scale;
-                    }
                     softmax::<M>(row);
                     let kept = &weights[i * g.m..][..g.m];
                     for ((d, &pr), &k) in pd.iter_mut().zip(row.iter()).zip(kept) {
@@ -614,7 +612,7 @@ impl CpuNetwork {
         let mut d_p = vec![0.0f32; g.mp];
         for s in 0..samples {
             for h in 0..g.h {
-                sc.gather(&g, &c.qkv, s, h);
+                sc.gather(&g, &c.qkv, s, h, 1.0);
                 for i in 0..g.m {
                     d_o[i * g.dp..][..g.dh]
                         .copy_from_slice(&d_heads.row(s * g.m + i)[h * g.dh..][..g.dh]);
@@ -708,12 +706,15 @@ impl Scratch {
         }
     }
 
+    /// Sample `s`'s head `h`, q times `q_scale`.
     #[inline(always)]
-    fn gather(&mut self, g: &Geometry, qkv: &Mat, s: usize, h: usize) {
+    fn gather(&mut self, g: &Geometry, qkv: &Mat, s: usize, h: usize, q_scale: f32) {
         for i in 0..g.m {
             let row = qkv.row(s * g.m + i);
             let at = |part: usize| &row[part * g.e + h * g.dh..][..g.dh];
-            self.q[i * g.dp..][..g.dh].copy_from_slice(at(0));
+            for (q, &x) in self.q[i * g.dp..][..g.dh].iter_mut().zip(at(0)) {
+                *q = x * q_scale;
+            }
             self.k[i * g.dp..][..g.dh].copy_from_slice(at(1));
             self.v[i * g.dp..][..g.dh].copy_from_slice(at(2));
             for c in 0..g.dh {
