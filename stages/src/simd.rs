@@ -9,10 +9,9 @@
 //! step does it into its own buffers: [`pack`], [`Packed`]) as
 //! `[k_in][n_pad]`: row `kk` holds input `kk`'s weight to every output,
 //! zero-padded to a multiple of 16 outputs so every column block is whole
-//! vectors. The kernel walks
-//! column blocks of up to 64 outputs (a block's weights, 32 kB for k = 128,
-//! stay in the L1 cache) and within a block row blocks of a few rows whose
-//! accumulators stay in registers.
+//! vectors. The kernel walks column blocks of up to 64 outputs (a block's
+//! weights, 32 kB for k = 128, stay in the L1 cache) and within a block row
+//! blocks of a few rows whose accumulators stay in registers.
 
 /// The instruction sets the kernel is compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
