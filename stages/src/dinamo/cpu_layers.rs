@@ -23,8 +23,9 @@ thread_local! {
     /// An iteration allocates ~200 activations, gradients and packed
     /// weights of 10-300 kB; fresh from the allocator, their pages were
     /// mapped, zeroed and unmapped by the kernel at every iteration (a
-    /// sixth of the time: BENCHMARKS.md). Kept for the thread's life: the
-    /// peak of an iteration, ~10 MB at the paper's size.
+    /// sixth of the time: BENCHMARKS.md). Kept for the thread's life: about
+    /// an iteration's peak (~10 MB at the paper's size, estimated from the
+    /// shapes), never more than [`SPARES`] vectors.
     static SPARE: RefCell<Spares> = const { RefCell::new(Spares::new()) };
 }
 
