@@ -202,6 +202,24 @@ unsafe fn combine_vectors<L: Lanes, const NV: usize>(
 /// (a single running sum would be a chain it may not reorder).
 pub(crate) const LANES: usize = 16;
 
+/// The largest number of `x` (−∞ for none; NaNs skipped, as a fold of
+/// `f32::max`), eight lanes at a time: such a fold compiles to one chain
+/// of compare-and-blend, a number at a time.
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let bigger = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let (chunks, tail) = x.as_chunks::<8>();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = bigger(*l, v);
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| bigger(m, v))
+}
+
 /// LayerNorm's mean and 1/√(var + ε) of `x` (var from the centred values,
 /// as PyTorch: no cancellation of a large mean).
 #[inline(always)]
@@ -252,6 +270,22 @@ pub(crate) fn exp<M: MulAdd>(x: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::simd::Isa;
+
+    /// The lane-wise maximum equals the fold of `f32::max` for every
+    /// length (tails included), NaNs skipped, −∞ for none.
+    #[test]
+    fn max_equals_the_fold_of_f32_max() {
+        for n in 0..40 {
+            let mut x: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 97) as f32 - 50.0) / 7.0)
+                .collect();
+            if n > 3 {
+                x[n / 2] = f32::NAN;
+            }
+            let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&x), want, "length {n}");
+        }
+    }
 
     #[test]
     fn exp_is_libm_s_within_2_ulp_and_0_past_the_cutoff() {

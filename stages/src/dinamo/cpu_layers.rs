@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut};
 
 use super::reference_net::VAR_EPS;
 use crate::simd::{self, Isa, Packed, padded};
-use crate::vector_math::{MulAdd, exp, moments};
+use crate::vector_math::{MulAdd, exp, max, moments};
 
 /// PyTorch's LayerNorm ε.
 const NORM_EPS: f32 = 1e-5;
@@ -74,7 +74,7 @@ impl Spares {
 }
 
 /// f32s whose storage goes back to this thread's spares when dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Buffer(Vec<f32>);
 
 impl Buffer {
@@ -136,49 +136,47 @@ impl DerefMut for Buffer {
     }
 }
 
-/// `rows` rows of `cols` numbers, each row `stride` apart (`cols` padded
-/// to a multiple of [`simd::PAD`], padding 0).
-#[derive(Debug, Clone, Default)]
+/// `rows` rows of `cols` numbers, each row [`Mat::stride`] apart (`cols`
+/// padded to a multiple of [`simd::PAD`], padding 0).
+#[derive(Debug, Clone)]
 pub(super) struct Mat {
     pub(super) data: Buffer,
     pub(super) rows: usize,
     pub(super) cols: usize,
-    pub(super) stride: usize,
 }
 
 impl Mat {
     pub(super) fn zeros(rows: usize, cols: usize) -> Self {
-        let stride = padded(cols);
-        Self {
-            data: Buffer::zeros(rows * stride),
-            rows,
-            cols,
-            stride,
-        }
+        let data = Buffer::zeros(rows * padded(cols));
+        Self { data, rows, cols }
     }
 
     /// A matrix whose every row the caller writes in full (the padding
     /// comes 0).
     pub(super) fn for_overwrite(rows: usize, cols: usize) -> Self {
-        let stride = padded(cols);
-        let mut data = Buffer::for_overwrite(rows * stride);
-        for row in data.chunks_exact_mut(stride) {
-            row[cols..].fill(0.0);
-        }
-        Self {
-            data,
+        let mut m = Self {
+            data: Buffer::for_overwrite(rows * padded(cols)),
             rows,
             cols,
-            stride,
+        };
+        let stride = m.stride();
+        for row in m.data.chunks_exact_mut(stride) {
+            row[cols..].fill(0.0);
         }
+        m
+    }
+
+    /// Numbers from one row's start to the next's.
+    pub(super) fn stride(&self) -> usize {
+        padded(self.cols)
     }
 
     pub(super) fn row(&self, r: usize) -> &[f32] {
-        &self.data[r * self.stride..][..self.cols]
+        &self.data[r * self.stride()..][..self.cols]
     }
 
     pub(super) fn row_mut(&mut self, r: usize) -> &mut [f32] {
-        let (s, c) = (self.stride, self.cols);
+        let (s, c) = (self.stride(), self.cols);
         &mut self.data[r * s..][..c]
     }
 }
@@ -203,7 +201,7 @@ pub(super) struct Norm {
 /// Softmax of a row in place.
 #[inline(always)]
 pub(super) fn softmax<M: MulAdd>(row: &mut [f32]) {
-    let max = row_max(row);
+    let max = max(row);
     for v in row.iter_mut() {
         *v = exp::<M>(*v - max);
     }
@@ -211,23 +209,6 @@ pub(super) fn softmax<M: MulAdd>(row: &mut [f32]) {
     for v in row.iter_mut() {
         *v *= inv;
     }
-}
-
-/// The largest number of a row, eight lanes at a time (`f32::max` in a
-/// fold is one number at a time: a chain of compare-and-blend).
-#[inline(always)]
-fn row_max(row: &[f32]) -> f32 {
-    let bigger = |a: f32, b: f32| if b > a { b } else { a };
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let (chunks, tail) = row.as_chunks::<8>();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = bigger(*l, v);
-        }
-    }
-    tail.iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| bigger(m, v))
 }
 
 /// `y ← x + y·mask` (a residual connection after dropout).
@@ -266,7 +247,7 @@ pub(super) fn linear(isa: Isa, p: &[f32], l: Linear, x: &Mat) -> Mat {
     let mut b = Buffer::zeros(n_pad);
     b[..l.out].copy_from_slice(&p[l.b..][..l.out]);
     let mut y = Mat::for_overwrite(x.rows, l.out);
-    Packed::new(&w, Some(&b), l.inp, x.stride).apply(isa, &x.data, x.rows, &mut y.data, false);
+    Packed::new(&w, Some(&b), l.inp, x.stride()).apply(isa, &x.data, x.rows, &mut y.data, false);
     y
 }
 
@@ -290,12 +271,12 @@ pub(super) fn linear_backward(
     }
     // dW = dyᵀ · x: x's rows, padded, are the packed right-hand side; dy
     // is read down its columns.
-    let mut dw = Buffer::for_overwrite(l.out * x.stride);
-    let dy_rows = (&dy.data[..], dy.stride);
-    simd::product_transposed(isa, dy_rows, l.out, t, &x.data, x.stride, &mut dw);
+    let mut dw = Buffer::for_overwrite(l.out * x.stride());
+    let dy_rows = (&dy.data[..], dy.stride());
+    simd::product_transposed(isa, dy_rows, l.out, t, &x.data, x.stride(), &mut dw);
     for o in 0..l.out {
         let row = &mut g[l.w + o * l.inp..][..l.inp];
-        for (a, &d) in row.iter_mut().zip(&dw[o * x.stride..][..l.inp]) {
+        for (a, &d) in row.iter_mut().zip(&dw[o * x.stride()..][..l.inp]) {
             *a += d;
         }
     }
@@ -303,7 +284,7 @@ pub(super) fn linear_backward(
         let mut w = Buffer::for_overwrite(l.out * padded(l.inp));
         simd::pack_input_rows(&p[l.w..][..l.out * l.inp], l.out, l.inp, &mut w);
         let mut out = Mat::for_overwrite(t, l.inp);
-        Packed::new(&w, None, l.out, dy.stride).apply(isa, &dy.data, t, &mut out.data, false);
+        Packed::new(&w, None, l.out, dy.stride()).apply(isa, &dy.data, t, &mut out.data, false);
         out
     })
 }
@@ -432,7 +413,7 @@ mod tests {
         drop(z);
         dirty(1000);
         let m = Mat::for_overwrite(7, 20);
-        assert_eq!((m.stride, m.data.len()), (32, 7 * 32));
+        assert_eq!((m.stride(), m.data.len()), (32, 7 * 32));
         for r in 0..7 {
             assert!(
                 m.data[r * 32 + 20..][..12].iter().all(|&v| v == 0.0),

@@ -98,7 +98,6 @@ impl<'a> Masks<'a> {
 }
 
 /// What a block's backward pass needs of its forward pass.
-#[derive(Default)]
 struct BlockCache {
     input: Mat,
     hat: Mat,
@@ -108,7 +107,6 @@ struct BlockCache {
 }
 
 /// What a layer's backward pass needs of its forward pass.
-#[derive(Default)]
 struct LayerCache {
     qkv: Mat,
     /// Softmax of the scores, `[samples][H][M][mp]` (mp = M padded).

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use crate::simd::{Isa, PackedLinear, padded};
 #[cfg(target_arch = "x86_64")]
 use crate::vector_math::Avx2;
-use crate::vector_math::{MulAdd, Separate, exp, moments};
+use crate::vector_math::{MulAdd, Separate, exp, max, moments};
 
 /// A layer's weight `[out][in]` (row-major, PyTorch's layout) and bias.
 pub struct Dense {
@@ -521,7 +521,7 @@ fn layer_norm<M: MulAdd>(x: &mut [f32], (gamma, beta): &(Vec<f32>, Vec<f32>), ep
 /// Softmax of `s` in place, entry j counting `mult[j]` times.
 #[inline(always)]
 fn softmax<M: MulAdd>(s: &mut [f32], mult: &[f32]) {
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max(s);
     for (v, &m) in s.iter_mut().zip(mult) {
         *v = exp::<M>(*v - max) * m;
     }

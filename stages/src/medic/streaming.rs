@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 use crate::medic::fused_encoder::FusedEncoder;
 use crate::medic::model::{Medic, MedicArch};
 use crate::simd::{Isa, PackedLinear};
+use crate::vector_math;
 
 /// A trained [`Medic`] scoring a stream: on the CPU the set encoders run
 /// as Rust kernels ([`FusedEncoder`]: input projections folded into
@@ -119,7 +120,7 @@ fn event_mean_scores(
         .zip(probs.chunks_exact_mut(classes))
     {
         let row = &mut row[..classes];
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = vector_math::max(row);
         for (p, &v) in p.iter_mut().zip(row.iter()) {
             *p = (v - max).exp();
         }
